@@ -1,1 +1,33 @@
-"""llcv."""
+"""llcv: the Local Learning Coefficient of vision models over training.
+
+The public Python API; everything here is importable as ``from llcv import ...``.
+"""
+
+__version__ = "0.1.0"
+
+from llcv.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
+from llcv.data import DatasetInfo, load_dataset
+from llcv.errors import CheckpointError, DataError, LLCVError, SettingsError
+from llcv.models import build_model, list_models, register_model
+from llcv.settings import DataSettings, ModelSettings, SamplerSettings, TrainSettings, load_settings
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "DataError",
+    "DataSettings",
+    "DatasetInfo",
+    "LLCVError",
+    "ModelSettings",
+    "SamplerSettings",
+    "SettingsError",
+    "TrainSettings",
+    "__version__",
+    "build_model",
+    "list_checkpoints",
+    "list_models",
+    "load_checkpoint",
+    "load_dataset",
+    "load_settings",
+    "register_model",
+]

@@ -1,0 +1,325 @@
+"""Checkpoint files: the llcv format, foreign formats, safe loading, and training order.
+
+An llcv checkpoint is a plain dict saved with ``torch.save`` (layout in docs/formats.md) that
+``torch.load(path, weights_only=True)`` opens, so a downloaded file can never run code. Foreign
+checkpoints (a bare state dict, or the older research format ``checkpoint_..._epoch_39_...pth.tar``
+holding ``state_dict`` and ``epoch``) load too, given the model name.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from llcv.errors import CheckpointError
+from llcv.fileio import atomic_write
+from llcv.models import Stem, build_model
+
+FORMAT = "llcv-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt")
+_STEP_NAME = re.compile(r"^step_(\d+)\.pt$")
+_EPOCH_IN_NAME = re.compile(r"epoch_(\d+)")
+# Wrappers that prefix state-dict keys: DistributedDataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Research checkpoints may hold numpy scalars (e.g. a best accuracy); allow exactly those.
+_NUMPY_SCALAR_GLOBALS = [
+    np._core.multiarray.scalar,
+    np.dtype,
+    *(type(np.dtype(kind)) for kind in ("float64", "float32", "int64", "int32", "bool")),
+]
+
+
+class ModelSpec(BaseModel):
+    """What ``build_model`` needs to rebuild the network."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    num_classes: int
+    in_channels: int
+    stem: Stem | None = None
+
+
+class DatasetSpec(BaseModel):
+    """Which data the checkpoint was trained on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    data_dir: str | None = None
+    seed: int = 0
+
+
+class CheckpointInfo(BaseModel):
+    """A checkpoint's metadata; foreign checkpoints leave unknown fields None."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    format: Literal["llcv", "state_dict", "research"]
+    step: int | None = None
+    epoch: float | None = None
+    model: ModelSpec
+    dataset: DatasetSpec | None = None
+    metrics: dict[str, float | None] = {}
+    settings: dict[str, Any] | None = None
+    llcv_version: str | None = None
+    created: str | None = None
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of the checkpoint at ``step``; sorting names gives training order."""
+    return f"step_{step:08d}.pt"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module under DDP/DataParallel and torch.compile wrappers, so saved keys carry no prefix."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    """Atomically write a checkpoint dict; adds the format markers, version and timestamp.
+
+    Raises:
+        WriteError: the file could not be written; a previous file at ``path`` is intact.
+    """
+    from llcv import __version__
+
+    full = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **payload,
+        "llcv_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return atomic_write(Path(path), lambda handle: torch.save(full, handle))
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint file as a dict with ``weights_only=True``; never runs code from the file.
+
+    Raises:
+        CheckpointError: missing, empty, truncated, not a checkpoint, or holding unsafe objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise CheckpointError(
+                f"checkpoint {path} was refused: it holds Python objects beyond tensors and plain "
+                f"values, which could run code when loaded; llcv loads checkpoints with "
+                f"weights_only=True only. Re-save it as a plain state dict if you trust it. ({first_line})"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint: {first_line}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or another kind of file): {reason}"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, expected a dict")
+    return loaded
+
+
+def load_checkpoint(
+    path: Path,
+    model: nn.Module | None = None,
+    *,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    stem: Stem | None = None,
+) -> tuple[nn.Module, CheckpointInfo]:
+    """Load a checkpoint into a model, safely, and return the model with its metadata.
+
+    For llcv checkpoints the model is rebuilt from the file's metadata. For foreign checkpoints
+    pass ``model`` or ``model_name``; the class count and input channels are read from the
+    weights' shapes and the stem from the first convolution's kernel, unless given.
+
+    Args:
+        path: the checkpoint file.
+        model: load into this module instead of building one.
+        model_name: the registered architecture of a foreign checkpoint.
+        num_classes, in_channels, stem: override what is inferred for foreign checkpoints.
+
+    Raises:
+        CheckpointError: the file is unreadable, unsafe, or does not fit the model.
+    """
+    payload = read_checkpoint(path)
+    info, state_dict = _describe(Path(path), payload, model, model_name, num_classes, in_channels, stem)
+    if model is None:
+        spec = info.model
+        model = build_model(spec.name, spec.num_classes, spec.in_channels, spec.stem)
+    _load_state_dict(model, state_dict, Path(path))
+    return model, info
+
+
+def _describe(
+    path: Path,
+    payload: dict[str, Any],
+    model: nn.Module | None,
+    model_name: str | None,
+    num_classes: int | None,
+    in_channels: int | None,
+    stem: Stem | None,
+) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
+    if payload.get("format") == FORMAT:
+        if payload.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {path} has format version {payload['format_version']}; "
+                f"this llcv reads up to {FORMAT_VERSION}, upgrade llcv"
+            )
+        try:
+            info = CheckpointInfo(
+                path=str(path),
+                format="llcv",
+                step=payload["step"],
+                epoch=payload.get("epoch"),
+                model=ModelSpec(**payload["model"]),
+                dataset=DatasetSpec(**payload["dataset"]) if payload.get("dataset") else None,
+                metrics=payload.get("metrics") or {},
+                settings=payload.get("settings"),
+                llcv_version=payload.get("llcv_version"),
+                created=payload.get("created"),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {path} has malformed llcv metadata: {error}") from None
+        return info, _strip_prefixes(payload["state_dict"])
+
+    if "state_dict" in payload and isinstance(payload["state_dict"], dict):
+        checkpoint_format, state_dict = "research", payload["state_dict"]
+        epoch = payload.get("epoch")
+        epoch = float(epoch) if isinstance(epoch, (int, float, np.number)) else _epoch_from_name(path)
+    elif payload and all(isinstance(value, torch.Tensor) for value in payload.values()):
+        checkpoint_format, state_dict, epoch = "state_dict", payload, _epoch_from_name(path)
+    else:
+        raise CheckpointError(
+            f"checkpoint {path} is neither an llcv checkpoint, a state dict, nor a dict with 'state_dict'"
+        )
+    state_dict = _strip_prefixes(state_dict)
+    if model is None and model_name is None:
+        raise CheckpointError(f"checkpoint {path} is a foreign checkpoint without llcv metadata: pass --model")
+    spec = ModelSpec(
+        name=model_name or type(model).__name__,
+        num_classes=num_classes or _infer_num_classes(state_dict, path),
+        in_channels=in_channels or _infer_in_channels(state_dict, path),
+        stem=stem or _infer_stem(state_dict),
+    )
+    return CheckpointInfo(path=str(path), format=checkpoint_format, epoch=epoch, model=spec), state_dict
+
+
+def _strip_prefixes(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
+    stripped = {}
+    for key, value in state_dict.items():
+        for prefix in _WRAPPER_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        stripped[key] = value
+    return stripped
+
+
+def _epoch_from_name(path: Path) -> float | None:
+    match = _EPOCH_IN_NAME.search(path.name)
+    return float(match.group(1)) if match else None
+
+
+def _weights(state_dict: dict[str, torch.Tensor], ndim: int) -> list[torch.Tensor]:
+    return [value for key, value in state_dict.items() if key.endswith("weight") and value.ndim == ndim]
+
+
+def _infer_num_classes(state_dict: dict[str, torch.Tensor], path: Path) -> int:
+    linear = _weights(state_dict, 2)
+    if not linear:
+        raise CheckpointError(f"checkpoint {path}: cannot infer the class count (no linear layer); pass it")
+    return int(linear[-1].shape[0])
+
+
+def _infer_in_channels(state_dict: dict[str, torch.Tensor], path: Path) -> int:
+    convolutions = _weights(state_dict, 4)
+    if not convolutions:
+        raise CheckpointError(f"checkpoint {path}: cannot infer the input channels (no convolution); pass them")
+    return int(convolutions[0].shape[1])
+
+
+def _infer_stem(state_dict: dict[str, torch.Tensor]) -> Stem | None:
+    """A 3x3 first convolution is the CIFAR stem, a 7x7 one the ImageNet stem."""
+    convolutions = _weights(state_dict, 4)
+    if not convolutions:
+        return None
+    return {3: "cifar", 7: "imagenet"}.get(int(convolutions[0].shape[-1]))
+
+
+def _load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{key} {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state_dict and state_dict[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_few(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches {_few(mismatched)}")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model ({type(model).__name__}): {'; '.join(problems)}. "
+            "Is it another architecture or class count?"
+        )
+    model.load_state_dict(state_dict)
+
+
+def _few(items: list[str], limit: int = 4) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """The checkpoint files in ``directory`` in training order; other files are ignored.
+
+    llcv files (``step_*.pt``) sort by step, research files by the epoch in their name, and any
+    other checkpoint-suffixed files by name after those.
+
+    Raises:
+        CheckpointError: the directory does not exist or is not a directory.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoints directory {directory} does not exist or is not a directory")
+    files = [path for path in directory.iterdir() if path.is_file() and path.name.endswith(CHECKPOINT_SUFFIXES)]
+
+    def order(path: Path) -> tuple[int, int, str]:
+        if match := _STEP_NAME.match(path.name):
+            return (0, int(match.group(1)), path.name)
+        if match := _EPOCH_IN_NAME.search(path.name):
+            return (1, int(match.group(1)), path.name)
+        return (2, 0, path.name)
+
+    return sorted((path for path in files if not path.name.startswith(".")), key=order)

@@ -1,0 +1,142 @@
+"""Terminal rendering for the CLI: Rich progress, messages, and the error-to-exit-code boundary.
+
+Only the CLI imports this module; library code reports through ``llcv.progress.Reporter``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from llcv.errors import LLCVError
+from llcv.progress import Reporter
+
+# Exit codes, docs/conventions.md.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+class Verbosity:
+    """The global --verbose/--quiet choice, set once by the app callback."""
+
+    level = 1  # 0 quiet, 1 normal, 2 verbose
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives (Slurm's time limit, preemption)."""
+
+
+class RichReporter(Reporter):
+    """Shows each reported loop as a Rich progress bar with live fields and an ETA."""
+
+    def __init__(self, console: Console = stderr):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            disable=Verbosity.level == 0,
+            refresh_per_second=4,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.progress.stop()
+
+    def start(self, key: str, description: str, total: int | None) -> None:
+        if key in self.tasks:
+            self.progress.reset(self.tasks[key], total=total, description=description, info="", visible=True)
+        else:
+            self.tasks[key] = self.progress.add_task(description, total=total, info="")
+
+    def advance(self, key: str, amount: int = 1, **fields: object) -> None:
+        if key not in self.tasks:
+            return
+        update = {"advance": amount}
+        if fields:
+            update["info"] = _Fields(fields)
+        self.progress.update(self.tasks[key], **update)
+
+    def finish(self, key: str) -> None:
+        if key in self.tasks:
+            task_id = self.tasks.pop(key)
+            self.progress.stop_task(task_id)
+            if key not in ("epochs", "checkpoints"):
+                self.progress.update(task_id, visible=False)
+
+    def note(self, message: str) -> None:
+        if Verbosity.level > 0:
+            self.progress.console.print(message, highlight=False, markup=False)
+
+
+class _Fields:
+    """Live fields rendered only when the progress display refreshes (values may be lazy)."""
+
+    def __init__(self, fields: dict[str, object]):
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return "  ".join(f"{name} {value:.4g}" if not isinstance(value, str) else f"{name} {value}" for name, value in self.fields.items())
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
+
+
+def info(message: str) -> None:
+    """A normal-verbosity message on stderr (stdout stays clean for data such as --json)."""
+    if Verbosity.level > 0:
+        stderr.print(message, highlight=False)
+
+
+def debug(message: str) -> None:
+    """A message shown only with --verbose."""
+    if Verbosity.level > 1:
+        stderr.print(message, highlight=False, style="dim")
+
+
+def configure_logging() -> None:
+    """Route the library's ``logging`` to stderr at the chosen verbosity."""
+    level = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO}[Verbosity.level]
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=stderr, show_path=False)], force=True)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def command_boundary() -> Iterator[None]:
+    """Turn user errors and interruptions into one message and the documented exit code."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except LLCVError as error:
+        stderr.print(f"[bold red]error:[/] {error}", highlight=False)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        stderr.print("[yellow]interrupted[/]: stopped cleanly; rerun the same command to continue")
+        sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        stderr.print("[yellow]terminated[/] (SIGTERM): stopped cleanly; rerun the same command to continue")
+        sys.exit(EXIT_TERMINATED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

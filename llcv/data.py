@@ -1,0 +1,613 @@
+"""Datasets by name: each loader returns a train split, a validation split and a DatasetInfo.
+
+``load_dataset`` looks the name up in a registry of five loaders:
+
+- ``digits`` (default): scikit-learn's bundled 8x8 handwritten digits, upsampled to 32x32.
+  Needs no files, so every command works offline out of the box.
+- ``synthetic``: seeded class prototypes plus noise; tiny and learnable in a few steps, for tests.
+- ``cifar10``: the "CIFAR-10 python version" pickle batches, read by a restricted unpickler.
+- ``imagenet1k`` and ``folder``: ImageFolder trees with ``train/`` and ``val/`` class folders,
+  read lazily from disk.
+
+Every dataset returned here (and every ``subset`` of one) exposes ``.targets``, a 1-D long
+tensor of labels, so per-class subsets never load an image. Items are ``(image, label)`` with
+``label`` a Python int, so the default collate function yields a LongTensor for every dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from llcv.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+DIGITS_VALIDATION_FRACTION = 0.2
+DIGITS_IMAGE_SIZE = 32
+
+SYNTHETIC_NUM_CLASSES = 4
+SYNTHETIC_IMAGE_SIZE = 16
+SYNTHETIC_NUM_TRAIN = 512
+SYNTHETIC_NUM_VAL = 128
+# Prototypes have unit variance per pixel; with noise of the same scale the classes stay far
+# apart in 768 dimensions, so a small CNN separates them within a few steps.
+SYNTHETIC_NOISE_STD = 1.0
+
+CIFAR10_DEFAULT_DIR = Path("data/cifar10-python")
+CIFAR10_EXTRACTED_FOLDER = "cifar-10-batches-py"  # what the official archive unpacks to
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{index}" for index in range(1, 6))
+CIFAR10_VAL_FILE = "test_batch"
+CIFAR10_META_FILE = "batches.meta"
+CIFAR10_IMAGE_SIZE = 32
+CIFAR10_CROP_PADDING = 4
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+IMAGENET_DEFAULT_DIR = Path("data/imagenet")
+IMAGENET_LEGACY_DIR = Path("data/imagenet1k")  # the default before data/imagenet; still honoured
+IMAGENET_IMAGE_SIZE = 224
+IMAGENET_RESIZE_RATIO = 256 / 224  # the standard eval recipe: resize to 256, centre-crop 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DatasetInfo(BaseModel):
+    """What a model and a report need to know about a loaded dataset."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    num_train: int
+    num_val: int
+    data_dir: str | None  # the folder actually read; None for datasets that need no files
+    class_names: list[str]
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as one tensor, with labels as a 1-D long tensor.
+
+    Args:
+        images: ``N x C x H x W`` tensor, float (ready to use) or uint8 (for ``transform``).
+        targets: ``N`` labels.
+        transform: applied to each image as it is read, e.g. conversion and augmentation.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images = images
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[index])
+
+
+class _SubsetWithTargets(Subset):
+    """A ``torch.utils.data.Subset`` that keeps ``.targets`` for further subsetting."""
+
+    def __init__(self, dataset: Dataset, indices: torch.Tensor, targets: torch.Tensor) -> None:
+        super().__init__(dataset, indices.tolist())
+        self.targets = targets
+
+
+@dataclass(frozen=True)
+class _LoadRequest:
+    """``load_dataset``'s arguments, handed to the registered loader as one object."""
+
+    name: str
+    data_dir: Path | None
+    seed: int
+    augment: bool
+    download: bool
+    image_size: int | None
+
+
+_Splits = tuple[Dataset, Dataset, DatasetInfo]
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by ``load_dataset``, sorted."""
+    return sorted(_LOADERS)
+
+
+def load_dataset(
+    name: str = "digits",
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    augment: bool = False,
+    download: bool = False,
+    image_size: int | None = None,
+) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """Load a dataset's train and validation splits.
+
+    ``augment=True`` applies the standard training augmentation to the train split where one
+    is standard (random crop and horizontal flip for cifar10, imagenet1k and folder; none for
+    digits, where a flip changes the digit, nor for synthetic). The validation split, and the
+    train split when ``augment=False``, always use the evaluation transforms; LLC estimation
+    uses those.
+
+    Args:
+        name: one of ``list_datasets()``.
+        data_dir: where the files are; None uses the dataset's default folder (cifar10:
+            ``data/cifar10-python``; imagenet1k: ``data/imagenet``, else the older
+            ``data/imagenet1k``). Required for ``folder``; ignored by digits and synthetic.
+        seed: fixes the digits split and the synthetic tensors; the other datasets come with
+            fixed splits.
+        augment: use training augmentation on the train split.
+        download: fetch CIFAR-10 into ``data_dir`` if it is not there (cifar10 only).
+        image_size: side of the square images for imagenet1k and folder (default 224). The
+            other datasets have one native size, and accept only that.
+
+    Returns:
+        ``(train split, validation split, info)``.
+
+    Raises:
+        DataError: the name is unknown, or the dataset's files are missing or malformed; the
+            message says what was expected where and how to get it.
+    """
+    if name not in _LOADERS:
+        raise DataError(f"Unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}.")
+    if image_size is not None and image_size <= 0:
+        raise DataError(f"image_size must be a positive number of pixels, got {image_size}.")
+    request = _LoadRequest(
+        name=name,
+        data_dir=Path(data_dir) if data_dir is not None else None,
+        seed=seed,
+        augment=augment,
+        download=download,
+        image_size=image_size,
+    )
+    return _LOADERS[name](request)
+
+
+def dataset_targets(dataset: Dataset) -> torch.Tensor:
+    """The labels of a dataset from this module, without loading any image.
+
+    Works for every dataset ``load_dataset`` and ``subset`` return, and for a
+    ``torch.utils.data.Subset`` or a ``TensorDataset(images, labels)`` built from them.
+
+    Returns:
+        1-D long tensor, one label per item, in item order.
+
+    Raises:
+        DataError: the dataset has no labels this function can find.
+    """
+    if hasattr(dataset, "targets"):
+        targets = torch.as_tensor(dataset.targets, dtype=torch.long)
+    elif isinstance(dataset, Subset):
+        targets = dataset_targets(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    elif isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        targets = dataset.tensors[1].long()
+    else:
+        raise DataError(
+            f"Cannot find the labels of a {type(dataset).__name__}: expected a `.targets` "
+            "attribute, a torch Subset, or a TensorDataset(images, labels)."
+        )
+    if targets.ndim != 1:
+        raise DataError(f"Expected one label per item (a 1-D tensor), got shape {tuple(targets.shape)}.")
+    return targets
+
+
+def subset(
+    dataset: Dataset,
+    *,
+    num_samples: int | None = None,
+    classes: Sequence[int] | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """A seeded subset: the items whose label is in ``classes``, then ``num_samples`` of them.
+
+    Chosen items keep their original order, so the same arguments always give the same subset.
+
+    Args:
+        dataset: any dataset ``dataset_targets`` understands.
+        num_samples: how many items to keep, chosen at random with ``seed``; None keeps all.
+        classes: labels to keep; None keeps every class.
+        seed: seeds the random choice of ``num_samples`` items.
+
+    Returns:
+        A dataset with ``.targets`` for the chosen items.
+
+    Raises:
+        DataError: ``classes`` selects no item, or ``num_samples`` is not positive or is more
+            than the items available.
+    """
+    targets = dataset_targets(dataset)
+    indices = torch.arange(len(targets))
+    if classes is not None:
+        wanted = torch.as_tensor(list(classes), dtype=torch.long)
+        indices = indices[torch.isin(targets, wanted)]
+        if len(indices) == 0:
+            present = sorted(set(targets.tolist()))
+            raise DataError(f"Classes {list(classes)} select no samples; the labels present are {present}.")
+    if num_samples is not None:
+        if num_samples <= 0:
+            raise DataError(f"num_samples must be positive, got {num_samples}.")
+        if num_samples > len(indices):
+            where = f"in classes {list(classes)}" if classes is not None else "in the dataset"
+            raise DataError(f"Asked for {num_samples} samples but there are only {len(indices)} {where}.")
+        generator = torch.Generator().manual_seed(seed)
+        chosen = torch.randperm(len(indices), generator=generator)[:num_samples]
+        indices = indices[chosen.sort().values]
+    return _SubsetWithTargets(dataset, indices, targets[indices])
+
+
+def _check_native_size(request: _LoadRequest, native_size: int) -> None:
+    if request.image_size is not None and request.image_size != native_size:
+        raise DataError(
+            f"{request.name} images are {native_size}x{native_size}; image_size={request.image_size} "
+            "applies only to imagenet1k and folder. Leave image_size unset."
+        )
+
+
+def _refuse_download(request: _LoadRequest) -> None:
+    if request.download:
+        raise DataError(
+            f"download is available only for cifar10; put the {request.name} images in place yourself "
+            "(see docs/guide.md)."
+        )
+
+
+def _load_digits(request: _LoadRequest) -> _Splits:
+    """scikit-learn's 1,797 8x8 digits, upsampled to 32x32 RGB; a seeded 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    _check_native_size(request, DIGITS_IMAGE_SIZE)
+    digits = load_digits()
+    pixels = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # values are 0..16
+    pixels = F.interpolate(pixels, size=(DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE), mode="bilinear", align_corners=False)
+    # Statistics over all images, not the train split, so every seed normalises identically.
+    pixels = (pixels - pixels.mean()) / pixels.std()
+    images = pixels.repeat(1, 3, 1, 1)  # grey replicated, so models built for RGB apply unchanged
+    targets = torch.as_tensor(digits.target, dtype=torch.long)
+
+    generator = torch.Generator().manual_seed(request.seed)
+    order = torch.randperm(len(targets), generator=generator)
+    num_val = round(DIGITS_VALIDATION_FRACTION * len(targets))
+    val_indices, train_indices = order[:num_val], order[num_val:]
+    train = TensorImageDataset(images[train_indices], targets[train_indices])
+    val = TensorImageDataset(images[val_indices], targets[val_indices])
+    info = DatasetInfo(
+        name="digits",
+        num_classes=10,
+        in_channels=3,
+        image_size=DIGITS_IMAGE_SIZE,
+        num_train=len(train),
+        num_val=len(val),
+        data_dir=None,
+        class_names=[str(digit) for digit in range(10)],
+    )
+    return train, val, info
+
+
+def _load_synthetic(request: _LoadRequest) -> _Splits:
+    """Fixed per-class prototype images plus Gaussian noise; the same seed gives the same tensors."""
+    _check_native_size(request, SYNTHETIC_IMAGE_SIZE)
+    generator = torch.Generator().manual_seed(request.seed)
+    shape = (3, SYNTHETIC_IMAGE_SIZE, SYNTHETIC_IMAGE_SIZE)
+    prototypes = torch.randn(SYNTHETIC_NUM_CLASSES, *shape, generator=generator)
+
+    def draw(num_samples: int) -> TensorImageDataset:
+        targets = torch.randint(SYNTHETIC_NUM_CLASSES, (num_samples,), generator=generator)
+        noise = SYNTHETIC_NOISE_STD * torch.randn(num_samples, *shape, generator=generator)
+        return TensorImageDataset(prototypes[targets] + noise, targets)
+
+    train = draw(SYNTHETIC_NUM_TRAIN)
+    val = draw(SYNTHETIC_NUM_VAL)
+    info = DatasetInfo(
+        name="synthetic",
+        num_classes=SYNTHETIC_NUM_CLASSES,
+        in_channels=3,
+        image_size=SYNTHETIC_IMAGE_SIZE,
+        num_train=len(train),
+        num_val=len(val),
+        data_dir=None,
+        class_names=[f"class_{label}" for label in range(SYNTHETIC_NUM_CLASSES)],
+    )
+    return train, val, info
+
+
+class _CifarTransform:
+    """uint8 ``3 x 32 x 32`` -> normalised float, with optional random crop and flip.
+
+    The randomness comes from torch's global generator, so a run that restores torch's RNG
+    state replays the same augmentation. (A class rather than a closure so that DataLoader
+    workers can pickle it.)
+    """
+
+    def __init__(self, augment: bool) -> None:
+        self.augment = augment
+        self.mean = torch.tensor(CIFAR10_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(CIFAR10_STD).view(3, 1, 1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = image.float() / 255.0
+        if self.augment:
+            image = _random_crop_and_flip(image, CIFAR10_CROP_PADDING)
+        return (image - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(augment={self.augment})"
+
+
+def _random_crop_and_flip(image: torch.Tensor, padding: int) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding) with zero fill, then RandomHorizontalFlip."""
+    height, width = image.shape[-2:]
+    padded = F.pad(image, (padding, padding, padding, padding))
+    top, left = torch.randint(0, 2 * padding + 1, (2,)).tolist()
+    image = padded[:, top : top + height, left : left + width]
+    if torch.rand(()) < 0.5:
+        image = image.flip(-1)
+    return image
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10 batches while refusing every global they do not need.
+
+    A pickle can call any importable function while it loads, so a file posing as a CIFAR
+    batch could run code. The real files need only numpy's array reconstruction; the
+    ``_frombuffer`` and ``_codecs.encode`` entries cover batches re-saved from Python 3.
+    """
+
+    _ALLOWED_GLOBALS = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),  # how protocol 2 stores bytes written by Python 3
+        }
+    )
+
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file, encoding="bytes")  # the files were written by Python 2
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED_GLOBALS:
+            raise DataError(
+                f"{self.path} is not a CIFAR-10 batch: it asks to load {module}.{name}, which a real "
+                "batch never does, so it was not opened. Replace it with the file from the official archive."
+            )
+        return super().find_class(module, name)
+
+
+def _read_cifar_pickle(path: Path) -> Any:
+    try:
+        with path.open("rb") as handle:
+            return _CifarUnpickler(handle, path).load()
+    except DataError:
+        raise
+    except Exception as error:  # any failure to unpickle means the same thing to the user
+        raise DataError(
+            f"{path} is not a readable CIFAR-10 batch ({type(error).__name__}: {error}). "
+            f"Replace it with the file from the 'CIFAR-10 python version' archive ({CIFAR10_URL})."
+        ) from error
+
+
+def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch file -> (uint8 ``N x 3 x 32 x 32`` images, ``N`` labels)."""
+    batch = _read_cifar_pickle(path)
+    expected = "a dict with b'data' (N x 3072 uint8 array) and b'labels' (N ints from 0 to 9)"
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        found = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
+        raise DataError(f"{path} is not a CIFAR-10 batch: expected {expected}, found {found}.")
+    data, labels = batch[b"data"], batch[b"labels"]
+    pixels_per_image = 3 * CIFAR10_IMAGE_SIZE * CIFAR10_IMAGE_SIZE
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels_per_image:
+        description = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path} is not a CIFAR-10 batch: expected {expected}, but b'data' is a {description}.")
+    try:
+        targets = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{path} is not a CIFAR-10 batch: expected {expected}, but b'labels' are not integers.") from error
+    if targets.shape != (len(data),):
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch: expected {expected}, but it has {len(data)} images "
+            f"and labels of shape {tuple(targets.shape)}."
+        )
+    if len(targets) and (targets.min() < 0 or targets.max() > 9):
+        raise DataError(f"{path} is not a CIFAR-10 batch: expected {expected}, but a label is outside 0..9.")
+    # Each row holds the R, G and B planes in turn, each 32x32 in row-major order.
+    images = torch.from_numpy(data.reshape(-1, 3, CIFAR10_IMAGE_SIZE, CIFAR10_IMAGE_SIZE).copy())
+    return images, targets
+
+
+def _read_cifar_label_names(path: Path) -> list[str]:
+    meta = _read_cifar_pickle(path)
+    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != 10:
+        raise DataError(f"{path} is not CIFAR-10's batches.meta: expected a dict with b'label_names', a list of 10 names.")
+    return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+
+
+def _find_cifar_dir(data_dir: Path) -> tuple[Path, list[str]]:
+    """The folder holding the batches (``data_dir`` or the archive's subfolder) and what it lacks."""
+    needed = [*CIFAR10_TRAIN_FILES, CIFAR10_VAL_FILE, CIFAR10_META_FILE]
+    candidates = [data_dir, data_dir / CIFAR10_EXTRACTED_FOLDER]
+    missing_by_candidate = [[file for file in needed if not (folder / file).is_file()] for folder in candidates]
+    # Report against whichever folder is closer to complete; on a tie, data_dir itself.
+    best = min(range(len(candidates)), key=lambda index: len(missing_by_candidate[index]))
+    return candidates[best], missing_by_candidate[best]
+
+
+def _download_cifar10(data_dir: Path) -> None:
+    from torchvision import datasets
+
+    logger.info("Downloading CIFAR-10 into %s", data_dir)
+    try:
+        datasets.CIFAR10(root=str(data_dir), train=True, download=True)
+    except Exception as error:  # network, disk and checksum failures all leave the user with the same fix
+        raise DataError(
+            f"Downloading CIFAR-10 into {data_dir} failed ({type(error).__name__}: {error}). Download the "
+            f"'CIFAR-10 python version' from {CIFAR10_URL} yourself and extract it there."
+        ) from error
+
+
+def _load_cifar10(request: _LoadRequest) -> _Splits:
+    """The CIFAR-10 python batches: train = data_batch_1..5, validation = test_batch."""
+    _check_native_size(request, CIFAR10_IMAGE_SIZE)
+    data_dir = request.data_dir if request.data_dir is not None else CIFAR10_DEFAULT_DIR
+    folder, missing = _find_cifar_dir(data_dir)
+    if missing and request.download:
+        _download_cifar10(data_dir)
+        folder, missing = _find_cifar_dir(data_dir)
+    if missing:
+        raise DataError(
+            f"CIFAR-10 is incomplete in {folder}: missing {', '.join(missing)}. Expected data_batch_1 to "
+            f"data_batch_5, test_batch and batches.meta in {data_dir} or {data_dir / CIFAR10_EXTRACTED_FOLDER}. "
+            f"Get the 'CIFAR-10 python version' from {CIFAR10_URL} and extract it there, or rerun with --download."
+        )
+
+    train_batches = [_read_cifar_batch(folder / file) for file in CIFAR10_TRAIN_FILES]
+    train_images = torch.cat([images for images, _ in train_batches])
+    train_targets = torch.cat([targets for _, targets in train_batches])
+    val_images, val_targets = _read_cifar_batch(folder / CIFAR10_VAL_FILE)
+    class_names = _read_cifar_label_names(folder / CIFAR10_META_FILE)
+
+    train = TensorImageDataset(train_images, train_targets, transform=_CifarTransform(augment=request.augment))
+    val = TensorImageDataset(val_images, val_targets, transform=_CifarTransform(augment=False))
+    info = DatasetInfo(
+        name="cifar10",
+        num_classes=len(class_names),
+        in_channels=3,
+        image_size=CIFAR10_IMAGE_SIZE,
+        num_train=len(train),
+        num_val=len(val),
+        data_dir=str(folder),
+        class_names=class_names,
+    )
+    return train, val, info
+
+
+def _load_rgb_image(path: str) -> Any:
+    """ImageFolder's loader, with unreadable files reported by name instead of a PIL traceback."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except OSError as error:  # PIL's UnidentifiedImageError is an OSError too
+        raise DataError(f"Cannot read image {path} ({error}); remove or replace the file.") from error
+
+
+def _image_folder_transforms(image_size: int, augment: bool) -> Any:
+    from torchvision import transforms
+
+    if augment:
+        geometry = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+    else:
+        geometry = [transforms.Resize(round(image_size * IMAGENET_RESIZE_RATIO)), transforms.CenterCrop(image_size)]
+    return transforms.Compose([*geometry, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _load_image_folders(request: _LoadRequest, root: Path, layout_help: str = "") -> _Splits:
+    """``root/train/<class>/*`` and ``root/val/<class>/*`` as lazily read ImageFolder datasets.
+
+    ``layout_help`` is appended to every layout error: a sentence starting with a space.
+    """
+    from torchvision.datasets import ImageFolder
+
+    layout = (
+        f"Expected {root}/train/<class>/<image> and {root}/val/<class>/<image>: one folder per class "
+        f"inside each, with the same class folders in both.{layout_help}"
+    )
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root / split} does not exist. {layout}")
+
+    image_size = request.image_size if request.image_size is not None else IMAGENET_IMAGE_SIZE
+    splits = {}
+    for split, augment in (("train", request.augment), ("val", False)):
+        try:
+            dataset = ImageFolder(
+                str(root / split), transform=_image_folder_transforms(image_size, augment), loader=_load_rgb_image
+            )
+        except OSError as error:  # FileNotFoundError: no class folders, or no images in them
+            raise DataError(f"Cannot read {root / split}: {error}. {layout}") from error
+        # A tensor, like every other dataset here, so subsets and per-class counts stay cheap.
+        dataset.targets = torch.as_tensor(dataset.targets, dtype=torch.long)
+        splits[split] = dataset
+
+    train, val = splits["train"], splits["val"]
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        raise DataError(
+            f"The class folders of {root}/train and {root}/val differ (only in train: {only_train}; "
+            f"only in val: {only_val}), so their labels would not match. {layout}"
+        )
+    info = DatasetInfo(
+        name=request.name,
+        num_classes=len(train.classes),
+        in_channels=3,
+        image_size=image_size,
+        num_train=len(train),
+        num_val=len(val),
+        data_dir=str(root),
+        class_names=list(train.classes),
+    )
+    return train, val, info
+
+
+def _load_imagenet1k(request: _LoadRequest) -> _Splits:
+    """ImageNet-1k as an ImageFolder tree under ``data/imagenet`` (or the older ``data/imagenet1k``)."""
+    _refuse_download(request)
+    root = request.data_dir
+    if root is None:
+        root = IMAGENET_DEFAULT_DIR
+        if not root.exists() and IMAGENET_LEGACY_DIR.exists():
+            logger.info("Using %s (the older default folder) because %s does not exist", IMAGENET_LEGACY_DIR, root)
+            root = IMAGENET_LEGACY_DIR
+    layout_help = (
+        " ImageNet's validation images come as one flat folder; docs/guide.md shows how to sort them into class folders."
+    )
+    return _load_image_folders(request, root, layout_help)
+
+
+def _load_folder(request: _LoadRequest) -> _Splits:
+    """Any ImageFolder tree with ``train/`` and ``val/``; images are converted to RGB."""
+    _refuse_download(request)
+    if request.data_dir is None:
+        raise DataError(
+            "The folder dataset needs data_dir: a folder holding train/<class>/<image> and val/<class>/<image>."
+        )
+    return _load_image_folders(request, request.data_dir)
+
+
+_LOADERS: dict[str, Callable[[_LoadRequest], _Splits]] = {
+    "cifar10": _load_cifar10,
+    "digits": _load_digits,
+    "folder": _load_folder,
+    "imagenet1k": _load_imagenet1k,
+    "synthetic": _load_synthetic,
+}

@@ -1,0 +1,59 @@
+"""Atomic file writes: a reader, a crash or ``kill -9`` never sees half a file.
+
+Every file llcv produces (checkpoints, result records, sweep tables, figures) goes through
+``atomic_write``: the content is written to a temporary file in the same folder, flushed to
+disk, then renamed over the target. A failed write (full disk, read-only filesystem) removes
+the temporary file and leaves any previous version of the target untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from llcv.errors import LLCVError
+
+
+class WriteError(LLCVError):
+    """A file could not be written; the previous version, if any, is intact."""
+
+    exit_code = 1
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write ``path`` through ``write(handle)`` on a temporary file, then rename it into place.
+
+    Raises:
+        WriteError: the folder or the disk refused the write; names the file and the reason.
+    """
+    path = Path(path)
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        temporary = None
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise WriteError(f"could not write {path}: {reason}; any previous version of it is intact") from None
+    finally:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Atomically write UTF-8 text."""
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: Path, payload: Any) -> Path:
+    """Atomically write JSON (indented, non-finite floats refused so files stay standard JSON)."""
+    return atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")

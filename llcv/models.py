@@ -1,0 +1,175 @@
+"""Model registry: architectures by name, each with its named parameter blocks.
+
+``build_model`` is the only way llcv constructs a network, so a checkpoint's metadata (name,
+class count, input channels, stem) is enough to rebuild it. Researchers add their own
+architectures with ``@register_model("name")``; the name is available as soon as the module
+holding the decorated function has been imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+from llcv.errors import SettingsError
+
+Stem = Literal["cifar", "imagenet"]
+ModelFactory = Callable[[int, int, Stem], nn.Module]
+
+# Inputs this small lose too much resolution to a 7x7 stride-2 conv plus max-pool.
+CIFAR_STEM_MAX_IMAGE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A registry entry: the factory and the model's blocks as parameter-name patterns."""
+
+    factory: ModelFactory
+    blocks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, RegisteredModel] = {}
+
+
+def register_model(name: str, blocks: dict[str, tuple[str, ...] | list[str]] | None = None):
+    """Decorator that registers ``factory(num_classes, in_channels, stem) -> nn.Module``.
+
+    Args:
+        name: the name used by ``--model`` and stored in checkpoints.
+        blocks: named groups of parameter-name glob patterns (e.g. ``{"head": ["fc.*"]}``),
+            used by per-layer LLC estimates.
+
+    Example:
+        >>> @register_model("tiny", blocks={"all": ["*"]})
+        ... def tiny(num_classes, in_channels, stem):
+        ...     return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+    """
+
+    def decorate(factory: ModelFactory) -> ModelFactory:
+        _REGISTRY[name] = RegisteredModel(
+            factory=factory, blocks={block: tuple(patterns) for block, patterns in (blocks or {}).items()}
+        )
+        return factory
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_blocks(name: str) -> dict[str, tuple[str, ...]]:
+    """The named parameter blocks a registered model declares."""
+    return dict(_lookup(name).blocks)
+
+
+def default_stem(image_size: int | None) -> Stem:
+    """The CIFAR stem for small inputs, the ImageNet stem otherwise (or when the size is unknown)."""
+    if image_size is not None and image_size <= CIFAR_STEM_MAX_IMAGE_SIZE:
+        return "cifar"
+    return "imagenet"
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    stem: Stem | None = None,
+    *,
+    image_size: int | None = None,
+) -> nn.Module:
+    """Build a registered model with freshly initialised weights (never pretrained).
+
+    Args:
+        name: a name from ``list_models()``.
+        num_classes: size of the output layer.
+        in_channels: channels of the input images.
+        stem: ``"cifar"`` (3x3 conv, no max-pool) or ``"imagenet"``; None picks by ``image_size``.
+        image_size: the input's side length, used only to choose the default stem.
+
+    Raises:
+        SettingsError: the name is not registered.
+    """
+    entry = _lookup(name)
+    return entry.factory(num_classes, in_channels, stem or default_stem(image_size))
+
+
+def _lookup(name: str) -> RegisteredModel:
+    if name not in _REGISTRY:
+        raise SettingsError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+class SmallCNN(nn.Module):
+    """A two-conv network that trains in seconds on a CPU; for demos and tests. No BatchNorm."""
+
+    def __init__(self, num_classes: int, in_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, kernel_size=3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.fc1 = nn.Linear(32 * 4 * 4, 64)
+        self.fc2 = nn.Linear(64, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        hidden = torch.max_pool2d(torch.relu(self.conv1(images)), 2)
+        hidden = torch.max_pool2d(torch.relu(self.conv2(hidden)), 2)
+        hidden = self.pool(hidden).flatten(1)
+        return self.fc2(torch.relu(self.fc1(hidden)))
+
+
+@register_model(
+    "smallcnn",
+    blocks={"conv1": ("conv1.*",), "conv2": ("conv2.*",), "fc1": ("fc1.*",), "fc2": ("fc2.*",)},
+)
+def smallcnn(num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
+    """The small CPU-friendly CNN; the stem setting does not apply to it."""
+    return SmallCNN(num_classes, in_channels)
+
+
+_RESNET_BLOCKS = {
+    "stem": ("conv1.*", "bn1.*"),
+    "layer1": ("layer1.*",),
+    "layer2": ("layer2.*",),
+    "layer3": ("layer3.*",),
+    "layer4": ("layer4.*",),
+    "fc": ("fc.*",),
+}
+
+
+def _resnet(constructor: Callable[..., nn.Module], num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
+    model = constructor(weights=None, num_classes=num_classes)
+    if stem == "cifar":
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+@register_model("resnet18", blocks=_RESNET_BLOCKS)
+def resnet18(num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
+    """torchvision's ResNet18, randomly initialised."""
+    from torchvision.models import resnet18 as constructor
+
+    return _resnet(constructor, num_classes, in_channels, stem)
+
+
+@register_model("resnet34", blocks=_RESNET_BLOCKS)
+def resnet34(num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
+    """torchvision's ResNet34, randomly initialised."""
+    from torchvision.models import resnet34 as constructor
+
+    return _resnet(constructor, num_classes, in_channels, stem)
+
+
+@register_model("resnet50", blocks=_RESNET_BLOCKS)
+def resnet50(num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
+    """torchvision's ResNet50, randomly initialised."""
+    from torchvision.models import resnet50 as constructor
+
+    return _resnet(constructor, num_classes, in_channels, stem)

@@ -1,0 +1,252 @@
+"""Settings: one pydantic model per TOML section, and the single place where precedence is resolved.
+
+An experiment is one TOML file with the sections ``[data]``, ``[model]``, ``[train]``,
+``[sampler]``, ``[calibrate]``, ``[estimate]`` and ``[plot]``. Each command validates only the
+sections it uses (unknown keys there are errors) and ignores the rest, so one file serves every
+command. Precedence, lowest first (docs/conventions.md):
+
+    model defaults < --config FILE < --from-calibration FILE (sampler fields only) < flags
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Sequence
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
+
+from llcv.errors import SettingsError
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _check_device(value: str) -> str:
+    if not _DEVICE_PATTERN.match(value):
+        raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
+    return value
+
+
+DeviceName = Annotated[str, AfterValidator(_check_device)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(_Section):
+    """``[data]``: which dataset, where it lives, and how it is split."""
+
+    dataset: str = "digits"  # a name from llcv.data.list_datasets()
+    data_dir: Path | None = None  # None: the dataset's documented default folder
+    download: bool = False  # fetch CIFAR-10 where the internet is reachable
+    image_size: PositiveInt | None = None  # folder/imagenet1k only; None: the dataset's default
+    num_workers: NonNegativeInt = 0  # DataLoader workers; 0 keeps resume bit-exact
+    seed: int = 0  # the train/validation split
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from llcv.data import list_datasets
+
+        if name not in list_datasets():
+            raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())}")
+        return name
+
+
+class ModelSettings(_Section):
+    """``[model]``: the architecture; class count and input channels come from the dataset."""
+
+    name: str = "smallcnn"  # a name from llcv.models.list_models()
+    stem: Literal["cifar", "imagenet"] | None = None  # None: cifar for inputs of 64 px or less
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from llcv.models import list_models
+
+        if name not in list_models():
+            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+        return name
+
+
+class TrainSettings(_Section):
+    """``[train]``: the optimiser, the schedule and which checkpoints to keep."""
+
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 0.05
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
+    weight_decay: NonNegativeFloat = 5e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_every_epochs: PositiveInt = 30  # step schedule: decay every this many epochs
+    step_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # step schedule: multiply lr by this
+    seed: int = 0  # initialisation, data order and augmentation
+    device: DeviceName = "auto"
+    checkpoints_dir: Path = Path("checkpoints")
+    checkpoint_every_epochs: NonNegativeInt = 1  # 0: no epoch-end checkpoints
+    log_checkpoints: NonNegativeInt = 0  # K log-spaced checkpoints over the run's steps
+    resume_from_checkpoint: Path | None = None
+
+
+class SamplerSettings(_Section):
+    """``[sampler]``: SGLD around a checkpoint, in the researchers' vocabulary.
+
+    ``epsilon`` is the step size and ``gamma`` the localization strength; devinterp calls them
+    ``lr`` and ``localization`` (translated in one place, ``llcv.sampling``). ``nbeta`` is n*beta,
+    the inverse temperature; None resolves to devinterp's default ``batch_size / ln(batch_size)``.
+    """
+
+    epsilon: PositiveFloat = 1e-4
+    gamma: NonNegativeFloat = 100.0
+    nbeta: PositiveFloat | None = None
+    num_chains: PositiveInt = 4
+    num_draws: PositiveInt = 200
+    num_burnin_steps: NonNegativeInt = 0
+    num_steps_bw_draws: PositiveInt = 1
+    batch_size: PositiveInt = 256
+    num_samples: PositiveInt | None = None  # None: the whole training split
+    sampler: Literal["sgld", "rmsprop_sgld"] = "sgld"
+    bn_mode: Literal["eval", "train"] = "eval"
+    divergence_bound: PositiveFloat | None = None  # None: derived from the sampled parameter count
+    mala: bool = True
+    seed: int = 0
+
+
+class SettingsBundle(BaseModel):
+    """The resolved sections one command uses; sections it does not use stay None."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: DataSettings | None = None
+    model: ModelSettings | None = None
+    train: TrainSettings | None = None
+    sampler: SamplerSettings | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The used sections as JSON-compatible types (for checkpoints and result files)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+SECTION_MODELS: dict[str, type[_Section]] = {
+    "data": DataSettings,
+    "model": ModelSettings,
+    "train": TrainSettings,
+    "sampler": SamplerSettings,
+}
+
+# Exactly the fields a calibration's recommended.json carries (docs/formats.md).
+CALIBRATION_FIELDS = ("epsilon", "gamma", "nbeta", "sampler")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Read a TOML experiment file.
+
+    Raises:
+        SettingsError: the file is missing, unreadable, or not valid TOML.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise SettingsError(f"config file {path} is a directory, expected a TOML file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError(f"config file {path} cannot be read: {error}") from None
+    for section, body in raw.items():
+        if section in SECTION_MODELS and not isinstance(body, dict):
+            raise SettingsError(f"config file {path}: [{section}] must be a table of settings")
+    return raw
+
+
+def read_calibration(path: Path) -> dict[str, Any]:
+    """Read a ``recommended.json`` written by ``llcv calibrate sweep``.
+
+    Raises:
+        SettingsError: the file is missing, not JSON, or does not hold exactly the four fields.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"calibration file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SettingsError(f"calibration file {path} is not readable JSON: {error}") from None
+    if not isinstance(raw, dict) or set(raw) != set(CALIBRATION_FIELDS):
+        found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise SettingsError(
+            f"calibration file {path} must hold exactly {', '.join(CALIBRATION_FIELDS)}; found {found}"
+        )
+    return raw
+
+
+def format_validation_error(error: ValidationError, section: str) -> str:
+    """One line per invalid field, ``section.field: message (got value)``."""
+    lines = []
+    for problem in error.errors():
+        location = ".".join(str(part) for part in (section, *problem["loc"]))
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown setting"
+        got = "" if problem["type"] in ("extra_forbidden", "missing") else f" (got {problem['input']!r})"
+        lines.append(f"{location}: {message}{got}")
+    return "\n".join(lines)
+
+
+def validate_section(section: str, values: Mapping[str, Any]) -> _Section:
+    """Validate one section's raw values into its settings model.
+
+    Raises:
+        SettingsError: naming every invalid field.
+    """
+    try:
+        return SECTION_MODELS[section].model_validate(dict(values))
+    except ValidationError as error:
+        raise SettingsError(format_validation_error(error, section)) from None
+
+
+def load_settings(
+    sections: Sequence[str],
+    config: Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    calibration: Path | None = None,
+    base: Mapping[str, Mapping[str, Any]] | None = None,
+) -> SettingsBundle:
+    """Resolve the given sections: defaults < base < config file < calibration file < overrides.
+
+    Args:
+        sections: the sections this command uses, e.g. ``("data", "model", "train")``.
+        config: a TOML experiment file; sections not named in ``sections`` are ignored.
+        overrides: per-section values from the command line; None values mean "not given".
+        calibration: a ``recommended.json``; it sets the sampler's four calibrated fields.
+        base: values beneath the config file, e.g. the settings stored in a checkpoint being resumed.
+
+    Raises:
+        SettingsError: a file cannot be read or a value is invalid; the message names the field.
+    """
+    raw = read_config(config) if config is not None else {}
+    overrides = overrides or {}
+    resolved = {}
+    for section in sections:
+        values = {**(base or {}).get(section, {}), **raw.get(section, {})}
+        if section == "sampler" and calibration is not None:
+            values.update(read_calibration(calibration))
+        values.update({key: value for key, value in overrides.get(section, {}).items() if value is not None})
+        resolved[section] = validate_section(section, values)
+    return SettingsBundle(**resolved)

@@ -1,0 +1,269 @@
+"""Training: ``train(settings)`` fits a model and keeps every scheduled checkpoint.
+
+The checkpoint schedule over T steps is step 0 (the initialisation), K log-spaced steps
+``round(geomspace(1, T, K))``, the end of every N-th epoch, and the final step. A run resumed
+from any of its checkpoints continues bit for bit: the optimizer, scheduler and RNG states are
+stored, and the data order of each epoch is a pure function of (seed, epoch), so the position
+inside an epoch is just the number of batches already taken.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from llcv.checkpoints import checkpoint_name, read_checkpoint, save_checkpoint
+from llcv.data import load_dataset
+from llcv.devices import resolve_device
+from llcv.errors import SettingsError
+from llcv.models import build_model, default_stem
+from llcv.progress import SILENT, Reporter
+from llcv.settings import SettingsBundle, TrainSettings
+
+EVAL_BATCH_SIZE = 512
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    checkpoints_dir: Path
+    checkpoints: list[Path] = field(default_factory=list)
+    num_steps: int = 0
+    steps_per_epoch: int = 0
+    final_metrics: dict[str, float | None] = field(default_factory=dict)
+
+
+def checkpoint_steps(
+    num_steps: int, steps_per_epoch: int, log_checkpoints: int = 0, checkpoint_every_epochs: int = 0
+) -> list[int]:
+    """The sorted steps at which a run of ``num_steps`` steps saves checkpoints."""
+    steps = {0, num_steps}
+    if log_checkpoints > 0 and num_steps > 0:
+        steps.update(int(step) for step in np.round(np.geomspace(1, num_steps, log_checkpoints)))
+    if checkpoint_every_epochs > 0:
+        epochs = num_steps // steps_per_epoch
+        steps.update(epoch * steps_per_epoch for epoch in range(checkpoint_every_epochs, epochs + 1, checkpoint_every_epochs))
+    return sorted(steps)
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of one epoch: a pure function of (seed, epoch), so resume needs no state."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+    return torch.randperm(num_samples, generator=generator)
+
+
+def _loader(dataset: Dataset, batches: list[list[int]], num_workers: int) -> DataLoader:
+    # A private generator keeps loader construction from consuming the global RNG, which the
+    # augmentation draws from; otherwise a resumed run would augment differently.
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, generator=torch.Generator())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, num_workers: int = 0) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``dataset``, in eval mode; restores the mode."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    indices = list(range(len(dataset)))
+    batches = [indices[start : start + EVAL_BATCH_SIZE] for start in range(0, len(indices), EVAL_BATCH_SIZE)]
+    for images, labels in _loader(dataset, batches, num_workers):
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        total_loss += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(dim=1) == labels).sum()
+        count += len(labels)
+    model.train(was_training)
+    return {"val_loss": total_loss.item() / max(count, 1), "val_acc": correct.item() / max(count, 1)}
+
+
+def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, num_steps: int, steps_per_epoch: int):
+    # Schedulers step once per optimisation step, so checkpoints may fall mid-epoch.
+    if settings.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(num_steps, 1))
+    if settings.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=settings.step_every_epochs * steps_per_epoch, gamma=settings.step_factor
+        )
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    state: dict[str, torch.Tensor | list[torch.Tensor]] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
+    """Train ``settings.model`` on ``settings.data`` as ``settings.train`` says, saving checkpoints.
+
+    Args:
+        settings: resolved ``data``, ``model`` and ``train`` sections.
+        reporter: receives progress (epochs and batches, live loss and accuracy) and epoch summaries.
+
+    Returns:
+        The checkpoints written by this call, in training order, and the final metrics.
+
+    Raises:
+        SettingsError, DataError, CheckpointError: bad settings, data, or resume checkpoint.
+    """
+    data_settings, model_settings, train_settings = settings.data, settings.model, settings.train
+    device = resolve_device(train_settings.device)
+    train_set, val_set, info = load_dataset(
+        data_settings.dataset,
+        data_settings.data_dir,
+        data_settings.seed,
+        augment=True,
+        download=data_settings.download,
+        image_size=data_settings.image_size,
+    )
+    torch.manual_seed(train_settings.seed)
+    stem = model_settings.stem or default_stem(info.image_size)
+    model = build_model(model_settings.name, info.num_classes, info.in_channels, stem)
+    model.to(device)
+    optimizer = _optimizer(model, train_settings)
+    steps_per_epoch = math.ceil(len(train_set) / train_settings.batch_size)
+    num_steps = train_settings.epochs * steps_per_epoch
+    scheduler = _scheduler(optimizer, train_settings, num_steps, steps_per_epoch)
+    schedule = set(
+        checkpoint_steps(num_steps, steps_per_epoch, train_settings.log_checkpoints, train_settings.checkpoint_every_epochs)
+    )
+    result = TrainResult(Path(train_settings.checkpoints_dir), num_steps=num_steps, steps_per_epoch=steps_per_epoch)
+    model_spec = {
+        "name": model_settings.name,
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+        "stem": stem,
+    }
+    dataset_spec = {"name": info.name, "data_dir": info.data_dir, "seed": data_settings.seed}
+
+    def save(step: int, train_loss: float | None) -> None:
+        metrics = {"train_loss": train_loss, **evaluate(model, val_set, device, data_settings.num_workers)}
+        payload = {
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "model": model_spec,
+            "dataset": dataset_spec,
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(device),
+            "metrics": metrics,
+            "settings": settings.to_json_dict(),
+        }
+        result.checkpoints.append(save_checkpoint(result.checkpoints_dir / checkpoint_name(step), payload))
+        result.final_metrics = metrics
+
+    step = 0
+    if train_settings.resume_from_checkpoint is not None:
+        step = _resume(train_settings.resume_from_checkpoint, model, optimizer, scheduler, model_spec, num_steps, device)
+        reporter.note(f"resuming from step {step} of {num_steps}")
+    else:
+        save(0, None)
+
+    model.train()
+    loss_since_checkpoint, batches_since_checkpoint = torch.zeros((), device=device), 0
+    reporter.start("epochs", "Epochs", train_settings.epochs)
+    reporter.advance("epochs", step // steps_per_epoch)
+    try:
+        for epoch in range(step // steps_per_epoch, train_settings.epochs):
+            order = epoch_order(len(train_set), train_settings.seed, epoch).tolist()
+            batches = [order[start : start + train_settings.batch_size] for start in range(0, len(order), train_settings.batch_size)]
+            batches = batches[step - epoch * steps_per_epoch :]
+            epoch_loss, epoch_correct, epoch_count = torch.zeros((), device=device), torch.zeros((), device=device), 0
+            reporter.start("batches", f"Epoch {epoch + 1}", steps_per_epoch)
+            reporter.advance("batches", steps_per_epoch - len(batches))
+            for images, labels in _loader(train_set, batches, data_settings.num_workers):
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                batch_loss = loss.detach() * len(labels)
+                epoch_loss += batch_loss
+                epoch_correct += (logits.argmax(dim=1) == labels).sum()
+                epoch_count += len(labels)
+                loss_since_checkpoint += loss.detach()
+                batches_since_checkpoint += 1
+                reporter.advance("batches", 1, loss=_LazyRatio(epoch_loss, epoch_count), acc=_LazyRatio(epoch_correct, epoch_count))
+                if step in schedule:
+                    save(step, (loss_since_checkpoint / batches_since_checkpoint).item())
+                    loss_since_checkpoint.zero_()
+                    batches_since_checkpoint = 0
+            reporter.finish("batches")
+            reporter.advance("epochs", 1)
+            last = result.final_metrics
+            reporter.note(
+                f"epoch {epoch + 1}/{train_settings.epochs}: train loss {epoch_loss.item() / max(epoch_count, 1):.4f}, "
+                f"train acc {epoch_correct.item() / max(epoch_count, 1):.3f}, "
+                f"val loss {last.get('val_loss', float('nan')):.4f}, val acc {last.get('val_acc', float('nan')):.3f} "
+                f"(step {step})"
+            )
+    finally:
+        reporter.finish("batches")
+        reporter.finish("epochs")
+    return result
+
+
+class _LazyRatio:
+    """A device scalar divided by a count, read only when a progress display formats it.
+
+    Reading a CUDA tensor synchronises the device; deferring the read to the (throttled)
+    display refresh keeps the training loop free of per-step host synchronisation.
+    """
+
+    def __init__(self, total: torch.Tensor, count: int):
+        self.total, self.count = total, count
+
+    def __format__(self, spec: str) -> str:
+        return format(self.total.item() / max(self.count, 1), spec)
+
+
+def _resume(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    model_spec: dict,
+    num_steps: int,
+    device: torch.device,
+) -> int:
+    payload = read_checkpoint(path)
+    if payload.get("format") != "llcv-checkpoint" or "optimizer" not in payload:
+        raise SettingsError(f"--resume-from-checkpoint {path}: only llcv training checkpoints can be resumed")
+    if payload["model"] != model_spec:
+        raise SettingsError(
+            f"--resume-from-checkpoint {path}: the checkpoint's model {payload['model']} differs from the settings' {model_spec}"
+        )
+    if payload["step"] > num_steps:
+        raise SettingsError(f"--resume-from-checkpoint {path}: step {payload['step']} is past this run's {num_steps} steps")
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    _restore_rng_state(payload["rng"], device)
+    return int(payload["step"])
