@@ -270,7 +270,7 @@ def _check_native_size(request: _LoadRequest, native_size: int) -> None:
 def _refuse_download(request: _LoadRequest) -> None:
     if request.download:
         raise DataError(
-            f"download is available only for cifar10; put the {request.name} images in place yourself "
+            f"download is available only for cifar10; {request.name} reads images already on disk "
             "(see docs/guide.md)."
         )
 
@@ -282,7 +282,7 @@ def _load_digits(request: _LoadRequest) -> _Splits:
     _check_native_size(request, DIGITS_IMAGE_SIZE)
     digits = load_digits()
     pixels = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # values are 0..16
-    pixels = F.interpolate(pixels, size=(DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE), mode="bilinear", align_corners=False)
+    pixels = F.interpolate(pixels, size=DIGITS_IMAGE_SIZE, mode="bilinear", align_corners=False)
     # Statistics over all images, not the train split, so every seed normalises identically.
     pixels = (pixels - pixels.mean()) / pixels.std()
     images = pixels.repeat(1, 3, 1, 1)  # grey replicated, so models built for RGB apply unchanged
@@ -423,13 +423,21 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(f"{path} is not a CIFAR-10 batch: expected {expected}, found {found}.")
     data, labels = batch[b"data"], batch[b"labels"]
     pixels_per_image = 3 * CIFAR10_IMAGE_SIZE * CIFAR10_IMAGE_SIZE
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels_per_image:
-        description = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"{path} is not a CIFAR-10 batch: expected {expected}, but b'data' is a {description}.")
+    if not isinstance(data, np.ndarray):
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch: expected {expected}, but b'data' is a {type(data).__name__}."
+        )
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels_per_image:
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch: expected {expected}, "
+            f"but b'data' is a {data.dtype} array of shape {data.shape}."
+        )
     try:
         targets = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     except (TypeError, ValueError) as error:
-        raise DataError(f"{path} is not a CIFAR-10 batch: expected {expected}, but b'labels' are not integers.") from error
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch: expected {expected}, but b'labels' are not integers."
+        ) from error
     if targets.shape != (len(data),):
         raise DataError(
             f"{path} is not a CIFAR-10 batch: expected {expected}, but it has {len(data)} images "
@@ -446,18 +454,20 @@ def _read_cifar_label_names(path: Path) -> list[str]:
     meta = _read_cifar_pickle(path)
     names = meta.get(b"label_names") if isinstance(meta, dict) else None
     if not isinstance(names, list) or len(names) != 10:
-        raise DataError(f"{path} is not CIFAR-10's batches.meta: expected a dict with b'label_names', a list of 10 names.")
+        raise DataError(
+            f"{path} is not CIFAR-10's batches.meta: expected a dict with b'label_names', a list of 10 names."
+        )
     return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
 
 
 def _find_cifar_dir(data_dir: Path) -> tuple[Path, list[str]]:
     """The folder holding the batches (``data_dir`` or the archive's subfolder) and what it lacks."""
     needed = [*CIFAR10_TRAIN_FILES, CIFAR10_VAL_FILE, CIFAR10_META_FILE]
-    candidates = [data_dir, data_dir / CIFAR10_EXTRACTED_FOLDER]
-    missing_by_candidate = [[file for file in needed if not (folder / file).is_file()] for folder in candidates]
+    candidates = []
+    for folder in (data_dir, data_dir / CIFAR10_EXTRACTED_FOLDER):
+        candidates.append((folder, [name for name in needed if not (folder / name).is_file()]))
     # Report against whichever folder is closer to complete; on a tie, data_dir itself.
-    best = min(range(len(candidates)), key=lambda index: len(missing_by_candidate[index]))
-    return candidates[best], missing_by_candidate[best]
+    return min(candidates, key=lambda candidate: len(candidate[1]))
 
 
 def _download_cifar10(data_dir: Path) -> None:
@@ -482,10 +492,12 @@ def _load_cifar10(request: _LoadRequest) -> _Splits:
         _download_cifar10(data_dir)
         folder, missing = _find_cifar_dir(data_dir)
     if missing:
+        problem = f"incomplete in {folder}: missing {', '.join(missing)}" if data_dir.is_dir() else "not found"
         raise DataError(
-            f"CIFAR-10 is incomplete in {folder}: missing {', '.join(missing)}. Expected data_batch_1 to "
-            f"data_batch_5, test_batch and batches.meta in {data_dir} or {data_dir / CIFAR10_EXTRACTED_FOLDER}. "
-            f"Get the 'CIFAR-10 python version' from {CIFAR10_URL} and extract it there, or rerun with --download."
+            f"CIFAR-10 is {problem}. Expected data_batch_1 "
+            f"to data_batch_5, test_batch and batches.meta in {data_dir} or "
+            f"{data_dir / CIFAR10_EXTRACTED_FOLDER}. Get the 'CIFAR-10 python version' from "
+            f"{CIFAR10_URL} and extract it there, or rerun with --download."
         )
 
     train_batches = [_read_cifar_batch(folder / file) for file in CIFAR10_TRAIN_FILES]
@@ -494,7 +506,8 @@ def _load_cifar10(request: _LoadRequest) -> _Splits:
     val_images, val_targets = _read_cifar_batch(folder / CIFAR10_VAL_FILE)
     class_names = _read_cifar_label_names(folder / CIFAR10_META_FILE)
 
-    train = TensorImageDataset(train_images, train_targets, transform=_CifarTransform(augment=request.augment))
+    train_transform = _CifarTransform(augment=request.augment)
+    train = TensorImageDataset(train_images, train_targets, transform=train_transform)
     val = TensorImageDataset(val_images, val_targets, transform=_CifarTransform(augment=False))
     info = DatasetInfo(
         name="cifar10",
@@ -526,8 +539,10 @@ def _image_folder_transforms(image_size: int, augment: bool) -> Any:
     if augment:
         geometry = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
     else:
-        geometry = [transforms.Resize(round(image_size * IMAGENET_RESIZE_RATIO)), transforms.CenterCrop(image_size)]
-    return transforms.Compose([*geometry, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        resize = round(image_size * IMAGENET_RESIZE_RATIO)
+        geometry = [transforms.Resize(resize), transforms.CenterCrop(image_size)]
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    return transforms.Compose([*geometry, transforms.ToTensor(), normalize])
 
 
 def _load_image_folders(request: _LoadRequest, root: Path, layout_help: str = "") -> _Splits:
@@ -549,9 +564,8 @@ def _load_image_folders(request: _LoadRequest, root: Path, layout_help: str = ""
     splits = {}
     for split, augment in (("train", request.augment), ("val", False)):
         try:
-            dataset = ImageFolder(
-                str(root / split), transform=_image_folder_transforms(image_size, augment), loader=_load_rgb_image
-            )
+            transform = _image_folder_transforms(image_size, augment)
+            dataset = ImageFolder(str(root / split), transform=transform, loader=_load_rgb_image)
         except OSError as error:  # FileNotFoundError: no class folders, or no images in them
             raise DataError(f"Cannot read {root / split}: {error}. {layout}") from error
         # A tensor, like every other dataset here, so subsets and per-class counts stay cheap.
@@ -586,10 +600,11 @@ def _load_imagenet1k(request: _LoadRequest) -> _Splits:
     if root is None:
         root = IMAGENET_DEFAULT_DIR
         if not root.exists() and IMAGENET_LEGACY_DIR.exists():
-            logger.info("Using %s (the older default folder) because %s does not exist", IMAGENET_LEGACY_DIR, root)
+            logger.info("Using the older default folder %s: %s does not exist", IMAGENET_LEGACY_DIR, root)
             root = IMAGENET_LEGACY_DIR
     layout_help = (
-        " ImageNet's validation images come as one flat folder; docs/guide.md shows how to sort them into class folders."
+        " ImageNet's validation images come as one flat folder;"
+        " docs/guide.md shows how to sort them into class folders."
     )
     return _load_image_folders(request, root, layout_help)
 
@@ -599,7 +614,8 @@ def _load_folder(request: _LoadRequest) -> _Splits:
     _refuse_download(request)
     if request.data_dir is None:
         raise DataError(
-            "The folder dataset needs data_dir: a folder holding train/<class>/<image> and val/<class>/<image>."
+            "The folder dataset needs data_dir: a folder holding train/<class>/<image> "
+            "and val/<class>/<image>."
         )
     return _load_image_folders(request, request.data_dir)
 
