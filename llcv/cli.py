@@ -126,6 +126,101 @@ def train(
         )
 
 
+# Sampler flags, shared by every command that samples.
+EpsilonOpt = Annotated[Optional[float], typer.Option("--epsilon", help="SGLD step size (devinterp's lr).")]
+GammaOpt = Annotated[Optional[float], typer.Option("--gamma", help="Localization strength, pull toward the checkpoint (devinterp's localization).")]
+NbetaOpt = Annotated[Optional[float], typer.Option("--nbeta", help="Inverse temperature n*beta (default batch_size/ln(batch_size)).")]
+NumChainsOpt = Annotated[Optional[int], typer.Option("--num-chains", help="Independent SGLD chains.")]
+NumDrawsOpt = Annotated[Optional[int], typer.Option("--num-draws", help="Draws per chain (after burn-in).")]
+NumBurninOpt = Annotated[Optional[int], typer.Option("--num-burnin-steps", help="Steps discarded before the draws.")]
+StepsBetweenOpt = Annotated[Optional[int], typer.Option("--num-steps-bw-draws", help="SGLD steps between two draws.")]
+SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="sgld | rmsprop_sgld.")]
+SampleBatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Minibatch size of the chains.")]
+NumSamplesOpt = Annotated[Optional[int], typer.Option("--num-samples", help="Use a seeded subset of N training samples.")]
+BnModeOpt = Annotated[Optional[str], typer.Option("--bn-mode", help="eval (running statistics frozen; default) | train (devinterp's behaviour).")]
+DivergenceOpt = Annotated[Optional[float], typer.Option("--divergence-bound", help="Per-draw LLC above this counts as diverged.")]
+MalaOpt = Annotated[Optional[bool], typer.Option("--mala/--no-mala", help="Compute MALA acceptance.")]
+SamplerSeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of batch order and noise (common random numbers across checkpoints).")]
+CalibrationOpt = Annotated[Optional[Path], typer.Option("--from-calibration", help="recommended.json from `llcv calibrate sweep` (sets epsilon, gamma, nbeta, sampler).", dir_okay=False)]
+CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file (llcv or foreign).", dir_okay=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout and nothing else.")]
+
+
+def _target(checkpoint: Path, model: str | None, stem: str | None, dataset: str | None, data_dir: Path | None, config: Path | None):
+    """Load the checkpoint's model and training split; [data] in the config may relocate the data."""
+    from llcv.targets import load_target
+
+    data = load_settings(("data",), config=config).data if config is not None else None
+    configured_dir = data.data_dir if data is not None else None
+    return load_target(checkpoint, model_name=model, stem=stem, dataset=dataset, data_dir=data_dir or configured_dir)
+
+
+@app.command(
+    epilog=(
+        "Example: llcv estimate --checkpoint checkpoints/digits/step_00000450.pt --epsilon 1e-4 --gamma 100 "
+        "--num-chains 4 --num-draws 200\n\n"
+        "With calibrated settings: llcv estimate --checkpoint CKPT --from-calibration results/calibration/step_00000450/recommended.json --json"
+    )
+)
+def estimate(
+    checkpoint: CheckpointOpt,
+    config: ConfigOpt = None,
+    from_calibration: CalibrationOpt = None,
+    epsilon: EpsilonOpt = None,
+    gamma: GammaOpt = None,
+    nbeta: NbetaOpt = None,
+    num_chains: NumChainsOpt = None,
+    num_draws: NumDrawsOpt = None,
+    num_burnin_steps: NumBurninOpt = None,
+    num_steps_bw_draws: StepsBetweenOpt = None,
+    sampler: SamplerOpt = None,
+    batch_size: SampleBatchOpt = None,
+    num_samples: NumSamplesOpt = None,
+    bn_mode: BnModeOpt = None,
+    divergence_bound: DivergenceOpt = None,
+    mala: MalaOpt = None,
+    seed: SamplerSeedOpt = None,
+    device: DeviceOpt = None,
+    model: ModelOpt = None,
+    stem: StemOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Estimate the LLC of one checkpoint and print it with its diagnostics."""
+    from llcv.sampling import estimate_llc
+
+    with command_boundary():
+        settings = load_settings(
+            ("sampler", "estimate"),
+            config=config,
+            calibration=from_calibration,
+            overrides={
+                "sampler": dict(
+                    epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_chains=num_chains, num_draws=num_draws,
+                    num_burnin_steps=num_burnin_steps, num_steps_bw_draws=num_steps_bw_draws, sampler=sampler,
+                    batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode,
+                    divergence_bound=divergence_bound, mala=mala, seed=seed,
+                ),
+                "estimate": dict(device=device),
+            },
+        )
+        _show_settings(settings)
+        target = _target(checkpoint, model, stem, dataset, data_dir, config)
+        if json_output:
+            Verbosity.level = 0
+        with RichReporter() as reporter:
+            result = estimate_llc(target.model, target.dataset, settings.sampler, device=settings.estimate.device, reporter=reporter)
+        if json_output:
+            import json
+
+            typer.echo(json.dumps(result.to_dict()))
+        else:
+            console.render_llc_result(result, f"LLC of {checkpoint.name}")
+        if result.llc_mean is None:
+            raise typer.Exit(console.EXIT_FAILED)
+
+
 def _resumed_settings(checkpoint: Path | None) -> dict | None:
     """A resumed run starts from the settings stored in its checkpoint, beneath config and flags."""
     if checkpoint is None:

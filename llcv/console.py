@@ -140,3 +140,32 @@ def command_boundary() -> Iterator[None]:
         sys.exit(EXIT_TERMINATED)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def render_llc_result(result, title: str) -> None:
+    """The end-of-estimate table: LLC mean +- std, per chain, MALA, R-hat, ESS, warnings."""
+    from rich.table import Table
+
+    def number(value, spec: str = ".4g") -> str:
+        return "—" if value is None else format(value, spec)
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    mean, std = result.llc_mean, result.llc_std
+    table.add_row("LLC", "no healthy chain" if mean is None else f"{mean:.4g} ± {number(std)}")
+    table.add_row("per chain", ", ".join(number(value) for value in result.llc_per_chain))
+    table.add_row("MALA acceptance", number(result.mala_acceptance, ".3f"))
+    if result.mala_acceptance_per_chain:
+        table.add_row("  per chain", ", ".join(number(value, ".3f") for value in result.mala_acceptance_per_chain))
+    table.add_row("R-hat", number(result.diagnostics.r_hat, ".3f"))
+    table.add_row("ESS", number(result.diagnostics.ess, ".0f"))
+    table.add_row("diverged chains", str(result.diagnostics.diverged_chains))
+    table.add_row("init loss", number(result.init_loss, ".5g"))
+    table.add_row("nbeta", number(result.nbeta, ".4g"))
+    table.add_row("sampled parameters", f"{result.num_parameters:,}")
+    table.add_row("samples", f"{result.num_samples_used:,}")
+    table.add_row("time", f"{result.elapsed_seconds:.1f} s on {result.device} ({result.num_threads} threads)")
+    stdout.print(table)
+    for warning in result.diagnostics.warnings:
+        stdout.print(f"[yellow]warning:[/] {warning}", highlight=False)

@@ -127,6 +127,56 @@ class SamplerSettings(_Section):
     seed: int = 0
 
 
+def _check_shard(value: str | None) -> str | None:
+    if value is None:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d+)", value)
+    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
+        raise ValueError("must be K/N with 0 <= K < N, e.g. 0/4")
+    return value
+
+
+class CalibrateSettings(_Section):
+    """``[calibrate]``: the (epsilon, gamma, nbeta) grid and the rule that picks from it."""
+
+    epsilons: list[PositiveFloat] = [1e-6, 1e-5, 1e-4, 1e-3]
+    gammas: list[NonNegativeFloat] = [1.0, 10.0, 100.0, 1000.0]
+    nbetas: list[PositiveFloat] | None = None  # None: the sampler's nbeta
+    num_chains: PositiveInt = 2
+    num_draws: PositiveInt = 200
+    num_burnin_steps: NonNegativeInt = 0
+    target_acceptance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    max_negative_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    max_trace_drift: NonNegativeFloat = 0.1
+    max_r_hat: Annotated[float, Field(ge=1.0)] = 1.1
+    results_dir: Path = Path("results/calibration")
+    format: Literal["png", "pdf", "svg"] = "png"
+    device: DeviceName = "auto"
+
+
+class EstimateSettings(_Section):
+    """``[estimate]``: which checkpoints, where results go, and how work is spread."""
+
+    results_dir: Path = Path("results/llc_estimations")
+    every_nth: PositiveInt = 1
+    steps: list[NonNegativeInt] | None = None
+    force: bool = False
+    device: DeviceName = "auto"
+    shard: Annotated[str | None, AfterValidator(_check_shard)] = None  # "K/N"
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    claim_timeout_seconds: PositiveFloat = 600.0  # a claim whose heartbeat is older is taken over
+
+
+class PlotSettings(_Section):
+    """``[plot]``: the LLC-over-training figure."""
+
+    out: Path = Path("results/llc_plots/llc.png")
+    x: Literal["step", "epoch"] = "step"
+    log_x: bool = False
+    mark_transitions: bool = False
+
+
 class SettingsBundle(BaseModel):
     """The resolved sections one command uses; sections it does not use stay None."""
 
@@ -136,6 +186,9 @@ class SettingsBundle(BaseModel):
     model: ModelSettings | None = None
     train: TrainSettings | None = None
     sampler: SamplerSettings | None = None
+    calibrate: CalibrateSettings | None = None
+    estimate: EstimateSettings | None = None
+    plot: PlotSettings | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """The used sections as JSON-compatible types (for checkpoints and result files)."""
@@ -147,6 +200,9 @@ SECTION_MODELS: dict[str, type[_Section]] = {
     "model": ModelSettings,
     "train": TrainSettings,
     "sampler": SamplerSettings,
+    "calibrate": CalibrateSettings,
+    "estimate": EstimateSettings,
+    "plot": PlotSettings,
 }
 
 # Exactly the fields a calibration's recommended.json carries (docs/formats.md).

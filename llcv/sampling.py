@@ -1,0 +1,512 @@
+"""The LLC engine: SGLD chains around a checkpoint, the estimate, and its diagnostics.
+
+This is the only module that imports devinterp. The estimator (Lau, Furman, Wang, Murfet &
+Wei 2023, "The Local Learning Coefficient: A Singularity-Aware Complexity Measure") is
+
+    LLC = nbeta * (E_w[L(w)] - L(w*))
+
+where ``w*`` are the checkpoint's weights, ``L`` the training loss, ``nbeta`` (n*beta, the
+inverse temperature) a setting, and the expectation is over the tempered, localized posterior
+``exp(-nbeta * L(w) - gamma/2 * |w - w*|^2)``, sampled with SGLD of step size ``epsilon``.
+devinterp calls ``epsilon`` ``lr`` and ``gamma`` ``localization``; ``_make_sampler`` is the one
+place that translates.
+
+Reproducibility: chain ``c`` draws its minibatch order and its Gaussian noise from seeds derived
+from ``(settings.seed, c)``. Estimating every checkpoint of a run with one seed therefore uses
+common random numbers: the same batches and the same noise at every checkpoint, so differences
+between checkpoints reflect the models, not the sampling noise.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from llcv.devices import resolve_device
+from llcv.diagnostics import effective_sample_size, split_r_hat
+from llcv.errors import SettingsError
+from llcv.progress import SILENT, Reporter
+from llcv.settings import SamplerSettings
+
+LossFunction = Callable[[nn.Module, Any], torch.Tensor]
+LossSpec = Union[Literal["cross_entropy", "mse"], LossFunction]
+
+# Datasets up to this size are materialised as tensors on the device once, so a sampling step
+# is an index gather instead of a DataLoader round trip.
+PRELOAD_LIMIT_BYTES = 2 * 1024**3
+# The loop looks at its losses (a host synchronisation) once per this many steps.
+DIVERGENCE_CHECK_EVERY = 16
+R_HAT_LIMIT = 1.1
+LOW_MALA_ACCEPTANCE = 0.5
+
+
+class LLCDiagnostics(BaseModel):
+    """How far to trust an estimate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r_hat: float | None = None
+    ess: float | None = None
+    diverged_chains: int = 0
+    nonfinite: bool = False
+    warnings: list[str] = []
+
+
+class LLCResult(BaseModel):
+    """An LLC estimate with its traces, diagnostics and provenance (docs/formats.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llc_mean: float | None
+    llc_std: float | None
+    llc_per_chain: list[float | None]
+    loss_trace: list[list[float | None]]
+    burnin_loss_trace: list[list[float | None]]
+    llc_trace: list[list[float | None]]
+    init_loss: float | None
+    nbeta: float
+    mala_acceptance: float | None = None
+    mala_acceptance_per_chain: list[float | None] | None = None
+    diagnostics: LLCDiagnostics
+    settings: dict[str, Any]
+    num_parameters: int
+    num_samples_used: int
+    elapsed_seconds: float
+    device: str
+    num_threads: int
+    versions: dict[str, str | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict; non-finite numbers become None."""
+        return _finite_or_none(self.model_dump(mode="python"))
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "LLCResult":
+        """Rebuild a result from ``to_dict()`` output (or its JSON)."""
+        return cls.model_validate(payload)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def default_nbeta(batch_size: int) -> float:
+    """devinterp's default inverse temperature, ``batch_size / ln(batch_size)``."""
+    return batch_size / math.log(batch_size) if batch_size > 1 else 1.0
+
+
+def default_divergence_bound(num_parameters: int, nbeta: float, init_loss: float) -> float:
+    """The per-draw LLC above which a chain counts as diverged, when the settings give none.
+
+    A true LLC never exceeds d/2, so per-draw values above d (twice that) mean the chain left
+    the basin. For tiny models, whose per-draw values swing by minibatch noise far more than
+    d, the bound is never below ``nbeta * max(L(w*), 1)``: the loss at least doubling from a
+    loss of 1 or more.
+    """
+    return max(float(num_parameters), nbeta * max(abs(init_loss), 1.0))
+
+
+def resolve_loss(loss: LossSpec) -> LossFunction:
+    """The ``(model, batch) -> scalar`` function for a loss name or callable."""
+    if callable(loss):
+        return loss
+    if loss == "cross_entropy":
+        return lambda model, batch: F.cross_entropy(model(batch[0]), batch[1])
+    if loss == "mse":
+        return lambda model, batch: F.mse_loss(model(batch[0]), batch[1])
+    raise SettingsError(f"unknown loss {loss!r}; use 'cross_entropy', 'mse', or a callable (model, batch) -> loss")
+
+
+class SamplingData:
+    """Minibatches for the chains: seeded, full-size, and on the device when the data fits.
+
+    Build it once and pass it to ``estimate_llc`` for every checkpoint of a run, so the
+    dataset is read (and moved to the device) only once.
+    """
+
+    def __init__(self, data: Dataset | DataLoader, settings: SamplerSettings, device: torch.device):
+        self.loader = data if isinstance(data, DataLoader) else None
+        self.device = device
+        if self.loader is not None:
+            self.num_samples = len(self.loader.dataset)
+            self.batch_size = self.loader.batch_size or 1
+            return
+        from llcv.data import subset
+
+        dataset = data
+        if settings.num_samples is not None and settings.num_samples < len(dataset):
+            dataset = subset(dataset, num_samples=settings.num_samples, seed=settings.seed)
+        if len(dataset) == 0:
+            raise SettingsError("the dataset for sampling is empty")
+        self.dataset = dataset
+        self.num_samples = len(dataset)
+        self.batch_size = min(settings.batch_size, self.num_samples)
+        self.tensors = self._preload(dataset)
+
+    def _preload(self, dataset: Dataset) -> list[torch.Tensor] | None:
+        first = dataset[0]
+        item_bytes = sum(torch.as_tensor(part).numel() * torch.as_tensor(part).element_size() for part in first)
+        if item_bytes * len(dataset) > PRELOAD_LIMIT_BYTES:
+            return None
+        loader = DataLoader(dataset, batch_size=1024, shuffle=False, generator=torch.Generator())
+        columns = [torch.cat(parts).to(self.device) for parts in zip(*loader)]
+        return columns
+
+    def batches(self, seed: int) -> Iterator:
+        """An endless stream of full-size minibatches in a seeded order (reshuffled every pass)."""
+        if self.loader is not None:
+            while True:
+                for batch in self.loader:
+                    yield _to_device(batch, self.device)
+        generator = torch.Generator().manual_seed(seed)
+        pending = torch.empty(0, dtype=torch.long)
+        while True:
+            while len(pending) < self.batch_size:
+                pending = torch.cat([pending, torch.randperm(self.num_samples, generator=generator)])
+            indices, pending = pending[: self.batch_size], pending[self.batch_size :]
+            yield self._gather(indices)
+
+    def passes(self) -> Iterator:
+        """One pass over all samples in order, in minibatches (for the initial loss)."""
+        if self.loader is not None:
+            for batch in self.loader:
+                yield _to_device(batch, self.device)
+            return
+        for start in range(0, self.num_samples, self.batch_size):
+            yield self._gather(torch.arange(start, min(start + self.batch_size, self.num_samples)))
+
+    def _gather(self, indices: torch.Tensor):
+        if self.tensors is not None:
+            device_indices = indices.to(self.device)
+            return [column[device_indices] for column in self.tensors]
+        items = [self.dataset[index] for index in indices.tolist()]
+        return _to_device(torch.utils.data.default_collate(items), self.device)
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return [_to_device(part, device) for part in batch]
+    return batch
+
+
+def _make_sampler(parameters: list[nn.Parameter], settings: SamplerSettings, nbeta: float) -> torch.optim.Optimizer:
+    """devinterp's SGMCMC optimizer for the settings; translates epsilon -> lr, gamma -> localization."""
+    import warnings
+
+    from devinterp.optim.sgmcmc import SGMCMC
+
+    factory = SGMCMC.rmsprop_sgld if settings.sampler == "rmsprop_sgld" else SGMCMC.sgld
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # devinterp warns about nbeta == 1 even when chosen on purpose
+        return factory(parameters, lr=settings.epsilon, localization=settings.gamma, nbeta=nbeta)
+
+
+def _chain_seeds(seed: int, num_chains: int) -> list[int]:
+    return [int(state) for state in np.random.SeedSequence(seed).generate_state(num_chains)]
+
+
+@dataclass
+class _ChainTraces:
+    losses: torch.Tensor  # draws
+    burnin_losses: torch.Tensor  # burn-in steps
+    mala: torch.Tensor  # draws, NaN where undefined
+    diverged: bool = False
+
+
+@dataclass
+class _Point:
+    """A chain's state for the MALA ratio: weights, potential gradient, potential."""
+
+    weights: list[torch.Tensor]
+    gradient: list[torch.Tensor]
+    potential: torch.Tensor
+
+
+def _mala_acceptance(previous: _Point, current: _Point, epsilon: float) -> torch.Tensor:
+    """The Metropolis-adjusted Langevin acceptance probability of the move previous -> current.
+
+    As devinterp computes it: Gaussian proposal densities from each end's potential gradient and
+    the potentials nbeta * L + gamma/2 |w - w*|^2, all from values the chain computes anyway.
+    """
+    step = torch._foreach_sub(current.weights, previous.weights)
+    forward = torch._foreach_add(step, previous.gradient, alpha=epsilon / 2)
+    backward = torch._foreach_sub(step, current.gradient, alpha=epsilon / 2)
+    forward_sq = torch.stack(torch._foreach_norm(forward)).square().sum()
+    backward_sq = torch.stack(torch._foreach_norm(backward)).square().sum()
+    log_ratio = previous.potential - current.potential + (forward_sq - backward_sq) / (2 * epsilon)
+    return torch.exp(torch.clamp(log_ratio, max=0.0))
+
+
+def _potential_point(
+    parameters: list[nn.Parameter], initial: list[torch.Tensor], loss: torch.Tensor, nbeta: float, gamma: float
+) -> _Point:
+    weights = [parameter.detach().clone() for parameter in parameters]
+    offset = torch._foreach_sub(weights, initial)
+    gradient = torch._foreach_mul([parameter.grad for parameter in parameters], nbeta)
+    if gamma:
+        torch._foreach_add_(gradient, offset, alpha=gamma)
+    distance_sq = torch.stack(torch._foreach_norm(offset)).square().sum()
+    return _Point(weights, gradient, nbeta * loss.detach() + gamma / 2 * distance_sq)
+
+
+def _run_chain(
+    model: nn.Module,
+    parameters: list[nn.Parameter],
+    initial: list[torch.Tensor],
+    batches,
+    loss_function: LossFunction,
+    settings: SamplerSettings,
+    nbeta: float,
+    init_loss: float,
+    bound: float,
+    reporter: Reporter,
+    key: str,
+) -> _ChainTraces:
+    device = initial[0].device
+    sampler = _make_sampler(parameters, settings, nbeta)
+    burnin, every = settings.num_burnin_steps, settings.num_steps_bw_draws
+    num_steps = burnin + settings.num_draws * every
+    traces = _ChainTraces(
+        losses=torch.full((settings.num_draws,), float("nan"), device=device),
+        burnin_losses=torch.full((burnin,), float("nan"), device=device),
+        mala=torch.full((settings.num_draws,), float("nan"), device=device),
+    )
+    # Loss values at or above this limit mean the per-draw LLC passed the divergence bound.
+    loss_limit = init_loss + bound / nbeta
+    previous: _Point | None = None
+    for step in range(num_steps):
+        batch = next(batches)
+        sampler.zero_grad()
+        loss = loss_function(model, batch)
+        loss.backward()
+        is_draw = step >= burnin and (step + 1 - burnin) % every == 0
+        draws_done = (step + 1 - burnin) // every if step >= burnin else 0
+        precedes_draw = step + 1 >= burnin and (step + 2 - burnin) % every == 0
+        if settings.mala and (is_draw or precedes_draw):
+            current = _potential_point(parameters, initial, loss, nbeta, settings.gamma)
+            if is_draw and previous is not None:
+                traces.mala[draws_done - 1] = _mala_acceptance(previous, current, settings.epsilon)
+            previous = current
+        sampler.step()
+        if is_draw:
+            traces.losses[draws_done - 1] = loss.detach()
+        elif step < burnin:
+            traces.burnin_losses[step] = loss.detach()
+        reporter.advance(key, 1, loss=loss.detach())
+        if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 or step + 1 == num_steps:
+            recorded = torch.cat([traces.burnin_losses[: min(step + 1, burnin)], traces.losses[:draws_done]])
+            if not bool(torch.all(torch.isfinite(recorded) & (recorded < loss_limit))):
+                traces.diverged = True
+                reporter.advance(key, num_steps - step - 1)
+                break
+    return traces
+
+
+def _initial_loss(model: nn.Module, data: SamplingData, loss_function: LossFunction) -> float:
+    """The loss at the checkpoint over one pass of the sampled data, in the chains' mode."""
+    total, count = None, 0
+    with torch.no_grad():
+        for batch in data.passes():
+            size = len(batch[0]) if isinstance(batch, (list, tuple)) else 1
+            value = loss_function(model, batch).detach() * size
+            total = value if total is None else total + value
+            count += size
+    return float(total.item() / count)
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from llcv import __version__
+
+    def installed(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "llcv": __version__,
+        "torch": torch.__version__,
+        "devinterp": installed("devinterp"),
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+    }
+
+
+@lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    try:
+        completed = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout.strip() or None if completed.returncode == 0 else None
+
+
+def estimate_llc(
+    model: nn.Module,
+    data: Dataset | DataLoader | SamplingData,
+    settings: SamplerSettings,
+    loss: LossSpec = "cross_entropy",
+    device: str | torch.device = "auto",
+    reporter: Reporter = SILENT,
+) -> LLCResult:
+    """Estimate the local learning coefficient of ``model`` at its current weights.
+
+    Args:
+        model: any ``nn.Module``; it is never modified (chains run on a copy).
+        data: the training data as a Dataset of (input, target) pairs, a DataLoader (used as
+            given, its order is its own), or a prepared ``SamplingData``.
+        settings: the sampler settings.
+        loss: ``"cross_entropy"``, ``"mse"``, or a callable ``(model, batch) -> scalar``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        reporter: receives one progress loop per chain, with the live loss.
+
+    Returns:
+        The estimate; if every chain diverged, ``llc_mean`` is None and the diagnostics say why.
+    """
+    started = time.perf_counter()
+    device = resolve_device(device)
+    loss_function = resolve_loss(loss)
+    if not isinstance(data, SamplingData):
+        data = SamplingData(data, settings, device)
+    nbeta = settings.nbeta if settings.nbeta is not None else default_nbeta(data.batch_size)
+
+    work = copy.deepcopy(model).to(device)
+    work.train(settings.bn_mode == "train")
+    parameters = [parameter for parameter in work.parameters() if parameter.requires_grad]
+    if not parameters:
+        raise SettingsError("the model has no trainable parameters to sample")
+    initial = [parameter.detach().clone() for parameter in parameters]
+    checkpoint_state = {key: value.detach().clone() for key, value in work.state_dict().items()}
+    num_parameters = sum(parameter.numel() for parameter in parameters)
+
+    init_loss = _initial_loss(work, data, loss_function)
+    bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, init_loss)
+    chains: list[_ChainTraces] = []
+    devices = [device.index or 0] if device.type == "cuda" else []
+    for chain, seed in enumerate(_chain_seeds(settings.seed, settings.num_chains)):
+        work.load_state_dict(checkpoint_state)
+        key = f"chain-{chain}"
+        reporter.start(key, f"Chain {chain + 1}/{settings.num_chains}", settings.num_burnin_steps + settings.num_draws * settings.num_steps_bw_draws)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            try:
+                chains.append(
+                    _run_chain(
+                        work, parameters, initial, data.batches(seed), loss_function, settings, nbeta, init_loss, bound, reporter, key
+                    )
+                )
+            finally:
+                reporter.finish(key)
+    return _summarise(
+        chains, settings, nbeta, init_loss, bound, num_parameters, data.num_samples, device, time.perf_counter() - started
+    )
+
+
+def _summarise(
+    chains: list[_ChainTraces],
+    settings: SamplerSettings,
+    nbeta: float,
+    init_loss: float,
+    bound: float,
+    num_parameters: int,
+    num_samples: int,
+    device: torch.device,
+    elapsed: float,
+) -> LLCResult:
+    losses = np.stack([chain.losses.cpu().numpy() for chain in chains]).astype(float)
+    burnin = np.stack([chain.burnin_losses.cpu().numpy() for chain in chains]).astype(float)
+    llc_trace = nbeta * (losses - init_loss)
+    diverged = np.array([chain.diverged for chain in chains])
+    per_chain = [None if bad else float(trace.mean()) for bad, trace in zip(diverged, llc_trace)]
+    healthy = [value for value in per_chain if value is not None]
+    llc_mean = float(np.mean(healthy)) if healthy else None
+    llc_std = float(np.std(healthy, ddof=1)) if len(healthy) > 1 else None
+    healthy_losses = losses[~diverged]
+
+    mala_mean, mala_per_chain = None, None
+    if settings.mala:
+        mala = np.stack([chain.mala.cpu().numpy() for chain in chains]).astype(float)
+        mala_per_chain = [
+            None if bad or not np.isfinite(row).any() else float(np.nanmean(row)) for bad, row in zip(diverged, mala)
+        ]
+        defined = [value for value in mala_per_chain if value is not None]
+        mala_mean = float(np.mean(defined)) if defined else None
+
+    diagnostics = LLCDiagnostics(
+        r_hat=split_r_hat(healthy_losses),
+        ess=effective_sample_size(healthy_losses) if len(healthy_losses) else None,
+        diverged_chains=int(diverged.sum()),
+        nonfinite=bool(not np.isfinite(losses[~diverged]).all() or not np.isfinite(init_loss)),
+    )
+    diagnostics.warnings = _warnings(diagnostics, len(chains), llc_mean, mala_mean, bound)
+    return LLCResult(
+        llc_mean=llc_mean,
+        llc_std=llc_std,
+        llc_per_chain=per_chain,
+        loss_trace=losses.tolist(),
+        burnin_loss_trace=burnin.tolist(),
+        llc_trace=llc_trace.tolist(),
+        init_loss=init_loss,
+        nbeta=nbeta,
+        mala_acceptance=mala_mean,
+        mala_acceptance_per_chain=mala_per_chain,
+        diagnostics=diagnostics,
+        settings=settings.model_dump(mode="json"),
+        num_parameters=num_parameters,
+        num_samples_used=num_samples,
+        elapsed_seconds=elapsed,
+        device=str(device),
+        num_threads=torch.get_num_threads(),
+        versions=_versions(),
+    )
+
+
+def _warnings(
+    diagnostics: LLCDiagnostics, num_chains: int, llc_mean: float | None, mala: float | None, bound: float
+) -> list[str]:
+    messages = []
+    if diagnostics.diverged_chains:
+        messages.append(
+            f"{diagnostics.diverged_chains} of {num_chains} chains diverged (non-finite loss or a per-draw "
+            f"LLC above {bound:.4g}) and are left out; lower epsilon or raise gamma"
+        )
+    if llc_mean is None:
+        messages.append("no chain is healthy, so there is no estimate")
+    elif llc_mean < 0:
+        messages.append(
+            "the LLC is negative: the chains found lower loss than the checkpoint, so it is not at a local "
+            "minimum for this sampler; raise gamma or lower epsilon"
+        )
+    if diagnostics.r_hat is not None and diagnostics.r_hat > R_HAT_LIMIT:
+        messages.append(
+            f"the chains disagree (R-hat {diagnostics.r_hat:.3f} > {R_HAT_LIMIT}); take more draws or burn-in steps"
+        )
+    if mala is not None and mala < LOW_MALA_ACCEPTANCE:
+        messages.append(f"MALA acceptance is low ({mala:.2f}): epsilon is probably too large")
+    return messages
