@@ -9,6 +9,7 @@ from llcv.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
 from llcv.data import DatasetInfo, load_dataset
 from llcv.errors import CheckpointError, DataError, LLCVError, SettingsError
 from llcv.models import build_model, list_models, register_model
+from llcv.sampling import LLCDiagnostics, LLCResult, SamplingData, estimate_llc
 from llcv.settings import DataSettings, ModelSettings, SamplerSettings, TrainSettings, load_settings
 
 __all__ = [
@@ -17,13 +18,17 @@ __all__ = [
     "DataError",
     "DataSettings",
     "DatasetInfo",
+    "LLCDiagnostics",
+    "LLCResult",
     "LLCVError",
     "ModelSettings",
     "SamplerSettings",
+    "SamplingData",
     "SettingsError",
     "TrainSettings",
     "__version__",
     "build_model",
+    "estimate_llc",
     "list_checkpoints",
     "list_models",
     "load_checkpoint",

@@ -85,6 +85,7 @@ class LLCResult(BaseModel):
     settings: dict[str, Any]
     num_parameters: int
     num_samples_used: int
+    chain_execution: Literal["batched", "sequential"]
     elapsed_seconds: float
     device: str
     num_threads: int
@@ -115,15 +116,16 @@ def default_nbeta(batch_size: int) -> float:
     return batch_size / math.log(batch_size) if batch_size > 1 else 1.0
 
 
-def default_divergence_bound(num_parameters: int, nbeta: float, init_loss: float) -> float:
+def default_divergence_bound(num_parameters: int, nbeta: float, init_loss: float, batch_loss_std: float) -> float:
     """The per-draw LLC above which a chain counts as diverged, when the settings give none.
 
-    A true LLC never exceeds d/2, so per-draw values above d (twice that) mean the chain left
-    the basin. For tiny models, whose per-draw values swing by minibatch noise far more than
-    d, the bound is never below ``nbeta * max(L(w*), 1)``: the loss at least doubling from a
-    loss of 1 or more.
+    A true LLC never exceeds d/2, so per-draw values above 10 d (twenty times that) mean the
+    chain left the basin. Healthy per-draw values also swing with the minibatch: by
+    ``nbeta * batch_loss_std`` (the spread of minibatch losses at the checkpoint), which for
+    tiny models dwarfs d. So the bound is never below ``nbeta * (max(L(w*), 1) + 10 * spread)``:
+    the loss at least doubling from a loss of 1 or more, beyond ten minibatch spreads.
     """
-    return max(float(num_parameters), nbeta * max(abs(init_loss), 1.0))
+    return max(10.0 * num_parameters, nbeta * (max(abs(init_loss), 1.0) + 10.0 * batch_loss_std))
 
 
 def resolve_loss(loss: LossSpec) -> LossFunction:
@@ -150,6 +152,7 @@ class SamplingData:
         if self.loader is not None:
             self.num_samples = len(self.loader.dataset)
             self.batch_size = self.loader.batch_size or 1
+            self.tensors = None
             return
         from llcv.data import subset
 
@@ -162,6 +165,16 @@ class SamplingData:
         self.num_samples = len(dataset)
         self.batch_size = min(settings.batch_size, self.num_samples)
         self.tensors = self._preload(dataset)
+
+    @property
+    def is_full_batch(self) -> bool:
+        """Every minibatch is the whole (preloaded) dataset, so all chains can share it."""
+        return self.loader is None and self.tensors is not None and self.batch_size == self.num_samples
+
+    def full_batches(self) -> Iterator:
+        """The whole dataset as one batch, forever (order does not change a mean loss)."""
+        while True:
+            yield self.tensors
 
     def _preload(self, dataset: Dataset) -> list[torch.Tensor] | None:
         first = dataset[0]
@@ -227,25 +240,79 @@ def _chain_seeds(seed: int, num_chains: int) -> list[int]:
     return [int(state) for state in np.random.SeedSequence(seed).generate_state(num_chains)]
 
 
-@dataclass
-class _ChainTraces:
-    losses: torch.Tensor  # draws
-    burnin_losses: torch.Tensor  # burn-in steps
-    mala: torch.Tensor  # draws, NaN where undefined
-    diverged: bool = False
+class _LossModule(nn.Module):
+    """Wraps the model so ``functional_call`` can run any ``(model, batch) -> loss`` with swapped weights."""
+
+    def __init__(self, model: nn.Module, loss_function: LossFunction):
+        super().__init__()
+        self.model = model
+        self.loss_function = loss_function
+
+    def forward(self, batch):
+        return self.loss_function(self.model, batch)
+
+
+class _ChainGroup:
+    """Chains advanced together as stacked parameters of shape (chains, *parameter shape).
+
+    The SGLD update is elementwise, so devinterp's optimizer applies to the stacked tensors
+    unchanged and each chain's slice evolves independently. With ``batched=True`` the per-chain
+    losses come from one ``torch.vmap`` over the chain dimension; otherwise the group holds a
+    single chain and calls the model directly (the fallback for models vmap cannot handle).
+    """
+
+    def __init__(
+        self,
+        loss_module: _LossModule,
+        names: list[str],
+        initial: list[torch.Tensor],
+        num_chains: int,
+        batched: bool,
+        precision: str,
+    ):
+        self.loss_module = loss_module
+        self.names = [f"model.{name}" for name in names]
+        self.num_chains = num_chains
+        self.batched = batched
+        self.autocast = precision == "bf16"
+        self.initial = [tensor.unsqueeze(0) for tensor in initial]
+        self.parameters = [
+            tensor.detach().unsqueeze(0).repeat(num_chains, *([1] * tensor.dim())).requires_grad_(True)
+            for tensor in initial
+        ]
+        self._vmapped = torch.func.vmap(self._single_loss, in_dims=(0, 0), randomness="different")
+        self._vmapped_shared = torch.func.vmap(self._single_loss, in_dims=(0, None), randomness="different")
+
+    def _single_loss(self, parameters: list[torch.Tensor], batch) -> torch.Tensor:
+        values = dict(zip(self.names, parameters))
+        device_type = parameters[0].device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss = torch.func.functional_call(self.loss_module, values, (batch,))
+        return loss.float()
+
+    def losses(self, batch, shared: bool) -> torch.Tensor:
+        """Per-chain losses, shape (chains,). ``shared``: one batch for all chains, else stacked per chain."""
+        if self.batched:
+            return (self._vmapped_shared if shared else self._vmapped)(self.parameters, batch)
+        return self._single_loss([parameter[0] for parameter in self.parameters], batch).unsqueeze(0)
 
 
 @dataclass
 class _Point:
-    """A chain's state for the MALA ratio: weights, potential gradient, potential."""
+    """Each chain's state for the MALA ratio: weights, potential gradient, potential (chains,)."""
 
     weights: list[torch.Tensor]
     gradient: list[torch.Tensor]
     potential: torch.Tensor
 
 
+def _squared_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-chain squared norms of chain-major tensors, shape (chains,)."""
+    return torch.stack([tensor.flatten(1).square().sum(dim=1) for tensor in tensors]).sum(dim=0)
+
+
 def _mala_acceptance(previous: _Point, current: _Point, epsilon: float) -> torch.Tensor:
-    """The Metropolis-adjusted Langevin acceptance probability of the move previous -> current.
+    """The Metropolis-adjusted Langevin acceptance probability of each chain's move previous -> current.
 
     As devinterp computes it: Gaussian proposal densities from each end's potential gradient and
     the potentials nbeta * L + gamma/2 |w - w*|^2, all from values the chain computes anyway.
@@ -253,87 +320,112 @@ def _mala_acceptance(previous: _Point, current: _Point, epsilon: float) -> torch
     step = torch._foreach_sub(current.weights, previous.weights)
     forward = torch._foreach_add(step, previous.gradient, alpha=epsilon / 2)
     backward = torch._foreach_sub(step, current.gradient, alpha=epsilon / 2)
-    forward_sq = torch.stack(torch._foreach_norm(forward)).square().sum()
-    backward_sq = torch.stack(torch._foreach_norm(backward)).square().sum()
-    log_ratio = previous.potential - current.potential + (forward_sq - backward_sq) / (2 * epsilon)
+    log_ratio = previous.potential - current.potential + (_squared_norms(forward) - _squared_norms(backward)) / (2 * epsilon)
     return torch.exp(torch.clamp(log_ratio, max=0.0))
 
 
-def _potential_point(
-    parameters: list[nn.Parameter], initial: list[torch.Tensor], loss: torch.Tensor, nbeta: float, gamma: float
-) -> _Point:
-    weights = [parameter.detach().clone() for parameter in parameters]
-    offset = torch._foreach_sub(weights, initial)
-    gradient = torch._foreach_mul([parameter.grad for parameter in parameters], nbeta)
+def _potential_point(group: _ChainGroup, losses: torch.Tensor, nbeta: float, gamma: float) -> _Point:
+    weights = [parameter.detach().clone() for parameter in group.parameters]
+    offset = torch._foreach_sub(weights, group.initial)
+    gradient = torch._foreach_mul([parameter.grad for parameter in group.parameters], nbeta)
     if gamma:
         torch._foreach_add_(gradient, offset, alpha=gamma)
-    distance_sq = torch.stack(torch._foreach_norm(offset)).square().sum()
-    return _Point(weights, gradient, nbeta * loss.detach() + gamma / 2 * distance_sq)
+    return _Point(weights, gradient, nbeta * losses.detach() + gamma / 2 * _squared_norms(offset))
 
 
-def _run_chain(
-    model: nn.Module,
-    parameters: list[nn.Parameter],
-    initial: list[torch.Tensor],
-    batches,
-    loss_function: LossFunction,
+@dataclass
+class _GroupTraces:
+    losses: torch.Tensor  # chains x draws
+    burnin_losses: torch.Tensor  # chains x burn-in steps
+    mala: torch.Tensor  # chains x draws, NaN where undefined
+    diverged: torch.Tensor  # chains, bool
+
+
+def _group_batches(data: "SamplingData", seeds: list[int]) -> tuple[Iterator, bool]:
+    """The group's minibatch stream and whether one batch is shared by all its chains."""
+    if data.is_full_batch:
+        return data.full_batches(), True
+    streams = [data.batches(seed) for seed in seeds]
+    if len(streams) == 1:
+        return streams[0], True
+
+    def stacked():
+        while True:
+            yield [torch.stack(columns) for columns in zip(*(next(stream) for stream in streams))]
+
+    return stacked(), False
+
+
+def _run_group(
+    group: _ChainGroup,
+    batches: Iterator,
+    shared_batch: bool,
     settings: SamplerSettings,
     nbeta: float,
-    init_loss: float,
-    bound: float,
+    loss_limit: float,
     reporter: Reporter,
     key: str,
-) -> _ChainTraces:
-    device = initial[0].device
-    sampler = _make_sampler(parameters, settings, nbeta)
+) -> _GroupTraces:
+    device = group.parameters[0].device
+    chains = group.num_chains
+    sampler = _make_sampler(group.parameters, settings, nbeta)
     burnin, every = settings.num_burnin_steps, settings.num_steps_bw_draws
     num_steps = burnin + settings.num_draws * every
-    traces = _ChainTraces(
-        losses=torch.full((settings.num_draws,), float("nan"), device=device),
-        burnin_losses=torch.full((burnin,), float("nan"), device=device),
-        mala=torch.full((settings.num_draws,), float("nan"), device=device),
+    traces = _GroupTraces(
+        losses=torch.full((chains, settings.num_draws), float("nan"), device=device),
+        burnin_losses=torch.full((chains, burnin), float("nan"), device=device),
+        mala=torch.full((chains, settings.num_draws), float("nan"), device=device),
+        diverged=torch.zeros(chains, dtype=torch.bool, device=device),
     )
-    # Loss values at or above this limit mean the per-draw LLC passed the divergence bound.
-    loss_limit = init_loss + bound / nbeta
     previous: _Point | None = None
+    checked_burnin, checked_draws = 0, 0
     for step in range(num_steps):
         batch = next(batches)
         sampler.zero_grad()
-        loss = loss_function(model, batch)
-        loss.backward()
+        losses = group.losses(batch, shared_batch)
+        losses.sum().backward()
         is_draw = step >= burnin and (step + 1 - burnin) % every == 0
         draws_done = (step + 1 - burnin) // every if step >= burnin else 0
         precedes_draw = step + 1 >= burnin and (step + 2 - burnin) % every == 0
         if settings.mala and (is_draw or precedes_draw):
-            current = _potential_point(parameters, initial, loss, nbeta, settings.gamma)
+            current = _potential_point(group, losses, nbeta, settings.gamma)
             if is_draw and previous is not None:
-                traces.mala[draws_done - 1] = _mala_acceptance(previous, current, settings.epsilon)
+                traces.mala[:, draws_done - 1] = _mala_acceptance(previous, current, settings.epsilon)
             previous = current
         sampler.step()
         if is_draw:
-            traces.losses[draws_done - 1] = loss.detach()
+            traces.losses[:, draws_done - 1] = losses.detach()
         elif step < burnin:
-            traces.burnin_losses[step] = loss.detach()
-        reporter.advance(key, 1, loss=loss.detach())
+            traces.burnin_losses[:, step] = losses.detach()
+        reporter.advance(key, 1, loss=losses.detach().mean())
         if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 or step + 1 == num_steps:
-            recorded = torch.cat([traces.burnin_losses[: min(step + 1, burnin)], traces.losses[:draws_done]])
-            if not bool(torch.all(torch.isfinite(recorded) & (recorded < loss_limit))):
-                traces.diverged = True
+            # One host synchronisation per check, not per step.
+            recent = torch.cat(
+                [traces.burnin_losses[:, checked_burnin : min(step + 1, burnin)], traces.losses[:, checked_draws:draws_done]],
+                dim=1,
+            )
+            checked_burnin, checked_draws = min(step + 1, burnin), draws_done
+            traces.diverged |= ~(torch.isfinite(recent) & (recent < loss_limit)).all(dim=1)
+            if bool(traces.diverged.all()):
                 reporter.advance(key, num_steps - step - 1)
                 break
     return traces
 
 
-def _initial_loss(model: nn.Module, data: SamplingData, loss_function: LossFunction) -> float:
-    """The loss at the checkpoint over one pass of the sampled data, in the chains' mode."""
-    total, count = None, 0
-    with torch.no_grad():
+def _initial_loss(
+    model: nn.Module, data: "SamplingData", loss_function: LossFunction, precision: str
+) -> tuple[float, float]:
+    """The loss at the checkpoint over one pass of the sampled data, in the chains' mode and precision,
+    and the standard deviation of its minibatch losses (0 for a single batch)."""
+    batch_losses, sizes = [], []
+    with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for batch in data.passes():
-            size = len(batch[0]) if isinstance(batch, (list, tuple)) else 1
-            value = loss_function(model, batch).detach() * size
-            total = value if total is None else total + value
-            count += size
-    return float(total.item() / count)
+            batch_losses.append(loss_function(model, batch).double())
+            sizes.append(len(batch[0]) if isinstance(batch, (list, tuple)) else 1)
+    values = torch.stack(batch_losses).cpu().numpy()
+    weights = np.asarray(sizes, dtype=float)
+    spread = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(np.average(values, weights=weights)), spread
 
 
 def _versions() -> dict[str, str | None]:
@@ -398,38 +490,81 @@ def estimate_llc(
 
     work = copy.deepcopy(model).to(device)
     work.train(settings.bn_mode == "train")
-    parameters = [parameter for parameter in work.parameters() if parameter.requires_grad]
-    if not parameters:
+    named = [(name, parameter) for name, parameter in work.named_parameters() if parameter.requires_grad]
+    if not named:
         raise SettingsError("the model has no trainable parameters to sample")
-    initial = [parameter.detach().clone() for parameter in parameters]
+    names = [name for name, _ in named]
+    initial = [parameter.detach().clone() for _, parameter in named]
+    for _, parameter in named:
+        parameter.requires_grad_(False)  # the chains' stacked copies carry the gradients
     checkpoint_state = {key: value.detach().clone() for key, value in work.state_dict().items()}
-    num_parameters = sum(parameter.numel() for parameter in parameters)
+    num_parameters = sum(tensor.numel() for tensor in initial)
+    loss_module = _LossModule(work, loss_function)
 
-    init_loss = _initial_loss(work, data, loss_function)
-    bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, init_loss)
-    chains: list[_ChainTraces] = []
-    devices = [device.index or 0] if device.type == "cuda" else []
-    for chain, seed in enumerate(_chain_seeds(settings.seed, settings.num_chains)):
+    init_loss, batch_loss_std = _initial_loss(work, data, loss_function, settings.precision)
+    bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, init_loss, batch_loss_std)
+    loss_limit = init_loss + bound / nbeta
+    seeds = _chain_seeds(settings.seed, settings.num_chains)
+    batched = _use_batched_chains(settings, loss_module, names, initial, data, reporter)
+    groups = [list(range(settings.num_chains))] if batched else [[chain] for chain in range(settings.num_chains)]
+    steps_per_chain = settings.num_burnin_steps + settings.num_draws * settings.num_steps_bw_draws
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    traces: list[_GroupTraces] = []
+    for chains in groups:
         work.load_state_dict(checkpoint_state)
-        key = f"chain-{chain}"
-        reporter.start(key, f"Chain {chain + 1}/{settings.num_chains}", settings.num_burnin_steps + settings.num_draws * settings.num_steps_bw_draws)
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        key = f"chains-{chains[0]}"
+        label = f"Chain {chains[0] + 1}/{settings.num_chains}" if len(chains) == 1 else f"Chains 1-{len(chains)} (batched)"
+        reporter.start(key, label, steps_per_chain)
+        group = _ChainGroup(loss_module, names, initial, len(chains), batched, settings.precision)
+        batches, shared = _group_batches(data, [seeds[chain] for chain in chains])
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(seeds[chains[0]])
             try:
-                chains.append(
-                    _run_chain(
-                        work, parameters, initial, data.batches(seed), loss_function, settings, nbeta, init_loss, bound, reporter, key
-                    )
-                )
+                traces.append(_run_group(group, batches, shared, settings, nbeta, loss_limit, reporter, key))
             finally:
                 reporter.finish(key)
     return _summarise(
-        chains, settings, nbeta, init_loss, bound, num_parameters, data.num_samples, device, time.perf_counter() - started
+        traces,
+        settings,
+        nbeta,
+        init_loss,
+        bound,
+        num_parameters,
+        data.num_samples,
+        device,
+        "batched" if batched else "sequential",
+        time.perf_counter() - started,
     )
 
 
+def _use_batched_chains(
+    settings: SamplerSettings,
+    loss_module: _LossModule,
+    names: list[str],
+    initial: list[torch.Tensor],
+    data: "SamplingData",
+    reporter: Reporter,
+) -> bool:
+    """Whether the chains run as one vmapped computation; falls back (and says why) when vmap fails."""
+    if settings.chain_mode == "sequential" or settings.num_chains == 1:
+        return False
+    state = {key: value.detach().clone() for key, value in loss_module.model.state_dict().items()}
+    try:
+        trial = _ChainGroup(loss_module, names, initial, min(settings.num_chains, 2), True, settings.precision)
+        batches, shared = _group_batches(data, [0, 1])
+        trial.losses(next(batches), shared).sum().backward()
+        return True
+    except Exception as error:  # vmap raises many types for unsupported layers; the fallback is always safe
+        if settings.chain_mode == "batched":
+            raise SettingsError(f"chain_mode='batched' is not possible for this model: {error}") from None
+        reporter.note(f"running chains one at a time: this model does not support batched chains ({type(error).__name__}: {error})")
+        return False
+    finally:
+        loss_module.model.load_state_dict(state)
+
+
 def _summarise(
-    chains: list[_ChainTraces],
+    traces: list[_GroupTraces],
     settings: SamplerSettings,
     nbeta: float,
     init_loss: float,
@@ -437,12 +572,15 @@ def _summarise(
     num_parameters: int,
     num_samples: int,
     device: torch.device,
+    chain_execution: str,
     elapsed: float,
 ) -> LLCResult:
-    losses = np.stack([chain.losses.cpu().numpy() for chain in chains]).astype(float)
-    burnin = np.stack([chain.burnin_losses.cpu().numpy() for chain in chains]).astype(float)
+    losses = torch.cat([group.losses for group in traces]).cpu().double().numpy()
+    burnin = torch.cat([group.burnin_losses for group in traces]).cpu().double().numpy()
+    diverged = torch.cat([group.diverged for group in traces]).cpu().numpy()
+    # A diverged chain stops counting from the check that caught it; its later values are noise.
+    losses[diverged] = np.where(np.isfinite(losses[diverged]), losses[diverged], np.nan)
     llc_trace = nbeta * (losses - init_loss)
-    diverged = np.array([chain.diverged for chain in chains])
     per_chain = [None if bad else float(trace.mean()) for bad, trace in zip(diverged, llc_trace)]
     healthy = [value for value in per_chain if value is not None]
     llc_mean = float(np.mean(healthy)) if healthy else None
@@ -451,7 +589,7 @@ def _summarise(
 
     mala_mean, mala_per_chain = None, None
     if settings.mala:
-        mala = np.stack([chain.mala.cpu().numpy() for chain in chains]).astype(float)
+        mala = torch.cat([group.mala for group in traces]).cpu().double().numpy()
         mala_per_chain = [
             None if bad or not np.isfinite(row).any() else float(np.nanmean(row)) for bad, row in zip(diverged, mala)
         ]
@@ -464,7 +602,7 @@ def _summarise(
         diverged_chains=int(diverged.sum()),
         nonfinite=bool(not np.isfinite(losses[~diverged]).all() or not np.isfinite(init_loss)),
     )
-    diagnostics.warnings = _warnings(diagnostics, len(chains), llc_mean, mala_mean, bound)
+    diagnostics.warnings = _warnings(diagnostics, len(per_chain), llc_mean, mala_mean, bound)
     return LLCResult(
         llc_mean=llc_mean,
         llc_std=llc_std,
@@ -480,6 +618,7 @@ def _summarise(
         settings=settings.model_dump(mode="json"),
         num_parameters=num_parameters,
         num_samples_used=num_samples,
+        chain_execution=chain_execution,
         elapsed_seconds=elapsed,
         device=str(device),
         num_threads=torch.get_num_threads(),

@@ -125,6 +125,8 @@ class SamplerSettings(_Section):
     divergence_bound: PositiveFloat | None = None  # None: derived from the sampled parameter count
     mala: bool = True
     seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward/backward under autocast; weights, noise, update stay fp32
+    chain_mode: Literal["auto", "batched", "sequential"] = "auto"  # auto: batched (vmap) when the model allows
 
 
 def _check_shard(value: str | None) -> str | None:
@@ -165,6 +167,7 @@ class EstimateSettings(_Section):
     shard: Annotated[str | None, AfterValidator(_check_shard)] = None  # "K/N"
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
+    cpus_per_task: PositiveInt | None = None  # ray: CPUs and torch threads per task; None: 1, or CPUs per GPU
     claim_timeout_seconds: PositiveFloat = 600.0  # a claim whose heartbeat is older is taken over
 
 

@@ -1,0 +1,247 @@
+"""The LLC engine: correctness against independent computations, containment, reproducibility."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from llcv import LLCResult, SamplerSettings, build_model, estimate_llc
+from llcv.sampling import _mala_acceptance, _Point, default_divergence_bound
+
+
+class Quadratic(nn.Module):
+    """A d-dimensional weight vector whose loss is 0.5 * curvature * |w|^2, whatever the data."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.weight.expand(len(inputs), -1)
+
+
+def quadratic_loss(model: nn.Module, batch) -> torch.Tensor:
+    return 0.5 * model.weight.square().sum()
+
+
+def dummy_data(size: int = 8) -> TensorDataset:
+    return TensorDataset(torch.zeros(size, 1), torch.zeros(size))
+
+
+def regression(dim: int = 4, size: int = 400, seed: int = 0) -> tuple[nn.Module, TensorDataset]:
+    """A linear regression placed at its least-squares fit (a regular model: LLC = dim / 2)."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(size, dim, generator=generator)
+    targets = inputs @ torch.randn(dim, 1, generator=generator) + torch.randn(size, 1, generator=generator)
+    model = nn.Linear(dim, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(inputs, targets).solution.T)
+    return model, TensorDataset(inputs, targets)
+
+
+REGRESSION_SETTINGS = dict(epsilon=2e-4, gamma=1.0, nbeta=200.0, num_draws=400, num_burnin_steps=200, batch_size=400)
+
+
+def test_mala_formula_matches_devinterp():
+    from devinterp.slt.mala import mala_acceptance_probability
+
+    generator = torch.Generator().manual_seed(1)
+    shapes = [(3, 2), (4,)]
+    points = []
+    for _ in range(2):
+        weights = [torch.randn(1, *shape, generator=generator) for shape in shapes]
+        gradient = [torch.randn(1, *shape, generator=generator) for shape in shapes]
+        points.append(_Point(weights, gradient, torch.rand(1, generator=generator)))
+    previous, current = points
+    epsilon = 0.05
+    ours = _mala_acceptance(previous, current, epsilon).item()
+    theirs = mala_acceptance_probability(
+        [w[0] for w in previous.weights],
+        [g[0] for g in previous.gradient],
+        previous.potential[0],
+        [w[0] for w in current.weights],
+        [g[0] for g in current.gradient],
+        current.potential[0],
+        epsilon,
+    )
+    assert ours == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_mala_matches_an_independent_replay_of_the_chain():
+    """Replay the chain's exact trajectory outside llcv and recompute each acceptance with devinterp."""
+    from devinterp.slt.mala import mala_acceptance_probability
+
+    from llcv.sampling import _chain_seeds
+
+    dim, epsilon, nbeta = 6, 0.3, 2.0
+    settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=nbeta, num_chains=1, num_draws=40, batch_size=8)
+    result = estimate_llc(Quadratic(dim), dummy_data(), settings, loss=quadratic_loss, device="cpu")
+
+    torch.manual_seed(_chain_seeds(settings.seed, 1)[0])
+    weights = torch.zeros(1, dim)
+    states = []
+    for _ in range(settings.num_draws):
+        gradient = nbeta * weights
+        states.append((weights.clone(), gradient, nbeta * 0.5 * weights.square().sum()))
+        noise = torch.normal(mean=0.0, std=1.0, size=weights.size())
+        weights = weights.add(gradient, alpha=-0.5 * epsilon).add(noise, alpha=epsilon**0.5)
+    replayed_losses = [state[2].item() / nbeta for state in states]
+    assert result.loss_trace[0] == pytest.approx(replayed_losses, rel=1e-5, abs=1e-7)
+    expected = [
+        float(mala_acceptance_probability(prev[0], prev[1], prev[2], cur[0], cur[1], cur[2], epsilon))
+        for prev, cur in zip(states, states[1:])
+    ]
+    assert result.mala_acceptance == pytest.approx(np.mean(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("epsilon, low, high", [(1e-5, 0.99, 1.0), (1.9, 0.0, 0.7)])
+def test_mala_acceptance_falls_from_one_as_the_step_grows(epsilon, low, high):
+    settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=1.0, num_chains=2, num_draws=200, batch_size=8)
+    result = estimate_llc(Quadratic(20), dummy_data(), settings, loss=quadratic_loss, device="cpu")
+    assert low <= result.mala_acceptance <= high
+
+
+def test_regular_model_recovers_half_the_dimension():
+    model, data = regression(dim=4)
+    settings = SamplerSettings(num_chains=4, **REGRESSION_SETTINGS)
+    result = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    standard_error = result.llc_std / math.sqrt(4)
+    assert abs(result.llc_mean - 2.0) < 3 * standard_error + 0.15 * 2.0
+    assert result.diagnostics.diverged_chains == 0
+    assert result.diagnostics.r_hat < 1.1
+
+
+def test_caller_model_and_global_rng_untouched():
+    model, data = regression()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    rng_before = torch.get_rng_state()
+    estimate_llc(model, data, SamplerSettings(num_chains=2, num_draws=20, epsilon=1e-3, gamma=10.0), loss="mse", device="cpu")
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert torch.equal(rng_before, torch.get_rng_state())
+    assert all(parameter.requires_grad for parameter in model.parameters())
+
+
+def test_same_seed_same_result_other_seed_other_result():
+    model, data = regression()
+    settings = SamplerSettings(num_chains=2, num_draws=30, epsilon=1e-3, gamma=10.0, batch_size=32)
+    first = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    again = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    other = estimate_llc(model, data, settings.model_copy(update={"seed": 1}), loss="mse", device="cpu")
+    assert first.llc_trace == again.llc_trace
+    assert first.llc_trace != other.llc_trace
+
+
+def test_batched_and_sequential_chains_agree_statistically():
+    model, data = regression()
+    estimates = {}
+    for mode in ("batched", "sequential"):
+        settings = SamplerSettings(num_chains=6, chain_mode=mode, **REGRESSION_SETTINGS)
+        result = estimate_llc(model, data, settings, loss="mse", device="cpu")
+        assert result.chain_execution == mode
+        estimates[mode] = result
+    batched, sequential = estimates["batched"], estimates["sequential"]
+    combined_error = math.sqrt(batched.llc_std**2 / 6 + sequential.llc_std**2 / 6)
+    assert abs(batched.llc_mean - sequential.llc_mean) < 4 * combined_error + 0.05
+    assert batched.init_loss == pytest.approx(sequential.init_loss)
+
+
+def test_agrees_with_devinterp_on_a_model_without_batchnorm():
+    from devinterp.optim.sgmcmc import SGMCMC
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+    from torch.utils.data import DataLoader
+
+    model, data = regression(dim=4)
+    settings = SamplerSettings(num_chains=4, epsilon=2e-4, gamma=1.0, nbeta=200.0, num_draws=300, num_burnin_steps=200, batch_size=100)
+    ours = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    loader = DataLoader(data, batch_size=100, shuffle=True, generator=torch.Generator().manual_seed(0))
+    theirs = estimate_learning_coeff_with_summary(
+        model,
+        loader,
+        evaluate=lambda module, batch: nn.functional.mse_loss(module(batch[0]), batch[1]),
+        sampling_method=SGMCMC.sgld,
+        optimizer_kwargs=dict(lr=2e-4, localization=1.0, nbeta=200.0),
+        num_chains=4,
+        num_draws=300,
+        num_burnin_steps=200,
+        init_loss=ours.init_loss,
+        seed=0,
+        verbose=False,
+    )
+    their_per_chain = np.asarray([float(theirs[f"llc-chain/{chain}"]) for chain in range(4)])
+    combined_error = math.sqrt(ours.llc_std**2 / 4 + their_per_chain.std(ddof=1) ** 2 / 4)
+    assert abs(ours.llc_mean - their_per_chain.mean()) < 4 * combined_error
+
+
+def test_batchnorm_resnet_eval_mode_is_finite_and_reproducible():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4, in_channels=3, stem="cifar")
+    data = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,)))
+    settings = SamplerSettings(num_chains=2, num_draws=3, batch_size=8, epsilon=1e-6, gamma=1000.0)
+    first = estimate_llc(model, data, settings, device="cpu")
+    second = estimate_llc(model, data, settings, device="cpu")
+    assert first.llc_mean is not None and math.isfinite(first.llc_mean)
+    assert first.llc_trace == second.llc_trace
+    train_mode = estimate_llc(model, data, settings.model_copy(update={"bn_mode": "train"}), device="cpu")
+    assert train_mode.chain_execution == "sequential"  # BatchNorm's running-stat updates do not vmap
+    assert train_mode.init_loss != first.init_loss
+
+
+def test_result_round_trips_through_json_with_nulls_for_non_finite():
+    model, data = regression()
+    settings = SamplerSettings(num_chains=2, num_draws=10, epsilon=10.0, gamma=0.0, batch_size=32)
+    result = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    text = json.dumps(result.to_dict(), allow_nan=False)
+    restored = LLCResult.from_dict(json.loads(text))
+    assert restored.to_dict() == result.to_dict()
+
+
+def test_diverging_setting_is_reported_not_averaged():
+    model, data = regression()
+    settings = SamplerSettings(num_chains=3, num_draws=50, epsilon=10.0, gamma=0.0, batch_size=32)
+    result = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    assert result.diagnostics.diverged_chains == 3
+    assert result.llc_mean is None and result.llc_per_chain == [None, None, None]
+    assert any("diverged" in warning for warning in result.diagnostics.warnings)
+
+
+def test_default_divergence_bound_does_not_fire_on_a_healthy_tiny_model():
+    model, data = regression(dim=2)
+    settings = SamplerSettings(num_chains=4, num_draws=300, epsilon=1e-3, gamma=1.0, nbeta=400.0, batch_size=10)
+    result = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    assert result.diagnostics.diverged_chains == 0
+    assert default_divergence_bound(2, 400.0, result.init_loss, 0.0) == 400.0 * max(result.init_loss, 1.0)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("epsilon", 0.0, "greater than 0"),
+        ("gamma", -1.0, "greater than or equal to 0"),
+        ("num_chains", 0, "greater than 0"),
+        ("num_draws", 0, "greater than 0"),
+        ("batch_size", 0, "greater than 0"),
+        ("sampler", "hmc", "sgld"),
+        ("bn_mode", "frozen", "eval"),
+    ],
+)
+def test_bad_settings_are_rejected_with_a_message(field, value, message):
+    with pytest.raises(ValidationError, match=message):
+        SamplerSettings(**{field: value})
+
+
+def test_dataloader_input_and_rmsprop_sampler():
+    from torch.utils.data import DataLoader
+
+    model, data = regression()
+    loader = DataLoader(data, batch_size=50, shuffle=False)
+    settings = SamplerSettings(num_chains=2, num_draws=30, epsilon=1e-3, gamma=10.0, sampler="rmsprop_sgld")
+    result = estimate_llc(model, loader, settings, loss="mse", device="cpu")
+    assert result.llc_mean is not None and result.num_samples_used == 400
+    assert result.nbeta == pytest.approx(50 / math.log(50))
