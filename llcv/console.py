@@ -169,3 +169,21 @@ def render_llc_result(result, title: str) -> None:
     stdout.print(table)
     for warning in result.diagnostics.warnings:
         stdout.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def render_selftest(rows, quick: bool) -> None:
+    """The selftest table: true vs estimated LLC, relative error, and the verdict per case."""
+    from rich.table import Table
+
+    goal = "truth within 3 standard errors" if quick else "within 15% of the truth"
+    table = Table(title=f"llcv selftest ({'quick' if quick else 'full size'}; goal: {goal})", title_justify="left")
+    for column in ("case", "true LLC", "estimate", "rel. error", "time", "verdict"):
+        table.add_column(column, justify="left" if column in ("case", "verdict") else "right")
+    for row in rows:
+        estimate = "no healthy chain" if row.llc_mean is None else f"{row.llc_mean:.3f} ± {row.standard_error or 0:.3f}"
+        relative = "—" if row.relative_error is None else f"{row.relative_error:+.1%}"
+        verdict = "[green]pass[/]" if row.passed else "[red]FAIL[/]"
+        table.add_row(row.name, f"{row.true_llc:.3f}", estimate, relative, f"{row.seconds:.1f} s", verdict)
+    stdout.print(table)
+    failed = sum(not row.passed for row in rows)
+    stdout.print(f"{len(rows) - failed} passed, {failed} failed", highlight=False)

@@ -1,0 +1,90 @@
+"""Self-test: estimate models with known learning coefficients and report how close llcv gets.
+
+``llcv selftest`` runs this on the user's own machine and device, so they can trust the
+estimator where they run it. The cases come from ``llcv.known_models``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from llcv.known_models import KnownCase, known_cases
+from llcv.progress import SILENT, Reporter
+from llcv.sampling import estimate_llc
+from llcv.settings import SamplerSettings
+
+# Goals: full size within 15% of the truth; quick (CI) size, truth within 3 standard errors.
+FULL_SIZE_TOLERANCE = 0.15
+QUICK_STANDARD_ERRORS = 3.0
+
+
+@dataclass(frozen=True)
+class SelftestRow:
+    """One known case: the truth, the estimate, and whether it met its goal."""
+
+    name: str
+    description: str
+    true_llc: float
+    llc_mean: float | None
+    llc_std: float | None
+    standard_error: float | None
+    relative_error: float | None
+    passed: bool
+    seconds: float
+
+
+def case_settings(case: KnownCase, precision: str = "fp32") -> SamplerSettings:
+    """The sampler settings a known case was calibrated with."""
+    return SamplerSettings(
+        epsilon=case.epsilon,
+        gamma=case.gamma,
+        nbeta=case.nbeta,
+        num_chains=case.num_chains,
+        num_draws=case.num_draws,
+        num_burnin_steps=case.num_burnin_steps,
+        batch_size=case.batch_size,
+        precision=precision,
+    )
+
+
+def check_case(case: KnownCase, quick: bool, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT) -> SelftestRow:
+    """Estimate one known case and judge it against its goal."""
+    started = time.perf_counter()
+    result = estimate_llc(case.model, case.dataset, case_settings(case, precision), loss="mse", device=device, reporter=reporter)
+    mean, std = result.llc_mean, result.llc_std
+    healthy = sum(value is not None for value in result.llc_per_chain)
+    standard_error = std / math.sqrt(healthy) if std is not None else None
+    relative_error = (mean - case.true_llc) / case.true_llc if mean is not None else None
+    if mean is None:
+        passed = False
+    elif quick:
+        passed = abs(mean - case.true_llc) <= QUICK_STANDARD_ERRORS * (standard_error or 0.0)
+    else:
+        passed = abs(relative_error) <= FULL_SIZE_TOLERANCE
+    return SelftestRow(
+        name=case.name,
+        description=case.description,
+        true_llc=case.true_llc,
+        llc_mean=mean,
+        llc_std=std,
+        standard_error=standard_error,
+        relative_error=relative_error,
+        passed=passed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def run_selftest(quick: bool = False, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT) -> list[SelftestRow]:
+    """Estimate every known case; full size by default, CI size with ``quick``."""
+    cases = known_cases(quick=quick)
+    reporter.start("selftest", "Known cases", len(cases))
+    rows = []
+    try:
+        for case in cases:
+            rows.append(check_case(case, quick, device, precision, reporter))
+            reporter.advance("selftest", 1)
+    finally:
+        reporter.finish("selftest")
+    return rows
