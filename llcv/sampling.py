@@ -191,13 +191,27 @@ class SamplingData:
             while True:
                 for batch in self.loader:
                     yield _to_device(batch, self.device)
+        for indices in self._index_stream(seed):
+            yield self._gather(indices)
+
+    def stacked_batches(self, seeds: list[int]) -> Iterator:
+        """Minibatches for several chains at once, stacked along a leading chain dimension."""
+        if self.loader is not None or self.tensors is None:
+            streams = [self.batches(seed) for seed in seeds]
+            while True:
+                yield [torch.stack(columns) for columns in zip(*(next(stream) for stream in streams))]
+        streams = [self._index_stream(seed) for seed in seeds]
+        while True:
+            yield self._gather(torch.stack([next(stream) for stream in streams]))
+
+    def _index_stream(self, seed: int) -> Iterator[torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)
         pending = torch.empty(0, dtype=torch.long)
         while True:
             while len(pending) < self.batch_size:
                 pending = torch.cat([pending, torch.randperm(self.num_samples, generator=generator)])
             indices, pending = pending[: self.batch_size], pending[self.batch_size :]
-            yield self._gather(indices)
+            yield indices
 
     def passes(self) -> Iterator:
         """One pass over all samples in order, in minibatches (for the initial loss)."""
@@ -345,15 +359,9 @@ def _group_batches(data: "SamplingData", seeds: list[int]) -> tuple[Iterator, bo
     """The group's minibatch stream and whether one batch is shared by all its chains."""
     if data.is_full_batch:
         return data.full_batches(), True
-    streams = [data.batches(seed) for seed in seeds]
-    if len(streams) == 1:
-        return streams[0], True
-
-    def stacked():
-        while True:
-            yield [torch.stack(columns) for columns in zip(*(next(stream) for stream in streams))]
-
-    return stacked(), False
+    if len(seeds) == 1:
+        return data.batches(seeds[0]), True
+    return data.stacked_batches(seeds), False
 
 
 def _run_group(

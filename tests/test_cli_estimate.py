@@ -1,0 +1,92 @@
+"""`llcv estimate` and `llcv selftest` through the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from llcv import LLCResult
+from llcv.cli import app
+
+runner = CliRunner()
+QUICK = ["--num-chains", "2", "--num-draws", "8", "--batch-size", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def final_checkpoint(trained_run):
+    _, result = trained_run
+    return result.checkpoints[-1]
+
+
+def test_estimate_prints_the_table(final_checkpoint):
+    outcome = runner.invoke(app, ["estimate", "--checkpoint", str(final_checkpoint), *QUICK])
+    assert outcome.exit_code == 0, outcome.output
+    for label in ("LLC", "per chain", "MALA acceptance", "R-hat", "ESS"):
+        assert label in outcome.stdout
+
+
+def test_estimate_json_is_the_result_and_nothing_else(final_checkpoint):
+    outcome = runner.invoke(app, ["estimate", "--checkpoint", str(final_checkpoint), *QUICK, "--json"])
+    assert outcome.exit_code == 0, outcome.output
+    result = LLCResult.from_dict(json.loads(outcome.stdout))
+    assert len(result.llc_trace) == 2 and len(result.llc_trace[0]) == 8
+    assert result.settings["batch_size"] == 32
+
+
+def test_from_calibration_sits_between_config_and_flags(final_checkpoint, tmp_path):
+    config = tmp_path / "experiment.toml"
+    config.write_text("[sampler]\nepsilon = 1e-2\ngamma = 5.0\nnum_draws = 8\n")
+    calibration = tmp_path / "recommended.json"
+    calibration.write_text(json.dumps({"epsilon": 1e-5, "gamma": 50.0, "nbeta": 3.0, "sampler": "sgld"}))
+    outcome = runner.invoke(
+        app,
+        ["estimate", "--checkpoint", str(final_checkpoint), "--config", str(config), "--from-calibration", str(calibration),
+         "--gamma", "70", "--num-chains", "1", "--device", "cpu", "--json"],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    settings = json.loads(outcome.stdout)["settings"]
+    assert (settings["epsilon"], settings["gamma"], settings["nbeta"], settings["num_draws"]) == (1e-5, 70.0, 3.0, 8)
+
+
+def test_no_healthy_chain_exits_1(final_checkpoint):
+    outcome = runner.invoke(
+        app, ["estimate", "--checkpoint", str(final_checkpoint), *QUICK, "--epsilon", "1e4", "--gamma", "0"]
+    )
+    assert outcome.exit_code == 1, outcome.output
+    assert "no healthy chain" in outcome.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epsilon", "0"], "sampler.epsilon"),
+        (["--num-chains", "0"], "sampler.num_chains"),
+        (["--sampler", "hmc"], "sampler.sampler"),
+        (["--device", "tpu"], "estimate.device"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_field(final_checkpoint, flags, message):
+    outcome = runner.invoke(app, ["estimate", "--checkpoint", str(final_checkpoint), *flags])
+    assert outcome.exit_code == 2
+    assert message in outcome.output and "Traceback" not in outcome.output
+
+
+def test_missing_checkpoint_exits_2(tmp_path):
+    outcome = runner.invoke(app, ["estimate", "--checkpoint", str(tmp_path / "nope.pt"), "--device", "cpu"])
+    assert outcome.exit_code == 2
+    assert "nope.pt" in outcome.output
+
+
+def test_selftest_json_reports_each_case(monkeypatch):
+    from llcv import selftest
+    from llcv.known_models import regression_case
+
+    case = regression_case(d=2, num_samples=200)
+    monkeypatch.setattr(selftest, "known_cases", lambda quick: [case])
+    outcome = runner.invoke(app, ["selftest", "--quick", "--device", "cpu", "--json"])
+    rows = json.loads(outcome.stdout)
+    assert [row["name"] for row in rows] == [case.name]
+    assert rows[0]["true_llc"] == 1.0
+    assert outcome.exit_code == (0 if rows[0]["passed"] else 1)
