@@ -20,6 +20,7 @@ between checkpoints reflect the models, not the sampling noise.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 import platform
 import subprocess
@@ -149,6 +150,8 @@ class SamplingData:
     def __init__(self, data: Dataset | DataLoader, settings: SamplerSettings, device: torch.device):
         self.loader = data if isinstance(data, DataLoader) else None
         self.device = device
+        if self.loader is not None and settings.classes is not None:
+            raise SettingsError("classes= needs a Dataset, not a DataLoader: llcv must choose the samples itself")
         if self.loader is not None:
             self.num_samples = len(self.loader.dataset)
             self.batch_size = self.loader.batch_size or 1
@@ -157,6 +160,8 @@ class SamplingData:
         from llcv.data import subset
 
         dataset = data
+        if settings.classes is not None:
+            dataset = subset(dataset, classes=settings.classes, seed=settings.seed)
         if settings.num_samples is not None and settings.num_samples < len(dataset):
             dataset = subset(dataset, num_samples=settings.num_samples, seed=settings.seed)
         if len(dataset) == 0:
@@ -322,7 +327,7 @@ class _Point:
 
 def _squared_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Per-chain squared norms of chain-major tensors, shape (chains,)."""
-    return torch.stack([tensor.flatten(1).square().sum(dim=1) for tensor in tensors]).sum(dim=0)
+    return torch.stack([tensor.reshape(len(tensor), -1).square().sum(dim=1) for tensor in tensors]).sum(dim=0)
 
 
 def _mala_acceptance(previous: _Point, current: _Point, epsilon: float) -> torch.Tensor:
@@ -467,6 +472,23 @@ def _git_commit() -> str | None:
     return completed.stdout.strip() or None if completed.returncode == 0 else None
 
 
+def select_parameters(model: nn.Module, patterns: list[str] | None) -> list[tuple[str, nn.Parameter]]:
+    """The trainable parameters whose names match any glob pattern (all of them for None).
+
+    Raises:
+        SettingsError: nothing matches; the message lists the model's top-level blocks.
+    """
+    trainable = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+    selected = trainable if patterns is None else [
+        (name, parameter) for name, parameter in trainable if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    ]
+    if not selected:
+        blocks = sorted({name.split(".")[0] for name, _ in trainable})
+        wanted = "the model has no trainable parameters" if patterns is None else f"no parameter matches {patterns}"
+        raise SettingsError(f"{wanted}; the model's top-level blocks are {', '.join(blocks) or 'none'} (e.g. 'fc.*')")
+    return selected
+
+
 def estimate_llc(
     model: nn.Module,
     data: Dataset | DataLoader | SamplingData,
@@ -498,13 +520,11 @@ def estimate_llc(
 
     work = copy.deepcopy(model).to(device)
     work.train(settings.bn_mode == "train")
-    named = [(name, parameter) for name, parameter in work.named_parameters() if parameter.requires_grad]
-    if not named:
-        raise SettingsError("the model has no trainable parameters to sample")
+    named = select_parameters(work, settings.params)
     names = [name for name, _ in named]
     initial = [parameter.detach().clone() for _, parameter in named]
-    for _, parameter in named:
-        parameter.requires_grad_(False)  # the chains' stacked copies carry the gradients
+    for parameter in work.parameters():
+        parameter.requires_grad_(False)  # frozen ones stay at the checkpoint; the chains' copies carry gradients
     checkpoint_state = {key: value.detach().clone() for key, value in work.state_dict().items()}
     num_parameters = sum(tensor.numel() for tensor in initial)
     loss_module = _LossModule(work, loss_function)

@@ -245,3 +245,75 @@ def test_dataloader_input_and_rmsprop_sampler():
     result = estimate_llc(model, loader, settings, loss="mse", device="cpu")
     assert result.llc_mean is not None and result.num_samples_used == 400
     assert result.nbeta == pytest.approx(50 / math.log(50))
+
+
+def two_part_regression(size: int = 400) -> tuple[nn.Module, TensorDataset]:
+    """A linear regression with 3 weights and 1 bias, at its least-squares fit."""
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randn(size, 3, generator=generator)
+    targets = inputs @ torch.randn(3, 1, generator=generator) + 0.5 + torch.randn(size, 1, generator=generator)
+    design = torch.cat([inputs, torch.ones(size, 1)], dim=1)
+    solution = torch.linalg.lstsq(design, targets).solution
+    model = nn.Linear(3, 1)
+    with torch.no_grad():
+        model.weight.copy_(solution[:3].T)
+        model.bias.copy_(solution[3])
+    return model, TensorDataset(inputs, targets)
+
+
+@pytest.mark.parametrize("patterns, dimension", [(["bias"], 1), (["weight"], 3), (None, 4)])
+def test_weight_refined_llc_counts_only_the_sampled_parameters(patterns, dimension):
+    model, data = two_part_regression()
+    settings = SamplerSettings(num_chains=4, params=patterns, **REGRESSION_SETTINGS)
+    result = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    assert result.num_parameters == dimension
+    assert result.settings["params"] == patterns
+    standard_error = result.llc_std / 2
+    assert abs(result.llc_mean - dimension / 2) < 3 * standard_error + 0.15 * dimension / 2
+
+
+def test_frozen_parameters_are_bit_for_bit_unchanged(monkeypatch):
+    from llcv import sampling
+
+    model, data = two_part_regression()
+    seen = {}
+    original = sampling._run_group
+
+    def spy(group, *args, **kwargs):
+        traces = original(group, *args, **kwargs)
+        seen["bias"] = group.loss_module.model.bias.detach().clone()
+        seen["moved"] = not torch.equal(group.parameters[0][0], model.weight.detach())
+        return traces
+
+    monkeypatch.setattr(sampling, "_run_group", spy)
+    estimate_llc(model, data, SamplerSettings(num_chains=1, num_draws=20, params=["weight"], epsilon=1e-3), loss="mse", device="cpu")
+    assert torch.equal(seen["bias"], model.bias.detach())
+    assert seen["moved"]
+
+
+def test_no_matching_parameter_lists_the_blocks():
+    model = build_model("smallcnn", num_classes=4, in_channels=3)
+    data = TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,)))
+    with pytest.raises(Exception, match="conv1, conv2, fc1, fc2"):
+        estimate_llc(model, data, SamplerSettings(params=["layer9.*"], num_draws=2), device="cpu")
+
+
+def test_data_refined_llc_uses_only_the_chosen_classes():
+    """Each class has its own constant loss, so the initial loss reveals which samples were used."""
+
+    class PerClassLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, inputs):
+            return inputs * self.scale
+
+    data = TensorDataset(torch.arange(4.0).repeat(10), torch.arange(4).repeat(10))
+    data.targets = data.tensors[1]
+    loss = lambda model, batch: model(batch[0]).mean()  # noqa: E731
+    settings = SamplerSettings(num_chains=1, num_draws=2, batch_size=5, epsilon=1e-8, gamma=0.0, nbeta=1.0)
+    only_three = estimate_llc(PerClassLoss(), data, settings.model_copy(update={"classes": [3]}), loss=loss, device="cpu")
+    one_and_two = estimate_llc(PerClassLoss(), data, settings.model_copy(update={"classes": [1, 2]}), loss=loss, device="cpu")
+    assert only_three.init_loss == pytest.approx(3.0) and only_three.num_samples_used == 10
+    assert one_and_two.init_loss == pytest.approx(1.5) and one_and_two.num_samples_used == 20
