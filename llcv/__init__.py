@@ -5,6 +5,7 @@ The public Python API; everything here is importable as ``from llcv import ...``
 
 __version__ = "0.1.0"
 
+from llcv.calibration import SweepResult, calibrate_sweep, recommend_settings
 from llcv.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
 from llcv.data import DatasetInfo, load_dataset
 from llcv.errors import CheckpointError, DataError, LLCVError, SettingsError
@@ -25,14 +26,17 @@ __all__ = [
     "SamplerSettings",
     "SamplingData",
     "SettingsError",
+    "SweepResult",
     "TrainSettings",
     "__version__",
     "build_model",
+    "calibrate_sweep",
     "estimate_llc",
     "list_checkpoints",
     "list_models",
     "load_checkpoint",
     "load_dataset",
     "load_settings",
+    "recommend_settings",
     "register_model",
 ]

@@ -1,0 +1,493 @@
+"""Calibration: the rule on hand-made rows, grids, the sweep (divergence, resume), curve and chains, figures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from llcv import SamplerSettings, SweepResult, calibrate_sweep, recommend_settings
+from llcv import calibration
+from llcv.calibration import apply_rule, chains_from_result, curve_from_result, parse_grid, save_sweep
+from llcv.errors import EstimationError, SettingsError
+from llcv.plotting import plot_chains, plot_curve, plot_sweep_heatmap, plot_sweep_traces
+from llcv.progress import Reporter
+from llcv.sampling import estimate_llc
+from llcv.targets import load_target
+
+# Full batches: the MALA acceptance then measures the step size alone (docs/calibration.md).
+TINY = SamplerSettings(num_chains=2, num_draws=24, num_burnin_steps=8, batch_size=200, seed=0)
+
+
+def regression(dim: int = 4, size: int = 200, seed: int = 0) -> tuple[nn.Module, TensorDataset]:
+    """A linear regression at its least-squares fit: a regular model with LLC = dim / 2."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(size, dim, generator=generator)
+    targets = inputs @ torch.randn(dim, 1, generator=generator) + 0.1 * torch.randn(size, 1, generator=generator)
+    model = nn.Linear(dim, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(inputs, targets).solution.T)
+    return model, TensorDataset(inputs, targets)
+
+
+@pytest.fixture(scope="module")
+def linear():
+    return regression()
+
+
+@pytest.fixture(scope="module")
+def template(linear):
+    """A real LLCResult to reshape into hand-made ones (2 chains x 24 draws)."""
+    model, data = linear
+    return estimate_llc(model, data, TINY, loss="mse", device="cpu")
+
+
+def shaped(template, llc_trace, *, burnin=None, diverged_chains=0, mala=0.95):
+    """``template`` with the given chains x draws per-draw LLC (init loss 0, nbeta 10)."""
+    trace = np.asarray(llc_trace, dtype=float)
+    chains = len(trace)
+    healthy = [None if index < diverged_chains else float(row.mean()) for index, row in enumerate(trace)]
+    values = [value for value in healthy if value is not None]
+    diagnostics = template.diagnostics.model_copy(update={"diverged_chains": diverged_chains, "r_hat": None, "ess": None})
+    return template.model_copy(
+        update={
+            "llc_trace": trace.tolist(),
+            "loss_trace": (trace / 10).tolist(),
+            "burnin_loss_trace": [list(np.asarray(burnin if burnin is not None else []) / 10)] * chains,
+            "llc_per_chain": healthy,
+            "llc_mean": float(np.mean(values)) if values else None,
+            "llc_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "init_loss": 0.0,
+            "nbeta": 10.0,
+            "mala_acceptance": mala,
+            "diagnostics": diagnostics,
+        }
+    )
+
+
+# The rule, on hand-made rows.
+
+
+def row(**changes):
+    """A row that passes every rule; ``changes`` break one."""
+    base = dict(
+        epsilon=1e-4, gamma=100.0, nbeta=10.0, mala_acceptance=0.95, llc_mean=5.0, llc_std=0.1, llc_final=5.0,
+        diverged=False, negative_fraction=0.0, trace_drift=0.01, r_hat=1.01, ess=100.0,
+    )
+    return {**base, **changes}
+
+
+def test_a_healthy_row_qualifies_and_is_recommended():
+    rows, index, reason = apply_rule([row()])
+    assert rows[0]["qualifies"] is True and rows[0]["reason"] == ""
+    assert index == 0
+    assert "epsilon=0.0001" in reason and "largest qualifying epsilon" in reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "failed"),
+    [
+        (dict(diverged=True), "diverged"),
+        (dict(llc_mean=None, llc_std=None, mala_acceptance=None, diverged=True), "diverged"),
+        (dict(llc_mean=0.0), "llc_mean <= 0"),
+        (dict(llc_mean=-2.0), "llc_mean <= 0"),
+        (dict(negative_fraction=0.06), "negative_fraction > 0.05"),
+        (dict(trace_drift=0.11), "|trace_drift| > 0.1"),
+        (dict(trace_drift=-0.11), "|trace_drift| > 0.1"),
+        (dict(trace_drift=None), "|trace_drift| > 0.1"),
+        (dict(r_hat=1.11), "r_hat > 1.1"),
+        (dict(mala_acceptance=0.89), "mala_acceptance < 0.9"),
+        (dict(mala_acceptance=None), "mala_acceptance < 0.9"),
+    ],
+)
+def test_each_rule_failing_alone_disqualifies_with_its_name(changes, failed):
+    rows, index, reason = apply_rule([row(**changes)])
+    assert rows[0]["qualifies"] is False
+    assert rows[0]["reason"] == failed
+    assert index is None
+    assert f"'{failed}' failed most (1 of 1" in reason
+
+
+def test_boundaries_pass_and_one_chain_needs_no_r_hat():
+    rows, index, _ = apply_rule(
+        [row(negative_fraction=0.05, trace_drift=-0.1, r_hat=1.1, mala_acceptance=0.9), row(r_hat=None)]
+    )
+    assert [r["qualifies"] for r in rows] == [True, True]
+
+
+def test_the_first_failed_rule_is_the_reason():
+    rows, _, _ = apply_rule([row(negative_fraction=0.5, mala_acceptance=0.1, r_hat=3.0)])
+    assert rows[0]["reason"] == "negative_fraction > 0.05"
+
+
+def test_thresholds_come_from_the_arguments():
+    rows, index, _ = apply_rule(
+        [row(mala_acceptance=0.6, trace_drift=0.3, r_hat=1.3, negative_fraction=0.2)],
+        target_acceptance=0.5, max_trace_drift=0.5, max_r_hat=1.5, max_negative_fraction=0.25,
+    )
+    assert rows[0]["qualifies"] and index == 0
+    rows, _, _ = apply_rule([row(mala_acceptance=0.93)], target_acceptance=0.95)
+    assert rows[0]["reason"] == "mala_acceptance < 0.95"
+
+
+def test_largest_epsilon_wins_over_higher_acceptance():
+    rows = [row(epsilon=1e-5, mala_acceptance=0.99), row(epsilon=1e-4, mala_acceptance=0.91), row(epsilon=1e-3, diverged=True)]
+    _, index, _ = apply_rule(rows)
+    assert index == 1
+
+
+def test_ties_on_epsilon_go_to_the_highest_acceptance_then_grid_order():
+    rows = [row(gamma=1.0, mala_acceptance=0.92), row(gamma=10.0, mala_acceptance=0.97), row(gamma=100.0, mala_acceptance=0.95)]
+    assert apply_rule(rows)[1] == 1
+    assert apply_rule([row(gamma=1.0), row(gamma=10.0)])[1] == 0
+
+
+def test_none_qualifies_names_the_rule_failing_most_and_the_direction():
+    rows = [row(epsilon=1e-3, diverged=True), row(epsilon=1e-4, mala_acceptance=0.5), row(epsilon=1e-5, mala_acceptance=0.7, trace_drift=0.5)]
+    judged, index, reason = apply_rule(rows)
+    assert index is None and not any(r["qualifies"] for r in judged)
+    assert "'mala_acceptance < 0.9' failed most (2 of 3 combinations)" in reason
+    assert "smaller epsilons" in reason
+    _, _, reason = apply_rule([row(diverged=True), row(diverged=True, epsilon=1e-3)])
+    assert "'diverged' failed most" in reason and "smaller epsilons or larger gammas" in reason
+    _, _, reason = apply_rule([row(trace_drift=0.4)])
+    assert "larger epsilons, or more draws or burn-in steps" in reason
+
+
+def test_apply_rule_does_not_change_the_rows_it_is_given():
+    given = [row(mala_acceptance=0.1)]
+    apply_rule(given)
+    assert "qualifies" not in given[0]
+
+
+# Grid flags.
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1e-6,1e-5,1e-4", [1e-6, 1e-5, 1e-4]),
+        ("1e-6:1e-2:5", [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]),
+        ("1:1000:4", [1.0, 10.0, 100.0, 1000.0]),
+        ("0.5", [0.5]),
+        ("3:3:1", [3.0]),
+    ],
+)
+def test_grids_are_lists_or_log_ranges(text, expected):
+    assert parse_grid(text, "--epsilons") == expected
+
+
+@pytest.mark.parametrize("text", ["", "1e-6,,1e-4", "a,b", "1e-6:1e-2", "1e-6:1e-2:x", "1e-6:1e-2:2.5", "1:2:3:4", "0:1:3", "1:10:0", "-1", "0", "nan", "inf"])
+def test_bad_grids_name_the_flag(text):
+    with pytest.raises(SettingsError, match="^--epsilons: "):
+        parse_grid(text, "--epsilons")
+
+
+def test_gammas_may_include_zero():
+    assert parse_grid("0,10", "--gammas", allow_zero=True) == [0.0, 10.0]
+
+
+def test_output_folder_is_named_after_the_checkpoint(tmp_path):
+    assert calibration.output_dir(tmp_path, tmp_path / "ck" / "step_00000036.pt") == tmp_path / "step_00000036"
+    assert calibration.output_dir(tmp_path, "x/checkpoint_epoch_39.pth.tar") == tmp_path / "checkpoint_epoch_39"
+
+
+# The sweep.
+
+
+def test_sweep_on_a_trained_model_flags_a_huge_epsilon_and_recommends_a_healthy_pair(trained_run):
+    _, run = trained_run
+    target = load_target(run.checkpoints[-1])
+    base = SamplerSettings(num_chains=2, num_draws=12, num_burnin_steps=4, batch_size=64, num_samples=128)
+    # Short chains on minibatches: the thresholds are loosened so that the healthy pairs can pass.
+    result = calibrate_sweep(
+        target.model, target.dataset, [1e-5, 1e-4, 1e3], [1000.0], base=base, device="cpu",
+        target_acceptance=0.2, max_negative_fraction=0.5, max_trace_drift=1.0, max_r_hat=3.0,
+    )
+    assert isinstance(result, SweepResult)
+    assert [(r["epsilon"], r["gamma"]) for r in result.rows] == [(1e-5, 1000.0), (1e-4, 1000.0), (1e3, 1000.0)]
+    assert set(result.rows[0]) == set(calibration.ROW_FIELDS)
+    huge = result.rows[2]
+    assert huge["diverged"] is True and huge["qualifies"] is False and huge["reason"] == "diverged"
+    assert result.recommended is not None
+    chosen = result.rows[result.recommended_index]
+    assert not chosen["diverged"] and chosen["qualifies"] and result.recommended.epsilon == chosen["epsilon"]
+    assert result.recommended.nbeta == pytest.approx(64 / math.log(64))  # the default, resolved
+    assert (result.recommended.num_chains, result.recommended.num_draws) == (2, 12)  # the rest is the base
+
+
+def test_sweep_rows_are_built_from_the_estimates(linear):
+    model, data = linear
+    result = calibrate_sweep(model, data, [1e-3], [1.0], [5.0, 20.0], base=TINY, loss="mse", device="cpu")
+    assert [r["nbeta"] for r in result.rows] == [5.0, 20.0]
+    for row_, trace in zip(result.rows, result.traces):
+        assert len(trace) == TINY.num_draws
+        assert row_["llc_final"] == pytest.approx(np.mean(trace[-3:]))  # last 10% of 24 draws: 3
+        assert 0.0 <= row_["negative_fraction"] <= 1.0
+        assert row_["r_hat"] is not None and row_["mala_acceptance"] > 0.5
+    assert result.base.mala is True
+
+
+def test_sweep_forces_mala_on_since_the_rule_needs_it(linear):
+    model, data = linear
+    result = calibrate_sweep(model, data, [1e-3], [1.0], base=TINY.model_copy(update={"mala": False}), loss="mse", device="cpu")
+    assert result.rows[0]["mala_acceptance"] is not None
+
+
+def test_empty_grid_is_a_settings_error(linear):
+    model, data = linear
+    with pytest.raises(SettingsError, match="calibrate.gammas"):
+        calibrate_sweep(model, data, [1e-3], [], base=TINY, loss="mse", device="cpu")
+
+
+class _Interrupt:
+    """Wraps estimate_llc: counts calls and raises KeyboardInterrupt on call number ``stop_at``."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.stop_at, self.calls = stop_at, []
+
+    def __call__(self, model, data, settings, **kwargs):
+        if self.stop_at is not None and len(self.calls) + 1 == self.stop_at:
+            raise KeyboardInterrupt
+        self.calls.append((settings.epsilon, settings.gamma, settings.nbeta))
+        return estimate_llc(model, data, settings, **kwargs)
+
+
+def test_interrupted_sweep_resumes_with_only_the_remaining_combinations(linear, tmp_path, monkeypatch):
+    model, data = linear
+    sweep_file = tmp_path / "sweep.json"
+    grid = dict(epsilons=[1e-4, 1e-3], gammas=[1.0, 10.0], base=TINY, loss="mse", device="cpu", sweep_file=sweep_file)
+    first = _Interrupt(stop_at=3)
+    monkeypatch.setattr(calibration, "estimate_llc", first)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate_sweep(model, data, **grid)
+    assert len(first.calls) == 2
+    stored = json.loads(sweep_file.read_text())
+    assert stored["complete"] is False and len(stored["rows"]) == 2 and stored["recommended"] is None
+
+    second = _Interrupt()
+    monkeypatch.setattr(calibration, "estimate_llc", second)
+    resumed = calibrate_sweep(model, data, **grid)
+    assert len(second.calls) == 2 and not set(second.calls) & set(first.calls)
+    assert len(resumed.rows) == 4 and json.loads(sweep_file.read_text())["complete"] is True
+
+    # Same seed, same numbers: the resumed sweep equals one that was never interrupted.
+    monkeypatch.setattr(calibration, "estimate_llc", estimate_llc)
+    fresh = calibrate_sweep(model, data, **{**grid, "sweep_file": None})
+    assert resumed.rows == fresh.rows
+
+    # A finished sweep is not redone, and new thresholds only re-judge the stored rows.
+    third = _Interrupt()
+    monkeypatch.setattr(calibration, "estimate_llc", third)
+    rejudged = calibrate_sweep(model, data, **grid, target_acceptance=1.0)
+    assert third.calls == [] and rejudged.recommended is None
+
+
+def test_resume_recomputes_rows_made_with_other_settings_or_weights(linear, tmp_path, monkeypatch):
+    model, data = linear
+    sweep_file = tmp_path / "sweep.json"
+    grid = dict(epsilons=[1e-4, 1e-3], gammas=[1.0], loss="mse", device="cpu", sweep_file=sweep_file)
+    calibrate_sweep(model, data, base=TINY, **grid)
+    counter = _Interrupt()
+    monkeypatch.setattr(calibration, "estimate_llc", counter)
+    calibrate_sweep(model, data, base=TINY.model_copy(update={"num_draws": 16}), **grid)
+    assert len(counter.calls) == 2
+    counter.calls.clear()
+    changed = regression(seed=1)[0]
+    calibrate_sweep(changed, data, base=TINY.model_copy(update={"num_draws": 16}), **grid)
+    assert len(counter.calls) == 2
+    counter.calls.clear()
+    calibrate_sweep(changed, data, base=TINY.model_copy(update={"num_draws": 16}), **{**grid, "epsilons": [1e-4, 1e-3, 1e-2]})
+    assert counter.calls == [(1e-2, 1.0, pytest.approx(200 / math.log(200)))]
+
+
+def test_an_unreadable_sweep_file_starts_afresh(linear, tmp_path):
+    model, data = linear
+    sweep_file = tmp_path / "sweep.json"
+    sweep_file.write_text("{not json")
+    notes = []
+
+    class Notes(Reporter):
+        def note(self, message):
+            notes.append(message)
+
+    result = calibrate_sweep(model, data, [1e-3], [1.0], base=TINY, loss="mse", device="cpu", sweep_file=sweep_file, reporter=Notes())
+    assert len(result.rows) == 1 and any("not a readable sweep file" in note for note in notes)
+
+
+def test_sweep_reports_grid_progress(linear):
+    model, data = linear
+    events = []
+
+    class Recorder(Reporter):
+        def start(self, key, description, total):
+            events.append(("start", key, total))
+
+        def advance(self, key, amount=1, **fields):
+            if key == "sweep":
+                events.append(("advance", key, amount))
+
+    calibrate_sweep(model, data, [1e-4, 1e-3], [1.0], base=TINY, loss="mse", device="cpu", reporter=Recorder())
+    assert ("start", "sweep", 2) in events
+    assert [e for e in events if e[0] == "advance"] == [("advance", "sweep", 0), ("advance", "sweep", 1), ("advance", "sweep", 1)]
+    assert any(e[0] == "start" and e[1] != "sweep" for e in events)  # the chains report too
+
+
+def test_saved_sweep_files(linear, tmp_path):
+    model, data = linear
+    result = calibrate_sweep(
+        model, data, [1e-3, 1e-2, 10.0], [0.0, 1.0], base=TINY, loss="mse", device="cpu", checkpoint="ck/step_1.pt",
+        target_acceptance=0.5, max_trace_drift=1.0, max_r_hat=2.0,
+    )
+    written = save_sweep(result, tmp_path, "svg")
+    names = sorted(path.name for path in written)
+    assert names == ["recommended.json", "sweep.csv", "sweep.json", "sweep_heatmap.svg", "sweep_traces.svg"]
+    recommended = json.loads((tmp_path / "recommended.json").read_text())
+    assert set(recommended) == {"epsilon", "gamma", "nbeta", "sampler"}
+    stored = json.loads((tmp_path / "sweep.json").read_text())
+    assert stored["recommended"] == recommended and stored["reason"] == result.reason
+    assert stored["checkpoint"] == "ck/step_1.pt" and len(stored["rows"]) == len(stored["traces"]) == 6
+    lines = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert lines[0] == ",".join(calibration.ROW_FIELDS) and len(lines) == 7
+
+    # When a later sweep finds nothing, the folder stops recommending.
+    rejected = result.model_copy(update={"recommended": None, "reason": "no combination qualifies"})
+    save_sweep(rejected, tmp_path, "png")
+    assert not (tmp_path / "recommended.json").exists()
+    assert json.loads((tmp_path / "sweep.json").read_text())["recommended"] is None
+
+
+def test_minibatch_sweeps_say_why_mala_acceptance_is_low(linear):
+    model, data = linear
+    notes = []
+
+    class Notes(Reporter):
+        def note(self, message):
+            notes.append(message)
+
+    result = calibrate_sweep(
+        model, data, [1e-3], [1.0], base=TINY.model_copy(update={"batch_size": 50}), loss="mse", device="cpu",
+        target_acceptance=1.0, max_trace_drift=10.0, max_r_hat=10.0, reporter=Notes(),
+    )
+    assert result.recommended is None and "minibatches (50 of 200 samples)" in result.reason
+    assert any("minibatches" in note for note in notes)
+
+
+# recommend_settings on models with a known learning coefficient.
+
+
+def test_recommend_settings_returns_complete_settings_that_recover_a_regular_model(linear):
+    model, data = linear
+    settings = recommend_settings(model, data, loss="mse", device="cpu", num_draws=100)
+    assert isinstance(settings, SamplerSettings)
+    assert settings.num_chains == calibration.FINAL_NUM_CHAINS
+    assert 100 <= settings.num_draws <= 1000 and settings.num_burnin_steps == 100
+    assert settings.batch_size == 200 and settings.nbeta == pytest.approx(200 / math.log(200))
+    result = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    assert abs(result.llc_mean - 2.0) <= 3.5 * result.llc_std  # d/2 for d = 4
+
+
+def test_recommend_settings_raises_when_nothing_qualifies(linear, monkeypatch):
+    model, data = linear
+    monkeypatch.setattr(calibration, "RECOMMEND_EPSILON_FACTORS", (50.0,))  # always diverges
+    with pytest.raises(EstimationError, match="no usable SGLD settings.*'diverged' failed most"):
+        recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["regression-d10", "rrr-5-3-5-r1"])
+def test_recommend_settings_recovers_known_learning_coefficients(name):
+    from llcv.known_models import known_cases
+
+    case = next(case for case in known_cases() if case.name == name)
+    settings = recommend_settings(case.model, case.dataset, loss="mse", device="cpu")
+    result = estimate_llc(case.model, case.dataset, settings, loss="mse", device="cpu")
+    assert abs(result.llc_mean - case.true_llc) <= 3.5 * result.llc_std
+    assert abs(result.llc_mean / case.true_llc - 1) <= 0.15
+
+
+# One curve and several chains.
+
+
+def test_curve_verdicts(template):
+    rng = np.random.default_rng(0)
+    settings = TINY.model_copy(update={"num_chains": 1, "num_draws": 200, "num_burnin_steps": 5})
+    flat = 5 + 0.3 * rng.standard_normal(200)
+    stable = curve_from_result(shaped(template, [flat], burnin=[0, 1, 2, 3, 4]), settings)
+    assert stable.verdict == "stable" and "limit 6" in stable.verdict_reason
+    assert stable.draw_steps[0] == 6 and stable.draw_steps[-1] == 205
+    assert stable.burnin_llc == pytest.approx([0, 1, 2, 3, 4])
+    assert stable.running_llc[-1] == pytest.approx(flat.mean())
+    assert stable.llc_final == pytest.approx(flat[-20:].mean())
+
+    spiked = flat.copy()
+    spiked[120] = 40.0
+    peaks = curve_from_result(shaped(template, [spiked]), settings)
+    assert peaks.verdict == "peaks" and peaks.peak_draw == 120 and peaks.peak_score > 6
+
+    rising = np.linspace(1, 10, 200) + 0.1 * rng.standard_normal(200)
+    drift = curve_from_result(shaped(template, [rising]), settings)
+    assert drift.verdict == "drift" and drift.trace_drift > 0.1
+
+    diverged = curve_from_result(shaped(template, [flat], diverged_chains=1), settings)
+    assert diverged.verdict == "diverged"
+    assert json.dumps(diverged.to_dict(), allow_nan=False)
+
+
+def test_calibrate_curve_runs_one_chain(linear):
+    model, data = linear
+    curve = calibration.calibrate_curve(model, data, TINY.model_copy(update={"num_chains": 7}), loss="mse", device="cpu")
+    assert curve.settings.num_chains == 1 and len(curve.llc) == TINY.num_draws and len(curve.burnin_llc) == 8
+
+
+def test_chains_running_means_and_band(template):
+    trace = np.array([[1.0, 3.0, 5.0], [3.0, 5.0, 7.0], [100.0, 0.0, 0.0]])
+    chains = chains_from_result(shaped(template, trace, diverged_chains=1))
+    assert chains.running_llc[1] == pytest.approx([3.0, 4.0, 5.0])
+    # Chain 0 diverged: the band is over chains 1 and 2.
+    assert chains.running_mean == pytest.approx([(3 + 100) / 2, (4 + 50) / 2, (5 + 100 / 3) / 2])
+    assert chains.running_std[0] == pytest.approx(np.std([3.0, 100.0], ddof=1))
+    assert chains.diverged_chains == 1
+    payload = chains.to_dict()
+    assert payload["result"]["llc_trace"] == trace.tolist() and json.dumps(payload, allow_nan=False)
+
+
+# Figures.
+
+
+def _labels(figure: Figure) -> list[tuple[str, str, str, str]]:
+    return [(axis.get_xlabel(), axis.get_ylabel(), axis.get_xscale(), axis.get_yscale()) for axis in figure.axes if axis.get_xlabel()]
+
+
+def test_heatmap_axes_are_logarithmic_only_where_the_grid_is():
+    rows = apply_rule([row(epsilon=e, gamma=g, nbeta=n) for n in (10.0, 20.0) for g in (1.0, 100.0) for e in (1e-5, 1e-4)])[0]
+    figure = plot_sweep_heatmap(rows, "sweep of step_1.pt", recommended=3)
+    axes = _labels(figure)
+    assert len(axes) == 4  # MALA and LLC for each nbeta
+    assert all(a[:2] == ("epsilon (step size)", "gamma (localization)") and a[2:] == ("log", "log") for a in axes)
+    assert "step_1.pt" in figure.get_suptitle()
+    with_zero = apply_rule([row(gamma=0.0), row(gamma=10.0)])[0]
+    assert _labels(plot_sweep_heatmap(with_zero, "t"))[0][3] == "linear"
+
+
+def test_trace_figure_has_a_panel_per_gamma_and_nbeta():
+    rows = [row(gamma=g, epsilon=e, diverged=e > 1e-3) for g in (1.0, 10.0, 100.0) for e in (1e-4, 1e-2)]
+    traces = [list(np.linspace(0, 5, 20)) if not r["diverged"] else [1e9, None] + [None] * 18 for r in rows]
+    figure = plot_sweep_traces(rows, traces, "sweep of step_1.pt")
+    assert len(figure.axes) == 3
+    assert figure.axes[0].get_ylim()[1] < 100  # the diverged trace does not set the scale
+
+
+def test_curve_and_chains_figures(template):
+    settings = TINY.model_copy(update={"num_chains": 1, "num_draws": 50, "num_burnin_steps": 10})
+    curve = curve_from_result(shaped(template, [np.full(50, 2.0)], burnin=np.linspace(0, 2, 10)), settings)
+    axes = _labels(plot_curve(curve, "curve"))
+    assert axes == [("SGLD step", "LLC = nbeta (L(w) - L(w*))", "linear", "linear")]
+    chains = chains_from_result(shaped(template, np.ones((3, 10))))
+    assert _labels(plot_chains(chains, "chains")) == [("draw", "running LLC", "linear", "linear")]
