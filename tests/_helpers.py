@@ -1,0 +1,95 @@
+"""Helpers for the estimate-all, results and plot tests: tiny sampler settings, checkpoint copies, fake records."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from llcv.settings import SamplerSettings
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A few dozen SGLD steps on 128 samples: under a second per checkpoint on one CPU thread.
+FAST = dict(num_chains=2, num_draws=12, batch_size=64, num_samples=128)
+FAST_FLAGS = ["--num-chains", "2", "--num-draws", "12", "--batch-size", "64", "--num-samples", "128", "--device", "cpu"]
+
+
+def fast_settings(**changes: Any) -> SamplerSettings:
+    return SamplerSettings(**{**FAST, **changes})
+
+
+def copy_checkpoints(run_dir: Path, destination: Path, steps: Sequence[int] | None = None) -> Path:
+    """Copy (with their times) some checkpoints of a shared run, so a test may change its own copies."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for path in sorted(Path(run_dir).glob("step_*.pt")):
+        if steps is None or int(path.stem.split("_")[1]) in steps:
+            shutil.copy2(path, destination / path.name)
+    return destination
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a `python -m llcv` child: one thread, and this checkout first on the path."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "COLUMNS": "200",
+    }
+
+
+def llcv_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "llcv", *args]
+
+
+def fake_result(llc_mean: float | None, llc_std: float | None = 0.1, diverged_chains: int = 0, **settings: Any) -> dict:
+    """A small LLCResult-shaped dict for plot and results tests (no sampling)."""
+    return {
+        "llc_mean": llc_mean,
+        "llc_std": llc_std,
+        "llc_per_chain": [llc_mean, llc_mean],
+        "nbeta": 11.5,
+        "init_loss": 0.5,
+        "mala_acceptance": 0.9,
+        "diagnostics": {"r_hat": 1.01, "ess": 40.0, "diverged_chains": diverged_chains, "nonfinite": False, "warnings": []},
+        "settings": {**SamplerSettings(**FAST).model_dump(mode="json"), **settings},
+        "num_parameters": 1000,
+        "device": "cpu",
+        "num_threads": 1,
+        "elapsed_seconds": 0.5,
+    }
+
+
+def fake_record(
+    checkpoint_path: Path,
+    step: int,
+    llc_mean: float | None,
+    *,
+    settings_hash: str,
+    status: str = "done",
+    diverged_chains: int = 0,
+    num_steps: int = 100,
+    error: str | None = None,
+) -> dict:
+    """A whole-model record as estimate-all writes it, with plausible metrics for ``step``."""
+    return {
+        "format": "llcv-llc-record",
+        "format_version": 1,
+        "status": status,
+        "checkpoint": Path(checkpoint_path).name,
+        "checkpoint_path": str(checkpoint_path),
+        "fingerprint": None,
+        "scope": "model",
+        "step": step,
+        "epoch": step / 10,
+        "metrics": {"train_loss": None if step == 0 else 2.0 / (1 + step / 10), "val_loss": 2.2 / (1 + step / 10), "val_acc": min(0.99, 0.1 + step / num_steps)},
+        "settings_hash": settings_hash,
+        "result": None if status == "failed" else fake_result(llc_mean, diverged_chains=diverged_chains),
+        "error": error,
+        "elapsed_seconds": 1.0,
+        "finished": "2024-01-01T00:00:00.000000+00:00",
+        "worker": {"host": "test", "pid": 1, "executor": "local"},
+    }
