@@ -9,7 +9,9 @@ from llcv.calibration import SweepResult, calibrate_sweep, recommend_settings
 from llcv.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
 from llcv.data import DatasetInfo, load_dataset
 from llcv.errors import CheckpointError, DataError, LLCVError, SettingsError
+from llcv.estimation import EstimateSummary, estimate_all
 from llcv.models import build_model, list_models, register_model
+from llcv.results import load_results, results_dataframe, settings_hash
 from llcv.sampling import LLCDiagnostics, LLCResult, SamplingData, estimate_llc
 from llcv.settings import DataSettings, ModelSettings, SamplerSettings, TrainSettings, load_settings
 
@@ -19,6 +21,7 @@ __all__ = [
     "DataError",
     "DataSettings",
     "DatasetInfo",
+    "EstimateSummary",
     "LLCDiagnostics",
     "LLCResult",
     "LLCVError",
@@ -31,12 +34,27 @@ __all__ = [
     "__version__",
     "build_model",
     "calibrate_sweep",
+    "estimate_all",
     "estimate_llc",
     "list_checkpoints",
     "list_models",
     "load_checkpoint",
     "load_dataset",
+    "load_results",
     "load_settings",
+    "plot_llc",
     "recommend_settings",
     "register_model",
+    "results_dataframe",
+    "settings_hash",
 ]
+
+
+def __getattr__(name: str):
+    # Figures import matplotlib and select its headless backend, so only on first use: a plain
+    # `import llcv` in a notebook leaves the notebook's plotting backend alone.
+    if name == "plot_llc":
+        from llcv.plotting import plot_llc
+
+        return plot_llc
+    raise AttributeError(f"module 'llcv' has no attribute {name!r}")
