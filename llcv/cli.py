@@ -221,6 +221,201 @@ def estimate(
             raise typer.Exit(console.EXIT_FAILED)
 
 
+ResultsDirOpt = Annotated[Optional[Path], typer.Option("--results-dir", help="Where results go: one folder per settings hash (default results/llc_estimations).", file_okay=False)]
+
+
+def _steps_list(steps: str | None) -> list[str] | None:
+    """``--steps 0,100,1000`` as a list; the [estimate] validation checks each is a step number."""
+    return None if steps is None else [part.strip() for part in steps.split(",") if part.strip()]
+
+
+@app.command(
+    "estimate-all",
+    epilog=(
+        "Example: llcv estimate-all --checkpoints-dir checkpoints/digits --results-dir results/digits "
+        "--num-chains 4 --num-draws 200\n\n"
+        "A coarse pass now, the rest later by a plain rerun: llcv estimate-all --checkpoints-dir checkpoints/digits --every-nth 4\n\n"
+        "One task of a 4-task Slurm array: llcv estimate-all --checkpoints-dir CKPTS --shard $SLURM_ARRAY_TASK_ID/4\n\n"
+        "On a Ray cluster: llcv estimate-all --checkpoints-dir CKPTS --executor ray --ray-address auto  (see docs/cluster.md)"
+    ),
+)
+def estimate_all_command(
+    checkpoints_dir: Annotated[Path, typer.Option("--checkpoints-dir", help="A training run's checkpoints.", file_okay=False)],
+    results_dir: ResultsDirOpt = None,
+    config: ConfigOpt = None,
+    from_calibration: CalibrationOpt = None,
+    epsilon: EpsilonOpt = None,
+    gamma: GammaOpt = None,
+    nbeta: NbetaOpt = None,
+    num_chains: NumChainsOpt = None,
+    num_draws: NumDrawsOpt = None,
+    num_burnin_steps: NumBurninOpt = None,
+    num_steps_bw_draws: StepsBetweenOpt = None,
+    sampler: SamplerOpt = None,
+    batch_size: SampleBatchOpt = None,
+    num_samples: NumSamplesOpt = None,
+    bn_mode: BnModeOpt = None,
+    divergence_bound: DivergenceOpt = None,
+    mala: MalaOpt = None,
+    seed: SamplerSeedOpt = None,
+    every_nth: Annotated[Optional[int], typer.Option("--every-nth", help="Every K-th checkpoint from the first, plus the last; a plain rerun fills in the rest.")] = None,
+    steps: Annotated[Optional[str], typer.Option("--steps", help="Only the checkpoints at these steps, comma-separated: 0,100,1000.")] = None,
+    force: Annotated[Optional[bool], typer.Option("--force", help="Redo checkpoints that already have a result.")] = None,
+    device: DeviceOpt = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="K/N: only share K (from 0) of N, by a stable hash of the file name.")] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="local (this process) | ray (one task per checkpoint).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (auto, ray://HOST:10001); default: a local instance.")] = None,
+    cpus_per_task: Annotated[Optional[int], typer.Option("--cpus-per-task", help="Ray: CPUs and torch threads per task (default 1, or CPUs per GPU).")] = None,
+    claim_timeout_seconds: Annotated[Optional[float], typer.Option("--claim-timeout-seconds", help="Take over a claim whose heartbeat is older than this.")] = None,
+    model: ModelOpt = None,
+    stem: StemOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Estimate the LLC of every checkpoint of a run: resumable, crash-safe, shareable by workers."""
+    from llcv.estimation import estimate_all
+    from llcv.results import settings_hash
+
+    with command_boundary():
+        settings = load_settings(
+            ("sampler", "estimate"),
+            config=config,
+            calibration=from_calibration,
+            overrides={
+                "sampler": dict(
+                    epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_chains=num_chains, num_draws=num_draws,
+                    num_burnin_steps=num_burnin_steps, num_steps_bw_draws=num_steps_bw_draws, sampler=sampler,
+                    batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode,
+                    divergence_bound=divergence_bound, mala=mala, seed=seed,
+                ),
+                "estimate": dict(
+                    results_dir=results_dir, every_nth=every_nth, steps=_steps_list(steps), force=force, device=device,
+                    shard=shard, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
+                    claim_timeout_seconds=claim_timeout_seconds,
+                ),
+            },
+        )
+        _show_settings(settings)
+        options = settings.estimate
+        configured = load_settings(("data",), config=config).data if config is not None else None
+        digest = settings_hash(settings.sampler)
+        console.info(f"results: {options.results_dir / digest} (settings {digest})")
+        try:
+            with RichReporter() as reporter:
+                summary = estimate_all(
+                    checkpoints_dir, options.results_dir, settings.sampler,
+                    device=options.device, shard=options.shard, executor=options.executor, reporter=reporter,
+                    every_nth=options.every_nth, steps=options.steps, force=options.force,
+                    ray_address=options.ray_address, cpus_per_task=options.cpus_per_task,
+                    claim_timeout_seconds=options.claim_timeout_seconds, model_name=model, stem=stem,
+                    dataset=dataset, data_dir=data_dir or (configured.data_dir if configured is not None else None),
+                )  # fmt: skip
+        except (KeyboardInterrupt, console.Terminated) as stop:
+            partial = getattr(stop, "estimate_summary", None)
+            if partial is not None:
+                _render_estimate_summary(partial)
+            raise
+        _render_estimate_summary(summary)
+        if not summary.ok:
+            raise typer.Exit(console.EXIT_FAILED)
+
+
+def _render_estimate_summary(summary) -> None:
+    """What estimate-all did: done (now and before), failed with reasons, left, and where."""
+    out = console.stdout
+    total = len(summary.selected)
+    state = "stopped" if summary.interrupted else "finished"
+    out.print(
+        f"estimate-all {state} in {summary.elapsed_seconds:.1f} s: {summary.num_done} of {total} checkpoint(s) done "
+        f"({len(summary.computed)} now, {len(summary.already_done)} before), {len(summary.failed)} failed, "
+        f"{len(summary.elsewhere)} in progress elsewhere, {len(summary.left)} left",
+        highlight=False,
+    )
+    for name, reason in summary.failed.items():
+        out.print(f"[red]failed[/] {name}: {reason}", highlight=False)
+    if summary.elsewhere:
+        out.print(f"claimed by other workers: {', '.join(summary.elsewhere)}", highlight=False)
+    if summary.left:
+        out.print(f"left to do (rerun the same command): {', '.join(summary.left)}", highlight=False)
+    if summary.failed and not summary.interrupted:
+        out.print("a rerun retries the failed checkpoints", highlight=False)
+    out.print(f"results in {summary.folder}", highlight=False)
+
+
+@app.command(
+    epilog=(
+        "Example: llcv plot --results-dir results/digits --out results/llc_plots/digits.png --log-x --mark-transitions\n\n"
+        "Two runs overlaid: llcv plot --results-dir results/seed0 --label 'seed 0' --results-dir results/seed1 --label 'seed 1' --out seeds.pdf"
+    )
+)
+def plot(
+    results_dir: Annotated[Optional[list[Path]], typer.Option("--results-dir", help="A folder written by estimate-all; repeat it to overlay runs.", file_okay=False)] = None,
+    label: Annotated[Optional[list[str]], typer.Option("--label", help="The legend name of each --results-dir, in the same order.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="The figure file; its suffix picks the format: .png, .pdf or .svg.", dir_okay=False)] = None,
+    x: Annotated[Optional[str], typer.Option("--x", help="step | epoch (epoch is used where steps are unknown).")] = None,
+    log_x: Annotated[Optional[bool], typer.Option("--log-x/--linear-x", help="Logarithmic training-time axis (step 0 kept).")] = None,
+    settings_hash: Annotated[Optional[str], typer.Option("--settings", help="The settings hash to plot (default: the most recently used).")] = None,
+    mark_transitions: Annotated[Optional[bool], typer.Option("--mark-transitions/--no-mark-transitions", help="Mark and list candidate transitions.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Plot the LLC over training, with loss and accuracy below, for one or several runs."""
+    from llcv.errors import SettingsError
+    from llcv.plotting import plot_llc
+    from llcv.results import ResultsStore, choose_settings, find_transitions, list_settings, missing_checkpoints
+    from llcv.settings import EstimateSettings
+
+    with command_boundary():
+        settings = load_settings(
+            ("plot",), config=config, overrides={"plot": dict(out=out, x=x, log_x=log_x, mark_transitions=mark_transitions)}
+        )
+        _show_settings(settings)
+        options = settings.plot
+        folders = results_dir or [EstimateSettings().results_dir]
+        if label and len(label) != len(folders):
+            raise SettingsError(f"{len(label)} --label for {len(folders)} --results-dir; give one label per results folder")
+        names = list(label) if label else [folder.name or str(folder) for folder in folders]
+        if len(set(names)) < len(names):
+            names = [str(folder) for folder in folders]
+        runs, missing = {}, {}
+        for folder, name in zip(folders, names):
+            chosen = choose_settings(folder, settings_hash)
+            others = [entry.settings_hash for entry in list_settings(folder) if entry.settings_hash != chosen.settings_hash]
+            how = "as asked" if settings_hash else "the most recent" + (f"; --settings picks one of {', '.join(others)}" if others else "")
+            records = ResultsStore(chosen.path.parent, chosen.settings_hash).records()
+            absent = missing_checkpoints(records)
+            missing[name] = None if absent is None else len(absent)
+            runs[name] = records
+            console.info(f"{name}: {len(records)} result(s) with settings {chosen.settings_hash} ({how})")
+            if absent:
+                console.info(f"{name}: partial results, {len(absent)} checkpoint(s) still missing")
+            elif absent is None:
+                console.info(f"{name}: the checkpoints folder is not reachable here, so missing checkpoints are unknown")
+        path = plot_llc(runs, options.out, x=options.x, log_x=options.log_x, mark_transitions=options.mark_transitions, missing=missing)
+        if options.mark_transitions:
+            _render_transitions({name: find_transitions(records, options.x) for name, records in runs.items()})
+        console.info(f"wrote {path}")
+
+
+def _render_transitions(transitions: dict) -> None:
+    """One line per candidate transition: where, the LLC and the losses there, and what kind."""
+
+    def number(value, spec: str) -> str:
+        return "—" if value is None else format(value, spec)
+
+    out = console.stdout
+    out.print("candidate transitions (the slope of LLC against log-step changes sign or peaks):", highlight=False)
+    for name, found in transitions.items():
+        prefix = f"{name}: " if len(transitions) > 1 else ""
+        if not found:
+            out.print(f"  {prefix}none (fewer than three estimates past step 0, or no turn in the curve)", highlight=False)
+        for item in found:
+            out.print(
+                f"  {prefix}step {number(item.step, 'd')} (epoch {number(item.epoch, '.3g')}, {item.checkpoint}): "
+                f"LLC {item.llc:.4g}, train loss {number(item.train_loss, '.4f')}, val loss {number(item.val_loss, '.4f')}: {item.kind}",
+                highlight=False,
+            )
+
+
 def _resumed_settings(checkpoint: Path | None) -> dict | None:
     """A resumed run starts from the settings stored in its checkpoint, beneath config and flags."""
     if checkpoint is None:
