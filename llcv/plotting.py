@@ -255,3 +255,205 @@ def plot_chains(chains, title: str) -> Figure:
     )
     figure.suptitle(title, fontsize=10)
     return figure
+
+
+# The LLC-over-training figure (llcv plot).
+
+_FAILED_COLOR = "#d62728"
+
+
+def _as_runs(results, labels=None) -> dict[str, list[dict]]:
+    """``results`` as {label: records}: a mapping as given, one list of records, or a list of such lists."""
+    from collections.abc import Mapping
+
+    if isinstance(results, Mapping):
+        return {str(label): list(records) for label, records in results.items()}
+    results = list(results)
+    if not results or isinstance(results[0], Mapping):
+        return {(labels[0] if labels else "LLC"): results}
+    names = list(labels) if labels else [f"run {index + 1}" for index in range(len(results))]
+    if len(names) != len(results):
+        raise SettingsError(f"{len(names)} labels for {len(results)} runs; give one label per run")
+    return {str(name): list(records) for name, records in zip(names, results)}
+
+
+def _whole_model(records) -> list[dict]:
+    return [record for record in records if record.get("scope", "model") == "model"]
+
+
+def _axis_field(runs: dict[str, list[dict]], x: str) -> str:
+    """``x`` if every record has it; otherwise the other of step and epoch when every record has that."""
+    records = [record for run in runs.values() for record in run]
+    for field in (x, "epoch" if x == "step" else "step"):
+        if all(record.get(field) is not None for record in records):
+            return field
+    return "epoch" if x == "step" else "step"
+
+
+def _settings_line(records) -> str | None:
+    for record in records:
+        result = record.get("result") or {}
+        settings = result.get("settings") or {}
+        if settings:
+            nbeta = result.get("nbeta")
+            return (
+                f"{settings.get('sampler', 'sgld')} ε={settings.get('epsilon'):g}, γ={settings.get('gamma'):g}, "
+                f"nβ={'default' if nbeta is None else format(nbeta, '.3g')}, {settings.get('num_chains')} chains × "
+                f"{settings.get('num_draws')} draws, seed {settings.get('seed')} · settings {record.get('settings_hash')}"
+            )
+    return None
+
+
+def llc_figure(
+    runs: dict[str, list[dict]],
+    *,
+    x: str = "step",
+    log_x: bool = False,
+    transitions: dict[str, list] | None = None,
+    missing: dict[str, int | None] | None = None,
+) -> Figure:
+    """LLC mean ± std against training time per run, with loss and accuracy in a panel below.
+
+    Args:
+        runs: {label: result records} (``llcv.results.load_results``); only whole-model records are drawn.
+        x: ``step`` or ``epoch``; where some checkpoints lack it, the other is used (and the axis says so).
+        log_x: a symmetric-log x axis, so step 0 stays on it.
+        transitions: {label: ``llcv.results.Transition`` list} to mark.
+        missing: {label: number of checkpoints without a record yet (None: unknown)}.
+    """
+    import numpy as np
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+
+    runs = {label: _whole_model(records) for label, records in runs.items()}
+    field = _axis_field(runs, x)
+    figure = Figure(figsize=(9, 7), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    accuracy_axis = bottom.twinx()
+    colors = [f"C{index % 10}" for index in range(len(runs))]
+    failed_marks, diverged_marks, unplaced, has_zero = False, False, 0, False
+    positive = []
+
+    for (label, records), color in zip(runs.items(), colors):
+        placed = [record for record in records if record.get(field) is not None]
+        unplaced += len(records) - len(placed)
+        done = [record for record in placed if record.get("status") == "done" and (record.get("result") or {}).get("llc_mean") is not None]
+        xs = np.array([record[field] for record in done], dtype=float)
+        positive.extend(value for value in (record[field] for record in placed) if value > 0)
+        has_zero = has_zero or any(record[field] <= 0 for record in placed)
+        means = np.array([record["result"]["llc_mean"] for record in done], dtype=float)
+        stds = np.array([record["result"].get("llc_std") or 0.0 for record in done], dtype=float)
+        top.plot(xs, means, color=color, marker="o", markersize=3.5, linewidth=1.6, label=label)
+        top.fill_between(xs, means - stds, means + stds, color=color, alpha=0.2, linewidth=0)
+        diverged = [record for record in done if (record["result"].get("diagnostics") or {}).get("diverged_chains")]
+        if diverged:
+            diverged_marks = True
+            top.scatter([record[field] for record in diverged], [record["result"]["llc_mean"] for record in diverged],
+                        s=70, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)  # fmt: skip
+        failed = [record for record in placed if record.get("status") == "failed"]
+        if failed:
+            failed_marks = True
+            top.scatter([record[field] for record in failed], [0.03] * len(failed), marker="x", s=60,
+                        color=_FAILED_COLOR, transform=blended_transform_factory(top.transData, top.transAxes), zorder=5)  # fmt: skip
+        for metric, style in (("val_loss", "-"), ("train_loss", ":")):
+            points = [(record[field], (record.get("metrics") or {}).get(metric)) for record in placed]
+            points = [(position, value) for position, value in points if value is not None]
+            if points:
+                bottom.plot(*zip(*points), color=color, linestyle=style, linewidth=1.3)
+        accuracy = [(record[field], (record.get("metrics") or {}).get("val_acc")) for record in placed]
+        accuracy = [(position, value) for position, value in accuracy if value is not None]
+        if accuracy:
+            accuracy_axis.plot(*zip(*accuracy), color=color, linestyle="--", linewidth=1.1, alpha=0.8)
+        for transition in (transitions or {}).get(label, []):
+            position = getattr(transition, field, None)
+            if position is None:
+                continue
+            for axis in (top, bottom):
+                axis.axvline(position, color=color, linestyle=(0, (2, 3)), linewidth=0.9, alpha=0.7)
+            top.scatter([position], [transition.llc], marker="v", s=60, color=color, edgecolors="black", zorder=6)
+
+    handles, labels = top.get_legend_handles_labels()
+    if failed_marks:
+        handles.append(Line2D([], [], color=_FAILED_COLOR, marker="x", linestyle="none"))
+        labels.append("failed (no estimate)")
+    if diverged_marks:
+        handles.append(Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor="black", linestyle="none"))
+        labels.append("some chains diverged")
+    if any((transitions or {}).values()):
+        handles.append(Line2D([], [], marker="v", color="0.4", markeredgecolor="black", linestyle="none"))
+        labels.append("candidate transition")
+    top.legend(handles, labels, fontsize=8, loc="best")
+    top.set_ylabel("LLC (mean ± std over chains)")
+    top.grid(alpha=0.3)
+    bottom.set_ylabel("loss")
+    accuracy_axis.set_ylabel("validation accuracy")
+    accuracy_axis.set_ylim(0, 1.02)
+    bottom.grid(alpha=0.3)
+    bottom.legend(
+        [Line2D([], [], color="0.3", linestyle=style) for style in ("-", ":", "--")],
+        ["validation loss", "train loss (since previous checkpoint)", "validation accuracy (right)"],
+        fontsize=8, loc="best",
+    )  # fmt: skip
+    bottom.set_xlabel(field if field == x else f"{field} ({x} unknown for some checkpoints)")
+    if log_x and positive:
+        from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
+
+        threshold = min(positive)
+        bottom.set_xscale("symlog", linthresh=threshold, linscale=0.3)
+        bottom.xaxis.set_major_locator(SymmetricalLogLocator(linthresh=threshold, base=10, subs=[1.0, 2.0, 5.0]))
+        bottom.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        smallest = 0.0 if has_zero else threshold / 1.3  # no empty negative half on a symlog axis
+        bottom.set_xlim(smallest, max(positive) * 1.3)
+
+    subtitle = []
+    settings_lines = {label: _settings_line(records) for label, records in runs.items()}
+    distinct = {line for line in settings_lines.values() if line}
+    if len(distinct) == 1:
+        subtitle.append(distinct.pop())
+    else:
+        subtitle.extend(f"{label}: {line}" for label, line in settings_lines.items() if line)
+    for label, count in (missing or {}).items():
+        prefix = f"{label}: " if len(runs) > 1 else ""
+        if count is None:
+            subtitle.append(f"{prefix}the checkpoints folder is not reachable, so missing checkpoints are unknown")
+        elif count:
+            subtitle.append(f"{prefix}partial results: {count} checkpoint(s) not estimated yet")
+    if unplaced:
+        subtitle.append(f"{unplaced} record(s) without a {field} are not drawn")
+    figure.suptitle("LLC over training" + ("\n" + "\n".join(subtitle) if subtitle else ""), fontsize=10)
+    return figure
+
+
+def plot_llc(
+    results,
+    out: Path,
+    *,
+    labels: list[str] | None = None,
+    x: str = "step",
+    log_x: bool = False,
+    mark_transitions: bool = False,
+    missing: dict[str, int | None] | None = None,
+) -> Path:
+    """Draw the LLC-over-training figure and write it to ``out`` (format from its suffix).
+
+    Args:
+        results: records of one run (``load_results``), a list of such lists (named by ``labels``),
+            or a mapping {label: records}.
+        out: the figure file, ``.png``, ``.pdf`` or ``.svg``.
+        labels: legend names when ``results`` is a list of runs.
+        x, log_x, missing: see ``llc_figure``.
+        mark_transitions: mark ``llcv.results.find_transitions`` on each run's curve.
+
+    Returns:
+        The path written.
+
+    Raises:
+        SettingsError: an unsupported suffix, or labels that do not match the runs.
+        WriteError: the file could not be written.
+    """
+    from llcv.results import find_transitions
+
+    runs = _as_runs(results, labels)
+    transitions = {label: find_transitions(records, x) for label, records in runs.items()} if mark_transitions else None
+    figure = llc_figure(runs, x=x, log_x=log_x, transitions=transitions, missing=missing)
+    return save_figure(figure, out)

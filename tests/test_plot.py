@@ -1,0 +1,129 @@
+"""Tests for `llcv plot` and llcv.plotting.plot_llc: full, partial and overlaid runs, transitions, formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from _helpers import copy_checkpoints, fake_record, fast_settings
+from llcv.cli import app
+from llcv.estimation import estimate_all
+from llcv.plotting import llc_figure, plot_llc
+from llcv.results import ResultsStore, find_transitions, load_results
+from llcv.settings import SamplerSettings
+
+runner = CliRunner()
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
+LLC = [1.0, 1.1, 1.3, 2.0, 4.0, 4.6, 4.3, 3.2, 3.0]
+
+
+def _text(output: str) -> str:
+    return " ".join(output.split())
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def fake_run(root: Path, *, estimated: int | None = None, scale: float = 1.0, digest: str = "abcdef012345") -> Path:
+    """Checkpoint files for STEPS and records for the first ``estimated`` of them; returns the results dir."""
+    checkpoints, results = root / "checkpoints", root / "results"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    store = ResultsStore(results, digest)
+    store.write_settings(SamplerSettings(num_draws=12))
+    for index, (step, llc) in enumerate(zip(STEPS, LLC)):
+        path = checkpoints / f"step_{step:08d}.pt"
+        path.write_bytes(b"x")
+        if estimated is not None and index >= estimated:
+            continue
+        if step == 4:
+            record = fake_record(path, step, None, settings_hash=digest, status="failed", error="every chain diverged")
+        else:
+            record = fake_record(path, step, llc * scale, settings_hash=digest, diverged_chains=1 if step == 32 else 0)
+        store.write_record(record)
+    store.rebuild_summary()
+    return results
+
+
+def test_plot_from_estimate_all_results(trained_run, tmp_path):
+    _, result = trained_run
+    checkpoints = copy_checkpoints(result.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 2, 5, 16])
+    estimate_all(checkpoints, tmp_path / "results", fast_settings(), device="cpu")
+    out = tmp_path / "figures" / "llc.png"
+    outcome = _invoke("plot", "--results-dir", str(tmp_path / "results"), "--out", str(out), "--log-x")
+    assert outcome.exit_code == 0, outcome.output
+    assert out.read_bytes().startswith(PNG_SIGNATURE) and out.stat().st_size > 10_000
+    text = _text(outcome.output)
+    assert "4 result(s) with settings" in text and "the most recent" in text and "missing" not in text
+
+
+def test_plot_of_partial_results_says_how_many_are_missing(tmp_path):
+    results = fake_run(tmp_path, estimated=5)
+    out = tmp_path / "partial.png"
+    outcome = _invoke("plot", "--results-dir", str(results), "--out", str(out))
+    assert outcome.exit_code == 0, outcome.output
+    assert "partial results, 4 checkpoint(s) still missing" in _text(outcome.output)
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_two_runs_overlay_with_labels_in_the_format_of_the_suffix(tmp_path):
+    first = fake_run(tmp_path / "seed0")
+    second = fake_run(tmp_path / "seed1", scale=1.4)
+    out = tmp_path / "seeds.svg"
+    outcome = _invoke(
+        "plot", "--results-dir", str(first), "--label", "seed 0", "--results-dir", str(second), "--label", "seed 1",
+        "--out", str(out), "--x", "epoch",
+    )  # fmt: skip
+    assert outcome.exit_code == 0, outcome.output
+    svg = out.read_text()
+    assert svg.lstrip().startswith("<?xml") and "seed 0" in svg and "seed 1" in svg
+    pdf = tmp_path / "seeds.pdf"
+    assert _invoke("plot", "--results-dir", str(first), "--results-dir", str(second), "--out", str(pdf)).exit_code == 0
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_mark_transitions_lists_them(tmp_path):
+    results = fake_run(tmp_path)
+    outcome = _invoke("plot", "--results-dir", str(results), "--out", str(tmp_path / "t.png"), "--mark-transitions", "--log-x")
+    assert outcome.exit_code == 0, outcome.output
+    text = _text(outcome.output)
+    assert "candidate transitions" in text and "step 16 (epoch 1.6, step_00000016.pt): LLC 4.6" in text and "LLC peak" in text
+
+
+def test_settings_chooses_a_hash_and_bad_requests_exit_2(tmp_path):
+    results = fake_run(tmp_path, digest="aaaaaaaaaaaa")
+    fake_run(tmp_path, digest="bbbbbbbbbbbb", estimated=3)
+    out = tmp_path / "a.png"
+    outcome = _invoke("plot", "--results-dir", str(results), "--out", str(out), "--settings", "aaaa")
+    assert outcome.exit_code == 0 and "settings aaaaaaaaaaaa (as asked)" in _text(outcome.output)
+    default = _invoke("plot", "--results-dir", str(results), "--out", str(out))
+    assert "settings bbbbbbbbbbbb (the most recent; --settings picks one of aaaaaaaaaaaa)" in _text(default.output)
+    for args, message in [
+        (["--settings", "cccc"], "has no settings 'cccc'"),
+        (["--out", str(tmp_path / "a.jpg")], ".png, .pdf, .svg"),
+        (["--label", "a", "--label", "b"], "2 --label for 1 --results-dir"),
+    ]:
+        bad = _invoke("plot", "--results-dir", str(results), *(["--out", str(out)] if "--out" not in args else []), *args)
+        assert bad.exit_code == 2 and message in _text(bad.output), bad.output
+    missing = _invoke("plot", "--results-dir", str(tmp_path / "nothing"), "--out", str(out))
+    assert missing.exit_code == 2 and "does not exist" in _text(missing.output)
+
+
+def test_the_figure_marks_failures_divergence_and_transitions(tmp_path):
+    records = load_results(fake_run(tmp_path))
+    runs = {"run": records}
+    figure = llc_figure(runs, log_x=True, transitions={"run": find_transitions(records)}, missing={"run": 2})
+    top = figure.axes[0]
+    legend = [text.get_text() for text in top.get_legend().get_texts()]
+    assert legend == ["run", "failed (no estimate)", "some chains diverged", "candidate transition"]
+    assert "partial results: 2 checkpoint(s) not estimated yet" in figure._suptitle.get_text()
+    assert "settings abcdef012345" in figure._suptitle.get_text()
+    assert figure.axes[1].get_xscale() == "symlog"
+    # the API accepts one run's records or several runs with labels
+    assert plot_llc(records, tmp_path / "one.png").is_file()
+    assert plot_llc([records, records], tmp_path / "two.png", labels=["a", "b"]).is_file()
+    with pytest.raises(Exception, match="labels"):
+        plot_llc([records, records], tmp_path / "bad.png", labels=["a"])
