@@ -100,7 +100,8 @@ def apply_rule(
     Returns:
         New rows with ``qualifies`` and ``reason`` (the first rule failed, or ""), the index
         of the recommended row (None if none qualifies), and a sentence saying why: which
-        row won, or which rule failed most and which way to move the grid.
+        row won, or which rule failed most and which way to move the grid. "Failed most"
+        counts every rule a row fails, except that a diverged row counts only as diverged.
     """
     checks = [
         # (name, fails(row), which way to move the grid when this rule fails most)
@@ -124,6 +125,8 @@ def apply_rule(
     judged, failures = [], {name: 0 for name, _, _ in checks}
     for row in rows:
         failed = [name for name, fails, _ in checks if _fails(fails, row)]
+        if failed[:1] == ["diverged"]:
+            failed = failed[:1]  # a diverged row's other numbers are undefined, so it fails only that rule
         for name in failed:
             failures[name] += 1
         judged.append({**row, "qualifies": not failed, "reason": failed[0] if failed else ""})

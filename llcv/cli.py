@@ -416,6 +416,292 @@ def _render_transitions(transitions: dict) -> None:
             )
 
 
+# `llcv calibrate sweep | curve | chains`: pick SGLD settings by a stated rule (docs/calibration.md).
+calibrate = typer.Typer(
+    help=(
+        "Choose SGLD settings for a checkpoint: sweep a grid of (epsilon, gamma, nbeta), inspect one LLC curve, "
+        "compare several chains. Outputs go to <results-dir>/<checkpoint-stem>/.\n\n"
+        "Example: llcv calibrate sweep --checkpoint checkpoints/digits/step_00000036.pt"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(calibrate, name="calibrate")
+
+CalibrationResultsDirOpt = Annotated[Optional[Path], typer.Option("--results-dir", help="Parent folder of the outputs (default results/calibration).", file_okay=False)]
+FigureFormatOpt = Annotated[Optional[str], typer.Option("--format", help="Figure format: png | pdf | svg.")]
+GridHelp = "A list (1e-6,1e-5,1e-4) or a log range start:stop:count (1e-6:1e-2:5)."
+
+
+def _calibration_settings(config, from_calibration, sampler: dict, calibrate_values: dict, base: dict | None = None):
+    """[sampler] (+ recommended.json) and [calibrate] for a calibrate command, flags on top."""
+    return load_settings(
+        ("sampler", "calibrate"),
+        config=config,
+        calibration=from_calibration,
+        base=base,
+        overrides={"sampler": sampler, "calibrate": calibrate_values},
+    )
+
+
+@calibrate.command(
+    "sweep",
+    epilog=(
+        "Example: llcv calibrate sweep --checkpoint checkpoints/digits/step_00000036.pt "
+        "--epsilons 1e-6:1e-3:4 --gammas 1,100,10000 --num-draws 200\n\n"
+        "Then: llcv estimate --checkpoint checkpoints/digits/step_00000036.pt "
+        "--from-calibration results/calibration/step_00000036/recommended.json"
+    ),
+)
+def calibrate_sweep_command(
+    checkpoint: CheckpointOpt,
+    config: ConfigOpt = None,
+    epsilons: Annotated[Optional[str], typer.Option("--epsilons", help="SGLD step sizes. " + GridHelp)] = None,
+    gammas: Annotated[Optional[str], typer.Option("--gammas", help="Localization strengths. " + GridHelp)] = None,
+    nbetas: Annotated[Optional[str], typer.Option("--nbetas", help="Inverse temperatures (default: the sampler's nbeta). " + GridHelp)] = None,
+    num_chains: NumChainsOpt = None,
+    num_draws: NumDrawsOpt = None,
+    num_burnin_steps: NumBurninOpt = None,
+    target_acceptance: Annotated[Optional[float], typer.Option("--target-acceptance", help="Least MALA acceptance a combination needs (default 0.9).")] = None,
+    sampler: SamplerOpt = None,
+    batch_size: SampleBatchOpt = None,
+    num_samples: NumSamplesOpt = None,
+    bn_mode: BnModeOpt = None,
+    seed: SamplerSeedOpt = None,
+    results_dir: CalibrationResultsDirOpt = None,
+    figure_format: FigureFormatOpt = None,
+    device: DeviceOpt = None,
+    model: ModelOpt = None,
+    stem: StemOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Estimate the LLC over a grid of (epsilon, gamma, nbeta) and recommend one by the rule."""
+    from llcv import calibration
+
+    with command_boundary():
+        grid = {
+            "epsilons": calibration.parse_grid(epsilons, "--epsilons") if epsilons is not None else None,
+            "gammas": calibration.parse_grid(gammas, "--gammas", allow_zero=True) if gammas is not None else None,
+            "nbetas": calibration.parse_grid(nbetas, "--nbetas") if nbetas is not None else None,
+        }
+        settings = _calibration_settings(
+            config,
+            None,
+            dict(sampler=sampler, batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode, seed=seed),
+            dict(
+                **grid, num_chains=num_chains, num_draws=num_draws, num_burnin_steps=num_burnin_steps,
+                target_acceptance=target_acceptance, results_dir=results_dir, format=figure_format, device=device,
+            ),
+        )
+        _show_settings(settings)
+        options = settings.calibrate
+        target = _target(checkpoint, model, stem, dataset, data_dir, config)
+        out = calibration.output_dir(options.results_dir, checkpoint)
+        with RichReporter() as reporter:
+            result = calibration.calibrate_sweep(
+                target.model, target.dataset, options.epsilons, options.gammas, options.nbetas,
+                base=calibration.sweep_base(settings.sampler, options), device=options.device,
+                sweep_file=out / "sweep.json", checkpoint=str(checkpoint), reporter=reporter,
+                **calibration.rule_thresholds(options),
+            )
+        calibration.save_sweep(result, out, options.format)
+        _render_sweep(result, f"Sweep of {checkpoint.name}")
+        if result.recommended is None:
+            console.stderr.print(f"[bold red]error:[/] {result.reason}", highlight=False)
+            console.info(f"table and figures in {out}; no recommended.json written")
+            raise typer.Exit(console.EXIT_FAILED)
+        console.info(f"recommended: {result.reason}")
+        console.info(f"wrote {out / 'recommended.json'} (use it with --from-calibration), sweep.json, sweep.csv and figures in {out}")
+
+
+def _render_sweep(result, title: str) -> None:
+    """The sweep table: one row per combination, the recommended one starred."""
+    from rich import box
+    from rich.table import Table
+
+    def number(value, spec: str = ".3g") -> str:
+        return "—" if value is None else format(value, spec)
+
+    def short(reason: str) -> str:  # the rule names of docs/calibration.md, abbreviated for the terminal
+        for name, label in (("mala_acceptance", "MALA"), ("negative_fraction", "neg"), ("|trace_drift|", "drift"), ("r_hat", "R-hat"), ("llc_mean", "LLC")):
+            reason = reason.replace(name, label)
+        return reason
+
+    base = result.base
+    nbetas = {row["nbeta"] for row in result.rows}
+    one_nbeta = len(nbetas) == 1
+    title += f" ({base.num_chains} chains x {base.num_draws} draws" + (f", nbeta {next(iter(nbetas)):.4g})" if one_nbeta else ")")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    # llc_final is left to sweep.csv / sweep.json, so the table fits an 80-column terminal.
+    columns = ["epsilon", "gamma", *([] if one_nbeta else ["nbeta"]), "MALA", "LLC", "± std", "neg", "drift", "R-hat", "verdict"]
+    for column in columns:
+        if column == "verdict":
+            table.add_column(column, min_width=13, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
+    recommended = result.recommended_index
+    for index, row in enumerate(result.rows):
+        verdict = "★ recommended" if index == recommended else "ok" if row["qualifies"] else short(row["reason"])
+        cells = [f"{row['epsilon']:g}", f"{row['gamma']:g}", *([] if one_nbeta else [f"{row['nbeta']:.4g}"])]
+        cells += [number(row["mala_acceptance"], ".2f"), number(row["llc_mean"]), number(row["llc_std"], ".2g")]
+        cells += [number(row["negative_fraction"], ".2f"), number(row["trace_drift"], "+.2f"), number(row["r_hat"], ".2f"), verdict]
+        table.add_row(*cells, style="bold green" if index == recommended else "dim" if row["diverged"] else None)
+    console.stdout.print(table)
+
+
+def _single_setting_command(checkpoint, config, from_calibration, sampler_values: dict, results_dir, figure_format, device, base=None):
+    """Shared start of `calibrate curve` and `calibrate chains`: settings, target, output folder."""
+    from llcv import calibration
+
+    settings = _calibration_settings(
+        config, from_calibration, sampler_values, dict(results_dir=results_dir, format=figure_format, device=device), base=base
+    )
+    _show_settings(settings)
+    return settings, calibration.output_dir(settings.calibrate.results_dir, checkpoint)
+
+
+@calibrate.command(
+    "curve",
+    epilog=(
+        "Example: llcv calibrate curve --checkpoint checkpoints/digits/step_00000036.pt --epsilon 1e-4 --gamma 100 "
+        "--num-draws 400 --num-burnin-steps 100\n\n"
+        "With the sweep's pick: llcv calibrate curve --checkpoint CKPT --from-calibration results/calibration/step_00000036/recommended.json"
+    ),
+)
+def calibrate_curve_command(
+    checkpoint: CheckpointOpt,
+    config: ConfigOpt = None,
+    from_calibration: CalibrationOpt = None,
+    epsilon: EpsilonOpt = None,
+    gamma: GammaOpt = None,
+    nbeta: NbetaOpt = None,
+    num_draws: NumDrawsOpt = None,
+    num_burnin_steps: NumBurninOpt = None,
+    sampler: SamplerOpt = None,
+    batch_size: SampleBatchOpt = None,
+    num_samples: NumSamplesOpt = None,
+    bn_mode: BnModeOpt = None,
+    seed: SamplerSeedOpt = None,
+    results_dir: CalibrationResultsDirOpt = None,
+    figure_format: FigureFormatOpt = None,
+    device: DeviceOpt = None,
+    model: ModelOpt = None,
+    stem: StemOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run one chain and judge its LLC-over-steps curve: stable, peaks or drift."""
+    from llcv import calibration
+
+    with command_boundary():
+        settings, out = _single_setting_command(
+            checkpoint, config, from_calibration,
+            dict(epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_draws=num_draws, num_burnin_steps=num_burnin_steps,
+                 sampler=sampler, batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode, seed=seed),
+            results_dir, figure_format, device,
+        )
+        target = _target(checkpoint, model, stem, dataset, data_dir, config)
+        with RichReporter() as reporter:
+            curve = calibration.calibrate_curve(
+                target.model, target.dataset, settings.sampler, device=settings.calibrate.device,
+                max_trace_drift=settings.calibrate.max_trace_drift, checkpoint=str(checkpoint), reporter=reporter,
+            )
+        calibration.save_curve(curve, out, settings.calibrate.format)
+        style = {"stable": "bold green", "diverged": "bold red"}.get(curve.verdict, "bold yellow")
+        llc = "—" if curve.llc_mean is None else f"{curve.llc_mean:.4g}"
+        mala = "—" if curve.mala_acceptance is None else f"{curve.mala_acceptance:.3f}"
+        console.stdout.print(f"[{style}]{curve.verdict}[/]: {curve.verdict_reason}", highlight=False)
+        console.stdout.print(f"LLC {llc} (one chain), MALA acceptance {mala}", highlight=False)
+        console.info(f"wrote curve.json and curve.{settings.calibrate.format} in {out}")
+        if curve.verdict == "diverged":
+            raise typer.Exit(console.EXIT_FAILED)
+
+
+@calibrate.command(
+    "chains",
+    epilog=(
+        "Example: llcv calibrate chains --checkpoint checkpoints/digits/step_00000036.pt --epsilon 1e-4 --gamma 100 --num-chains 5\n\n"
+        "With the sweep's pick: llcv calibrate chains --checkpoint CKPT --from-calibration results/calibration/step_00000036/recommended.json"
+    ),
+)
+def calibrate_chains_command(
+    checkpoint: CheckpointOpt,
+    config: ConfigOpt = None,
+    from_calibration: CalibrationOpt = None,
+    epsilon: EpsilonOpt = None,
+    gamma: GammaOpt = None,
+    nbeta: NbetaOpt = None,
+    num_chains: Annotated[Optional[int], typer.Option("--num-chains", help="Independent SGLD chains (default 5).")] = None,
+    num_draws: NumDrawsOpt = None,
+    num_burnin_steps: NumBurninOpt = None,
+    sampler: SamplerOpt = None,
+    batch_size: SampleBatchOpt = None,
+    num_samples: NumSamplesOpt = None,
+    bn_mode: BnModeOpt = None,
+    seed: SamplerSeedOpt = None,
+    results_dir: CalibrationResultsDirOpt = None,
+    figure_format: FigureFormatOpt = None,
+    device: DeviceOpt = None,
+    model: ModelOpt = None,
+    stem: StemOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run several chains; show each one's running LLC, their mean and spread, R-hat, ESS and MALA acceptance."""
+    from llcv import calibration
+
+    with command_boundary():
+        settings, out = _single_setting_command(
+            checkpoint, config, from_calibration,
+            dict(epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_chains=num_chains, num_draws=num_draws,
+                 num_burnin_steps=num_burnin_steps, sampler=sampler, batch_size=batch_size, num_samples=num_samples,
+                 bn_mode=bn_mode, seed=seed),
+            results_dir, figure_format, device,
+            base={"sampler": {"num_chains": calibration.CHAINS_DEFAULT_NUM_CHAINS}},
+        )
+        target = _target(checkpoint, model, stem, dataset, data_dir, config)
+        with RichReporter() as reporter:
+            chains = calibration.calibrate_chains(
+                target.model, target.dataset, settings.sampler, device=settings.calibrate.device,
+                checkpoint=str(checkpoint), reporter=reporter,
+            )
+        calibration.save_chains(chains, out, settings.calibrate.format)
+        console.render_llc_result(chains.result, f"{settings.sampler.num_chains} chains on {checkpoint.name}")
+        console.info(f"wrote chains.json and chains.{settings.calibrate.format} in {out}")
+        if chains.llc_mean is None:
+            raise typer.Exit(console.EXIT_FAILED)
+
+
+@app.command(
+    epilog="Example: llcv selftest --quick\n\nFull size on a GPU: llcv selftest --device cuda"
+)
+def selftest(
+    device: DeviceOpt = None,
+    quick: Annotated[bool, typer.Option("--quick", help="CI size: fewer draws; goal is the truth within 3 standard errors.")] = False,
+    precision: Annotated[str, typer.Option("--precision", help="fp32 | bf16 (forward/backward under bf16 autocast).")] = "fp32",
+    json_output: JsonOpt = False,
+) -> None:
+    """Estimate models with known learning coefficients and print true vs estimated values."""
+    from llcv.selftest import run_selftest
+
+    with command_boundary():
+        settings = load_settings(("sampler", "estimate"), overrides={"sampler": dict(precision=precision), "estimate": dict(device=device)})
+        if json_output:
+            Verbosity.level = 0
+        with RichReporter() as reporter:
+            rows = run_selftest(quick=quick, device=settings.estimate.device, precision=settings.sampler.precision, reporter=reporter)
+        if json_output:
+            import dataclasses
+            import json
+
+            typer.echo(json.dumps([dataclasses.asdict(row) for row in rows]))
+        else:
+            console.render_selftest(rows, quick)
+        if not all(row.passed for row in rows):
+            raise typer.Exit(console.EXIT_FAILED)
+
+
 def _resumed_settings(checkpoint: Path | None) -> dict | None:
     """A resumed run starts from the settings stored in its checkpoint, beneath config and flags."""
     if checkpoint is None:

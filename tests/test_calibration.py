@@ -154,6 +154,9 @@ def test_none_qualifies_names_the_rule_failing_most_and_the_direction():
     assert index is None and not any(r["qualifies"] for r in judged)
     assert "'mala_acceptance < 0.9' failed most (2 of 3 combinations)" in reason
     assert "smaller epsilons" in reason
+    # A diverged row's missing numbers do not count against the other rules.
+    _, _, reason = apply_rule([row(diverged=True, mala_acceptance=None, llc_mean=None)] * 2 + [row(mala_acceptance=0.5)])
+    assert "'diverged' failed most (2 of 3" in reason
     _, _, reason = apply_rule([row(diverged=True), row(diverged=True, epsilon=1e-3)])
     assert "'diverged' failed most" in reason and "smaller epsilons or larger gammas" in reason
     _, _, reason = apply_rule([row(trace_drift=0.4)])
