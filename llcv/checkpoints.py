@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -32,8 +31,12 @@ _EPOCH_IN_NAME = re.compile(r"epoch_(\d+)")
 # Wrappers that prefix state-dict keys: DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Research checkpoints may hold numpy scalars (e.g. a best accuracy); allow exactly those.
+# numpy 2 pickles them as numpy._core.multiarray.scalar, numpy 1 (every file from before
+# mid-2024) as numpy.core.multiarray.scalar, so the function is allowed under both names.
+_NUMPY_SCALAR = np.float64(0).__reduce__()[0]
 _NUMPY_SCALAR_GLOBALS = [
-    np._core.multiarray.scalar,
+    (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
+    (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
     np.dtype,
     *(type(np.dtype(kind)) for kind in ("float64", "float32", "int64", "int32", "bool")),
 ]
@@ -108,7 +111,18 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
         "llcv_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return atomic_write(Path(path), lambda handle: torch.save(full, handle))
+
+    def write(handle) -> None:
+        try:
+            torch.save(full, handle)
+        except RuntimeError as error:
+            # torch's zip writer reports a failed write (full disk, quota) as a RuntimeError
+            # whose context is the OSError; re-raise that so atomic_write names the file.
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
+
+    return atomic_write(Path(path), write)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -126,18 +140,25 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        refused = [line for line in lines if "Unsupported global" in line]
+        if refused:
+            # e.g. "WeightsUnpickler error: Unsupported global: GLOBAL builtins.exec ..."
+            detail = refused[0].split(". ")[0]
             raise CheckpointError(
                 f"checkpoint {path} was refused: it holds Python objects beyond tensors and plain "
                 f"values, which could run code when loaded; llcv loads checkpoints with "
-                f"weights_only=True only. Re-save it as a plain state dict if you trust it. ({first_line})"
+                f"weights_only=True only. Re-save it as a plain state dict if you trust it. ({detail})"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint: {first_line}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as error:
+        reason = next((line for line in lines if "WeightsUnpickler" in line), lines[0] if lines else type(error).__name__)
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint: {reason}") from None
+    except Exception as error:
+        # Truncated zips raise RuntimeError; other kinds of file make the restricted unpickler
+        # fail in arbitrary ways (KeyError, IndexError, ...). All mean the same to the user.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or another kind of file): {reason}"
+            f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or another kind of file): "
+            f"{type(error).__name__}: {reason}"
         ) from None
     if not isinstance(loaded, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, expected a dict")
