@@ -17,6 +17,14 @@ from typing import IO, Any, Callable
 from llcv.errors import LLCVError
 
 
+# mkstemp creates files readable by their owner only; the renamed file should get the mode an
+# ordinary open() would give it, so colleagues sharing a results folder can read it. Reading
+# the umask means setting it, so do it once, at import, before any threads start.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
+
 class WriteError(LLCVError):
     """A file could not be written; the previous version, if any, is intact."""
 
@@ -35,6 +43,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(descriptor, "wb") as handle:
+            os.chmod(temporary, _FILE_MODE)
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
