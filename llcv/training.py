@@ -60,10 +60,17 @@ def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_samples, generator=generator)
 
 
-def _loader(dataset: Dataset, batches: list[list[int]], num_workers: int) -> DataLoader:
+def _loader(dataset: Dataset, batches: list[list[int]], num_workers: int, seed: int = 0) -> DataLoader:
     # A private generator keeps loader construction from consuming the global RNG, which the
-    # augmentation draws from; otherwise a resumed run would augment differently.
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, generator=torch.Generator())
+    # augmentation draws from; otherwise a resumed run would augment differently. With workers,
+    # it also seeds each worker's RNG (and so its augmentation), hence a seed per (run, epoch).
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, generator=generator)
+
+
+def _worker_seed(seed: int, epoch: int) -> int:
+    """The loader seed of one epoch; distinct from ``epoch_order``'s so order and augmentation differ."""
+    return int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0])
 
 
 @torch.no_grad()
@@ -195,7 +202,7 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
             epoch_loss, epoch_correct, epoch_count = torch.zeros((), device=device), torch.zeros((), device=device), 0
             reporter.start("batches", f"Epoch {epoch + 1}", steps_per_epoch)
             reporter.advance("batches", steps_per_epoch - len(batches))
-            for images, labels in _loader(train_set, batches, data_settings.num_workers):
+            for images, labels in _loader(train_set, batches, data_settings.num_workers, _worker_seed(train_settings.seed, epoch)):
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels)
