@@ -1,0 +1,236 @@
+"""Tests for llcv.settings: validation per section and the one precedence order.
+
+defaults < base (a resumed checkpoint's settings) < config file < calibration file (sampler
+fields only) < flags.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from llcv.errors import SettingsError
+from llcv.settings import (
+    CALIBRATION_FIELDS,
+    DataSettings,
+    TrainSettings,
+    load_settings,
+    read_config,
+    validate_section,
+)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _calibration(path: Path, **values) -> Path:
+    recommended = {"epsilon": 3e-5, "gamma": 300.0, "nbeta": 7.0, "sampler": "rmsprop_sgld", **values}
+    path.write_text(json.dumps(recommended))
+    return path
+
+
+def test_no_config_gives_the_documented_defaults():
+    settings = load_settings(("data", "model", "train", "sampler"))
+    assert settings.data == DataSettings()
+    assert (settings.data.dataset, settings.data.num_workers, settings.data.seed) == ("digits", 0, 0)
+    assert settings.model.name == "smallcnn" and settings.model.stem is None
+    assert settings.train.epochs == 10 and settings.train.checkpoints_dir == Path("checkpoints")
+    assert settings.sampler.epsilon == 1e-4 and settings.sampler.nbeta is None
+
+
+def test_only_the_requested_sections_are_resolved(tmp_path):
+    # [sampler] holds an invalid value, but a command that does not use it must not care.
+    config = _write(tmp_path / "c.toml", "[train]\nepochs = 3\n[sampler]\nepsilon = -1.0\n")
+    settings = load_settings(("train",), config=config)
+    assert settings.train.epochs == 3
+    assert settings.data is None and settings.sampler is None
+    with pytest.raises(SettingsError, match="sampler.epsilon"):
+        load_settings(("sampler",), config=config)
+
+
+def test_precedence_defaults_base_config_flags(tmp_path):
+    config = _write(
+        tmp_path / "c.toml",
+        '[data]\ndataset = "synthetic"\n[train]\nepochs = 3\nbatch_size = 32\n',
+    )
+    base = {"train": {"epochs": 7, "lr": 0.2, "batch_size": 16}, "data": {"seed": 5}}
+    settings = load_settings(
+        ("data", "train"),
+        config=config,
+        base=base,
+        overrides={"train": {"epochs": 2, "lr": None}, "data": {"dataset": None}},
+    )
+    assert settings.train.epochs == 2  # flag beats config and base
+    assert settings.train.batch_size == 32  # config beats base
+    assert settings.train.lr == 0.2  # base beats the default; a None flag means "not given"
+    assert settings.train.momentum == 0.9  # nobody set it: the default
+    assert settings.data.dataset == "synthetic"  # config, the None flag does not erase it
+    assert settings.data.seed == 5  # base
+
+
+def test_calibration_sits_between_config_and_flags(tmp_path):
+    config = _write(tmp_path / "c.toml", "[sampler]\nepsilon = 1e-3\ngamma = 10.0\nnum_draws = 50\nnbeta = 2.0\n")
+    calibration = _calibration(tmp_path / "recommended.json")
+    settings = load_settings(
+        ("sampler",), config=config, calibration=calibration, overrides={"sampler": {"gamma": 5.0}}
+    )
+    sampler = settings.sampler
+    assert sampler.epsilon == 3e-5  # calibration beats config
+    assert sampler.nbeta == 7.0 and sampler.sampler == "rmsprop_sgld"
+    assert sampler.gamma == 5.0  # the flag beats calibration
+    assert sampler.num_draws == 50  # not calibrated: the config still holds
+
+
+def test_calibration_only_touches_the_sampler(tmp_path):
+    calibration = _calibration(tmp_path / "recommended.json")
+    settings = load_settings(("train",), calibration=calibration)
+    assert settings.train == TrainSettings()
+
+
+def test_calibration_may_leave_nbeta_to_the_default(tmp_path):
+    calibration = _calibration(tmp_path / "recommended.json", nbeta=None)
+    assert load_settings(("sampler",), calibration=calibration).sampler.nbeta is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"epsilon": 1e-5, "gamma": 100.0, "nbeta": 2.0},  # sampler missing
+        {"epsilon": 1e-5, "gamma": 100.0, "nbeta": 2.0, "sampler": "sgld", "num_draws": 9},  # one too many
+        [1e-5, 100.0, 2.0, "sgld"],
+    ],
+    ids=["missing-field", "extra-field", "not-an-object"],
+)
+def test_calibration_must_hold_exactly_the_four_fields(tmp_path, content):
+    path = tmp_path / "recommended.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(SettingsError) as raised:
+        load_settings(("sampler",), calibration=path)
+    message = str(raised.value)
+    assert str(path) in message and all(field in message for field in CALIBRATION_FIELDS)
+
+
+def test_unreadable_calibration_files_are_named(tmp_path):
+    with pytest.raises(SettingsError, match="missing.json.*does not exist"):
+        load_settings(("sampler",), calibration=tmp_path / "missing.json")
+    broken = _write(tmp_path / "broken.json", "{epsilon: ")
+    with pytest.raises(SettingsError, match="broken.json"):
+        load_settings(("sampler",), calibration=broken)
+
+
+def test_an_invalid_calibrated_value_names_the_field(tmp_path):
+    calibration = _calibration(tmp_path / "recommended.json", epsilon=-1.0)
+    with pytest.raises(SettingsError, match=r"sampler\.epsilon"):
+        load_settings(("sampler",), calibration=calibration)
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    config = _write(tmp_path / "c.toml", "[train]\nepochz = 3\n")
+    with pytest.raises(SettingsError, match=r"train\.epochz: unknown setting"):
+        load_settings(("train",), config=config)
+
+
+def test_every_invalid_field_is_reported_on_its_own_line(tmp_path):
+    config = _write(tmp_path / "c.toml", '[train]\nepochs = "ten"\nlr = -1.0\noptimizer = "lbfgs"\n')
+    with pytest.raises(SettingsError) as raised:
+        load_settings(("train",), config=config)
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("train.epochs:") and "'ten'" in lines[0]
+    assert lines[1].startswith("train.lr:") and "-1.0" in lines[1]
+    assert lines[2].startswith("train.optimizer:") and "'lbfgs'" in lines[2]
+
+
+@pytest.mark.parametrize(
+    "section, values, field",
+    [
+        ("data", {"dataset": "mnist"}, "data.dataset"),
+        ("data", {"num_workers": -1}, "data.num_workers"),
+        ("model", {"name": "vgg11"}, "model.name"),
+        ("model", {"stem": "wide"}, "model.stem"),
+        ("train", {"epochs": 0}, "train.epochs"),
+        ("train", {"epochs": -3}, "train.epochs"),
+        ("train", {"momentum": 1.0}, "train.momentum"),
+        ("train", {"step_factor": 0.0}, "train.step_factor"),
+        ("train", {"device": "gpu"}, "train.device"),
+        ("train", {"device": "cuda:x"}, "train.device"),
+        ("sampler", {"num_chains": 0}, "sampler.num_chains"),
+        ("sampler", {"bn_mode": "frozen"}, "sampler.bn_mode"),
+        ("sampler", {"gamma": -1.0}, "sampler.gamma"),
+    ],
+)
+def test_invalid_values_name_their_field(section, values, field):
+    with pytest.raises(SettingsError, match=field.replace(".", r"\.")):
+        validate_section(section, values)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(SettingsError) as raised:
+        validate_section("model", {"name": "vgg11"})
+    assert all(name in str(raised.value) for name in ("smallcnn", "resnet18", "resnet50"))
+    with pytest.raises(SettingsError) as raised:
+        validate_section("data", {"dataset": "mnist"})
+    assert all(name in str(raised.value) for name in ("digits", "synthetic", "cifar10"))
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_device_names_that_validate(device):
+    assert validate_section("train", {"device": device}).device == device
+
+
+def test_settings_are_frozen():
+    settings = TrainSettings()
+    with pytest.raises(pydantic.ValidationError):
+        settings.epochs = 3
+
+
+def test_json_dict_round_trips_through_base(tmp_path):
+    original = load_settings(
+        ("data", "model", "train"),
+        overrides={
+            "data": {"dataset": "synthetic", "data_dir": tmp_path},
+            "model": {"stem": "cifar"},
+            "train": {"epochs": 4, "resume_from_checkpoint": tmp_path / "step_00000001.pt"},
+        },
+    )
+    stored = json.loads(json.dumps(original.to_json_dict()))  # what a checkpoint holds
+    assert "stem" in stored["model"] and "image_size" not in stored["data"]  # None fields are left out
+    assert load_settings(("data", "model", "train"), base=stored) == original
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[train\nepochs = 3\n", "is not valid TOML"),
+        ("train = 3\n", r"\[train\] must be a table"),
+        (b"[train]\nseed = 1 # \xff\xfe\n", "config file"),
+    ],
+    ids=["invalid-toml", "section-not-a-table", "not-utf8"],
+)
+def test_malformed_config_files_are_named(tmp_path, content, message):
+    path = tmp_path / "c.toml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(SettingsError, match=message) as raised:
+        load_settings(("train",), config=path)
+    assert str(path) in str(raised.value)
+
+
+def test_missing_config_file_and_directory_are_named(tmp_path):
+    with pytest.raises(SettingsError, match="missing.toml does not exist"):
+        read_config(tmp_path / "missing.toml")
+    with pytest.raises(SettingsError, match="is a directory"):
+        read_config(tmp_path)
+
+
+def test_wrong_type_in_toml_is_reported_not_coerced_silently(tmp_path):
+    config = _write(tmp_path / "c.toml", '[train]\nbatch_size = 12.5\n[sampler]\nmala = "maybe"\n')
+    with pytest.raises(SettingsError, match=r"train\.batch_size"):
+        load_settings(("train",), config=config)
+    with pytest.raises(SettingsError, match=r"sampler\.mala"):
+        load_settings(("sampler",), config=config)
+
