@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -45,13 +45,14 @@ from llcv.results import (
     RECORD_FORMAT,
     RECORD_FORMAT_VERSION,
     ResultsStore,
+    check_scope,
     fingerprint,
     is_done,
     record_stem,
     settings_hash,
     step_from_name,
 )
-from llcv.sampling import LossSpec, SamplingData, estimate_llc
+from llcv.sampling import LossSpec, SamplingData, default_nbeta, estimate_llc, select_parameters
 from llcv.settings import SamplerSettings
 
 logger = logging.getLogger("llcv")
@@ -375,11 +376,91 @@ class Claims:
 
 
 @dataclass(frozen=True)
+class Scope:
+    """What one record measures: the whole model, one block's weights, or one class's data.
+
+    A refined scope replaces one sampler field for its own estimate and leaves the rest, and the
+    settings hash, as they are: a block scope samples only ``params`` (the rest of the model is
+    frozen at the checkpoint), a class scope measures the loss on ``classes`` only.
+
+    Attributes:
+        name: the record's ``scope``: ``model``, a block's name (``layer3``), or ``class=7``.
+        kind: ``model``, ``block`` or ``class``.
+        index: the order within its kind: a block's place in the model's declared blocks, a class's label.
+        params: a block's parameter-name glob patterns.
+        classes: a class scope's labels.
+    """
+
+    name: str = DEFAULT_SCOPE
+    kind: Literal["model", "block", "class"] = "model"
+    index: int = 0
+    params: tuple[str, ...] | None = None
+    classes: tuple[int, ...] | None = None
+
+
+WHOLE_MODEL = Scope()
+
+
+def refined_scopes(blocks: Mapping[str, Sequence[str]] | None = None, classes: Sequence[int] | None = None) -> list[Scope]:
+    """The whole model, then one scope per block (in the given order), then one per class.
+
+    Args:
+        blocks: {block name: parameter-name glob patterns}, e.g. ``llcv.models.model_blocks("resnet18")``.
+        classes: labels, each measured on its own.
+
+    Raises:
+        SettingsError: a block name is not usable in a file name, or a block has no pattern.
+    """
+    scopes = [WHOLE_MODEL]
+    for index, (name, patterns) in enumerate((blocks or {}).items()):
+        if name == DEFAULT_SCOPE or name.startswith("class="):
+            raise SettingsError(f"block name {name!r} is reserved for the whole model or a class; rename the block")
+        if isinstance(patterns, str) or not patterns:
+            raise SettingsError(f"block {name!r}: give a list of parameter-name patterns, e.g. ['{name}.*']")
+        scopes.append(Scope(check_scope(name), "block", index, params=tuple(patterns)))
+    for label in sorted(set(classes or ())):
+        scopes.append(Scope(f"class={label}", "class", int(label), classes=(int(label),)))
+    return scopes
+
+
+def scope_settings(settings: SamplerSettings, scope: Scope, dataset: Dataset) -> SamplerSettings:
+    """The sampler settings of one scope: the run's settings with the scope's ``params`` or ``classes``.
+
+    A class scope also keeps every curve at one temperature and within its data: when ``nbeta``
+    is left to its default (``batch_size / ln(batch_size)``, with the minibatch capped by the
+    data), it is fixed at the whole model's value, since a class may hold fewer samples than a
+    minibatch; and ``num_samples`` caps the class's samples instead of failing when the class
+    has fewer.
+    """
+    if scope.kind == "model":
+        return settings
+    changes: dict[str, Any] = {}
+    if scope.params is not None:
+        changes["params"] = list(scope.params)
+    if scope.classes is not None:
+        from llcv.data import dataset_targets
+
+        changes["classes"] = list(scope.classes)
+        whole = len(dataset) if settings.num_samples is None else min(settings.num_samples, len(dataset))
+        if settings.nbeta is None:
+            changes["nbeta"] = default_nbeta(min(settings.batch_size, whole))
+        if settings.num_samples is not None:
+            available = int(torch.isin(dataset_targets(dataset), torch.tensor(scope.classes)).sum())
+            if settings.num_samples >= available:
+                changes["num_samples"] = None
+    return SamplerSettings.model_validate({**settings.model_dump(), **changes})
+
+
+@dataclass(frozen=True)
 class EstimateJob:
-    """One unit of work: a checkpoint and the scope of its estimate."""
+    """One unit of work: a checkpoint and the scope of its estimate (``part`` says what the scope measures)."""
 
     checkpoint: Path
-    scope: str = DEFAULT_SCOPE
+    part: Scope = WHOLE_MODEL
+
+    @property
+    def scope(self) -> str:
+        return self.part.name
 
     @property
     def key(self) -> str:
@@ -412,7 +493,8 @@ _SAMPLING_DATA: dict[tuple, tuple[Dataset, SamplingData]] = {}
 
 
 def _sampling_data(dataset: Dataset, settings: SamplerSettings, device: torch.device) -> SamplingData:
-    key = (id(dataset), settings.model_dump_json(), str(device))
+    # params choose weights, not data: every block scope of a run shares the whole model's data
+    key = (id(dataset), settings.model_dump_json(exclude={"params"}), str(device))
     cached = _SAMPLING_DATA.get(key)
     if cached is not None and cached[0] is dataset:
         return cached[1]
@@ -471,6 +553,8 @@ def make_record(
         "checkpoint_path": str(job.checkpoint.resolve()),
         "fingerprint": checkpoint_fingerprint,
         "scope": job.scope,
+        "scope_kind": job.part.kind,
+        "scope_index": job.part.index,
         "step": step,
         "epoch": info.epoch if info is not None else None,
         "metrics": dict(info.metrics) if info is not None else {},
@@ -496,8 +580,9 @@ def run_job(job: EstimateJob, spec: JobSpec, reporter: Reporter = SILENT) -> dic
         stamp = fingerprint(job.checkpoint)
         model, info, dataset = _load(job, spec)
         device = resolve_device(spec.device)
-        data = _sampling_data(dataset, spec.settings, device)
-        result = estimate_llc(model, data, spec.settings, loss=spec.loss, device=device, reporter=reporter)
+        settings = scope_settings(spec.settings, job.part, dataset)
+        data = _sampling_data(dataset, settings, device)
+        result = estimate_llc(model, data, settings, loss=spec.loss, device=device, reporter=reporter)
         del model
     except LLCVError as problem:
         return make_record(job, spec, status="failed", checkpoint_fingerprint=stamp, info=info, error=str(problem),
@@ -524,7 +609,8 @@ class EstimateSummary:
 
     settings_hash: str
     folder: Path
-    selected: list[str] = field(default_factory=list)  # this worker's share, in training order
+    selected: list[str] = field(default_factory=list)  # this worker's share, in training order (scope by scope)
+    scopes: list[str] = field(default_factory=lambda: [DEFAULT_SCOPE])  # every scope estimated per checkpoint
     already_done: list[str] = field(default_factory=list)  # done before this call
     computed: list[str] = field(default_factory=list)  # done by this call
     failed: dict[str, str] = field(default_factory=dict)  # name -> reason
@@ -564,6 +650,9 @@ def estimate_all(
     model_name: str | None = None,
     stem: str | None = None,
     data_dir: Path | str | None = None,
+    per_layer: bool | Sequence[str] = False,
+    per_class: bool | Sequence[int] = False,
+    blocks: Mapping[str, Sequence[str]] | None = None,
 ) -> EstimateSummary:
     """Estimate the LLC of every checkpoint in ``checkpoints_dir``, one record file each.
 
@@ -588,13 +677,28 @@ def estimate_all(
         cpus_per_task: Ray only: CPUs, and torch threads, per task (default 1, or a GPU node's CPUs per GPU).
         claim_timeout_seconds: a claim whose heartbeat is older than this is taken over.
         model_name, stem, data_dir: for foreign checkpoints, as in ``llcv.targets.load_target``.
+        per_layer: also a weight-refined LLC per block of the model (scope = the block's name), each
+            sampling only that block's parameters with the rest frozen: True for every block, or a
+            list of block names. Blocks come from ``blocks``, else from the model's registration
+            (``register_model(name, blocks=...)``).
+        per_class: also a data-refined LLC per class (scope ``class=7``), each measuring the loss
+            on that class's samples only: True for every class, or a list of labels.
+        blocks: {block name: parameter-name glob patterns} for ``per_layer``, in the order to
+            plot them; needed with ``model_factory`` (a model llcv has no registration for).
+
+    Every scope of a checkpoint is its own record (``<stem>__<scope>.json``) in the same
+    settings-hash folder as the whole model's, and is resumed, claimed and sharded on its own.
+    The whole model is estimated first for every checkpoint, then each block or class in turn.
 
     Returns:
         The summary. If interrupted (Ctrl-C, SIGTERM), the exception propagates after the claims
         are released, carrying the partial summary as its ``estimate_summary`` attribute.
 
     Raises:
-        SettingsError: bad selection, shard, device or executor; no checkpoints to estimate.
+        SettingsError: bad selection, shard, device or executor; no checkpoints to estimate; a
+            refinement the model cannot take (no blocks declared, a block that matches no
+            parameter, an unknown class), or ``per_layer`` with ``settings.params`` (or
+            ``per_class`` with ``settings.classes``).
         CheckpointError: the checkpoints folder does not exist.
         WriteError: the results folder cannot be written.
     """
@@ -609,19 +713,25 @@ def estimate_all(
     all_paths = list_checkpoints(Path(checkpoints_dir))
     if not all_paths:
         raise SettingsError(f"checkpoints directory {checkpoints_dir} holds no checkpoint files (.pt, .pth, .pth.tar, .ckpt)")
-    paths = select_checkpoints(all_paths, every_nth=every_nth, steps=steps, shard=shard)
-    jobs = [EstimateJob(path) for path in paths]
+    paths = select_checkpoints(all_paths, every_nth=every_nth, steps=steps)
+    spec = JobSpec(
+        settings=settings, settings_hash=settings_hash(settings, loss), loss=loss, device=device,
+        model_factory=model_factory, dataset=dataset, model_name=model_name, stem=stem,
+        data_dir=str(data_dir) if data_dir is not None else None, executor=executor,
+    )  # fmt: skip
+    scopes = _run_scopes(paths, spec, per_layer, per_class, blocks)
+    jobs = [EstimateJob(path, scope) for scope in scopes for path in paths]  # the whole-model curve first
+    parsed = parse_shard(shard)
+    if parsed is not None:  # by (checkpoint, scope): the whole model's share is its file name's
+        jobs = [job for job in jobs if shard_of(_shard_name(job), parsed[1]) == parsed[0]]
     _check_unique_keys(jobs)
 
-    digest = settings_hash(settings, loss)
+    digest = spec.settings_hash  # of the run's settings: a scope's own params/classes never enter it
     store = ResultsStore(Path(results_dir), digest)
     store.write_settings(settings, loss)
-    summary = EstimateSummary(settings_hash=digest, folder=store.folder, selected=[job.label for job in jobs])
-    spec = JobSpec(
-        settings=settings, settings_hash=digest, loss=loss, device=device, model_factory=model_factory,
-        dataset=dataset, model_name=model_name, stem=stem, data_dir=str(data_dir) if data_dir is not None else None,
-        executor=executor,
-    )  # fmt: skip
+    summary = EstimateSummary(
+        settings_hash=digest, folder=store.folder, selected=[job.label for job in jobs], scopes=[scope.name for scope in scopes]
+    )
     run_started = _now()
 
     def done_already(job: EstimateJob, announce: bool = False) -> bool:
@@ -635,6 +745,10 @@ def estimate_all(
         if not is_done(record, current):
             if announce and record.get("status") == "done":
                 reporter.note(f"{job.label} changed since its record was written (or comes from another run); redoing it")
+            return False
+        if not _same_refinement(record, job.part):
+            if announce:
+                reporter.note(f"{job.label} was estimated with other parameters or classes for this scope; redoing it")
             return False
         # --force redoes records from before this call, not those other forced workers just wrote
         return not force or str(record.get("finished", "")) >= run_started
@@ -725,3 +839,111 @@ def _check_unique_keys(jobs: list[EstimateJob]) -> None:
                 f"checkpoints {seen[job.key]} and {job.checkpoint.name} would share the result file {job.key}.json; rename one"
             )
         seen[job.key] = job.checkpoint.name
+
+
+# --- refined scopes -------------------------------------------------------------------------
+
+
+def _shard_name(job: EstimateJob) -> str:
+    """What a job's share is hashed from: the checkpoint's file name, plus the scope for refined ones."""
+    return job.checkpoint.name if job.scope == DEFAULT_SCOPE else f"{job.checkpoint.name}__{job.scope}"
+
+
+def _same_refinement(record: Mapping[str, Any], scope: Scope) -> bool:
+    """Whether a record of a refined scope was made with the scope's current patterns or labels
+    (a model's blocks may be redeclared between runs)."""
+    recorded = (record.get("result") or {}).get("settings") or {}
+    if scope.params is not None and recorded.get("params") != list(scope.params):
+        return False
+    return scope.classes is None or recorded.get("classes") == list(scope.classes)
+
+
+def _run_scopes(
+    paths: Sequence[Path],
+    spec: JobSpec,
+    per_layer: bool | Sequence[str],
+    per_class: bool | Sequence[int],
+    blocks: Mapping[str, Sequence[str]] | None,
+) -> list[Scope]:
+    """The scopes of this run: the whole model, then the blocks and classes asked for.
+
+    Blocks and classes are read from the first checkpoint that loads (its model's registration,
+    its class count, or the given dataset's labels), and each block is checked to match a
+    parameter, so a mistake fails before any work rather than once per checkpoint.
+    """
+    if per_layer is False and per_class is False:
+        if blocks is not None:
+            raise SettingsError("blocks= is used by per_layer=; pass per_layer=True as well")
+        return [WHOLE_MODEL]
+    if per_layer is not False and spec.settings.params is not None:
+        raise SettingsError("per-layer estimates choose their own parameters; leave the sampler's params unset")
+    if per_class is not False and spec.settings.classes is not None:
+        raise SettingsError("per-class estimates choose their own classes; pass the classes to per_class (--per-class --classes) instead")
+    model, info = _first_model(paths, spec)
+    chosen_blocks: dict[str, Sequence[str]] = {}
+    if per_layer is not False:
+        declared = dict(blocks) if blocks is not None else _declared_blocks(info.model.name, spec)
+        wanted = list(declared) if per_layer is True else list(per_layer)
+        unknown = [name for name in wanted if name not in declared]
+        if unknown:
+            raise SettingsError(f"unknown block(s) {', '.join(unknown)}; the model's blocks are {', '.join(declared)}")
+        chosen_blocks = {name: declared[name] for name in wanted}
+        for name, patterns in chosen_blocks.items():
+            try:
+                select_parameters(model, list(patterns) if not isinstance(patterns, str) else [patterns])
+            except SettingsError as problem:
+                raise SettingsError(f"block {name!r} ({', '.join(patterns)}): {problem}") from None
+    labels: list[int] = []
+    if per_class is not False:
+        present = _class_labels(info, spec)
+        labels = present if per_class is True else [int(label) for label in per_class]
+        unknown = sorted(set(labels) - set(present))
+        if unknown:
+            raise SettingsError(f"unknown class(es) {', '.join(map(str, unknown))}; the labels are {_ranges(present)}")
+    return refined_scopes(chosen_blocks, labels)
+
+
+def _first_model(paths: Sequence[Path], spec: JobSpec) -> tuple[nn.Module, CheckpointInfo]:
+    """The model of the first checkpoint that loads (raises the first one's error if none does)."""
+    from llcv.checkpoints import load_checkpoint
+
+    first_error: LLCVError | None = None
+    for path in paths:
+        try:
+            factory_model = spec.model_factory() if spec.model_factory is not None else None
+            return load_checkpoint(path, model=factory_model, model_name=spec.model_name, stem=spec.stem)
+        except LLCVError as problem:
+            first_error = first_error or problem
+    if first_error is not None:
+        raise first_error
+    raise SettingsError("no checkpoint selected, so the model's blocks and classes are unknown")
+
+
+def _declared_blocks(model_name: str, spec: JobSpec) -> dict[str, Sequence[str]]:
+    from llcv.models import list_models, model_blocks
+
+    if spec.model_factory is not None or model_name not in list_models():
+        raise SettingsError(
+            f"per-layer estimates need the model's blocks: pass blocks={{'name': ['pattern.*'], ...}}, "
+            f"or register the model with register_model(name, blocks=...)"
+        )
+    declared = model_blocks(model_name)
+    if not declared:
+        raise SettingsError(f"model {model_name!r} declares no blocks; register it with register_model({model_name!r}, blocks=...) or pass blocks=")
+    return declared
+
+
+def _class_labels(info: CheckpointInfo, spec: JobSpec) -> list[int]:
+    """The labels of the given dataset, else 0..C-1 for the checkpoint's C outputs."""
+    if isinstance(spec.dataset, Dataset):
+        from llcv.data import dataset_targets
+
+        return sorted(set(dataset_targets(spec.dataset).tolist()))
+    return list(range(info.model.num_classes))
+
+
+def _ranges(labels: Sequence[int]) -> str:
+    labels = sorted(labels)
+    if labels and labels == list(range(labels[0], labels[-1] + 1)) and len(labels) > 3:
+        return f"{labels[0]}..{labels[-1]}"
+    return ", ".join(map(str, labels))

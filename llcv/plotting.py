@@ -70,6 +70,8 @@ def plot_sweep_heatmap(rows: list[dict], title: str, recommended: int | None = N
     import numpy as np
     from matplotlib.colors import Normalize, TwoSlopeNorm
 
+    from llcv.calibration import short_reason
+
     epsilons = sorted({row["epsilon"] for row in rows})
     gammas = sorted({row["gamma"] for row in rows})
     nbetas = sorted({row["nbeta"] for row in rows})
@@ -105,6 +107,8 @@ def plot_sweep_heatmap(rows: list[dict], title: str, recommended: int | None = N
                     text = "n/a"
                 else:
                     text = f"{row[field]:.2f}" if field == "mala_acceptance" else f"{row[field]:.3g}"
+                    if row.get("reason"):
+                        text += f"\n✗ {short_reason(row['reason'])}"
                 if row is recommended:
                     text = "★ " + text
                 axis.text(x, y, text, ha="center", va="center", fontsize=8, color="black",
@@ -123,7 +127,7 @@ def plot_sweep_heatmap(rows: list[dict], title: str, recommended: int | None = N
             axis.set_xlabel("epsilon (step size)")
             axis.set_ylabel("gamma (localization)")
             axis.set_title(f"{label}, nbeta = {nbeta:.4g}", fontsize=10)
-    figure.suptitle(title + "\noutlined: qualifies under the rule; ★: recommended", fontsize=10)
+    figure.suptitle(title + "\noutlined: qualifies under the rule; ✗: the first rule it fails; ★: recommended", fontsize=10)
     return figure
 
 
@@ -281,6 +285,86 @@ def _whole_model(records) -> list[dict]:
     return [record for record in records if record.get("scope", "model") == "model"]
 
 
+def _refined(records) -> dict[str, dict[str, list[dict]]]:
+    """A run's refined records as {kind: {scope: records}}: blocks in declared order, classes by label."""
+    from llcv.results import scope_kind, scope_order
+
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for record in sorted(records, key=scope_order):
+        kind = scope_kind(record)
+        if kind != "model":
+            groups.setdefault(kind, {}).setdefault(str(record.get("scope")), []).append(record)
+    return groups
+
+
+def _llc_points(records, field: str, per_parameter: bool):
+    """Positions, means and stds of the done records with an estimate, divided by d if asked."""
+    import numpy as np
+
+    done = [record for record in records if record.get(field) is not None and record.get("status") == "done"
+            and (record.get("result") or {}).get("llc_mean") is not None]  # fmt: skip
+    done.sort(key=lambda record: record[field])
+    scale = np.array([float(record["result"].get("num_parameters") or 1) if per_parameter else 1.0 for record in done])
+    xs = np.array([record[field] for record in done], dtype=float)
+    means = np.array([record["result"]["llc_mean"] for record in done], dtype=float) / scale
+    stds = np.array([record["result"].get("llc_std") or 0.0 for record in done], dtype=float) / scale
+    return xs, means, stds
+
+
+def _scope_colors(kind: str, count: int) -> list:
+    """Blocks shade from dark (input side) to light (output side); classes get distinct colours."""
+    from matplotlib import colormaps
+
+    if kind == "block":
+        return [colormaps["viridis"](0.88 * index / max(count - 1, 1)) for index in range(count)]
+    if count <= 10:
+        return [colormaps["tab10"](index) for index in range(count)]
+    if count <= 20:
+        return [colormaps["tab20"](index) for index in range(count)]
+    return [colormaps["turbo"](index / (count - 1)) for index in range(count)]
+
+
+def _draw_refined(axis, title: str, kind: str, scopes: dict[str, list[dict]], whole: list[dict], field: str, per_parameter: bool) -> None:
+    """One panel of refined curves (one per block or class) with the whole model's curve for reference."""
+    from matplotlib.transforms import blended_transform_factory
+
+    xs, means, _ = _llc_points(whole, field, per_parameter)
+    axis.plot(xs, means, color="black", linestyle="--", linewidth=1.4, label="whole model")
+    failed = []
+    for (scope, records), color in zip(scopes.items(), _scope_colors(kind, len(scopes))):
+        xs, means, stds = _llc_points(records, field, per_parameter)
+        axis.plot(xs, means, color=color, marker="o", markersize=2.5, linewidth=1.3, label=scope)
+        axis.fill_between(xs, means - stds, means + stds, color=color, alpha=0.12, linewidth=0)
+        failed += [record[field] for record in records if record.get("status") == "failed" and record.get(field) is not None]
+    if failed:
+        axis.scatter(failed, [0.03] * len(failed), marker="x", s=40, color=_FAILED_COLOR, label="failed (no estimate)",
+                     transform=blended_transform_factory(axis.transData, axis.transAxes), zorder=5)  # fmt: skip
+    entries = len(scopes) + 1 + bool(failed)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=1 + (entries - 1) // 18,
+                title="block" if kind == "block" else "class", title_fontsize=7)  # fmt: skip
+    axis.set_title(title, fontsize=9, loc="left")
+    axis.set_ylabel("LLC / d" if per_parameter else "LLC")
+    axis.grid(alpha=0.3)
+    if per_parameter:
+        _log_if_spread(axis)
+
+
+def _log_if_spread(axis) -> None:
+    """A symmetric-log y axis when the curves span more than two decades (per-parameter LLCs of
+    small and large blocks do), linear within the smallest curve's level so noise around 0 stays readable."""
+    import numpy as np
+
+    levels = []
+    for line in axis.get_lines():
+        values = np.abs(np.asarray(line.get_ydata(), dtype=float))
+        values = values[np.isfinite(values) & (values > 0)]
+        if values.size:
+            levels.append(float(np.median(values)))
+    if len(levels) > 1 and max(levels) > 100 * min(levels):
+        axis.set_yscale("symlog", linthresh=min(levels), linscale=2.0)
+        axis.set_ylabel(f"{axis.get_ylabel()} (symmetric log)")
+
+
 def _axis_field(runs: dict[str, list[dict]], x: str) -> str:
     """``x`` if every record has it; otherwise the other of step and epoch when every record has that."""
     records = [record for run in runs.values() for record in run]
@@ -311,24 +395,36 @@ def llc_figure(
     log_x: bool = False,
     transitions: dict[str, list] | None = None,
     missing: dict[str, int | None] | None = None,
+    per_parameter: bool = False,
 ) -> Figure:
     """LLC mean ± std against training time per run, with loss and accuracy in a panel below.
 
+    Refined records (``estimate-all --per-layer`` / ``--per-class``) get a panel per run and
+    kind between the two: one curve per block or class, beside the run's whole-model curve
+    (dashed black).
+
     Args:
-        runs: {label: result records} (``llcv.results.load_results``); only whole-model records are drawn.
+        runs: {label: result records} (``llcv.results.load_results``).
+        per_parameter: divide every curve (and its band) by its number of sampled parameters d,
+            so blocks of very different sizes compare as LLC per parameter.
         x: ``step`` or ``epoch``; where some checkpoints lack it, the other is used (and the axis says so).
         log_x: a symmetric-log x axis, so step 0 stays on it.
         transitions: {label: ``llcv.results.Transition`` list} to mark.
         missing: {label: number of checkpoints without a record yet (None: unknown)}.
     """
-    import numpy as np
     from matplotlib.lines import Line2D
     from matplotlib.transforms import blended_transform_factory
 
+    refined = {label: _refined(records) for label, records in runs.items()}
     runs = {label: _whole_model(records) for label, records in runs.items()}
     field = _axis_field(runs, x)
-    figure = Figure(figsize=(9, 7), layout="constrained")
-    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    panels = [(label, kind, scopes) for label, kinds in refined.items() for kind, scopes in kinds.items()]
+    figure = Figure(figsize=(9 + (1.5 if panels else 0), 7 + 2.8 * len(panels)), layout="constrained")
+    axes = figure.subplots(2 + len(panels), 1, sharex=True, height_ratios=[3, *[2.6] * len(panels), 2])
+    top, refined_axes, bottom = axes[0], list(axes[1:-1]), axes[-1]
+    for axis, (label, kind, scopes) in zip(refined_axes, panels):
+        title = f"per {kind} ({len(scopes)} {kind}{'s' if len(scopes) > 1 else ''})" + (f": {label}" if len(runs) > 1 else "")
+        _draw_refined(axis, title, kind, scopes, runs[label], field, per_parameter)
     accuracy_axis = bottom.twinx()
     colors = [f"C{index % 10}" for index in range(len(runs))]
     failed_marks, diverged_marks, unplaced, has_zero = False, False, 0, False
@@ -338,17 +434,16 @@ def llc_figure(
         placed = [record for record in records if record.get(field) is not None]
         unplaced += len(records) - len(placed)
         done = [record for record in placed if record.get("status") == "done" and (record.get("result") or {}).get("llc_mean") is not None]
-        xs = np.array([record[field] for record in done], dtype=float)
         positive.extend(value for value in (record[field] for record in placed) if value > 0)
         has_zero = has_zero or any(record[field] <= 0 for record in placed)
-        means = np.array([record["result"]["llc_mean"] for record in done], dtype=float)
-        stds = np.array([record["result"].get("llc_std") or 0.0 for record in done], dtype=float)
+        xs, means, stds = _llc_points(done, field, per_parameter)
         top.plot(xs, means, color=color, marker="o", markersize=3.5, linewidth=1.6, label=label)
         top.fill_between(xs, means - stds, means + stds, color=color, alpha=0.2, linewidth=0)
         diverged = [record for record in done if (record["result"].get("diagnostics") or {}).get("diverged_chains")]
         if diverged:
             diverged_marks = True
-            top.scatter([record[field] for record in diverged], [record["result"]["llc_mean"] for record in diverged],
+            diverged_xs, diverged_means, _ = _llc_points(diverged, field, per_parameter)
+            top.scatter(diverged_xs, diverged_means,
                         s=70, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)  # fmt: skip
         failed = [record for record in placed if record.get("status") == "failed"]
         if failed:
@@ -368,9 +463,10 @@ def llc_figure(
             position = getattr(transition, field, None)
             if position is None:
                 continue
-            for axis in (top, bottom):
+            for axis in (top, *refined_axes, bottom):
                 axis.axvline(position, color=color, linestyle=(0, (2, 3)), linewidth=0.9, alpha=0.7)
-            top.scatter([position], [transition.llc], marker="v", s=60, color=color, edgecolors="black", zorder=6)
+            if not per_parameter:  # a transition's LLC is the whole model's, not per parameter
+                top.scatter([position], [transition.llc], marker="v", s=60, color=color, edgecolors="black", zorder=6)
 
     handles, labels = top.get_legend_handles_labels()
     if failed_marks:
@@ -383,7 +479,9 @@ def llc_figure(
         handles.append(Line2D([], [], marker="v", color="0.4", markeredgecolor="black", linestyle="none"))
         labels.append("candidate transition")
     top.legend(handles, labels, fontsize=8, loc="best")
-    top.set_ylabel("LLC (mean ± std over chains)")
+    top.set_ylabel("LLC / d (per sampled parameter)" if per_parameter else "LLC (mean ± std over chains)")
+    if panels:
+        top.set_title("whole model", fontsize=9, loc="left")
     top.grid(alpha=0.3)
     bottom.set_ylabel("loss")
     accuracy_axis.set_ylabel("validation accuracy")
@@ -420,6 +518,8 @@ def llc_figure(
             subtitle.append(f"{prefix}partial results: {count} checkpoint(s) not estimated yet")
     if unplaced:
         subtitle.append(f"{unplaced} record(s) without a {field} are not drawn")
+    if per_parameter:
+        subtitle.append("each curve divided by its number of sampled parameters d")
     figure.suptitle("LLC over training" + ("\n" + "\n".join(subtitle) if subtitle else ""), fontsize=10)
     return figure
 
@@ -433,6 +533,7 @@ def plot_llc(
     log_x: bool = False,
     mark_transitions: bool = False,
     missing: dict[str, int | None] | None = None,
+    per_parameter: bool = False,
 ) -> Path:
     """Draw the LLC-over-training figure and write it to ``out`` (format from its suffix).
 
@@ -441,7 +542,8 @@ def plot_llc(
             or a mapping {label: records}.
         out: the figure file, ``.png``, ``.pdf`` or ``.svg``.
         labels: legend names when ``results`` is a list of runs.
-        x, log_x, missing: see ``llc_figure``.
+        x, log_x, missing, per_parameter: see ``llc_figure``; refined records (per block or
+            class) are drawn in their own panels.
         mark_transitions: mark ``llcv.results.find_transitions`` on each run's curve.
 
     Returns:
@@ -455,5 +557,5 @@ def plot_llc(
 
     runs = _as_runs(results, labels)
     transitions = {label: find_transitions(records, x) for label, records in runs.items()} if mark_transitions else None
-    figure = llc_figure(runs, x=x, log_x=log_x, transitions=transitions, missing=missing)
+    figure = llc_figure(runs, x=x, log_x=log_x, transitions=transitions, missing=missing, per_parameter=per_parameter)
     return save_figure(figure, out)

@@ -140,18 +140,34 @@ def fingerprint(path: Path) -> dict[str, Any]:
 # --- records --------------------------------------------------------------------------------
 
 
+def scope_kind(record: Mapping[str, Any]) -> str:
+    """``model``, ``block`` or ``class``: the record's ``scope_kind``, or read from its scope's name."""
+    scope = str(record.get("scope", DEFAULT_SCOPE))
+    if record.get("scope_kind") in ("model", "block", "class"):
+        return record["scope_kind"]
+    return "model" if scope == DEFAULT_SCOPE else "class" if scope.startswith("class=") else "block"
+
+
+def scope_order(record: Mapping[str, Any]) -> tuple:
+    """The whole model, then blocks in the model's declared order, then classes by label."""
+    kind = scope_kind(record)
+    index = record.get("scope_index")
+    if not isinstance(index, int):  # records written before scope_index: by the number in the name
+        digits = re.findall(r"\d+", str(record.get("scope", "")))
+        index = int(digits[-1]) if digits else -1
+    return (("model", "block", "class").index(kind), index, str(record.get("scope", DEFAULT_SCOPE)))
+
+
 def record_order(record: Mapping[str, Any]) -> tuple:
     """Training order: by step, then by epoch, then by name; the whole model before other scopes."""
     step, epoch = record.get("step"), record.get("epoch")
-    scope = record.get("scope", DEFAULT_SCOPE)
     return (
         step is None,
         step if step is not None else 0,
         epoch is None,
         epoch if epoch is not None else 0.0,
         str(record.get("checkpoint", "")),
-        scope != DEFAULT_SCOPE,
-        scope,
+        scope_order(record),
     )
 
 
@@ -418,6 +434,7 @@ def results_dataframe(rows: Sequence[Mapping[str, Any]]):
             {
                 **summary_row(record),
                 "settings_hash": record.get("settings_hash"),
+                "scope_kind": scope_kind(record),
                 "nbeta": result.get("nbeta"),
                 "init_loss": result.get("init_loss"),
                 "num_parameters": result.get("num_parameters"),
@@ -425,7 +442,7 @@ def results_dataframe(rows: Sequence[Mapping[str, Any]]):
                 "num_threads": result.get("num_threads"),
             }
         )
-    columns = [*SUMMARY_COLUMNS, "settings_hash", "nbeta", "init_loss", "num_parameters", "device", "num_threads"]
+    columns = [*SUMMARY_COLUMNS, "settings_hash", "scope_kind", "nbeta", "init_loss", "num_parameters", "device", "num_threads"]
     return pd.DataFrame(table, columns=columns)
 
 

@@ -1,0 +1,229 @@
+"""Refined LLCs over training: estimate_all per block and per class, their records, resume, shards, and the figure.
+
+The engine's refinements themselves (a regression's bias-only and weight-only lambda, frozen
+weights, class subsets) are tested in test_sampling.py; here they run across checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from _helpers import copy_checkpoints, fast_settings
+from conftest import make_train_settings
+from llcv.data import dataset_targets
+from llcv.errors import SettingsError
+from llcv.estimation import EstimateJob, Scope, estimate_all, refined_scopes
+from llcv.models import SmallCNN, model_blocks
+from llcv.plotting import llc_figure, plot_llc
+from llcv.results import load_results, results_dataframe, settings_hash
+from llcv.settings import SamplerSettings
+from llcv.targets import training_split
+
+RESNET_BLOCKS = ["stem", "layer1", "layer2", "layer3", "layer4", "fc"]
+# One chain of two draws on 16 images: the records' shape is under test, not the numbers.
+TINY = dict(num_chains=1, num_draws=2, batch_size=16, num_samples=16)
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory) -> Path:
+    """resnet18 (CIFAR stem) trained for one step on `synthetic` (16x16): checkpoints at steps 0 and 1."""
+    from llcv.training import train
+
+    directory = tmp_path_factory.mktemp("resnet-run") / "checkpoints"
+    settings = make_train_settings(directory, model={"name": "resnet18", "stem": "cifar"}, epochs=1, batch_size=512)
+    result = train(settings)
+    assert [path.name for path in result.checkpoints] == ["step_00000000.pt", "step_00000001.pt"]
+    return result.checkpoints_dir
+
+
+@pytest.fixture(scope="module")
+def per_layer(resnet_run, tmp_path_factory):
+    """A per-layer estimate-all of the resnet run, done once for the tests that read it."""
+    results = tmp_path_factory.mktemp("per-layer") / "results"
+    summary = estimate_all(resnet_run, results, SamplerSettings(**TINY), device="cpu", per_layer=True)
+    return results, summary
+
+
+@pytest.fixture
+def smallcnn_checkpoints(trained_run, tmp_path) -> Path:
+    _, result = trained_run
+    return copy_checkpoints(result.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 16])
+
+
+def _record_files(folder: Path) -> dict[str, int]:
+    return {path.name: path.stat().st_mtime_ns for path in folder.glob("step_*.json")}
+
+
+# --- per layer
+
+
+def test_per_layer_writes_one_record_per_block_plus_the_model_and_resumes(resnet_run, per_layer):
+    results, summary = per_layer
+    settings = SamplerSettings(**TINY)
+    assert summary.ok and summary.scopes == ["model", *RESNET_BLOCKS]
+    folder = results / settings_hash(settings)  # the scopes' own params do not move the hash folder
+    assert summary.folder == folder and [path.name for path in results.iterdir()] == [folder.name]
+    expected = {f"step_{step:08d}{'' if scope == 'model' else '__' + scope}.json" for step in (0, 1) for scope in summary.scopes}
+    assert set(_record_files(folder)) == expected
+
+    blocks = model_blocks("resnet18")
+    for step in (0, 1):
+        records = {record["scope"]: record for record in load_results(results) if record["step"] == step}
+        assert list(records) == ["model", *RESNET_BLOCKS]  # training order: whole model, then blocks as declared
+        whole = records.pop("model")
+        assert whole["result"]["settings"]["params"] is None and whole["scope_kind"] == "model"
+        for index, (name, record) in enumerate(records.items()):
+            assert record["status"] == "done" and record["settings_hash"] == folder.name
+            assert (record["scope_kind"], record["scope_index"]) == ("block", index)
+            assert record["result"]["settings"]["params"] == list(blocks[name])
+        # the ResNet's blocks partition its parameters
+        assert sum(record["result"]["num_parameters"] for record in records.values()) == whole["result"]["num_parameters"]
+    assert records["fc"]["result"]["num_parameters"] == 512 * 4 + 4
+
+    before = _record_files(folder)
+    again = estimate_all(resnet_run, results, settings, device="cpu", per_layer=True)
+    assert again.computed == [] and len(again.already_done) == len(expected)
+    assert _record_files(folder) == before
+
+
+def test_the_figure_draws_one_curve_per_block_beside_the_whole_model(per_layer, tmp_path):
+    results, _ = per_layer
+    records = load_results(results)
+    figure = llc_figure({"resnet18": records})
+    top, blocks_axis, bottom = figure.axes[0], figure.axes[1], figure.axes[2]
+    assert blocks_axis.get_title(loc="left") == "per block (6 blocks)"
+    labels = [line.get_label() for line in blocks_axis.get_lines()]
+    assert labels == ["whole model", *RESNET_BLOCKS]
+    assert [text.get_text() for text in blocks_axis.get_legend().get_texts()] == labels
+    assert len(top.get_lines()) == 1  # the whole model alone on top, as without refinements
+    fc = {record["step"]: record["result"] for record in records if record["scope"] == "fc"}
+    assert list(blocks_axis.get_lines()[-1].get_ydata()) == pytest.approx([fc[0]["llc_mean"], fc[1]["llc_mean"]])
+
+    normalised = llc_figure({"resnet18": records}, per_parameter=True)
+    line = normalised.axes[1].get_lines()[-1]
+    assert list(line.get_ydata()) == pytest.approx([fc[step]["llc_mean"] / fc[step]["num_parameters"] for step in (0, 1)])
+    assert normalised.axes[1].get_ylabel().startswith("LLC / d")
+
+    out = plot_llc(records, tmp_path / "blocks.png", per_parameter=True)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(results_dataframe(records).query("scope_kind == 'block'")) == 12
+
+
+# --- per class
+
+
+def test_per_class_writes_one_record_per_class_at_the_whole_models_temperature(smallcnn_checkpoints, tmp_path):
+    settings = fast_settings()  # num_samples 128 caps each class too; a class with fewer uses all of its samples
+    summary = estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", per_class=True)
+    assert summary.ok and summary.scopes == ["model", "class=0", "class=1", "class=2", "class=3"]
+    folder = tmp_path / "results" / settings_hash(settings)
+    assert len(_record_files(folder)) == 2 * 5 and (folder / "step_00000016__class=2.json").is_file()
+
+    train, _ = training_split("synthetic", None, 0)
+    counts = torch.bincount(dataset_targets(train), minlength=4).tolist()
+    records = load_results(tmp_path / "results")
+    whole = next(record for record in records if record["scope"] == "model")
+    for record in records:
+        result = record["result"]
+        assert result["nbeta"] == pytest.approx(whole["result"]["nbeta"])  # one temperature for every curve
+        if record["scope"] != "model":
+            label = int(record["scope"].split("=")[1])
+            assert result["settings"]["classes"] == [label] and record["scope_index"] == label
+            assert result["num_samples_used"] == min(counts[label], settings.num_samples)
+            assert result["num_parameters"] == whole["result"]["num_parameters"]
+
+    chosen = estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", per_class=[3, 1])
+    assert chosen.scopes == ["model", "class=1", "class=3"] and chosen.computed == []
+
+
+def test_shards_split_the_scopes_of_a_checkpoint_without_duplicates(smallcnn_checkpoints, tmp_path):
+    settings = fast_settings(num_chains=1, num_draws=4)
+    shares = [
+        estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", per_class=True, shard=f"{index}/3")
+        for index in range(3)
+    ]
+    computed = [name for share in shares for name in share.computed]
+    assert len(computed) == len(set(computed)) == 2 * 5
+    assert all(share.computed for share in shares)
+    assert estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", per_class=True).computed == []
+
+
+# --- blocks of a researcher's own model, and mistakes
+
+
+def test_a_model_factory_brings_its_own_blocks_and_redeclared_blocks_are_redone(smallcnn_checkpoints, tmp_path):
+    train, _ = training_split("synthetic", None, 0)
+    settings = fast_settings(num_chains=1, num_draws=4)
+
+    def run(blocks, **options):
+        return estimate_all(
+            smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", steps=[16],
+            model_factory=lambda: SmallCNN(4, 3), dataset=train, per_layer=True, blocks=blocks, **options,
+        )  # fmt: skip
+
+    first = run({"features": ["conv*"], "head": ["fc2.*"]})
+    assert first.ok and first.scopes == ["model", "features", "head"]
+    head = load_results(tmp_path / "results")[-1]
+    assert head["scope"] == "head" and head["result"]["num_parameters"] == 64 * 4 + 4
+
+    second = run({"features": ["conv*"], "head": ["fc1.*", "fc2.*"]})
+    assert second.computed == ["step_00000016.pt [head]"]  # features unchanged, head redeclared
+
+    with pytest.raises(SettingsError, match="blocks="):
+        estimate_all(smallcnn_checkpoints, tmp_path / "r", settings, model_factory=lambda: SmallCNN(4, 3), dataset=train, per_layer=True)
+    with pytest.raises(SettingsError, match="block 'head' \\(decoder.\\*\\).*conv1, conv2, fc1, fc2"):
+        run({"head": ["decoder.*"]})
+    with pytest.raises(SettingsError, match="unknown block\\(s\\) layer9; the model's blocks are conv1, conv2, fc1, fc2"):
+        estimate_all(smallcnn_checkpoints, tmp_path / "r", settings, per_layer=["conv1", "layer9"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(per_layer=True, settings=dict(params=["fc2.*"])), "leave the sampler's params unset"),
+        (dict(per_class=True, settings=dict(classes=[1])), "per_class"),
+        (dict(per_class=[2, 9]), "unknown class\\(es\\) 9; the labels are 0..3"),
+        (dict(blocks={"x": ["fc2.*"]}), "per_layer=True"),
+    ],
+)
+def test_refinements_the_run_cannot_take_fail_before_any_work(smallcnn_checkpoints, tmp_path, options, message):
+    settings = fast_settings(**options.pop("settings", {}))
+    with pytest.raises(SettingsError, match=message):
+        estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", **options)
+    assert not (tmp_path / "results").exists()
+
+
+def test_scopes_are_named_for_files_and_travel_to_workers():
+    scopes = refined_scopes({"stem": ("conv1.*", "bn1.*"), "fc": ["fc.*"]}, [7, 2])
+    assert [(scope.name, scope.kind, scope.index) for scope in scopes] == [
+        ("model", "model", 0), ("stem", "block", 0), ("fc", "block", 1), ("class=2", "class", 2), ("class=7", "class", 7),
+    ]  # fmt: skip
+    for bad in ({"model": ["fc.*"]}, {"a/b": ["fc.*"]}, {"fc": "fc.*"}, {"fc": []}):
+        with pytest.raises(SettingsError):
+            refined_scopes(bad)
+    import pickle
+
+    job = EstimateJob(Path("step_00000001.pt"), Scope("layer3", "block", 3, params=("layer3.*",)))
+    assert pickle.loads(pickle.dumps(job)) == job and job.key == "step_00000001__layer3" and job.label == "step_00000001.pt [layer3]"
+
+
+@pytest.mark.slow
+def test_the_ray_executor_estimates_scopes_like_the_local_one(smallcnn_checkpoints, tmp_path):
+    ray = pytest.importorskip("ray")
+    settings = fast_settings(num_chains=1, num_draws=4)
+    local = estimate_all(smallcnn_checkpoints, tmp_path / "local", settings, device="cpu", per_class=[0, 1])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = estimate_all(smallcnn_checkpoints, tmp_path / "ray", settings, device="cpu", per_class=[0, 1], executor="ray", cpus_per_task=1)
+    finally:
+        ray.shutdown()
+    assert remote.ok and sorted(remote.computed) == sorted(local.computed)
+    for mine, theirs in zip(load_results(tmp_path / "local"), load_results(tmp_path / "ray")):
+        assert (theirs["scope"], theirs["worker"]["executor"]) == (mine["scope"], "ray") and theirs["worker"]["pid"] != os.getpid()
+        assert theirs["result"]["llc_mean"] == pytest.approx(mine["result"]["llc_mean"], rel=1e-4, abs=1e-6)
+    assert json.loads((tmp_path / "ray" / remote.settings_hash / "settings.json").read_text())["settings_hash"] == local.settings_hash
