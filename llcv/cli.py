@@ -144,6 +144,13 @@ SamplerSeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of b
 CalibrationOpt = Annotated[Optional[Path], typer.Option("--from-calibration", help="recommended.json from `llcv calibrate sweep` (sets epsilon, gamma, nbeta, sampler).", dir_okay=False)]
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file (llcv or foreign).", dir_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout and nothing else.")]
+ParamsOpt = Annotated[Optional[list[str]], typer.Option("--params", help="Sample only parameters matching this glob (repeatable), e.g. 'layer3.*'; the rest stay frozen.")]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Use only samples of these labels, e.g. 0,3,7.")]
+
+
+def _class_list(classes: str | None) -> list[str] | None:
+    """``--classes 0,3,7`` as a list; [sampler] validation checks each is a label."""
+    return None if classes is None else [part.strip() for part in classes.split(",") if part.strip()]
 
 
 def _target(checkpoint: Path, model: str | None, stem: str | None, dataset: str | None, data_dir: Path | None, config: Path | None):
@@ -180,6 +187,8 @@ def estimate(
     divergence_bound: DivergenceOpt = None,
     mala: MalaOpt = None,
     seed: SamplerSeedOpt = None,
+    params: ParamsOpt = None,
+    classes: ClassesOpt = None,
     device: DeviceOpt = None,
     model: ModelOpt = None,
     stem: StemOpt = None,
@@ -200,7 +209,7 @@ def estimate(
                     epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_chains=num_chains, num_draws=num_draws,
                     num_burnin_steps=num_burnin_steps, num_steps_bw_draws=num_steps_bw_draws, sampler=sampler,
                     batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode,
-                    divergence_bound=divergence_bound, mala=mala, seed=seed,
+                    divergence_bound=divergence_bound, mala=mala, seed=seed, params=params, classes=_class_list(classes),
                 ),
                 "estimate": dict(device=device),
             },
@@ -236,7 +245,9 @@ def _steps_list(steps: str | None) -> list[str] | None:
         "--num-chains 4 --num-draws 200\n\n"
         "A coarse pass now, the rest later by a plain rerun: llcv estimate-all --checkpoints-dir checkpoints/digits --every-nth 4\n\n"
         "One task of a 4-task Slurm array: llcv estimate-all --checkpoints-dir CKPTS --shard $SLURM_ARRAY_TASK_ID/4\n\n"
-        "On a Ray cluster: llcv estimate-all --checkpoints-dir CKPTS --executor ray --ray-address auto  (see docs/cluster.md)"
+        "On a Ray cluster: llcv estimate-all --checkpoints-dir CKPTS --executor ray --ray-address auto  (see docs/cluster.md)\n\n"
+        "Refined LLCs, one per block and one per class beside the whole model: "
+        "llcv estimate-all --checkpoints-dir checkpoints/digits --per-layer --per-class  (see docs/guide.md)"
     ),
 )
 def estimate_all_command(
@@ -267,12 +278,20 @@ def estimate_all_command(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (auto, ray://HOST:10001); default: a local instance.")] = None,
     cpus_per_task: Annotated[Optional[int], typer.Option("--cpus-per-task", help="Ray: CPUs and torch threads per task (default 1, or CPUs per GPU).")] = None,
     claim_timeout_seconds: Annotated[Optional[float], typer.Option("--claim-timeout-seconds", help="Take over a claim whose heartbeat is older than this.")] = None,
+    params: ParamsOpt = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Use only samples of these labels, e.g. 0,3,7; with --per-class: which classes get their own LLC.")] = None,
+    per_layer: Annotated[Optional[bool], typer.Option("--per-layer", help="Also one LLC per block of the model (only its weights sampled, the rest frozen), e.g. scope layer3.")] = None,
+    per_class: Annotated[Optional[bool], typer.Option("--per-class", help="Also one LLC per class (the loss on its samples only), scope class=7.")] = None,
     model: ModelOpt = None,
     stem: StemOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Estimate the LLC of every checkpoint of a run: resumable, crash-safe, shareable by workers."""
+    """Estimate the LLC of every checkpoint of a run: resumable, crash-safe, shareable by workers.
+
+    With --per-layer and/or --per-class, each checkpoint also gets one refined LLC per block or
+    class, each in its own result file in the same settings folder as the whole model's.
+    """
     from llcv.estimation import estimate_all
     from llcv.results import settings_hash
 
@@ -286,24 +305,29 @@ def estimate_all_command(
                     epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_chains=num_chains, num_draws=num_draws,
                     num_burnin_steps=num_burnin_steps, num_steps_bw_draws=num_steps_bw_draws, sampler=sampler,
                     batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode,
-                    divergence_bound=divergence_bound, mala=mala, seed=seed,
+                    divergence_bound=divergence_bound, mala=mala, seed=seed, params=params, classes=_class_list(classes),
                 ),
                 "estimate": dict(
                     results_dir=results_dir, every_nth=every_nth, steps=_steps_list(steps), force=force, device=device,
                     shard=shard, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
-                    claim_timeout_seconds=claim_timeout_seconds,
+                    claim_timeout_seconds=claim_timeout_seconds, per_layer=per_layer, per_class=per_class,
                 ),
             },
         )
         _show_settings(settings)
         options = settings.estimate
         configured = load_settings(("data",), config=config).data if config is not None else None
-        digest = settings_hash(settings.sampler)
+        sampler_settings, chosen_classes = settings.sampler, options.per_class
+        if options.per_class and sampler_settings.classes is not None:
+            # --per-class --classes 0,3,7: those classes get their own LLC; the whole model keeps all the data
+            chosen_classes = list(sampler_settings.classes)
+            sampler_settings = sampler_settings.model_copy(update={"classes": None})
+        digest = settings_hash(sampler_settings)
         console.info(f"results: {options.results_dir / digest} (settings {digest})")
         try:
             with RichReporter() as reporter:
                 summary = estimate_all(
-                    checkpoints_dir, options.results_dir, settings.sampler,
+                    checkpoints_dir, options.results_dir, sampler_settings, per_layer=options.per_layer, per_class=chosen_classes,
                     device=options.device, shard=options.shard, executor=options.executor, reporter=reporter,
                     every_nth=options.every_nth, steps=options.steps, force=options.force,
                     ray_address=options.ray_address, cpus_per_task=options.cpus_per_task,
@@ -325,8 +349,10 @@ def _render_estimate_summary(summary) -> None:
     out = console.stdout
     total = len(summary.selected)
     state = "stopped" if summary.interrupted else "finished"
+    scopes = list(getattr(summary, "scopes", None) or ["model"])
+    unit = "checkpoint(s)" if len(scopes) == 1 else f"estimate(s) over {len(scopes)} scopes ({', '.join(scopes)})"
     out.print(
-        f"estimate-all {state} in {summary.elapsed_seconds:.1f} s: {summary.num_done} of {total} checkpoint(s) done "
+        f"estimate-all {state} in {summary.elapsed_seconds:.1f} s: {summary.num_done} of {total} {unit} done "
         f"({len(summary.computed)} now, {len(summary.already_done)} before), {len(summary.failed)} failed, "
         f"{len(summary.elsewhere)} in progress elsewhere, {len(summary.left)} left",
         highlight=False,
@@ -345,7 +371,9 @@ def _render_estimate_summary(summary) -> None:
 @app.command(
     epilog=(
         "Example: llcv plot --results-dir results/digits --out results/llc_plots/digits.png --log-x --mark-transitions\n\n"
-        "Two runs overlaid: llcv plot --results-dir results/seed0 --label 'seed 0' --results-dir results/seed1 --label 'seed 1' --out seeds.pdf"
+        "Two runs overlaid: llcv plot --results-dir results/seed0 --label 'seed 0' --results-dir results/seed1 --label 'seed 1' --out seeds.pdf\n\n"
+        "Per-block or per-class results (estimate-all --per-layer / --per-class) get their own panels: "
+        "llcv plot --results-dir results/digits --out blocks.png --per-parameter"
     )
 )
 def plot(
@@ -356,17 +384,19 @@ def plot(
     log_x: Annotated[Optional[bool], typer.Option("--log-x/--linear-x", help="Logarithmic training-time axis (step 0 kept).")] = None,
     settings_hash: Annotated[Optional[str], typer.Option("--settings", help="The settings hash to plot (default: the most recently used).")] = None,
     mark_transitions: Annotated[Optional[bool], typer.Option("--mark-transitions/--no-mark-transitions", help="Mark and list candidate transitions.")] = None,
+    per_parameter: Annotated[Optional[bool], typer.Option("--per-parameter/--no-per-parameter", help="Divide each curve by its number of sampled parameters d (compares blocks of different sizes).")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Plot the LLC over training, with loss and accuracy below, for one or several runs."""
     from llcv.errors import SettingsError
     from llcv.plotting import plot_llc
-    from llcv.results import ResultsStore, choose_settings, find_transitions, list_settings, missing_checkpoints
+    from llcv.results import ResultsStore, choose_settings, find_transitions, list_settings, missing_checkpoints, scope_order
     from llcv.settings import EstimateSettings
 
     with command_boundary():
         settings = load_settings(
-            ("plot",), config=config, overrides={"plot": dict(out=out, x=x, log_x=log_x, mark_transitions=mark_transitions)}
+            ("plot",), config=config,
+            overrides={"plot": dict(out=out, x=x, log_x=log_x, mark_transitions=mark_transitions, per_parameter=per_parameter)},
         )
         _show_settings(settings)
         options = settings.plot
@@ -386,11 +416,17 @@ def plot(
             missing[name] = None if absent is None else len(absent)
             runs[name] = records
             console.info(f"{name}: {len(records)} result(s) with settings {chosen.settings_hash} ({how})")
+            refined = list(dict.fromkeys(str(record.get("scope")) for record in sorted(records, key=scope_order) if record.get("scope", "model") != "model"))
+            if refined:
+                console.info(f"{name}: refined scopes {', '.join(refined)}")
             if absent:
                 console.info(f"{name}: partial results, {len(absent)} checkpoint(s) still missing")
             elif absent is None:
                 console.info(f"{name}: the checkpoints folder is not reachable here, so missing checkpoints are unknown")
-        path = plot_llc(runs, options.out, x=options.x, log_x=options.log_x, mark_transitions=options.mark_transitions, missing=missing)
+        path = plot_llc(
+            runs, options.out, x=options.x, log_x=options.log_x, mark_transitions=options.mark_transitions,
+            missing=missing, per_parameter=options.per_parameter,
+        )
         if options.mark_transitions:
             _render_transitions({name: find_transitions(records, options.x) for name, records in runs.items()})
         console.info(f"wrote {path}")
@@ -468,6 +504,8 @@ def calibrate_sweep_command(
     num_samples: NumSamplesOpt = None,
     bn_mode: BnModeOpt = None,
     seed: SamplerSeedOpt = None,
+    params: ParamsOpt = None,
+    classes: ClassesOpt = None,
     results_dir: CalibrationResultsDirOpt = None,
     figure_format: FigureFormatOpt = None,
     device: DeviceOpt = None,
@@ -488,7 +526,8 @@ def calibrate_sweep_command(
         settings = _calibration_settings(
             config,
             None,
-            dict(sampler=sampler, batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode, seed=seed),
+            dict(sampler=sampler, batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode, seed=seed,
+                 params=params, classes=_class_list(classes)),
             dict(
                 **grid, num_chains=num_chains, num_draws=num_draws, num_burnin_steps=num_burnin_steps,
                 target_acceptance=target_acceptance, results_dir=results_dir, format=figure_format, device=device,
@@ -520,13 +559,10 @@ def _render_sweep(result, title: str) -> None:
     from rich import box
     from rich.table import Table
 
+    from llcv.calibration import short_reason
+
     def number(value, spec: str = ".3g") -> str:
         return "—" if value is None else format(value, spec)
-
-    def short(reason: str) -> str:  # the rule names of docs/calibration.md, abbreviated for the terminal
-        for name, label in (("mala_acceptance", "MALA"), ("negative_fraction", "neg"), ("|trace_drift|", "drift"), ("r_hat", "R-hat"), ("llc_mean", "LLC")):
-            reason = reason.replace(name, label)
-        return reason
 
     base = result.base
     nbetas = {row["nbeta"] for row in result.rows}
@@ -542,7 +578,7 @@ def _render_sweep(result, title: str) -> None:
             table.add_column(column, justify="right", no_wrap=True)
     recommended = result.recommended_index
     for index, row in enumerate(result.rows):
-        verdict = "★ recommended" if index == recommended else "ok" if row["qualifies"] else short(row["reason"])
+        verdict = "★ recommended" if index == recommended else "ok" if row["qualifies"] else short_reason(row["reason"])
         cells = [f"{row['epsilon']:g}", f"{row['gamma']:g}", *([] if one_nbeta else [f"{row['nbeta']:.4g}"])]
         cells += [number(row["mala_acceptance"], ".2f"), number(row["llc_mean"]), number(row["llc_std"], ".2g")]
         cells += [number(row["negative_fraction"], ".2f"), number(row["trace_drift"], "+.2f"), number(row["r_hat"], ".2f"), verdict]
@@ -583,6 +619,8 @@ def calibrate_curve_command(
     num_samples: NumSamplesOpt = None,
     bn_mode: BnModeOpt = None,
     seed: SamplerSeedOpt = None,
+    params: ParamsOpt = None,
+    classes: ClassesOpt = None,
     results_dir: CalibrationResultsDirOpt = None,
     figure_format: FigureFormatOpt = None,
     device: DeviceOpt = None,
@@ -598,7 +636,8 @@ def calibrate_curve_command(
         settings, out = _single_setting_command(
             checkpoint, config, from_calibration,
             dict(epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_draws=num_draws, num_burnin_steps=num_burnin_steps,
-                 sampler=sampler, batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode, seed=seed),
+                 sampler=sampler, batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode, seed=seed,
+                 params=params, classes=_class_list(classes)),
             results_dir, figure_format, device,
         )
         target = _target(checkpoint, model, stem, dataset, data_dir, config)
@@ -640,6 +679,8 @@ def calibrate_chains_command(
     num_samples: NumSamplesOpt = None,
     bn_mode: BnModeOpt = None,
     seed: SamplerSeedOpt = None,
+    params: ParamsOpt = None,
+    classes: ClassesOpt = None,
     results_dir: CalibrationResultsDirOpt = None,
     figure_format: FigureFormatOpt = None,
     device: DeviceOpt = None,
@@ -656,7 +697,7 @@ def calibrate_chains_command(
             checkpoint, config, from_calibration,
             dict(epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_chains=num_chains, num_draws=num_draws,
                  num_burnin_steps=num_burnin_steps, sampler=sampler, batch_size=batch_size, num_samples=num_samples,
-                 bn_mode=bn_mode, seed=seed),
+                 bn_mode=bn_mode, seed=seed, params=params, classes=_class_list(classes)),
             results_dir, figure_format, device,
             base={"sampler": {"num_chains": calibration.CHAINS_DEFAULT_NUM_CHAINS}},
         )

@@ -171,6 +171,8 @@ class EstimateSettings(_Section):
     ray_address: str | None = None
     cpus_per_task: PositiveInt | None = None  # ray: CPUs and torch threads per task; None: 1, or CPUs per GPU
     claim_timeout_seconds: PositiveFloat = 600.0  # a claim whose heartbeat is older is taken over
+    per_layer: bool = False  # also one LLC per block of the model (weight-refined), beside the whole model
+    per_class: bool = False  # also one LLC per class (data-refined); [sampler] classes then picks which classes
 
 
 class PlotSettings(_Section):
@@ -180,6 +182,7 @@ class PlotSettings(_Section):
     x: Literal["step", "epoch"] = "step"
     log_x: bool = False
     mark_transitions: bool = False
+    per_parameter: bool = False  # divide each curve by its number of sampled parameters d
 
 
 class SettingsBundle(BaseModel):
