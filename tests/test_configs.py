@@ -58,23 +58,9 @@ def test_an_unknown_key_in_a_config_fails_validation(tmp_path):
 # Training images per dataset: the official splits (digits: llcv's seeded 80% of 1,797).
 TRAIN_SIZES = {"digits": 1438, "cifar10": 50_000, "imagenet1k": 1_281_167}
 # Examples naming a checkpoint that the config's own training run never writes.
-WRONG_EXAMPLE_STEPS = {
-    "digits-smallcnn.toml": "names step 450, which its 690-step run (30 x ceil(1438 / 64)) never saves",
-    "imagenet1k-resnet18.toml": "names step 450360; 90 epochs x ceil(1281167 / 256) = 450450",
-    "imagenet1k-resnet50.toml": "names step 450360; 90 epochs x ceil(1281167 / 256) = 450450",
-}
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=WRONG_EXAMPLE_STEPS[path.name]))
-        if path.name in WRONG_EXAMPLE_STEPS
-        else path
-        for path in CONFIGS
-    ],
-    ids=[path.name for path in CONFIGS],
-)
+@pytest.mark.parametrize("path", CONFIGS, ids=[path.name for path in CONFIGS])
 def test_example_checkpoints_are_ones_the_config_writes(path):
     settings = load_settings(("data", "train"), config=path)
     if settings.data.dataset not in TRAIN_SIZES:

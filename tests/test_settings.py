@@ -234,3 +234,14 @@ def test_wrong_type_in_toml_is_reported_not_coerced_silently(tmp_path):
     with pytest.raises(SettingsError, match=r"sampler\.mala"):
         load_settings(("sampler",), config=config)
 
+
+
+@pytest.mark.parametrize("text, named", [("[trian]\nepochs = 3\n", "'trian'"), ("epochs = 3\n[train]\n", "'epochs'")])
+def test_misspelt_section_or_stray_key_is_an_error(tmp_path, text, named):
+    from llcv.errors import SettingsError
+    from llcv.settings import load_settings
+
+    config = tmp_path / "experiment.toml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=named):
+        load_settings(("train",), config=config)
