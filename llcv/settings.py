@@ -235,7 +235,12 @@ def read_config(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise SettingsError(f"config file {path} cannot be read: {error}") from None
     for section, body in raw.items():
-        if section in SECTION_MODELS and not isinstance(body, dict):
+        if section not in SECTION_MODELS:
+            raise SettingsError(
+                f"config file {path}: unknown section or top-level key {section!r}; "
+                f"the sections are {', '.join(f'[{name}]' for name in SECTION_MODELS)}"
+            )
+        if not isinstance(body, dict):
             raise SettingsError(f"config file {path}: [{section}] must be a table of settings")
     return raw
 
