@@ -151,6 +151,13 @@ def apply_rule(
     return judged, None, reason
 
 
+def short_reason(reason: str) -> str:
+    """A row's reason with the rule names abbreviated, for table cells and figures."""
+    for name, label in (("mala_acceptance", "MALA"), ("negative_fraction", "neg"), ("|trace_drift|", "drift"), ("r_hat", "R-hat"), ("llc_mean", "LLC")):
+        reason = reason.replace(name, label)
+    return reason
+
+
 def _fails(check, row: dict[str, Any]) -> bool:
     try:
         return bool(check(row))
