@@ -743,6 +743,24 @@ def selftest(
             raise typer.Exit(console.EXIT_FAILED)
 
 
+@app.command(
+    epilog="Example: llcv demo\n\nElsewhere, on a GPU: llcv demo --results-dir results/my-demo --device cuda"
+)
+def demo(
+    results_dir: Annotated[Path, typer.Option("--results-dir", help="Where every output of the demo goes.", file_okay=False)] = Path("results/demo"),
+    device: DeviceOpt = None,
+    tiny: Annotated[bool, typer.Option("--tiny", help="A seconds-long run of the same pipeline, for CI.")] = False,
+) -> None:
+    """Train on the embedded digits data, calibrate, estimate the LLC at every checkpoint, plot it."""
+    from llcv.demo import run_demo
+
+    with command_boundary():
+        settings = load_settings(("estimate",), overrides={"estimate": dict(device=device)})
+        with RichReporter() as reporter:
+            result = run_demo(results_dir, device=settings.estimate.device, tiny=tiny, reporter=reporter)
+        console.render_demo(result)
+
+
 def _resumed_settings(checkpoint: Path | None) -> dict | None:
     """A resumed run starts from the settings stored in its checkpoint, beneath config and flags."""
     if checkpoint is None:

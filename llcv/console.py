@@ -187,3 +187,17 @@ def render_selftest(rows, quick: bool) -> None:
     stdout.print(table)
     failed = sum(not row.passed for row in rows)
     stdout.print(f"{len(rows) - failed} passed, {failed} failed", highlight=False)
+
+
+def render_demo(result) -> None:
+    """Where the demo's outputs are, and the paragraph that reads its figure."""
+    from rich.panel import Panel
+
+    lines = [
+        f"checkpoints        {result.checkpoints_dir}",
+        f"calibration        {result.calibration_dir}  (sweep.json, sweep.csv, figures, recommended.json)",
+        f"LLC estimates      {result.estimates_dir}  (one JSON per checkpoint, summary.csv)",
+        f"figure             {result.figure}",
+    ]
+    stdout.print(Panel("\n".join(lines), title="llcv demo: outputs", title_align="left"), highlight=False)
+    stdout.print(Panel(result.reading, title="Reading the figure", title_align="left"), highlight=False)
