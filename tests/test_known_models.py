@@ -1,0 +1,228 @@
+"""Tests for llcv.known_models: closed-form coefficients and the shape of each known case.
+
+The SGLD runs that check the estimator against these cases live with the engine's tests.
+"""
+
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llcv.known_models import (
+    NOISE_STD,
+    KnownCase,
+    aoyagi_watanabe_case,
+    known_cases,
+    polynomial_case,
+    regression_case,
+    rrr_case,
+    rrr_learning_coefficient,
+)
+
+# Small reduced-rank regression shapes, every valid true rank included.
+SMALL_RRR_SHAPES = [
+    (M, H, N, r)
+    for M, H, N in itertools.product(range(1, 8), repeat=3)
+    for r in range(min(M, H, N) + 1)
+]
+
+# (M, H, N, r, regime, lambda), each lambda worked out by hand from Aoyagi & Watanabe (2005).
+HAND_COMPUTED_RRR = [
+    # case 1, M+H+N+r even: (2*4*10 - 0 - 16) / 8
+    (5, 3, 5, 1, "1-even", 8.0),
+    # case 1, even, r = 0: (2*4*10 - 0 - 16) / 8
+    (5, 4, 5, 0, "1-even", 8.0),
+    # case 1, odd: (2*3*6 - 0 - 9 + 1) / 8
+    (3, 2, 3, 1, "1-odd", 3.5),
+    # case 1, odd, M != N: (2*4*9 - 1 - 16 + 1) / 8
+    (4, 3, 5, 1, "1-odd", 7.0),
+    # case 1, odd, r = 0: (2*3*10 - 0 - 9 + 1) / 8
+    (5, 3, 5, 0, "1-odd", 6.5),
+    # case 2 (M+H < N+r): (H*M - H*r + N*r) / 2 = (4 - 2 + 6) / 2
+    (2, 2, 6, 1, "2", 4.0),
+    # case 2, r = 0: H*M / 2
+    (4, 3, 8, 0, "2", 6.0),
+    # case 3 (N+H < M+r): (H*N - H*r + M*r) / 2 = (4 - 2 + 6) / 2
+    (6, 2, 2, 1, "3", 4.0),
+    # case 3, r = 0: H*N / 2
+    (8, 3, 4, 0, "3", 6.0),
+    # case 4 (M+N < H+r): M*N / 2
+    (2, 4, 2, 1, "4", 2.0),
+    (3, 8, 4, 0, "4", 6.0),
+]
+
+
+@pytest.mark.parametrize(("M", "H", "N", "r", "regime", "expected"), HAND_COMPUTED_RRR)
+def test_rrr_learning_coefficient_matches_hand_computed_values(M, H, N, r, regime, expected):
+    assert aoyagi_watanabe_case(M, H, N, r) == regime
+    assert rrr_learning_coefficient(M, H, N, r) == pytest.approx(expected)
+
+
+def test_full_rank_truth_is_regular():
+    # With r = H <= min(M, N) the true product is a smooth point of the rank-H matrices,
+    # a manifold of dimension H(M + N) - H^2, so lambda is half that dimension.
+    for M, H, N, r in SMALL_RRR_SHAPES:
+        if r == H <= min(M, N):
+            assert rrr_learning_coefficient(M, H, N, r) == (H * (M + N) - H * H) / 2
+
+
+def test_full_rank_product_is_regular_in_the_product():
+    # With r = min(M, N) the factors' map to B A is a submersion at the truth, so lambda
+    # is half the dimension M * N of the product space, whatever the surplus width H - r.
+    for M, H, N, r in SMALL_RRR_SHAPES:
+        if r == min(M, N):
+            assert rrr_learning_coefficient(M, H, N, r) == M * N / 2
+
+
+def test_rrr_learning_coefficient_is_positive_and_at_most_half_the_parameters():
+    for M, H, N, r in SMALL_RRR_SHAPES:
+        assert 0 < rrr_learning_coefficient(M, H, N, r) <= H * (M + N) / 2
+
+
+def test_rrr_learning_coefficient_grows_with_true_rank_and_width():
+    # A more complex truth, or a wider model at the same truth, is never simpler.
+    for M, H, N, r in SMALL_RRR_SHAPES:
+        if r > 0:
+            assert rrr_learning_coefficient(M, H, N, r - 1) <= rrr_learning_coefficient(M, H, N, r)
+        assert rrr_learning_coefficient(M, H, N, r) <= rrr_learning_coefficient(M, H + 1, N, r)
+
+
+def test_case_one_agrees_with_neighbouring_case_on_the_shared_boundary():
+    # The theorem's regions meet where a strict inequality becomes an equality; the
+    # case-1 formula used there must give the neighbouring case's value, or the
+    # transcription (or the parity term) is wrong.
+    checked = 0
+    for M, H, N, r in SMALL_RRR_SHAPES:
+        value = rrr_learning_coefficient(M, H, N, r)
+        if M + H == N + r:
+            assert value == (H * M - H * r + N * r) / 2
+            checked += 1
+        if N + H == M + r:
+            assert value == (H * N - H * r + M * r) / 2
+            checked += 1
+        if M + N == H + r:
+            assert value == M * N / 2
+            checked += 1
+    assert checked > 50
+
+
+@pytest.mark.parametrize(("M", "H", "N", "r"), [(0, 1, 1, 0), (2, 2, 2, -1), (2, 3, 2, 3), (5, 2, 5, 3)])
+def test_rrr_learning_coefficient_rejects_invalid_shapes(M, H, N, r):
+    with pytest.raises(ValueError):
+        rrr_learning_coefficient(M, H, N, r)
+
+
+@pytest.mark.parametrize("powers", [(), (0, 0), (1, -1)])
+def test_polynomial_case_rejects_invalid_powers(powers):
+    with pytest.raises(ValueError):
+        polynomial_case(powers)
+
+
+@pytest.fixture(scope="module")
+def suite() -> list[KnownCase]:
+    return known_cases()
+
+
+def test_suite_covers_every_regime_and_has_unique_names(suite):
+    names = [case.name for case in suite]
+    assert len(set(names)) == len(names)
+    regimes = set()
+    for case in suite:
+        if case.name.startswith("rrr-"):
+            M, H, N, rank = case.name.removeprefix("rrr-").split("-")
+            regimes.add(aoyagi_watanabe_case(int(M), int(H), int(N), int(rank.removeprefix("r"))))
+    assert regimes == {"1-even", "1-odd", "2", "3", "4"}
+    assert any(case.name.startswith("regression-") for case in suite)
+    assert any(case.name.startswith("polynomial-") for case in suite)
+
+
+def test_quick_suite_is_the_same_cases_with_less_sampling(suite):
+    quick = known_cases(quick=True)
+    assert [case.name for case in quick] == [case.name for case in suite]
+    for small, full in zip(quick, suite):
+        assert small.true_llc == full.true_llc
+        assert (small.epsilon, small.gamma, small.nbeta) == (full.epsilon, full.gamma, full.nbeta)
+        assert small.num_chains * small.num_draws < full.num_chains * full.num_draws
+
+
+def test_true_llc_matches_the_closed_forms():
+    assert regression_case(d=7).true_llc == 3.5
+    assert rrr_case(M=4, H=3, N=5, r=1).true_llc == rrr_learning_coefficient(4, 3, 5, 1)
+    assert polynomial_case((1, 3)).true_llc == pytest.approx(1 / 6)
+    assert polynomial_case((0, 2, 1)).true_llc == pytest.approx(1 / 4)
+
+
+def test_sampler_settings_are_usable(suite):
+    for case in suite:
+        assert case.epsilon > 0 and case.gamma >= 0 and case.nbeta > 1, case.name
+        assert case.num_chains >= 2 and case.num_draws > 0 and case.num_burnin_steps >= 0, case.name
+        assert 0 < case.batch_size <= len(case.dataset), case.name
+
+
+def _full_data_loss(model: torch.nn.Module, case: KnownCase) -> torch.Tensor:
+    inputs, targets = case.dataset.tensors
+    return F.mse_loss(model(inputs), targets)
+
+
+def _gradient_norm(model: torch.nn.Module, case: KnownCase) -> float:
+    model.zero_grad()
+    _full_data_loss(model, case).backward()
+    return torch.sqrt(sum((p.grad**2).sum() for p in model.parameters())).item()
+
+
+def _perturbed(model: torch.nn.Module, scale: float, generator: torch.Generator) -> torch.nn.Module:
+    perturbed = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in perturbed.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    return perturbed
+
+
+def test_model_outputs_match_targets_in_shape_and_dtype(suite):
+    for case in suite:
+        inputs, targets = case.dataset.tensors
+        assert inputs.dtype == targets.dtype == torch.float32, case.name
+        assert all(p.dtype == torch.float32 for p in case.model.parameters()), case.name
+        with torch.no_grad():
+            assert case.model(inputs).shape == targets.shape, case.name
+
+
+def test_model_sits_at_the_true_parameter(suite):
+    # At the true parameter only the noise is left, so the loss is about NOISE_STD^2
+    # (the relative spread of a mean of >= 1000 squared gaussians is under 5%).
+    for case in suite:
+        with torch.no_grad():
+            loss = _full_data_loss(case.model, case).item()
+        assert loss == pytest.approx(NOISE_STD**2, rel=0.15), case.name
+
+
+def test_model_is_at_a_minimum(suite):
+    # The checkpoint is the population minimum, not the empirical one, so the full-data
+    # gradient is not zero; but it is the O(NOISE_STD / sqrt(n)) residue of the noise,
+    # far smaller than the gradient a step away.
+    generator = torch.Generator().manual_seed(0)
+    for case in suite:
+        gradient_at_model = _gradient_norm(case.model, case)
+        for _ in range(5):
+            nearby = _perturbed(case.model, 0.3, generator)
+            assert gradient_at_model < 0.1 * _gradient_norm(nearby, case), case.name
+
+
+@pytest.mark.parametrize(
+    "build", [regression_case, rrr_case, polynomial_case], ids=["regression", "rrr", "polynomial"]
+)
+def test_cases_are_deterministic_per_seed(build):
+    first, again, other = build(seed=3), build(seed=3), build(seed=4)
+    for mine, same in zip(first.dataset.tensors, again.dataset.tensors):
+        assert torch.equal(mine, same)
+    for mine, same in zip(first.model.parameters(), again.model.parameters()):
+        assert torch.equal(mine, same)
+    assert not torch.equal(first.dataset.tensors[0], other.dataset.tensors[0])
+
+
+def test_building_cases_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    known_cases()
+    assert torch.equal(torch.random.get_rng_state(), state)
