@@ -44,7 +44,9 @@ DeviceName = Annotated[str, AfterValidator(_check_device)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `--epsilon inf` is a mistake, and JSON (settings.json, checkpoints)
+    # would write it as null, so the written settings would not be the ones used.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSettings(_Section):
