@@ -31,11 +31,12 @@ from pydantic import (
 
 from llcv.errors import SettingsError
 
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# fullmatch with ASCII digits: "$" would let "cpu\n" through and "\d" any script's digits, which torch refuses.
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 
 
 def _check_device(value: str) -> str:
-    if not _DEVICE_PATTERN.match(value):
+    if not _DEVICE_PATTERN.fullmatch(value):
         raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
     return value
 
