@@ -44,6 +44,41 @@ def _check_device(value: str) -> str:
 DeviceName = Annotated[str, AfterValidator(_check_device)]
 
 
+def _file_in_the_way(path: Path) -> Path | None:
+    """``path`` or its nearest existing parent when that is a file (nothing can be written below it)."""
+    for candidate in (path, *path.parents):
+        try:
+            if candidate.exists():
+                return None if candidate.is_dir() else candidate
+        except OSError:  # not even listable (permissions): left to the write to report
+            return None
+    return None
+
+
+def _check_folder(path: Path) -> Path:
+    blocking = _file_in_the_way(path)
+    if blocking == path:
+        raise ValueError("is a file, expected a folder")
+    if blocking is not None:
+        raise ValueError(f"{blocking} is a file, so it cannot hold a folder")
+    return path
+
+
+def _check_output_file(path: Path) -> Path:
+    if path.is_dir():
+        raise ValueError("is a folder, expected a file name such as llc.png")
+    blocking = _file_in_the_way(path.parent)
+    if blocking is not None:
+        raise ValueError(f"{blocking} is a file, so it cannot hold {path.name}")
+    return path
+
+
+# Output locations are checked when the settings are resolved, so a results folder that is a
+# file is a settings error (exit 2) before any work, not a failed write after it.
+FolderPath = Annotated[Path, AfterValidator(_check_folder)]
+OutputFilePath = Annotated[Path, AfterValidator(_check_output_file)]
+
+
 class _Section(BaseModel):
     # allow_inf_nan=False: `--epsilon inf` is a mistake, and JSON (settings.json, checkpoints)
     # would write it as null, so the written settings would not be the ones used.
@@ -100,7 +135,7 @@ class TrainSettings(_Section):
     step_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # step schedule: multiply lr by this
     seed: int = 0  # initialisation, data order and augmentation
     device: DeviceName = "auto"
-    checkpoints_dir: Path = Path("checkpoints")
+    checkpoints_dir: FolderPath = Path("checkpoints")
     checkpoint_every_epochs: NonNegativeInt = 1  # 0: no epoch-end checkpoints
     log_checkpoints: NonNegativeInt = 0  # K log-spaced checkpoints over the run's steps
     resume_from_checkpoint: Path | None = None
@@ -156,7 +191,7 @@ class CalibrateSettings(_Section):
     max_negative_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
     max_trace_drift: NonNegativeFloat = 0.1
     max_r_hat: Annotated[float, Field(ge=1.0)] = 1.1
-    results_dir: Path = Path("results/calibration")
+    results_dir: FolderPath = Path("results/calibration")
     format: Literal["png", "pdf", "svg"] = "png"
     device: DeviceName = "auto"
 
@@ -164,7 +199,7 @@ class CalibrateSettings(_Section):
 class EstimateSettings(_Section):
     """``[estimate]``: which checkpoints, where results go, and how work is spread."""
 
-    results_dir: Path = Path("results/llc_estimations")
+    results_dir: FolderPath = Path("results/llc_estimations")
     every_nth: PositiveInt = 1
     steps: list[NonNegativeInt] | None = None
     force: bool = False
@@ -181,7 +216,7 @@ class EstimateSettings(_Section):
 class PlotSettings(_Section):
     """``[plot]``: the LLC-over-training figure."""
 
-    out: Path = Path("results/llc_plots/llc.png")
+    out: OutputFilePath = Path("results/llc_plots/llc.png")
     x: Literal["step", "epoch"] = "step"
     log_x: bool = False
     mark_transitions: bool = False
@@ -276,7 +311,8 @@ def format_validation_error(error: ValidationError, section: str) -> str:
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown setting"
-        got = "" if problem["type"] in ("extra_forbidden", "missing") else f" (got {problem['input']!r})"
+        shown = str(problem["input"]) if isinstance(problem["input"], Path) else problem["input"]
+        got = "" if problem["type"] in ("extra_forbidden", "missing") else f" (got {shown!r})"
         lines.append(f"{location}: {message}{got}")
     return "\n".join(lines)
 
