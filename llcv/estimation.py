@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from llcv.checkpoints import CheckpointInfo, list_checkpoints
 from llcv.errors import LLCVError, SettingsError
+from llcv.fileio import WriteError
 from llcv.progress import SILENT, Reporter
 from llcv.results import (
     CLAIMS_FOLDER,
@@ -218,10 +219,14 @@ class Claims:
     def _temporary(self, key: str, payload: dict[str, Any]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         temporary = self.folder / f".{key}.{self.identity.worker}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
+            raise
         return temporary
 
     def read(self, key: str) -> dict[str, Any] | None:
@@ -248,8 +253,15 @@ class Claims:
         return same_host and isinstance(claim.get("pid"), int) and not _pid_alive(claim["pid"])
 
     def try_claim(self, key: str) -> bool:
-        """Claim ``key`` if no live worker holds it; True when this worker now holds it."""
-        temporary = self._temporary(key, self._payload(key))
+        """Claim ``key`` if no live worker holds it; True when this worker now holds it.
+
+        Raises:
+            WriteError: the claim could not be written (a full or read-only disk).
+        """
+        try:
+            temporary = self._temporary(key, self._payload(key))
+        except OSError as error:
+            raise WriteError(f"could not claim {key}: writing in {self.folder} failed: {error.strerror or error}") from None
         try:
             try:
                 os.link(temporary, self.path(key))  # exclusive: fails if any claim exists
