@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from llcv.checkpoints import CheckpointInfo, list_checkpoints
-from llcv.errors import LLCVError, SettingsError
+from llcv.errors import DataError, LLCVError, SettingsError
 from llcv.fileio import WriteError
 from llcv.progress import SILENT, Reporter
 from llcv.results import (
@@ -712,6 +712,7 @@ def estimate_all(
             parameter, an unknown class), or ``per_layer`` with ``settings.params`` (or
             ``per_class`` with ``settings.classes``).
         CheckpointError: the checkpoints folder does not exist.
+        DataError: ``data_dir`` does not exist (local executor).
         WriteError: the results folder cannot be written.
     """
     from llcv.executors import make_executor
@@ -722,6 +723,8 @@ def estimate_all(
         from llcv.devices import resolve_device
 
         resolve_device(device)  # a bad --device fails now, not once per checkpoint
+        if data_dir is not None and not Path(data_dir).is_dir():  # likewise (Ray workers may see other folders)
+            raise DataError(f"data directory {data_dir} does not exist or is not a folder")
     all_paths = list_checkpoints(Path(checkpoints_dir))
     if not all_paths:
         raise SettingsError(f"checkpoints directory {checkpoints_dir} holds no checkpoint files (.pt, .pth, .pth.tar, .ckpt)")
