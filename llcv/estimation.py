@@ -74,7 +74,7 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
         return None
     if isinstance(shard, str):
         parts = shard.split("/")
-        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        if len(parts) != 2 or not all(part.strip().isdecimal() for part in parts):  # isdigit() admits "²", which int() refuses
             raise SettingsError(f"shard {shard!r}: use K/N with 0 <= K < N, e.g. 0/4")
         shard = (int(parts[0]), int(parts[1]))
     index, count = shard
