@@ -155,7 +155,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as error:
         # Truncated zips raise RuntimeError; other kinds of file make the restricted unpickler
         # fail in arbitrary ways (KeyError, IndexError, ...). All mean the same to the user.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # The first sentence: torch follows a truncated zip's with a paragraph of generic advice.
+        reason = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or another kind of file): "
             f"{type(error).__name__}: {reason}"
