@@ -40,6 +40,7 @@ from llcv.sampling import LLCResult, LossSpec, SamplingData, default_nbeta, esti
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
 SWEEP_FORMAT_VERSION = 1
+MAX_GRID_VALUES = 1000  # per grid flag; every combination is a full LLC estimate
 # The columns of a sweep row, in table order (docs/formats.md).
 ROW_FIELDS = (
     "epsilon",
@@ -189,6 +190,8 @@ def parse_grid(text: str, flag: str, *, allow_zero: bool = False) -> list[float]
             start, stop, count = float(start), float(stop), int(count)
             if start <= 0 or stop <= 0 or count < 1:
                 raise SettingsError(f"{flag}: a log range needs positive ends and a count of at least 1; got {text!r}")
+            if count > MAX_GRID_VALUES:  # a typo such as 1e-6:1e-2:50000000 would otherwise exhaust memory
+                raise SettingsError(f"{flag}: a log range of {count} values is more than the {MAX_GRID_VALUES} a grid may hold; got {text!r}")
             values = [float(f"{value:.12g}") for value in np.geomspace(start, stop, count)]
         else:
             values = [float(part) for part in text.split(",")]
