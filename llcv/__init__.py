@@ -10,7 +10,7 @@ from llcv.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
 from llcv.data import DatasetInfo, load_dataset
 from llcv.errors import CheckpointError, DataError, LLCVError, SettingsError
 from llcv.estimation import EstimateSummary, estimate_all
-from llcv.models import build_model, list_models, register_model
+from llcv.models import build_model, list_models, model_blocks, register_model
 from llcv.results import load_results, results_dataframe, settings_hash
 from llcv.sampling import LLCDiagnostics, LLCResult, SamplingData, estimate_llc
 from llcv.settings import DataSettings, ModelSettings, SamplerSettings, TrainSettings, load_settings
@@ -42,6 +42,7 @@ __all__ = [
     "load_dataset",
     "load_results",
     "load_settings",
+    "model_blocks",
     "plot_llc",
     "recommend_settings",
     "register_model",

@@ -423,7 +423,8 @@ def llc_figure(
     axes = figure.subplots(2 + len(panels), 1, sharex=True, height_ratios=[3, *[2.6] * len(panels), 2])
     top, refined_axes, bottom = axes[0], list(axes[1:-1]), axes[-1]
     for axis, (label, kind, scopes) in zip(refined_axes, panels):
-        title = f"per {kind} ({len(scopes)} {kind}{'s' if len(scopes) > 1 else ''})" + (f": {label}" if len(runs) > 1 else "")
+        plural = {"block": "blocks", "class": "classes"}[kind] if len(scopes) > 1 else kind
+        title = f"per {kind} ({len(scopes)} {plural})" + (f": {label}" if len(runs) > 1 else "")
         _draw_refined(axis, title, kind, scopes, runs[label], field, per_parameter)
     accuracy_axis = bottom.twinx()
     colors = [f"C{index % 10}" for index in range(len(runs))]
