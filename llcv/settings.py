@@ -307,7 +307,8 @@ def format_validation_error(error: ValidationError, section: str) -> str:
     """One line per invalid field, ``section.field: message (got value)``."""
     lines = []
     for problem in error.errors():
-        location = ".".join(str(part) for part in (section, *problem["loc"]))
+        # a key with a newline or nothing in it (a quoted TOML key) is quoted, so each field stays one line
+        location = ".".join(str(part) if str(part).isprintable() and str(part) else repr(part) for part in (section, *problem["loc"]))
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown setting"
