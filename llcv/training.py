@@ -39,6 +39,7 @@ class TrainResult:
     num_steps: int = 0
     steps_per_epoch: int = 0
     final_metrics: dict[str, float | None] = field(default_factory=dict)
+    metrics_step: int | None = None  # the step final_metrics were measured at (the latest checkpoint)
 
 
 def checkpoint_steps(
@@ -182,6 +183,7 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
         }
         result.checkpoints.append(save_checkpoint(result.checkpoints_dir / checkpoint_name(step), payload))
         result.final_metrics = metrics
+        result.metrics_step = step
 
     step = 0
     if train_settings.resume_from_checkpoint is not None:
@@ -225,11 +227,16 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
             reporter.finish("batches")
             reporter.advance("epochs", 1)
             last = result.final_metrics
+            # Validation runs only at checkpoints, so say which step its numbers are from.
+            validation = (
+                f"val loss {last['val_loss']:.4f}, val acc {last['val_acc']:.3f} at step {result.metrics_step}"
+                if last
+                else "no validation yet"
+            )
             reporter.note(
-                f"epoch {epoch + 1}/{train_settings.epochs}: train loss {epoch_loss.item() / max(epoch_count, 1):.4f}, "
-                f"train acc {epoch_correct.item() / max(epoch_count, 1):.3f}, "
-                f"val loss {last.get('val_loss', float('nan')):.4f}, val acc {last.get('val_acc', float('nan')):.3f} "
-                f"(step {step})"
+                f"epoch {epoch + 1}/{train_settings.epochs} (step {step}): train loss "
+                f"{epoch_loss.item() / max(epoch_count, 1):.4f}, train acc {epoch_correct.item() / max(epoch_count, 1):.3f}; "
+                f"{validation}"
             )
     finally:
         reporter.finish("batches")
