@@ -136,6 +136,10 @@ def run_demo(results_dir: Path = Path("results/demo"), device: str = "auto", tin
     )
 
 
+def _std(record: dict) -> float:
+    return record["result"].get("llc_std") or 0.0
+
+
 def read_figure(records: list[dict]) -> str:
     """A plain-language paragraph on how the LLC moved against loss and accuracy."""
     done = sorted(
@@ -168,8 +172,18 @@ def read_figure(records: list[dict]) -> str:
             f"Meanwhile validation loss fell from {first_loss:.2f} to {last_loss:.2f} and accuracy rose from "
             f"{first_acc:.0%} to {last_acc:.0%} (lower panel)."
         )
+    peak = max(done, key=llc)
+    if peak is not first and peak is not last and llc(peak) > max(llc(first), llc(last)) + 2 * _std(peak):
+        peak_loss = metric(peak, "val_loss")
+        sentences.append(
+            f"On the way it peaked at {llc(peak):.2f} at step {peak.get('step')}"
+            + (f" (validation loss {peak_loss:.2f} there, mid-way through its fall)," if peak_loss is not None else ",")
+            + " and came back down as the model settled: a rise and fall of complexity, the kind of"
+            " developmental stage the LLC is tracked to find."
+        )
     sentences.append(
-        f"The largest change came between steps {start.get('step')} and {end.get('step')} ({biggest:+.2f})."
+        f"The largest change between neighbouring checkpoints came between steps {start.get('step')} and "
+        f"{end.get('step')} ({biggest:+.2f})."
     )
     transitions = find_transitions(done)
     if transitions:
