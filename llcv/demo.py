@@ -177,7 +177,7 @@ def read_figure(records: list[dict]) -> str:
         peak_loss = metric(peak, "val_loss")
         sentences.append(
             f"On the way it peaked at {llc(peak):.2f} at step {peak.get('step')}"
-            + (f" (validation loss {peak_loss:.2f} there, mid-way through its fall)," if peak_loss is not None else ",")
+            + (f" (validation loss {peak_loss:.2f} there)," if peak_loss is not None else ",")
             + " and came back down as the model settled: a rise and fall of complexity, the kind of"
             " developmental stage the LLC is tracked to find."
         )
