@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from llcv.devices import resolve_device
 from llcv.diagnostics import effective_sample_size, split_r_hat
 from llcv.errors import SettingsError
-from llcv.progress import SILENT, Reporter
+from llcv.progress import SILENT, Reporter, logger
 from llcv.settings import SamplerSettings
 
 LossFunction = Callable[[nn.Module, Any], torch.Tensor]
@@ -51,6 +51,8 @@ LossSpec = Union[Literal["cross_entropy", "mse"], LossFunction]
 PRELOAD_LIMIT_BYTES = 2 * 1024**3
 # The loop looks at its losses (a host synchronisation) once per this many steps.
 DIVERGENCE_CHECK_EVERY = 16
+# chain_mode="auto" batches the chains of models up to this many sampled parameters.
+BATCHED_MAX_PARAMETERS = 100_000
 R_HAT_LIMIT = 1.1
 LOW_MALA_ACCEPTANCE = 0.5
 
@@ -305,6 +307,9 @@ class _ChainGroup:
     def _single_loss(self, parameters: list[torch.Tensor], batch) -> torch.Tensor:
         values = dict(zip(self.names, parameters))
         device_type = parameters[0].device.type
+        if self.autocast and not self.batched and isinstance(batch, (list, tuple)) and batch[0].dim() == 4:
+            # bf16 convolutions are fastest on channels-last inputs (oneDNN and cuDNN alike); vmap cannot express it.
+            batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
             loss = torch.func.functional_call(self.loss_module, values, (batch,))
         return loss.float()
@@ -533,7 +538,7 @@ def estimate_llc(
     bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, init_loss, batch_loss_std)
     loss_limit = init_loss + bound / nbeta
     seeds = _chain_seeds(settings.seed, settings.num_chains)
-    batched = _use_batched_chains(settings, loss_module, names, initial, data, reporter)
+    batched = _use_batched_chains(settings, loss_module, names, initial, data)
     groups = [list(range(settings.num_chains))] if batched else [[chain] for chain in range(settings.num_chains)]
     steps_per_chain = settings.num_burnin_steps + settings.num_draws * settings.num_steps_bw_draws
     rng_devices = [device.index or 0] if device.type == "cuda" else []
@@ -571,10 +576,22 @@ def _use_batched_chains(
     names: list[str],
     initial: list[torch.Tensor],
     data: "SamplingData",
-    reporter: Reporter,
 ) -> bool:
-    """Whether the chains run as one vmapped computation; falls back (and says why) when vmap fails."""
+    """Whether the chains run as one vmapped computation.
+
+    ``auto`` batches models of at most ``BATCHED_MAX_PARAMETERS`` sampled parameters, where
+    per-step Python overhead dominates and batching wins (2x on a reduced-rank regression
+    here); larger models run chains one at a time, because vmapped convolutions become
+    grouped convolutions that were 4x slower than plain ones for a ResNet18 on CPU
+    (docs/performance.md). The rule depends on the model alone, so a run's checkpoints all
+    use the same mode and the same random streams. Falls back, saying so in verbose output,
+    when vmap cannot run the model (e.g. BatchNorm updating its running statistics).
+    """
     if settings.chain_mode == "sequential" or settings.num_chains == 1:
+        return False
+    num_parameters = sum(tensor.numel() for tensor in initial)
+    if settings.chain_mode == "auto" and num_parameters > BATCHED_MAX_PARAMETERS:
+        logger.info(f"running chains one at a time: {num_parameters:,} sampled parameters > {BATCHED_MAX_PARAMETERS:,}")
         return False
     state = {key: value.detach().clone() for key, value in loss_module.model.state_dict().items()}
     try:
@@ -585,7 +602,7 @@ def _use_batched_chains(
     except Exception as error:  # vmap raises many types for unsupported layers; the fallback is always safe
         if settings.chain_mode == "batched":
             raise SettingsError(f"chain_mode='batched' is not possible for this model: {error}") from None
-        reporter.note(f"running chains one at a time: this model does not support batched chains ({type(error).__name__}: {error})")
+        logger.info(f"running chains one at a time: this model does not support batched chains ({type(error).__name__}: {error})")
         return False
     finally:
         loss_module.model.load_state_dict(state)

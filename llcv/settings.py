@@ -164,7 +164,7 @@ class SamplerSettings(_Section):
     mala: bool = True
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward/backward under autocast; weights, noise, update stay fp32
-    chain_mode: Literal["auto", "batched", "sequential"] = "auto"  # auto: batched (vmap) when the model allows
+    chain_mode: Literal["auto", "batched", "sequential"] = "auto"  # auto: batched (vmap) for small models that allow it
     params: list[str] | None = None  # glob patterns over parameter names; others stay frozen (weight-refined LLC)
     classes: list[NonNegativeInt] | None = None  # only samples with these labels (data-refined LLC)
 

@@ -317,3 +317,43 @@ def test_data_refined_llc_uses_only_the_chosen_classes():
     one_and_two = estimate_llc(PerClassLoss(), data, settings.model_copy(update={"classes": [1, 2]}), loss=loss, device="cpu")
     assert only_three.init_loss == pytest.approx(3.0) and only_three.num_samples_used == 10
     assert one_and_two.init_loss == pytest.approx(1.5) and one_and_two.num_samples_used == 20
+
+
+def test_bf16_estimate_agrees_with_fp32_within_sampling_error(trained_run):
+    """bf16 autocast changes only the forward/backward precision, not what is estimated."""
+    from llcv.targets import load_target
+
+    _, run = trained_run
+    target = load_target(run.checkpoints[-1])
+    settings = SamplerSettings(num_chains=4, num_draws=80, num_burnin_steps=20, batch_size=64, epsilon=1e-3, gamma=100.0)
+    fp32 = estimate_llc(target.model, target.dataset, settings, device="cpu")
+    bf16 = estimate_llc(target.model, target.dataset, settings.model_copy(update={"precision": "bf16"}), device="cpu")
+    combined_error = math.sqrt(fp32.llc_std**2 / 4 + bf16.llc_std**2 / 4)
+    assert bf16.init_loss == pytest.approx(fp32.init_loss, rel=0.05)
+    assert abs(bf16.llc_mean - fp32.llc_mean) < 4 * combined_error + 0.1 * abs(fp32.llc_mean)
+
+
+def small_batchnorm_model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
+
+
+def test_chains_fall_back_to_one_at_a_time_where_vmap_cannot_run_the_model():
+    torch.manual_seed(0)
+    model = small_batchnorm_model()
+    data = TensorDataset(torch.randn(16, 3, 6, 6), torch.randint(0, 4, (16,)))
+    model(data.tensors[0][:2])  # materialise the lazy layer
+    settings = SamplerSettings(num_chains=2, num_draws=3, batch_size=8, epsilon=1e-5, gamma=100.0)
+    assert estimate_llc(model, data, settings, device="cpu").chain_execution == "batched"
+    train_mode = settings.model_copy(update={"bn_mode": "train"})
+    assert estimate_llc(model, data, train_mode, device="cpu").chain_execution == "sequential"
+    with pytest.raises(Exception, match="chain_mode='batched' is not possible"):
+        estimate_llc(model, data, train_mode.model_copy(update={"chain_mode": "batched"}), device="cpu")
+
+
+def test_large_models_run_chains_one_at_a_time_by_default():
+    from llcv.sampling import BATCHED_MAX_PARAMETERS
+
+    model = nn.Linear(BATCHED_MAX_PARAMETERS, 1)
+    data = TensorDataset(torch.randn(4, BATCHED_MAX_PARAMETERS), torch.randn(4, 1))
+    settings = SamplerSettings(num_chains=2, num_draws=2, batch_size=4, epsilon=1e-6)
+    assert estimate_llc(model, data, settings, loss="mse", device="cpu").chain_execution == "sequential"
