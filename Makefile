@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.llcv-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# docs/cli.md is generated from the Typer app; tests/test_docs.py fails when it is stale.
+docs: $(STAMP)
+	$(VENV)/bin/typer llcv.cli utils docs --name llcv --output docs/cli.md
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
