@@ -61,6 +61,13 @@ def _show_settings(settings) -> None:
     console.debug("resolved settings:\n" + json.dumps(settings.to_json_dict(), indent=2, default=str))
 
 
+def _emit_json(payload) -> None:
+    """--json: the command's data as one JSON document on stdout (paths as strings)."""
+    import json
+
+    typer.echo(json.dumps(payload, default=str))
+
+
 @app.command(
     epilog=(
         "Example: llcv train --config configs/digits-smallcnn.toml --checkpoints-dir checkpoints/digits "
@@ -286,6 +293,7 @@ def estimate_all_command(
     stem: StemOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the end summary as JSON on stdout and nothing else.")] = False,
 ) -> None:
     """Estimate the LLC of every checkpoint of a run: resumable, crash-safe, shareable by workers.
 
@@ -324,6 +332,8 @@ def estimate_all_command(
             sampler_settings = sampler_settings.model_copy(update={"classes": None})
         digest = settings_hash(sampler_settings)
         console.info(f"results: {options.results_dir / digest} (settings {digest})")
+        if json_output:
+            Verbosity.level = 0
         try:
             with RichReporter() as reporter:
                 summary = estimate_all(
@@ -337,11 +347,21 @@ def estimate_all_command(
         except (KeyboardInterrupt, console.Terminated) as stop:
             partial = getattr(stop, "estimate_summary", None)
             if partial is not None:
-                _render_estimate_summary(partial)
+                _show_estimate_summary(partial, json_output)
             raise
-        _render_estimate_summary(summary)
+        _show_estimate_summary(summary, json_output)
         if not summary.ok:
             raise typer.Exit(console.EXIT_FAILED)
+
+
+def _show_estimate_summary(summary, json_output: bool) -> None:
+    """The end summary: as JSON (every EstimateSummary field, plus ok and num_done), or as text."""
+    import dataclasses
+
+    if json_output:
+        _emit_json({**dataclasses.asdict(summary), "ok": summary.ok, "num_done": summary.num_done})
+    else:
+        _render_estimate_summary(summary)
 
 
 def _render_estimate_summary(summary) -> None:
@@ -386,6 +406,7 @@ def plot(
     mark_transitions: Annotated[Optional[bool], typer.Option("--mark-transitions/--no-mark-transitions", help="Mark and list candidate transitions.")] = None,
     per_parameter: Annotated[Optional[bool], typer.Option("--per-parameter/--no-per-parameter", help="Divide each curve by its number of sampled parameters d (compares blocks of different sizes).")] = None,
     config: ConfigOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the figure's path and, per run, its settings hash, record count, missing checkpoints and candidate transitions as JSON on stdout, and nothing else.")] = False,
 ) -> None:
     """Plot the LLC over training, with loss and accuracy below, for one or several runs."""
     from llcv.errors import SettingsError
@@ -406,9 +427,12 @@ def plot(
         names = list(label) if label else [folder.name or str(folder) for folder in folders]
         if len(set(names)) < len(names):
             names = [str(folder) for folder in folders]
-        runs, missing = {}, {}
+        if json_output:
+            Verbosity.level = 0
+        runs, missing, hashes = {}, {}, {}
         for folder, name in zip(folders, names):
             chosen = choose_settings(folder, settings_hash)
+            hashes[name] = chosen.settings_hash
             others = [entry.settings_hash for entry in list_settings(folder) if entry.settings_hash != chosen.settings_hash]
             how = "as asked" if settings_hash else "the most recent" + (f"; --settings picks one of {', '.join(others)}" if others else "")
             records = ResultsStore(chosen.path.parent, chosen.settings_hash).records()
@@ -427,7 +451,15 @@ def plot(
             runs, options.out, x=options.x, log_x=options.log_x, mark_transitions=options.mark_transitions,
             missing=missing, per_parameter=options.per_parameter,
         )
-        if options.mark_transitions:
+        if json_output:
+            import dataclasses
+
+            _emit_json({"figure": str(path), "runs": {
+                name: {"settings_hash": hashes[name], "num_records": len(records), "missing_checkpoints": missing[name],
+                       "transitions": [dataclasses.asdict(item) for item in find_transitions(records, options.x)]}
+                for name, records in runs.items()
+            }})  # fmt: skip
+        elif options.mark_transitions:
             _render_transitions({name: find_transitions(records, options.x) for name, records in runs.items()})
         console.info(f"wrote {path}")
 
@@ -513,6 +545,7 @@ def calibrate_sweep_command(
     stem: StemOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Estimate the LLC over a grid of (epsilon, gamma, nbeta) and recommend one by the rule."""
     from llcv import calibration
@@ -537,6 +570,8 @@ def calibrate_sweep_command(
         options = settings.calibrate
         target = _target(checkpoint, model, stem, dataset, data_dir, config)
         out = calibration.output_dir(options.results_dir, checkpoint)
+        if json_output:
+            Verbosity.level = 0
         with RichReporter() as reporter:
             result = calibration.calibrate_sweep(
                 target.model, target.dataset, options.epsilons, options.gammas, options.nbetas,
@@ -545,7 +580,10 @@ def calibrate_sweep_command(
                 **calibration.rule_thresholds(options),
             )
         calibration.save_sweep(result, out, options.format)
-        _render_sweep(result, f"Sweep of {checkpoint.name}")
+        if json_output:
+            _emit_json(result.to_dict())
+        else:
+            _render_sweep(result, f"Sweep of {checkpoint.name}")
         if result.recommended is None:
             console.stderr.print(f"[bold red]error:[/] {result.reason}", highlight=False)
             console.info(f"table and figures in {out}; no recommended.json written")
@@ -628,6 +666,7 @@ def calibrate_curve_command(
     stem: StemOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Run one chain and judge its LLC-over-steps curve: stable, peaks or drift."""
     from llcv import calibration
@@ -641,6 +680,8 @@ def calibrate_curve_command(
             results_dir, figure_format, device,
         )
         target = _target(checkpoint, model, stem, dataset, data_dir, config)
+        if json_output:
+            Verbosity.level = 0
         with RichReporter() as reporter:
             curve = calibration.calibrate_curve(
                 target.model, target.dataset, settings.sampler, device=settings.calibrate.device,
@@ -650,8 +691,11 @@ def calibrate_curve_command(
         style = {"stable": "bold green", "diverged": "bold red"}.get(curve.verdict, "bold yellow")
         llc = "—" if curve.llc_mean is None else f"{curve.llc_mean:.4g}"
         mala = "—" if curve.mala_acceptance is None else f"{curve.mala_acceptance:.3f}"
-        console.stdout.print(f"[{style}]{curve.verdict}[/]: {curve.verdict_reason}", highlight=False)
-        console.stdout.print(f"LLC {llc} (one chain), MALA acceptance {mala}", highlight=False)
+        if json_output:
+            _emit_json(curve.to_dict())
+        else:
+            console.stdout.print(f"[{style}]{curve.verdict}[/]: {curve.verdict_reason}", highlight=False)
+            console.stdout.print(f"LLC {llc} (one chain), MALA acceptance {mala}", highlight=False)
         console.info(f"wrote curve.json and curve.{settings.calibrate.format} in {out}")
         if curve.verdict == "diverged":
             raise typer.Exit(console.EXIT_FAILED)
@@ -688,6 +732,7 @@ def calibrate_chains_command(
     stem: StemOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Run several chains; show each one's running LLC, their mean and spread, R-hat, ESS and MALA acceptance."""
     from llcv import calibration
@@ -702,13 +747,18 @@ def calibrate_chains_command(
             base={"sampler": {"num_chains": calibration.CHAINS_DEFAULT_NUM_CHAINS}},
         )
         target = _target(checkpoint, model, stem, dataset, data_dir, config)
+        if json_output:
+            Verbosity.level = 0
         with RichReporter() as reporter:
             chains = calibration.calibrate_chains(
                 target.model, target.dataset, settings.sampler, device=settings.calibrate.device,
                 checkpoint=str(checkpoint), reporter=reporter,
             )
         calibration.save_chains(chains, out, settings.calibrate.format)
-        console.render_llc_result(chains.result, f"{settings.sampler.num_chains} chains on {checkpoint.name}")
+        if json_output:
+            _emit_json(chains.to_dict())
+        else:
+            console.render_llc_result(chains.result, f"{settings.sampler.num_chains} chains on {checkpoint.name}")
         console.info(f"wrote chains.json and chains.{settings.calibrate.format} in {out}")
         if chains.llc_mean is None:
             raise typer.Exit(console.EXIT_FAILED)

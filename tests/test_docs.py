@@ -11,6 +11,7 @@ itself runs under `make test`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shlex
 import shutil
@@ -22,6 +23,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+from _helpers import copy_checkpoints
 from conftest import write_cifar10
 from llcv.cli import app
 
@@ -232,3 +234,56 @@ def test_cli_md_matches_the_app(tmp_path):
     assert generated.read_text() == (REPO / "docs" / "cli.md").read_text(), (
         "docs/cli.md is out of date with llcv/cli.py: run `make docs` and commit docs/cli.md"
     )
+
+
+# --json (docs/conventions.md): on every command whose output is data, stdout is one JSON
+# document and nothing else. train and demo write files and prose, not data.
+DATA_COMMANDS = {("estimate",), ("estimate-all",), ("calibrate", "sweep"), ("calibrate", "curve"), ("calibrate", "chains"),
+                 ("plot",), ("selftest",)}
+
+
+def test_exactly_the_data_commands_have_json():
+    root = typer.main.get_command(app)
+    with_json = set()
+    for path in _command_paths(root):
+        command = root
+        for name in path:
+            command = command.commands[name]
+        if any("--json" in getattr(param, "opts", ()) for param in command.params):
+            with_json.add(path)
+    assert with_json == DATA_COMMANDS
+
+
+def test_json_output_is_only_json(trained_run, tmp_path, monkeypatch):
+    _, run = trained_run
+    checkpoints = copy_checkpoints(run.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 8, 16])
+    final = str(checkpoints / "step_00000016.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("llcv.selftest.known_cases", _one_known_case)
+    sample = ["--num-draws", "5", "--num-burnin-steps", "2", "--num-samples", "64", "--batch-size", "64", "--device", "cpu"]
+    one_point = ["--epsilon", "1e-5", "--gamma", "1000"]
+    commands = {
+        ("estimate",): ["estimate", "--checkpoint", final, *one_point, "--num-chains", "2", *sample],
+        ("estimate-all",): ["estimate-all", "--checkpoints-dir", str(checkpoints), *one_point, "--num-chains", "2", *sample],
+        ("plot",): ["plot", "--out", "llc.png"],
+        ("calibrate", "sweep"): ["calibrate", "sweep", "--checkpoint", final, "--epsilons", "1e-5", "--gammas", "1000",
+                                 "--num-chains", "1", *sample],
+        ("calibrate", "curve"): ["calibrate", "curve", "--checkpoint", final, *one_point, *sample],
+        ("calibrate", "chains"): ["calibrate", "chains", "--checkpoint", final, *one_point, "--num-chains", "2", *sample],
+        ("selftest",): ["selftest", "--device", "cpu"],
+    }
+    expected_key = {("estimate",): "llc_mean", ("estimate-all",): "computed", ("plot",): "figure",
+                    ("calibrate", "sweep"): "rows", ("calibrate", "curve"): "verdict", ("calibrate", "chains"): "running_mean"}
+    assert set(commands) == DATA_COMMANDS
+    for path, argv in commands.items():
+        outcome = CliRunner().invoke(app, [*argv, "--json"])
+        allowed = {0, 1} if path in MAY_EXIT_1 else {0}
+        assert outcome.exit_code in allowed, f"llcv {shlex.join(argv)} --json\n{outcome.output}"
+        payload = json.loads(outcome.stdout)  # fails unless stdout is exactly one JSON document
+        if path == ("selftest",):
+            assert payload[0]["name"] == "regression-d10"
+        else:
+            assert expected_key[path] in payload, (path, sorted(payload))
+    plotted = json.loads(CliRunner().invoke(app, ["plot", "--out", "llc.png", "--json"]).stdout)
+    (run_summary,) = plotted["runs"].values()
+    assert run_summary["num_records"] == 3 and isinstance(run_summary["transitions"], list)
