@@ -12,14 +12,14 @@ import pickle
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from llcv.errors import CheckpointError
+from llcv.errors import CheckpointError, SettingsError
 from llcv.fileio import atomic_write
 from llcv.models import Stem, build_model
 
@@ -189,7 +189,10 @@ def load_checkpoint(
 
     Raises:
         CheckpointError: the file is unreadable, unsafe, or does not fit the model.
+        SettingsError: ``stem`` is neither cifar nor imagenet.
     """
+    if stem is not None and stem not in get_args(Stem):  # else a pydantic error from ModelSpec, uncaught
+        raise SettingsError(f"stem {stem!r}: use {' or '.join(get_args(Stem))}")
     payload = read_checkpoint(path)
     info, state_dict = _describe(Path(path), payload, model, model_name, num_classes, in_channels, stem)
     if model is None:
