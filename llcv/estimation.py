@@ -712,7 +712,7 @@ def estimate_all(
             parameter, an unknown class), or ``per_layer`` with ``settings.params`` (or
             ``per_class`` with ``settings.classes``).
         CheckpointError: the checkpoints folder does not exist.
-        DataError: ``data_dir`` does not exist (local executor).
+        DataError: an unknown ``dataset`` name, or ``data_dir`` does not exist (local executor).
         WriteError: the results folder cannot be written.
     """
     from llcv.executors import make_executor
@@ -725,6 +725,7 @@ def estimate_all(
         resolve_device(device)  # a bad --device fails now, not once per checkpoint
         if data_dir is not None and not Path(data_dir).is_dir():  # likewise (Ray workers may see other folders)
             raise DataError(f"data directory {data_dir} does not exist or is not a folder")
+    _check_names(dataset, model_name, stem)
     all_paths = list_checkpoints(Path(checkpoints_dir))
     if not all_paths:
         raise SettingsError(f"checkpoints directory {checkpoints_dir} holds no checkpoint files (.pt, .pth, .pth.tar, .ckpt)")
@@ -838,6 +839,21 @@ def estimate_all(
         reporter.finish("checkpoints")
     summary.elapsed_seconds = time.perf_counter() - started
     return summary
+
+
+def _check_names(dataset: Dataset | str | None, model_name: str | None, stem: str | None) -> None:
+    """An unknown --dataset, --model or --stem fails before any work, not once per checkpoint."""
+    from typing import get_args
+
+    from llcv.data import list_datasets
+    from llcv.models import Stem, list_models
+
+    if isinstance(dataset, str) and dataset not in list_datasets():
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(list_datasets())}")
+    if model_name is not None and model_name not in list_models():
+        raise SettingsError(f"unknown model {model_name!r}; choose one of {', '.join(list_models())}")
+    if stem is not None and stem not in get_args(Stem):
+        raise SettingsError(f"stem {stem!r}: use {' or '.join(get_args(Stem))}")
 
 
 def _duration(seconds: float) -> str:
