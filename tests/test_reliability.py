@@ -277,6 +277,17 @@ BAD_SETTINGS = {
     "data-dir-missing-calibrate": (
         lambda tmp, file, ckpt: ["calibrate", "chains", "--checkpoint", ckpt, "--dataset", "folder", "--data-dir", tmp / "nowhere", "--device", "cpu"],
         ["nowhere", "does not exist"]),
+    "unknown-stem-estimate": (
+        lambda tmp, file, ckpt: ["estimate", "--checkpoint", ckpt, "--stem", "wide", "--device", "cpu"], ["stem 'wide': use cifar or imagenet"]),
+    "unknown-stem-estimate-all": (
+        lambda tmp, file, ckpt: ["estimate-all", "--checkpoints-dir", ckpt.parent, "--results-dir", tmp / "results", "--stem", "wide"],
+        ["stem 'wide': use cifar or imagenet"]),
+    "unknown-dataset-estimate-all": (
+        lambda tmp, file, ckpt: ["estimate-all", "--checkpoints-dir", ckpt.parent, "--results-dir", tmp / "results", "--dataset", "mnist"],
+        ["unknown dataset 'mnist'", "synthetic"]),
+    "unknown-model-estimate-all": (
+        lambda tmp, file, ckpt: ["estimate-all", "--checkpoints-dir", ckpt.parent, "--results-dir", tmp / "results", "--model", "vgg11"],
+        ["unknown model 'vgg11'", "smallcnn"]),
 }  # fmt: skip
 
 
