@@ -778,6 +778,7 @@ def selftest(
 
     with command_boundary():
         settings = load_settings(("sampler", "estimate"), overrides={"sampler": dict(precision=precision), "estimate": dict(device=device)})
+        _show_settings(settings)
         if json_output:
             Verbosity.level = 0
         with RichReporter() as reporter:
@@ -806,6 +807,7 @@ def demo(
 
     with command_boundary():
         settings = load_settings(("estimate",), overrides={"estimate": dict(device=device)})
+        _show_settings(settings)
         with RichReporter() as reporter:
             result = run_demo(results_dir, device=settings.estimate.device, tiny=tiny, reporter=reporter)
         console.render_demo(result)

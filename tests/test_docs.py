@@ -287,3 +287,30 @@ def test_json_output_is_only_json(trained_run, tmp_path, monkeypatch):
     plotted = json.loads(CliRunner().invoke(app, ["plot", "--out", "llc.png", "--json"]).stdout)
     (run_summary,) = plotted["runs"].values()
     assert run_summary["num_records"] == 3 and isinstance(run_summary["transitions"], list)
+
+
+def test_verbose_shows_the_resolved_settings_of_every_command(tmp_path, monkeypatch):
+    """`llcv -v COMMAND` prints the resolved settings before any work (docs/conventions.md).
+
+    Each command is stopped right after that point: a missing input, or its library entry
+    patched to fail, so nothing is trained or sampled.
+    """
+    from llcv.errors import LLCVError
+
+    def stop(*args, **kwargs):
+        raise LLCVError("stopped by the test")
+
+    for entry in ("llcv.training.train", "llcv.selftest.run_selftest", "llcv.demo.run_demo"):
+        monkeypatch.setattr(entry, stop)
+    monkeypatch.chdir(tmp_path)
+    missing = ["--checkpoint", "missing.pt"]
+    commands = {
+        ("train",): ["train"], ("estimate",): ["estimate", *missing], ("estimate-all",): ["estimate-all", "--checkpoints-dir", "missing"],
+        ("calibrate", "sweep"): ["calibrate", "sweep", *missing], ("calibrate", "curve"): ["calibrate", "curve", *missing],
+        ("calibrate", "chains"): ["calibrate", "chains", *missing], ("plot",): ["plot"], ("selftest",): ["selftest"], ("demo",): ["demo"],
+    }  # fmt: skip
+    root = typer.main.get_command(app)
+    assert set(commands) == {path for path in _command_paths(root) if path and path != ("calibrate",)}
+    for argv in commands.values():
+        outcome = CliRunner().invoke(app, ["-v", *argv])
+        assert outcome.exit_code in (1, 2) and "resolved settings" in outcome.stderr, (argv, outcome.output)
