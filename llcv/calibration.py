@@ -413,7 +413,8 @@ def _key(settings: SamplerSettings) -> tuple[float, float, float | None]:
 
 
 def _model_sha256(model: nn.Module) -> str:
-    digest = hashlib.sha256()
+    """sha256 over the module's structure (its repr: layers, strides, ...) and its state dict."""
+    digest = hashlib.sha256(repr(model).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

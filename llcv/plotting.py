@@ -68,7 +68,7 @@ def plot_sweep_heatmap(rows: list[dict], title: str, recommended: int | None = N
     outlined, and the row at index ``recommended`` carries a star.
     """
     import numpy as np
-    from matplotlib.colors import Normalize, TwoSlopeNorm
+    from matplotlib.colors import Normalize, SymLogNorm
 
     from llcv.calibration import short_reason
 
@@ -78,15 +78,15 @@ def plot_sweep_heatmap(rows: list[dict], title: str, recommended: int | None = N
     x_edges, x_log = _grid_edges(epsilons)
     y_edges, y_log = _grid_edges(gammas)
     recommended = rows[recommended] if recommended is not None else None
-    llc_values = [row["llc_mean"] for row in rows if row["llc_mean"] is not None and not row["diverged"]]
-    if llc_values and min(llc_values) < 0 < max(llc_values):
-        llc_norm = TwoSlopeNorm(vcenter=0.0, vmin=min(llc_values), vmax=max(llc_values))
-    else:
-        llc_norm = Normalize(*(min(llc_values), max(llc_values)) if llc_values else (0, 1))
+    llc_values = [abs(row["llc_mean"]) for row in rows if row["llc_mean"] is not None and not row["diverged"]]
+    # Symmetric-log colours centred on 0: negative LLCs blue, positive red, and values that differ
+    # by orders of magnitude across the grid stay distinguishable.
+    largest = max(llc_values, default=1.0) or 1.0
+    llc_norm = SymLogNorm(linthresh=min(1.0, largest), vmin=-largest, vmax=largest, base=10)
 
     figure = Figure(figsize=(11, 4.2 * len(nbetas)), layout="constrained")
     axes = figure.subplots(len(nbetas), 2, squeeze=False)
-    panels = [("mala_acceptance", "MALA acceptance", "viridis", Normalize(0, 1)), ("llc_mean", "LLC (mean over chains)", "coolwarm" if isinstance(llc_norm, TwoSlopeNorm) else "magma", llc_norm)]
+    panels = [("mala_acceptance", "MALA acceptance", "viridis", Normalize(0, 1)), ("llc_mean", "LLC (mean over chains)", "coolwarm", llc_norm)]
     for row_index, nbeta in enumerate(nbetas):
         for column, (field, label, cmap, norm) in enumerate(panels):
             axis = axes[row_index][column]
@@ -166,10 +166,16 @@ def plot_sweep_traces(rows: list[dict], traces: list[list[float | None]], title:
         label = f"{row['epsilon']:g}" + (" (diverged)" if row["diverged"] else "") + (" ✓" if row.get("qualifies") else "")
         axis.plot(np.arange(1, len(array) + 1), array, color=colors(norm(row["epsilon"])), linewidth=1.0,
                   linestyle="--" if row["diverged"] else "-", label=label)
+    symlog = False
     if healthy.size:
         low, high = np.percentile(healthy, [0.5, 99.5])
         margin = 0.1 * (high - low or abs(high) or 1.0)
         axes[0][0].set_ylim(min(low, 0.0) - margin, high + margin)
+        typical = [np.median(np.abs(array[np.isfinite(array)])) for row, array in zip(rows, arrays) if not row["diverged"] and np.isfinite(array).any()]
+        if max(typical) > 20 * max(min(typical), 1.0):  # traces orders of magnitude apart: symmetric log scale
+            symlog = True
+            axes[0][0].set_yscale("symlog", linthresh=1.0)
+            axes[0][0].set_ylim(min(low, 0.0) - 1.0, high * 1.5)
     for i, nbeta in enumerate(nbetas):
         for j, gamma in enumerate(gammas):
             axis = axes[i][j]
@@ -179,7 +185,7 @@ def plot_sweep_traces(rows: list[dict], traces: list[list[float | None]], title:
             if i == len(nbetas) - 1:
                 axis.set_xlabel("draw")
             if j == 0:
-                axis.set_ylabel("per-draw LLC")
+                axis.set_ylabel("per-draw LLC" + (" (symmetric log scale)" if symlog else ""))
     figure.suptitle(title + "\nper-draw LLC = nbeta (L(w) - L(w*)), mean over chains; ✓: qualifies", fontsize=10)
     return figure
 
