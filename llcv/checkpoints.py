@@ -48,8 +48,8 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    num_classes: int
-    in_channels: int
+    num_classes: int | None  # None only for a foreign checkpoint loaded into a given model
+    in_channels: int | None
     stem: Stem | None = None
 
 
@@ -247,13 +247,16 @@ def _describe(
     state_dict = _strip_prefixes(state_dict)
     if model is None and model_name is None:
         raise CheckpointError(f"checkpoint {path} is a foreign checkpoint without llcv metadata: pass --model")
+    # With a model given, the shapes are the model's business; only a model to build needs them.
+    required = model is None
     spec = ModelSpec(
         name=model_name or type(model).__name__,
-        num_classes=num_classes or _infer_num_classes(state_dict, path),
-        in_channels=in_channels or _infer_in_channels(state_dict, path),
+        num_classes=num_classes or _infer_num_classes(state_dict, path, required),
+        in_channels=in_channels or _infer_in_channels(state_dict, path, required),
         stem=stem or _infer_stem(state_dict),
     )
-    return CheckpointInfo(path=str(path), format=checkpoint_format, epoch=epoch, model=spec), state_dict
+    step = int(match.group(1)) if (match := _STEP_NAME.match(path.name)) else None
+    return CheckpointInfo(path=str(path), format=checkpoint_format, step=step, epoch=epoch, model=spec), state_dict
 
 
 def _strip_prefixes(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -275,18 +278,22 @@ def _weights(state_dict: dict[str, torch.Tensor], ndim: int) -> list[torch.Tenso
     return [value for key, value in state_dict.items() if key.endswith("weight") and value.ndim == ndim]
 
 
-def _infer_num_classes(state_dict: dict[str, torch.Tensor], path: Path) -> int:
+def _infer_num_classes(state_dict: dict[str, torch.Tensor], path: Path, required: bool = True) -> int | None:
     linear = _weights(state_dict, 2)
-    if not linear:
+    if linear:
+        return int(linear[-1].shape[0])
+    if required:
         raise CheckpointError(f"checkpoint {path}: cannot infer the class count (no linear layer); pass it")
-    return int(linear[-1].shape[0])
+    return None
 
 
-def _infer_in_channels(state_dict: dict[str, torch.Tensor], path: Path) -> int:
+def _infer_in_channels(state_dict: dict[str, torch.Tensor], path: Path, required: bool = True) -> int | None:
     convolutions = _weights(state_dict, 4)
-    if not convolutions:
+    if convolutions:
+        return int(convolutions[0].shape[1])
+    if required:
         raise CheckpointError(f"checkpoint {path}: cannot infer the input channels (no convolution); pass them")
-    return int(convolutions[0].shape[1])
+    return None
 
 
 def _infer_stem(state_dict: dict[str, torch.Tensor]) -> Stem | None:

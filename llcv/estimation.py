@@ -970,6 +970,8 @@ def _class_labels(info: CheckpointInfo, spec: JobSpec) -> list[int]:
         from llcv.data import dataset_targets
 
         return sorted(set(dataset_targets(spec.dataset).tolist()))
+    if info.model.num_classes is None:
+        raise SettingsError(f"cannot tell the classes of {info.path}: pass the dataset to choose per-class scopes from")
     return list(range(info.model.num_classes))
 
 

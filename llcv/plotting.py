@@ -1,7 +1,8 @@
 """Figures: pure functions from records to a matplotlib Figure, and one atomic save helper.
 
-Nothing here reads result folders or prints; callers pass the data in. The backend is Agg, so
-figures render on headless machines and in tests.
+Nothing here reads result folders or prints; callers pass the data in. Figures are built as
+``matplotlib.figure.Figure`` objects, never through pyplot, so they render on headless machines
+without choosing a backend, and importing llcv leaves a notebook's backend alone.
 """
 
 from __future__ import annotations
@@ -9,14 +10,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-from matplotlib.figure import Figure  # noqa: E402
-
-from llcv.errors import SettingsError  # noqa: E402
-from llcv.fileio import atomic_write  # noqa: E402
+from llcv.errors import SettingsError
+from llcv.fileio import atomic_write
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
 

@@ -65,7 +65,7 @@ def load_target(
     directory = data_dir if data_dir is not None else (recorded.data_dir if recorded and recorded.name == name else None)
     seed = recorded.seed if recorded else 0
     split, dataset_info = training_split(name, str(directory) if directory is not None else None, seed, image_size)
-    if dataset_info.num_classes != info.model.num_classes:
+    if info.model.num_classes is not None and dataset_info.num_classes != info.model.num_classes:
         raise CheckpointError(
             f"checkpoint {checkpoint} has {info.model.num_classes} outputs but dataset {name!r} has "
             f"{dataset_info.num_classes} classes; pass the dataset it was trained on with --dataset"

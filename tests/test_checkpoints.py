@@ -411,3 +411,18 @@ def test_list_checkpoints_of_a_run_is_its_schedule(trained_run, tmp_path):
 def test_list_checkpoints_of_a_missing_folder_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match="nowhere.*does not exist"):
         list_checkpoints(tmp_path / "nowhere")
+
+
+def test_foreign_mlp_state_dict_loads_into_a_given_model_and_keeps_its_step(tmp_path):
+    """Nothing needs inferring when the model is given; a step_N name still gives the step."""
+    from torch import nn
+
+    from llcv import load_checkpoint
+
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 3))
+    path = tmp_path / "step_00000020.pt"
+    torch.save(mlp.state_dict(), path)
+    fresh = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 3))
+    loaded, info = load_checkpoint(path, model=fresh)
+    assert info.step == 20 and info.model.num_classes == 3 and info.model.in_channels is None
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), mlp.state_dict().values()))
