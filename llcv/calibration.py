@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from llcv.devices import resolve_device
 from llcv.diagnostics import trace_drift
 from llcv.errors import EstimationError, SettingsError
-from llcv.fileio import atomic_write_json, atomic_write_text
+from llcv.fileio import atomic_write_json, atomic_write_text, finite_or_none
 from llcv.progress import SILENT, Reporter
 from llcv.sampling import LLCResult, LossSpec, SamplingData, default_nbeta, estimate_llc, resolve_loss
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
@@ -276,7 +276,7 @@ class SweepResult(BaseModel):
 
     def to_dict(self, complete: bool = True) -> dict[str, Any]:
         """The content of ``sweep.json`` (docs/formats.md)."""
-        return _finite_or_none(
+        return finite_or_none(
             {
                 "format": "llcv-sweep",
                 "format_version": SWEEP_FORMAT_VERSION,
@@ -482,23 +482,13 @@ def sweep_row(result: LLCResult) -> tuple[dict[str, Any], list[float | None]]:
         "r_hat": result.diagnostics.r_hat,
         "ess": result.diagnostics.ess,
     }
-    return _finite_or_none(row), _finite_or_none(trace.tolist())
+    return finite_or_none(row), finite_or_none(trace.tolist())
 
 
 def _array(nested: Sequence[Sequence[float | None]]) -> np.ndarray:
     return np.array([[np.nan if value is None else value for value in row] for row in nested], dtype=float).reshape(
         len(nested), -1
     )
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
-    return value
 
 
 def save_sweep(result: SweepResult, directory: Path, fmt: str = "png") -> list[Path]:
@@ -585,7 +575,7 @@ class CurveResult(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``curve.json`` (docs/formats.md)."""
-        return _finite_or_none(self.model_dump(mode="json"))
+        return finite_or_none(self.model_dump(mode="json"))
 
 
 def calibrate_curve(
@@ -652,9 +642,9 @@ def curve_from_result(
         settings=settings,
         init_loss=result.init_loss,
         nbeta=result.nbeta,
-        burnin_llc=_finite_or_none(burnin.tolist()),
-        llc=_finite_or_none(llc.tolist()),
-        running_llc=_finite_or_none(running.tolist()),
+        burnin_llc=finite_or_none(burnin.tolist()),
+        llc=finite_or_none(llc.tolist()),
+        running_llc=finite_or_none(running.tolist()),
         draw_steps=draw_steps,
         verdict=verdict,
         verdict_reason=reason,
@@ -728,7 +718,7 @@ class ChainsResult(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The content of ``chains.json`` (docs/formats.md)."""
         payload = self.model_dump(mode="json", exclude={"result"})
-        return _finite_or_none({**payload, "result": self.result.to_dict()})
+        return finite_or_none({**payload, "result": self.result.to_dict()})
 
 
 def calibrate_chains(
@@ -762,9 +752,9 @@ def chains_from_result(result: LLCResult, *, checkpoint: str | None = None) -> C
         ess=result.diagnostics.ess,
         mala_acceptance=result.mala_acceptance,
         diverged_chains=result.diagnostics.diverged_chains,
-        running_llc=_finite_or_none(running.tolist()),
-        running_mean=_finite_or_none(mean.tolist()),
-        running_std=_finite_or_none(std.tolist()),
+        running_llc=finite_or_none(running.tolist()),
+        running_mean=finite_or_none(mean.tolist()),
+        running_std=finite_or_none(std.tolist()),
         result=result,
     )
 

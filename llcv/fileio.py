@@ -9,6 +9,7 @@ the temporary file and leaves any previous version of the target untouched.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -61,6 +62,17 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
 def atomic_write_text(path: Path, text: str) -> Path:
     """Atomically write UTF-8 text."""
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None, recursively, for JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
 
 
 def atomic_write_json(path: Path, payload: Any) -> Path:

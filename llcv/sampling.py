@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from llcv.devices import resolve_device
+from llcv.fileio import finite_or_none
 from llcv.diagnostics import effective_sample_size, split_r_hat
 from llcv.errors import SettingsError
 from llcv.progress import SILENT, Reporter, logger
@@ -96,22 +97,12 @@ class LLCResult(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible dict; non-finite numbers become None."""
-        return _finite_or_none(self.model_dump(mode="python"))
+        return finite_or_none(self.model_dump(mode="python"))
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "LLCResult":
         """Rebuild a result from ``to_dict()`` output (or its JSON)."""
         return cls.model_validate(payload)
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
-    return value
 
 
 def default_nbeta(batch_size: int) -> float:

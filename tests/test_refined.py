@@ -95,7 +95,7 @@ def test_the_figure_draws_one_curve_per_block_beside_the_whole_model(per_layer, 
     results, _ = per_layer
     records = load_results(results)
     figure = llc_figure({"resnet18": records})
-    top, blocks_axis, bottom = figure.axes[0], figure.axes[1], figure.axes[2]
+    top, blocks_axis = figure.axes[0], figure.axes[1]
     assert blocks_axis.get_title(loc="left") == "per block (6 blocks)"
     labels = [line.get_label() for line in blocks_axis.get_lines()]
     assert labels == ["whole model", *RESNET_BLOCKS]
