@@ -27,8 +27,11 @@ from llcv.known_models import rrr_case
 from llcv.sampling import SamplingData
 
 
-def _devinterp_llc(model, dataset, settings: SamplerSettings, loss, device, init_loss: float) -> tuple[float, float]:
-    """devinterp's estimate with the same settings; returns (seconds, llc mean)."""
+def _devinterp_llc(model, dataset, settings: SamplerSettings, loss, device, init_loss: float | None) -> tuple[float, float]:
+    """devinterp's estimate with the same settings; returns (seconds, llc mean).
+
+    With ``init_loss=None`` devinterp measures it itself, on ``num_chains`` minibatches.
+    """
     from devinterp.optim.sgmcmc import SGMCMC
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
 
@@ -70,12 +73,17 @@ def resnet_case(device: torch.device, quick: bool) -> None:
     torch.manual_seed(0)
     model = build_model("resnet18", info.num_classes, info.in_channels, "cifar").to(device)
     draws = 10 if quick else 50
-    base = SamplerSettings(epsilon=1e-5, gamma=1000.0, nbeta=64 / math.log(64), num_chains=4, num_draws=draws, batch_size=64, mala=False)
+    # Both measure the initial loss on the same amount of data: devinterp's default, one
+    # minibatch per chain, is what llcv's init_loss_samples is set to here.
+    base = SamplerSettings(
+        epsilon=1e-5, gamma=1000.0, nbeta=64 / math.log(64), num_chains=4, num_draws=draws, batch_size=64, mala=False,
+        init_loss_samples=4 * 64,
+    )
     ce = lambda module, batch: nn.functional.cross_entropy(module(batch[0].to(device)), batch[1].to(device))  # noqa: E731
     print(f"ResNet18 (CIFAR stem), digits 32x32, batch 64, 4 chains x {draws} draws, {device}:")
     # devinterp samples in train mode; compare like with like, and show llcv's default (eval) too.
     ours_train, our_llc, result = _llcv_llc(model, train, base.model_copy(update={"bn_mode": "train"}), "cross_entropy", device)
-    theirs, their_llc = _devinterp_llc(model, train, base, ce, device, result.init_loss)
+    theirs, their_llc = _devinterp_llc(model, train, base, ce, device, None)
     _row(f"bn train mode, fp32 ({result.chain_execution})", ours_train, theirs, our_llc, their_llc)
     for precision in ("fp32", "bf16"):
         for mala in (False, True):

@@ -211,14 +211,25 @@ class SamplingData:
             indices, pending = pending[: self.batch_size], pending[self.batch_size :]
             yield indices
 
-    def passes(self) -> Iterator:
-        """One pass over all samples in order, in minibatches (for the initial loss)."""
+    def passes(self, max_samples: int | None = None, seed: int = 0) -> Iterator:
+        """One pass over the samples in minibatches, for the initial loss.
+
+        With ``max_samples`` below the sample count, the pass covers a seeded random subset of
+        that many samples (the same subset for every checkpoint of a run, like the chains' batches).
+        """
         if self.loader is not None:
+            seen = 0
             for batch in self.loader:
+                if max_samples is not None and seen >= max_samples:
+                    return
+                seen += len(batch[0]) if isinstance(batch, (list, tuple)) else 1
                 yield _to_device(batch, self.device)
             return
-        for start in range(0, self.num_samples, self.batch_size):
-            yield self._gather(torch.arange(start, min(start + self.batch_size, self.num_samples)))
+        indices = torch.arange(self.num_samples)
+        if max_samples is not None and max_samples < self.num_samples:
+            indices = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values
+        for start in range(0, len(indices), self.batch_size):
+            yield self._gather(indices[start : start + self.batch_size])
 
     def _gather(self, indices: torch.Tensor):
         if self.tensors is not None:
@@ -422,13 +433,15 @@ def _run_group(
 
 
 def _initial_loss(
-    model: nn.Module, data: "SamplingData", loss_function: LossFunction, precision: str
+    model: nn.Module, data: "SamplingData", loss_function: LossFunction, settings: SamplerSettings
 ) -> tuple[float, float]:
-    """The loss at the checkpoint over one pass of the sampled data, in the chains' mode and precision,
-    and the standard deviation of its minibatch losses (0 for a single batch)."""
+    """The loss at the checkpoint over one pass of the sampled data (at most ``init_loss_samples``
+    of them), in the chains' mode and precision, and the standard deviation of its minibatch
+    losses (0 for a single batch)."""
+    precision = settings.precision
     batch_losses, sizes = [], []
     with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        for batch in data.passes():
+        for batch in data.passes(settings.init_loss_samples, settings.seed):
             batch_losses.append(loss_function(model, batch).double())
             sizes.append(len(batch[0]) if isinstance(batch, (list, tuple)) else 1)
     values = torch.stack(batch_losses).cpu().numpy()
@@ -525,7 +538,7 @@ def estimate_llc(
     num_parameters = sum(tensor.numel() for tensor in initial)
     loss_module = _LossModule(work, loss_function)
 
-    init_loss, batch_loss_std = _initial_loss(work, data, loss_function, settings.precision)
+    init_loss, batch_loss_std = _initial_loss(work, data, loss_function, settings)
     bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, init_loss, batch_loss_std)
     loss_limit = init_loss + bound / nbeta
     seeds = _chain_seeds(settings.seed, settings.num_chains)

@@ -165,6 +165,9 @@ class SamplerSettings(_Section):
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward/backward under autocast; weights, noise, update stay fp32
     chain_mode: Literal["auto", "batched", "sequential"] = "auto"  # auto: batched (vmap) for small models that allow it
+    # The initial loss is measured on at most this many samples (a seeded subset, the same at every
+    # checkpoint), so its cost stays a small share of sampling on CIFAR- or ImageNet-sized data.
+    init_loss_samples: PositiveInt | None = 4096  # None: every sampled sample
     params: list[str] | None = None  # glob patterns over parameter names; others stay frozen (weight-refined LLC)
     classes: list[NonNegativeInt] | None = None  # only samples with these labels (data-refined LLC)
 

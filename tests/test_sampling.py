@@ -357,3 +357,25 @@ def test_large_models_run_chains_one_at_a_time_by_default():
     data = TensorDataset(torch.randn(4, BATCHED_MAX_PARAMETERS), torch.randn(4, 1))
     settings = SamplerSettings(num_chains=2, num_draws=2, batch_size=4, epsilon=1e-6)
     assert estimate_llc(model, data, settings, loss="mse", device="cpu").chain_execution == "sequential"
+
+
+def test_initial_loss_uses_a_seeded_subset_when_capped():
+    """Per-sample losses 0..39: the full pass gives 19.5, a capped pass the mean of its subset."""
+
+    class Identity(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, inputs):
+            return inputs * self.scale
+
+    data = TensorDataset(torch.arange(40.0), torch.zeros(40, dtype=torch.long))
+    loss = lambda model, batch: model(batch[0]).mean()  # noqa: E731
+    settings = SamplerSettings(num_chains=1, num_draws=1, batch_size=8, epsilon=1e-8, gamma=0.0, nbeta=1.0)
+    full = estimate_llc(Identity(), data, settings.model_copy(update={"init_loss_samples": None}), loss=loss, device="cpu")
+    capped = estimate_llc(Identity(), data, settings.model_copy(update={"init_loss_samples": 8}), loss=loss, device="cpu")
+    again = estimate_llc(Identity(), data, settings.model_copy(update={"init_loss_samples": 8}), loss=loss, device="cpu")
+    assert full.init_loss == pytest.approx(19.5)
+    assert capped.init_loss == again.init_loss != pytest.approx(19.5)
+    assert float(capped.init_loss * 8).is_integer()  # the mean of 8 of the per-sample losses
