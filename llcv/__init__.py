@@ -52,8 +52,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Figures import matplotlib and select its headless backend, so only on first use: a plain
-    # `import llcv` in a notebook leaves the notebook's plotting backend alone.
+    # Figures need matplotlib, which is slow to import; load it on first use only.
     if name == "plot_llc":
         from llcv.plotting import plot_llc
 
