@@ -320,7 +320,8 @@ class _ChainGroup:
         """Per-chain losses, shape (chains,). ``shared``: one batch for all chains, else stacked per chain."""
         if self.batched:
             return (self._vmapped_shared if shared else self._vmapped)(self.parameters, batch)
-        return self._single_loss([parameter[0] for parameter in self.parameters], batch).unsqueeze(0)
+        # squeeze, not [0]: its backward is a view of the gradient, where indexing's allocates a copy.
+        return self._single_loss([parameter.squeeze(0) for parameter in self.parameters], batch).unsqueeze(0)
 
 
 @dataclass
