@@ -37,6 +37,7 @@ from llcv.errors import EstimationError, SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text, finite_or_none
 from llcv.progress import SILENT, Reporter
 from llcv.sampling import LLCResult, LossSpec, SamplingData, default_nbeta, estimate_llc, resolve_loss
+from llcv.results import checkpoint_stem
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
 SWEEP_FORMAT_VERSION = 1
@@ -217,10 +218,7 @@ def sweep_base(sampler: SamplerSettings, calibrate: CalibrateSettings) -> Sample
 
 def output_dir(results_dir: Path, checkpoint: Path) -> Path:
     """``<results-dir>/<checkpoint-stem>/``; the stem drops every checkpoint suffix (``.pth.tar``)."""
-    name = Path(checkpoint).name
-    for suffix in (".tar", ".pth", ".pt", ".ckpt"):
-        name = name.removesuffix(suffix)
-    return Path(results_dir) / (name or Path(checkpoint).name)
+    return Path(results_dir) / checkpoint_stem(Path(checkpoint).name)
 
 
 # The sweep.

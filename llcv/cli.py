@@ -160,6 +160,20 @@ def _class_list(classes: str | None) -> list[str] | None:
     return None if classes is None else [part.strip() for part in classes.split(",") if part.strip()]
 
 
+def _sampler_flags(flags: dict[str, object]) -> dict[str, object]:
+    """The ``[sampler]`` overrides among a command's flags (pass its ``locals()``).
+
+    Flags mirror the settings fields (docs/conventions.md), so the fields are the selection:
+    a sampler flag added to a command reaches the settings without a second list to update.
+    """
+    from llcv.settings import SamplerSettings
+
+    values = {name: flags[name] for name in SamplerSettings.model_fields if name in flags}
+    if "classes" in values:
+        values["classes"] = _class_list(values["classes"])
+    return values
+
+
 def _target(checkpoint: Path, model: str | None, stem: str | None, dataset: str | None, data_dir: Path | None, config: Path | None):
     """Load the checkpoint's model and training split; [data] in the config may relocate the data."""
     from llcv.targets import load_target
@@ -204,6 +218,7 @@ def estimate(
     json_output: JsonOpt = False,
 ) -> None:
     """Estimate the LLC of one checkpoint and print it with its diagnostics."""
+    flags = dict(locals())
     from llcv.sampling import estimate_llc
 
     with command_boundary():
@@ -212,12 +227,7 @@ def estimate(
             config=config,
             calibration=from_calibration,
             overrides={
-                "sampler": dict(
-                    epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_chains=num_chains, num_draws=num_draws,
-                    num_burnin_steps=num_burnin_steps, num_steps_bw_draws=num_steps_bw_draws, sampler=sampler,
-                    batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode,
-                    divergence_bound=divergence_bound, mala=mala, seed=seed, params=params, classes=_class_list(classes),
-                ),
+                "sampler": _sampler_flags(flags),
                 "estimate": dict(device=device),
             },
         )
@@ -300,6 +310,7 @@ def estimate_all_command(
     With --per-layer and/or --per-class, each checkpoint also gets one refined LLC per block or
     class, each in its own result file in the same settings folder as the whole model's.
     """
+    flags = dict(locals())
     from llcv.estimation import estimate_all
     from llcv.results import settings_hash
 
@@ -309,12 +320,7 @@ def estimate_all_command(
             config=config,
             calibration=from_calibration,
             overrides={
-                "sampler": dict(
-                    epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_chains=num_chains, num_draws=num_draws,
-                    num_burnin_steps=num_burnin_steps, num_steps_bw_draws=num_steps_bw_draws, sampler=sampler,
-                    batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode,
-                    divergence_bound=divergence_bound, mala=mala, seed=seed, params=params, classes=_class_list(classes),
-                ),
+                "sampler": _sampler_flags(flags),
                 "estimate": dict(
                     results_dir=results_dir, every_nth=every_nth, steps=_steps_list(steps), force=force, device=device,
                     shard=shard, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
@@ -669,14 +675,13 @@ def calibrate_curve_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Run one chain and judge its LLC-over-steps curve: stable, peaks or drift."""
+    flags = dict(locals())
     from llcv import calibration
 
     with command_boundary():
         settings, out = _single_setting_command(
             checkpoint, config, from_calibration,
-            dict(epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_draws=num_draws, num_burnin_steps=num_burnin_steps,
-                 sampler=sampler, batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode, seed=seed,
-                 params=params, classes=_class_list(classes)),
+            _sampler_flags(flags),
             results_dir, figure_format, device,
         )
         target = _target(checkpoint, model, stem, dataset, data_dir, config)
@@ -735,14 +740,13 @@ def calibrate_chains_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Run several chains; show each one's running LLC, their mean and spread, R-hat, ESS and MALA acceptance."""
+    flags = dict(locals())
     from llcv import calibration
 
     with command_boundary():
         settings, out = _single_setting_command(
             checkpoint, config, from_calibration,
-            dict(epsilon=epsilon, gamma=gamma, nbeta=nbeta, num_chains=num_chains, num_draws=num_draws,
-                 num_burnin_steps=num_burnin_steps, sampler=sampler, batch_size=batch_size, num_samples=num_samples,
-                 bn_mode=bn_mode, seed=seed, params=params, classes=_class_list(classes)),
+            _sampler_flags(flags),
             results_dir, figure_format, device,
             base={"sampler": {"num_chains": calibration.CHAINS_DEFAULT_NUM_CHAINS}},
         )
