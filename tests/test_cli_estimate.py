@@ -81,12 +81,28 @@ def test_missing_checkpoint_exits_2(tmp_path):
 
 def test_selftest_json_reports_each_case(monkeypatch):
     from llcv import selftest
-    from llcv.known_models import regression_case
+    from llcv.known_models import known_cases
 
-    case = regression_case(d=2, num_samples=200)
+    case = known_cases(quick=True)[0]  # regression with d = 10, at its calibrated settings
     monkeypatch.setattr(selftest, "known_cases", lambda quick: [case])
     outcome = runner.invoke(app, ["selftest", "--quick", "--device", "cpu", "--json"])
     rows = json.loads(outcome.stdout)
-    assert [row["name"] for row in rows] == [case.name]
-    assert rows[0]["true_llc"] == 1.0
-    assert outcome.exit_code == (0 if rows[0]["passed"] else 1)
+    assert [row["name"] for row in rows] == ["regression-d10"]
+    assert rows[0]["true_llc"] == 5.0 and rows[0]["passed"]
+    assert abs(rows[0]["relative_error"]) < 0.15
+    assert outcome.exit_code == 0
+
+
+def test_selftest_exits_1_when_a_case_misses_its_goal(monkeypatch):
+    import dataclasses
+
+    from llcv import selftest
+    from llcv.known_models import known_cases
+
+    # A step far too small to move the chains from the checkpoint: the estimate stays near 0, not 5.
+    frozen = dataclasses.replace(known_cases(quick=True)[0], epsilon=1e-9, num_draws=50, num_burnin_steps=0)
+    monkeypatch.setattr(selftest, "known_cases", lambda quick: [frozen])
+    outcome = runner.invoke(app, ["selftest", "--device", "cpu", "--json"])
+    rows = json.loads(outcome.stdout)
+    assert not rows[0]["passed"]
+    assert outcome.exit_code == 1
