@@ -1,6 +1,6 @@
 """The LLC engine: SGLD chains around a checkpoint, the estimate, and its diagnostics.
 
-This is the only module that imports devinterp. The estimator (Lau, Furman, Wang, Murfet &
+The estimator (Lau, Furman, Wang, Murfet &
 Wei 2023, "The Local Learning Coefficient: A Singularity-Aware Complexity Measure") is
 
     LLC = nbeta * (E_w[L(w)] - L(w*))
@@ -8,8 +8,8 @@ Wei 2023, "The Local Learning Coefficient: A Singularity-Aware Complexity Measur
 where ``w*`` are the checkpoint's weights, ``L`` the training loss, ``nbeta`` (n*beta, the
 inverse temperature) a setting, and the expectation is over the tempered, localized posterior
 ``exp(-nbeta * L(w) - gamma/2 * |w - w*|^2)``, sampled with SGLD of step size ``epsilon``.
-devinterp calls ``epsilon`` ``lr`` and ``gamma`` ``localization``; ``_make_sampler`` is the one
-place that translates.
+devinterp calls ``epsilon`` ``lr`` and ``gamma`` ``localization``; the update itself is devinterp
+1.3's, fused (``llcv.langevin``).
 
 Reproducibility: chain ``c`` draws its minibatch order and its Gaussian noise from seeds derived
 from ``(settings.seed, c)``. Estimating every checkpoint of a run with one seed therefore uses
@@ -41,6 +41,7 @@ from llcv.devices import resolve_device
 from llcv.fileio import finite_or_none
 from llcv.diagnostics import effective_sample_size, split_r_hat
 from llcv.errors import SettingsError
+from llcv.langevin import GaussianNoise, LangevinUpdate
 from llcv.progress import SILENT, Reporter, logger
 from llcv.settings import SamplerSettings
 
@@ -247,18 +248,6 @@ def _to_device(batch, device: torch.device):
     return batch
 
 
-def _make_sampler(parameters: list[nn.Parameter], settings: SamplerSettings, nbeta: float) -> torch.optim.Optimizer:
-    """devinterp's SGMCMC optimizer for the settings; translates epsilon -> lr, gamma -> localization."""
-    import warnings
-
-    from devinterp.optim.sgmcmc import SGMCMC
-
-    factory = SGMCMC.rmsprop_sgld if settings.sampler == "rmsprop_sgld" else SGMCMC.sgld
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # devinterp warns about nbeta == 1 even when chosen on purpose
-        return factory(parameters, lr=settings.epsilon, localization=settings.gamma, nbeta=nbeta)
-
-
 def _chain_seeds(seed: int, num_chains: int) -> list[int]:
     return [int(state) for state in np.random.SeedSequence(seed).generate_state(num_chains)]
 
@@ -278,8 +267,8 @@ class _LossModule(nn.Module):
 class _ChainGroup:
     """Chains advanced together as stacked parameters of shape (chains, *parameter shape).
 
-    The SGLD update is elementwise, so devinterp's optimizer applies to the stacked tensors
-    unchanged and each chain's slice evolves independently. With ``batched=True`` the per-chain
+    The SGLD update is elementwise, so it applies to the stacked tensors unchanged and each
+    chain's slice evolves independently. With ``batched=True`` the per-chain
     losses come from one ``torch.vmap`` over the chain dimension; otherwise the group holds a
     single chain and calls the model directly (the fallback for models vmap cannot handle).
     """
@@ -298,18 +287,24 @@ class _ChainGroup:
         self.num_chains = num_chains
         self.batched = batched
         self.autocast = precision == "bf16"
-        self.initial = [tensor.unsqueeze(0) for tensor in initial]
-        self.parameters = [
-            tensor.detach().unsqueeze(0).repeat(num_chains, *([1] * tensor.dim())).requires_grad_(True)
-            for tensor in initial
-        ]
+        self.channels_last = self.autocast and not batched
+        self.parameters = [self._chain_copies(tensor) for tensor in initial]
+        self.initial = [parameter.detach().clone() for parameter in self.parameters]
         self._vmapped = torch.func.vmap(self._single_loss, in_dims=(0, 0), randomness="different")
         self._vmapped_shared = torch.func.vmap(self._single_loss, in_dims=(0, None), randomness="different")
+
+    def _chain_copies(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The chains' copies of one parameter, a leaf of shape (chains, *shape)."""
+        if self.channels_last and tensor.dim() == 4:
+            # Convolution weights in the channels-last layout of the inputs, as a channels-last
+            # model keeps them; otherwise every convolution reorders its weight (2.5% of a step).
+            return tensor.detach().clone(memory_format=torch.channels_last).unsqueeze(0).detach().requires_grad_(True)
+        return tensor.detach().unsqueeze(0).repeat(self.num_chains, *([1] * tensor.dim())).requires_grad_(True)
 
     def _single_loss(self, parameters: list[torch.Tensor], batch) -> torch.Tensor:
         values = dict(zip(self.names, parameters))
         device_type = parameters[0].device.type
-        if self.autocast and not self.batched and isinstance(batch, (list, tuple)) and batch[0].dim() == 4:
+        if self.channels_last and isinstance(batch, (list, tuple)) and batch[0].dim() == 4:
             # bf16 convolutions are fastest on channels-last inputs (oneDNN and cuDNN alike); vmap cannot express it.
             batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -326,38 +321,41 @@ class _ChainGroup:
 
 @dataclass
 class _Point:
-    """Each chain's state for the MALA ratio: weights, potential gradient, potential (chains,)."""
+    """Each chain's state for the MALA ratio: the potential's gradient and the potential (chains,)."""
 
-    weights: list[torch.Tensor]
     gradient: list[torch.Tensor]
     potential: torch.Tensor
 
 
 def _squared_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Per-chain squared norms of chain-major tensors, shape (chains,)."""
-    return torch.stack([tensor.reshape(len(tensor), -1).square().sum(dim=1) for tensor in tensors]).sum(dim=0)
+    chains = len(tensors[0])
+    if chains == 1:
+        return torch.stack(torch._foreach_norm(tensors)).square().sum().reshape(1)
+    return sum(torch.linalg.vector_norm(tensor.reshape(chains, -1), dim=1).square() for tensor in tensors)
 
 
-def _mala_acceptance(previous: _Point, current: _Point, epsilon: float) -> torch.Tensor:
+@torch.no_grad()
+def _mala_acceptance(displacement: list[torch.Tensor], previous: _Point, current: _Point, epsilon: float) -> torch.Tensor:
     """The Metropolis-adjusted Langevin acceptance probability of each chain's move previous -> current.
 
     As devinterp computes it: Gaussian proposal densities from each end's potential gradient and
-    the potentials nbeta * L + gamma/2 |w - w*|^2, all from values the chain computes anyway.
+    the potentials nbeta * L + gamma/2 |w - w*|^2, all from values the chain computes anyway;
+    ``displacement`` is the move, current weights minus previous ones.
     """
-    step = torch._foreach_sub(current.weights, previous.weights)
-    forward = torch._foreach_add(step, previous.gradient, alpha=epsilon / 2)
-    backward = torch._foreach_sub(step, current.gradient, alpha=epsilon / 2)
+    forward = torch._foreach_add(displacement, previous.gradient, alpha=epsilon / 2)
+    backward = torch._foreach_sub(displacement, current.gradient, alpha=epsilon / 2)
     log_ratio = previous.potential - current.potential + (_squared_norms(forward) - _squared_norms(backward)) / (2 * epsilon)
     return torch.exp(torch.clamp(log_ratio, max=0.0))
 
 
-def _potential_point(group: _ChainGroup, losses: torch.Tensor, nbeta: float, gamma: float) -> _Point:
-    weights = [parameter.detach().clone() for parameter in group.parameters]
-    offset = torch._foreach_sub(weights, group.initial)
-    gradient = torch._foreach_mul([parameter.grad for parameter in group.parameters], nbeta)
-    if gamma:
-        torch._foreach_add_(gradient, offset, alpha=gamma)
-    return _Point(weights, gradient, nbeta * losses.detach() + gamma / 2 * _squared_norms(offset))
+@torch.no_grad()
+def _potential_point(update: LangevinUpdate, losses: torch.Tensor) -> _Point:
+    offsets = update.offsets()
+    potential = update.nbeta * losses.detach()
+    if update.gamma:
+        potential = potential + update.gamma / 2 * _squared_norms(offsets)
+    return _Point(update.potential_gradient(offsets), potential)
 
 
 @dataclass
@@ -379,6 +377,7 @@ def _group_batches(data: "SamplingData", seeds: list[int]) -> tuple[Iterator, bo
 
 def _run_group(
     group: _ChainGroup,
+    noise_seed: int,
     batches: Iterator,
     shared_batch: bool,
     settings: SamplerSettings,
@@ -389,7 +388,8 @@ def _run_group(
 ) -> _GroupTraces:
     device = group.parameters[0].device
     chains = group.num_chains
-    sampler = _make_sampler(group.parameters, settings, nbeta)
+    update = LangevinUpdate(group.parameters, group.initial, settings.sampler, settings.epsilon, settings.gamma, nbeta)
+    noise = GaussianNoise(group.parameters, noise_seed)
     burnin, every = settings.num_burnin_steps, settings.num_steps_bw_draws
     num_steps = burnin + settings.num_draws * every
     traces = _GroupTraces(
@@ -398,22 +398,24 @@ def _run_group(
         mala=torch.full((chains, settings.num_draws), float("nan"), device=device),
         diverged=torch.zeros(chains, dtype=torch.bool, device=device),
     )
-    previous: _Point | None = None
+    previous: tuple[_Point, list[torch.Tensor]] | None = None  # the last MALA point and the move from it
     checked_burnin, checked_draws = 0, 0
     for step in range(num_steps):
         batch = next(batches)
-        sampler.zero_grad()
+        for parameter in group.parameters:
+            parameter.grad = None
         losses = group.losses(batch, shared_batch)
         losses.sum().backward()
         is_draw = step >= burnin and (step + 1 - burnin) % every == 0
         draws_done = (step + 1 - burnin) // every if step >= burnin else 0
         precedes_draw = step + 1 >= burnin and (step + 2 - burnin) % every == 0
         if settings.mala and (is_draw or precedes_draw):
-            current = _potential_point(group, losses, nbeta, settings.gamma)
+            current = _potential_point(update, losses)
             if is_draw and previous is not None:
-                traces.mala[:, draws_done - 1] = _mala_acceptance(previous, current, settings.epsilon)
-            previous = current
-        sampler.step()
+                traces.mala[:, draws_done - 1] = _mala_acceptance(previous[1], previous[0], current, settings.epsilon)
+            previous = (current, update.step(noise.draw(), current.gradient))
+        else:
+            update.step(noise.draw())
         if is_draw:
             traces.losses[:, draws_done - 1] = losses.detach()
         elif step < burnin:
@@ -558,7 +560,7 @@ def estimate_llc(
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(seeds[chains[0]])
             try:
-                traces.append(_run_group(group, batches, shared, settings, nbeta, loss_limit, reporter, key))
+                traces.append(_run_group(group, seeds[chains[0]], batches, shared, settings, nbeta, loss_limit, reporter, key))
             finally:
                 reporter.finish(key)
     return _summarise(

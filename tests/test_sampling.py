@@ -54,19 +54,20 @@ def test_mala_formula_matches_devinterp():
 
     generator = torch.Generator().manual_seed(1)
     shapes = [(3, 2), (4,)]
-    points = []
+    weights, points = [], []
     for _ in range(2):
-        weights = [torch.randn(1, *shape, generator=generator) for shape in shapes]
+        weights.append([torch.randn(1, *shape, generator=generator) for shape in shapes])
         gradient = [torch.randn(1, *shape, generator=generator) for shape in shapes]
-        points.append(_Point(weights, gradient, torch.rand(1, generator=generator)))
+        points.append(_Point(gradient, torch.rand(1, generator=generator)))
     previous, current = points
     epsilon = 0.05
-    ours = _mala_acceptance(previous, current, epsilon).item()
+    displacement = [after - before for before, after in zip(*weights)]
+    ours = _mala_acceptance(displacement, previous, current, epsilon).item()
     theirs = mala_acceptance_probability(
-        [w[0] for w in previous.weights],
+        [w[0] for w in weights[0]],
         [g[0] for g in previous.gradient],
         previous.potential[0],
-        [w[0] for w in current.weights],
+        [w[0] for w in weights[1]],
         [g[0] for g in current.gradient],
         current.potential[0],
         epsilon,
@@ -84,13 +85,15 @@ def test_mala_matches_an_independent_replay_of_the_chain():
     settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=nbeta, num_chains=1, num_draws=40, batch_size=8)
     result = estimate_llc(Quadratic(dim), dummy_data(), settings, loss=quadratic_loss, device="cpu")
 
-    torch.manual_seed(_chain_seeds(settings.seed, 1)[0])
+    # llcv's documented noise streams (llcv/langevin.py): one generator per chunk of 2^20 weights.
+    state = np.random.SeedSequence(_chain_seeds(settings.seed, 1)[0]).generate_state(1)[0]
+    noise_generator = torch.Generator().manual_seed(int(state))
     weights = torch.zeros(1, dim)
     states = []
     for _ in range(settings.num_draws):
         gradient = nbeta * weights
         states.append((weights.clone(), gradient, nbeta * 0.5 * weights.square().sum()))
-        noise = torch.normal(mean=0.0, std=1.0, size=weights.size())
+        noise = torch.randn(weights.size(), generator=noise_generator)
         weights = weights.add(gradient, alpha=-0.5 * epsilon).add(noise, alpha=epsilon**0.5)
     replayed_losses = [state[2].item() / nbeta for state in states]
     assert result.loss_trace[0] == pytest.approx(replayed_losses, rel=1e-5, abs=1e-7)
