@@ -789,14 +789,15 @@ def recommend_settings(
     one minibatch); SGLD is stable for ``epsilon * (s + gamma) < 2``. The epsilons are
     ``RECOMMEND_EPSILON_FACTORS / s``. Localization pulls the chains toward the checkpoint and
     so biases the LLC down, so gammas are tried from weak to strong, ``RECOMMEND_GAMMA_FACTORS * s``,
-    one sweep each (2 chains, ``num_draws`` burn-in steps and draws), stopping at the first
-    gamma where a combination qualifies; ``apply_rule`` picks the epsilon. nbeta is
+    one sweep each (2 chains, ``num_draws`` burn-in steps and draws; repeated once with twice
+    as many when most combinations fail only because the chains have not mixed), stopping at
+    the first gamma where a combination qualifies; ``apply_rule`` picks the epsilon. nbeta is
     ``base.nbeta`` or its default.
 
     The returned settings are the recommended (epsilon, gamma, nbeta, sampler) with
-    ``FINAL_NUM_CHAINS`` chains, ``num_draws`` burn-in steps, and enough draws for an
-    effective sample size of about ``TARGET_ESS`` at the sweep's mixing rate (between
-    ``num_draws`` and ``10 * num_draws``); the rest comes from ``base``.
+    ``FINAL_NUM_CHAINS`` chains, the qualifying sweep's burn-in steps, and enough draws for an
+    effective sample size of about ``TARGET_ESS`` at the sweep's mixing rate (between that
+    sweep's draws and ``10 * num_draws``); the rest comes from ``base``.
 
     Args:
         base: batch size, samples, seed and sampler. Default: full batches of the data, or of a
@@ -817,30 +818,39 @@ def recommend_settings(
     nbeta = base.nbeta if base.nbeta is not None else default_nbeta(sampling.batch_size)
     stiffness = nbeta * top_hessian_eigenvalue(model, sampling, loss, base)
     epsilons = [float(f"{factor / stiffness:.3g}") for factor in RECOMMEND_EPSILON_FACTORS]
-    sweep_settings = base.model_copy(update={"num_chains": 2, "num_draws": num_draws, "num_burnin_steps": num_draws})
     reasons = []
     for factor in RECOMMEND_GAMMA_FACTORS:
         gamma = float(f"{factor * stiffness:.3g}")
-        sweep = calibrate_sweep(
-            model, sampling, epsilons, [gamma], [nbeta], base=sweep_settings, loss=loss, device=device, reporter=reporter
-        )
+        for draws in (num_draws, 2 * num_draws):
+            sweep_settings = base.model_copy(update={"num_chains": 2, "num_draws": draws, "num_burnin_steps": draws})
+            sweep = calibrate_sweep(
+                model, sampling, epsilons, [gamma], [nbeta], base=sweep_settings, loss=loss, device=device, reporter=reporter
+            )
+            if sweep.recommended is not None or not _mostly_unmixed(sweep.rows):
+                break
         index = sweep.recommended_index
         if sweep.recommended is not None and index is not None:
             break
-        reasons.append(f"gamma={gamma:g}: {sweep.reason}")
+        reasons.append(f"gamma={gamma:g}, {draws} draws: {sweep.reason}")
     else:
         raise EstimationError("recommend_settings found no usable SGLD settings; " + "; ".join(reasons))
     row = sweep.rows[index]
-    ess_per_draw = (row["ess"] or 0.0) / (sweep_settings.num_chains * num_draws)
+    ess_per_draw = (row["ess"] or 0.0) / (sweep_settings.num_chains * draws)
     needed = math.ceil(TARGET_ESS / (FINAL_NUM_CHAINS * ess_per_draw)) if ess_per_draw > 0 else 10 * num_draws
     return sweep.recommended.model_copy(
         update={
             "num_chains": FINAL_NUM_CHAINS,
-            "num_draws": min(max(needed, num_draws), 10 * num_draws),
-            "num_burnin_steps": num_draws,
+            "num_draws": min(max(needed, draws), 10 * num_draws),
+            "num_burnin_steps": draws,
             "mala": base.mala,
         }
     )
+
+
+def _mostly_unmixed(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether most rows failed a mixing rule first (trace drift or R-hat): longer chains may qualify."""
+    unmixed = sum(row["reason"].startswith(("|trace_drift|", "r_hat")) for row in rows)
+    return unmixed > len(rows) / 2
 
 
 def top_hessian_eigenvalue(

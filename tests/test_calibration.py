@@ -387,10 +387,12 @@ def test_minibatch_sweeps_say_why_mala_acceptance_is_low(linear):
 
 def test_recommend_settings_returns_complete_settings_that_recover_a_regular_model(linear):
     model, data = linear
-    settings = recommend_settings(model, data, loss="mse", device="cpu", num_draws=100)
+    # The default sweep length: with 100 draws, 2-chain R-hat is noisy enough to reject every
+    # combination for some seeds (1 in 8 here), 200 qualified for all 8 seeds tried.
+    settings = recommend_settings(model, data, loss="mse", device="cpu")
     assert isinstance(settings, SamplerSettings)
     assert settings.num_chains == calibration.FINAL_NUM_CHAINS
-    assert 100 <= settings.num_draws <= 1000 and settings.num_burnin_steps == 100
+    assert 200 <= settings.num_draws <= 2000 and settings.num_burnin_steps == 200
     assert settings.batch_size == 200 and settings.nbeta == pytest.approx(200 / math.log(200))
     result = estimate_llc(model, data, settings, loss="mse", device="cpu")
     assert abs(result.llc_mean - 2.0) <= 3.5 * result.llc_std  # d/2 for d = 4
