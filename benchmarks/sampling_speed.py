@@ -7,13 +7,15 @@ printed as a ratio (llcv time / reference time; below 1 means llcv is faster).
 1. ResNet18 (CIFAR stem) on digits at 32x32, batch 64, 4 chains x 50 draws: llcv fp32 and bf16
    vs devinterp's estimate_learning_coeff_with_summary (fp32), with the LLC means.
 2. Reduced-rank regression 5-3-5, 1,000 samples full batch, 3 chains x 2,000 draws: the same ratio.
-3. One SGLD step vs one plain SGD training step on the same batch and precision (the floor).
+3. One SGLD step vs one plain SGD training step on the same batch and precision (the floor),
+   timed in alternating blocks.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 import warnings
 
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader
 from llcv import SamplerSettings, build_model, estimate_llc, load_dataset
 from llcv.devices import resolve_device
 from llcv.known_models import rrr_case
+from llcv.progress import Reporter
 from llcv.sampling import SamplingData
 
 
@@ -107,13 +110,58 @@ def small_model_case(device: torch.device, quick: bool) -> None:
     _row(f"mala on ({result.chain_execution})", ours, theirs, our_llc, their_llc)
 
 
+class _Interleaved(Reporter):
+    """Runs blocks of plain training steps between blocks of SGLD steps (from the sampling loop's
+    progress hook) and times every step, so both see the same machine: on a shared CPU the
+    speed drifts by +-8% over seconds, which swamped ratios from separate runs. The first plain
+    step of a block shares the CPU with the noise the sampler draws ahead, and the next SGLD step
+    finds that noise ready, so neither is counted."""
+
+    def __init__(self, plain_step, device: torch.device, block: int = 10):
+        self.plain_step = plain_step
+        self.device = device
+        self.block = block
+        self.sgld: list[float] = []
+        self.plain: list[float] = []
+
+    def start(self, key: str, description: str, total: int | None) -> None:
+        self.last, self.steps = None, 0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def advance(self, key: str, amount: int = 1, **fields: object) -> None:
+        now = self._now()
+        if self.last is not None:  # None: the first step (with setup), or the first after a plain block
+            self.sgld.append(now - self.last)
+        self.steps += 1
+        if self.steps % self.block:
+            self.last = now
+            return
+        for index in range(self.block):
+            started = self._now()
+            self.plain_step()
+            if index:
+                self.plain.append(self._now() - started)
+        self.last = None
+
+    def ratios(self) -> tuple[float, float]:
+        """(median SGLD step / median plain step, mean / mean)."""
+        return statistics.median(self.sgld) / statistics.median(self.plain), statistics.mean(self.sgld) / statistics.mean(self.plain)
+
+
 def floor_case(device: torch.device, quick: bool) -> None:
-    """Per-step cost of one chain vs a plain SGD step, from the difference of two run lengths."""
+    """One chain's SGLD step vs a plain SGD training step, in alternating blocks."""
     train, _, info = load_dataset("digits")
     torch.manual_seed(0)
     model = build_model("resnet18", info.num_classes, info.in_channels, "cifar").to(device)
-    short, long = (5, 15) if quick else (10, 40)
-    print(f"One step, ResNet18 (CIFAR stem), batch 64, eval mode, {device}: SGLD step / plain SGD step")
+    steps = 40 if quick else 100
+    print(
+        f"One step, ResNet18 (CIFAR stem), batch 64, eval mode, {device}: SGLD step / plain SGD step, "
+        f"{steps} steps each in alternating blocks of 10 (median / median; mean / mean)"
+    )
     for precision in ("fp32", "bf16"):
         batch = next(iter(DataLoader(train, batch_size=64)))
         images, labels = batch[0].to(device), batch[1].to(device)
@@ -124,33 +172,25 @@ def floor_case(device: torch.device, quick: bool) -> None:
             plain = plain.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(plain.parameters(), lr=1e-6)
 
-        def sgd_steps(count: int) -> float:
-            started = time.perf_counter()
-            for _ in range(count):
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    loss = nn.functional.cross_entropy(plain(images), labels)
-                loss.backward()
-                optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - started
+        def plain_step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = nn.functional.cross_entropy(plain(images), labels)
+            loss.backward()
+            optimizer.step()
 
-        sgd_steps(3)
-        plain_step = (sgd_steps(long) - sgd_steps(short)) / (long - short)
+        settings = SamplerSettings(
+            epsilon=1e-6, gamma=1000.0, num_chains=1, batch_size=64, precision=precision, num_draws=steps, init_loss_samples=64
+        )
+        data = SamplingData(train, settings, device)
         for mala in (False, True):
-            settings = SamplerSettings(epsilon=1e-6, gamma=1000.0, num_chains=1, batch_size=64, precision=precision, mala=mala)
-            data = SamplingData(train, settings, device)
-            estimate_llc(model, data, settings.model_copy(update={"num_draws": 3}), device=device)
-            timings = {}
-            for draws in (short, long):
-                started = time.perf_counter()
-                estimate_llc(model, data, settings.model_copy(update={"num_draws": draws}), device=device)
-                timings[draws] = time.perf_counter() - started
-            sgld_step = (timings[long] - timings[short]) / (long - short)
+            estimate_llc(model, data, settings.model_copy(update={"num_draws": 3, "mala": mala}), device=device)
+            timer = _Interleaved(plain_step, device)
+            estimate_llc(model, data, settings.model_copy(update={"mala": mala}), device=device, reporter=timer)
+            median, total = timer.ratios()
             print(
-                f"  {precision}, mala {'on ' if mala else 'off'}: SGLD {sgld_step * 1e3:7.1f} ms  "
-                f"SGD {plain_step * 1e3:7.1f} ms  ratio {sgld_step / plain_step:5.2f}x"
+                f"  {precision}, mala {'on ' if mala else 'off'}: SGLD {statistics.median(timer.sgld) * 1e3:7.1f} ms  "
+                f"SGD {statistics.median(timer.plain) * 1e3:7.1f} ms  ratio {median:5.3f}x (means {total:5.3f}x)"
             )
 
 

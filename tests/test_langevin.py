@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from llcv.langevin import NOISE_CHUNK, GaussianNoise, LangevinUpdate
+from llcv.langevin import AHEAD_MIN_ELEMENTS, GaussianNoise, LangevinUpdate
 
 SHAPES = [(5, 3), (3,), (2, 2, 3, 3)]
 
@@ -71,41 +72,43 @@ def test_parameter_the_loss_does_not_reach_only_diffuses():
         torch.testing.assert_close(moved - was, torch.full_like(was, 0.1))
 
 
-def test_noise_is_reproducible_and_independent_of_the_thread_count():
-    like = [torch.empty(NOISE_CHUNK + 7), torch.empty(3, NOISE_CHUNK // 2)]  # three chunks
-    threads = torch.get_num_threads()
+def documented_stream(seed: int, size: int, draws: int = 1) -> list[torch.Tensor]:
+    """The noise llcv/langevin.py promises: per draw, ``normal_`` of all weights from one generator."""
+    state = np.random.SeedSequence(seed).generate_state(1)[0]
+    generator = torch.Generator().manual_seed(int(state))
+    return [torch.empty(size).normal_(generator=generator) for _ in range(draws)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_noise_is_the_documented_stream_whether_drawn_ahead_or_not(threads):
+    like = [torch.empty(AHEAD_MIN_ELEMENTS), torch.empty(3, 5)]
+    size = AHEAD_MIN_ELEMENTS + 15
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        torch.set_num_threads(1)
-        single = GaussianNoise(like, seed=11)
-        assert single.workers == 1
-        serial = [[view.clone() for view in single.draw()] for _ in range(2)]
-        torch.set_num_threads(2)
-        parallel_noise = GaussianNoise(like, seed=11)
-        assert parallel_noise.workers == 2
-        parallel = [[view.clone() for view in parallel_noise.draw()] for _ in range(2)]
+        noise = GaussianNoise(like, seed=11)
+        draws = [torch.cat([view.reshape(-1) for view in noise.draw()]) for _ in range(3)]
+        noise.close()
     finally:
-        torch.set_num_threads(threads)
-    for first, second in zip(serial, parallel):
-        for a, b in zip(first, second):
-            assert torch.equal(a, b)
-    assert not torch.equal(serial[0][0], serial[1][0])  # each draw is fresh
-    other_seed = GaussianNoise(like, seed=12).draw()
-    assert not torch.equal(other_seed[0], serial[0][0])
+        torch.set_num_threads(previous)
+    assert noise.ahead == (threads > 1)
+    for values, expected in zip(draws, documented_stream(11, size, draws=3)):
+        assert torch.equal(values, expected)
 
 
-def test_noise_is_standard_normal_and_chunks_are_independent():
-    like = [torch.empty(2 * NOISE_CHUNK)]
-    values = GaussianNoise(like, seed=0).draw()[0]
-    assert [view.shape for view in GaussianNoise(like, seed=0).views] == [like[0].shape]
-    assert abs(values.mean().item()) < 5e-3 and abs(values.std().item() - 1.0) < 5e-3
-    first, second = values[:NOISE_CHUNK], values[NOISE_CHUNK:]
-    assert not torch.equal(first, second)
+def test_noise_is_standard_normal_and_fresh_at_every_draw():
+    noise = GaussianNoise([torch.empty(1 << 20)], seed=0)
+    first = noise.draw()[0].clone()
+    second = noise.draw()[0]
+    noise.close()
+    assert abs(first.mean().item()) < 5e-3 and abs(first.std().item() - 1.0) < 5e-3
     assert abs(torch.corrcoef(torch.stack([first, second]))[0, 1].item()) < 5e-3
+    assert not torch.equal(GaussianNoise([torch.empty(8)], seed=1).draw()[0], GaussianNoise([torch.empty(8)], seed=2).draw()[0])
 
 
 def test_noise_views_take_the_layout_of_their_tensors():
     channels_last = torch.empty(4, 3, 2, 2).contiguous(memory_format=torch.channels_last)
-    noise = GaussianNoise([channels_last, torch.empty(5)], seed=3)
-    views = noise.draw()
+    views = GaussianNoise([channels_last, torch.empty(5)], seed=3).draw()
     assert views[0].stride() == channels_last.stride() and views[1].shape == (5,)
-    assert torch.equal(torch.cat([views[0].permute(0, 2, 3, 1).reshape(-1), views[1]]), noise.buffer)
+    in_memory_order = torch.cat([views[0].permute(0, 2, 3, 1).reshape(-1), views[1]])
+    assert torch.equal(in_memory_order, documented_stream(3, 53)[0])
