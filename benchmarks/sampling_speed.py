@@ -1,23 +1,29 @@
 """llcv's sampler against devinterp 1.3 at the same settings, and against the floor of a training step.
 
-Run: ``python -m benchmarks sampling_speed [--quick] [--device cpu|cuda]``. Every comparison is
-measured side by side in this one run, on the same model, data, settings and device, and
-printed as a ratio (llcv time / reference time; below 1 means llcv is faster).
+Run: ``python -m benchmarks sampling_speed [--quick] [--device cpu|cuda] [--only small|resnet|floor]
+[--record FILE.json] [--figure FILE.png]``. Every comparison is measured side by side in this
+one run, on the same model, data, settings and device, and printed as a ratio (llcv time /
+reference time; below 1 means llcv is faster). ``--record`` keeps the rows of each case in a
+JSON file, so cases run one at a time add up to one figure.
 
 1. ResNet18 (CIFAR stem) on digits at 32x32, batch 64, 4 chains x 50 draws: llcv fp32 and bf16
    vs devinterp's estimate_learning_coeff_with_summary (fp32), with the LLC means.
 2. Reduced-rank regression 5-3-5, 1,000 samples full batch, 3 chains x 2,000 draws: the same ratio.
 3. One SGLD step vs one plain SGD training step on the same batch and precision (the floor),
+   and vs one step of devinterp's chain loop (BatchNorm in train mode, as devinterp samples),
    timed in alternating blocks.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import math
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from llcv import SamplerSettings, build_model, estimate_llc, load_dataset
 from llcv.devices import resolve_device
+from llcv.fileio import atomic_write_json
 from llcv.known_models import rrr_case
 from llcv.progress import Reporter
 from llcv.sampling import SamplingData
@@ -67,11 +74,12 @@ def _llcv_llc(model, dataset, settings: SamplerSettings, loss, device) -> tuple[
     return time.perf_counter() - started, result.llc_mean, result
 
 
-def _row(label: str, ours: float, theirs: float, our_llc, their_llc) -> None:
+def _row(case: str, label: str, ours: float, theirs: float, target: float | None, our_llc, their_llc) -> dict:
     print(f"  {label:<44} llcv {ours:7.2f} s  devinterp {theirs:7.2f} s  ratio {ours / theirs:5.2f}x   LLC {our_llc:8.3f} vs {their_llc:8.3f}")
+    return {"case": case, "label": label, "llcv_seconds": ours, "reference_seconds": theirs, "ratio": ours / theirs, "target": target}
 
 
-def resnet_case(device: torch.device, quick: bool) -> None:
+def resnet_case(device: torch.device, quick: bool) -> list[dict]:
     train, _, info = load_dataset("digits")
     torch.manual_seed(0)
     model = build_model("resnet18", info.num_classes, info.in_channels, "cifar").to(device)
@@ -87,15 +95,18 @@ def resnet_case(device: torch.device, quick: bool) -> None:
     # devinterp samples in train mode; compare like with like, and show llcv's default (eval) too.
     ours_train, our_llc, result = _llcv_llc(model, train, base.model_copy(update={"bn_mode": "train"}), "cross_entropy", device)
     theirs, their_llc = _devinterp_llc(model, train, base, ce, device, None)
-    _row(f"bn train mode, fp32 ({result.chain_execution})", ours_train, theirs, our_llc, their_llc)
+    case = "ResNet18 vs devinterp"
+    rows = [_row(case, f"bn train mode, fp32 ({result.chain_execution})", ours_train, theirs, 1.0, our_llc, their_llc)]
     for precision in ("fp32", "bf16"):
         for mala in (False, True):
             settings = base.model_copy(update={"precision": precision, "mala": mala})
             seconds, llc, result = _llcv_llc(model, train, settings, "cross_entropy", device)
-            _row(f"bn eval, {precision}, mala {'on' if mala else 'off'} ({result.chain_execution})", seconds, theirs, llc, their_llc)
+            label = f"bn eval, {precision}, mala {'on' if mala else 'off'} ({result.chain_execution})"
+            rows.append(_row(case, label, seconds, theirs, 1.0 if precision == "fp32" else 0.6, llc, their_llc))
+    return rows
 
 
-def small_model_case(device: torch.device, quick: bool) -> None:
+def small_model_case(device: torch.device, quick: bool) -> list[dict]:
     case = rrr_case(M=5, H=3, N=5, r=1, num_samples=1000)
     draws = 400 if quick else 2000
     settings = SamplerSettings(
@@ -105,20 +116,21 @@ def small_model_case(device: torch.device, quick: bool) -> None:
     print(f"Reduced-rank regression 5-3-5, 1,000 samples full batch, 3 chains x {draws} draws, {device} (true LLC {case.true_llc}):")
     ours, our_llc, result = _llcv_llc(case.model.to(device), case.dataset, settings, "mse", device)
     theirs, their_llc = _devinterp_llc(case.model, case.dataset, settings, mse, device, result.init_loss)
-    _row(f"mala off ({result.chain_execution})", ours, theirs, our_llc, their_llc)
+    name = "reduced-rank regression vs devinterp"
+    rows = [_row(name, f"mala off ({result.chain_execution})", ours, theirs, 0.2, our_llc, their_llc)]
     ours, our_llc, result = _llcv_llc(case.model, case.dataset, settings.model_copy(update={"mala": True}), "mse", device)
-    _row(f"mala on ({result.chain_execution})", ours, theirs, our_llc, their_llc)
+    rows.append(_row(name, f"mala on ({result.chain_execution})", ours, theirs, 0.2, our_llc, their_llc))
+    return rows
 
 
 class _Interleaved(Reporter):
-    """Runs blocks of plain training steps between blocks of SGLD steps (from the sampling loop's
+    """Runs blocks of reference steps between blocks of SGLD steps (from the sampling loop's
     progress hook) and times every step, so both see the same machine: on a shared CPU the
-    speed drifts by +-8% over seconds, which swamped ratios from separate runs. The first plain
-    step of a block shares the CPU with the noise the sampler draws ahead, and the next SGLD step
-    finds that noise ready, so neither is counted."""
+    speed drifts by +-8% over seconds, which swamped ratios from separate runs. The first step
+    of each block, which starts with the other loop's data in the caches, is not counted."""
 
-    def __init__(self, plain_step, device: torch.device, block: int = 10):
-        self.plain_step = plain_step
+    def __init__(self, reference_step, device: torch.device, block: int = 10):
+        self.reference_step = reference_step
         self.device = device
         self.block = block
         self.sgld: list[float] = []
@@ -142,56 +154,94 @@ class _Interleaved(Reporter):
             return
         for index in range(self.block):
             started = self._now()
-            self.plain_step()
+            self.reference_step()
             if index:
                 self.plain.append(self._now() - started)
         self.last = None
 
     def ratios(self) -> tuple[float, float]:
-        """(median SGLD step / median plain step, mean / mean)."""
+        """(median SGLD step / median reference step, mean / mean)."""
         return statistics.median(self.sgld) / statistics.median(self.plain), statistics.mean(self.sgld) / statistics.mean(self.plain)
 
 
-def floor_case(device: torch.device, quick: bool) -> None:
-    """One chain's SGLD step vs a plain SGD training step, in alternating blocks."""
+def _plain_sgd_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str):
+    """One plain training step (eval mode, SGD) on a fixed batch: the floor of an SGLD step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    autocast = dict(device_type=images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(**autocast):
+            loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _devinterp_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: SamplerSettings):
+    """One step of devinterp 1.3's chain loop (sample_single_chain): train mode, its SGMCMC.sgld."""
+    from devinterp.optim.sgmcmc import SGMCMC
+
+    chain = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = SGMCMC.sgld(chain.parameters(), lr=settings.epsilon, localization=settings.gamma, nbeta=64 / math.log(64))
+
+    def step() -> None:
+        chain.train()
+        nn.functional.cross_entropy(chain(images), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
+def floor_case(device: torch.device, quick: bool) -> list[dict]:
+    """One chain's SGLD step vs a plain SGD training step, and vs devinterp's step, in alternating blocks."""
     train, _, info = load_dataset("digits")
     torch.manual_seed(0)
     model = build_model("resnet18", info.num_classes, info.in_channels, "cifar").to(device)
     steps = 40 if quick else 100
     print(
-        f"One step, ResNet18 (CIFAR stem), batch 64, eval mode, {device}: SGLD step / plain SGD step, "
+        f"One step, ResNet18 (CIFAR stem), batch 64, {device}: llcv's SGLD step / a reference step, "
         f"{steps} steps each in alternating blocks of 10 (median / median; mean / mean)"
     )
-    for precision in ("fp32", "bf16"):
-        batch = next(iter(DataLoader(train, batch_size=64)))
-        images, labels = batch[0].to(device), batch[1].to(device)
-        if precision == "bf16" and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
-        plain = build_model("resnet18", info.num_classes, info.in_channels, "cifar").to(device).eval()
-        if precision == "bf16":
-            plain = plain.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(plain.parameters(), lr=1e-6)
-
-        def plain_step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = nn.functional.cross_entropy(plain(images), labels)
-            loss.backward()
-            optimizer.step()
-
-        settings = SamplerSettings(
-            epsilon=1e-6, gamma=1000.0, num_chains=1, batch_size=64, precision=precision, num_draws=steps, init_loss_samples=64
+    batch = next(iter(DataLoader(train, batch_size=64)))
+    images, labels = batch[0].to(device), batch[1].to(device)
+    settings = SamplerSettings(epsilon=1e-6, gamma=1000.0, num_chains=1, batch_size=64, num_draws=steps, init_loss_samples=64)
+    data = SamplingData(train, settings, device)
+    plain = build_model("resnet18", info.num_classes, info.in_channels, "cifar").to(device).eval()
+    channels_last = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    images_channels_last = images.contiguous(memory_format=torch.channels_last)
+    comparisons = [
+        # (label, llcv settings, reference, reference step, target)
+        ("fp32, mala off", {}, "plain SGD step", _plain_sgd_step(plain, images, labels, "fp32"), 1.05),
+        ("fp32, mala on", {"mala": True}, "plain SGD step", _plain_sgd_step(plain, images, labels, "fp32"), 1.1),
+        ("bf16, mala off", {"precision": "bf16"}, "plain SGD step",
+         _plain_sgd_step(channels_last, images_channels_last, labels, "bf16"), None),
+        ("bf16, mala on", {"precision": "bf16", "mala": True}, "plain SGD step",
+         _plain_sgd_step(channels_last, images_channels_last, labels, "bf16"), None),
+        ("fp32, bn train mode, mala off", {"bn_mode": "train"}, "devinterp step",
+         _devinterp_step(plain, images, labels, settings), 1.0),
+    ]
+    rows = []
+    for label, update, reference, reference_step, target in comparisons:
+        chain_settings = settings.model_copy(update={"mala": False, **update})
+        estimate_llc(model, data, chain_settings.model_copy(update={"num_draws": 3}), device=device)
+        timer = _Interleaved(reference_step, device)
+        estimate_llc(model, data, chain_settings, device=device, reporter=timer)
+        median, means = timer.ratios()
+        ours, theirs = statistics.median(timer.sgld), statistics.median(timer.plain)
+        print(
+            f"  {label:<30} llcv {ours * 1e3:7.1f} ms  {reference} {theirs * 1e3:7.1f} ms  "
+            f"ratio {median:5.3f}x (means {means:5.3f}x)"
         )
-        data = SamplingData(train, settings, device)
-        for mala in (False, True):
-            estimate_llc(model, data, settings.model_copy(update={"num_draws": 3, "mala": mala}), device=device)
-            timer = _Interleaved(plain_step, device)
-            estimate_llc(model, data, settings.model_copy(update={"mala": mala}), device=device, reporter=timer)
-            median, total = timer.ratios()
-            print(
-                f"  {precision}, mala {'on ' if mala else 'off'}: SGLD {statistics.median(timer.sgld) * 1e3:7.1f} ms  "
-                f"SGD {statistics.median(timer.plain) * 1e3:7.1f} ms  ratio {median:5.3f}x (means {total:5.3f}x)"
-            )
+        rows.append(
+            {"case": f"ResNet18 step vs {reference}", "label": label, "llcv_seconds": ours,
+             "reference_seconds": theirs, "ratio": median, "target": target}
+        )
+    return rows
 
 
 def main(argv: list[str]) -> None:
@@ -199,10 +249,42 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer draws, for a smoke run")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", choices=("resnet", "small", "floor"), default=None)
+    parser.add_argument("--record", type=Path, help="JSON file of rows by case; this run's cases replace theirs")
+    parser.add_argument("--figure", type=Path, help="draw the ratios (of --record, else of this run) into this image")
     options = parser.parse_args(argv)
     device = resolve_device(options.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     cases = {"small": small_model_case, "resnet": resnet_case, "floor": floor_case}
-    for name, case in cases.items():
-        if options.only in (None, name):
-            case(device, options.quick)
+    measured = {name: case(device, options.quick) for name, case in cases.items() if options.only in (None, name)}
+    recorded = measured
+    if options.record is not None:
+        recorded = json.loads(options.record.read_text()) if options.record.exists() else {}
+        recorded.update(measured)
+        atomic_write_json(options.record, recorded)
+    if options.figure is not None:
+        _draw(recorded, options.figure)
+        print(f"figure: {options.figure}")
+
+
+def _draw(recorded: dict[str, list[dict]], path: Path) -> None:
+    """Horizontal bars of llcv / reference time per row, with each row's target as a tick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for name in ("small", "resnet", "floor") for row in recorded.get(name, [])]
+    figure, axes = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.2))
+    positions = list(range(len(rows)))[::-1]
+    axes.barh(positions, [row["ratio"] for row in rows], color="#4C72B0")
+    for position, row in zip(positions, rows):
+        axes.text(row["ratio"] + 0.01, position, f"{row['ratio']:.2f}x", va="center", fontsize=8)
+        if row["target"] is not None:
+            axes.plot([row["target"]] * 2, [position - 0.4, position + 0.4], color="#C44E52", linewidth=2)
+    axes.set_yticks(positions, [f"{row['case']}: {row['label']}" for row in rows], fontsize=8)
+    axes.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_xlabel("llcv time / reference time (red: target)")
+    axes.set_title("llcv sampler speed (benchmarks/sampling_speed.py)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

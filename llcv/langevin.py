@@ -11,25 +11,19 @@ SGLD and ``1 / (sqrt(V) + 0.1)`` for RMSProp-SGLD, where ``V <- 0.99 V + 0.01 g^
 
 Why not call devinterp's optimizer: it loops over parameters in Python and allocates about ten
 temporaries per parameter per step (on a ResNet18 on CPU, 44 ms of a 600 ms step, against
-about 5 ms here for the same arithmetic as three ``torch._foreach_*`` passes). Drawing the noise
-is the larger cost: torch draws normals on one CPU thread, 27 ms for ResNet18's 11M weights.
-So on a multi-threaded CPU the next step's noise is drawn on a background thread while this
-step's forward and backward passes run (``GaussianNoise``); on a ResNet18 that hid the whole draw.
+about 5 ms here for the same arithmetic as three ``torch._foreach_*`` passes). What remains is
+drawing the noise: torch draws normals on one CPU thread, 27 ms for ResNet18's 11M weights.
+Drawing it on other threads (in parallel chunks, or one step ahead during the backward pass)
+measured no faster on 2 busy cores (docs/performance.md), so it is drawn in place.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
 import torch
 
-# Draws of at least this many elements are prepared ahead on a background thread; below it (0.7 ms
-# of drawing) the hand-off between threads would cost more than it hides.
-AHEAD_MIN_ELEMENTS = 1 << 18
 RMSPROP_ALPHA = 0.99
 RMSPROP_EPS = 0.1
 
@@ -39,57 +33,23 @@ class GaussianNoise:
 
     Each draw fills a buffer laid out as the tensors end to end, in memory order, with
     ``normal_`` from one generator seeded with the first state of
-    ``numpy.random.SeedSequence(seed)``. On a CPU with more than one torch thread, draws of at
-    least ``AHEAD_MIN_ELEMENTS`` are made one step ahead on a background thread into a second
-    buffer; the values are the same either way. Call ``close`` when done.
+    ``numpy.random.SeedSequence(seed)``.
     """
 
     def __init__(self, like: list[torch.Tensor], seed: int):
         device = like[0].device
-        total = sum(tensor.numel() for tensor in like)
         state = np.random.SeedSequence(seed).generate_state(1)[0]
         self.generator = torch.Generator(device=device).manual_seed(int(state))
-        self.ahead = device.type == "cpu" and torch.get_num_threads() > 1 and total >= AHEAD_MIN_ELEMENTS
-        self.buffers = [torch.empty(total, device=device) for _ in range(2 if self.ahead else 1)]
-        self.views = [_views_like(buffer, like) for buffer in self.buffers]
-        self.next = 0
-        self.pending: Future | None = _background_thread().submit(self._fill, 0) if self.ahead else None
+        self.buffer = torch.empty(sum(tensor.numel() for tensor in like), device=device)
+        # Each view has its tensor's strides (a channels-last weight gets channels-last noise), so
+        # the update reads both in the same order.
+        parts = self.buffer.split([tensor.numel() for tensor in like])
+        self.views = [part.as_strided(tensor.shape, tensor.stride()) for part, tensor in zip(parts, like)]
 
     def draw(self) -> list[torch.Tensor]:
         """Fresh noise, as views shaped and strided like the tensors (valid until the next draw)."""
-        if not self.ahead:
-            self._fill(0)
-            return self.views[0]
-        self.pending.result()
-        current, self.next = self.next, 1 - self.next
-        self.pending = _background_thread().submit(self._fill, self.next)
-        return self.views[current]
-
-    def close(self) -> None:
-        """Wait for a draw in flight, so no work outlives the chain."""
-        if self.pending is not None:
-            self.pending.result()
-            self.pending = None
-
-    def _fill(self, index: int) -> None:
-        self.buffers[index].normal_(generator=self.generator)
-
-
-def _views_like(buffer: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    # Each view has its tensor's strides (a channels-last weight gets channels-last noise), so the
-    # update reads both in the same order.
-    parts = buffer.split([tensor.numel() for tensor in like])
-    return [part.as_strided(tensor.shape, tensor.stride()) for part, tensor in zip(parts, like)]
-
-
-@lru_cache(maxsize=None)
-def _thread_for_process(pid: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="llcv-noise")
-
-
-def _background_thread() -> ThreadPoolExecutor:
-    # Keyed by process: a forked child inherits the pool object but not its thread.
-    return _thread_for_process(os.getpid())
+        self.buffer.normal_(generator=self.generator)
+        return self.views
 
 
 class LangevinUpdate:

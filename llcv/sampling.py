@@ -399,42 +399,39 @@ def _run_group(
         diverged=torch.zeros(chains, dtype=torch.bool, device=device),
     )
     previous: tuple[_Point, list[torch.Tensor]] | None = None  # the last MALA point and the move from it
-    try:
-        checked_burnin, checked_draws = 0, 0
-        for step in range(num_steps):
-            batch = next(batches)
-            for parameter in group.parameters:
-                parameter.grad = None
-            losses = group.losses(batch, shared_batch)
-            losses.sum().backward()
-            is_draw = step >= burnin and (step + 1 - burnin) % every == 0
-            draws_done = (step + 1 - burnin) // every if step >= burnin else 0
-            precedes_draw = step + 1 >= burnin and (step + 2 - burnin) % every == 0
-            if settings.mala and (is_draw or precedes_draw):
-                current = _potential_point(update, losses)
-                if is_draw and previous is not None:
-                    traces.mala[:, draws_done - 1] = _mala_acceptance(previous[1], previous[0], current, settings.epsilon)
-                previous = (current, update.step(noise.draw(), current.gradient))
-            else:
-                update.step(noise.draw())
-            if is_draw:
-                traces.losses[:, draws_done - 1] = losses.detach()
-            elif step < burnin:
-                traces.burnin_losses[:, step] = losses.detach()
-            reporter.advance(key, 1, loss=losses.detach().mean())
-            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 or step + 1 == num_steps:
-                # One host synchronisation per check, not per step.
-                recent = torch.cat(
-                    [traces.burnin_losses[:, checked_burnin : min(step + 1, burnin)], traces.losses[:, checked_draws:draws_done]],
-                    dim=1,
-                )
-                checked_burnin, checked_draws = min(step + 1, burnin), draws_done
-                traces.diverged |= ~(torch.isfinite(recent) & (recent < loss_limit)).all(dim=1)
-                if bool(traces.diverged.all()):
-                    reporter.advance(key, num_steps - step - 1)
-                    break
-    finally:
-        noise.close()  # a draw prepared ahead must not outlive the chain
+    checked_burnin, checked_draws = 0, 0
+    for step in range(num_steps):
+        batch = next(batches)
+        for parameter in group.parameters:
+            parameter.grad = None
+        losses = group.losses(batch, shared_batch)
+        losses.sum().backward()
+        is_draw = step >= burnin and (step + 1 - burnin) % every == 0
+        draws_done = (step + 1 - burnin) // every if step >= burnin else 0
+        precedes_draw = step + 1 >= burnin and (step + 2 - burnin) % every == 0
+        if settings.mala and (is_draw or precedes_draw):
+            current = _potential_point(update, losses)
+            if is_draw and previous is not None:
+                traces.mala[:, draws_done - 1] = _mala_acceptance(previous[1], previous[0], current, settings.epsilon)
+            previous = (current, update.step(noise.draw(), current.gradient))
+        else:
+            update.step(noise.draw())
+        if is_draw:
+            traces.losses[:, draws_done - 1] = losses.detach()
+        elif step < burnin:
+            traces.burnin_losses[:, step] = losses.detach()
+        reporter.advance(key, 1, loss=losses.detach().mean())
+        if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 or step + 1 == num_steps:
+            # One host synchronisation per check, not per step.
+            recent = torch.cat(
+                [traces.burnin_losses[:, checked_burnin : min(step + 1, burnin)], traces.losses[:, checked_draws:draws_done]],
+                dim=1,
+            )
+            checked_burnin, checked_draws = min(step + 1, burnin), draws_done
+            traces.diverged |= ~(torch.isfinite(recent) & (recent < loss_limit)).all(dim=1)
+            if bool(traces.diverged.all()):
+                reporter.advance(key, num_steps - step - 1)
+                break
     return traces
 
 

@@ -1,0 +1,40 @@
+"""The benchmark suite's plumbing: discovery, the interleaved step timer, the record and figure.
+
+The benchmarks themselves are timed runs (minutes); they are not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import torch
+
+from benchmarks import __main__ as runner
+from benchmarks import sampling_speed
+
+
+def test_every_benchmark_is_discovered():
+    assert set(runner.discover()) == {"estimate_all_overhead", "sampling_speed", "train_throughput"}
+
+
+def test_interleaved_timer_skips_the_steps_that_share_the_machine_with_the_other_loop():
+    plain_calls = []
+    timer = sampling_speed._Interleaved(lambda: plain_calls.append(1), torch.device("cpu"), block=3)
+    timer.start("chain", "Chain 1/1", 9)
+    for _ in range(9):
+        timer.advance("chain", 1)
+    assert len(plain_calls) == 9  # a block of 3 plain steps after every 3 SGLD steps
+    assert len(timer.sgld) == 6 and len(timer.plain) == 6  # each block's first step of either kind is left out
+    median, means = timer.ratios()
+    assert median == statistics.median(timer.sgld) / statistics.median(timer.plain) and means > 0
+
+
+def test_record_merges_cases_and_the_figure_is_drawn(tmp_path, monkeypatch):
+    record, figure = tmp_path / "speed.json", tmp_path / "speed.png"
+    row = {"case": "c", "label": "l", "llcv_seconds": 1.0, "reference_seconds": 2.0, "ratio": 0.5, "target": 0.6}
+    record.write_text(json.dumps({"small": [row]}))
+    monkeypatch.setattr(sampling_speed, "floor_case", lambda device, quick: [{**row, "target": None}])
+    sampling_speed.main(["--only", "floor", "--device", "cpu", "--record", str(record), "--figure", str(figure)])
+    assert set(json.loads(record.read_text())) == {"small", "floor"}
+    assert figure.stat().st_size > 5000
