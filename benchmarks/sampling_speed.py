@@ -284,7 +284,7 @@ def _draw(recorded: dict[str, list[dict]], path: Path) -> None:
     axes.set_yticks(positions, [f"{row['case']}: {row['label']}" for row in rows], fontsize=8)
     axes.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
     axes.set_xlabel("llcv time / reference time (red: target)")
-    axes.set_title("llcv sampler speed (benchmarks/sampling_speed.py)")
+    axes.set_title("llcv sampler speed (benchmarks/sampling_speed.py)", fontsize=10, loc="right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
