@@ -1,7 +1,7 @@
 """The LLC engine: SGLD chains around a checkpoint, the estimate, and its diagnostics.
 
-The estimator (Lau, Furman, Wang, Murfet &
-Wei 2023, "The Local Learning Coefficient: A Singularity-Aware Complexity Measure") is
+The estimator (Lau, Furman, Wang, Murfet & Wei 2023, "The Local Learning Coefficient: A
+Singularity-Aware Complexity Measure") is
 
     LLC = nbeta * (E_w[L(w)] - L(w*))
 
