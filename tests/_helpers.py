@@ -17,6 +17,16 @@ FAST = dict(num_chains=2, num_draws=12, batch_size=64, num_samples=128)
 FAST_FLAGS = ["--num-chains", "2", "--num-draws", "12", "--batch-size", "64", "--num-samples", "128", "--device", "cpu"]
 
 
+def unwrapped(output: str) -> str:
+    """CLI output with Rich's line wrapping undone (runs of whitespace become one space)."""
+    return " ".join(output.split())
+
+
+def without_whitespace(text: str) -> str:
+    """Text without any whitespace: Rich may wrap inside a long path or message."""
+    return "".join(text.split())
+
+
 def fast_settings(**changes: Any) -> SamplerSettings:
     return SamplerSettings(**{**FAST, **changes})
 

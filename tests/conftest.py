@@ -91,3 +91,12 @@ def write_cifar10(folder: Path, images_per_batch: int = CIFAR_IMAGES_PER_BATCH) 
 def cifar10_dir(tmp_path) -> Path:
     """A CIFAR-10 folder with 5 x 8 training and 8 validation images."""
     return write_cifar10(tmp_path / "cifar10")
+
+
+@pytest.fixture
+def isolated_cli(tmp_path, monkeypatch):
+    """Run in an empty folder, and undo the global --quiet/--verbose choice a command makes."""
+    from llcv import console
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(console.Verbosity, "level", console.Verbosity.level)

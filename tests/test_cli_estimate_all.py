@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from _helpers import FAST_FLAGS, copy_checkpoints, fast_settings, llcv_command, subprocess_env
+from _helpers import FAST_FLAGS, copy_checkpoints, fast_settings, llcv_command, subprocess_env, unwrapped
 from llcv.cli import app
 from llcv.estimation import EstimateSummary
 from llcv.results import settings_hash
@@ -27,11 +27,6 @@ def checkpoints(trained_run, tmp_path) -> Path:
 
 def _invoke(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
-
-
-def _text(output: str) -> str:
-    """The output with Rich's line wrapping undone."""
-    return " ".join(output.split())
 
 
 # --- the command line reaches the library
@@ -57,8 +52,8 @@ def test_flags_and_config_reach_estimate_all(monkeypatch, tmp_path):
     assert received["steps"] == [0, 100, 1000] and received["shard"] == "1/4" and received["force"] is True
     assert received["device"] == "cpu" and received["claim_timeout_seconds"] == 30 and received["executor"] == "local"
     assert received["results_dir"] == tmp_path / "out" and received["dataset"] == "digits"
-    assert f"settings {settings_hash(settings)}" in _text(result.output)
-    assert "1 of 1 checkpoint(s) done" in _text(result.output)
+    assert f"settings {settings_hash(settings)}" in unwrapped(result.output)
+    assert "1 of 1 checkpoint(s) done" in unwrapped(result.output)
 
 
 @pytest.mark.parametrize(
@@ -69,12 +64,12 @@ def test_flags_and_config_reach_estimate_all(monkeypatch, tmp_path):
 def test_bad_flags_exit_2_naming_the_setting(checkpoints, tmp_path, flags, message):
     result = _invoke("estimate-all", "--checkpoints-dir", str(checkpoints), "--results-dir", str(tmp_path / "r"), *flags)
     assert result.exit_code == 2
-    assert message in _text(result.output) and "Traceback" not in _text(result.output)
+    assert message in unwrapped(result.output) and "Traceback" not in unwrapped(result.output)
 
 
 def test_a_missing_checkpoints_dir_exits_2(tmp_path):
     result = _invoke("estimate-all", "--checkpoints-dir", str(tmp_path / "absent"), "--results-dir", str(tmp_path / "r"))
-    assert result.exit_code == 2 and "does not exist" in _text(result.output)
+    assert result.exit_code == 2 and "does not exist" in unwrapped(result.output)
 
 
 def test_a_corrupt_checkpoint_is_reported_and_exits_1(checkpoints, tmp_path):
@@ -84,8 +79,8 @@ def test_a_corrupt_checkpoint_is_reported_and_exits_1(checkpoints, tmp_path):
             path.unlink()
     result = _invoke("estimate-all", "--checkpoints-dir", str(checkpoints), "--results-dir", str(tmp_path / "r"), *FAST_FLAGS)
     assert result.exit_code == 1
-    assert "1 failed" in _text(result.output) and "step_00000003.pt" in _text(result.output)
-    assert "a rerun retries the failed checkpoints" in _text(result.output)
+    assert "1 failed" in unwrapped(result.output) and "step_00000003.pt" in unwrapped(result.output)
+    assert "a rerun retries the failed checkpoints" in unwrapped(result.output)
     records = [json.loads(path.read_text()) for path in (tmp_path / "r").glob("*/step_*.json")]
     assert sorted(record["status"] for record in records) == ["done", "done", "done", "failed"]
 
@@ -127,8 +122,8 @@ def test_resume_after_kill_9_loses_nothing_and_redoes_nothing(checkpoints, tmp_p
 
     result = _invoke("estimate-all", "--checkpoints-dir", str(checkpoints), "--results-dir", str(results), *FAST_FLAGS)
     assert result.exit_code == 0, result.output
-    assert f"{total} of {total} checkpoint(s) done ({total - len(finished)} now, {len(finished)} before)" in _text(result.output)
-    assert "0 in progress elsewhere" in _text(result.output)  # the dead worker's claim was taken over at once
+    assert f"{total} of {total} checkpoint(s) done ({total - len(finished)} now, {len(finished)} before)" in unwrapped(result.output)
+    assert "0 in progress elsewhere" in unwrapped(result.output)  # the dead worker's claim was taken over at once
     for name, (mtime, content) in finished.items():
         assert ((folder / name).stat().st_mtime_ns, (folder / name).read_bytes()) == (mtime, content)
     assert len(list(folder.glob("step_*.json"))) == total
@@ -143,6 +138,6 @@ def test_sigterm_stops_cleanly_with_a_summary_and_exit_143(checkpoints, tmp_path
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
-    assert "estimate-all stopped" in _text(stdout) and "left to do (rerun the same command)" in _text(stdout)
-    assert "terminated (SIGTERM)" in _text(stderr)
+    assert "estimate-all stopped" in unwrapped(stdout) and "left to do (rerun the same command)" in unwrapped(stdout)
+    assert "terminated (SIGTERM)" in unwrapped(stderr)
     assert not list((folder / ".claims").glob("*.claim"))

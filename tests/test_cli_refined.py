@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from _helpers import FAST_FLAGS, copy_checkpoints
+from _helpers import FAST_FLAGS, copy_checkpoints, unwrapped
 from llcv.cli import app
 from llcv.estimation import EstimateSummary
 from llcv.results import load_results, settings_hash
@@ -19,11 +19,6 @@ runner = CliRunner()
 
 def _invoke(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
-
-
-def _text(output: str) -> str:
-    """The output with Rich's line wrapping undone."""
-    return " ".join(output.split())
 
 
 @pytest.fixture
@@ -51,7 +46,7 @@ def test_per_layer_and_per_class_reach_estimate_all_without_moving_the_hash(rece
     assert received["per_layer"] is True and received["per_class"] == [0, 3]
     settings = received["settings"]
     assert settings.classes is None and settings.params is None  # --classes picked the class scopes, not the data
-    assert f"settings {settings_hash(settings)}" in _text(result.output)
+    assert f"settings {settings_hash(settings)}" in unwrapped(result.output)
 
     result = _invoke("estimate-all", "--checkpoints-dir", str(tmp_path), "--per-class", *FAST_FLAGS)
     assert result.exit_code == 0 and received["per_class"] is True and received["per_layer"] is False
@@ -67,7 +62,7 @@ def test_params_and_classes_restrict_every_estimate_of_a_plain_run(received, tmp
 
 def test_per_layer_with_params_exits_2_before_any_work(checkpoints, tmp_path):
     result = _invoke("estimate-all", "--checkpoints-dir", str(checkpoints), "--results-dir", str(tmp_path / "out"), "--per-layer", "--params", "fc1.*", *FAST_FLAGS)
-    assert result.exit_code == 2 and "params" in _text(result.output)
+    assert result.exit_code == 2 and "params" in unwrapped(result.output)
     assert not (tmp_path / "out").exists()
 
 
@@ -92,10 +87,10 @@ def test_per_class_then_plot_draws_the_class_curves(checkpoints, tmp_path):
     results = tmp_path / "results"
     result = _invoke("estimate-all", "--checkpoints-dir", str(checkpoints), "--results-dir", str(results), "--per-class", "--classes", "1,2", *FAST_FLAGS)
     assert result.exit_code == 0, result.output
-    assert "9 of 9 estimate(s) over 3 scopes (model, class=1, class=2) done" in _text(result.output)
+    assert "9 of 9 estimate(s) over 3 scopes (model, class=1, class=2) done" in unwrapped(result.output)
     assert sorted({record["scope"] for record in load_results(results)}) == ["class=1", "class=2", "model"]
 
     out = tmp_path / "classes.png"
     result = _invoke("plot", "--results-dir", str(results), "--out", str(out), "--per-parameter")
     assert result.exit_code == 0, result.output
-    assert "refined scopes class=1, class=2" in _text(result.output) and out.stat().st_size > 0
+    assert "refined scopes class=1, class=2" in unwrapped(result.output) and out.stat().st_size > 0

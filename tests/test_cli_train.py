@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import llcv
-from llcv import console
+from _helpers import without_whitespace
 from llcv.checkpoints import checkpoint_name, load_checkpoint
 from llcv.cli import app
 from llcv.training import TrainResult
@@ -23,16 +23,7 @@ from conftest import SHARED_RUN
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Run each command in an empty folder, and undo the global --quiet/--verbose choice."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(console.Verbosity, "level", console.Verbosity.level)
-
-
-def _flat(text: str) -> str:
-    """Text without whitespace: Rich wraps long messages (and paths) at the terminal width."""
-    return "".join(text.split())
+pytestmark = pytest.mark.usefixtures("isolated_cli")
 
 
 def _assert_usage_error(result, *expected: str) -> None:
@@ -40,7 +31,7 @@ def _assert_usage_error(result, *expected: str) -> None:
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     for text in expected:
-        assert _flat(text) in _flat(result.output), f"{text!r} not in {result.output!r}"
+        assert without_whitespace(text) in without_whitespace(result.output), f"{text!r} not in {result.output!r}"
 
 
 @pytest.fixture

@@ -37,11 +37,7 @@ runner = CliRunner()
 DISK_FULL = "could not write x.json: No space left on device; any previous version of it is intact"
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Each command runs in an empty folder, and the global --quiet/--verbose choice is undone."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(console.Verbosity, "level", console.Verbosity.level)
+pytestmark = pytest.mark.usefixtures("isolated_cli")
 
 
 @pytest.fixture(scope="module")

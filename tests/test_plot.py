@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from _helpers import copy_checkpoints, fake_record, fast_settings
+from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped
 from llcv.cli import app
 from llcv.estimation import estimate_all
 from llcv.plotting import llc_figure, plot_llc
@@ -18,10 +18,6 @@ runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
 LLC = [1.0, 1.1, 1.3, 2.0, 4.0, 4.6, 4.3, 3.2, 3.0]
-
-
-def _text(output: str) -> str:
-    return " ".join(output.split())
 
 
 def _invoke(*args: str):
@@ -56,7 +52,7 @@ def test_plot_from_estimate_all_results(trained_run, tmp_path):
     outcome = _invoke("plot", "--results-dir", str(tmp_path / "results"), "--out", str(out), "--log-x")
     assert outcome.exit_code == 0, outcome.output
     assert out.read_bytes().startswith(PNG_SIGNATURE) and out.stat().st_size > 10_000
-    text = _text(outcome.output)
+    text = unwrapped(outcome.output)
     assert "4 result(s) with settings" in text and "the most recent" in text and "missing" not in text
 
 
@@ -65,7 +61,7 @@ def test_plot_of_partial_results_says_how_many_are_missing(tmp_path):
     out = tmp_path / "partial.png"
     outcome = _invoke("plot", "--results-dir", str(results), "--out", str(out))
     assert outcome.exit_code == 0, outcome.output
-    assert "partial results, 4 checkpoint(s) still missing" in _text(outcome.output)
+    assert "partial results, 4 checkpoint(s) still missing" in unwrapped(outcome.output)
     assert out.read_bytes().startswith(PNG_SIGNATURE)
 
 
@@ -89,7 +85,7 @@ def test_mark_transitions_lists_them(tmp_path):
     results = fake_run(tmp_path)
     outcome = _invoke("plot", "--results-dir", str(results), "--out", str(tmp_path / "t.png"), "--mark-transitions", "--log-x")
     assert outcome.exit_code == 0, outcome.output
-    text = _text(outcome.output)
+    text = unwrapped(outcome.output)
     assert "candidate transitions" in text and "step 16 (epoch 1.6, step_00000016.pt): LLC 4.6" in text and "LLC peak" in text
 
 
@@ -98,18 +94,18 @@ def test_settings_chooses_a_hash_and_bad_requests_exit_2(tmp_path):
     fake_run(tmp_path, digest="bbbbbbbbbbbb", estimated=3)
     out = tmp_path / "a.png"
     outcome = _invoke("plot", "--results-dir", str(results), "--out", str(out), "--settings", "aaaa")
-    assert outcome.exit_code == 0 and "settings aaaaaaaaaaaa (as asked)" in _text(outcome.output)
+    assert outcome.exit_code == 0 and "settings aaaaaaaaaaaa (as asked)" in unwrapped(outcome.output)
     default = _invoke("plot", "--results-dir", str(results), "--out", str(out))
-    assert "settings bbbbbbbbbbbb (the most recent; --settings picks one of aaaaaaaaaaaa)" in _text(default.output)
+    assert "settings bbbbbbbbbbbb (the most recent; --settings picks one of aaaaaaaaaaaa)" in unwrapped(default.output)
     for args, message in [
         (["--settings", "cccc"], "has no settings 'cccc'"),
         (["--out", str(tmp_path / "a.jpg")], ".png, .pdf, .svg"),
         (["--label", "a", "--label", "b"], "2 --label for 1 --results-dir"),
     ]:
         bad = _invoke("plot", "--results-dir", str(results), *(["--out", str(out)] if "--out" not in args else []), *args)
-        assert bad.exit_code == 2 and message in _text(bad.output), bad.output
+        assert bad.exit_code == 2 and message in unwrapped(bad.output), bad.output
     missing = _invoke("plot", "--results-dir", str(tmp_path / "nothing"), "--out", str(out))
-    assert missing.exit_code == 2 and "does not exist" in _text(missing.output)
+    assert missing.exit_code == 2 and "does not exist" in unwrapped(missing.output)
 
 
 def test_the_figure_marks_failures_divergence_and_transitions(tmp_path):

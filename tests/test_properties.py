@@ -25,7 +25,7 @@ from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
 from _helpers import fake_record
-from llcv import LLCResult, SamplerSettings, console, estimate_llc
+from llcv import LLCResult, SamplerSettings, estimate_llc
 from llcv.calibration import ROW_FIELDS, SweepResult, parse_grid
 from llcv.cli import app
 from llcv.errors import SettingsError
@@ -38,11 +38,7 @@ FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChec
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Random paths land in an empty folder; the global --quiet/--verbose choice is undone."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(console.Verbosity, "level", console.Verbosity.level)
+pytestmark = pytest.mark.usefixtures("isolated_cli")
 
 
 # Values: plausible ones (so that many examples validate) mixed with hostile ones. No NUL and no

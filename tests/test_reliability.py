@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
-from _helpers import FAST_FLAGS, REPO, copy_checkpoints, fake_record, fast_settings
-from llcv import SamplerSettings, console, estimate_llc
+from _helpers import FAST_FLAGS, REPO, copy_checkpoints, fake_record, fast_settings, unwrapped, without_whitespace
+from llcv import SamplerSettings, estimate_llc
 from llcv import estimation as estimation_module
 from llcv.calibration import calibrate_sweep
 from llcv.checkpoints import checkpoint_name, list_checkpoints, read_checkpoint, save_checkpoint
@@ -43,21 +43,7 @@ from llcv.results import ResultsStore, load_results, settings_hash
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Each test runs in an empty folder, and the global --quiet/--verbose choice is undone."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(console.Verbosity, "level", console.Verbosity.level)
-
-
-def _text(output: str) -> str:
-    """Output with Rich's line wrapping undone."""
-    return " ".join(output.split())
-
-
-def _flat(text: str) -> str:
-    """Text without any whitespace: Rich may wrap inside a long path."""
-    return "".join(text.split())
+pytestmark = pytest.mark.usefixtures("isolated_cli")
 
 
 def _invoke(*args: str):
@@ -127,8 +113,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_command(command, f
     evil = _malicious_copy(final_checkpoint, tmp_path / "downloaded" / "step_00000016.pt", marker)
     result = _invoke(*READERS[command](evil))
     assert result.exit_code == 2, result.output
-    assert _flat(f"error: checkpoint {evil} was refused") in _flat(result.output)
-    assert "weights_only=True" in _text(result.output) and "exec" in _text(result.output)
+    assert without_whitespace(f"error: checkpoint {evil} was refused") in without_whitespace(result.output)
+    assert "weights_only=True" in unwrapped(result.output) and "exec" in unwrapped(result.output)
     assert not marker.exists(), "the payload ran"
     assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
 
@@ -186,10 +172,10 @@ def test_estimate_all_records_each_bad_file_as_failed_and_goes_on(messy, tmp_pat
     args = ["estimate-all", "--checkpoints-dir", folder, "--results-dir", tmp_path / "results", "--model", "smallcnn", *FAST_FLAGS]
     result = _invoke(*args)
     assert result.exit_code == 1, result.output
-    output = _text(result.output)
+    output = unwrapped(result.output)
     assert f"2 of {2 + len(expected)} checkpoint(s) done (2 now, 0 before), {len(expected)} failed" in output
     for name, problem in expected.items():
-        assert _flat(f"failed {name}: checkpoint {folder / name} {problem}") in _flat(result.output), name
+        assert without_whitespace(f"failed {name}: checkpoint {folder / name} {problem}") in without_whitespace(result.output), name
     assert "notes.txt" not in output and "loss.png" not in output  # unrelated files are ignored, not failures
     assert not messy["marker"].exists(), "the payload ran"
 
@@ -206,7 +192,7 @@ def test_estimate_all_records_each_bad_file_as_failed_and_goes_on(messy, tmp_pat
 
     again = _invoke(*args)  # a rerun skips the good ones and retries only the failures
     assert again.exit_code == 1
-    assert f"(0 now, 2 before), {len(expected)} failed" in _text(again.output)
+    assert f"(0 now, 2 before), {len(expected)} failed" in unwrapped(again.output)
 
 
 BAD_FILES = ["step_00000001.pt", "step_00000002.pt", "step_00000003.pt", "step_00000005.pt", "step_00000007.pt",
@@ -219,7 +205,7 @@ def test_estimate_names_the_file_and_the_problem(messy, name):
     problem = messy["expected"].get(name, "is not a readable PyTorch checkpoint")
     result = _invoke("estimate", "--checkpoint", path, "--model", "smallcnn", *FAST_FLAGS)
     assert result.exit_code == 2, result.output
-    assert _flat(f"error: checkpoint {path} {problem}") in _flat(result.output)
+    assert without_whitespace(f"error: checkpoint {path} {problem}") in without_whitespace(result.output)
     assert not messy["marker"].exists()
 
 
@@ -300,7 +286,7 @@ def test_bad_settings_and_paths_exit_2_with_one_readable_message(case, final_che
     assert result.exit_code == 2, result.output
     for text in expected:
         text = text.replace("{file}", str(a_file))
-        assert _flat(text) in _flat(result.output), f"{text!r} not in {result.output!r}"
+        assert without_whitespace(text) in without_whitespace(result.output), f"{text!r} not in {result.output!r}"
     written = {path.name for path in tmp_path.iterdir()} - {"a-file", "experiment.toml"}
     assert written == set(), f"a bad setting still wrote {written}"
 
@@ -342,7 +328,7 @@ def test_estimate_all_records_a_checkpoint_whose_every_chain_diverges_as_failed(
     args = ["estimate-all", "--checkpoints-dir", final_checkpoint.parent, "--results-dir", results, "--steps", "16", *FAST_FLAGS]
     result = _invoke(*args, "--epsilon", "10", "--gamma", "0")
     assert result.exit_code == 1, result.output
-    assert "failed step_00000016.pt: every chain diverged" in _text(result.output)
+    assert "failed step_00000016.pt: every chain diverged" in unwrapped(result.output)
     (record,) = load_results(results)
     assert record["status"] == "failed" and record["error"].startswith("every chain diverged")
     assert record["result"]["llc_mean"] is None and record["result"]["diagnostics"]["diverged_chains"] == 2
@@ -460,14 +446,14 @@ def test_estimate_all_on_a_full_disk_stops_with_a_message_and_a_rerun_finishes(t
         full = _invoke(*args)
     assert full.exit_code == 1, full.output
     message = f"error: could not write {folder / 'step_00000016.json'}: No space left on device; any previous version of it is intact"
-    assert _flat(message) in _flat(full.output)
+    assert without_whitespace(message) in without_whitespace(full.output)
     assert json.loads((folder / "step_00000000.json").read_text())["status"] == "done"
     assert not (folder / "step_00000016.json").exists()
     assert not list((folder / ".claims").glob("*.claim"))  # released on the way out
     _no_temporaries(results)
     freed = _invoke(*args)
     assert freed.exit_code == 0, freed.output
-    assert "2 of 2 checkpoint(s) done (1 now, 1 before)" in _text(freed.output)
+    assert "2 of 2 checkpoint(s) done (1 now, 1 before)" in unwrapped(freed.output)
 
 
 def test_a_claim_on_a_full_disk_is_a_message_not_a_traceback(final_checkpoint, tmp_path, monkeypatch):
@@ -483,7 +469,7 @@ def test_a_claim_on_a_full_disk_is_a_message_not_a_traceback(final_checkpoint, t
     results = tmp_path / "results"
     result = _invoke("estimate-all", "--checkpoints-dir", final_checkpoint.parent, "--results-dir", results, "--steps", "16", *FAST_FLAGS)
     assert result.exit_code == 1, result.output
-    assert "could not claim step_00000016" in _text(result.output) and "No space left on device" in _text(result.output)
+    assert "could not claim step_00000016" in unwrapped(result.output) and "No space left on device" in unwrapped(result.output)
     _no_temporaries(results)
 
 
@@ -494,7 +480,7 @@ def test_train_on_a_full_disk_stops_with_a_message_and_keeps_earlier_checkpoints
         "train", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "128", "--log-checkpoints", "3", "--device", "cpu", "--checkpoints-dir", out
     )  # fmt: skip
     assert result.exit_code == 1, result.output
-    assert _flat(f"could not write {out / checkpoint_name(2)}: No space left on device") in _flat(result.output)
+    assert without_whitespace(f"could not write {out / checkpoint_name(2)}: No space left on device") in without_whitespace(result.output)
     assert [path.name for path in list_checkpoints(out)] == [checkpoint_name(0), checkpoint_name(1)]
     for path in list_checkpoints(out):
         read_checkpoint(path)
@@ -511,7 +497,7 @@ def test_plot_on_a_read_only_filesystem_keeps_the_old_figure(tmp_path, monkeypat
     DiskFault(monkeypatch, "EROFS", {"llc.svg"})
     result = _invoke("plot", "--results-dir", tmp_path / "results", "--out", out)
     assert result.exit_code == 1, result.output
-    assert _flat(f"error: could not write {out}: Read-only file system; any previous version of it is intact") in _flat(result.output)
+    assert without_whitespace(f"error: could not write {out}: Read-only file system; any previous version of it is intact") in without_whitespace(result.output)
     assert out.read_text() == "<svg>the old figure</svg>"
 
 
@@ -563,7 +549,7 @@ def test_a_signal_during_training_leaves_only_complete_checkpoints(how, code, tm
     _wait_for(process, lambda: len(list(out.glob("step_*.pt"))) >= 3, log)
     assert _stop(process, how) == code, log.read_text()
     if how != signal.SIGKILL:
-        assert "stopped cleanly; rerun the same command to continue" in _text(log.read_text())
+        assert "stopped cleanly; rerun the same command to continue" in unwrapped(log.read_text())
         _no_temporaries(out)  # kill -9 may leave a hidden temporary, which nothing reads
     saved = list_checkpoints(out)
     steps = [read_checkpoint(path)["step"] for path in saved]  # every file llcv lists is complete
@@ -599,7 +585,7 @@ def test_ctrl_c_during_estimate_all_leaves_complete_records_and_exit_130(trained
     process = _start(["estimate-all", "--checkpoints-dir", checkpoints, "--results-dir", results, *FAST_FLAGS], log)
     _wait_for(process, lambda: bool(list(folder.glob("step_*.json"))), log)
     assert _stop(process, signal.SIGINT) == 130, log.read_text()
-    output = _text(log.read_text())
+    output = unwrapped(log.read_text())
     assert "estimate-all stopped" in output and "interrupted: stopped cleanly" in output
     for path in folder.glob("*.json"):
         json.loads(path.read_text())
