@@ -557,6 +557,8 @@ def estimate_llc(
         reporter.start(key, label, steps_per_chain)
         group = _ChainGroup(loss_module, names, initial, len(chains), batched, settings.precision)
         batches, shared = _group_batches(data, [seeds[chain] for chain in chains])
+        # The SGLD noise has its own generator (GaussianNoise); the global one, forked so the caller's
+        # stream is untouched, seeds only randomness inside the model, such as dropout.
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(seeds[chains[0]])
             try:
