@@ -405,6 +405,38 @@ def test_recommend_settings_raises_when_nothing_qualifies(linear, monkeypatch):
         recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
 
 
+def test_recommend_settings_repeats_an_unmixed_gamma_with_twice_the_draws(linear, monkeypatch):
+    """The first sweep at the first gamma is made to fail on drift alone; diverged sweeps are not repeated."""
+    model, data = linear
+    real_sweep = calibration.calibrate_sweep
+    calls = []
+
+    def sweep(model, data, epsilons, gammas, nbetas, base, **kwargs):
+        calls.append((gammas[0], base.num_draws))
+        result = real_sweep(model, data, epsilons, gammas, nbetas, base=base, **kwargs)
+        if len(calls) == 1:
+            unmixed = [{**row, "qualifies": False, "reason": "|trace_drift| > 0.1"} for row in result.rows]
+            return result.model_copy(update={"rows": unmixed, "recommended": None, "reason": "no combination qualifies"})
+        return result
+
+    monkeypatch.setattr(calibration, "calibrate_sweep", sweep)
+    settings = recommend_settings(model, data, loss="mse", device="cpu", num_draws=60)
+    assert calls[:2] == [(calls[0][0], 60), (calls[0][0], 120)]
+    assert settings.num_burnin_steps == 120 and settings.gamma == calls[0][0]
+
+    calls.clear()
+    monkeypatch.setattr(calibration, "RECOMMEND_EPSILON_FACTORS", (50.0,))  # every chain diverges
+
+    def counting_sweep(*args, base, **kwargs):
+        calls.append(base.num_draws)
+        return real_sweep(*args, base=base, **kwargs)
+
+    monkeypatch.setattr(calibration, "calibrate_sweep", counting_sweep)
+    with pytest.raises(EstimationError, match="'diverged' failed most"):
+        recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
+    assert calls == [16] * len(calibration.RECOMMEND_GAMMA_FACTORS)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["regression-d10", "rrr-5-3-5-r1"])
 def test_recommend_settings_recovers_known_learning_coefficients(name):

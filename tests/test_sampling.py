@@ -382,3 +382,31 @@ def test_initial_loss_uses_a_seeded_subset_when_capped():
     assert full.init_loss == pytest.approx(19.5)
     assert capped.init_loss == again.init_loss != pytest.approx(19.5)
     assert float(capped.init_loss * 8).is_integer()  # the mean of 8 of the per-sample losses
+
+
+def test_fallback_to_one_chain_at_a_time_is_said_in_verbose_output(caplog):
+    torch.manual_seed(0)
+    model = small_batchnorm_model()
+    data = TensorDataset(torch.randn(16, 3, 6, 6), torch.randint(0, 4, (16,)))
+    model(data.tensors[0][:2])
+    settings = SamplerSettings(num_chains=2, num_draws=3, batch_size=8, epsilon=1e-5, gamma=100.0, bn_mode="train")
+    with caplog.at_level("INFO", logger="llcv"):
+        estimate_llc(model, data, settings, device="cpu")
+    assert any("running chains one at a time" in message and "does not support batched" in message for message in caplog.messages)
+
+
+@pytest.mark.parametrize("precision, channels_last", [("bf16", True), ("fp32", False)])
+def test_bf16_chains_keep_convolution_weights_in_the_inputs_layout(precision, channels_last):
+    from llcv.sampling import _ChainGroup, _LossModule, resolve_loss
+
+    model = small_batchnorm_model()
+    model(torch.randn(2, 3, 6, 6))
+    names = [name for name, _ in model.named_parameters()]
+    initial = [parameter.detach().clone() for parameter in model.parameters()]
+    group = _ChainGroup(_LossModule(model, resolve_loss("cross_entropy")), names, initial, 1, False, precision)
+    convolution = group.parameters[names.index("0.weight")].squeeze(0)
+    assert convolution.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(convolution, initial[0]) and group.parameters[0].is_leaf
+    batch = [torch.randn(4, 3, 6, 6), torch.randint(0, 4, (4,))]
+    group.losses(batch, shared=True).sum().backward()
+    assert group.parameters[0].grad.shape == group.parameters[0].shape
