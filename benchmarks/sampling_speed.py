@@ -244,18 +244,21 @@ def floor_case(device: torch.device, quick: bool) -> list[dict]:
     return rows
 
 
+# The cases by --only name, in the order they run and are drawn.
+CASES = {"small": small_model_case, "resnet": resnet_case, "floor": floor_case}
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks sampling_speed")
     parser.add_argument("--quick", action="store_true", help="fewer draws, for a smoke run")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--only", choices=("resnet", "small", "floor"), default=None)
+    parser.add_argument("--only", choices=tuple(CASES), default=None)
     parser.add_argument("--record", type=Path, help="JSON file of rows by case; this run's cases replace theirs")
     parser.add_argument("--figure", type=Path, help="draw the ratios (of --record, else of this run) into this image")
     options = parser.parse_args(argv)
     device = resolve_device(options.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    cases = {"small": small_model_case, "resnet": resnet_case, "floor": floor_case}
-    measured = {name: case(device, options.quick) for name, case in cases.items() if options.only in (None, name)}
+    measured = {name: case(device, options.quick) for name, case in CASES.items() if options.only in (None, name)}
     recorded = measured
     if options.record is not None:
         recorded = json.loads(options.record.read_text()) if options.record.exists() else {}
@@ -273,7 +276,7 @@ def _draw(recorded: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [row for name in ("small", "resnet", "floor") for row in recorded.get(name, [])]
+    rows = [row for name in CASES for row in recorded.get(name, [])]
     figure, axes = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.2))
     positions = list(range(len(rows)))[::-1]
     axes.barh(positions, [row["ratio"] for row in rows], color="#4C72B0")

@@ -34,7 +34,7 @@ def test_record_merges_cases_and_the_figure_is_drawn(tmp_path, monkeypatch):
     record, figure = tmp_path / "speed.json", tmp_path / "speed.png"
     row = {"case": "c", "label": "l", "llcv_seconds": 1.0, "reference_seconds": 2.0, "ratio": 0.5, "target": 0.6}
     record.write_text(json.dumps({"small": [row]}))
-    monkeypatch.setattr(sampling_speed, "floor_case", lambda device, quick: [{**row, "target": None}])
+    monkeypatch.setitem(sampling_speed.CASES, "floor", lambda device, quick: [{**row, "target": None}])
     sampling_speed.main(["--only", "floor", "--device", "cpu", "--record", str(record), "--figure", str(figure)])
     assert set(json.loads(record.read_text())) == {"small", "floor"}
     assert figure.stat().st_size > 5000
