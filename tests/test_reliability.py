@@ -508,6 +508,9 @@ def _cli_child(args: list[str], log: str) -> None:
     """The body of a forked `llcv` process: output to ``log``, exit code from the command."""
     import sys
 
+    # As an llcv started from a terminal: Ctrl-C raises KeyboardInterrupt. A pytest launched as a
+    # background job without job control inherits SIGINT ignored, and so would this child.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.stdout = sys.stderr = open(log, "w", buffering=1)
     app([str(arg) for arg in args], prog_name="llcv")
 
