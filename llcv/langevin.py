@@ -12,18 +12,27 @@ SGLD and ``1 / (sqrt(V) + 0.1)`` for RMSProp-SGLD, where ``V <- 0.99 V + 0.01 g^
 Why not call devinterp's optimizer: it loops over parameters in Python and allocates about ten
 temporaries per parameter per step (on a ResNet18 on CPU, 44 ms of a 600 ms step, against
 about 5 ms here for the same arithmetic as three ``torch._foreach_*`` passes). What remains is
-drawing the noise: torch draws normals on one CPU thread, 27 ms for ResNet18's 11M weights.
-Drawing it on other threads (in parallel chunks, or one step ahead during the backward pass)
-measured no faster on 2 busy cores (docs/performance.md), so it is drawn in place.
+drawing the noise: torch draws normals with one generator on one CPU thread, 27 ms for
+ResNet18's 11M weights. So the noise comes from one generator per fixed-size chunk, and the
+calling thread and helper threads take chunks in turn. The threads only run between the
+backward pass and the update, when torch's own threads are idle: drawn ahead, during the
+passes, they slowed every parallel region instead (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
 import torch
 
+# Elements per noise stream: fixed, so a seed gives the same noise on every machine. 2^18 fills
+# in about 0.7 ms on CPU, far above the cost of handing a chunk to a thread.
+NOISE_CHUNK = 1 << 18
 RMSPROP_ALPHA = 0.99
 RMSPROP_EPS = 0.1
 
@@ -31,25 +40,53 @@ RMSPROP_EPS = 0.1
 class GaussianNoise:
     """Standard normal noise shaped like a list of dense tensors, reproducible from one seed.
 
-    Each draw fills a buffer laid out as the tensors end to end, in memory order, with
-    ``normal_`` from one generator seeded with the first state of
-    ``numpy.random.SeedSequence(seed)``.
+    Each draw fills a buffer laid out as the tensors end to end, in memory order. Chunk ``k`` of
+    ``NOISE_CHUNK`` elements draws ``normal_`` from its own generator, seeded with the ``k``-th
+    state of ``numpy.random.SeedSequence(seed)``, so the values do not depend on how many
+    threads fill the chunks.
     """
 
     def __init__(self, like: list[torch.Tensor], seed: int):
         device = like[0].device
-        state = np.random.SeedSequence(seed).generate_state(1)[0]
-        self.generator = torch.Generator(device=device).manual_seed(int(state))
         self.buffer = torch.empty(sum(tensor.numel() for tensor in like), device=device)
         # Each view has its tensor's strides (a channels-last weight gets channels-last noise), so
         # the update reads both in the same order.
         parts = self.buffer.split([tensor.numel() for tensor in like])
         self.views = [part.as_strided(tensor.shape, tensor.stride()) for part, tensor in zip(parts, like)]
+        chunks = self.buffer.split(NOISE_CHUNK)
+        states = np.random.SeedSequence(seed).generate_state(len(chunks))
+        self.chunks = [(chunk, torch.Generator(device=device).manual_seed(int(state))) for chunk, state in zip(chunks, states)]
+        # On a GPU the fills are asynchronous kernel launches already.
+        self.helpers = min(torch.get_num_threads(), len(chunks)) - 1 if device.type == "cpu" else 0
 
     def draw(self) -> list[torch.Tensor]:
         """Fresh noise, as views shaped and strided like the tensors (valid until the next draw)."""
-        self.buffer.normal_(generator=self.generator)
+        pending = deque(self.chunks)
+        helping = [_noise_threads(self.helpers).submit(_fill, pending) for _ in range(self.helpers)]
+        _fill(pending)
+        for helper in helping:
+            helper.result()
         return self.views
+
+
+def _fill(pending: deque) -> None:
+    """Fill chunks until none is left; ``deque.popleft`` hands each chunk to exactly one thread."""
+    while True:
+        try:
+            chunk, generator = pending.popleft()
+        except IndexError:
+            return
+        chunk.normal_(generator=generator)
+
+
+@lru_cache(maxsize=None)
+def _threads_for_process(workers: int, pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llcv-noise")
+
+
+def _noise_threads(workers: int) -> ThreadPoolExecutor:
+    # Keyed by process: a forked child (an estimate-all worker) inherits the pool but not its threads.
+    return _threads_for_process(workers, os.getpid())
 
 
 class LangevinUpdate:

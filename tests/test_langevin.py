@@ -72,17 +72,41 @@ def test_parameter_the_loss_does_not_reach_only_diffuses():
         torch.testing.assert_close(moved - was, torch.full_like(was, 0.1))
 
 
+DOCUMENTED_CHUNK = 1 << 18
+
+
 def documented_stream(seed: int, size: int, draws: int = 1) -> list[torch.Tensor]:
-    """The noise llcv/langevin.py promises: per draw, ``normal_`` of all weights from one generator."""
-    state = np.random.SeedSequence(seed).generate_state(1)[0]
-    generator = torch.Generator().manual_seed(int(state))
-    return [torch.empty(size).normal_(generator=generator) for _ in range(draws)]
+    """The noise llcv/langevin.py promises: per draw, chunk k of 2^18 elements is ``normal_`` from
+    its own generator, seeded with the k-th state of ``SeedSequence(seed)``."""
+    sizes = [min(DOCUMENTED_CHUNK, size - start) for start in range(0, size, DOCUMENTED_CHUNK)]
+    states = np.random.SeedSequence(seed).generate_state(len(sizes))
+    generators = [torch.Generator().manual_seed(int(state)) for state in states]
+    return [
+        torch.cat([torch.empty(chunk).normal_(generator=generator) for chunk, generator in zip(sizes, generators)])
+        for _ in range(draws)
+    ]
 
 
 def test_noise_is_the_documented_stream():
     noise = GaussianNoise([torch.empty(1000), torch.empty(3, 5)], seed=11)
     draws = [torch.cat([view.reshape(-1) for view in noise.draw()]) for _ in range(3)]
     for values, expected in zip(draws, documented_stream(11, 1015, draws=3)):
+        assert torch.equal(values, expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_noise_over_many_chunks_is_the_documented_stream_whatever_the_thread_count(threads):
+    shapes = [(DOCUMENTED_CHUNK + 5,), (3, DOCUMENTED_CHUNK // 2), (17,)]
+    size = sum(int(np.prod(shape)) for shape in shapes)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        noise = GaussianNoise([torch.empty(shape) for shape in shapes], seed=5)
+        draws = [torch.cat([view.reshape(-1) for view in noise.draw()]) for _ in range(2)]
+    finally:
+        torch.set_num_threads(before)
+    assert noise.helpers == threads - 1
+    for values, expected in zip(draws, documented_stream(5, size, draws=2)):
         assert torch.equal(values, expected)
 
 

@@ -85,7 +85,7 @@ def test_mala_matches_an_independent_replay_of_the_chain():
     settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=nbeta, num_chains=1, num_draws=40, batch_size=8)
     result = estimate_llc(Quadratic(dim), dummy_data(), settings, loss=quadratic_loss, device="cpu")
 
-    # llcv's documented noise streams (llcv/langevin.py): one generator per chunk of 2^20 weights.
+    # llcv's documented noise stream (llcv/langevin.py); 6 weights are one chunk, so one generator.
     state = np.random.SeedSequence(_chain_seeds(settings.seed, 1)[0]).generate_state(1)[0]
     noise_generator = torch.Generator().manual_seed(int(state))
     weights = torch.zeros(1, dim)
