@@ -18,16 +18,17 @@ def test_every_benchmark_is_discovered():
     assert set(runner.discover()) == {"estimate_all_overhead", "sampling_speed", "train_throughput"}
 
 
-def test_interleaved_timer_skips_the_steps_that_share_the_machine_with_the_other_loop():
+def test_interleaved_timer_pairs_each_sgld_step_with_the_reference_step_after_it():
     plain_calls = []
-    timer = sampling_speed._Interleaved(lambda: plain_calls.append(1), torch.device("cpu"), block=3)
+    timer = sampling_speed._Interleaved(lambda: plain_calls.append(1), torch.device("cpu"))
     timer.start("chain", "Chain 1/1", 9)
     for _ in range(9):
         timer.advance("chain", 1)
-    assert len(plain_calls) == 9  # a block of 3 plain steps after every 3 SGLD steps
-    assert len(timer.sgld) == 6 and len(timer.plain) == 6  # each block's first step of either kind is left out
-    median, means = timer.ratios()
-    assert median == statistics.median(timer.sgld) / statistics.median(timer.plain) and means > 0
+    assert len(plain_calls) == 9  # one reference step after every SGLD step
+    assert len(timer.sgld) == 8 and len(timer.plain) == 8  # the first SGLD step (setup) and its pair are left out
+    paired, medians = timer.ratios()
+    assert paired == statistics.median(s / p for s, p in zip(timer.sgld, timer.plain))
+    assert medians == statistics.median(timer.sgld) / statistics.median(timer.plain)
 
 
 def test_record_merges_cases_and_the_figure_is_drawn(tmp_path, monkeypatch):
