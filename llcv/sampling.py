@@ -341,11 +341,16 @@ def _mala_acceptance(displacement: list[torch.Tensor], previous: _Point, current
 
     As devinterp computes it: Gaussian proposal densities from each end's potential gradient and
     the potentials nbeta * L + gamma/2 |w - w*|^2, all from values the chain computes anyway;
-    ``displacement`` is the move, current weights minus previous ones.
+    ``displacement`` is the move, current weights minus previous ones; it is overwritten (the
+    chain has no further use for it), because fresh weight-sized tensors cost page faults.
     """
-    forward = torch._foreach_add(displacement, previous.gradient, alpha=epsilon / 2)
-    backward = torch._foreach_sub(displacement, current.gradient, alpha=epsilon / 2)
-    log_ratio = previous.potential - current.potential + (_squared_norms(forward) - _squared_norms(backward)) / (2 * epsilon)
+    half_step = epsilon / 2
+    torch._foreach_add_(displacement, previous.gradient, alpha=half_step)
+    forward_norms = _squared_norms(displacement)  # |d + eps/2 p|^2
+    torch._foreach_sub_(displacement, previous.gradient, alpha=half_step)
+    torch._foreach_sub_(displacement, current.gradient, alpha=half_step)
+    backward_norms = _squared_norms(displacement)  # |d - eps/2 c|^2
+    log_ratio = previous.potential - current.potential + (forward_norms - backward_norms) / (2 * epsilon)
     return torch.exp(torch.clamp(log_ratio, max=0.0))
 
 

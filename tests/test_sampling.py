@@ -104,6 +104,25 @@ def test_mala_matches_an_independent_replay_of_the_chain():
     assert result.mala_acceptance == pytest.approx(np.mean(expected), rel=1e-4)
 
 
+@pytest.mark.parametrize("sampler", ["sgld", "rmsprop_sgld"])
+@pytest.mark.parametrize("every", [1, 3])
+def test_reused_update_buffers_give_the_same_chain_as_fresh_ones(monkeypatch, sampler, every):
+    """The update and MALA write into buffers kept across steps; the chain and every acceptance
+    must be what fresh tensors at every step give (the pre-buffer code)."""
+    from llcv.langevin import LangevinUpdate
+
+    settings = SamplerSettings(
+        epsilon=0.05, gamma=3.0, nbeta=2.0, num_chains=2, num_draws=30, num_steps_bw_draws=every, batch_size=8,
+        sampler=sampler, mala=True, chain_mode="sequential",
+    )
+    reused = estimate_llc(Quadratic(6), dummy_data(), settings, loss=quadratic_loss, device="cpu")
+    monkeypatch.setattr(LangevinUpdate, "_buffer", lambda self, name: [torch.empty_like(p) for p in self.parameters])
+    fresh = estimate_llc(Quadratic(6), dummy_data(), settings, loss=quadratic_loss, device="cpu")
+    assert reused.loss_trace == fresh.loss_trace
+    assert reused.mala_acceptance_per_chain == pytest.approx(fresh.mala_acceptance_per_chain, rel=1e-6)
+    assert 0.0 < reused.mala_acceptance < 1.0
+
+
 @pytest.mark.parametrize("epsilon, low, high", [(1e-5, 0.99, 1.0), (1.9, 0.0, 0.7)])
 def test_mala_acceptance_falls_from_one_as_the_step_grows(epsilon, low, high):
     settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=1.0, num_chains=2, num_draws=200, batch_size=8)
