@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import math
+import random
 import statistics
 import time
 import warnings
@@ -154,8 +155,18 @@ class _Interleaved(Reporter):
 
     def ratios(self) -> tuple[float, float]:
         """(median over pairs of SGLD step / reference step, median / median)."""
-        pairs = [sgld / plain for sgld, plain in zip(self.sgld, self.plain)]
-        return statistics.median(pairs), statistics.median(self.sgld) / statistics.median(self.plain)
+        return statistics.median(self._pairs()), statistics.median(self.sgld) / statistics.median(self.plain)
+
+    def interval(self, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+        """A 95% bootstrap interval for the median paired ratio: how far the machine's noise
+        leaves the ratio uncertain, so a target is judged against the interval, not one number."""
+        pairs = self._pairs()
+        generator = random.Random(seed)
+        medians = sorted(statistics.median(generator.choices(pairs, k=len(pairs))) for _ in range(resamples))
+        return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+    def _pairs(self) -> list[float]:
+        return [sgld / plain for sgld, plain in zip(self.sgld, self.plain)]
 
 
 def _plain_sgd_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str):
@@ -199,7 +210,7 @@ def floor_case(device: torch.device, quick: bool) -> list[dict]:
     steps = 40 if quick else 100
     print(
         f"One step, ResNet18 (CIFAR stem), batch 64, {device}: llcv's SGLD step / a reference step, "
-        f"{steps} steps each, alternating (median of the paired ratios; median / median)"
+        f"{steps} steps each, alternating (median of the paired ratios with its 95% bootstrap interval; median / median)"
     )
     batch = next(iter(DataLoader(train, batch_size=64)))
     images, labels = batch[0].to(device), batch[1].to(device)
@@ -226,14 +237,15 @@ def floor_case(device: torch.device, quick: bool) -> list[dict]:
         timer = _Interleaved(reference_step, device)
         estimate_llc(model, data, chain_settings, device=device, reporter=timer)
         paired, medians = timer.ratios()
+        low, high = timer.interval()
         ours, theirs = statistics.median(timer.sgld), statistics.median(timer.plain)
         print(
             f"  {label:<30} llcv {ours * 1e3:7.1f} ms  {reference} {theirs * 1e3:7.1f} ms  "
-            f"ratio {paired:5.3f}x (medians {medians:5.3f}x)"
+            f"ratio {paired:5.3f}x [95%: {low:5.3f}-{high:5.3f}] (medians {medians:5.3f}x)"
         )
         rows.append(
             {"case": f"ResNet18 step vs {reference}", "label": label, "llcv_seconds": ours,
-             "reference_seconds": theirs, "ratio": paired, "target": target}
+             "reference_seconds": theirs, "ratio": paired, "interval": [low, high], "target": target}
         )
     return rows
 
@@ -264,7 +276,8 @@ def main(argv: list[str]) -> None:
 
 
 def _draw(recorded: dict[str, list[dict]], path: Path) -> None:
-    """Horizontal bars of llcv / reference time per row, with each row's target as a tick."""
+    """Horizontal bars of llcv / reference time per row, with each row's target as a red tick and,
+    where measured, its 95% interval as a black line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,12 +288,15 @@ def _draw(recorded: dict[str, list[dict]], path: Path) -> None:
     positions = list(range(len(rows)))[::-1]
     axes.barh(positions, [row["ratio"] for row in rows], color="#4C72B0")
     for position, row in zip(positions, rows):
+        if "interval" in row:  # the floor rows' 95% interval over step pairs
+            axes.plot(row["interval"], [position, position], color="black", linewidth=1.5)
+    for position, row in zip(positions, rows):
         axes.text(row["ratio"] + 0.01, position, f"{row['ratio']:.2f}x", va="center", fontsize=8)
         if row["target"] is not None:
             axes.plot([row["target"]] * 2, [position - 0.4, position + 0.4], color="#C44E52", linewidth=2)
     axes.set_yticks(positions, [f"{row['case']}: {row['label']}" for row in rows], fontsize=8)
     axes.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
-    axes.set_xlabel("llcv time / reference time (red: target)")
+    axes.set_xlabel("llcv time / reference time (red: target; black: 95% interval)")
     axes.set_title("llcv sampler speed (benchmarks/sampling_speed.py)", fontsize=10, loc="right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

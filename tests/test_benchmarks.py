@@ -31,6 +31,16 @@ def test_interleaved_timer_pairs_each_sgld_step_with_the_reference_step_after_it
     assert medians == statistics.median(timer.sgld) / statistics.median(timer.plain)
 
 
+def test_interval_brackets_the_median_paired_ratio_and_narrows_with_more_pairs():
+    timer = sampling_speed._Interleaved(lambda: None, torch.device("cpu"))
+    spread = [1.0 + 0.1 * ((index * 7) % 11 - 5) / 5 for index in range(400)]  # ratios 0.9-1.1, median 1.0
+    timer.sgld, timer.plain = spread[:40], [1.0] * 40
+    low, high = timer.interval()
+    assert low <= timer.ratios()[0] <= high and 0.0 < high - low < 0.2
+    timer.sgld, timer.plain = spread, [1.0] * 400
+    assert timer.interval()[1] - timer.interval()[0] < high - low
+
+
 def test_record_merges_cases_and_the_figure_is_drawn(tmp_path, monkeypatch):
     record, figure = tmp_path / "speed.json", tmp_path / "speed.png"
     row = {"case": "c", "label": "l", "llcv_seconds": 1.0, "reference_seconds": 2.0, "ratio": 0.5, "target": 0.6}
