@@ -291,7 +291,8 @@ def _draw(recorded: dict[str, list[dict]], path: Path) -> None:
         if "interval" in row:  # the floor rows' 95% interval over step pairs
             axes.plot(row["interval"], [position, position], color="black", linewidth=1.5)
     for position, row in zip(positions, rows):
-        axes.text(row["ratio"] + 0.01, position, f"{row['ratio']:.2f}x", va="center", fontsize=8)
+        right = max([row["ratio"], *row.get("interval", [])])
+        axes.text(right + 0.01, position, f"{row['ratio']:.2f}x", va="center", fontsize=8)
         if row["target"] is not None:
             axes.plot([row["target"]] * 2, [position - 0.4, position + 0.4], color="#C44E52", linewidth=2)
     axes.set_yticks(positions, [f"{row['case']}: {row['label']}" for row in rows], fontsize=8)
