@@ -58,11 +58,12 @@ class GaussianNoise:
         self.chunks = [(chunk, torch.Generator(device=device).manual_seed(int(state))) for chunk, state in zip(chunks, states)]
         # On a GPU the fills are asynchronous kernel launches already.
         self.helpers = min(torch.get_num_threads(), len(chunks)) - 1 if device.type == "cpu" else 0
+        self.threads = _noise_threads(self.helpers) if self.helpers else None
 
     def draw(self) -> list[torch.Tensor]:
         """Fresh noise, as views shaped and strided like the tensors (valid until the next draw)."""
         pending = deque(self.chunks)
-        helping = [_noise_threads(self.helpers).submit(_fill, pending) for _ in range(self.helpers)]
+        helping = [self.threads.submit(_fill, pending) for _ in range(self.helpers)]
         _fill(pending)
         for helper in helping:
             helper.result()

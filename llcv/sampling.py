@@ -11,10 +11,12 @@ inverse temperature) a setting, and the expectation is over the tempered, locali
 devinterp calls ``epsilon`` ``lr`` and ``gamma`` ``localization``; the update itself is devinterp
 1.3's, fused (``llcv.langevin``).
 
-Reproducibility: chain ``c`` draws its minibatch order and its Gaussian noise from seeds derived
-from ``(settings.seed, c)``. Estimating every checkpoint of a run with one seed therefore uses
-common random numbers: the same batches and the same noise at every checkpoint, so differences
-between checkpoints reflect the models, not the sampling noise.
+Reproducibility: chain ``c`` draws its minibatch order from a seed derived from
+``(settings.seed, c)``, and so does its Gaussian noise when chains run one at a time; chains run
+as one batch draw their noise together from the first one's seed (``llcv.langevin.GaussianNoise``).
+Estimating every checkpoint of a run with one seed therefore uses common random numbers: the
+same batches and the same noise at every checkpoint, so differences between checkpoints reflect
+the models, not the sampling noise.
 """
 
 from __future__ import annotations
@@ -298,7 +300,7 @@ class _ChainGroup:
         if self.channels_last and tensor.dim() == 4:
             # Convolution weights in the channels-last layout of the inputs, as a channels-last
             # model keeps them; otherwise every convolution reorders its weight (2.5% of a step).
-            return tensor.detach().clone(memory_format=torch.channels_last).unsqueeze(0).detach().requires_grad_(True)
+            return tensor.detach().clone(memory_format=torch.channels_last).unsqueeze(0).requires_grad_(True)
         return tensor.detach().unsqueeze(0).repeat(self.num_chains, *([1] * tensor.dim())).requires_grad_(True)
 
     def _single_loss(self, parameters: list[torch.Tensor], batch) -> torch.Tensor:
@@ -403,7 +405,8 @@ def _run_group(
         mala=torch.full((chains, settings.num_draws), float("nan"), device=device),
         diverged=torch.zeros(chains, dtype=torch.bool, device=device),
     )
-    previous: tuple[_Point, list[torch.Tensor]] | None = None  # the last MALA point and the move from it
+    previous: _Point | None = None  # the last MALA point
+    move: list[torch.Tensor] = []  # the update's displacement from it
     checked_burnin, checked_draws = 0, 0
     for step in range(num_steps):
         batch = next(batches)
@@ -417,8 +420,8 @@ def _run_group(
         if settings.mala and (is_draw or precedes_draw):
             current = _potential_point(update, losses)
             if is_draw and previous is not None:
-                traces.mala[:, draws_done - 1] = _mala_acceptance(previous[1], previous[0], current, settings.epsilon)
-            previous = (current, update.step(noise.draw(), current.gradient))
+                traces.mala[:, draws_done - 1] = _mala_acceptance(move, previous, current, settings.epsilon)
+            previous, move = current, update.step(noise.draw(), current.gradient)
         else:
             update.step(noise.draw())
         if is_draw:
