@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import random
 import statistics
 import time
@@ -35,7 +34,13 @@ from llcv.devices import resolve_device
 from llcv.fileio import atomic_write_json
 from llcv.known_models import rrr_case
 from llcv.progress import Reporter
-from llcv.sampling import SamplingData
+from llcv.sampling import SamplingData, default_nbeta
+
+
+def _devinterp_sgld_kwargs(settings: SamplerSettings) -> dict:
+    """devinterp's names for llcv's SGLD settings: epsilon is its lr, gamma its localization."""
+    nbeta = settings.nbeta if settings.nbeta is not None else default_nbeta(settings.batch_size)
+    return dict(lr=settings.epsilon, localization=settings.gamma, nbeta=nbeta)
 
 
 def _devinterp_llc(model, dataset, settings: SamplerSettings, loss, device, init_loss: float | None) -> tuple[float, float]:
@@ -55,7 +60,7 @@ def _devinterp_llc(model, dataset, settings: SamplerSettings, loss, device, init
             loader,
             evaluate=loss,
             sampling_method=SGMCMC.sgld,
-            optimizer_kwargs=dict(lr=settings.epsilon, localization=settings.gamma, nbeta=settings.nbeta),
+            optimizer_kwargs=_devinterp_sgld_kwargs(settings),
             num_chains=settings.num_chains,
             num_draws=settings.num_draws,
             num_burnin_steps=settings.num_burnin_steps,
@@ -88,7 +93,7 @@ def resnet_case(device: torch.device, quick: bool) -> list[dict]:
     # Both measure the initial loss on the same amount of data: devinterp's default, one
     # minibatch per chain, is what llcv's init_loss_samples is set to here.
     base = SamplerSettings(
-        epsilon=1e-5, gamma=1000.0, nbeta=64 / math.log(64), num_chains=4, num_draws=draws, batch_size=64, mala=False,
+        epsilon=1e-5, gamma=1000.0, num_chains=4, num_draws=draws, batch_size=64, mala=False,
         init_loss_samples=4 * 64,
     )
     ce = lambda module, batch: nn.functional.cross_entropy(module(batch[0].to(device)), batch[1].to(device))  # noqa: E731
@@ -191,7 +196,7 @@ def _devinterp_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     chain = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizer = SGMCMC.sgld(chain.parameters(), lr=settings.epsilon, localization=settings.gamma, nbeta=64 / math.log(64))
+        optimizer = SGMCMC.sgld(chain.parameters(), **_devinterp_sgld_kwargs(settings))
 
     def step() -> None:
         chain.train()
