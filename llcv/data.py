@@ -12,6 +12,10 @@
 Every dataset returned here (and every ``subset`` of one) exposes ``.targets``, a 1-D long
 tensor of labels, so per-class subsets never load an image. Items are ``(image, label)`` with
 ``label`` a Python int, so the default collate function yields a LongTensor for every dataset.
+
+``subset`` also takes datasets from elsewhere: a subset by count needs only ``len(dataset)``, so
+it works for regression data (float or multi-dimensional targets) and for datasets without any
+targets; only ``classes=`` needs integer class labels.
 """
 
 from __future__ import annotations
@@ -109,11 +113,43 @@ class TensorImageDataset(Dataset):
 
 
 class _SubsetWithTargets(Subset):
-    """A ``torch.utils.data.Subset`` that keeps ``.targets`` for further subsetting."""
+    """A ``torch.utils.data.Subset`` that keeps ``.targets`` for further subsetting.
 
-    def __init__(self, dataset: Dataset, indices: torch.Tensor, targets: torch.Tensor) -> None:
+    ``.targets`` are the parent's class labels at the chosen indices. A subset by count is built
+    without them and reads them on first access, so choosing samples by count never depends on
+    the targets being class labels; a later ``subset(classes=...)`` of it still finds them.
+
+    Args:
+        dataset: the parent dataset.
+        indices: positions in ``dataset`` to keep, in order.
+        targets: the labels at ``indices`` when already known; None reads them when needed.
+    """
+
+    def __init__(self, dataset: Dataset, indices: torch.Tensor, targets: torch.Tensor | None = None) -> None:
         super().__init__(dataset, indices.tolist())
-        self.targets = targets
+        self._targets = targets
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """1-D long tensor of the chosen items' class labels.
+
+        Raises:
+            AttributeError: the parent has no class labels (regression targets, or none at all).
+                An AttributeError, not a DataError, so that ``hasattr(subset, "targets")`` answers
+                whether there are labels, as it does for every other dataset; ``dataset_targets``
+                then reports the parent's own reason.
+        """
+        if self._targets is None:
+            try:
+                self._targets = dataset_targets(self.dataset)[torch.as_tensor(self.indices, dtype=torch.long)]
+            except DataError as error:
+                raise AttributeError(f"This subset has no class labels: {error}") from error
+        return self._targets
+
+    @targets.setter
+    def targets(self, targets: torch.Tensor) -> None:
+        # Assignable as on the plain attribute this class used to have.
+        self._targets = targets
 
 
 @dataclass(frozen=True)
@@ -188,7 +224,7 @@ def load_dataset(
 
 
 def dataset_targets(dataset: Dataset) -> torch.Tensor:
-    """The labels of a dataset from this module, without loading any image.
+    """The class labels of a dataset from this module, without loading any image.
 
     Works for every dataset ``load_dataset`` and ``subset`` return, and for a
     ``torch.utils.data.Subset`` or a ``TensorDataset(images, labels)`` built from them.
@@ -197,22 +233,42 @@ def dataset_targets(dataset: Dataset) -> torch.Tensor:
         1-D long tensor, one label per item, in item order.
 
     Raises:
-        DataError: the dataset has no labels this function can find.
+        DataError: the dataset has no labels this function can find, or its targets are not
+            class labels: float (regression) targets, or not one integer per item.
     """
-    if hasattr(dataset, "targets"):
-        targets = torch.as_tensor(dataset.targets, dtype=torch.long)
-    elif isinstance(dataset, Subset):
-        targets = dataset_targets(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
-    elif isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        targets = dataset.tensors[1].long()
-    else:
+    targets = _raw_targets(dataset)
+    # Casting float targets to long would silently turn regression values into made-up classes.
+    if targets.is_floating_point() or targets.is_complex():
         raise DataError(
-            f"Cannot find the labels of a {type(dataset).__name__}: expected a `.targets` "
-            "attribute, a torch Subset, or a TensorDataset(images, labels)."
+            f"regression targets are not class labels: found {targets.dtype} targets of shape "
+            f"{tuple(targets.shape)} in a {type(dataset).__name__}, where class labels are one integer per item."
         )
     if targets.ndim != 1:
-        raise DataError(f"Expected one label per item (a 1-D tensor), got shape {tuple(targets.shape)}.")
-    return targets
+        raise DataError(
+            f"Expected one label per item (a 1-D tensor of integers), got {targets.dtype} targets of "
+            f"shape {tuple(targets.shape)} in a {type(dataset).__name__}."
+        )
+    return targets.long()
+
+
+def _raw_targets(dataset: Dataset) -> torch.Tensor:
+    """A dataset's targets as a tensor of their own dtype and shape (``dataset_targets`` checks them)."""
+    if hasattr(dataset, "targets"):
+        try:
+            # No dtype: forcing long here is exactly the cast that hid regression targets.
+            return torch.as_tensor(dataset.targets)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise DataError(
+                f"The `.targets` of a {type(dataset).__name__} are not a tensor of labels ({error})."
+            ) from error
+    if isinstance(dataset, Subset):
+        return _raw_targets(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        return dataset.tensors[1]
+    raise DataError(
+        f"Cannot find the labels of a {type(dataset).__name__}: expected a `.targets` "
+        "attribute, a torch Subset, or a TensorDataset(images, labels)."
+    )
 
 
 def subset(
@@ -225,28 +281,40 @@ def subset(
     """A seeded subset: the items whose label is in ``classes``, then ``num_samples`` of them.
 
     Chosen items keep their original order, so the same arguments always give the same subset.
+    Without ``classes`` the labels are never read: any dataset with a length works, whatever
+    its targets (float, multi-dimensional, or none), and the choice depends only on its length,
+    ``num_samples`` and ``seed``.
 
     Args:
-        dataset: any dataset ``dataset_targets`` understands.
+        dataset: any dataset with ``len``; with ``classes``, one ``dataset_targets`` understands
+            whose targets are integer class labels.
         num_samples: how many items to keep, chosen at random with ``seed``; None keeps all.
         classes: labels to keep; None keeps every class.
         seed: seeds the random choice of ``num_samples`` items.
 
     Returns:
-        A dataset with ``.targets`` for the chosen items.
+        A ``torch.utils.data.Subset`` of ``dataset``; it has ``.targets`` for the chosen items
+        whenever ``dataset`` has class labels.
 
     Raises:
-        DataError: ``classes`` selects no item, or ``num_samples`` is not positive or is more
-            than the items available.
+        DataError: ``classes`` is given but the targets are not class labels (float or not 1-D)
+            or select no item; ``num_samples`` is not positive or is more than the items
+            available; or the dataset has no length.
     """
-    targets = dataset_targets(dataset)
-    indices = torch.arange(len(targets))
+    targets = None
     if classes is not None:
+        try:
+            targets = dataset_targets(dataset)
+        except DataError as error:
+            raise DataError(f"classes={list(classes)} needs integer class labels, one per item: {error}") from error
+        indices = torch.arange(len(targets))
         wanted = torch.as_tensor(list(classes), dtype=torch.long)
         indices = indices[torch.isin(targets, wanted)]
         if len(indices) == 0:
             present = sorted(set(targets.tolist()))
             raise DataError(f"Classes {list(classes)} select no samples; the labels present are {present}.")
+    else:
+        indices = torch.arange(_length(dataset))
     if num_samples is not None:
         if num_samples <= 0:
             raise DataError(f"num_samples must be positive, got {num_samples}.")
@@ -256,7 +324,19 @@ def subset(
         generator = torch.Generator().manual_seed(seed)
         chosen = torch.randperm(len(indices), generator=generator)[:num_samples]
         indices = indices[chosen.sort().values]
+    if targets is None:
+        # Labels are read lazily (see _SubsetWithTargets), so a subset by count never needs them.
+        return _SubsetWithTargets(dataset, indices)
     return _SubsetWithTargets(dataset, indices, targets[indices])
+
+
+def _length(dataset: Dataset) -> int:
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError as error:
+        raise DataError(
+            f"Cannot take a subset of a {type(dataset).__name__}: it has no length (an iterable-style dataset?)."
+        ) from error
 
 
 def _check_native_size(request: _LoadRequest, native_size: int) -> None:
