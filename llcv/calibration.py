@@ -15,7 +15,6 @@ for a final estimate. Library functions here return results and write files only
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
@@ -36,7 +35,7 @@ from llcv.diagnostics import trace_drift
 from llcv.errors import EstimationError, SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text, finite_or_none
 from llcv.progress import SILENT, Reporter
-from llcv.sampling import LLCResult, LossSpec, SamplingData, default_nbeta, estimate_llc, resolve_loss
+from llcv.sampling import LLCResult, LossSpec, SamplingData, default_nbeta, estimate_llc, resolve_loss, working_copy
 from llcv.results import checkpoint_stem
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
@@ -223,13 +222,6 @@ def output_dir(results_dir: Path, checkpoint: Path) -> Path:
 
 # The sweep.
 
-MINIBATCH_MALA_NOTE = (
-    "MALA acceptance is measured on minibatches ({batch} of {samples} samples): the two ends of a step "
-    "see different batches, which lowers it whatever epsilon is; for a sweep that tells step sizes apart, "
-    "use full batches (--batch-size equal to --num-samples)"
-)
-
-
 class SweepResult(BaseModel):
     """A sweep over (epsilon, gamma, nbeta): one row per combination and the recommendation.
 
@@ -347,8 +339,6 @@ def calibrate_sweep(
         "loss": loss if isinstance(loss, str) else f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', repr(loss))}",
         "base": base.model_dump(mode="json", exclude={"epsilon", "gamma", "nbeta"}),
     }
-    if sampling.batch_size < sampling.num_samples:
-        reporter.note(MINIBATCH_MALA_NOTE.format(batch=sampling.batch_size, samples=sampling.num_samples))
     done = _stored_rows(sweep_file, fingerprint, reporter)
     finished = {key: done[key] for key in combinations if key in done}
     if finished:
@@ -359,8 +349,6 @@ def calibrate_sweep(
         rows, index, reason = apply_rule([finished[key][0] for key in ordered], **rule)
         if not complete:
             index, reason = None, f"in progress: {len(ordered)} of {len(combinations)} combinations done"
-        elif index is None and "'mala_acceptance" in reason and sampling.batch_size < sampling.num_samples:
-            reason += "; " + MINIBATCH_MALA_NOTE.format(batch=sampling.batch_size, samples=sampling.num_samples)
         recommended = None
         if index is not None:
             epsilon, gamma, nbeta = ordered[index]
@@ -858,12 +846,11 @@ def top_hessian_eigenvalue(
 ) -> float:
     """The largest |eigenvalue| of the loss Hessian at the model's weights, on one minibatch.
 
-    Power iteration with Hessian-vector products, in the chains' BatchNorm mode, on a copy of
-    the model. Falls back to 1.0 where the model does not support double backward or the
-    value is not a positive finite number.
+    Power iteration with Hessian-vector products, on the chains' working copy of the model
+    (their BatchNorm mode and statistics). Falls back to 1.0 where the model does not support
+    double backward or the value is not a positive finite number.
     """
-    work = copy.deepcopy(model).to(data.device)
-    work.train(settings.bn_mode == "train")
+    work, _ = working_copy(model, data, resolve_loss(loss), settings)
     parameters = [parameter for parameter in work.parameters() if parameter.requires_grad]
     batch = next(data.batches(settings.seed))
     generator = torch.Generator().manual_seed(settings.seed)

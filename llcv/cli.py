@@ -144,9 +144,12 @@ StepsBetweenOpt = Annotated[Optional[int], typer.Option("--num-steps-bw-draws", 
 SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="sgld | rmsprop_sgld.")]
 SampleBatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Minibatch size of the chains.")]
 NumSamplesOpt = Annotated[Optional[int], typer.Option("--num-samples", help="Use a seeded subset of N training samples.")]
-BnModeOpt = Annotated[Optional[str], typer.Option("--bn-mode", help="eval (running statistics frozen; default) | train (devinterp's behaviour).")]
+BnModeOpt = Annotated[Optional[str], typer.Option("--bn-mode", help="eval (BatchNorm running statistics fixed while sampling; default) | train (each batch's own; devinterp's behaviour).")]
+BnStatsOpt = Annotated[Optional[str], typer.Option("--bn-stats", help="eval mode: recompute (BatchNorm statistics for the checkpoint's weights; default) | checkpoint (as saved).")]
+BnSamplesOpt = Annotated[Optional[int], typer.Option("--bn-samples", help="Training samples the BatchNorm statistics are recomputed on (default 4096).")]
 DivergenceOpt = Annotated[Optional[float], typer.Option("--divergence-bound", help="Per-draw LLC above this counts as diverged.")]
-MalaOpt = Annotated[Optional[bool], typer.Option("--mala/--no-mala", help="Compute MALA acceptance.")]
+MalaOpt = Annotated[Optional[bool], typer.Option("--mala/--no-mala", help="Compute MALA acceptance (one more forward and backward pass per measured minibatch step).")]
+MalaEveryOpt = Annotated[Optional[int], typer.Option("--mala-every", help="Measure MALA acceptance on every k-th draw only (default 1).")]
 SamplerSeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of batch order and noise (common random numbers across checkpoints).")]
 CalibrationOpt = Annotated[Optional[Path], typer.Option("--from-calibration", help="recommended.json from `llcv calibrate sweep` (sets epsilon, gamma, nbeta, sampler).", dir_okay=False)]
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file (llcv or foreign).", dir_okay=False)]
@@ -205,8 +208,11 @@ def estimate(
     batch_size: SampleBatchOpt = None,
     num_samples: NumSamplesOpt = None,
     bn_mode: BnModeOpt = None,
+    bn_stats: BnStatsOpt = None,
+    bn_samples: BnSamplesOpt = None,
     divergence_bound: DivergenceOpt = None,
     mala: MalaOpt = None,
+    mala_every: MalaEveryOpt = None,
     seed: SamplerSeedOpt = None,
     params: ParamsOpt = None,
     classes: ClassesOpt = None,
@@ -283,8 +289,11 @@ def estimate_all_command(
     batch_size: SampleBatchOpt = None,
     num_samples: NumSamplesOpt = None,
     bn_mode: BnModeOpt = None,
+    bn_stats: BnStatsOpt = None,
+    bn_samples: BnSamplesOpt = None,
     divergence_bound: DivergenceOpt = None,
     mala: MalaOpt = None,
+    mala_every: MalaEveryOpt = None,
     seed: SamplerSeedOpt = None,
     every_nth: Annotated[Optional[int], typer.Option("--every-nth", help="Every K-th checkpoint from the first, plus the last; a plain rerun fills in the rest.")] = None,
     steps: Annotated[Optional[str], typer.Option("--steps", help="Only the checkpoints at these steps, comma-separated: 0,100,1000.")] = None,
@@ -541,6 +550,9 @@ def calibrate_sweep_command(
     batch_size: SampleBatchOpt = None,
     num_samples: NumSamplesOpt = None,
     bn_mode: BnModeOpt = None,
+    bn_stats: BnStatsOpt = None,
+    bn_samples: BnSamplesOpt = None,
+    mala_every: MalaEveryOpt = None,
     seed: SamplerSeedOpt = None,
     params: ParamsOpt = None,
     classes: ClassesOpt = None,
@@ -565,8 +577,8 @@ def calibrate_sweep_command(
         settings = _calibration_settings(
             config,
             None,
-            dict(sampler=sampler, batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode, seed=seed,
-                 params=params, classes=_class_list(classes)),
+            dict(sampler=sampler, batch_size=batch_size, num_samples=num_samples, bn_mode=bn_mode, bn_stats=bn_stats,
+                 bn_samples=bn_samples, mala_every=mala_every, seed=seed, params=params, classes=_class_list(classes)),
             dict(
                 **grid, num_chains=num_chains, num_draws=num_draws, num_burnin_steps=num_burnin_steps,
                 target_acceptance=target_acceptance, results_dir=results_dir, format=figure_format, device=device,
@@ -634,6 +646,8 @@ def _single_setting_command(checkpoint, config, from_calibration, sampler_values
     """Shared start of `calibrate curve` and `calibrate chains`: settings, target, output folder."""
     from llcv import calibration
 
+    # Calibration measures MALA acceptance unless told not to; estimates leave it off by default.
+    base = {"sampler": {"mala": True, **(base or {}).get("sampler", {})}}
     settings = _calibration_settings(
         config, from_calibration, sampler_values, dict(results_dir=results_dir, format=figure_format, device=device), base=base
     )
@@ -658,10 +672,14 @@ def calibrate_curve_command(
     nbeta: NbetaOpt = None,
     num_draws: NumDrawsOpt = None,
     num_burnin_steps: NumBurninOpt = None,
+    mala: MalaOpt = None,
+    mala_every: MalaEveryOpt = None,
     sampler: SamplerOpt = None,
     batch_size: SampleBatchOpt = None,
     num_samples: NumSamplesOpt = None,
     bn_mode: BnModeOpt = None,
+    bn_stats: BnStatsOpt = None,
+    bn_samples: BnSamplesOpt = None,
     seed: SamplerSeedOpt = None,
     params: ParamsOpt = None,
     classes: ClassesOpt = None,
@@ -723,10 +741,14 @@ def calibrate_chains_command(
     num_chains: Annotated[Optional[int], typer.Option("--num-chains", help="Independent SGLD chains (default 5).")] = None,
     num_draws: NumDrawsOpt = None,
     num_burnin_steps: NumBurninOpt = None,
+    mala: MalaOpt = None,
+    mala_every: MalaEveryOpt = None,
     sampler: SamplerOpt = None,
     batch_size: SampleBatchOpt = None,
     num_samples: NumSamplesOpt = None,
     bn_mode: BnModeOpt = None,
+    bn_stats: BnStatsOpt = None,
+    bn_samples: BnSamplesOpt = None,
     seed: SamplerSeedOpt = None,
     params: ParamsOpt = None,
     classes: ClassesOpt = None,

@@ -142,6 +142,13 @@ def command_boundary() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+BATCHNORM_WORDS = {
+    "recomputed": "eval mode, statistics recomputed for these weights on {samples:,} samples",
+    "checkpoint": "eval mode, the checkpoint's saved statistics",
+    "batch": "train mode, each minibatch's own statistics",
+}
+
+
 def render_llc_result(result, title: str) -> None:
     """The end-of-estimate table: LLC mean +- std, per chain, MALA, R-hat, ESS, warnings."""
     from rich.table import Table
@@ -162,6 +169,8 @@ def render_llc_result(result, title: str) -> None:
     table.add_row("ESS", number(result.diagnostics.ess, ".0f"))
     table.add_row("diverged chains", str(result.diagnostics.diverged_chains))
     table.add_row("init loss", number(result.init_loss, ".5g"))
+    if result.batchnorm_statistics not in (None, "none"):
+        table.add_row("BatchNorm", BATCHNORM_WORDS[result.batchnorm_statistics].format(samples=result.batchnorm_samples))
     table.add_row("nbeta", number(result.nbeta, ".4g"))
     table.add_row("sampled parameters", f"{result.num_parameters:,}")
     table.add_row("samples", f"{result.num_samples_used:,}")

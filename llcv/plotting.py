@@ -487,13 +487,16 @@ def llc_figure(
     if panels:
         top.set_title("whole model", fontsize=9, loc="left")
     top.grid(alpha=0.3)
-    bottom.set_ylabel("loss")
+    bottom.set_ylabel("loss of the model as trained")
     accuracy_axis.set_ylabel("validation accuracy")
     accuracy_axis.set_ylim(0, 1.02)
     bottom.grid(alpha=0.3)
     bottom.legend(
         [Line2D([], [], color="0.3", linestyle=style) for style in ("-", ":", "--")],
-        ["validation loss", "train loss (since previous checkpoint)", "validation accuracy (right)"],
+        # The training metrics evaluate the model as trained (its saved BatchNorm statistics),
+        # not the recomputed statistics the LLC is sampled with, so the panel says which loss it is.
+        ["validation loss (eval mode, saved BatchNorm statistics)", "train loss (training batches since previous checkpoint)",
+         "validation accuracy (right)"],
         fontsize=8, loc="best",
     )  # fmt: skip
     bottom.set_xlabel(field if field == x else f"{field} ({x} unknown for some checkpoints)")

@@ -64,11 +64,22 @@ def loss_name(loss: str | Callable) -> str:
     return f"{getattr(loss, '__module__', '?')}.{getattr(loss, '__qualname__', type(loss).__name__)}"
 
 
+# Fields whose default changed after results were first hashed, with the value that older hashes
+# stand for. A field is hashed whenever it differs from this baseline, so an older folder keeps
+# naming the results it computed, and results computed the new way get a new folder.
+HASH_BASELINE = {"bn_stats": "checkpoint", "mala": True}
+
+
 def hashed_settings(settings: SamplerSettings, loss: str | Callable = DEFAULT_LOSS) -> dict[str, Any]:
-    """The fields the settings hash covers: every sampler field not at its default, plus a non-default loss."""
-    defaults = type(settings)().model_dump(mode="json")
+    """The fields the settings hash covers: every sampler field not at its baseline (its default,
+    or ``HASH_BASELINE``), plus a non-default loss. ``bn_samples`` counts only where statistics are recomputed."""
+    baseline = {**type(settings)().model_dump(mode="json"), **HASH_BASELINE}
     values = settings.model_dump(mode="json")
-    hashed = {key: value for key, value in values.items() if key not in defaults or value != defaults[key]}
+    if values.get("bn_stats") != "recompute":
+        values.pop("bn_samples", None)
+    hashed = {key: value for key, value in values.items() if key not in baseline or value != baseline[key]}
+    if values.get("bn_stats") == "recompute":
+        hashed["bn_samples"] = values["bn_samples"]
     name = loss_name(loss)
     if name != DEFAULT_LOSS:
         hashed["loss"] = name

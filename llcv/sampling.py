@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from llcv.batchnorm import batchnorm_layers, recompute_batchnorm_statistics
 from llcv.devices import resolve_device
 from llcv.fileio import finite_or_none
 from llcv.diagnostics import effective_sample_size, split_r_hat
@@ -86,6 +87,11 @@ class LLCResult(BaseModel):
     llc_trace: list[list[float | None]]
     init_loss: float | None
     nbeta: float
+    # How eval-mode BatchNorm layers were normalised: "recomputed" for the checkpoint's weights on
+    # ``batchnorm_samples`` samples, the "checkpoint"'s saved statistics, each "batch"'s own (train
+    # mode), or "none" (no BatchNorm layer). None in results written before llcv 0.4.
+    batchnorm_statistics: Literal["recomputed", "checkpoint", "batch", "none"] | None = None
+    batchnorm_samples: int = 0
     mala_acceptance: float | None = None
     mala_acceptance_per_chain: list[float | None] | None = None
     diagnostics: LLCDiagnostics
@@ -146,6 +152,7 @@ class SamplingData:
     def __init__(self, data: Dataset | DataLoader, settings: SamplerSettings, device: torch.device):
         self.loader = data if isinstance(data, DataLoader) else None
         self.device = device
+        self._unfiltered: Dataset | None = None
         if self.loader is not None and settings.classes is not None:
             raise SettingsError("classes= needs a Dataset, not a DataLoader: llcv must choose the samples itself")
         if self.loader is not None:
@@ -156,7 +163,10 @@ class SamplingData:
         from llcv.data import subset
 
         dataset = data
+        # BatchNorm statistics describe the model's function on the whole training data, so a
+        # class's scope normalises with those of every class, as the whole model's does.
         if settings.classes is not None:
+            self._unfiltered = data
             dataset = subset(dataset, classes=settings.classes, seed=settings.seed)
         if settings.num_samples is not None and settings.num_samples < len(dataset):
             dataset = subset(dataset, num_samples=settings.num_samples, seed=settings.seed)
@@ -233,6 +243,20 @@ class SamplingData:
             indices = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values
         for start in range(0, len(indices), self.batch_size):
             yield self._gather(indices[start : start + self.batch_size])
+
+    def statistics_batches(self, max_samples: int | None = None, seed: int = 0) -> Iterator:
+        """Minibatches for recomputing BatchNorm statistics: ``passes``, except that a class's
+        scope reads the whole training data it was chosen from (a seeded subset of ``max_samples``)."""
+        if self.loader is not None or self._unfiltered is None:
+            yield from self.passes(max_samples, seed)
+            return
+        from llcv.data import subset
+
+        dataset = self._unfiltered
+        if max_samples is not None and max_samples < len(dataset):
+            dataset = subset(dataset, num_samples=max_samples, seed=seed)
+        for batch in DataLoader(dataset, batch_size=self.batch_size, shuffle=False):
+            yield _to_device(batch, self.device)
 
     def _gather(self, indices: torch.Tensor):
         if self.tensors is not None:
@@ -313,6 +337,14 @@ class _ChainGroup:
             loss = torch.func.functional_call(self.loss_module, values, (batch,))
         return loss.float()
 
+    def gradient_pass(self, batch, shared: bool) -> torch.Tensor:
+        """Per-chain losses at the current weights, with their gradients in the parameters' ``.grad``."""
+        for parameter in self.parameters:
+            parameter.grad = None
+        losses = self.losses(batch, shared)
+        losses.sum().backward()
+        return losses
+
     def losses(self, batch, shared: bool) -> torch.Tensor:
         """Per-chain losses, shape (chains,). ``shared``: one batch for all chains, else stacked per chain."""
         if self.batched:
@@ -382,11 +414,27 @@ def _group_batches(data: "SamplingData", seeds: list[int]) -> tuple[Iterator, bo
     return data.stacked_batches(seeds), False
 
 
+def _measured_draw(step: int, settings: SamplerSettings) -> int | None:
+    """The index of the draw recorded at ``step`` when MALA scores the move into it, else None.
+
+    Draw ``j`` is the loss at the weights of step ``burnin + (j + 1) * num_steps_bw_draws - 1``;
+    the move into every ``mala_every``-th draw is scored, from the step before it.
+    """
+    if not settings.mala or step < 1:
+        return None
+    since_burnin = step + 1 - settings.num_burnin_steps
+    if since_burnin <= 0 or since_burnin % settings.num_steps_bw_draws:
+        return None
+    draw = since_burnin // settings.num_steps_bw_draws - 1
+    return draw if (draw + 1) % settings.mala_every == 0 and draw < settings.num_draws else None
+
+
 def _run_group(
     group: _ChainGroup,
     noise_seed: int,
     batches: Iterator,
     shared_batch: bool,
+    full_batch: bool,
     settings: SamplerSettings,
     nbeta: float,
     loss_limit: float,
@@ -405,25 +453,33 @@ def _run_group(
         mala=torch.full((chains, settings.num_draws), float("nan"), device=device),
         diverged=torch.zeros(chains, dtype=torch.bool, device=device),
     )
-    previous: _Point | None = None  # the last MALA point
+    # MALA scores a move w -> w' with the potential of one batch at both ends. With full batches
+    # the next step's pass gives the end point for free; with minibatches the proposal gets one
+    # more forward and backward pass on its own step's batch.
+    previous: _Point | None = None  # full batches: the start point of the move being scored
     move: list[torch.Tensor] = []  # the update's displacement from it
     checked_burnin, checked_draws = 0, 0
     for step in range(num_steps):
         batch = next(batches)
-        for parameter in group.parameters:
-            parameter.grad = None
-        losses = group.losses(batch, shared_batch)
-        losses.sum().backward()
+        losses = group.gradient_pass(batch, shared_batch)
         is_draw = step >= burnin and (step + 1 - burnin) % every == 0
         draws_done = (step + 1 - burnin) // every if step >= burnin else 0
-        precedes_draw = step + 1 >= burnin and (step + 2 - burnin) % every == 0
-        if settings.mala and (is_draw or precedes_draw):
-            current = _potential_point(update, losses)
-            if is_draw and previous is not None:
-                traces.mala[:, draws_done - 1] = _mala_acceptance(move, previous, current, settings.epsilon)
-            previous, move = current, update.step(noise.draw(), current.gradient)
-        else:
+        scored_here, scored_next = _measured_draw(step, settings), _measured_draw(step + 1, settings)
+        start = None
+        if full_batch and scored_here is not None and previous is not None:
+            start = _potential_point(update, losses)
+            traces.mala[:, scored_here] = _mala_acceptance(move, previous, start, settings.epsilon)
+        if scored_next is None:
             update.step(noise.draw())
+        else:
+            if start is None:
+                start = _potential_point(update, losses)
+            move = update.step(noise.draw(), start.gradient)
+            if full_batch:
+                previous = start
+            else:
+                end = _potential_point(update, group.gradient_pass(batch, shared_batch))
+                traces.mala[:, scored_next] = _mala_acceptance(move, start, end, settings.epsilon)
         if is_draw:
             traces.losses[:, draws_done - 1] = losses.detach()
         elif step < burnin:
@@ -538,8 +594,7 @@ def estimate_llc(
         data = SamplingData(data, settings, device)
     nbeta = settings.nbeta if settings.nbeta is not None else default_nbeta(data.batch_size)
 
-    work = copy.deepcopy(model).to(device)
-    work.train(settings.bn_mode == "train")
+    work, normalisation = working_copy(model, data, loss_function, settings)
     named = select_parameters(work, settings.params)
     names = [name for name, _ in named]
     initial = [parameter.detach().clone() for _, parameter in named]
@@ -570,7 +625,9 @@ def estimate_llc(
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(seeds[chains[0]])
             try:
-                traces.append(_run_group(group, seeds[chains[0]], batches, shared, settings, nbeta, loss_limit, reporter, key))
+                traces.append(
+                    _run_group(group, seeds[chains[0]], batches, shared, data.is_full_batch, settings, nbeta, loss_limit, reporter, key)
+                )
             finally:
                 reporter.finish(key)
     return _summarise(
@@ -583,8 +640,42 @@ def estimate_llc(
         data.num_samples,
         device,
         "batched" if batched else "sequential",
+        normalisation,
         time.perf_counter() - started,
     )
+
+
+@dataclass(frozen=True)
+class BatchNormProvenance:
+    """How a working copy's BatchNorm layers normalise (``LLCResult.batchnorm_statistics``)."""
+
+    statistics: Literal["recomputed", "checkpoint", "batch", "none"]
+    samples: int = 0
+
+
+def working_copy(
+    model: nn.Module, data: SamplingData, loss_function: LossFunction, settings: SamplerSettings
+) -> tuple[nn.Module, BatchNormProvenance]:
+    """A copy of ``model`` on the data's device in the chains' BatchNorm mode.
+
+    In eval mode with ``bn_stats="recompute"`` its BatchNorm running statistics are first
+    recomputed for the checkpoint's weights (``llcv.batchnorm``) on a seeded subset of
+    ``bn_samples`` training samples, the same subset at every checkpoint of a run. The caller's
+    model is never changed.
+    """
+    work = copy.deepcopy(model).to(data.device)
+    if not batchnorm_layers(work):
+        provenance = BatchNormProvenance("none")
+    elif settings.bn_mode == "train":
+        provenance = BatchNormProvenance("batch")
+    elif settings.bn_stats == "checkpoint":
+        provenance = BatchNormProvenance("checkpoint")
+    else:
+        batches = data.statistics_batches(settings.bn_samples, settings.seed)
+        samples = recompute_batchnorm_statistics(work, batches, loss_function, autocast=settings.precision == "bf16")
+        provenance = BatchNormProvenance("recomputed", samples)
+    work.train(settings.bn_mode == "train")
+    return work, provenance
 
 
 def _use_batched_chains(
@@ -635,6 +726,7 @@ def _summarise(
     num_samples: int,
     device: torch.device,
     chain_execution: str,
+    normalisation: BatchNormProvenance,
     elapsed: float,
 ) -> LLCResult:
     losses = torch.cat([group.losses for group in traces]).cpu().double().numpy()
@@ -674,6 +766,8 @@ def _summarise(
         llc_trace=llc_trace.tolist(),
         init_loss=init_loss,
         nbeta=nbeta,
+        batchnorm_statistics=normalisation.statistics,
+        batchnorm_samples=normalisation.samples,
         mala_acceptance=mala_mean,
         mala_acceptance_per_chain=mala_per_chain,
         diagnostics=diagnostics,

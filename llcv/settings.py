@@ -160,8 +160,17 @@ class SamplerSettings(_Section):
     num_samples: PositiveInt | None = None  # None: the whole training split
     sampler: Literal["sgld", "rmsprop_sgld"] = "sgld"
     bn_mode: Literal["eval", "train"] = "eval"
+    # eval mode: "recompute" re-estimates every BatchNorm layer's running statistics for the
+    # checkpoint's weights before sampling (on a copy); "checkpoint" uses the saved ones, which
+    # lag the weights early in training (docs/calibration.md).
+    bn_stats: Literal["recompute", "checkpoint"] = "recompute"
+    bn_samples: PositiveInt | None = 4096  # recompute on this many seeded samples (the same at every checkpoint); None: all
     divergence_bound: PositiveFloat | None = None  # None: derived from the sampled parameter count
-    mala: bool = True
+    # MALA acceptance costs one more forward and backward pass per measured step on minibatches
+    # (both ends of a step are scored on that step's batch), so estimates leave it off unless asked;
+    # calibration sweeps always measure it.
+    mala: bool = False
+    mala_every: PositiveInt = 1  # measure the acceptance of the move into every k-th draw only
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward/backward under autocast; weights, noise, update stay fp32
     chain_mode: Literal["auto", "batched", "sequential"] = "auto"  # auto: batched (vmap) for small models that allow it

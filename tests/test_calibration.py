@@ -366,22 +366,6 @@ def test_saved_sweep_files(linear, tmp_path):
     assert json.loads((tmp_path / "sweep.json").read_text())["recommended"] is None
 
 
-def test_minibatch_sweeps_say_why_mala_acceptance_is_low(linear):
-    model, data = linear
-    notes = []
-
-    class Notes(Reporter):
-        def note(self, message):
-            notes.append(message)
-
-    result = calibrate_sweep(
-        model, data, [1e-3], [1.0], base=TINY.model_copy(update={"batch_size": 50}), loss="mse", device="cpu",
-        target_acceptance=1.0, max_trace_drift=10.0, max_r_hat=10.0, reporter=Notes(),
-    )
-    assert result.recommended is None and "minibatches (50 of 200 samples)" in result.reason
-    assert any("minibatches" in note for note in notes)
-
-
 # recommend_settings on models with a known learning coefficient.
 
 

@@ -34,9 +34,13 @@ from llcv.settings import SamplerSettings
 # --- the settings hash
 
 
+# What the defaults since llcv 0.4 hash: the fields whose default changed, against HASH_BASELINE.
+CHANGED_DEFAULTS = {"bn_stats": "recompute", "bn_samples": 4096, "mala": False}
+
+
 def test_hash_leaves_out_fields_at_their_default():
-    assert hashed_settings(SamplerSettings()) == {}
-    assert settings_hash(SamplerSettings()) == hashlib.sha256(b"{}").hexdigest()[:12]
+    assert hashed_settings(SamplerSettings()) == CHANGED_DEFAULTS
+    assert settings_hash(SamplerSettings()) == hashlib.sha256(canonical_json(CHANGED_DEFAULTS).encode()).hexdigest()[:12]
     # giving a default value explicitly is the same settings
     assert settings_hash(SamplerSettings(gamma=100.0, num_chains=4)) == settings_hash(SamplerSettings())
 
@@ -47,14 +51,22 @@ def test_hash_is_twelve_hex_digits_and_changes_with_result_changing_fields():
     assert settings_hash(SamplerSettings(num_draws=51)) != base
     assert settings_hash(SamplerSettings(num_draws=50, epsilon=1e-3)) != base
     assert settings_hash(SamplerSettings(num_draws=50, seed=1)) != base
-    assert hashed_settings(SamplerSettings(num_draws=50, epsilon=1e-3)) == {"num_draws": 50, "epsilon": 1e-3}
+    assert hashed_settings(SamplerSettings(num_draws=50, epsilon=1e-3)) == {"num_draws": 50, "epsilon": 1e-3, **CHANGED_DEFAULTS}
 
 
 def test_hash_is_canonical_json_of_the_hashed_fields():
     settings = SamplerSettings(num_draws=50, epsilon=1e-3, gamma=10)
-    expected = hashlib.sha256(canonical_json({"epsilon": 0.001, "gamma": 10.0, "num_draws": 50}).encode()).hexdigest()[:12]
+    hashed = {"epsilon": 0.001, "gamma": 10.0, "num_draws": 50, **CHANGED_DEFAULTS}
+    expected = hashlib.sha256(canonical_json(hashed).encode()).hexdigest()[:12]
     assert settings_hash(settings) == expected
     assert canonical_json({"b": 1, "a": 2}) == '{"a":2,"b":1}'
+
+
+def test_settings_from_before_a_default_changed_keep_their_hash():
+    """A folder hashed before bn_stats and the MALA default existed holds results computed with the
+    checkpoint's statistics and MALA on: those settings, spelled out now, must name the same folder."""
+    before = SamplerSettings(num_draws=50, bn_stats="checkpoint", mala=True)
+    assert hashed_settings(before) == {"num_draws": 50}
 
 
 def test_a_non_default_loss_changes_the_hash():
@@ -160,7 +172,7 @@ def test_settings_json_names_the_hash_and_the_full_settings(tmp_path):
     store = _store_with(tmp_path, {})
     payload = store.read_settings()
     assert payload["settings_hash"] == "aaaaaaaaaaaa"
-    assert payload["sampler"]["num_draws"] == 12 and payload["hashed"] == {"num_draws": 12}
+    assert payload["sampler"]["num_draws"] == 12 and payload["hashed"] == {"num_draws": 12, **CHANGED_DEFAULTS}
 
 
 # --- reading results back

@@ -82,7 +82,7 @@ def test_mala_matches_an_independent_replay_of_the_chain():
     from llcv.sampling import _chain_seeds
 
     dim, epsilon, nbeta = 6, 0.3, 2.0
-    settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=nbeta, num_chains=1, num_draws=40, batch_size=8)
+    settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=nbeta, num_chains=1, num_draws=40, batch_size=8, mala=True)
     result = estimate_llc(Quadratic(dim), dummy_data(), settings, loss=quadratic_loss, device="cpu")
 
     # llcv's documented noise stream (llcv/langevin.py); 6 weights are one chunk, so one generator.
@@ -125,7 +125,7 @@ def test_reused_update_buffers_give_the_same_chain_as_fresh_ones(monkeypatch, sa
 
 @pytest.mark.parametrize("epsilon, low, high", [(1e-5, 0.99, 1.0), (1.9, 0.0, 0.7)])
 def test_mala_acceptance_falls_from_one_as_the_step_grows(epsilon, low, high):
-    settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=1.0, num_chains=2, num_draws=200, batch_size=8)
+    settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=1.0, num_chains=2, num_draws=200, batch_size=8, mala=True)
     result = estimate_llc(Quadratic(20), dummy_data(), settings, loss=quadratic_loss, device="cpu")
     assert low <= result.mala_acceptance <= high
 

@@ -1,0 +1,110 @@
+"""BatchNorm statistics recomputed for the checkpoint's weights before sampling (issue 10).
+
+A checkpoint's running statistics lag its weights early in training; in eval mode the chains
+then sample a function of which the checkpoint is no minimum, and the LLC comes out hugely
+negative. Recomputing them makes the estimate depend on the weights alone.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from llcv import SamplerSettings
+from llcv.batchnorm import batchnorm_layers, recompute_batchnorm_statistics
+from llcv.models import build_model
+from llcv.results import settings_hash
+from llcv.sampling import estimate_llc
+
+SETTINGS = SamplerSettings(num_chains=2, num_draws=4, batch_size=16, epsilon=1e-5, gamma=1000.0)
+
+
+def small_resnet() -> tuple[nn.Module, TensorDataset]:
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4, in_channels=3, stem="cifar")
+    data = TensorDataset(torch.randn(48, 3, 8, 8), torch.randint(0, 4, (48,)))
+    return model, data
+
+
+def with_scaled_statistics(model: nn.Module, factor: float) -> nn.Module:
+    corrupted = copy.deepcopy(model)
+    for layer in batchnorm_layers(corrupted):
+        layer.running_mean.mul_(factor)
+        layer.running_var.mul_(factor)
+    return corrupted
+
+
+def test_recomputed_statistics_are_the_cumulative_average_over_the_batches():
+    layer = nn.BatchNorm1d(3)
+    batches = [[torch.randn(10, 3) * 2 + 5], [torch.randn(10, 3) * 2 + 5]]
+    used = recompute_batchnorm_statistics(nn.Sequential(layer).eval(), batches, lambda model, batch: model(batch[0]))
+    assert used == 20
+    expected_mean = torch.stack([batch[0].mean(0) for batch in batches]).mean(0)
+    expected_var = torch.stack([batch[0].var(0, unbiased=True) for batch in batches]).mean(0)
+    assert torch.allclose(layer.running_mean, expected_mean, atol=1e-6)
+    assert torch.allclose(layer.running_var, expected_var, atol=1e-5)
+    assert layer.momentum == 0.1 and not layer.training  # restored
+
+
+def test_corrupted_running_statistics_give_the_same_llc_once_recomputed():
+    model, data = small_resnet()
+    fresh = estimate_llc(model, data, SETTINGS, device="cpu")
+    corrupted = with_scaled_statistics(model, 100.0)
+    recomputed = estimate_llc(corrupted, data, SETTINGS, device="cpu")
+    assert recomputed.batchnorm_statistics == "recomputed" and recomputed.batchnorm_samples == 48
+    assert recomputed.init_loss == pytest.approx(fresh.init_loss, rel=1e-5)
+    sampling_error = (fresh.llc_std**2 + recomputed.llc_std**2) ** 0.5
+    assert abs(recomputed.llc_mean - fresh.llc_mean) <= sampling_error + 1e-6 * abs(fresh.llc_mean)
+    # The checkpoint's own (corrupted) statistics make another function: the setting matters.
+    saved = estimate_llc(corrupted, data, SETTINGS.model_copy(update={"bn_stats": "checkpoint"}), device="cpu")
+    assert saved.batchnorm_statistics == "checkpoint"
+    assert abs(saved.init_loss - fresh.init_loss) > 0.01
+
+
+def test_the_callers_model_keeps_its_statistics_and_weights():
+    model, data = small_resnet()
+    corrupted = with_scaled_statistics(model, 100.0).eval()
+    before = {name: tensor.clone() for name, tensor in corrupted.state_dict().items()}
+    estimate_llc(corrupted, data, SETTINGS, device="cpu")
+    assert all(torch.equal(before[name], tensor) for name, tensor in corrupted.state_dict().items())
+    assert not corrupted.training
+
+
+def test_statistics_come_from_a_seeded_subset_of_bn_samples():
+    model, data = small_resnet()
+    settings = SETTINGS.model_copy(update={"bn_samples": 32})
+    first = estimate_llc(model, data, settings, device="cpu")
+    again = estimate_llc(model, data, settings, device="cpu")
+    everything = estimate_llc(model, data, settings.model_copy(update={"bn_samples": None}), device="cpu")
+    assert first.batchnorm_samples == 32 and everything.batchnorm_samples == 48
+    assert first.init_loss == again.init_loss != everything.init_loss
+
+
+def test_a_model_without_batchnorm_is_bit_for_bit_unchanged_by_the_setting():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    data = TensorDataset(torch.randn(64, 5), torch.randint(0, 3, (64,)))
+    settings = SamplerSettings(num_chains=2, num_draws=10, batch_size=16, epsilon=1e-3, gamma=10.0)
+    recompute = estimate_llc(model, data, settings, device="cpu")
+    saved = estimate_llc(model, data, settings.model_copy(update={"bn_stats": "checkpoint"}), device="cpu")
+    assert recompute.batchnorm_statistics == saved.batchnorm_statistics == "none"
+    assert recompute.llc_trace == saved.llc_trace and recompute.init_loss == saved.init_loss
+
+
+def test_per_class_scopes_normalise_with_the_statistics_of_all_the_data():
+    model, data = small_resnet()
+    one_class = estimate_llc(model, data, SETTINGS.model_copy(update={"classes": [0]}), device="cpu")
+    assert one_class.batchnorm_samples == 48  # every class, not only class 0
+
+
+def test_recomputing_is_part_of_the_settings_hash():
+    default = SamplerSettings()
+    assert settings_hash(default) != settings_hash(default.model_copy(update={"bn_stats": "checkpoint"}))
+    assert settings_hash(default) != settings_hash(default.model_copy(update={"bn_samples": 1024}))
+    # bn_samples means nothing with the checkpoint's statistics, so it does not move that hash
+    saved = default.model_copy(update={"bn_stats": "checkpoint"})
+    assert settings_hash(saved) == settings_hash(saved.model_copy(update={"bn_samples": 1024}))
