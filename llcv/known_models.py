@@ -9,25 +9,32 @@ settings under which the estimator
 (Lau et al. 2023, "Quantifying degeneracy in singular models via the learning
 coefficient") recovers it. The loss is mean-reduced MSE, ``mse_loss(model(x), y)``.
 
-Three families are covered:
+Four families are covered:
 
 * linear regression with ``d`` parameters: a regular model, lambda = d / 2;
 * reduced-rank regression ``y = B A x``: lambda from Aoyagi & Watanabe (2005),
   "Stochastic complexities of reduced rank regression in Bayesian estimation",
   Neural Networks 18(7), which has four regimes, all represented in the suite;
 * normal-crossing polynomials ``y = (w_1^p_1 ... w_k^p_k) x``: lambda = 1 / (2 max p_i),
-  the table devinterp tests its sampler against (tests/slt/sampler_accuracy_test.py).
+  the table devinterp tests its sampler against (tests/slt/sampler_accuracy_test.py);
+* deep linear networks ``y = W_L ... W_1 x`` of three and four layers, with noise-free
+  targets: lambda from Aoyagi (2024), "Consideration on the learning efficiency of
+  multiple-layered neural networks with linear units", Neural Networks, the benchmark of
+  Furman & Lau (2024), "Estimating the local learning coefficient at scale".
 
 The sampler settings were calibrated with devinterp 1.3.2's
-``estimate_learning_coeff_with_summary`` (full-batch SGLD, fixed seed) for the
+``estimate_learning_coeff_with_summary`` (full-batch SGLD, fixed seed), the deep linear
+networks' with llcv's own ``estimate_llc`` (batched chains, several seeds), for the
 sizes that :func:`known_cases` returns; for other sizes they follow the same
 rules of thumb but are not calibrated.
 """
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from torch import nn
@@ -137,6 +144,107 @@ def rrr_learning_coefficient(M: int, H: int, N: int, r: int) -> float:
     if case == "1-odd":
         numerator += 1
     return numerator / 8
+
+
+def _check_dln_shape(widths: Sequence[int], r: int) -> None:
+    if len(widths) < 2:
+        raise ValueError(f"a deep linear network needs at least an input and an output width, got {tuple(widths)}")
+    if min(widths) < 1:
+        raise ValueError(f"the widths must be positive, got {tuple(widths)}")
+    if not 0 <= r <= min(widths):
+        raise ValueError(f"the true rank r must lie in [0, min(widths)] = [0, {min(widths)}], got {r}")
+
+
+def aoyagi_subset(widths: Sequence[int], r: int) -> tuple[int, ...]:
+    """The reduced widths that Aoyagi's Definition 3 selects for a deep linear network.
+
+    With ``M_j = H_j - r`` for every width, the subset Sigma of ``ell + 1`` of them (``ell >= 1``)
+    satisfies, in the form Furman & Lau (2024) benchmark with:
+
+    1. every ``M_j`` in Sigma is smaller than every ``M_k`` outside it;
+    2. ``sum(Sigma) >= ell * max(Sigma)``;
+    3. ``sum(Sigma) < ell * min(M_k outside Sigma)``.
+
+    By 1 Sigma is the ``ell + 1`` smallest reduced widths, so only ``ell`` is to be found. Read
+    with a strict 2, no Sigma would qualify for ``M = (1, 1, 2)``; as written, exactly one does
+    for every shape the tests try, and the coefficient it gives is Aoyagi & Watanabe's at two
+    layers.
+
+    Args:
+        widths: Layer widths ``(H_0 = input, H_1, ..., H_L = output)``, at least two.
+        r: Rank of the true product.
+
+    Returns:
+        The reduced widths in Sigma, ascending.
+
+    Raises:
+        ValueError: If a width is not positive or r is outside [0, min(widths)].
+        ArithmeticError: If the conditions select no Sigma or several; the theorem says this
+            cannot happen, so it would mean the conditions above are transcribed wrongly.
+    """
+    _check_dln_shape(widths, r)
+    reduced = sorted(width - r for width in widths)
+    selected = []
+    for ell in range(1, len(reduced)):
+        inside, outside = reduced[: ell + 1], reduced[ell + 1 :]
+        total = sum(inside)
+        if total < ell * inside[-1]:
+            continue
+        if outside and not (inside[-1] < outside[0] and total < ell * outside[0]):
+            continue
+        selected.append(tuple(inside))
+    if len(selected) != 1:
+        raise ArithmeticError(f"Aoyagi's conditions select {len(selected)} subsets for widths {tuple(widths)}, r={r}")
+    return selected[0]
+
+
+def dln_learning_coefficient(widths: Sequence[int], r: int) -> float:
+    """Learning coefficient of a deep linear network (Aoyagi 2024, Theorem 2).
+
+    The model is ``y = W_L ... W_1 x`` with ``W_j`` of shape (H_j, H_{j-1}); the true product
+    has rank ``r``. From M. Aoyagi (2024), "Consideration on the learning efficiency of
+    multiple-layered neural networks with linear units", Neural Networks,
+    doi:10.1016/j.neunet.2024.106132 (preprint SSRN 4404877), Theorem 2 with Definition 3;
+    Furman & Lau (2024), "Estimating the local learning coefficient at scale" (arXiv
+    2402.03698), benchmark their estimator against it. With Sigma from :func:`aoyagi_subset`,
+    ``ell = |Sigma| - 1``, ``S = sum(Sigma)``, ``M* = ceil(S / ell)`` and
+    ``a = S - (M* - 1) * ell`` (so ``1 <= a <= ell``):
+
+        lambda = (-r^2 + r (H_0 + H_L)) / 2 + a (ell - a) / (4 ell)
+                 - ell (ell - 1) / 4 * (S / ell)^2 + 1/2 * sum_{i < j in Sigma} M_i M_j.
+
+    Aoyagi numbers the widths from the output, ``H^(1) = H_L``; the formula is symmetric
+    under reversing them. The first term is the regular part, half the dimension of the
+    rank-r matrices; the rest comes from the product of the "spare" blocks, of sizes M_j.
+    It is the global coefficient, the smallest local one over the true parameters.
+
+    Args:
+        widths: Layer widths ``(H_0 = input, H_1, ..., H_L = output)``, at least two
+            (two give linear regression, three reduced-rank regression).
+        r: Rank of the true product, in [0, min(widths)].
+
+    Returns:
+        lambda; at most half the parameter count.
+
+    Raises:
+        ValueError: If a width is not positive or r is outside [0, min(widths)].
+    """
+    chosen = aoyagi_subset(widths, r)
+    ell = len(chosen) - 1
+    total = sum(chosen)
+    ceiling = -(-total // ell)
+    a = total - (ceiling - 1) * ell
+    # Exact arithmetic: the terms have denominators up to 4 * ell and cancel, so the value is exact
+    # and comparable with == (the tests compare it with Aoyagi & Watanabe's).
+    regular = Fraction(-r * r + r * (widths[0] + widths[-1]), 2)
+    pairs = sum(m_i * m_j for m_i, m_j in itertools.combinations(chosen, 2))
+    value = (
+        regular
+        + Fraction(a * (ell - a), 4 * ell)
+        - Fraction(ell * (ell - 1), 4) * Fraction(total, ell) ** 2
+        + Fraction(pairs, 2)
+    )
+    return float(value)
 
 
 def _default_nbeta(num_samples: int) -> float:
@@ -261,6 +369,94 @@ def rrr_case(
     )
 
 
+def _orthogonal(size: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(size, size, generator=generator)).Q
+
+
+def _top_left_identity(rows: int, columns: int, rank: int) -> torch.Tensor:
+    block = torch.zeros(rows, columns)
+    block[:rank, :rank] = torch.eye(rank)
+    return block
+
+
+def dln_case(widths: Sequence[int], r: int, num_samples: int = 400, seed: int = 0) -> KnownCase:
+    """Deep linear network ``y = W_L ... W_1 x`` whose true product has rank ``r``.
+
+    Teacher and student are the same network at the same parameter and the targets are the
+    teacher's outputs without noise, so the checkpoint is the empirical minimum (loss 0) and
+    no noise gap biases the estimate.
+
+    The model sits at the most degenerate true parameter, as :func:`rrr_case` does: every
+    ``W_j`` is zero outside its top-left r x r block, which is the identity in the hidden
+    layers, and random rotations of the input and output spaces make the product
+    ``R_out [I_r 0; 0 0] R_in``. Aoyagi's lambda is the global coefficient, the smallest local
+    one over the true parameters. His proof factors off the regular rank-r part (Theorem 3)
+    and is left with the product of the spare blocks, the parts of the ``W_j`` outside the
+    r x r blocks once those are pivoted out; that product is homogeneous in them, so the
+    local coefficient is smallest where all of them vanish (Theorem 4): here. Where a spare
+    block is non-zero (some partial product ``W_j ... W_1`` of rank above r) it can be larger.
+
+    Args:
+        widths: Layer widths ``(H_0 = input, H_1, ..., H_L = output)``, at least two.
+        r: Rank of the true product, in [0, min(widths)].
+        num_samples: Dataset size.
+        seed: Seed for the rotations and the inputs.
+
+    Returns:
+        The case, with ``nn.Sequential`` of ``Linear(H_{j-1}, H_j)`` (no biases).
+
+    Raises:
+        ValueError: If the shape is invalid (see :func:`dln_learning_coefficient`).
+    """
+    widths = tuple(int(width) for width in widths)
+    true_llc = dln_learning_coefficient(widths, r)
+    generator = torch.Generator().manual_seed(seed)
+    weights = [_top_left_identity(out, into, r) for into, out in zip(widths, widths[1:])]
+    # The rotations give the product r unit singular values in random directions, as in rrr_case.
+    weights[0] = weights[0] @ _orthogonal(widths[0], generator)
+    weights[-1] = _orthogonal(widths[-1], generator) @ weights[-1]
+    inputs = torch.randn(num_samples, widths[0], generator=generator)
+    model = nn.Sequential(
+        *(_skip_init_linear(into, out, weight) for into, out, weight in zip(widths, widths[1:], weights))
+    )
+    with torch.no_grad():
+        targets = model(inputs)
+    # With noise-free targets n only sets nbeta (67 at the default 400). Against n = 1000
+    # (nbeta 145) the chains relax about twice as fast per step, a step costs half as much,
+    # and the long-run estimates were as close (within 7% either way at both).
+    nbeta = _default_nbeta(num_samples)
+    layers = len(widths) - 1
+    return KnownCase(
+        name="dln-" + "-".join(map(str, widths)) + f"-r{r}",
+        description=f"deep linear network, widths {'-'.join(map(str, widths))}, true rank {r} (Aoyagi 2024)",
+        model=model,
+        dataset=TensorDataset(inputs, targets),
+        true_llc=true_llc,
+        # epsilon times the stiffest curvature of nbeta * loss at the checkpoint, about
+        # 2 * nbeta * L / H_L (the L identity blocks all move the product; measured 0.97-1.06
+        # times that on the suite's shapes), is 0.05. At 0.08 (n = 1000) three shapes of four
+        # were 5-10% high; at 0.035 5-3-3-3-5 was 5% low after this burn-in. At 0.05 about one
+        # chain in 250 of the four-layer cases spikes once past the divergence bound within 5500
+        # steps: the rescalings W_j -> c W_j, W_{j+1} -> W_{j+1} / c leave the loss unchanged,
+        # and where they have shrunk a layer's block its neighbours' directions stiffen until a
+        # step is unstable. estimate_llc leaves such a chain out; none of 256 spiked at 0.035.
+        epsilon=0.05 * widths[-1] / (2 * nbeta * layers),
+        # The localization lowers a regular direction's share by gamma / (gamma + 2 nbeta / H_L),
+        # 4% at H_L = 6. At 0.5 the rescalings and the spare blocks wander so far that the chains
+        # reach stiff regions: 5-18% high, with divergences. At 1.5 5-3-3-3-5 was 7% low. At 1,
+        # over 256 chains, 6-3-3-6-6 is 7% high and the suite's other three shapes within 1%.
+        gamma=1.0,
+        nbeta=nbeta,
+        num_chains=8,
+        num_draws=4000,
+        # The chains start where the spare blocks are zero and the singular directions empty:
+        # the estimate averages 70-80% of its final value over the first 600 steps, about 92%
+        # over the next 600.
+        num_burnin_steps=1500,
+        batch_size=num_samples,
+    )
+
+
 class NormalCrossingPolynomial(nn.Module):
     """``f(x) = (w_1^p_1 ... w_k^p_k) x``, whose loss near w = 0 is a normal crossing.
 
@@ -327,7 +523,7 @@ def polynomial_case(powers: Sequence[int] = (1, 2), num_samples: int = 1000, see
 
 
 def known_cases(quick: bool = False) -> list[KnownCase]:
-    """The validation suite: regression, reduced-rank regression in all four regimes, polynomials.
+    """The validation suite: linear and reduced-rank regression, polynomials, deep linear networks.
 
     Args:
         quick: CI size: fewer draws, so the whole suite samples in well under a minute
@@ -347,6 +543,10 @@ def known_cases(quick: bool = False) -> list[KnownCase]:
         (rrr_case(M=2, H=4, N=2, r=1), 500),  # case 4
         (polynomial_case(powers=(1, 2)), 2000),
         (polynomial_case(powers=(1, 3)), 2000),
+        (dln_case(widths=(6, 3, 3, 6), r=1), 500),  # three layers, |Sigma| = 2
+        (dln_case(widths=(6, 4, 4, 6), r=2), 500),  # three layers, rank 2, |Sigma| = 4
+        (dln_case(widths=(5, 3, 3, 3, 5), r=1), 500),  # four layers, |Sigma| = 3
+        (dln_case(widths=(6, 3, 3, 6, 6), r=1), 500),  # four layers, |Sigma| = 2
     ]
     if quick:
         return [dataclasses.replace(case, num_draws=quick_draws) for case, quick_draws in suite]

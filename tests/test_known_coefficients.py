@@ -1,8 +1,8 @@
 """The estimator recovers known learning coefficients (CI size: truth within 3 standard errors).
 
 The cases (a regular regression, reduced-rank regression in all four of Aoyagi & Watanabe's
-regimes, normal-crossing polynomials) and their calibrated settings come from
-llcv.known_models; `llcv selftest` runs the same suite at full size.
+regimes, normal-crossing polynomials, deep linear networks of three and four layers) and their
+calibrated settings come from llcv.known_models; `llcv selftest` runs the same suite at full size.
 """
 
 from __future__ import annotations

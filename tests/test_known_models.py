@@ -4,6 +4,7 @@ The SGLD runs that check the estimator against these cases live with the engine'
 """
 
 import copy
+import functools
 import itertools
 
 import pytest
@@ -13,7 +14,10 @@ import torch.nn.functional as F
 from llcv.known_models import (
     NOISE_STD,
     KnownCase,
+    aoyagi_subset,
     aoyagi_watanabe_case,
+    dln_case,
+    dln_learning_coefficient,
     known_cases,
     polynomial_case,
     regression_case,
@@ -114,6 +118,132 @@ def test_rrr_learning_coefficient_rejects_invalid_shapes(M, H, N, r):
         rrr_learning_coefficient(M, H, N, r)
 
 
+# Small deep linear networks of one to four layers, every valid true rank included.
+SMALL_DLN_SHAPES = [
+    (widths, r)
+    for layers, largest in [(1, 6), (2, 6), (3, 5), (4, 4)]
+    for widths in itertools.product(range(1, largest + 1), repeat=layers + 1)
+    for r in range(min(widths) + 1)
+]
+
+# (widths, r, Sigma, lambda), each worked out by hand from Aoyagi (2024), Theorem 2: M_j = H_j - r,
+# Sigma the ell + 1 smallest M_j with sum >= ell * max(Sigma) and, against the smallest M_k left
+# out, max(Sigma) < M_k and sum < ell * M_k; M* = ceil(S / ell), a = S - (M* - 1) * ell, and
+# lambda = (-r^2 + r(H_0 + H_L))/2 + a(ell - a)/(4 ell) - ell(ell - 1)/4 (S/ell)^2 + 1/2 sum_{i<j} M_i M_j.
+HAND_COMPUTED_DLN = [
+    # M = (2, 3, 3, 2). ell = 1, 2 fail (4 < 1*3 no; max 3 < 3 no); ell = 3: S = 10 >= 9.
+    # M* = 4, a = 1: 5/2 + 1*2/12 - (6/4)(100/9) + (4 + 4*6 + 9)/2 = 5/2 + 1/6 - 50/3 + 37/2
+    ((3, 4, 4, 3), 1, (2, 2, 3, 3), 4.5),
+    # M = (4, 2, 2, 4). ell = 1 fails (4 < 1*4 no), 2 fails (4 < 4 no); ell = 3: S = 12 >= 12.
+    # M* = 4, a = 3 = ell: 9/2 + 0 - (6/4)(16) + (4 + 4*8 + 16)/2 = 9/2 - 24 + 26
+    ((5, 3, 3, 5), 1, (2, 2, 4, 4), 6.5),
+    # M = (5, 2, 2, 5). ell = 1: S = 4 >= 2, 2 < 5, 4 < 5. M* = 4, a = 1 = ell:
+    # 11/2 + 0 - 0 + 2*2/2
+    ((6, 3, 3, 6), 1, (2, 2), 7.5),
+    # M = (3, 2, 2, 2, 3). ell = 1, 3 fail on ties, ell = 2 on 6 < 2*3; ell = 4: S = 12 >= 12.
+    # M* = 3, a = 4 = ell: 7/2 + 0 - (12/4)(9) + (3*4 + 6*6 + 9)/2 = 7/2 - 27 + 57/2
+    ((4, 3, 3, 3, 4), 1, (2, 2, 2, 3, 3), 5.0),
+    # M = (4, 2, 2, 2, 4). ell = 2: S = 6 >= 4, 2 < 4, 6 < 8. M* = 3, a = 2 = ell:
+    # 9/2 + 0 - (2/4)(9) + 3*4/2
+    ((5, 3, 3, 3, 5), 1, (2, 2, 2), 6.0),
+    # r = 0, equal widths, M = (2, 2, 2, 2): ell = 3, S = 8, M* = 3, a = 2:
+    # 0 + 2*1/12 - (6/4)(64/9) + 6*4/2 = 1/6 - 32/3 + 12
+    ((2, 2, 2, 2), 0, (2, 2, 2, 2), 1.5),
+]
+
+
+@pytest.mark.parametrize(("widths", "r", "subset", "expected"), HAND_COMPUTED_DLN)
+def test_dln_learning_coefficient_matches_hand_computed_values(widths, r, subset, expected):
+    assert aoyagi_subset(widths, r) == subset
+    assert dln_learning_coefficient(widths, r) == pytest.approx(expected)
+
+
+def test_two_layer_dln_is_reduced_rank_regression():
+    # Aoyagi's Theorem 2 at two layers is Aoyagi & Watanabe's theorem, in all its regimes.
+    regimes = set()
+    for M, H, N, r in SMALL_RRR_SHAPES:
+        assert dln_learning_coefficient((M, H, N), r) == rrr_learning_coefficient(M, H, N, r), (M, H, N, r)
+        regimes.add(aoyagi_watanabe_case(M, H, N, r))
+    assert regimes == {"1-even", "1-odd", "2", "3", "4"}
+
+
+def test_aoyagi_subset_exists_and_is_unique():
+    # aoyagi_subset raises unless exactly one ell qualifies, so this is the theorem's claim.
+    for widths, r in SMALL_DLN_SHAPES:
+        assert 2 <= len(aoyagi_subset(widths, r)) <= len(widths)
+
+
+def test_one_layer_is_linear_regression():
+    # A single matrix is regular whatever the rank of the truth: lambda = H_0 * H_1 / 2.
+    for widths, r in SMALL_DLN_SHAPES:
+        if len(widths) == 2:
+            assert dln_learning_coefficient(widths, r) == widths[0] * widths[1] / 2
+
+
+def test_bottleneck_at_the_true_rank_is_regular_in_the_product():
+    # When some width equals r the product is onto the rank-r matrices near the truth (a
+    # submersion), so lambda is half their dimension, r (H_0 + H_L - r); with r = min(H_0, H_L)
+    # that is H_0 * H_L / 2, the full-rank product.
+    checked = 0
+    for widths, r in SMALL_DLN_SHAPES:
+        if min(widths) == r:
+            assert dln_learning_coefficient(widths, r) == r * (widths[0] + widths[-1] - r) / 2, (widths, r)
+            checked += 1
+    assert checked > 500
+
+
+def test_dln_learning_coefficient_is_positive_and_at_most_half_the_parameters():
+    for widths, r in SMALL_DLN_SHAPES:
+        parameters = sum(into * out for into, out in zip(widths, widths[1:]))
+        assert 0 < dln_learning_coefficient(widths, r) <= parameters / 2, (widths, r)
+
+
+def _half_smallest_stratum_codimension(reduced: list[int]) -> float:
+    # Strata of {C_L ... C_1 = 0}, C_j of shape (M_j, M_{j-1}): partial products C_j ... C_1 of
+    # ranks t_1 >= ... >= t_L = 0. Given the rank t_{j-1} of the previous one, C_j must map its
+    # t_{j-1}-dimensional image onto t_j dimensions: codimension (t_{j-1} - t_j)(M_j - t_j),
+    # with t_0 = M_0.
+    def smallest(j: int, previous: int) -> int:
+        if j == len(reduced) - 1:
+            return previous * reduced[j]
+        return min(
+            (previous - t) * (reduced[j] - t) + smallest(j + 1, t) for t in range(min(previous, reduced[j]) + 1)
+        )
+
+    return smallest(1, reduced[0]) / 2
+
+
+def test_dln_learning_coefficient_is_half_the_smallest_stratum_codimension():
+    # Aoyagi's proof (Theorem 3) splits off the regular part, (-r^2 + r(H_0 + H_L)) / 2, and
+    # leaves the zero product of matrices of sizes M_j = H_j - r. Across a smooth stratum of
+    # that zero set the loss is quadratic, so lambda is at most half its codimension; the
+    # resolution shows the smallest is attained. An independent check beyond two layers.
+    for widths, r in SMALL_DLN_SHAPES:
+        regular = (-r * r + r * (widths[0] + widths[-1])) / 2
+        reduced = [width - r for width in widths]
+        assert dln_learning_coefficient(widths, r) == regular + _half_smallest_stratum_codimension(reduced), (widths, r)
+
+
+@pytest.mark.parametrize(("widths", "r"), [((), 0), ((3,), 0), ((0, 2, 2), 0), ((2, 2, 2), -1), ((3, 2, 4, 3), 3)])
+def test_dln_learning_coefficient_rejects_invalid_shapes(widths, r):
+    with pytest.raises(ValueError):
+        dln_learning_coefficient(widths, r)
+    with pytest.raises(ValueError):
+        dln_case(widths, r)
+
+
+def test_dln_case_sits_at_the_most_degenerate_true_parameter():
+    # Every partial product W_j ... W_1 has rank r (no spare block is non-zero), and the
+    # product has r unit singular values.
+    case = dln_case((4, 5, 3, 5, 4), 2)
+    product = torch.eye(4)
+    for layer in case.model:
+        product = layer.weight.detach() @ product
+        assert torch.linalg.matrix_rank(product) == 2
+    singular_values = torch.linalg.svdvals(product)
+    assert torch.allclose(singular_values[:2], torch.ones(2), atol=1e-5)
+
+
 @pytest.mark.parametrize("powers", [(), (0, 0), (1, -1)])
 def test_polynomial_case_rejects_invalid_powers(powers):
     with pytest.raises(ValueError):
@@ -136,6 +266,8 @@ def test_suite_covers_every_regime_and_has_unique_names(suite):
     assert regimes == {"1-even", "1-odd", "2", "3", "4"}
     assert any(case.name.startswith("regression-") for case in suite)
     assert any(case.name.startswith("polynomial-") for case in suite)
+    depths = [len(case.model) for case in suite if case.name.startswith("dln-")]
+    assert len(depths) >= 4 and sum(depth >= 3 for depth in depths) >= 2
 
 
 def test_quick_suite_is_the_same_cases_with_less_sampling(suite):
@@ -152,6 +284,7 @@ def test_true_llc_matches_the_closed_forms():
     assert rrr_case(M=4, H=3, N=5, r=1).true_llc == rrr_learning_coefficient(4, 3, 5, 1)
     assert polynomial_case((1, 3)).true_llc == pytest.approx(1 / 6)
     assert polynomial_case((0, 2, 1)).true_llc == pytest.approx(1 / 4)
+    assert dln_case((3, 4, 4, 3), 1).true_llc == dln_learning_coefficient((3, 4, 4, 3), 1)
 
 
 def test_sampler_settings_are_usable(suite):
@@ -191,17 +324,21 @@ def test_model_outputs_match_targets_in_shape_and_dtype(suite):
 
 def test_model_sits_at_the_true_parameter(suite):
     # At the true parameter only the noise is left, so the loss is about NOISE_STD^2
-    # (the relative spread of a mean of >= 1000 squared gaussians is under 5%).
+    # (the relative spread of a mean of >= 1000 squared gaussians is under 5%); the deep
+    # linear networks' targets are noise-free, so theirs is zero.
     for case in suite:
         with torch.no_grad():
             loss = _full_data_loss(case.model, case).item()
-        assert loss == pytest.approx(NOISE_STD**2, rel=0.15), case.name
+        if case.name.startswith("dln-"):
+            assert loss == 0.0, case.name
+        else:
+            assert loss == pytest.approx(NOISE_STD**2, rel=0.15), case.name
 
 
 def test_model_is_at_a_minimum(suite):
     # The checkpoint is the population minimum, not the empirical one, so the full-data
-    # gradient is not zero; but it is the O(NOISE_STD / sqrt(n)) residue of the noise,
-    # far smaller than the gradient a step away.
+    # gradient is not zero (except for the noise-free deep linear networks); but it is the
+    # O(NOISE_STD / sqrt(n)) residue of the noise, far smaller than the gradient a step away.
     generator = torch.Generator().manual_seed(0)
     for case in suite:
         gradient_at_model = _gradient_norm(case.model, case)
@@ -211,7 +348,9 @@ def test_model_is_at_a_minimum(suite):
 
 
 @pytest.mark.parametrize(
-    "build", [regression_case, rrr_case, polynomial_case], ids=["regression", "rrr", "polynomial"]
+    "build",
+    [regression_case, rrr_case, polynomial_case, functools.partial(dln_case, (3, 4, 4, 3), 1)],
+    ids=["regression", "rrr", "polynomial", "dln"],
 )
 def test_cases_are_deterministic_per_seed(build):
     first, again, other = build(seed=3), build(seed=3), build(seed=4)
