@@ -34,12 +34,13 @@ from llcv.devices import resolve_device
 from llcv.diagnostics import trace_drift
 from llcv.errors import EstimationError, SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text, finite_or_none
+from llcv.health import CHECKS, Evidence, HealthThresholds, failed_checks, trace_evidence
 from llcv.progress import SILENT, Reporter
 from llcv.sampling import LLCResult, LossSpec, SamplingData, default_nbeta, estimate_llc, resolve_loss, working_copy
 from llcv.results import checkpoint_stem
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
-SWEEP_FORMAT_VERSION = 1
+SWEEP_FORMAT_VERSION = 2  # 2: llc_mcse, negative_chains and drift_z in every row (llcv 0.4)
 MAX_GRID_VALUES = 1000  # per grid flag; every combination is a full LLC estimate
 # The columns of a sweep row, in table order (docs/formats.md).
 ROW_FIELDS = (
@@ -49,18 +50,23 @@ ROW_FIELDS = (
     "mala_acceptance",
     "llc_mean",
     "llc_std",
+    "llc_mcse",
     "llc_final",
     "diverged",
     "negative_fraction",
+    "negative_chains",
     "trace_drift",
+    "drift_z",
     "r_hat",
     "ess",
     "qualifies",
     "reason",
 )
 # The thresholds of the rule; their defaults are CalibrateSettings' defaults.
-RULE_FIELDS = ("target_acceptance", "max_negative_fraction", "max_trace_drift", "max_r_hat")
+RULE_FIELDS = ("target_acceptance", "max_negative_fraction", "max_drift_z", "max_r_hat")
 _RULE_DEFAULTS = CalibrateSettings()
+# Two LLCs agree when they differ by at most this many combined Monte Carlo standard errors.
+AGREEMENT = 2.0
 # llc_final is the mean of this last share of the draws.
 FINAL_FRACTION = 0.1
 # A per-draw LLC more than this many robust standard deviations above the median is a peak.
@@ -70,13 +76,45 @@ CHAINS_DEFAULT_NUM_CHAINS = 5
 # recommend_settings: the final estimate aims for this many effective samples over all chains.
 TARGET_ESS = 400
 FINAL_NUM_CHAINS = 4
-# recommend_settings' grid, in units of the stiffest curvature nbeta * h (see its docstring).
+# recommend_settings' grid, in units of the stiffest curvature nbeta * h (see its docstring);
+# each further round adds the wider values and doubles the chains' length.
 RECOMMEND_EPSILON_FACTORS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 RECOMMEND_GAMMA_FACTORS = (1e-3, 1e-2, 1e-1, 1.0)
+RECOMMEND_WIDER_EPSILON_FACTORS = (1e-4, 3e-4)
+RECOMMEND_WIDER_GAMMA_FACTORS = (1e-4, 10.0)
+RECOMMEND_ROUNDS = 2
 RECOMMEND_MAX_SAMPLES = 2048
 
 
 # The rule.
+
+
+def rule_labels(limits: HealthThresholds) -> dict[str, str]:
+    """Each check's name as a row's ``reason``: the rule it failed, with its threshold."""
+    return {
+        "diverged": "diverged",
+        "llc_mean < 0": "llc_mean < 0",
+        "negative_chains": f"negative_chains > {limits.max_negative_fraction:g}",
+        "drift": f"|drift_z| > {limits.max_drift_z:g}",
+        "r_hat": f"r_hat > {limits.max_r_hat:g}",
+        "ess": f"ess < {limits.min_ess:g}" if limits.min_ess is not None else "ess",
+        "mala_acceptance": f"mala_acceptance < {limits.target_acceptance:g}",
+    }
+
+
+def row_evidence(row: dict[str, Any], num_chains: int = 2) -> Evidence:
+    """What the health checks read from a sweep row."""
+    return Evidence(
+        num_chains=num_chains,
+        diverged_chains=int(bool(row.get("diverged"))),
+        llc_mean=None if row.get("diverged") else row.get("llc_mean"),
+        llc_mcse=row.get("llc_mcse"),
+        negative_chains=row.get("negative_chains"),
+        drift_z=row.get("drift_z"),
+        r_hat=row.get("r_hat"),
+        ess=row.get("ess"),
+        mala_acceptance=row.get("mala_acceptance"),
+    )
 
 
 def apply_rule(
@@ -84,16 +122,23 @@ def apply_rule(
     *,
     target_acceptance: float = _RULE_DEFAULTS.target_acceptance,
     max_negative_fraction: float = _RULE_DEFAULTS.max_negative_fraction,
-    max_trace_drift: float = _RULE_DEFAULTS.max_trace_drift,
+    max_drift_z: float = _RULE_DEFAULTS.max_drift_z,
     max_r_hat: float = _RULE_DEFAULTS.max_r_hat,
 ) -> tuple[list[dict[str, Any]], int | None, str]:
     """The calibration rule: which rows qualify, and which one is recommended.
 
-    A row qualifies if, in this order: it did not diverge, ``llc_mean > 0``,
-    ``negative_fraction <= max_negative_fraction``, ``|trace_drift| <= max_trace_drift``,
-    ``r_hat <= max_r_hat`` (skipped where r_hat is null: one chain) and
-    ``mala_acceptance >= target_acceptance``. Among qualifying rows the largest epsilon
-    (fastest mixing) wins; ties go to the highest MALA acceptance, then to grid order.
+    A row qualifies if it passes the health checks of ``llcv.health``, in this order: it did not
+    diverge; ``llc_mean`` is not below 0 by more than 2 MCSE; at most ``max_negative_fraction``
+    of its chains have a mean significantly below 0; ``|drift_z| <= max_drift_z`` (Geweke);
+    ``r_hat <= max_r_hat`` (skipped where null: one chain); ``mala_acceptance >= target_acceptance``.
+
+    Among qualifying rows, per (gamma, nbeta), the pick is the largest epsilon whose LLC agrees
+    within ``AGREEMENT`` combined MCSE with that of the next smaller qualifying epsilon: a
+    plateau in epsilon, so the step size is not biasing the estimate. Where no two neighbours
+    agree, the smallest qualifying epsilon (least discretisation bias). Across gammas, picks on
+    an epsilon plateau come first, then those whose LLC also agrees with the pick at a
+    neighbouring gamma (a plateau in gamma), then the smallest gamma (least localization bias),
+    then the largest epsilon.
 
     Args:
         rows: sweep rows (``ROW_FIELDS``); ``qualifies`` and ``reason`` are ignored.
@@ -101,69 +146,79 @@ def apply_rule(
     Returns:
         New rows with ``qualifies`` and ``reason`` (the first rule failed, or ""), the index
         of the recommended row (None if none qualifies), and a sentence saying why: which
-        row won, or which rule failed most and which way to move the grid. "Failed most"
-        counts every rule a row fails, except that a diverged row counts only as diverged.
+        row won and on what evidence, or which rule failed most and which way to move the grid.
+        "Failed most" counts every rule a row fails, except that a diverged row counts only as diverged.
     """
-    checks = [
-        # (name, fails(row), which way to move the grid when this rule fails most)
-        ("diverged", lambda row: bool(row["diverged"]) or row["llc_mean"] is None,
-         "chains left the basin: try smaller epsilons or larger gammas"),
-        ("llc_mean <= 0", lambda row: row["llc_mean"] <= 0,
-         "chains found lower loss than the checkpoint: try larger gammas or smaller epsilons "
-         "(or a checkpoint closer to a minimum)"),
-        (f"negative_fraction > {max_negative_fraction:g}",
-         lambda row: row["negative_fraction"] is None or row["negative_fraction"] > max_negative_fraction,
-         "too many draws fall below the checkpoint's loss: try larger gammas or smaller epsilons"),
-        (f"|trace_drift| > {max_trace_drift:g}",
-         lambda row: row["trace_drift"] is None or abs(row["trace_drift"]) > max_trace_drift,
-         "the running LLC has not settled: try larger epsilons, or more draws or burn-in steps"),
-        (f"r_hat > {max_r_hat:g}", lambda row: row["r_hat"] is not None and row["r_hat"] > max_r_hat,
-         "the chains disagree: try larger epsilons, or more draws or burn-in steps"),
-        (f"mala_acceptance < {target_acceptance:g}",
-         lambda row: row["mala_acceptance"] is None or row["mala_acceptance"] < target_acceptance,
-         "steps are too large for the posterior's curvature: try smaller epsilons"),
-    ]
-    judged, failures = [], {name: 0 for name, _, _ in checks}
+    limits = HealthThresholds(
+        max_negative_fraction=max_negative_fraction, max_drift_z=max_drift_z, max_r_hat=max_r_hat,
+        min_ess=None, target_acceptance=target_acceptance,
+    )  # fmt: skip
+    labels = rule_labels(limits)
+    judged, failures = [], {check.name: 0 for check in CHECKS}
     for row in rows:
-        failed = [name for name, fails, _ in checks if _fails(fails, row)]
-        if failed[:1] == ["diverged"]:
-            failed = failed[:1]  # a diverged row's other numbers are undefined, so it fails only that rule
-        for name in failed:
-            failures[name] += 1
-        judged.append({**row, "qualifies": not failed, "reason": failed[0] if failed else ""})
-
+        failed = failed_checks(row_evidence(row), limits, require_acceptance=True)
+        for check, _ in failed:
+            failures[check.name] += 1
+        judged.append({**row, "qualifies": not failed, "reason": labels[failed[0][0].name] if failed else ""})
     qualifying = [index for index, row in enumerate(judged) if row["qualifies"]]
     if qualifying:
-        best = max(qualifying, key=lambda index: (judged[index]["epsilon"], judged[index]["mala_acceptance"], -index))
+        best, why = _pick(judged, qualifying)
         row = judged[best]
         reason = (
-            f"epsilon={row['epsilon']:g}, gamma={row['gamma']:g}, nbeta={row['nbeta']:.4g}: the largest "
-            f"qualifying epsilon ({len(qualifying)} of {len(judged)} combinations qualify), "
-            f"MALA acceptance {row['mala_acceptance']:.3f}, LLC {row['llc_mean']:.4g}"
+            f"epsilon={row['epsilon']:g}, gamma={row['gamma']:g}, nbeta={row['nbeta']:.4g}: {why} "
+            f"({len(qualifying)} of {len(judged)} combinations qualify), MALA acceptance "
+            f"{row['mala_acceptance']:.3f}, LLC {row['llc_mean']:.4g} ± {row['llc_mcse'] or 0:.2g} (MCSE)"
         )
         return judged, best, reason
     if not judged:
         return judged, None, "the grid is empty"
-    worst = max(checks, key=lambda check: failures[check[0]])
+    worst = max(CHECKS, key=lambda check: failures[check.name])
     reason = (
-        f"no combination qualifies: '{worst[0]}' failed most ({failures[worst[0]]} of {len(judged)} "
-        f"combinations); {worst[2]}"
+        f"no combination qualifies: '{labels[worst.name]}' failed most ({failures[worst.name]} of {len(judged)} "
+        f"combinations); {worst.advice}"
     )
     return judged, None, reason
 
 
+def _agree(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Whether two rows' LLCs differ by at most ``AGREEMENT`` combined MCSE."""
+    spread = math.hypot(first["llc_mcse"] or 0.0, second["llc_mcse"] or 0.0)
+    return abs(first["llc_mean"] - second["llc_mean"]) <= AGREEMENT * spread
+
+
+def _pick(rows: list[dict[str, Any]], qualifying: list[int]) -> tuple[int, str]:
+    """The recommended row among qualifying ones (``apply_rule``'s docstring), and why in words."""
+    by_gamma: dict[tuple[float, float], list[int]] = {}
+    for index in qualifying:
+        by_gamma.setdefault((rows[index]["nbeta"], rows[index]["gamma"]), []).append(index)
+    picks = {}  # (nbeta, gamma) -> (index, on an epsilon plateau)
+    for key, indices in by_gamma.items():
+        ordered = sorted(indices, key=lambda index: rows[index]["epsilon"])
+        plateau = [upper for lower, upper in zip(ordered, ordered[1:]) if _agree(rows[lower], rows[upper])]
+        picks[key] = (plateau[-1], True) if plateau else (ordered[0], False)
+
+    def gamma_plateau(key: tuple[float, float]) -> bool:
+        same_nbeta = sorted(other for other in picks if other[0] == key[0])
+        position = same_nbeta.index(key)
+        neighbours = same_nbeta[max(position - 1, 0) : position] + same_nbeta[position + 1 : position + 2]
+        return any(_agree(rows[picks[key][0]], rows[picks[other][0]]) for other in neighbours)
+
+    best_key = max(picks, key=lambda key: (picks[key][1], gamma_plateau(key), -key[1], rows[picks[key][0]]["epsilon"]))
+    index, on_plateau = picks[best_key]
+    if on_plateau:
+        why = "the largest epsilon whose LLC agrees with the next smaller qualifying epsilon's within the combined MCSE"
+    else:
+        why = "the smallest qualifying epsilon (no two qualifying epsilons agree at this gamma, so no step-size plateau was seen)"
+    if len(picks) > 1:
+        why += "; its LLC agrees with a neighbouring gamma's" if gamma_plateau(best_key) else "; the smallest such gamma"
+    return index, why
+
+
 def short_reason(reason: str) -> str:
     """A row's reason with the rule names abbreviated, for table cells and figures."""
-    for name, label in (("mala_acceptance", "MALA"), ("negative_fraction", "neg"), ("|trace_drift|", "drift"), ("r_hat", "R-hat"), ("llc_mean", "LLC")):
+    for name, label in (("mala_acceptance", "MALA"), ("negative_chains", "neg"), ("|drift_z|", "drift z"), ("r_hat", "R-hat"), ("llc_mean", "LLC")):
         reason = reason.replace(name, label)
     return reason
-
-
-def _fails(check, row: dict[str, Any]) -> bool:
-    try:
-        return bool(check(row))
-    except TypeError:  # a value the check compares is missing (None): the row cannot pass it
-        return True
 
 
 def rule_thresholds(settings: CalibrateSettings) -> dict[str, float]:
@@ -294,7 +349,7 @@ def calibrate_sweep(
     target_acceptance: float = _RULE_DEFAULTS.target_acceptance,
     *,
     max_negative_fraction: float = _RULE_DEFAULTS.max_negative_fraction,
-    max_trace_drift: float = _RULE_DEFAULTS.max_trace_drift,
+    max_drift_z: float = _RULE_DEFAULTS.max_drift_z,
     max_r_hat: float = _RULE_DEFAULTS.max_r_hat,
     sweep_file: Path | None = None,
     checkpoint: str | None = None,
@@ -311,7 +366,7 @@ def calibrate_sweep(
         base: everything else: chains, draws, burn-in, batch size, seed, sampler. MALA
             acceptance is always computed, since the rule needs it.
         loss, device: as for ``estimate_llc``.
-        target_acceptance, max_negative_fraction, max_trace_drift, max_r_hat: the rule's thresholds.
+        target_acceptance, max_negative_fraction, max_drift_z, max_r_hat: the rule's thresholds.
         sweep_file: a ``sweep.json`` to keep finished combinations in as they finish, and to
             resume from: a stored row made with the same model weights, data size, loss and
             base settings is reused instead of recomputed.
@@ -330,7 +385,7 @@ def calibrate_sweep(
     rule = {
         "target_acceptance": target_acceptance,
         "max_negative_fraction": max_negative_fraction,
-        "max_trace_drift": max_trace_drift,
+        "max_drift_z": max_drift_z,
         "max_r_hat": max_r_hat,
     }
     fingerprint = {
@@ -453,6 +508,7 @@ def sweep_row(result: LLCResult) -> tuple[dict[str, Any], list[float | None]]:
         trace = np.array([])
     diverged = bool(result.diagnostics.diverged_chains or result.diagnostics.nonfinite or result.llc_mean is None)
     finite = trace[np.isfinite(trace)] if healthy.size else np.array([])
+    evidence = trace_evidence(llc, healthy_mask)
     tail = finite[-max(1, math.ceil(FINAL_FRACTION * len(finite))) :] if len(finite) else finite
     row = {
         "epsilon": settings["epsilon"],
@@ -461,10 +517,13 @@ def sweep_row(result: LLCResult) -> tuple[dict[str, Any], list[float | None]]:
         "mala_acceptance": result.mala_acceptance,
         "llc_mean": result.llc_mean,
         "llc_std": result.llc_std,
+        "llc_mcse": evidence["llc_mcse"],
         "llc_final": float(tail.mean()) if len(tail) else None,
         "diverged": diverged,
         "negative_fraction": float((healthy < 0).mean()) if healthy.size else None,
+        "negative_chains": evidence["negative_chains"],
         "trace_drift": trace_drift(healthy) if healthy.size else None,
+        "drift_z": evidence["drift_z"],
         "r_hat": result.diagnostics.r_hat,
         "ess": result.diagnostics.ess,
     }
@@ -779,8 +838,10 @@ def recommend_settings(
     so biases the LLC down, so gammas are tried from weak to strong, ``RECOMMEND_GAMMA_FACTORS * s``,
     one sweep each (2 chains, ``num_draws`` burn-in steps and draws; repeated once with twice
     as many when most combinations fail only because the chains have not mixed), stopping at
-    the first gamma where a combination qualifies; ``apply_rule`` picks the epsilon. nbeta is
-    ``base.nbeta`` or its default.
+    the first gamma where a combination qualifies; ``apply_rule`` picks the epsilon (a plateau
+    in epsilon). When no gamma qualifies, the search is repeated ``RECOMMEND_ROUNDS - 1`` more
+    times, each round with the grid widened (``RECOMMEND_WIDER_*_FACTORS``) and chains twice as
+    long. nbeta is ``base.nbeta`` or its default.
 
     The returned settings are the recommended (epsilon, gamma, nbeta, sampler) with
     ``FINAL_NUM_CHAINS`` chains, the qualifying sweep's burn-in steps, and enough draws for an
@@ -789,12 +850,12 @@ def recommend_settings(
 
     Args:
         base: batch size, samples, seed and sampler. Default: full batches of the data, or of a
-            seeded subset of ``RECOMMEND_MAX_SAMPLES`` samples for larger data, because MALA
-            acceptance measured on minibatches mostly reflects minibatch noise (docs/calibration.md).
-        num_draws: burn-in steps and draws per chain in the sweep.
+            seeded subset of ``RECOMMEND_MAX_SAMPLES`` samples for larger data, so that the MALA
+            acceptance and the losses are those of one fixed potential (docs/calibration.md).
+        num_draws: burn-in steps and draws per chain in the first round's sweeps.
 
     Raises:
-        EstimationError: no combination qualifies at any gamma; the message names the failing rule.
+        EstimationError: no combination qualifies in any round; the message gives each sweep's reason.
     """
     device = resolve_device(device)
     if base is None and isinstance(data, SamplingData):
@@ -805,25 +866,33 @@ def recommend_settings(
     sampling = data if isinstance(data, SamplingData) else SamplingData(data, base, device)
     nbeta = base.nbeta if base.nbeta is not None else default_nbeta(sampling.batch_size)
     stiffness = nbeta * top_hessian_eigenvalue(model, sampling, loss, base)
-    epsilons = [float(f"{factor / stiffness:.3g}") for factor in RECOMMEND_EPSILON_FACTORS]
     reasons = []
-    for factor in RECOMMEND_GAMMA_FACTORS:
-        gamma = float(f"{factor * stiffness:.3g}")
-        for draws in (num_draws, 2 * num_draws):
-            sweep_settings = base.model_copy(update={"num_chains": 2, "num_draws": draws, "num_burnin_steps": draws})
-            sweep = calibrate_sweep(
-                model, sampling, epsilons, [gamma], [nbeta], base=sweep_settings, loss=loss, device=device, reporter=reporter
-            )
-            if sweep.recommended is not None or not _mostly_unmixed(sweep.rows):
-                break
-        index = sweep.recommended_index
-        if sweep.recommended is not None and index is not None:
-            break
-        reasons.append(f"gamma={gamma:g}, {draws} draws: {sweep.reason}")
-    else:
-        raise EstimationError("recommend_settings found no usable SGLD settings; " + "; ".join(reasons))
+    for round_index in range(RECOMMEND_ROUNDS):
+        epsilon_factors, gamma_factors = RECOMMEND_EPSILON_FACTORS, RECOMMEND_GAMMA_FACTORS
+        if round_index:
+            epsilon_factors = sorted({*RECOMMEND_WIDER_EPSILON_FACTORS, *epsilon_factors})
+            gamma_factors = sorted({*RECOMMEND_WIDER_GAMMA_FACTORS, *gamma_factors})
+        epsilons = [float(f"{factor / stiffness:.3g}") for factor in epsilon_factors]
+        for factor in gamma_factors:
+            gamma = float(f"{factor * stiffness:.3g}")
+            for draws in (num_draws * 2**round_index, num_draws * 2 ** (round_index + 1)):
+                sweep_settings = base.model_copy(update={"num_chains": 2, "num_draws": draws, "num_burnin_steps": draws})
+                sweep = calibrate_sweep(
+                    model, sampling, epsilons, [gamma], [nbeta], base=sweep_settings, loss=loss, device=device, reporter=reporter
+                )
+                if sweep.recommended is not None or not _mostly_unmixed(sweep.rows):
+                    break
+            index = sweep.recommended_index
+            if sweep.recommended is not None and index is not None:
+                return _final_settings(sweep, index, base, draws, num_draws)
+            reasons.append(f"gamma={gamma:g}, {draws} draws: {sweep.reason}")
+    raise EstimationError("recommend_settings found no usable SGLD settings; " + "; ".join(reasons))
+
+
+def _final_settings(sweep: SweepResult, index: int, base: SamplerSettings, draws: int, num_draws: int) -> SamplerSettings:
+    """The recommended row as settings for a final estimate: its mixing rate sets the draws."""
     row = sweep.rows[index]
-    ess_per_draw = (row["ess"] or 0.0) / (sweep_settings.num_chains * draws)
+    ess_per_draw = (row["ess"] or 0.0) / (sweep.base.num_chains * draws)
     needed = math.ceil(TARGET_ESS / (FINAL_NUM_CHAINS * ess_per_draw)) if ess_per_draw > 0 else 10 * num_draws
     return sweep.recommended.model_copy(
         update={
@@ -837,7 +906,7 @@ def recommend_settings(
 
 def _mostly_unmixed(rows: Sequence[dict[str, Any]]) -> bool:
     """Whether most rows failed a mixing rule first (trace drift or R-hat): longer chains may qualify."""
-    unmixed = sum(row["reason"].startswith(("|trace_drift|", "r_hat")) for row in rows)
+    unmixed = sum(row["reason"].startswith(("|drift_z|", "r_hat")) for row in rows)
     return unmixed > len(rows) / 2
 
 

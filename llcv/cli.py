@@ -424,9 +424,11 @@ def plot(
     json_output: Annotated[bool, typer.Option("--json", help="Print the figure's path and, per run, its settings hash, record count, missing checkpoints and candidate transitions as JSON on stdout, and nothing else.")] = False,
 ) -> None:
     """Plot the LLC over training, with loss and accuracy below, for one or several runs."""
+    from rich.markup import escape
+
     from llcv.errors import SettingsError
-    from llcv.plotting import plot_llc
-    from llcv.results import ResultsStore, choose_settings, find_transitions, list_settings, missing_checkpoints, scope_order
+    from llcv.plotting import brief_reason, estimate_health, plot_llc
+    from llcv.results import ResultsStore, choose_settings, find_transitions, list_settings, missing_checkpoints, record_order, scope_order
     from llcv.settings import EstimateSettings
 
     with command_boundary():
@@ -477,6 +479,22 @@ def plot(
         elif options.mark_transitions:
             _render_transitions({name: find_transitions(records, options.x) for name, records in runs.items()})
         console.info(f"wrote {path}")
+        for name, records in runs.items():  # which whole-model estimates the figure says not to read, and why
+            whole = sorted((record for record in records if record.get("scope", "model") == "model"), key=record_order)
+            judged = [(record, *estimate_health(record)) for record in whole]
+            unhealthy = [(record, reasons) for record, healthy, reasons in judged if healthy is False]
+            if not unhealthy:
+                continue
+            listed = ", ".join(
+                (f"step {record['step']}" if record.get("step") is not None else str(record.get("checkpoint")))
+                + f" ({brief_reason(reasons[0]) if reasons else 'no reason recorded'})"
+                for record, reasons in unhealthy[:5]
+            ) + (f", and {len(unhealthy) - 5} more" if len(unhealthy) > 5 else "")
+            marks = "hollow markers" + ("; × where there is no estimate" if any(record.get("status") == "failed" for record, _ in unhealthy) else "")
+            prefix = f"{name}: " if len(runs) > 1 else ""
+            console.info(escape(
+                f"{prefix}{len(unhealthy)} of {len(whole)} checkpoints are unhealthy ({marks}): {listed}; see health_reasons in summary.csv"
+            ))  # fmt: skip
 
 
 def _render_transitions(transitions: dict) -> None:
@@ -626,7 +644,7 @@ def _render_sweep(result, title: str) -> None:
     title += f" ({base.num_chains} chains x {base.num_draws} draws" + (f", nbeta {next(iter(nbetas)):.4g})" if one_nbeta else ")")
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     # llc_final is left to sweep.csv / sweep.json, so the table fits an 80-column terminal.
-    columns = ["epsilon", "gamma", *([] if one_nbeta else ["nbeta"]), "MALA", "LLC", "± std", "neg", "drift", "R-hat", "verdict"]
+    columns = ["epsilon", "gamma", *([] if one_nbeta else ["nbeta"]), "MALA", "LLC", "± MCSE", "neg", "drift z", "R-hat", "verdict"]
     for column in columns:
         if column == "verdict":
             table.add_column(column, min_width=13, overflow="fold")
@@ -636,8 +654,8 @@ def _render_sweep(result, title: str) -> None:
     for index, row in enumerate(result.rows):
         verdict = "★ recommended" if index == recommended else "ok" if row["qualifies"] else short_reason(row["reason"])
         cells = [f"{row['epsilon']:g}", f"{row['gamma']:g}", *([] if one_nbeta else [f"{row['nbeta']:.4g}"])]
-        cells += [number(row["mala_acceptance"], ".2f"), number(row["llc_mean"]), number(row["llc_std"], ".2g")]
-        cells += [number(row["negative_fraction"], ".2f"), number(row["trace_drift"], "+.2f"), number(row["r_hat"], ".2f"), verdict]
+        cells += [number(row["mala_acceptance"], ".2f"), number(row["llc_mean"]), number(row["llc_mcse"], ".2g")]
+        cells += [number(row["negative_chains"], ".2f"), number(row["drift_z"], "+.1f"), number(row["r_hat"], ".2f"), verdict]
         table.add_row(*cells, style="bold green" if index == recommended else "dim" if row["diverged"] else None)
     console.stdout.print(table)
 
@@ -797,6 +815,7 @@ def selftest(
     device: DeviceOpt = None,
     quick: Annotated[bool, typer.Option("--quick", help="CI size: fewer draws; goal is the truth within 3 standard errors.")] = False,
     precision: Annotated[str, typer.Option("--precision", help="fp32 | bf16 (forward/backward under bf16 autocast).")] = "fp32",
+    auto: Annotated[bool, typer.Option("--auto", help="Also calibrate each case with recommend_settings and judge that estimate; both are shown.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Estimate models with known learning coefficients and print true vs estimated values."""
@@ -808,14 +827,16 @@ def selftest(
         if json_output:
             Verbosity.level = 0
         with RichReporter() as reporter:
-            rows = run_selftest(quick=quick, device=settings.estimate.device, precision=settings.sampler.precision, reporter=reporter)
+            rows = run_selftest(
+                quick=quick, device=settings.estimate.device, precision=settings.sampler.precision, reporter=reporter, auto=auto
+            )
         if json_output:
             import dataclasses
             import json
 
             typer.echo(json.dumps([dataclasses.asdict(row) for row in rows]))
         else:
-            console.render_selftest(rows, quick)
+            console.render_selftest(rows, quick, auto)
         if not all(row.passed for row in rows):
             raise typer.Exit(console.EXIT_FAILED)
 

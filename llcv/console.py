@@ -180,20 +180,41 @@ def render_llc_result(result, title: str) -> None:
         stdout.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
-def render_selftest(rows, quick: bool) -> None:
-    """The selftest table: true vs estimated LLC, relative error, and the verdict per case."""
+def render_selftest(rows, quick: bool, auto: bool = False) -> None:
+    """The selftest table: true vs estimated LLC, relative error, and the verdict per case.
+
+    With ``auto``, the estimate with calibrated settings sits beside the stored settings' one,
+    and the verdict is the calibrated estimate's.
+    """
     from rich.table import Table
 
+    def estimate(mean, standard_error) -> str:
+        return "no healthy chain" if mean is None else f"{mean:.3f} ± {standard_error or 0:.3f}"
+
+    def relative(value) -> str:
+        return "—" if value is None else f"{value:+.1%}"
+
     goal = "truth within 3 standard errors" if quick else "within 15% of the truth"
-    table = Table(title=f"llcv selftest ({'quick' if quick else 'full size'}; goal: {goal})", title_justify="left")
-    for column in ("case", "true LLC", "estimate", "rel. error", "time", "verdict"):
+    judged = "; verdict on the calibrated settings" if auto else ""
+    table = Table(title=f"llcv selftest ({'quick' if quick else 'full size'}; goal: {goal}{judged})", title_justify="left")
+    columns = ["case", "true LLC", "stored settings", "rel. error"]
+    if auto:
+        columns += ["calibrated (epsilon, gamma)", "calibrated", "rel. error "]
+    for column in (*columns, "time", "verdict"):
         table.add_column(column, justify="left" if column in ("case", "verdict") else "right")
     for row in rows:
-        estimate = "no healthy chain" if row.llc_mean is None else f"{row.llc_mean:.3f} ± {row.standard_error or 0:.3f}"
-        relative = "—" if row.relative_error is None else f"{row.relative_error:+.1%}"
+        cells = [row.name, f"{row.true_llc:.3f}", estimate(row.llc_mean, row.standard_error), relative(row.relative_error)]
+        if auto:
+            found = row.auto
+            chosen = "none qualified" if found.epsilon is None else f"{found.epsilon:.3g}, {found.gamma:.3g}"
+            cells += [chosen, estimate(found.llc_mean, found.standard_error), relative(found.relative_error)]
         verdict = "[green]pass[/]" if row.passed else "[red]FAIL[/]"
-        table.add_row(row.name, f"{row.true_llc:.3f}", estimate, relative, f"{row.seconds:.1f} s", verdict)
+        table.add_row(*cells, f"{row.seconds:.1f} s", verdict)
     stdout.print(table)
+    if auto:
+        errors = [abs(row.auto.relative_error) for row in rows if row.auto.relative_error is not None]
+        if errors:
+            stdout.print(f"calibrated: mean absolute error {sum(errors) / len(errors):.1%}, worst {max(errors):.1%}", highlight=False)
     failed = sum(not row.passed for row in rows)
     stdout.print(f"{len(rows) - failed} passed, {failed} failed", highlight=False)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llcv.calibration import calibrate_sweep, output_dir, save_sweep
+from llcv.errors import EstimationError
 from llcv.estimation import estimate_all
 from llcv.progress import SILENT, Reporter
 from llcv.results import find_transitions, load_results
@@ -33,14 +34,17 @@ class DemoSize:
     num_burnin_steps: int
 
 
+# The grid brackets what the default rule accepts on this model with batches of 32 (nbeta 9.2):
+# MALA acceptance 0.97 at epsilon 1e-5 and 0.90 at 3e-5 with gamma 300, falling with both
+# epsilon and gamma (docs/calibration.md); 100 burn-in steps let the chains reach the posterior.
 FULL = DemoSize(
-    epochs=12, log_checkpoints=8, epsilons=(1e-4, 1e-3), gammas=(100.0, 1000.0),
-    calibration_draws=80, num_chains=4, num_draws=150, num_burnin_steps=30,
+    epochs=12, log_checkpoints=8, epsilons=(1e-5, 3e-5), gammas=(300.0, 1000.0),
+    calibration_draws=100, num_chains=4, num_draws=200, num_burnin_steps=100,
 )
 # CI size: the same pipeline in seconds; the numbers mean little.
 TINY = DemoSize(
-    epochs=2, log_checkpoints=4, epsilons=(1e-4, 1e-3), gammas=(100.0,),
-    calibration_draws=20, num_chains=2, num_draws=20, num_burnin_steps=0,
+    epochs=2, log_checkpoints=4, epsilons=(1e-5, 3e-5), gammas=(300.0,),
+    calibration_draws=30, num_chains=2, num_draws=20, num_burnin_steps=30,
 )
 SAMPLER_BATCH_SIZE = 32
 
@@ -62,8 +66,10 @@ class DemoResult:
 def run_demo(results_dir: Path = Path("results/demo"), device: str = "auto", tiny: bool = False, reporter: Reporter = SILENT) -> DemoResult:
     """Run train -> calibrate sweep -> estimate-all -> plot on digits under ``results_dir``.
 
-    If no calibration pair qualifies (possible at the tiny size), the demo says so and
-    estimates with the sweep's base settings instead of stopping.
+    Raises:
+        EstimationError: no calibration pair qualifies by the default rule; the demo stops after
+            the sweep (its table and figures are written) rather than estimate with settings
+            the rule rejected.
     """
     size = TINY if tiny else FULL
     results_dir = Path(results_dir)
@@ -97,14 +103,16 @@ def run_demo(results_dir: Path = Path("results/demo"), device: str = "auto", tin
         sweep_file=calibration_dir / "sweep.json", checkpoint=final.name, reporter=reporter,
     )
     save_sweep(sweep, calibration_dir)
-    chosen = (sweep.recommended or base).model_copy(
+    if sweep.recommended is None:
+        raise EstimationError(
+            f"the demo's calibration sweep qualified no settings by the default rule: {sweep.reason}. "
+            f"It stops here rather than estimate with settings the rule rejected; the sweep's table and "
+            f"figures are in {calibration_dir}"
+        )
+    chosen = sweep.recommended.model_copy(
         update={"num_chains": size.num_chains, "num_draws": size.num_draws, "num_burnin_steps": size.num_burnin_steps}
     )
-    reporter.note(
-        f"   recommended epsilon={chosen.epsilon:g}, gamma={chosen.gamma:g}, nbeta={chosen.nbeta}"
-        if sweep.recommended
-        else f"   no pair qualified ({sweep.reason}); estimating with the base settings"
-    )
+    reporter.note(f"   recommended {sweep.reason}")
 
     estimates_dir = results_dir / "llc_estimations"
     reporter.note(f"3/4 estimating the LLC at {len(training.checkpoints)} checkpoints -> {estimates_dir}")
@@ -131,14 +139,67 @@ def _std(record: dict) -> float:
     return record["result"].get("llc_std") or 0.0
 
 
+_LISTED = 5  # unhealthy checkpoints named one by one; the rest are counted
+
+
+def _where(record: dict) -> str:
+    return f"step {record['step']}" if record.get("step") is not None else str(record.get("checkpoint"))
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _with_reasons(judged: list[tuple[dict, list[str]]]) -> str:
+    """``step 12 (R-hat 1.42 > 1.1) and step 24 (2 of 4 chains diverged)``: each with its first reason."""
+    from llcv.plotting import brief_reason
+
+    named = [f"{_where(record)} ({brief_reason(reasons[0]) if reasons else 'no reason recorded'})" for record, reasons in judged[:_LISTED]]
+    if len(judged) > _LISTED:
+        named.append(f"{len(judged) - _LISTED} more")
+    return _and(named)
+
+
+def _not_read(unhealthy: list[tuple[dict, list[str]]], failed: list[dict]) -> list[str]:
+    """The sentences naming the estimates the paragraph leaves out, and the checkpoints without one."""
+    sentences = []
+    if unhealthy:
+        many = len(unhealthy) > 1
+        sentences.append(
+            f"Not read: {_with_reasons(unhealthy)}, whose estimate{'s are' if many else ' is'} unhealthy; "
+            f"{'they are' if many else 'it is'} hollow in the figure."
+        )
+    if failed:
+        sentences.append(f"No estimate at {_with_reasons([(record, [str(record.get('error') or 'failed')]) for record in failed])}.")
+    return sentences
+
+
 def read_figure(records: list[dict]) -> str:
-    """A plain-language paragraph on how the LLC moved against loss and accuracy."""
-    done = sorted(
-        (record for record in records if record.get("status") == "done" and record.get("scope", "model") == "model"),
+    """A plain-language paragraph on how the LLC moved against loss and accuracy.
+
+    Only estimates that can be read at face value count (healthy ones, and those written before
+    health verdicts, except where chains diverged); the others are named with their first reason.
+    """
+    from llcv.plotting import estimate_health
+
+    whole = sorted(
+        (record for record in records if record.get("scope", "model") == "model"),
         key=lambda record: (record.get("step") is None, record.get("step") or 0),
     )
+    estimated = [record for record in whole if record.get("status") == "done" and (record.get("result") or {}).get("llc_mean") is not None]
+    failed = [record for record in whole if record.get("status") == "failed"]
+    judged = [(record, *estimate_health(record)) for record in estimated]
+    done = [record for record, healthy, _ in judged if healthy is not False]
+    unhealthy = [(record, reasons) for record, healthy, reasons in judged if healthy is False]
     if len(done) < 2:
-        return "Too few checkpoints were estimated to read a trend."
+        if not unhealthy:
+            return " ".join(["Too few checkpoints were estimated to read a trend.", *_not_read([], failed)])
+        if len(estimated) == 1:
+            count = "the only estimate is unhealthy"
+        else:
+            count = f"{'only 1' if done else 'none'} of the {len(estimated)} estimates is healthy"
+        return " ".join([f"Too few trustworthy estimates to read a trend: {count}.", *_not_read(unhealthy, failed)])
     first, last = done[0], done[-1]
 
     def llc(record: dict) -> float:
@@ -180,4 +241,5 @@ def read_figure(records: list[dict]) -> str:
     if transitions:
         listed = ", ".join(f"step {transition.step} ({transition.kind})" for transition in transitions)
         sentences.append(f"Candidate transitions, where the slope against log-step turns or peaks: {listed}; read them with the ± std band.")
+    sentences.extend(_not_read(unhealthy, failed))
     return " ".join(sentences)

@@ -83,3 +83,53 @@ def trace_drift(llc_trace: np.ndarray) -> float | None:
     if final == 0:
         return None
     return float((final - running[len(running) // 2 - 1]) / abs(final))
+
+
+def mcse_of_mean(traces: np.ndarray) -> float | None:
+    """Monte Carlo standard error of the mean of a chains x draws array: ``sd / sqrt(ESS)``.
+
+    None where the ESS is undefined (fewer than 4 draws, non-finite values).
+    """
+    traces = np.asarray(traces, dtype=float)
+    ess = effective_sample_size(traces)
+    if ess is None or ess <= 0:
+        return None
+    return float(np.std(traces, ddof=1) / np.sqrt(ess)) if traces.size > 1 else None
+
+
+# Geweke (1992) compares the first 10% with the last 50%; with the short traces of a sweep a
+# tenth is a handful of draws, so the early window is a fifth.
+GEWEKE_FIRST = 0.2
+GEWEKE_LAST = 0.5
+
+
+def geweke_z(traces: np.ndarray, first: float = GEWEKE_FIRST, last: float = GEWEKE_LAST) -> float | None:
+    """How far the early draws' mean lies from the late draws', in standard errors.
+
+    Geweke's convergence diagnostic on a chains x draws array: ``(mean(late) - mean(early)) /
+    sqrt(MCSE(early)^2 + MCSE(late)^2)``, each MCSE from the segment's multi-chain ESS, so a
+    short or strongly autocorrelated trace needs a larger difference before it counts as drift.
+    Positive: the trace is still rising. None when a segment is too short or undefined.
+    """
+    traces = np.asarray(traces, dtype=float)
+    if traces.ndim == 1:
+        traces = traces[None, :]
+    length = traces.shape[1]
+    early = traces[:, : int(round(first * length))]
+    late = traces[:, length - int(round(last * length)) :]
+    errors = [_segment_error(segment) for segment in (early, late)]
+    if None in errors:
+        return None
+    spread = float(np.hypot(*errors))
+    difference = float(late.mean() - early.mean())
+    if spread == 0:
+        return 0.0 if difference == 0 else float("inf") * np.sign(difference)
+    return difference / spread
+
+
+def _segment_error(segment: np.ndarray) -> float | None:
+    """A segment's MCSE; a segment too short for an ESS (under 4 draws a chain) counts its draws as independent."""
+    error = mcse_of_mean(segment)
+    if error is None and segment.size >= 2 and np.isfinite(segment).all():
+        error = float(np.std(segment, ddof=1) / np.sqrt(segment.size))
+    return error

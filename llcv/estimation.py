@@ -557,6 +557,8 @@ def make_record(
 ) -> dict[str, Any]:
     """A result record (docs/formats.md): status, checkpoint identity, metrics, and the result or error."""
     step = info.step if info is not None else step_from_name(job.checkpoint.name)
+    healthy = status == "done" and bool(result and result.get("healthy"))
+    reasons = list((result or {}).get("health_reasons") or []) if status == "done" else [error or "failed"]
     return {
         "format": RECORD_FORMAT,
         "format_version": RECORD_FORMAT_VERSION,
@@ -571,6 +573,8 @@ def make_record(
         "epoch": info.epoch if info is not None else None,
         "metrics": dict(info.metrics) if info is not None else {},
         "settings_hash": spec.settings_hash,
+        "healthy": healthy,
+        "health_reasons": reasons,
         "result": result,
         "error": error,
         "elapsed_seconds": elapsed_seconds,

@@ -300,8 +300,34 @@ def _refined(records) -> dict[str, dict[str, list[dict]]]:
     return groups
 
 
+def estimate_health(record) -> tuple[bool | None, list[str]]:
+    """Whether a record's LLC can be read at face value, and why not: ``llcv.results.record_health``,
+    except that a record written before health verdicts whose chains partly diverged is unhealthy
+    for that reason (the one check such records carry), so the figure marks it like any other.
+    """
+    from llcv.results import record_health
+
+    healthy, reasons = record_health(record)
+    if healthy is None:
+        result = record.get("result") or {}
+        diverged = (result.get("diagnostics") or {}).get("diverged_chains")
+        if diverged:
+            chains = (result.get("settings") or {}).get("num_chains") or len(result.get("llc_per_chain") or [])
+            return False, [f"{diverged} of {chains} chains diverged" if chains else f"{diverged} chain(s) diverged"]
+    return healthy, reasons
+
+
+def brief_reason(reason: str) -> str:
+    """A health reason cut to its numbers where it has a comparison, for one-line listings:
+    ``the chains disagree: R-hat 1.422 > 1.1`` -> ``R-hat 1.422 > 1.1``; other reasons unchanged."""
+    for part in reason.split(": "):
+        if "<" in part or ">" in part:
+            return part.strip()
+    return reason
+
+
 def _llc_points(records, field: str, per_parameter: bool):
-    """Positions, means and stds of the done records with an estimate, divided by d if asked."""
+    """Positions, means, stds and unhealthy flags of the done records with an estimate, divided by d if asked."""
     import numpy as np
 
     done = [record for record in records if record.get(field) is not None and record.get("status") == "done"
@@ -311,7 +337,30 @@ def _llc_points(records, field: str, per_parameter: bool):
     xs = np.array([record[field] for record in done], dtype=float)
     means = np.array([record["result"]["llc_mean"] for record in done], dtype=float) / scale
     stds = np.array([record["result"].get("llc_std") or 0.0 for record in done], dtype=float) / scale
-    return xs, means, stds
+    unhealthy = np.array([estimate_health(record)[0] is False for record in done], dtype=bool)
+    return xs, means, stds, unhealthy
+
+
+def _draw_points(axis, xs, means, unhealthy, color, markersize: float, **line) -> bool:
+    """A curve through every point: healthy (and unjudged) points filled, unhealthy ones hollow
+    in the curve's colour. Returns whether any point is hollow."""
+    import numpy as np
+
+    axis.plot(xs, means, color=color, marker="o", markersize=markersize, markevery=[int(i) for i in np.flatnonzero(~unhealthy)], **line)
+    if unhealthy.any():
+        # above a transition's triangle (zorder 6), and wide enough to ring it
+        axis.scatter(xs[unhealthy], means[unhealthy], s=(2.5 * markersize) ** 2, facecolors="none", edgecolors=color,
+                     linewidths=1.4, zorder=7)  # fmt: skip
+    return bool(unhealthy.any())
+
+
+def _unhealthy_handle():
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], marker="o", markersize=6, markerfacecolor="none", markeredgecolor="0.3", linestyle="none")
+
+
+UNHEALTHY_LABEL = "unhealthy estimate (diverged, not mixed, drifting, ...): hollow"
 
 
 def _scope_colors(kind: str, count: int) -> list:
@@ -331,20 +380,23 @@ def _draw_refined(axis, title: str, kind: str, scopes: dict[str, list[dict]], wh
     """One panel of refined curves (one per block or class) with the whole model's curve for reference."""
     from matplotlib.transforms import blended_transform_factory
 
-    xs, means, _ = _llc_points(whole, field, per_parameter)
+    xs, means, _, _ = _llc_points(whole, field, per_parameter)
     axis.plot(xs, means, color="black", linestyle="--", linewidth=1.4, label="whole model")
-    failed = []
+    failed, hollow = [], False
     for (scope, records), color in zip(scopes.items(), _scope_colors(kind, len(scopes))):
-        xs, means, stds = _llc_points(records, field, per_parameter)
-        axis.plot(xs, means, color=color, marker="o", markersize=2.5, linewidth=1.3, label=scope)
+        xs, means, stds, unhealthy = _llc_points(records, field, per_parameter)
+        hollow = _draw_points(axis, xs, means, unhealthy, color, 2.5, linewidth=1.3, label=scope) or hollow
         axis.fill_between(xs, means - stds, means + stds, color=color, alpha=0.12, linewidth=0)
         failed += [record[field] for record in records if record.get("status") == "failed" and record.get(field) is not None]
     if failed:
         axis.scatter(failed, [0.03] * len(failed), marker="x", s=40, color=_FAILED_COLOR, label="failed (no estimate)",
                      transform=blended_transform_factory(axis.transData, axis.transAxes), zorder=5)  # fmt: skip
-    entries = len(scopes) + 1 + bool(failed)
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=1 + (entries - 1) // 18,
-                title="block" if kind == "block" else "class", title_fontsize=7)  # fmt: skip
+    handles, labels = axis.get_legend_handles_labels()
+    if hollow:
+        handles.append(_unhealthy_handle())
+        labels.append("unhealthy: hollow")
+    axis.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                ncol=1 + (len(handles) - 1) // 18, title="block" if kind == "block" else "class", title_fontsize=7)  # fmt: skip
     axis.set_title(title, fontsize=9, loc="left")
     axis.set_ylabel("LLC / d" if per_parameter else "LLC")
     axis.grid(alpha=0.3)
@@ -402,6 +454,9 @@ def llc_figure(
 ) -> Figure:
     """LLC mean ± std against training time per run, with loss and accuracy in a panel below.
 
+    Every estimate stays on its run's curve; unhealthy ones (``estimate_health``: diverged
+    chains, no mixing, drift, ...) are hollow, failed checkpoints a red × at the bottom.
+
     Refined records (``estimate-all --per-layer`` / ``--per-class``) get a panel per run and
     kind between the two: one curve per block or class, beside the run's whole-model curve
     (dashed black).
@@ -431,7 +486,7 @@ def llc_figure(
         _draw_refined(axis, title, kind, scopes, runs[label], field, per_parameter)
     accuracy_axis = bottom.twinx()
     colors = [f"C{index % 10}" for index in range(len(runs))]
-    failed_marks, diverged_marks, unplaced, has_zero = False, False, 0, False
+    failed_marks, unhealthy_marks, unplaced, has_zero = False, False, 0, False
     positive = []
 
     for (label, records), color in zip(runs.items(), colors):
@@ -440,15 +495,10 @@ def llc_figure(
         done = [record for record in placed if record.get("status") == "done" and (record.get("result") or {}).get("llc_mean") is not None]
         positive.extend(value for value in (record[field] for record in placed) if value > 0)
         has_zero = has_zero or any(record[field] <= 0 for record in placed)
-        xs, means, stds = _llc_points(done, field, per_parameter)
-        top.plot(xs, means, color=color, marker="o", markersize=3.5, linewidth=1.6, label=label)
+        xs, means, stds, unhealthy = _llc_points(done, field, per_parameter)
+        # Unhealthy estimates stay on the curve, so its shape shows, but hollow: not to be read.
+        unhealthy_marks = _draw_points(top, xs, means, unhealthy, color, 3.5, linewidth=1.6, label=label) or unhealthy_marks
         top.fill_between(xs, means - stds, means + stds, color=color, alpha=0.2, linewidth=0)
-        diverged = [record for record in done if (record["result"].get("diagnostics") or {}).get("diverged_chains")]
-        if diverged:
-            diverged_marks = True
-            diverged_xs, diverged_means, _ = _llc_points(diverged, field, per_parameter)
-            top.scatter(diverged_xs, diverged_means,
-                        s=70, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)  # fmt: skip
         failed = [record for record in placed if record.get("status") == "failed"]
         if failed:
             failed_marks = True
@@ -476,9 +526,9 @@ def llc_figure(
     if failed_marks:
         handles.append(Line2D([], [], color=_FAILED_COLOR, marker="x", linestyle="none"))
         labels.append("failed (no estimate)")
-    if diverged_marks:
-        handles.append(Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor="black", linestyle="none"))
-        labels.append("some chains diverged")
+    if unhealthy_marks:
+        handles.append(_unhealthy_handle())
+        labels.append(UNHEALTHY_LABEL)
     if any((transitions or {}).values()):
         handles.append(Line2D([], [], marker="v", color="0.4", markeredgecolor="black", linestyle="none"))
         labels.append("candidate transition")

@@ -45,8 +45,8 @@ DEFAULT_LOSS = "cross_entropy"
 HASH_LENGTH = 12
 FINGERPRINT_BYTES = 1024 * 1024  # the fingerprint hashes the first and the last MiB
 SUMMARY_COLUMNS = (
-    "checkpoint", "step", "epoch", "scope", "status", "llc_mean", "llc_std", "mala_acceptance", "r_hat", "ess",
-    "diverged_chains", "train_loss", "val_loss", "val_acc", "elapsed_seconds", "error",
+    "checkpoint", "step", "epoch", "scope", "status", "llc_mean", "llc_std", "healthy", "health_reasons",
+    "mala_acceptance", "r_hat", "ess", "diverged_chains", "train_loss", "val_loss", "val_acc", "elapsed_seconds", "error",
 )  # fmt: skip
 _SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
 _STEP_NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -182,6 +182,19 @@ def record_order(record: Mapping[str, Any]) -> tuple:
     )
 
 
+def record_health(record: Mapping[str, Any]) -> tuple[bool | None, list[str]]:
+    """Whether a record's LLC can be read at face value, and why not.
+
+    A failed record is unhealthy with its error as the reason; a record written before llcv 0.4
+    carries no verdict, and gives ``(None, [])``.
+    """
+    if record.get("status") == "failed":
+        return False, [str(record.get("error") or "failed")]
+    healthy = record.get("healthy", (record.get("result") or {}).get("healthy"))
+    reasons = record.get("health_reasons", (record.get("result") or {}).get("health_reasons")) or []
+    return healthy, list(reasons)
+
+
 def summary_row(record: Mapping[str, Any]) -> dict[str, Any]:
     """The summary.csv columns of one record (None where unknown)."""
     result = record.get("result") or {}
@@ -195,6 +208,8 @@ def summary_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "status": record.get("status"),
         "llc_mean": result.get("llc_mean"),
         "llc_std": result.get("llc_std"),
+        "healthy": record_health(record)[0],
+        "health_reasons": "; ".join(record_health(record)[1]),
         "mala_acceptance": result.get("mala_acceptance"),
         "r_hat": diagnostics.get("r_hat"),
         "ess": diagnostics.get("ess"),

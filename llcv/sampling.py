@@ -44,6 +44,7 @@ from llcv.devices import resolve_device
 from llcv.fileio import finite_or_none
 from llcv.diagnostics import effective_sample_size, split_r_hat
 from llcv.errors import SettingsError
+from llcv.health import Check, Evidence, HealthThresholds, failed_checks, trace_evidence
 from llcv.langevin import GaussianNoise, LangevinUpdate
 from llcv.progress import SILENT, Reporter, logger
 from llcv.settings import SamplerSettings
@@ -58,8 +59,6 @@ PRELOAD_LIMIT_BYTES = 2 * 1024**3
 DIVERGENCE_CHECK_EVERY = 16
 # chain_mode="auto" batches the chains of models up to this many sampled parameters.
 BATCHED_MAX_PARAMETERS = 100_000
-R_HAT_LIMIT = 1.1
-LOW_MALA_ACCEPTANCE = 0.5
 
 
 class LLCDiagnostics(BaseModel):
@@ -69,6 +68,9 @@ class LLCDiagnostics(BaseModel):
 
     r_hat: float | None = None
     ess: float | None = None
+    llc_mcse: float | None = None  # Monte Carlo standard error of llc_mean
+    drift_z: float | None = None  # Geweke: late minus early draws' mean LLC, in standard errors
+    negative_chains: float | None = None  # share of healthy chains whose mean lies significantly below 0
     diverged_chains: int = 0
     nonfinite: bool = False
     warnings: list[str] = []
@@ -95,6 +97,10 @@ class LLCResult(BaseModel):
     mala_acceptance: float | None = None
     mala_acceptance_per_chain: list[float | None] | None = None
     diagnostics: LLCDiagnostics
+    # Whether the number can be read at face value, and why not (llcv.health); None in results
+    # written before llcv 0.4.
+    healthy: bool | None = None
+    health_reasons: list[str] = []
     settings: dict[str, Any]
     num_parameters: int
     num_samples_used: int
@@ -753,10 +759,12 @@ def _summarise(
     diagnostics = LLCDiagnostics(
         r_hat=split_r_hat(healthy_losses),
         ess=effective_sample_size(healthy_losses) if len(healthy_losses) else None,
+        **trace_evidence(llc_trace, ~diverged),
         diverged_chains=int(diverged.sum()),
         nonfinite=bool(not np.isfinite(losses[~diverged]).all() or not np.isfinite(init_loss)),
     )
-    diagnostics.warnings = _warnings(diagnostics, len(per_chain), llc_mean, mala_mean, bound)
+    failed = failed_checks(result_evidence(diagnostics, len(per_chain), llc_mean, mala_mean), HealthThresholds())
+    diagnostics.warnings = _warnings(failed, bound)
     return LLCResult(
         llc_mean=llc_mean,
         llc_std=llc_std,
@@ -771,6 +779,8 @@ def _summarise(
         mala_acceptance=mala_mean,
         mala_acceptance_per_chain=mala_per_chain,
         diagnostics=diagnostics,
+        healthy=not failed,
+        health_reasons=[message for _, message in failed],
         settings=settings.model_dump(mode="json"),
         num_parameters=num_parameters,
         num_samples_used=num_samples,
@@ -782,26 +792,26 @@ def _summarise(
     )
 
 
-def _warnings(
-    diagnostics: LLCDiagnostics, num_chains: int, llc_mean: float | None, mala: float | None, bound: float
-) -> list[str]:
+def result_evidence(diagnostics: LLCDiagnostics, num_chains: int, llc_mean: float | None, mala: float | None) -> Evidence:
+    """What the health checks read from an estimate's diagnostics."""
+    return Evidence(
+        num_chains=num_chains,
+        diverged_chains=diagnostics.diverged_chains,
+        llc_mean=llc_mean,
+        llc_mcse=diagnostics.llc_mcse,
+        negative_chains=diagnostics.negative_chains,
+        drift_z=diagnostics.drift_z,
+        r_hat=diagnostics.r_hat,
+        ess=diagnostics.ess,
+        mala_acceptance=mala,
+    )
+
+
+def _warnings(failed: list[tuple[Check, str]], bound: float) -> list[str]:
+    """The failed health checks as sentences: what was seen, then what to try."""
     messages = []
-    if diagnostics.diverged_chains:
-        messages.append(
-            f"{diagnostics.diverged_chains} of {num_chains} chains diverged (non-finite loss or a per-draw "
-            f"LLC above {bound:.4g}) and are left out; lower epsilon or raise gamma"
-        )
-    if llc_mean is None:
-        messages.append("no chain is healthy, so there is no estimate")
-    elif llc_mean < 0:
-        messages.append(
-            "the LLC is negative: the chains found lower loss than the checkpoint, so it is not at a local "
-            "minimum for this sampler; raise gamma or lower epsilon"
-        )
-    if diagnostics.r_hat is not None and diagnostics.r_hat > R_HAT_LIMIT:
-        messages.append(
-            f"the chains disagree (R-hat {diagnostics.r_hat:.3f} > {R_HAT_LIMIT}); take more draws or burn-in steps"
-        )
-    if mala is not None and mala < LOW_MALA_ACCEPTANCE:
-        messages.append(f"MALA acceptance is low ({mala:.2f}): epsilon is probably too large")
+    for check, message in failed:
+        if check.name == "diverged":
+            message += f" (non-finite loss or a per-draw LLC above {bound:.4g}) and are left out"
+        messages.append(f"{message}; {check.advice}")
     return messages

@@ -10,6 +10,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from llcv.errors import EstimationError
 from llcv.known_models import KnownCase, known_cases
 from llcv.progress import SILENT, Reporter
 from llcv.sampling import estimate_llc
@@ -33,6 +34,21 @@ class SelftestRow:
     relative_error: float | None
     passed: bool
     seconds: float
+    auto: "AutoRow | None" = None
+
+
+@dataclass(frozen=True)
+class AutoRow:
+    """The same case with settings from ``recommend_settings`` instead of its stored ones."""
+
+    epsilon: float | None
+    gamma: float | None
+    llc_mean: float | None
+    standard_error: float | None
+    relative_error: float | None
+    passed: bool
+    seconds: float
+    error: str | None = None
 
 
 def case_settings(case: KnownCase, precision: str = "fp32") -> SamplerSettings:
@@ -49,10 +65,8 @@ def case_settings(case: KnownCase, precision: str = "fp32") -> SamplerSettings:
     )
 
 
-def check_case(case: KnownCase, quick: bool, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT) -> SelftestRow:
-    """Estimate one known case and judge it against its goal."""
-    started = time.perf_counter()
-    result = estimate_llc(case.model, case.dataset, case_settings(case, precision), loss="mse", device=device, reporter=reporter)
+def _judge(case: KnownCase, result, quick: bool) -> tuple[float | None, float | None, bool]:
+    """The standard error over chains, the relative error, and whether the goal is met."""
     mean, std = result.llc_mean, result.llc_std
     healthy = sum(value is not None for value in result.llc_per_chain)
     standard_error = std / math.sqrt(healthy) if std is not None else None
@@ -63,6 +77,34 @@ def check_case(case: KnownCase, quick: bool, device: str = "auto", precision: st
         passed = abs(mean - case.true_llc) <= QUICK_STANDARD_ERRORS * (standard_error or 0.0)
     else:
         passed = abs(relative_error) <= FULL_SIZE_TOLERANCE
+    return standard_error, relative_error, passed
+
+
+def check_auto(case: KnownCase, quick: bool, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT) -> AutoRow:
+    """Calibrate the case with ``recommend_settings`` (full batches, the case's nbeta), then estimate it."""
+    from llcv.calibration import recommend_settings
+
+    started = time.perf_counter()
+    size = len(case.dataset)
+    base = SamplerSettings(batch_size=size, num_samples=size, nbeta=case.nbeta, precision=precision)
+    try:
+        settings = recommend_settings(case.model, case.dataset, loss="mse", device=device, base=base, reporter=reporter)
+    except EstimationError as error:
+        return AutoRow(None, None, None, None, None, False, time.perf_counter() - started, error=str(error))
+    result = estimate_llc(case.model, case.dataset, settings, loss="mse", device=device, reporter=reporter)
+    standard_error, relative_error, passed = _judge(case, result, quick)
+    return AutoRow(settings.epsilon, settings.gamma, result.llc_mean, standard_error, relative_error, passed, time.perf_counter() - started)
+
+
+def check_case(
+    case: KnownCase, quick: bool, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT, auto: bool = False
+) -> SelftestRow:
+    """Estimate one known case with its stored settings (and, with ``auto``, calibrated ones) and judge it."""
+    started = time.perf_counter()
+    result = estimate_llc(case.model, case.dataset, case_settings(case, precision), loss="mse", device=device, reporter=reporter)
+    mean, std = result.llc_mean, result.llc_std
+    standard_error, relative_error, passed = _judge(case, result, quick)
+    calibrated = check_auto(case, quick, device, precision, reporter) if auto else None
     return SelftestRow(
         name=case.name,
         description=case.description,
@@ -71,19 +113,26 @@ def check_case(case: KnownCase, quick: bool, device: str = "auto", precision: st
         llc_std=std,
         standard_error=standard_error,
         relative_error=relative_error,
-        passed=passed,
+        passed=passed if calibrated is None else calibrated.passed,
         seconds=time.perf_counter() - started,
+        auto=calibrated,
     )
 
 
-def run_selftest(quick: bool = False, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT) -> list[SelftestRow]:
-    """Estimate every known case; full size by default, CI size with ``quick``."""
+def run_selftest(
+    quick: bool = False, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT, auto: bool = False
+) -> list[SelftestRow]:
+    """Estimate every known case; full size by default, CI size with ``quick``.
+
+    With ``auto`` each case is also calibrated by ``recommend_settings`` and estimated with those
+    settings; its verdict is then the calibrated estimate's, and both are reported.
+    """
     cases = known_cases(quick=quick)
     reporter.start("selftest", "Known cases", len(cases))
     rows = []
     try:
         for case in cases:
-            rows.append(check_case(case, quick, device, precision, reporter))
+            rows.append(check_case(case, quick, device, precision, reporter, auto=auto))
             reporter.advance("selftest", 1)
     finally:
         reporter.finish("selftest")

@@ -200,9 +200,12 @@ class CalibrateSettings(_Section):
     num_draws: PositiveInt = 200
     num_burnin_steps: NonNegativeInt = 0
     target_acceptance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
-    max_negative_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
-    max_trace_drift: NonNegativeFloat = 0.1
+    # The rule (docs/calibration.md): share of chains whose mean LLC lies significantly below 0,
+    # |Geweke z| of the LLC trace, R-hat.
+    max_negative_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    max_drift_z: PositiveFloat = 3.0
     max_r_hat: Annotated[float, Field(ge=1.0)] = 1.1
+    max_trace_drift: NonNegativeFloat = 0.1  # `calibrate curve`'s verdict: relative change over the second half
     results_dir: FolderPath = Path("results/calibration")
     format: Literal["png", "pdf", "svg"] = "png"
     device: DeviceName = "auto"

@@ -55,9 +55,22 @@ def llcv_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "llcv", *args]
 
 
-def fake_result(llc_mean: float | None, llc_std: float | None = 0.1, diverged_chains: int = 0, **settings: Any) -> dict:
-    """A small LLCResult-shaped dict for plot and results tests (no sampling)."""
+def fake_result(
+    llc_mean: float | None,
+    llc_std: float | None = 0.1,
+    diverged_chains: int = 0,
+    *,
+    healthy: bool | None = None,
+    health_reasons: Sequence[str] = (),
+    **settings: Any,
+) -> dict:
+    """A small LLCResult-shaped dict for plot and results tests (no sampling).
+
+    ``healthy=None`` leaves the health verdict out, as in results written before llcv 0.4.
+    """
+    health = {} if healthy is None else {"healthy": healthy, "health_reasons": list(health_reasons)}
     return {
+        **health,
         "llc_mean": llc_mean,
         "llc_std": llc_std,
         "llc_per_chain": [llc_mean, llc_mean],
@@ -83,9 +96,16 @@ def fake_record(
     diverged_chains: int = 0,
     num_steps: int = 100,
     error: str | None = None,
+    healthy: bool | None = None,
+    health_reasons: Sequence[str] = (),
 ) -> dict:
-    """A whole-model record as estimate-all writes it, with plausible metrics for ``step``."""
+    """A whole-model record as estimate-all writes it, with plausible metrics for ``step``.
+
+    ``healthy=None`` leaves the health verdict out, as in records written before llcv 0.4.
+    """
+    health = {} if healthy is None else {"healthy": healthy, "health_reasons": list(health_reasons)}
     return {
+        **health,
         "format": "llcv-llc-record",
         "format_version": 1,
         "status": status,
@@ -97,7 +117,7 @@ def fake_record(
         "epoch": step / 10,
         "metrics": {"train_loss": None if step == 0 else 2.0 / (1 + step / 10), "val_loss": 2.2 / (1 + step / 10), "val_acc": min(0.99, 0.1 + step / num_steps)},
         "settings_hash": settings_hash,
-        "result": None if status == "failed" else fake_result(llc_mean, diverged_chains=diverged_chains),
+        "result": None if status == "failed" else fake_result(llc_mean, diverged_chains=diverged_chains, healthy=healthy, health_reasons=health_reasons),
         "error": error,
         "elapsed_seconds": 1.0,
         "finished": "2024-01-01T00:00:00.000000+00:00",

@@ -77,8 +77,9 @@ def shaped(template, llc_trace, *, burnin=None, diverged_chains=0, mala=0.95):
 def row(**changes):
     """A row that passes every rule; ``changes`` break one."""
     base = dict(
-        epsilon=1e-4, gamma=100.0, nbeta=10.0, mala_acceptance=0.95, llc_mean=5.0, llc_std=0.1, llc_final=5.0,
-        diverged=False, negative_fraction=0.0, trace_drift=0.01, r_hat=1.01, ess=100.0,
+        epsilon=1e-4, gamma=100.0, nbeta=10.0, mala_acceptance=0.95, llc_mean=5.0, llc_std=0.1, llc_mcse=0.1,
+        llc_final=5.0, diverged=False, negative_fraction=0.0, negative_chains=0.0, trace_drift=0.01, drift_z=0.5,
+        r_hat=1.01, ess=100.0,
     )
     return {**base, **changes}
 
@@ -87,7 +88,7 @@ def test_a_healthy_row_qualifies_and_is_recommended():
     rows, index, reason = apply_rule([row()])
     assert rows[0]["qualifies"] is True and rows[0]["reason"] == ""
     assert index == 0
-    assert "epsilon=0.0001" in reason and "largest qualifying epsilon" in reason
+    assert "epsilon=0.0001" in reason and "smallest qualifying epsilon" in reason
 
 
 @pytest.mark.parametrize(
@@ -95,12 +96,12 @@ def test_a_healthy_row_qualifies_and_is_recommended():
     [
         (dict(diverged=True), "diverged"),
         (dict(llc_mean=None, llc_std=None, mala_acceptance=None, diverged=True), "diverged"),
-        (dict(llc_mean=0.0), "llc_mean <= 0"),
-        (dict(llc_mean=-2.0), "llc_mean <= 0"),
-        (dict(negative_fraction=0.06), "negative_fraction > 0.05"),
-        (dict(trace_drift=0.11), "|trace_drift| > 0.1"),
-        (dict(trace_drift=-0.11), "|trace_drift| > 0.1"),
-        (dict(trace_drift=None), "|trace_drift| > 0.1"),
+        (dict(llc_mean=-0.21), "llc_mean < 0"),
+        (dict(llc_mean=-2.0), "llc_mean < 0"),
+        (dict(negative_chains=0.5), "negative_chains > 0"),
+        (dict(drift_z=3.1), "|drift_z| > 3"),
+        (dict(drift_z=-3.1), "|drift_z| > 3"),
+        (dict(drift_z=None), "|drift_z| > 3"),
         (dict(r_hat=1.11), "r_hat > 1.1"),
         (dict(mala_acceptance=0.89), "mala_acceptance < 0.9"),
         (dict(mala_acceptance=None), "mala_acceptance < 0.9"),
@@ -114,42 +115,59 @@ def test_each_rule_failing_alone_disqualifies_with_its_name(changes, failed):
     assert f"'{failed}' failed most (1 of 1" in reason
 
 
+def test_noise_is_judged_by_its_standard_error():
+    """A mean within 2 MCSE of 0, or many negative draws, is noise around a small LLC, not a failure."""
+    rows, _, _ = apply_rule([row(llc_mean=-0.19, llc_mcse=0.1), row(llc_mean=0.02, negative_fraction=0.45)])
+    assert [r["qualifies"] for r in rows] == [True, True]
+
+
 def test_boundaries_pass_and_one_chain_needs_no_r_hat():
-    rows, index, _ = apply_rule(
-        [row(negative_fraction=0.05, trace_drift=-0.1, r_hat=1.1, mala_acceptance=0.9), row(r_hat=None)]
-    )
+    rows, index, _ = apply_rule([row(drift_z=-3.0, r_hat=1.1, mala_acceptance=0.9), row(r_hat=None)])
     assert [r["qualifies"] for r in rows] == [True, True]
 
 
 def test_the_first_failed_rule_is_the_reason():
-    rows, _, _ = apply_rule([row(negative_fraction=0.5, mala_acceptance=0.1, r_hat=3.0)])
-    assert rows[0]["reason"] == "negative_fraction > 0.05"
+    rows, _, _ = apply_rule([row(negative_chains=0.5, mala_acceptance=0.1, r_hat=3.0)])
+    assert rows[0]["reason"] == "negative_chains > 0"
 
 
 def test_thresholds_come_from_the_arguments():
     rows, index, _ = apply_rule(
-        [row(mala_acceptance=0.6, trace_drift=0.3, r_hat=1.3, negative_fraction=0.2)],
-        target_acceptance=0.5, max_trace_drift=0.5, max_r_hat=1.5, max_negative_fraction=0.25,
+        [row(mala_acceptance=0.6, drift_z=4.0, r_hat=1.3, negative_chains=0.25)],
+        target_acceptance=0.5, max_drift_z=5.0, max_r_hat=1.5, max_negative_fraction=0.25,
     )
     assert rows[0]["qualifies"] and index == 0
     rows, _, _ = apply_rule([row(mala_acceptance=0.93)], target_acceptance=0.95)
     assert rows[0]["reason"] == "mala_acceptance < 0.95"
 
 
-def test_largest_epsilon_wins_over_higher_acceptance():
-    rows = [row(epsilon=1e-5, mala_acceptance=0.99), row(epsilon=1e-4, mala_acceptance=0.91), row(epsilon=1e-3, diverged=True)]
-    _, index, _ = apply_rule(rows)
+def test_the_largest_epsilon_on_a_plateau_wins():
+    """1e-5 and 1e-4 agree within their MCSE; 1e-3 is biased upward: 1e-4 is recommended."""
+    rows = [row(epsilon=1e-5, llc_mean=5.0), row(epsilon=1e-4, llc_mean=5.2), row(epsilon=1e-3, llc_mean=6.5)]
+    _, index, reason = apply_rule(rows)
     assert index == 1
+    assert "agrees with the next smaller qualifying epsilon" in reason
 
 
-def test_ties_on_epsilon_go_to_the_highest_acceptance_then_grid_order():
-    rows = [row(gamma=1.0, mala_acceptance=0.92), row(gamma=10.0, mala_acceptance=0.97), row(gamma=100.0, mala_acceptance=0.95)]
-    assert apply_rule(rows)[1] == 1
-    assert apply_rule([row(gamma=1.0), row(gamma=10.0)])[1] == 0
+def test_without_a_plateau_the_smallest_qualifying_epsilon_wins():
+    rows = [row(epsilon=1e-5, llc_mean=3.0), row(epsilon=1e-4, llc_mean=5.0), row(epsilon=1e-3, diverged=True)]
+    _, index, reason = apply_rule(rows)
+    assert index == 0 and "no step-size plateau" in reason
+
+
+def test_across_gammas_a_plateau_then_agreement_then_the_weakest_gamma():
+    plateau_at_10 = [row(gamma=10.0, epsilon=1e-5, llc_mean=5.0), row(gamma=10.0, epsilon=1e-4, llc_mean=5.1)]
+    lone_at_1 = [row(gamma=1.0, epsilon=1e-4, llc_mean=5.0)]
+    assert apply_rule(lone_at_1 + plateau_at_10)[1] == 2  # the plateau beats a weaker gamma without one
+    plateau_at_1 = [row(gamma=1.0, epsilon=1e-5, llc_mean=9.0), row(gamma=1.0, epsilon=1e-4, llc_mean=9.1)]
+    plateau_at_100 = [row(gamma=100.0, epsilon=1e-5, llc_mean=5.0), row(gamma=100.0, epsilon=1e-4, llc_mean=5.0)]
+    # 10 and 100 agree with each other, 1 agrees with neither: 10, the weaker of the agreeing pair
+    _, index, reason = apply_rule(plateau_at_1 + plateau_at_10 + plateau_at_100)
+    assert index == 3 and "agrees with a neighbouring gamma" in reason
 
 
 def test_none_qualifies_names_the_rule_failing_most_and_the_direction():
-    rows = [row(epsilon=1e-3, diverged=True), row(epsilon=1e-4, mala_acceptance=0.5), row(epsilon=1e-5, mala_acceptance=0.7, trace_drift=0.5)]
+    rows = [row(epsilon=1e-3, diverged=True), row(epsilon=1e-4, mala_acceptance=0.5), row(epsilon=1e-5, mala_acceptance=0.7, drift_z=5.0)]
     judged, index, reason = apply_rule(rows)
     assert index is None and not any(r["qualifies"] for r in judged)
     assert "'mala_acceptance < 0.9' failed most (2 of 3 combinations)" in reason
@@ -159,7 +177,7 @@ def test_none_qualifies_names_the_rule_failing_most_and_the_direction():
     assert "'diverged' failed most (2 of 3" in reason
     _, _, reason = apply_rule([row(diverged=True), row(diverged=True, epsilon=1e-3)])
     assert "'diverged' failed most" in reason and "smaller epsilons or larger gammas" in reason
-    _, _, reason = apply_rule([row(trace_drift=0.4)])
+    _, _, reason = apply_rule([row(drift_z=4.0)])
     assert "larger epsilons, or more draws or burn-in steps" in reason
 
 
@@ -211,7 +229,7 @@ def test_sweep_on_a_trained_model_flags_a_huge_epsilon_and_recommends_a_healthy_
     # Short chains on minibatches: the thresholds are loosened so that the healthy pairs can pass.
     result = calibrate_sweep(
         target.model, target.dataset, [1e-5, 1e-4, 1e3], [1000.0], base=base, device="cpu",
-        target_acceptance=0.2, max_negative_fraction=0.5, max_trace_drift=1.0, max_r_hat=3.0,
+        target_acceptance=0.2, max_negative_fraction=0.5, max_drift_z=100.0, max_r_hat=3.0,
     )
     assert isinstance(result, SweepResult)
     assert [(r["epsilon"], r["gamma"]) for r in result.rows] == [(1e-5, 1000.0), (1e-4, 1000.0), (1e3, 1000.0)]
@@ -346,7 +364,7 @@ def test_saved_sweep_files(linear, tmp_path):
     model, data = linear
     result = calibrate_sweep(
         model, data, [1e-3, 1e-2, 10.0], [0.0, 1.0], base=TINY, loss="mse", device="cpu", checkpoint="ck/step_1.pt",
-        target_acceptance=0.5, max_trace_drift=1.0, max_r_hat=2.0,
+        target_acceptance=0.5, max_drift_z=100.0, max_r_hat=2.0,
     )
     written = save_sweep(result, tmp_path, "svg")
     names = sorted(path.name for path in written)
@@ -399,7 +417,7 @@ def test_recommend_settings_repeats_an_unmixed_gamma_with_twice_the_draws(linear
         calls.append((gammas[0], base.num_draws))
         result = real_sweep(model, data, epsilons, gammas, nbetas, base=base, **kwargs)
         if len(calls) == 1:
-            unmixed = [{**row, "qualifies": False, "reason": "|trace_drift| > 0.1"} for row in result.rows]
+            unmixed = [{**row, "qualifies": False, "reason": "|drift_z| > 3"} for row in result.rows]
             return result.model_copy(update={"rows": unmixed, "recommended": None, "reason": "no combination qualifies"})
         return result
 
@@ -416,9 +434,13 @@ def test_recommend_settings_repeats_an_unmixed_gamma_with_twice_the_draws(linear
         return real_sweep(*args, base=base, **kwargs)
 
     monkeypatch.setattr(calibration, "calibrate_sweep", counting_sweep)
+    monkeypatch.setattr(calibration, "RECOMMEND_WIDER_EPSILON_FACTORS", (60.0,))
     with pytest.raises(EstimationError, match="'diverged' failed most"):
         recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
-    assert calls == [16] * len(calibration.RECOMMEND_GAMMA_FACTORS)
+    # each round once per gamma, the second widened (two more gammas) with chains twice as long
+    first_round = len(calibration.RECOMMEND_GAMMA_FACTORS)
+    second_round = len({*calibration.RECOMMEND_GAMMA_FACTORS, *calibration.RECOMMEND_WIDER_GAMMA_FACTORS})
+    assert calls == [16] * first_round + [32] * second_round
 
 
 @pytest.mark.slow

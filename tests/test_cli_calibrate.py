@@ -85,7 +85,7 @@ def test_sweep_end_to_end_and_the_recommendation_feeds_estimate(checkpoint, tmp_
     # Short chains on a minibatch: loosened thresholds let a healthy pair qualify.
     config.write_text(
         "[sampler]\nbatch_size = 64\nnum_samples = 128\n\n"
-        "[calibrate]\ntarget_acceptance = 0.2\nmax_negative_fraction = 0.5\nmax_trace_drift = 100.0\nmax_r_hat = 3.0\n"
+        "[calibrate]\ntarget_acceptance = 0.2\nmax_negative_fraction = 0.5\nmax_drift_z = 100.0\nmax_r_hat = 3.0\n"
     )
     outcome = runner.invoke(
         app,

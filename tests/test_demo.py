@@ -22,4 +22,7 @@ def test_tiny_demo_runs_end_to_end_and_draws_its_figure(tmp_path):
     (folder,) = (results / "llc_estimations").iterdir()
     records = [json.loads(path.read_text()) for path in folder.glob("step_*.json")]
     assert len(records) == len(checkpoints) and all(record["status"] == "done" for record in records)
-    assert "Reading the figure" in outcome.stdout and "The LLC went from" in outcome.stdout
+    # The tiny demo's few draws usually leave every estimate unhealthy (ESS < 100), and then the
+    # paragraph says it cannot read a trend instead of reading one (read_figure reads healthy points only).
+    assert "Reading the figure" in outcome.stdout
+    assert "The LLC went from" in outcome.stdout or "Too few trustworthy estimates to read a trend" in outcome.stdout

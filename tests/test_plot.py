@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped
 from llcv.cli import app
 from llcv.estimation import estimate_all
-from llcv.plotting import llc_figure, plot_llc
+from llcv.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
 from llcv.results import ResultsStore, find_transitions, load_results
 from llcv.settings import SamplerSettings
 
@@ -114,7 +114,8 @@ def test_the_figure_marks_failures_divergence_and_transitions(tmp_path):
     figure = llc_figure(runs, log_x=True, transitions={"run": find_transitions(records)}, missing={"run": 2})
     top = figure.axes[0]
     legend = [text.get_text() for text in top.get_legend().get_texts()]
-    assert legend == ["run", "failed (no estimate)", "some chains diverged", "candidate transition"]
+    # step 32's record predates health verdicts, but one of its chains diverged: hollow, like any unhealthy estimate
+    assert legend == ["run", "failed (no estimate)", UNHEALTHY_LABEL, "candidate transition"]
     assert "partial results: 2 checkpoint(s) not estimated yet" in figure._suptitle.get_text()
     assert "settings abcdef012345" in figure._suptitle.get_text()
     assert figure.axes[1].get_xscale() == "symlog"

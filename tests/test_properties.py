@@ -230,7 +230,7 @@ def _sweep_result() -> SweepResult:
                negative_fraction=0.0, trace_drift=0.01, r_hat=1.0, ess=40.0, qualifies=True, reason="")  # fmt: skip
     return SweepResult(
         rows=[row], traces=[[5.0]], recommended=SamplerSettings(epsilon=1e-4, gamma=100.0, nbeta=10.0), reason="the only row",
-        base=SamplerSettings(), rule={"target_acceptance": 0.9, "max_negative_fraction": 0.05, "max_trace_drift": 0.1, "max_r_hat": 1.1},
+        base=SamplerSettings(), rule={"target_acceptance": 0.9, "max_negative_fraction": 0.0, "max_drift_z": 3.0, "max_r_hat": 1.1},
     )  # fmt: skip
 
 

@@ -99,7 +99,8 @@ def test_the_figure_draws_one_curve_per_block_beside_the_whole_model(per_layer, 
     assert blocks_axis.get_title(loc="left") == "per block (6 blocks)"
     labels = [line.get_label() for line in blocks_axis.get_lines()]
     assert labels == ["whole model", *RESNET_BLOCKS]
-    assert [text.get_text() for text in blocks_axis.get_legend().get_texts()] == labels
+    legend = [text.get_text() for text in blocks_axis.get_legend().get_texts()]
+    assert legend[: len(labels)] == labels and legend[len(labels) :] in ([], ["unhealthy: hollow"])  # short chains: often unhealthy
     assert len(top.get_lines()) == 1  # the whole model alone on top, as without refinements
     fc = {record["step"]: record["result"] for record in records if record["scope"] == "fc"}
     assert list(blocks_axis.get_lines()[-1].get_ydata()) == pytest.approx([fc[0]["llc_mean"], fc[1]["llc_mean"]])
