@@ -106,3 +106,21 @@ def test_selftest_exits_1_when_a_case_misses_its_goal(monkeypatch):
     rows = json.loads(outcome.stdout)
     assert not rows[0]["passed"]
     assert outcome.exit_code == 1
+
+
+def test_selftest_auto_calibrates_each_case_and_reports_both(monkeypatch):
+    import dataclasses
+
+    from llcv import selftest
+    from llcv.known_models import known_cases
+
+    # The stored settings are frozen (epsilon far too small), so only the calibrated estimate can pass.
+    frozen = dataclasses.replace(known_cases(quick=True)[0], epsilon=1e-9, num_draws=50, num_burnin_steps=0)
+    monkeypatch.setattr(selftest, "known_cases", lambda quick: [frozen])
+    outcome = runner.invoke(app, ["selftest", "--quick", "--auto", "--device", "cpu", "--json"])
+    (row,) = json.loads(outcome.stdout)
+    assert abs(row["relative_error"]) > 0.5  # the stored settings' estimate, reported beside
+    calibrated = row["auto"]
+    assert calibrated["epsilon"] > 1e-9 and calibrated["passed"] and row["passed"]
+    assert abs(calibrated["relative_error"]) < 0.15
+    assert outcome.exit_code == 0
