@@ -427,8 +427,11 @@ def plot(
     from rich.markup import escape
 
     from llcv.errors import SettingsError
-    from llcv.plotting import brief_reason, estimate_health, plot_llc
-    from llcv.results import ResultsStore, choose_settings, find_transitions, list_settings, missing_checkpoints, record_order, scope_order
+    from llcv.plotting import plot_llc
+    from llcv.results import (
+        ResultsStore, choose_settings, find_transitions, health_label, list_settings, missing_checkpoints, record_health,
+        record_order, scope_order,
+    )  # fmt: skip
     from llcv.settings import EstimateSettings
 
     with command_boundary():
@@ -481,15 +484,12 @@ def plot(
         console.info(f"wrote {path}")
         for name, records in runs.items():  # which whole-model estimates the figure says not to read, and why
             whole = sorted((record for record in records if record.get("scope", "model") == "model"), key=record_order)
-            judged = [(record, *estimate_health(record)) for record in whole]
+            judged = [(record, *record_health(record)) for record in whole]
             unhealthy = [(record, reasons) for record, healthy, reasons in judged if healthy is False]
             if not unhealthy:
                 continue
-            listed = ", ".join(
-                (f"step {record['step']}" if record.get("step") is not None else str(record.get("checkpoint")))
-                + f" ({brief_reason(reasons[0]) if reasons else 'no reason recorded'})"
-                for record, reasons in unhealthy[:5]
-            ) + (f", and {len(unhealthy) - 5} more" if len(unhealthy) > 5 else "")
+            listed = ", ".join(health_label(record, reasons) for record, reasons in unhealthy[:5])
+            listed += f", and {len(unhealthy) - 5} more" if len(unhealthy) > 5 else ""
             marks = "hollow markers" + ("; × where there is no estimate" if any(record.get("status") == "failed" for record, _ in unhealthy) else "")
             prefix = f"{name}: " if len(runs) > 1 else ""
             console.info(escape(

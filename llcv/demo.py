@@ -14,7 +14,7 @@ from llcv.calibration import calibrate_sweep, output_dir, save_sweep
 from llcv.errors import EstimationError
 from llcv.estimation import estimate_all
 from llcv.progress import SILENT, Reporter
-from llcv.results import find_transitions, load_results
+from llcv.results import find_transitions, health_label, load_results, record_health
 from llcv.settings import SamplerSettings, load_settings
 from llcv.targets import load_target
 from llcv.training import train
@@ -142,10 +142,6 @@ def _std(record: dict) -> float:
 _LISTED = 5  # unhealthy checkpoints named one by one; the rest are counted
 
 
-def _where(record: dict) -> str:
-    return f"step {record['step']}" if record.get("step") is not None else str(record.get("checkpoint"))
-
-
 def _and(items: list[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
@@ -153,9 +149,7 @@ def _and(items: list[str]) -> str:
 
 def _with_reasons(judged: list[tuple[dict, list[str]]]) -> str:
     """``step 12 (R-hat 1.42 > 1.1) and step 24 (2 of 4 chains diverged)``: each with its first reason."""
-    from llcv.plotting import brief_reason
-
-    named = [f"{_where(record)} ({brief_reason(reasons[0]) if reasons else 'no reason recorded'})" for record, reasons in judged[:_LISTED]]
+    named = [health_label(record, reasons) for record, reasons in judged[:_LISTED]]
     if len(judged) > _LISTED:
         named.append(f"{len(judged) - _LISTED} more")
     return _and(named)
@@ -181,15 +175,13 @@ def read_figure(records: list[dict]) -> str:
     Only estimates that can be read at face value count (healthy ones, and those written before
     health verdicts, except where chains diverged); the others are named with their first reason.
     """
-    from llcv.plotting import estimate_health
-
     whole = sorted(
         (record for record in records if record.get("scope", "model") == "model"),
         key=lambda record: (record.get("step") is None, record.get("step") or 0),
     )
     estimated = [record for record in whole if record.get("status") == "done" and (record.get("result") or {}).get("llc_mean") is not None]
     failed = [record for record in whole if record.get("status") == "failed"]
-    judged = [(record, *estimate_health(record)) for record in estimated]
+    judged = [(record, *record_health(record)) for record in estimated]
     done = [record for record, healthy, _ in judged if healthy is not False]
     unhealthy = [(record, reasons) for record, healthy, reasons in judged if healthy is False]
     if len(done) < 2:

@@ -162,6 +162,10 @@ def failed_checks(evidence: Evidence, limits: HealthThresholds, require_acceptan
     return failed
 
 
-def health_reasons(evidence: Evidence, limits: HealthThresholds = HealthThresholds()) -> list[str]:
-    """Why an estimate should not be read at face value; empty when it is healthy."""
-    return [message for _, message in failed_checks(evidence, limits)]
+def brief_reason(reason: str) -> str:
+    """A health reason cut to its numbers where it has a comparison, for one-line listings:
+    ``the chains disagree: R-hat 1.422 > 1.1`` -> ``R-hat 1.422 > 1.1``; other reasons unchanged."""
+    for part in reason.split(": "):
+        if "<" in part or ">" in part:
+            return part.strip()
+    return reason

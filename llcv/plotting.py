@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from llcv.errors import SettingsError
 from llcv.fileio import atomic_write
+from llcv.results import record_health
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
@@ -300,32 +301,6 @@ def _refined(records) -> dict[str, dict[str, list[dict]]]:
     return groups
 
 
-def estimate_health(record) -> tuple[bool | None, list[str]]:
-    """Whether a record's LLC can be read at face value, and why not: ``llcv.results.record_health``,
-    except that a record written before health verdicts whose chains partly diverged is unhealthy
-    for that reason (the one check such records carry), so the figure marks it like any other.
-    """
-    from llcv.results import record_health
-
-    healthy, reasons = record_health(record)
-    if healthy is None:
-        result = record.get("result") or {}
-        diverged = (result.get("diagnostics") or {}).get("diverged_chains")
-        if diverged:
-            chains = (result.get("settings") or {}).get("num_chains") or len(result.get("llc_per_chain") or [])
-            return False, [f"{diverged} of {chains} chains diverged" if chains else f"{diverged} chain(s) diverged"]
-    return healthy, reasons
-
-
-def brief_reason(reason: str) -> str:
-    """A health reason cut to its numbers where it has a comparison, for one-line listings:
-    ``the chains disagree: R-hat 1.422 > 1.1`` -> ``R-hat 1.422 > 1.1``; other reasons unchanged."""
-    for part in reason.split(": "):
-        if "<" in part or ">" in part:
-            return part.strip()
-    return reason
-
-
 def _llc_points(records, field: str, per_parameter: bool):
     """Positions, means, stds and unhealthy flags of the done records with an estimate, divided by d if asked."""
     import numpy as np
@@ -337,7 +312,7 @@ def _llc_points(records, field: str, per_parameter: bool):
     xs = np.array([record[field] for record in done], dtype=float)
     means = np.array([record["result"]["llc_mean"] for record in done], dtype=float) / scale
     stds = np.array([record["result"].get("llc_std") or 0.0 for record in done], dtype=float) / scale
-    unhealthy = np.array([estimate_health(record)[0] is False for record in done], dtype=bool)
+    unhealthy = np.array([record_health(record)[0] is False for record in done], dtype=bool)
     return xs, means, stds, unhealthy
 
 
@@ -454,7 +429,7 @@ def llc_figure(
 ) -> Figure:
     """LLC mean ± std against training time per run, with loss and accuracy in a panel below.
 
-    Every estimate stays on its run's curve; unhealthy ones (``estimate_health``: diverged
+    Every estimate stays on its run's curve; unhealthy ones (``llcv.results.record_health``: diverged
     chains, no mixing, drift, ...) are hollow, failed checkpoints a red × at the bottom.
 
     Refined records (``estimate-all --per-layer`` / ``--per-class``) get a panel per run and

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 from llcv.checkpoints import CHECKPOINT_SUFFIXES, list_checkpoints
 from llcv.errors import LLCVError, SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text
+from llcv.health import brief_reason
 from llcv.settings import SamplerSettings
 
 logger = logging.getLogger("llcv")
@@ -185,14 +186,27 @@ def record_order(record: Mapping[str, Any]) -> tuple:
 def record_health(record: Mapping[str, Any]) -> tuple[bool | None, list[str]]:
     """Whether a record's LLC can be read at face value, and why not.
 
-    A failed record is unhealthy with its error as the reason; a record written before llcv 0.4
-    carries no verdict, and gives ``(None, [])``.
+    A failed record is unhealthy with its error as the reason. A record written before llcv 0.4
+    carries no verdict and gives ``(None, [])``, except that one whose chains partly diverged is
+    unhealthy for that reason, the one check such records carry.
     """
     if record.get("status") == "failed":
         return False, [str(record.get("error") or "failed")]
-    healthy = record.get("healthy", (record.get("result") or {}).get("healthy"))
-    reasons = record.get("health_reasons", (record.get("result") or {}).get("health_reasons")) or []
+    result = record.get("result") or {}
+    healthy = record.get("healthy", result.get("healthy"))
+    reasons = record.get("health_reasons", result.get("health_reasons")) or []
+    if healthy is None:
+        diverged = (result.get("diagnostics") or {}).get("diverged_chains")
+        if diverged:
+            chains = (result.get("settings") or {}).get("num_chains") or len(result.get("llc_per_chain") or [])
+            return False, [f"{diverged} of {chains} chains diverged" if chains else f"{diverged} chain(s) diverged"]
     return healthy, list(reasons)
+
+
+def health_label(record: Mapping[str, Any], reasons: Sequence[str]) -> str:
+    """``step 12 (R-hat 1.422 > 1.1)``: where a record is, with its first reason cut to its numbers."""
+    where = f"step {record['step']}" if record.get("step") is not None else str(record.get("checkpoint"))
+    return f"{where} ({brief_reason(reasons[0]) if reasons else 'no reason recorded'})"
 
 
 def summary_row(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -514,11 +528,15 @@ def find_transitions(records: Sequence[Mapping[str, Any]], x: Literal["step", "e
     The slope is taken against log(x) between consecutive done checkpoints (x > 0). A point is a
     candidate where the slope changes sign (an LLC peak or trough) or where its magnitude peaks
     (the fastest rise or fall in its neighbourhood). These are candidates to look at, not tests:
-    sampling noise makes spurious ones, so read them with the ± std band.
+    sampling noise makes spurious ones, so read them with the ± std band. Unhealthy estimates
+    (``record_health``) are left out, so the figure, the command's list and the demo's paragraph
+    name the same candidates, none of them resting on an estimate that should not be read.
     """
     points = []
     for record in records:
         if record.get("scope", DEFAULT_SCOPE) != DEFAULT_SCOPE or record.get("status") != "done":
+            continue
+        if record_health(record)[0] is False:
             continue
         position = record.get(x) if record.get(x) is not None else record.get("epoch")
         llc = (record.get("result") or {}).get("llc_mean")

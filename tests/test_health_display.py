@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 from _helpers import fake_record, unwrapped
 from llcv.cli import app
 from llcv.demo import read_figure
-from llcv.plotting import UNHEALTHY_LABEL, brief_reason, estimate_health, llc_figure
+from llcv.health import brief_reason
+from llcv.plotting import UNHEALTHY_LABEL, llc_figure
+from llcv.results import record_health as estimate_health
 from llcv.results import ResultsStore
 from llcv.settings import SamplerSettings
 
