@@ -161,6 +161,8 @@ def render_llc_result(result, title: str) -> None:
     table.add_column()
     mean, std = result.llc_mean, result.llc_std
     table.add_row("LLC", "no healthy chain" if mean is None else f"{mean:.4g} ± {number(std)}")
+    if result.healthy is not None:
+        table.add_row("health", "[green]healthy[/]" if result.healthy else "[bold red]unhealthy[/]: " + "; ".join(result.health_reasons))
     table.add_row("per chain", ", ".join(number(value) for value in result.llc_per_chain))
     table.add_row("MALA acceptance", number(result.mala_acceptance, ".3f"))
     if result.mala_acceptance_per_chain:

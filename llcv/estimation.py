@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from llcv.checkpoints import CheckpointInfo, list_checkpoints
 from llcv.errors import DataError, LLCVError, SettingsError
 from llcv.fileio import WriteError
+from llcv.health import brief_reason
 from llcv.progress import SILENT, Reporter
 from llcv.results import (
     CLAIMS_FOLDER,
@@ -49,6 +50,7 @@ from llcv.results import (
     check_scope,
     fingerprint,
     is_done,
+    record_health,
     record_stem,
     settings_hash,
     step_from_name,
@@ -792,9 +794,11 @@ def estimate_all(
             summary.computed.append(job.label)
             result = record["result"]
             std = result.get("llc_std")
+            healthy, reasons = record_health(record)
+            verdict = "" if healthy is not False else f", unhealthy: {'; '.join(brief_reason(reason) for reason in reasons)}"
             reporter.note(
                 f"{job.label}: LLC {result['llc_mean']:.4g} ± {'—' if std is None else format(std, '.2g')} "
-                f"({record['elapsed_seconds']:.1f} s)"
+                f"({record['elapsed_seconds']:.1f} s{verdict})"
             )
         else:
             summary.failed[job.label] = record["error"]
