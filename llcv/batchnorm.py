@@ -11,11 +11,20 @@ makes the sampled function the one the weights define.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@dataclass(frozen=True)
+class BatchNormProvenance:
+    """How a working copy's BatchNorm layers normalise (``LLCResult.batchnorm_statistics``)."""
+
+    statistics: Literal["recomputed", "checkpoint", "batch", "none"]
+    samples: int = 0
 
 
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:

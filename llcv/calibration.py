@@ -34,7 +34,7 @@ from llcv.devices import resolve_device
 from llcv.diagnostics import trace_drift
 from llcv.errors import EstimationError, SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text, finite_or_none
-from llcv.health import CHECKS, Evidence, HealthThresholds, failed_checks, trace_evidence
+from llcv.health import CHECKS, Evidence, HealthThresholds, failed_checks
 from llcv.progress import SILENT, Reporter
 from llcv.sampling import LLCResult, LossSpec, SamplingData, default_nbeta, estimate_llc, resolve_loss, working_copy
 from llcv.results import checkpoint_stem
@@ -508,7 +508,6 @@ def sweep_row(result: LLCResult) -> tuple[dict[str, Any], list[float | None]]:
         trace = np.array([])
     diverged = bool(result.diagnostics.diverged_chains or result.diagnostics.nonfinite or result.llc_mean is None)
     finite = trace[np.isfinite(trace)] if healthy.size else np.array([])
-    evidence = trace_evidence(llc, healthy_mask)
     tail = finite[-max(1, math.ceil(FINAL_FRACTION * len(finite))) :] if len(finite) else finite
     row = {
         "epsilon": settings["epsilon"],
@@ -517,13 +516,13 @@ def sweep_row(result: LLCResult) -> tuple[dict[str, Any], list[float | None]]:
         "mala_acceptance": result.mala_acceptance,
         "llc_mean": result.llc_mean,
         "llc_std": result.llc_std,
-        "llc_mcse": evidence["llc_mcse"],
+        "llc_mcse": result.diagnostics.llc_mcse,
         "llc_final": float(tail.mean()) if len(tail) else None,
         "diverged": diverged,
         "negative_fraction": float((healthy < 0).mean()) if healthy.size else None,
-        "negative_chains": evidence["negative_chains"],
+        "negative_chains": result.diagnostics.negative_chains,
         "trace_drift": trace_drift(healthy) if healthy.size else None,
-        "drift_z": evidence["drift_z"],
+        "drift_z": result.diagnostics.drift_z,
         "r_hat": result.diagnostics.r_hat,
         "ess": result.diagnostics.ess,
     }

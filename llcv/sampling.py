@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from llcv.batchnorm import batchnorm_layers, recompute_batchnorm_statistics
+from llcv.batchnorm import BatchNormProvenance, batchnorm_layers, recompute_batchnorm_statistics
 from llcv.devices import resolve_device
 from llcv.fileio import finite_or_none
 from llcv.diagnostics import effective_sample_size, split_r_hat
@@ -649,14 +649,6 @@ def estimate_llc(
         normalisation,
         time.perf_counter() - started,
     )
-
-
-@dataclass(frozen=True)
-class BatchNormProvenance:
-    """How a working copy's BatchNorm layers normalise (``LLCResult.batchnorm_statistics``)."""
-
-    statistics: Literal["recomputed", "checkpoint", "batch", "none"]
-    samples: int = 0
 
 
 def working_copy(

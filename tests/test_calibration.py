@@ -16,6 +16,7 @@ from llcv import SamplerSettings, SweepResult, calibrate_sweep, recommend_settin
 from llcv import calibration
 from llcv.calibration import apply_rule, chains_from_result, curve_from_result, parse_grid, save_sweep
 from llcv.errors import EstimationError, SettingsError
+from llcv.health import trace_evidence
 from llcv.plotting import plot_chains, plot_curve, plot_sweep_heatmap, plot_sweep_traces
 from llcv.progress import Reporter
 from llcv.sampling import estimate_llc
@@ -54,7 +55,10 @@ def shaped(template, llc_trace, *, burnin=None, diverged_chains=0, mala=0.95):
     chains = len(trace)
     healthy = [None if index < diverged_chains else float(row.mean()) for index, row in enumerate(trace)]
     values = [value for value in healthy if value is not None]
-    diagnostics = template.diagnostics.model_copy(update={"diverged_chains": diverged_chains, "r_hat": None, "ess": None})
+    healthy_chains = np.arange(chains) >= diverged_chains
+    diagnostics = template.diagnostics.model_copy(
+        update={"diverged_chains": diverged_chains, "r_hat": None, "ess": None, **trace_evidence(trace, healthy_chains)}
+    )
     return template.model_copy(
         update={
             "llc_trace": trace.tolist(),

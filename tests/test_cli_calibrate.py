@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from llcv import SamplerSettings, calibration, estimate_llc
 from llcv.cli import app
+from llcv.health import trace_evidence
 
 runner = CliRunner()
 DEVICE = ["--device", "cpu"]
@@ -63,7 +64,10 @@ class FakeEstimate:
                 "mala_acceptance": None if diverged else self.mala,
                 "mala_acceptance_per_chain": [None if diverged else self.mala] * chains,
                 "diagnostics": self.template.diagnostics.model_copy(
-                    update={"r_hat": 1.0 if chains > 1 else None, "ess": float(chains * draws), "diverged_chains": chains if diverged else 0}
+                    update={
+                        "r_hat": 1.0 if chains > 1 else None, "ess": float(chains * draws), "diverged_chains": chains if diverged else 0,
+                        **trace_evidence(trace, np.full(chains, not diverged)),
+                    }
                 ),
                 "settings": settings.model_dump(mode="json"),
             }

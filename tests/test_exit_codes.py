@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from _helpers import fake_record
 from llcv import LLCResult, SamplerSettings, console, estimate_llc
 from llcv.cli import app
+from llcv.health import trace_evidence
 from llcv.errors import CheckpointError, DataError, EstimationError, LLCVError, SettingsError
 from llcv.estimation import EstimateSummary
 from llcv.fileio import WriteError
@@ -63,7 +64,10 @@ def steady(template: LLCResult, settings: SamplerSettings, healthy: bool = True)
             "mala_acceptance": 0.95 if healthy else None,
             "mala_acceptance_per_chain": [0.95 if healthy else None] * chains,
             "diagnostics": template.diagnostics.model_copy(
-                update={"r_hat": 1.0 if chains > 1 else None, "ess": float(chains * draws), "diverged_chains": 0 if healthy else chains}
+                update={
+                    "r_hat": 1.0 if chains > 1 else None, "ess": float(chains * draws), "diverged_chains": 0 if healthy else chains,
+                    **trace_evidence(trace, np.full(chains, healthy)),
+                }
             ),
             "settings": settings.model_dump(mode="json"),
         }
