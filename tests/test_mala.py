@@ -56,7 +56,7 @@ def test_minibatch_acceptance_tracks_full_batch_acceptance_on_a_linear_gaussian_
     assert mini[0] >= 0.99 and mini[-1] <= 0.85, mini
 
 
-def test_measuring_every_kth_draw_scores_only_those_draws():
+def test_measuring_every_kth_draw_scores_only_those_draws(monkeypatch):
     model, data = linear_gaussian(size=400)
     settings = SamplerSettings(epsilon=3e-4, gamma=1.0, num_chains=1, num_draws=40, batch_size=20, mala=True, mala_every=4)
     calls = []
@@ -68,11 +68,9 @@ def test_measuring_every_kth_draw_scores_only_those_draws():
         calls.append(1)
         return original(*args)
 
-    sampling._mala_acceptance = counting
-    try:
-        every_fourth = estimate_llc(model, data, settings, loss="mse", device="cpu")
-    finally:
-        sampling._mala_acceptance = original
+    monkeypatch.setattr(sampling, "_mala_acceptance", counting)
+    every_fourth = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    monkeypatch.undo()
     every_draw = estimate_llc(model, data, settings.model_copy(update={"mala_every": 1}), loss="mse", device="cpu")
     assert len(calls) == 10  # draws 3, 7, ..., 39
     # scoring never moves the chain (the update only takes another rounding route on scored steps)

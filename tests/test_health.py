@@ -1,0 +1,120 @@
+"""Every estimate's health (llcv.health): the statistics it rests on, the verdict on real chains,
+and that the verdict reaches every place an LLC is shown (records, summary.csv, progress lines,
+the estimate table, transitions), and that the demo never estimates with rejected settings."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from _helpers import copy_checkpoints, fake_record, fast_settings
+from llcv import SamplerSettings, estimate_llc
+from llcv.diagnostics import geweke_z, mcse_of_mean
+from llcv.estimation import estimate_all
+from llcv.progress import Reporter
+from llcv.results import SUMMARY_FILE, find_transitions, settings_hash
+
+
+def autoregressive(chains: int, draws: int, phi: float, rng: np.random.Generator) -> np.ndarray:
+    trace = np.zeros((chains, draws))
+    for draw in range(1, draws):
+        trace[:, draw] = phi * trace[:, draw - 1] + rng.standard_normal(chains)
+    return trace
+
+
+def test_mcse_matches_the_spread_of_means_of_autocorrelated_chains():
+    rng = np.random.default_rng(0)
+    traces = [autoregressive(4, 400, 0.8, rng) for _ in range(200)]
+    observed = np.std([trace.mean() for trace in traces])
+    predicted = np.mean([mcse_of_mean(trace) for trace in traces])
+    assert predicted == pytest.approx(observed, rel=0.15)
+
+
+def test_geweke_z_flags_a_trend_but_rarely_stationary_noise():
+    rng = np.random.default_rng(1)
+    stationary = [abs(geweke_z(autoregressive(2, 200, 0.5, rng))) for _ in range(200)]
+    assert np.mean(np.array(stationary) > 3) < 0.05
+    rising = autoregressive(2, 100, 0.5, rng) + np.linspace(0, 3, 100)
+    assert geweke_z(rising) > 3
+    assert geweke_z(np.ones((2, 8))) == 0.0  # a constant trace has not drifted
+
+
+def regression(size: int = 400, dim: int = 4):
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(size, dim, generator=generator)
+    targets = inputs @ torch.randn(dim, 1, generator=generator) + torch.randn(size, 1, generator=generator)
+    model = nn.Linear(dim, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(inputs, targets).solution.T)
+    return model, TensorDataset(inputs, targets)
+
+
+def test_mixed_chains_are_healthy_and_chains_that_never_left_are_not():
+    model, data = regression()
+    mixed = SamplerSettings(epsilon=1e-3, gamma=1.0, nbeta=200.0, num_draws=400, num_burnin_steps=200, batch_size=400)
+    result = estimate_llc(model, data, mixed, loss="mse", device="cpu")
+    assert result.healthy, result.health_reasons
+    assert result.health_reasons == [] and result.diagnostics.warnings == []
+    # a step far too small: the chains are still walking out of the checkpoint when the draws end
+    stuck = mixed.model_copy(update={"epsilon": 1e-7, "num_burnin_steps": 0, "num_draws": 100})
+    result = estimate_llc(model, data, stuck, loss="mse", device="cpu")
+    assert result.healthy is False
+    assert any("drifts" in reason or "ESS" in reason for reason in result.health_reasons)
+    assert len(result.diagnostics.warnings) == len(result.health_reasons)
+
+
+def test_records_summary_and_progress_lines_carry_the_verdict(trained_run, tmp_path):
+    _, run = trained_run
+    checkpoints = copy_checkpoints(run.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 16])
+    notes = []
+
+    class Notes(Reporter):
+        def note(self, message):
+            notes.append(message)
+
+    settings = fast_settings()  # a handful of draws: too few effective samples to be healthy
+    summary = estimate_all(checkpoints, tmp_path / "results", settings, device="cpu", reporter=Notes())
+    records = [record for record in summary.folder.glob("step_*.json")]
+    assert len(records) == 2
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["healthy"] is False and record["health_reasons"] == record["result"]["health_reasons"] != []
+    with open(summary.folder / SUMMARY_FILE) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["healthy"] for row in rows] == ["False", "False"]
+    assert all("ESS" in row["health_reasons"] for row in rows)
+    assert sum("unhealthy: " in note for note in notes) == 2
+
+
+def test_transitions_rest_on_healthy_estimates_only(tmp_path):
+    digest = settings_hash(SamplerSettings())
+    curve = {1: 1.0, 2: 2.0, 4: 9.0, 8: 3.0, 16: 3.5, 32: 4.0}  # a spike at step 4
+    records = [fake_record(tmp_path / f"step_{step:08d}.pt", step, llc, settings_hash=digest, healthy=True)
+               for step, llc in curve.items()]  # fmt: skip
+    assert 4 in [transition.step for transition in find_transitions(records)]
+    records[2] = fake_record(tmp_path / "step_00000004.pt", 4, 9.0, settings_hash=digest, healthy=False,
+                             health_reasons=["the chains disagree: R-hat 1.5 > 1.1"])  # fmt: skip
+    assert 4 not in [transition.step for transition in find_transitions(records)]
+
+
+def test_the_demo_stops_instead_of_estimating_with_rejected_settings(tmp_path, monkeypatch):
+    from llcv import demo
+    from llcv.errors import EstimationError
+
+    real_sweep = demo.calibrate_sweep
+
+    def rejecting_sweep(*args, **kwargs):
+        result = real_sweep(*args, **kwargs)
+        return result.model_copy(update={"recommended": None, "reason": "no combination qualifies: 'r_hat > 1.1' failed most"})
+
+    monkeypatch.setattr(demo, "calibrate_sweep", rejecting_sweep)
+    with pytest.raises(EstimationError, match="qualified no settings.*r_hat > 1.1.*stops here"):
+        demo.run_demo(tmp_path / "demo", device="cpu", tiny=True)
+    assert (tmp_path / "demo" / "calibration").is_dir()
+    assert not (tmp_path / "demo" / "llc_estimations").exists()
