@@ -9,11 +9,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
-from torch.utils.data import TensorDataset
 
 from _helpers import copy_checkpoints, fake_record, fast_settings
+from test_sampling import regression  # a linear model at its least-squares fit: LLC = 2
 from llcv import SamplerSettings, estimate_llc
 from llcv.diagnostics import geweke_z, mcse_of_mean
 from llcv.estimation import estimate_all
@@ -43,16 +41,6 @@ def test_geweke_z_flags_a_trend_but_rarely_stationary_noise():
     rising = autoregressive(2, 100, 0.5, rng) + np.linspace(0, 3, 100)
     assert geweke_z(rising) > 3
     assert geweke_z(np.ones((2, 8))) == 0.0  # a constant trace has not drifted
-
-
-def regression(size: int = 400, dim: int = 4):
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(size, dim, generator=generator)
-    targets = inputs @ torch.randn(dim, 1, generator=generator) + torch.randn(size, 1, generator=generator)
-    model = nn.Linear(dim, 1, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(inputs, targets).solution.T)
-    return model, TensorDataset(inputs, targets)
 
 
 def test_mixed_chains_are_healthy_and_chains_that_never_left_are_not():
