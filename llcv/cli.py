@@ -517,6 +517,52 @@ def _render_transitions(transitions: dict) -> None:
             )
 
 
+@app.command(
+    epilog=(
+        "Example: llcv report --results-dir results/llc_estimations --calibration results/calibration --out results/report.html --log-x\n\n"
+        "Two runs side by side: llcv report --results-dir results/seed0 --label 'seed 0' --results-dir results/seed1 "
+        "--label 'seed 1' --out results/seeds.html"
+    )
+)
+def report(
+    results_dir: Annotated[Optional[list[Path]], typer.Option("--results-dir", help="A folder written by estimate-all; repeat it to compare runs side by side.", file_okay=False)] = None,
+    label: Annotated[Optional[list[str]], typer.Option("--label", help="The name of each --results-dir, in the same order.")] = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", "--calibration-dir", help="A calibrate sweep folder, or the folder above several (default: the 'calibration' folder beside the results, left out if absent).", file_okay=False)] = None,
+    out: Annotated[Path, typer.Option("--out", help="The HTML page to write.", dir_okay=False)] = Path("results/report.html"),
+    settings_hash: Annotated[Optional[str], typer.Option("--settings", help="The settings hash to report (default: the most recently used).")] = None,
+    x: Annotated[Optional[str], typer.Option("--x", help="The figure's training time: step | epoch (epoch is used where steps are unknown).")] = None,
+    log_x: Annotated[Optional[bool], typer.Option("--log-x/--linear-x", help="Logarithmic training-time axis in the figure (step 0 kept).")] = None,
+    per_parameter: Annotated[Optional[bool], typer.Option("--per-parameter/--no-per-parameter", help="Divide each curve of the figure by its number of sampled parameters d.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write one self-contained HTML page on a run: figure, every checkpoint, calibration, chains, provenance."""
+    from rich.markup import escape
+
+    from llcv.report import write_report
+    from llcv.settings import EstimateSettings
+
+    with command_boundary():
+        settings = load_settings(("plot",), config=config, overrides={"plot": dict(x=x, log_x=log_x, per_parameter=per_parameter)})
+        _show_settings(settings)
+        with RichReporter() as reporter:
+            result = write_report(
+                results_dir or [EstimateSettings().results_dir], out, labels=label, settings_hash=settings_hash,
+                calibration_dir=calibration, plot=settings.plot, reporter=reporter,
+            )  # fmt: skip
+        for run in result.runs:
+            missing = "missing checkpoints unknown (checkpoints folder not reachable)" if run.missing is None else (
+                f"{len(run.missing)} checkpoint(s) not estimated yet" if run.missing else "none missing"
+            )  # fmt: skip
+            console.info(escape(
+                f"{run.label}: {len(run.whole)} checkpoint(s) with settings {run.settings_hash}, "
+                f"{len(run.unhealthy)} unhealthy or failed, {missing}"
+            ))  # fmt: skip
+        absent = f"none readable in {calibration}" if calibration else "none found beside the results (name a folder with --calibration)"
+        sweeps = ", ".join(str(folder) for folder in result.sweeps) or absent
+        console.info(escape(f"calibration sweeps: {sweeps}"))
+        console.info(escape(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB); open it in a browser"))
+
+
 # `llcv calibrate sweep | curve | chains`: pick SGLD settings by a stated rule (docs/calibration.md).
 calibrate = typer.Typer(
     help=(

@@ -230,6 +230,7 @@ def render_demo(result) -> None:
         f"calibration        {result.calibration_dir}  (sweep.json, sweep.csv, figures, recommended.json)",
         f"LLC estimates      {result.estimates_dir}  (one JSON per checkpoint, summary.csv)",
         f"figure             {result.figure}",
+        f"report             {result.report}  (one page: the run, every estimate, calibration, traces; open it in a browser)",
     ]
     stdout.print(Panel("\n".join(lines), title="llcv demo: outputs", title_align="left"), highlight=False)
     stdout.print(Panel(result.reading, title="Reading the figure", title_align="left"), highlight=False)

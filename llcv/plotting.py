@@ -30,9 +30,15 @@ def save_figure(figure: Figure, path: Path) -> Path:
     fmt = path.suffix.lstrip(".").lower()
     if fmt not in FIGURE_FORMATS:
         raise SettingsError(f"figure {path}: the suffix must be one of .png, .pdf, .svg")
+    content = figure_bytes(figure, fmt)
+    return atomic_write(path, lambda handle: handle.write(content))
+
+
+def figure_bytes(figure: Figure, fmt: str = "png", dpi: float = 150) -> bytes:
+    """``figure`` encoded as png, pdf or svg, cropped to what is drawn (for files and embedding)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight")
-    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    figure.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 # Calibration figures (llcv calibrate sweep | curve | chains).
@@ -262,6 +268,45 @@ def plot_chains(chains, title: str) -> Figure:
         bbox=dict(boxstyle="round", facecolor="white", alpha=0.8),
     )
     figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def plot_trace_thumbnail(result: dict) -> Figure:
+    """A thumbnail of one estimate's chains: per-draw LLC faint, running mean solid, the estimate dashed.
+
+    Chains whose running means settle together have mixed; one apart from the others, or a
+    trend, shows at a glance. The y range covers the running means and the middle 90% of the
+    per-draw values: per-draw LLCs are skewed by rare high-loss draws, and a range that held
+    every spike would flatten the running means into a line.
+
+    Args:
+        result: an ``LLCResult`` as a dict (a record's ``result``); ``llc_trace`` is chains x
+            draws, null after a chain diverged.
+    """
+    import numpy as np
+
+    traces = np.array([[np.nan if value is None else value for value in chain] for chain in result.get("llc_trace") or []], dtype=float)
+    draws = np.arange(1, traces.shape[-1] + 1)
+    # each chain's running mean: where its estimate settles, and whether the chains agree
+    running = np.cumsum(np.nan_to_num(traces), axis=-1) / draws
+    running[~np.isfinite(traces)] = np.nan
+    figure = Figure(figsize=(3.0, 1.5), layout="constrained")
+    axis = figure.subplots()
+    for index, (chain, mean) in enumerate(zip(traces, running)):
+        axis.plot(draws, chain, color=f"C{index % 10}", linewidth=0.5, alpha=0.35)
+        axis.plot(draws, mean, color=f"C{index % 10}", linewidth=1.4)
+    if result.get("llc_mean") is not None:
+        axis.axhline(result["llc_mean"], color="black", linestyle="--", linewidth=1.0)
+    finite = traces[np.isfinite(traces)]
+    if finite.size:
+        low, high = np.percentile(finite, [5, 95])
+        low, high = min(low, np.nanmin(running)), max(high, np.nanmax(running))
+        margin = 0.08 * (high - low or abs(high) or 1.0)
+        axis.set_ylim(low - margin, high + margin)
+    axis.margins(x=0)
+    axis.locator_params(nbins=4)
+    axis.tick_params(labelsize=7, length=2, pad=1)
+    axis.set_xlabel("draw", fontsize=7, labelpad=1)
     return figure
 
 

@@ -6,7 +6,9 @@ import json
 
 from typer.testing import CliRunner
 
+from _helpers import without_whitespace
 from llcv.cli import app
+from test_report import check_page
 
 
 def test_tiny_demo_runs_end_to_end_and_draws_its_figure(tmp_path):
@@ -26,3 +28,9 @@ def test_tiny_demo_runs_end_to_end_and_draws_its_figure(tmp_path):
     # paragraph says it cannot read a trend instead of reading one (read_figure reads healthy points only).
     assert "Reading the figure" in outcome.stdout
     assert "The LLC went from" in outcome.stdout or "Too few trustworthy estimates to read a trend" in outcome.stdout
+    # the report: named among the outputs, one row per checkpoint, the sweep included
+    report = results / "report.html"
+    assert str(report) in without_whitespace(outcome.stdout.replace("│", ""))
+    page = check_page(report)
+    assert [row[0] for row in page.rows["checkpoints"]] == [path.name for path in checkpoints]
+    assert len(page.rows["calibration"]) == 2

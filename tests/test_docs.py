@@ -307,7 +307,7 @@ def test_verbose_shows_the_resolved_settings_of_every_command(tmp_path, monkeypa
     commands = {
         ("train",): ["train"], ("estimate",): ["estimate", *missing], ("estimate-all",): ["estimate-all", "--checkpoints-dir", "missing"],
         ("calibrate", "sweep"): ["calibrate", "sweep", *missing], ("calibrate", "curve"): ["calibrate", "curve", *missing],
-        ("calibrate", "chains"): ["calibrate", "chains", *missing], ("plot",): ["plot"], ("selftest",): ["selftest"], ("demo",): ["demo"],
+        ("calibrate", "chains"): ["calibrate", "chains", *missing], ("plot",): ["plot"], ("report",): ["report"], ("selftest",): ["selftest"], ("demo",): ["demo"],
     }  # fmt: skip
     root = typer.main.get_command(app)
     assert set(commands) == {path for path in _command_paths(root) if path and path != ("calibrate",)}

@@ -27,6 +27,7 @@ from _helpers import fake_record
 from llcv import LLCResult, SamplerSettings, console, estimate_llc
 from llcv.cli import app
 from llcv.health import trace_evidence
+from llcv.report import ReportResult
 from llcv.errors import CheckpointError, DataError, EstimationError, LLCVError, SettingsError
 from llcv.estimation import EstimateSummary
 from llcv.fileio import WriteError
@@ -147,6 +148,10 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
             lambda mp: mp.setattr("llcv.plotting.plot_llc", lambda runs, out, **kwargs: Path(out)),
         ),
         Command(
+            "report", ["report", "--results-dir", str(results), "--out", str(tmp / "report.html")], "llcv.report.write_report",
+            lambda mp: mp.setattr("llcv.report.write_report", lambda *args, **kwargs: ReportResult(tmp / "report.html", 1000, [])),
+        ),
+        Command(
             "calibrate-sweep", ["calibrate", "sweep", *calibrate_args, "--epsilons", "1e-5,1e-4", "--gammas", "100"],
             "llcv.calibration.calibrate_sweep", calibrate_fakes, lambda mp: calibrate_fakes(mp, healthy=False),
         ),
@@ -175,7 +180,7 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
     return {command.name: command for command in commands}
 
 
-COMMANDS = ["train", "estimate", "estimate-all", "plot", "calibrate-sweep", "calibrate-curve", "calibrate-chains", "selftest", "demo"]
+COMMANDS = ["train", "estimate", "estimate-all", "plot", "report", "calibrate-sweep", "calibrate-curve", "calibrate-chains", "selftest", "demo"]
 
 
 @pytest.fixture
@@ -238,8 +243,8 @@ def test_exit_1_when_the_work_fails(command, monkeypatch):
 @pytest.mark.parametrize("flags", [["--device", "tpu"], ["--no-such-flag"]], ids=["bad-value", "unknown-flag"])
 def test_exit_2_on_bad_usage(command, flags, monkeypatch):
     monkeypatch.setattr(command.entry, _raising(AssertionError("bad usage must stop before the library")))
-    if command.name == "plot" and flags[0] == "--device":
-        flags = ["--x", "time"]  # plot has no --device
+    if command.name in ("plot", "report") and flags[0] == "--device":
+        flags = ["--x", "time"]  # plot and report have no --device
     result = _invoke([*command.args, *flags])
     assert result.exit_code == 2, result.output
 

@@ -1,0 +1,603 @@
+"""The run report: one self-contained HTML page that tells the story of a run (``llcv report``).
+
+The page is built from files only: the folders ``estimate-all`` writes, the sweeps of ``llcv
+calibrate sweep``, and, for the model and dataset, the run's last checkpoint where it can be
+reached. Figures come from ``llcv.plotting`` as base64 PNG, the styles sit in the page and
+nothing refers to the network, so the file opens from disk or as a mail attachment. The
+template (``llcv/templates/report.html.j2``) escapes every value it is given, so a checkpoint
+name or an error message read from a file cannot inject markup. ``read_figure`` writes the
+paragraph that reads the LLC figure, on the page and at the end of ``llcv demo``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from llcv.errors import LLCVError, SettingsError
+from llcv.fileio import atomic_write_text
+from llcv.progress import SILENT, Reporter
+from llcv.results import (
+    DEFAULT_SCOPE, ResultsStore, Transition, choose_settings, find_transitions, health_label, list_settings,
+    missing_checkpoints, record_health, record_order, scope_kind, scope_order,
+)  # fmt: skip
+from llcv.settings import PlotSettings
+
+logger = logging.getLogger("llcv")
+
+DEFAULT_OUT = Path("results/report.html")
+TEMPLATE = "report.html.j2"
+SWEEP_FILE = "sweep.json"
+# Where a results folder's calibration sweeps are looked for when none is named: beside it, as
+# `llcv demo` (results/demo/llc_estimations, results/demo/calibration) and the defaults of
+# estimate-all and calibrate (results/llc_estimations, results/calibration) lay them out.
+CALIBRATION_FOLDER = "calibration"
+FIGURE_DPI = 110
+THUMBNAIL_DPI = 130
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """One results folder as the report reads it.
+
+    Attributes:
+        label: the run's name on the page and in the figure's legend.
+        folder: the settings-hash folder read.
+        settings_hash: its hash; ``other_hashes`` are the folder's other settings, not shown.
+        settings: its settings.json.
+        records: every record, whole model and refined scopes, in training order.
+        missing: checkpoints without a whole-model record yet; None when their folder is not reachable.
+        transitions: candidate transitions on the whole-model curve.
+        origin: the last reachable checkpoint's ``model``, ``dataset``, ``settings`` and
+            ``created``; None when no checkpoint can be read here.
+    """
+
+    label: str
+    folder: Path
+    settings_hash: str
+    other_hashes: tuple[str, ...]
+    settings: dict[str, Any]
+    records: list[dict[str, Any]]
+    missing: list[str] | None
+    transitions: list[Transition]
+    origin: dict[str, Any] | None
+
+    @property
+    def whole(self) -> list[dict[str, Any]]:
+        """The whole-model records, in training order."""
+        return [record for record in self.records if record.get("scope", DEFAULT_SCOPE) == DEFAULT_SCOPE]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """Every failed record, whole model and refined scopes."""
+        return [record for record in self.records if record.get("status") == "failed"]
+
+    @property
+    def unhealthy(self) -> list[dict[str, Any]]:
+        """Whole-model records whose estimate is not to be read (failed ones included)."""
+        return [record for record in self.whole if record_health(record)[0] is False]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What ``write_report`` wrote: the page, the runs it covers and the sweeps it shows."""
+
+    path: Path
+    size_bytes: int
+    runs: list[RunReport]
+    sweeps: list[Path] = field(default_factory=list)
+
+
+def run_labels(folders: Sequence[Path], labels: Sequence[str] | None = None) -> list[str]:
+    """One name per results folder: ``labels`` if given, else the folders' names (their paths if two coincide).
+
+    Raises:
+        SettingsError: the number of labels differs from the number of folders.
+    """
+    if labels and len(labels) != len(folders):
+        raise SettingsError(f"{len(labels)} --label for {len(folders)} --results-dir; give one label per results folder")
+    names = list(labels) if labels else [Path(folder).name or str(folder) for folder in folders]
+    return names if len(set(names)) == len(names) else [str(folder) for folder in folders]
+
+
+def load_run(results_dir: Path, label: str, settings_hash: str | None = None, x: str = "step") -> RunReport:
+    """Read one results folder for the report.
+
+    Args:
+        results_dir, settings_hash: as for ``llcv.results.load_results``.
+        label: the run's name on the page.
+        x: ``step`` or ``epoch``, for ``find_transitions``.
+
+    Raises:
+        SettingsError: the folder is missing, holds no results, or lacks ``settings_hash``.
+    """
+    chosen = choose_settings(results_dir, settings_hash)
+    others = tuple(entry.settings_hash for entry in list_settings(results_dir) if entry.settings_hash != chosen.settings_hash)
+    records = ResultsStore(chosen.path.parent, chosen.settings_hash).records()
+    return RunReport(
+        label=label,
+        folder=chosen.path,
+        settings_hash=chosen.settings_hash,
+        other_hashes=others,
+        settings=chosen.settings,
+        records=records,
+        missing=missing_checkpoints(records),
+        transitions=find_transitions(records, x),
+        origin=_origin(records),
+    )
+
+
+def _origin(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The model, dataset and training settings named by the last checkpoint that can be read here."""
+    from llcv.checkpoints import read_checkpoint
+
+    for record in sorted(records, key=record_order, reverse=True):
+        path = record.get("checkpoint_path")
+        if not path or not Path(path).is_file():
+            continue
+        try:
+            payload = read_checkpoint(Path(path))
+        except (LLCVError, OSError):
+            continue
+        if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+            return {key: payload.get(key) for key in ("model", "dataset", "settings", "created")}
+        return None  # a foreign checkpoint (a plain state dict) does not name its model or data
+    return None
+
+
+def _origin_words(origin: Mapping[str, Any] | None) -> dict[str, str | None]:
+    """The model, the dataset and the training in words, from ``RunReport.origin``."""
+    if not origin:
+        return {"name": None, "model": None, "dataset": None, "training": None, "created": None}
+    model, dataset = origin.get("model") or {}, origin.get("dataset") or {}
+    train = (origin.get("settings") or {}).get("train") or {}
+    details = [f"{model['num_classes']} classes" if model.get("num_classes") else None, f"{model['stem']} stem" if model.get("stem") else None]
+    training = [
+        f"{train['epochs']} epochs" if train.get("epochs") else None,
+        f"batch {train['batch_size']}" if train.get("batch_size") else None,
+        f"{train['optimizer']} at learning rate {train['lr']:g}" if train.get("optimizer") and train.get("lr") is not None else None,
+        f"{train['schedule']} schedule" if train.get("schedule") else None,
+        f"seed {train['seed']}" if train.get("seed") is not None else None,
+    ]
+    return {
+        "name": str(model.get("name")),
+        "model": f"{model.get('name')} ({', '.join(item for item in details if item)})" if any(details) else str(model.get("name")),
+        "dataset": str(dataset["name"]) if dataset.get("name") else None,
+        "training": ", ".join(item for item in training if item) or None,
+        "created": origin.get("created"),
+    }
+
+
+def find_sweeps(folder: Path) -> list[Path]:
+    """The calibration folders under ``folder`` (or ``folder`` itself) that hold a sweep.json."""
+    folder = Path(folder)
+    if (folder / SWEEP_FILE).is_file():
+        return [folder]
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if (path / SWEEP_FILE).is_file())
+
+
+def read_sweep(folder: Path) -> dict[str, Any] | None:
+    """A folder's sweep.json (docs/formats.md), or None when it is unreadable or not a sweep (said in the log)."""
+    path = Path(folder) / SWEEP_FILE
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        logger.warning("leaving out the unreadable sweep %s: %s", path, error)
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != "llcv-sweep" or not isinstance(payload.get("rows"), list):
+        logger.warning("leaving out %s: not a sweep written by llcv calibrate sweep", path)
+        return None
+    return payload
+
+
+def write_report(
+    results_dirs: Sequence[Path],
+    out: Path = DEFAULT_OUT,
+    *,
+    labels: Sequence[str] | None = None,
+    settings_hash: str | None = None,
+    calibration_dir: Path | None = None,
+    plot: PlotSettings | None = None,
+    reporter: Reporter = SILENT,
+) -> ReportResult:
+    """Write one self-contained HTML page on the runs in ``results_dirs``.
+
+    Args:
+        results_dirs: folders written by ``estimate-all``; several are compared side by side.
+        out: the page; written atomically.
+        labels: a name per results folder (default: the folders' names).
+        settings_hash: which settings to read in every folder (a unique prefix); None: each
+            folder's most recently used.
+        calibration_dir: a calibration folder (``<results-dir>/<checkpoint-stem>/`` of ``llcv
+            calibrate sweep``, or the results dir above several); None: the ``calibration``
+            folder beside each results folder, left out when there is none.
+        plot: the LLC figure's ``x``, ``log_x`` and ``per_parameter`` (``[plot]``, as for ``llcv
+            plot``); its ``out`` is not used, and candidate transitions are always marked.
+
+    Returns:
+        The page written, the runs and the calibration sweeps it shows.
+
+    Raises:
+        SettingsError: no results, an unknown settings hash, labels that do not match the folders,
+            a named calibration folder without a sweep, or ``out`` not ending in ``.html``.
+        WriteError: the page could not be written.
+    """
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise SettingsError(f"report {out}: the report is an HTML page; give --out a name ending in .html")
+    if not results_dirs:
+        raise SettingsError("no results folder given; name one with --results-dir")
+    plot = plot or PlotSettings()
+    runs = [load_run(folder, name, settings_hash, plot.x) for folder, name in zip(results_dirs, run_labels(results_dirs, labels))]
+    if calibration_dir is not None:
+        sweep_folders = find_sweeps(calibration_dir)
+        if not sweep_folders:
+            raise SettingsError(f"calibration folder {calibration_dir} holds no {SWEEP_FILE} (written by llcv calibrate sweep)")
+    else:
+        beside = dict.fromkeys(run.folder.parent.parent / CALIBRATION_FOLDER for run in runs)
+        sweep_folders = [path for folder in beside for path in find_sweeps(folder)]
+    sweeps = [(folder, sweep) for folder in sweep_folders if (sweep := read_sweep(folder)) is not None]
+    html = render_report(runs, sweeps, plot=plot, reporter=reporter)
+    atomic_write_text(out, html)
+    return ReportResult(path=out, size_bytes=out.stat().st_size, runs=runs, sweeps=[folder for folder, _ in sweeps])
+
+
+def render_report(
+    runs: Sequence[RunReport],
+    sweeps: Sequence[tuple[Path, dict[str, Any]]] = (),
+    *,
+    plot: PlotSettings | None = None,
+    reporter: Reporter = SILENT,
+) -> str:
+    """The page's HTML: the template filled with the runs, the sweeps and their figures (``plot``: see ``write_report``)."""
+    from llcv import __version__
+    from llcv.plotting import llc_figure
+
+    plot = plot or PlotSettings()
+    thumbnails = sum(1 for run in runs for record in run.whole if _has_trace(record))
+    reporter.start("report", "drawing the report's figures", 1 + 2 * len(sweeps) + thumbnails)
+    try:
+        figure = _png(llc_figure(
+            {run.label: run.records for run in runs}, x=plot.x, log_x=plot.log_x, per_parameter=plot.per_parameter,
+            transitions={run.label: run.transitions for run in runs},
+            missing={run.label: None if run.missing is None else len(run.missing) for run in runs},
+        ), FIGURE_DPI)  # fmt: skip
+        reporter.advance("report")
+        run_views = [_run_view(index, run, reporter) for index, run in enumerate(runs)]
+        sweep_views = [_sweep_view(folder, sweep, reporter) for folder, sweep in sweeps]
+    finally:
+        reporter.finish("report")
+    return _environment().get_template(TEMPLATE).render(
+        runs=run_views,
+        sweeps=sweep_views,
+        figure=figure,
+        title=_title(run_views),
+        written=_when(datetime.datetime.now(datetime.timezone.utc).isoformat()),
+        llcv_version=__version__,
+    )
+
+
+# --- what the template is given ------------------------------------------------------------
+
+
+def _title(run_views: Sequence[Mapping[str, Any]]) -> str:
+    """One run: its model and dataset when known, else its label; several: their labels."""
+    if len(run_views) == 1:
+        origin = run_views[0]["origin"]
+        if origin["name"] and origin["dataset"]:
+            return f"{origin['name']} on {origin['dataset']}"
+    return " vs ".join(view["label"] for view in run_views)
+
+
+def _environment():
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    environment = Environment(
+        loader=PackageLoader("llcv", "templates"), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
+    environment.filters["num"] = _number
+    environment.filters["when"] = _when
+    return environment
+
+
+def _when(timestamp: Any) -> str:
+    """An ISO-8601 timestamp to the minute in UTC (``2024-01-01 12:00 UTC``); other text as it is."""
+    try:
+        moment = datetime.datetime.fromisoformat(str(timestamp))
+    except ValueError:
+        return str(timestamp)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC" if moment.tzinfo is not None else "%Y-%m-%d %H:%M")
+
+
+def _number(value: Any, spec: str = ".4g") -> str:
+    """A number for a table cell: ``—`` when unknown or not finite."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return format(value, spec)
+
+
+def _png(figure, dpi: float) -> str:
+    """A figure as a ``data:`` URI, for an ``<img>`` that needs no other file.
+
+    The PNG is reduced to a 256-colour palette, which looks the same for these line plots and
+    heatmaps and takes a third of the bytes: a run with a hundred checkpoints stays a page
+    that can be mailed.
+    """
+    from PIL import Image
+
+    from llcv.plotting import figure_bytes
+
+    image = Image.open(io.BytesIO(figure_bytes(figure, "png", dpi))).convert("RGB")
+    buffer = io.BytesIO()
+    image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _has_trace(record: Mapping[str, Any]) -> bool:
+    return bool((record.get("result") or {}).get("llc_trace"))
+
+
+def _health(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` (healthy, unhealthy, failed or unjudged) and the reasons, for a row or a cell."""
+    healthy, reasons = record_health(record)
+    state = "failed" if record.get("status") == "failed" else {True: "healthy", False: "unhealthy", None: "unjudged"}[healthy]
+    return {"state": state, "reasons": reasons}
+
+
+def _row(record: Mapping[str, Any], transitions: Mapping[str, str]) -> dict[str, Any]:
+    result = record.get("result") or {}
+    diagnostics = result.get("diagnostics") or {}
+    return {
+        "checkpoint": record.get("checkpoint"),
+        "step": record.get("step"),
+        "epoch": record.get("epoch"),
+        "llc_mean": result.get("llc_mean"),
+        "llc_std": result.get("llc_std"),
+        "r_hat": diagnostics.get("r_hat"),
+        "ess": diagnostics.get("ess"),
+        "mala_acceptance": result.get("mala_acceptance"),
+        "elapsed_seconds": record.get("elapsed_seconds"),
+        "transition": transitions.get(str(record.get("checkpoint"))),
+        **_health(record),
+    }
+
+
+def _distinct(values) -> list[Any]:
+    return list(dict.fromkeys(value for value in values if value not in (None, "")))
+
+
+def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
+    """Everything the template shows about one run, numbers still numbers, strings unescaped."""
+    from llcv.plotting import plot_trace_thumbnail
+
+    whole = run.whole
+    results = [record["result"] for record in run.records if record.get("result")]
+    transitions = {item.checkpoint: item.kind for item in run.transitions}
+    rows = [_row(record, transitions) for record in whole]
+    thumbnails = []
+    for row, record in zip(rows, whole):
+        if _has_trace(record):
+            thumbnails.append({**row, "image": _png(plot_trace_thumbnail(record["result"]), THUMBNAIL_DPI)})
+            reporter.advance("report")
+    versions = [result.get("versions") or {} for result in results]
+    steps = [record["step"] for record in whole if record.get("step") is not None]
+    epochs = [record["epoch"] for record in whole if record.get("epoch") is not None]
+    finished = sorted(record["finished"] for record in run.records if record.get("finished"))
+    sampler = run.settings.get("sampler") or {}
+    nbetas = _distinct((record.get("result") or {}).get("nbeta") for record in whole)
+    return {
+        "anchor": f"run-{index + 1}",
+        "label": run.label,
+        "folder": str(run.folder),
+        "settings_hash": run.settings_hash,
+        "other_hashes": list(run.other_hashes),
+        "origin": _origin_words(run.origin),
+        "num_checkpoints": len(whole),
+        "steps": (min(steps), max(steps)) if steps else None,
+        "epochs": (min(epochs), max(epochs)) if epochs else None,
+        "finished": (finished[0], finished[-1]) if finished else None,
+        "sampler": sampler,
+        "nbeta": sampler.get("nbeta") if sampler.get("nbeta") is not None else (nbetas[0] if len(nbetas) == 1 else None),
+        "hashed": run.settings.get("hashed") or {},
+        "loss": run.settings.get("loss"),
+        "reading": read_figure(run.records),
+        "rows": rows,
+        "estimated": [row for row in rows if row["llc_mean"] is not None],
+        "num_healthy": sum(record_health(record)[0] is True for record in whole),
+        "unhealthy": [health_label(record, record_health(record)[1]) for record in run.unhealthy],
+        "missing": run.missing,
+        "thumbnails": thumbnails,
+        "refined": _refined_tables(run.records),
+        "failed": [
+            {"checkpoint": record.get("checkpoint"), "scope": record.get("scope", DEFAULT_SCOPE), "step": record.get("step"),
+             "error": record.get("error") or "failed", "worker": record.get("worker") or {}}
+            for record in run.failed
+        ],  # fmt: skip
+        "provenance": {
+            **{name: _distinct(item.get(key) for item in versions) for name, key in (
+                ("llcv", "llcv"), ("torch", "torch"), ("devinterp", "devinterp"), ("python", "python"), ("git commit", "git_commit"),
+            )},  # fmt: skip
+            "device": _distinct(result.get("device") for result in results),
+            "precision": _distinct((result.get("settings") or {}).get("precision") for result in results),
+            "threads": _distinct(result.get("num_threads") for result in results),
+            "chains run": _distinct(result.get("chain_execution") for result in results),
+            "BatchNorm statistics": _distinct(result.get("batchnorm_statistics") for result in results),
+            "sampled parameters (whole model)": _distinct((record.get("result") or {}).get("num_parameters") for record in whole),
+            "hosts": _distinct((record.get("worker") or {}).get("host") for record in run.records),
+            "executor": _distinct((record.get("worker") or {}).get("executor") for record in run.records),
+        },
+    }
+
+
+def _refined_tables(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per kind of refined scope (blocks, classes): a row per scope, a column per checkpoint."""
+    refined = [record for record in records if scope_kind(record) != "model"]
+    tables = []
+    for kind in ("block", "class"):
+        chosen = [record for record in refined if scope_kind(record) == kind]
+        if not chosen:
+            continue
+        columns = list(dict.fromkeys(str(record.get("checkpoint")) for record in sorted(chosen, key=record_order)))
+        steps = {str(record.get("checkpoint")): record.get("step") for record in chosen}
+        cells: dict[str, dict[str, dict[str, Any]]] = {}
+        for record in sorted(chosen, key=scope_order):
+            result = record.get("result") or {}
+            cells.setdefault(str(record.get("scope")), {})[str(record.get("checkpoint"))] = {
+                "llc_mean": result.get("llc_mean"), "llc_std": result.get("llc_std"), "error": record.get("error"), **_health(record),
+            }  # fmt: skip
+        tables.append({
+            "kind": kind,
+            "columns": [{"checkpoint": name, "step": steps[name]} for name in columns],
+            "rows": [{"scope": scope, "cells": [by_checkpoint.get(name) for name in columns]} for scope, by_checkpoint in cells.items()],
+        })  # fmt: skip
+    return tables
+
+
+def _sweep_view(folder: Path, sweep: Mapping[str, Any], reporter: Reporter) -> dict[str, Any]:
+    """A calibration sweep: its figures, its rows with the rule's verdict, and the recommendation."""
+    from llcv.plotting import plot_sweep_heatmap, plot_sweep_traces
+
+    rows = [dict(row) for row in sweep["rows"]]
+    recommended = sweep.get("recommended")
+    chosen = None
+    if recommended:
+        key = (recommended.get("epsilon"), recommended.get("gamma"), recommended.get("nbeta"))
+        chosen = next((index for index, row in enumerate(rows) if row.get("qualifies") and (row["epsilon"], row["gamma"], row["nbeta"]) == key), None)
+    for index, row in enumerate(rows):
+        row["recommended"] = index == chosen
+    checkpoint = Path(str(sweep.get("checkpoint") or folder.name)).name
+    title = f"sweep of {checkpoint}"
+    heatmap = traces = None
+    if rows:
+        heatmap = _png(plot_sweep_heatmap(rows, title, chosen), FIGURE_DPI)
+        reporter.advance("report")
+        traces = sweep.get("traces") or []
+        traces = _png(plot_sweep_traces(rows, traces, title), FIGURE_DPI) if len(traces) == len(rows) else None
+        reporter.advance("report")
+    return {
+        "folder": str(folder),
+        "checkpoint": checkpoint,
+        "complete": bool(sweep.get("complete")),
+        "rule": sweep.get("rule") or {},
+        "rows": rows,
+        "recommended": recommended,
+        "reason": sweep.get("reason") or "",
+        "heatmap": heatmap,
+        "traces": traces,
+    }
+
+
+# --- the paragraph that reads the figure ---------------------------------------------------
+
+
+def _std(record: dict) -> float:
+    return record["result"].get("llc_std") or 0.0
+
+
+_LISTED = 5  # unhealthy checkpoints named one by one; the rest are counted
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _with_reasons(judged: list[tuple[dict, list[str]]]) -> str:
+    """``step 12 (R-hat 1.42 > 1.1) and step 24 (2 of 4 chains diverged)``: each with its first reason."""
+    named = [health_label(record, reasons) for record, reasons in judged[:_LISTED]]
+    if len(judged) > _LISTED:
+        named.append(f"{len(judged) - _LISTED} more")
+    return _and(named)
+
+
+def _not_read(unhealthy: list[tuple[dict, list[str]]], failed: list[dict]) -> list[str]:
+    """The sentences naming the estimates the paragraph leaves out, and the checkpoints without one."""
+    sentences = []
+    if unhealthy:
+        many = len(unhealthy) > 1
+        sentences.append(
+            f"Not read: {_with_reasons(unhealthy)}, whose estimate{'s are' if many else ' is'} unhealthy; "
+            f"{'they are' if many else 'it is'} hollow in the figure."
+        )
+    if failed:
+        sentences.append(f"No estimate at {_with_reasons([(record, [str(record.get('error') or 'failed')]) for record in failed])}.")
+    return sentences
+
+
+def read_figure(records: list[dict]) -> str:
+    """A plain-language paragraph on how the LLC moved against loss and accuracy.
+
+    Only estimates that can be read at face value count (healthy ones, and those written before
+    health verdicts, except where chains diverged); the others are named with their first reason.
+    """
+    whole = sorted(
+        (record for record in records if record.get("scope", "model") == "model"),
+        key=lambda record: (record.get("step") is None, record.get("step") or 0),
+    )
+    estimated = [record for record in whole if record.get("status") == "done" and (record.get("result") or {}).get("llc_mean") is not None]
+    failed = [record for record in whole if record.get("status") == "failed"]
+    judged = [(record, *record_health(record)) for record in estimated]
+    done = [record for record, healthy, _ in judged if healthy is not False]
+    unhealthy = [(record, reasons) for record, healthy, reasons in judged if healthy is False]
+    if len(done) < 2:
+        if not unhealthy:
+            return " ".join(["Too few checkpoints were estimated to read a trend.", *_not_read([], failed)])
+        if len(estimated) == 1:
+            count = "the only estimate is unhealthy"
+        else:
+            count = f"{'only 1' if done else 'none'} of the {len(estimated)} estimates is healthy"
+        return " ".join([f"Too few trustworthy estimates to read a trend: {count}.", *_not_read(unhealthy, failed)])
+    first, last = done[0], done[-1]
+
+    def llc(record: dict) -> float:
+        return record["result"]["llc_mean"]
+
+    def metric(record: dict, name: str) -> float | None:
+        return (record.get("metrics") or {}).get(name)
+
+    steps = [record.get("step") for record in done]
+    rises = [(llc(b) - llc(a), a, b) for a, b in zip(done, done[1:])]
+    biggest, start, end = max(rises, key=lambda item: abs(item[0]))
+    sentences = [
+        f"The LLC went from {llc(first):.2f} at step {steps[0]} to {llc(last):.2f} at step {steps[-1]}: "
+        f"as training proceeded the model {'grew more' if llc(last) > llc(first) else 'became less'} complex "
+        "in the sense of singular learning theory, i.e. its loss basin became "
+        f"{'sharper in more directions' if llc(last) > llc(first) else 'flatter'}."
+    ]
+    first_loss, last_loss = metric(first, "val_loss"), metric(last, "val_loss")
+    first_acc, last_acc = metric(first, "val_acc"), metric(last, "val_acc")
+    if None not in (first_loss, last_loss, first_acc, last_acc):
+        sentences.append(
+            f"Meanwhile validation loss fell from {first_loss:.2f} to {last_loss:.2f} and accuracy rose from "
+            f"{first_acc:.0%} to {last_acc:.0%} (lower panel)."
+        )
+    peak = max(done, key=llc)
+    if peak is not first and peak is not last and llc(peak) > max(llc(first), llc(last)) + 2 * _std(peak):
+        peak_loss = metric(peak, "val_loss")
+        sentences.append(
+            f"On the way it peaked at {llc(peak):.2f} at step {peak.get('step')}"
+            + (f" (validation loss {peak_loss:.2f} there)," if peak_loss is not None else ",")
+            + " and came back down as the model settled: a rise and fall of complexity, the kind of"
+            " developmental stage the LLC is tracked to find."
+        )
+    sentences.append(
+        f"The largest change between neighbouring checkpoints came between steps {start.get('step')} and "
+        f"{end.get('step')} ({biggest:+.2f})."
+    )
+    transitions = find_transitions(done)
+    if transitions:
+        listed = ", ".join(f"step {transition.step} ({transition.kind})" for transition in transitions)
+        sentences.append(f"Candidate transitions, where the slope against log-step turns or peaks: {listed}; read them with the ± std band.")
+    sentences.extend(_not_read(unhealthy, failed))
+    return " ".join(sentences)
