@@ -205,6 +205,9 @@ class Claims:
                 self.release(key)
             except OSError as error:  # a claim left behind is taken over later; never mask the real exit
                 logger.warning("could not release claim %s: %s", self.path(key), error)
+        # An interrupt between writing a claim's temporary file and renaming it can leave the file.
+        for leftover in self.folder.glob(f".*.{self.identity.worker}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     # the claim file
     def _payload(self, key: str, claimed: float | None = None) -> dict[str, Any]:
