@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from llcv.settings import SamplerSettings
 
@@ -123,3 +123,38 @@ def fake_record(
         "finished": "2024-01-01T00:00:00.000000+00:00",
         "worker": {"host": "test", "pid": 1, "executor": "local"},
     }
+
+
+def write_fake_run(
+    root: Path,
+    steps: Sequence[int],
+    llcs: Sequence[float | None],
+    make_records: Callable[[Path, int, int, float], list[dict]],
+    *,
+    estimated: int | None = None,
+    digest: str = "abcdef012345",
+) -> Path:
+    """Checkpoint files for ``steps`` and records for the first ``estimated``; returns the results dir.
+
+    A None LLC is a failed checkpoint; otherwise ``make_records(path, index, step, llc)`` gives the
+    records written for it.
+    """
+    from llcv.results import ResultsStore
+
+    checkpoints, results = root / "checkpoints", root / "results"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    store = ResultsStore(results, digest)
+    store.write_settings(SamplerSettings(num_draws=12))
+    for index, (step, llc) in enumerate(zip(steps, llcs)):
+        path = checkpoints / f"step_{step:08d}.pt"
+        path.write_bytes(b"x")
+        if estimated is not None and index >= estimated:
+            continue
+        if llc is None:
+            records = [fake_record(path, step, None, settings_hash=digest, status="failed", error="every chain diverged")]
+        else:
+            records = make_records(path, index, step, llc)
+        for record in records:
+            store.write_record(record)
+    store.rebuild_summary()
+    return results

@@ -7,17 +7,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped
+from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped, write_fake_run
 from llcv.cli import app
 from llcv.estimation import estimate_all
 from llcv.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
-from llcv.results import ResultsStore, find_transitions, load_results
-from llcv.settings import SamplerSettings
+from llcv.results import find_transitions, load_results
 
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
-LLC = [1.0, 1.1, 1.3, 2.0, 4.0, 4.6, 4.3, 3.2, 3.0]
+LLC = [1.0, 1.1, 1.3, None, 4.0, 4.6, 4.3, 3.2, 3.0]  # step 4 failed
 
 
 def _invoke(*args: str):
@@ -26,22 +25,11 @@ def _invoke(*args: str):
 
 def fake_run(root: Path, *, estimated: int | None = None, scale: float = 1.0, digest: str = "abcdef012345") -> Path:
     """Checkpoint files for STEPS and records for the first ``estimated`` of them; returns the results dir."""
-    checkpoints, results = root / "checkpoints", root / "results"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    store = ResultsStore(results, digest)
-    store.write_settings(SamplerSettings(num_draws=12))
-    for index, (step, llc) in enumerate(zip(STEPS, LLC)):
-        path = checkpoints / f"step_{step:08d}.pt"
-        path.write_bytes(b"x")
-        if estimated is not None and index >= estimated:
-            continue
-        if step == 4:
-            record = fake_record(path, step, None, settings_hash=digest, status="failed", error="every chain diverged")
-        else:
-            record = fake_record(path, step, llc * scale, settings_hash=digest, diverged_chains=1 if step == 32 else 0)
-        store.write_record(record)
-    store.rebuild_summary()
-    return results
+
+    def records(path: Path, index: int, step: int, llc: float) -> list[dict]:
+        return [fake_record(path, step, llc * scale, settings_hash=digest, diverged_chains=1 if step == 32 else 0)]
+
+    return write_fake_run(root, STEPS, LLC, records, estimated=estimated, digest=digest)
 
 
 def test_plot_from_estimate_all_results(trained_run, tmp_path):

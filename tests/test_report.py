@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped
+from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped, write_fake_run
 from llcv.calibration import calibrate_sweep, output_dir, save_sweep
 from llcv.cli import app
 from llcv.estimation import estimate_all
 from llcv.report import write_report
 from llcv.results import ResultsStore
-from llcv.settings import SamplerSettings
 from llcv.targets import load_target
 
 runner = CliRunner()
@@ -123,18 +122,8 @@ def fake_run(
 
     Step 4 failed, step 8 is unhealthy; ``refined`` adds two blocks and a class at steps 8 and 16.
     """
-    checkpoints, results = root / "checkpoints", root / "results"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    store = ResultsStore(results, digest)
-    store.write_settings(SamplerSettings(num_draws=12))
-    for index, (step, llc) in enumerate(zip(STEPS, LLC)):
-        path = checkpoints / f"step_{step:08d}.pt"
-        path.write_bytes(b"x")
-        if estimated is not None and index >= estimated:
-            continue
-        if llc is None:
-            store.write_record(fake_record(path, step, None, settings_hash=digest, status="failed", error="every chain diverged"))
-            continue
+
+    def records(path: Path, index: int, step: int, llc: float) -> list[dict]:
         unhealthy = step == UNHEALTHY_STEP
         record = fake_record(
             path, step, llc * scale, settings_hash=digest, healthy=not unhealthy,
@@ -142,13 +131,14 @@ def fake_run(
         )  # fmt: skip
         record["result"]["llc_trace"] = _trace(llc * scale, seed=index)
         record["result"]["versions"] = {"llcv": "0.4.0", "torch": "2.5.0", "devinterp": "1.3.2", "python": "3.11", "git_commit": "abc1234"}
-        store.write_record(record)
+        written = [record]
         if refined and step >= 8:
             for scope, kind, order in (("layer1", "block", 0), ("layer2", "block", 1), ("class=3", "class", 3)):
                 part = fake_record(path, step, llc * 0.4 + order, settings_hash=digest, healthy=True)
-                store.write_record({**part, "scope": scope, "scope_kind": kind, "scope_index": order})
-    store.rebuild_summary()
-    return results
+                written.append({**part, "scope": scope, "scope_kind": kind, "scope_index": order})
+        return written
+
+    return write_fake_run(root, STEPS, LLC, records, estimated=estimated, digest=digest)
 
 
 def write_sweep(checkpoint: Path, calibration_root: Path) -> Path:
