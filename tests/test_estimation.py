@@ -232,6 +232,18 @@ def test_claims_are_exclusive_refreshed_and_released_only_by_their_owner(tmp_pat
     assert not list(folder.glob("*.claim"))  # leaving releases everything
 
 
+def test_closing_removes_this_workers_interrupted_temporaries_and_leaves_others(tmp_path):
+    folder = tmp_path / "claims"
+    with Claims(folder, timeout_seconds=60) as mine, Claims(folder, timeout_seconds=60) as theirs:
+        assert mine.try_claim("a")
+        # what an interrupt between writing a claim's temporary and renaming it leaves behind
+        mine_left = mine._temporary("b", mine._payload("b"))
+        theirs_left = theirs._temporary("c", theirs._payload("c"))
+        mine.close()
+        assert not mine_left.exists() and theirs_left.exists()
+    assert not theirs_left.exists()
+
+
 def test_a_worker_whose_claim_was_taken_over_stops_refreshing_it(tmp_path):
     folder = tmp_path / "claims"
     slow = Claims(folder, timeout_seconds=0.2)
