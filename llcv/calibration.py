@@ -22,7 +22,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from llcv.sampling import LLCResult, LossSpec, SamplingData, default_nbeta, esti
 from llcv.results import checkpoint_stem
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
+SWEEP_FORMAT = "llcv-sweep"  # sweep.json's "format"
 SWEEP_FORMAT_VERSION = 2  # 2: llc_mcse, negative_chains and drift_z in every row (llcv 0.4)
 MAX_GRID_VALUES = 1000  # per grid flag; every combination is a full LLC estimate
 # The columns of a sweep row, in table order (docs/formats.md).
@@ -277,6 +278,21 @@ def output_dir(results_dir: Path, checkpoint: Path) -> Path:
 
 # The sweep.
 
+def recommended_row(rows: Sequence[Mapping[str, Any]], recommended: Mapping[str, Any] | None) -> int | None:
+    """The index of the qualifying row with the recommended (epsilon, gamma, nbeta), or None.
+
+    Args:
+        recommended: the recommendation as in ``recommended.json`` or sweep.json's ``recommended``.
+    """
+    if not recommended:
+        return None
+    key = (recommended.get("epsilon"), recommended.get("gamma"), recommended.get("nbeta"))
+    return next(
+        (index for index, row in enumerate(rows) if row.get("qualifies") and (row.get("epsilon"), row.get("gamma"), row.get("nbeta")) == key),
+        None,
+    )
+
+
 class SweepResult(BaseModel):
     """A sweep over (epsilon, gamma, nbeta): one row per combination and the recommendation.
 
@@ -306,12 +322,7 @@ class SweepResult(BaseModel):
     @property
     def recommended_index(self) -> int | None:
         """The index of the recommended row, or None."""
-        if self.recommended is None:
-            return None
-        for index, row in enumerate(self.rows):
-            if row["qualifies"] and (row["epsilon"], row["gamma"], row["nbeta"]) == _key(self.recommended):
-                return index
-        return None
+        return recommended_row(self.rows, self.recommended_dict())
 
     def recommended_dict(self) -> dict[str, Any] | None:
         """The content of ``recommended.json``: exactly ``CALIBRATION_FIELDS``."""
@@ -323,7 +334,7 @@ class SweepResult(BaseModel):
         """The content of ``sweep.json`` (docs/formats.md)."""
         return finite_or_none(
             {
-                "format": "llcv-sweep",
+                "format": SWEEP_FORMAT,
                 "format_version": SWEEP_FORMAT_VERSION,
                 "complete": complete,
                 "checkpoint": self.checkpoint,
@@ -449,10 +460,6 @@ def _grid(epsilons: Sequence[float], gammas: Sequence[float], nbetas: Sequence[f
     return list(dict.fromkeys(combinations))  # duplicates once, order kept
 
 
-def _key(settings: SamplerSettings) -> tuple[float, float, float | None]:
-    return (settings.epsilon, settings.gamma, settings.nbeta)
-
-
 def _model_sha256(model: nn.Module) -> str:
     """sha256 over the module's structure (its repr: layers, strides, ...) and its state dict."""
     digest = hashlib.sha256(repr(model).encode())
@@ -470,7 +477,7 @@ def _stored_rows(
         return {}
     try:
         stored = json.loads(Path(sweep_file).read_text())
-        if stored.get("format") != "llcv-sweep" or stored.get("format_version") != SWEEP_FORMAT_VERSION:
+        if stored.get("format") != SWEEP_FORMAT or stored.get("format_version") != SWEEP_FORMAT_VERSION:
             raise ValueError("not a sweep file of this version")
         same = json.loads(json.dumps(fingerprint)) == stored.get("fingerprint")
         rows = {

@@ -403,6 +403,15 @@ def _render_estimate_summary(summary) -> None:
     out.print(f"results in {summary.folder}", highlight=False)
 
 
+# `plot` and `report`: the runs they read and the LLC figure's axes.
+RunsDirOpt = Annotated[Optional[list[Path]], typer.Option("--results-dir", help="A folder written by estimate-all; repeat it to compare runs.", file_okay=False)]
+RunLabelOpt = Annotated[Optional[list[str]], typer.Option("--label", help="The name of each --results-dir in the legend and on the page, in the same order.")]
+RunSettingsOpt = Annotated[Optional[str], typer.Option("--settings", help="The settings hash to read (default: the most recently used).")]
+XOpt = Annotated[Optional[str], typer.Option("--x", help="The training-time axis: step | epoch (epoch is used where steps are unknown).")]
+LogXOpt = Annotated[Optional[bool], typer.Option("--log-x/--linear-x", help="Logarithmic training-time axis (step 0 kept).")]
+PerParameterOpt = Annotated[Optional[bool], typer.Option("--per-parameter/--no-per-parameter", help="Divide each curve by its number of sampled parameters d (compares blocks of different sizes).")]
+
+
 @app.command(
     epilog=(
         "Example: llcv plot --results-dir results/digits --out results/llc_plots/digits.png --log-x --mark-transitions\n\n"
@@ -412,25 +421,24 @@ def _render_estimate_summary(summary) -> None:
     )
 )
 def plot(
-    results_dir: Annotated[Optional[list[Path]], typer.Option("--results-dir", help="A folder written by estimate-all; repeat it to overlay runs.", file_okay=False)] = None,
-    label: Annotated[Optional[list[str]], typer.Option("--label", help="The legend name of each --results-dir, in the same order.")] = None,
+    results_dir: RunsDirOpt = None,
+    label: RunLabelOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="The figure file; its suffix picks the format: .png, .pdf or .svg.", dir_okay=False)] = None,
-    x: Annotated[Optional[str], typer.Option("--x", help="step | epoch (epoch is used where steps are unknown).")] = None,
-    log_x: Annotated[Optional[bool], typer.Option("--log-x/--linear-x", help="Logarithmic training-time axis (step 0 kept).")] = None,
-    settings_hash: Annotated[Optional[str], typer.Option("--settings", help="The settings hash to plot (default: the most recently used).")] = None,
+    x: XOpt = None,
+    log_x: LogXOpt = None,
+    settings_hash: RunSettingsOpt = None,
     mark_transitions: Annotated[Optional[bool], typer.Option("--mark-transitions/--no-mark-transitions", help="Mark and list candidate transitions.")] = None,
-    per_parameter: Annotated[Optional[bool], typer.Option("--per-parameter/--no-per-parameter", help="Divide each curve by its number of sampled parameters d (compares blocks of different sizes).")] = None,
+    per_parameter: PerParameterOpt = None,
     config: ConfigOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figure's path and, per run, its settings hash, record count, missing checkpoints and candidate transitions as JSON on stdout, and nothing else.")] = False,
 ) -> None:
     """Plot the LLC over training, with loss and accuracy below, for one or several runs."""
     from rich.markup import escape
 
-    from llcv.errors import SettingsError
     from llcv.plotting import plot_llc
     from llcv.results import (
         ResultsStore, choose_settings, find_transitions, health_label, list_settings, missing_checkpoints, record_health,
-        record_order, scope_order,
+        record_order, run_labels, scope_order,
     )  # fmt: skip
     from llcv.settings import EstimateSettings
 
@@ -442,11 +450,7 @@ def plot(
         _show_settings(settings)
         options = settings.plot
         folders = results_dir or [EstimateSettings().results_dir]
-        if label and len(label) != len(folders):
-            raise SettingsError(f"{len(label)} --label for {len(folders)} --results-dir; give one label per results folder")
-        names = list(label) if label else [folder.name or str(folder) for folder in folders]
-        if len(set(names)) < len(names):
-            names = [str(folder) for folder in folders]
+        names = run_labels(folders, label)
         if json_output:
             Verbosity.level = 0
         runs, missing, hashes = {}, {}, {}
@@ -525,14 +529,14 @@ def _render_transitions(transitions: dict) -> None:
     )
 )
 def report(
-    results_dir: Annotated[Optional[list[Path]], typer.Option("--results-dir", help="A folder written by estimate-all; repeat it to compare runs side by side.", file_okay=False)] = None,
-    label: Annotated[Optional[list[str]], typer.Option("--label", help="The name of each --results-dir, in the same order.")] = None,
+    results_dir: RunsDirOpt = None,
+    label: RunLabelOpt = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", "--calibration-dir", help="A calibrate sweep folder, or the folder above several (default: the 'calibration' folder beside the results, left out if absent).", file_okay=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="The HTML page to write.", dir_okay=False)] = Path("results/report.html"),
-    settings_hash: Annotated[Optional[str], typer.Option("--settings", help="The settings hash to report (default: the most recently used).")] = None,
-    x: Annotated[Optional[str], typer.Option("--x", help="The figure's training time: step | epoch (epoch is used where steps are unknown).")] = None,
-    log_x: Annotated[Optional[bool], typer.Option("--log-x/--linear-x", help="Logarithmic training-time axis in the figure (step 0 kept).")] = None,
-    per_parameter: Annotated[Optional[bool], typer.Option("--per-parameter/--no-per-parameter", help="Divide each curve of the figure by its number of sampled parameters d.")] = None,
+    settings_hash: RunSettingsOpt = None,
+    x: XOpt = None,
+    log_x: LogXOpt = None,
+    per_parameter: PerParameterOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Write one self-contained HTML page on a run: figure, every checkpoint, calibration, chains, provenance."""

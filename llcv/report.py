@@ -21,12 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from PIL import Image
+
+from llcv.calibration import SWEEP_FORMAT, recommended_row
+from llcv.checkpoints import read_checkpoint
 from llcv.errors import LLCVError, SettingsError
 from llcv.fileio import atomic_write_text
+from llcv.plotting import figure_bytes, llc_figure, plot_sweep_heatmap, plot_sweep_traces, plot_trace_thumbnail
 from llcv.progress import SILENT, Reporter
 from llcv.results import (
     DEFAULT_SCOPE, ResultsStore, Transition, choose_settings, find_transitions, health_label, list_settings,
-    missing_checkpoints, record_health, record_order, scope_kind, scope_order,
+    missing_checkpoints, record_health, record_order, run_labels, scope_kind, scope_order, summary_row,
 )  # fmt: skip
 from llcv.settings import PlotSettings
 
@@ -95,18 +101,6 @@ class ReportResult:
     sweeps: list[Path] = field(default_factory=list)
 
 
-def run_labels(folders: Sequence[Path], labels: Sequence[str] | None = None) -> list[str]:
-    """One name per results folder: ``labels`` if given, else the folders' names (their paths if two coincide).
-
-    Raises:
-        SettingsError: the number of labels differs from the number of folders.
-    """
-    if labels and len(labels) != len(folders):
-        raise SettingsError(f"{len(labels)} --label for {len(folders)} --results-dir; give one label per results folder")
-    names = list(labels) if labels else [Path(folder).name or str(folder) for folder in folders]
-    return names if len(set(names)) == len(names) else [str(folder) for folder in folders]
-
-
 def load_run(results_dir: Path, label: str, settings_hash: str | None = None, x: str = "step") -> RunReport:
     """Read one results folder for the report.
 
@@ -136,8 +130,6 @@ def load_run(results_dir: Path, label: str, settings_hash: str | None = None, x:
 
 def _origin(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The model, dataset and training settings named by the last checkpoint that can be read here."""
-    from llcv.checkpoints import read_checkpoint
-
     for record in sorted(records, key=record_order, reverse=True):
         path = record.get("checkpoint_path")
         if not path or not Path(path).is_file():
@@ -193,7 +185,7 @@ def read_sweep(folder: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         logger.warning("leaving out the unreadable sweep %s: %s", path, error)
         return None
-    if not isinstance(payload, dict) or payload.get("format") != "llcv-sweep" or not isinstance(payload.get("rows"), list):
+    if not isinstance(payload, dict) or payload.get("format") != SWEEP_FORMAT or not isinstance(payload.get("rows"), list):
         logger.warning("leaving out %s: not a sweep written by llcv calibrate sweep", path)
         return None
     return payload
@@ -260,7 +252,6 @@ def render_report(
 ) -> str:
     """The page's HTML: the template filled with the runs, the sweeps and their figures (``plot``: see ``write_report``)."""
     from llcv import __version__
-    from llcv.plotting import llc_figure
 
     plot = plot or PlotSettings()
     thumbnails = sum(1 for run in runs for record in run.whole if _has_trace(record))
@@ -299,8 +290,6 @@ def _title(run_views: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _environment():
-    from jinja2 import Environment, PackageLoader, StrictUndefined
-
     environment = Environment(
         loader=PackageLoader("llcv", "templates"), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
     )
@@ -334,10 +323,6 @@ def _png(figure, dpi: float) -> str:
     heatmaps and takes a third of the bytes: a run with a hundred checkpoints stays a page
     that can be mailed.
     """
-    from PIL import Image
-
-    from llcv.plotting import figure_bytes
-
     image = Image.open(io.BytesIO(figure_bytes(figure, "png", dpi))).convert("RGB")
     buffer = io.BytesIO()
     image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(buffer, format="PNG", optimize=True)
@@ -356,21 +341,8 @@ def _health(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _row(record: Mapping[str, Any], transitions: Mapping[str, str]) -> dict[str, Any]:
-    result = record.get("result") or {}
-    diagnostics = result.get("diagnostics") or {}
-    return {
-        "checkpoint": record.get("checkpoint"),
-        "step": record.get("step"),
-        "epoch": record.get("epoch"),
-        "llc_mean": result.get("llc_mean"),
-        "llc_std": result.get("llc_std"),
-        "r_hat": diagnostics.get("r_hat"),
-        "ess": diagnostics.get("ess"),
-        "mala_acceptance": result.get("mala_acceptance"),
-        "elapsed_seconds": record.get("elapsed_seconds"),
-        "transition": transitions.get(str(record.get("checkpoint"))),
-        **_health(record),
-    }
+    """A checkpoint's table row: its summary.csv columns, the candidate transition there, and its health."""
+    return {**summary_row(record), "transition": transitions.get(str(record.get("checkpoint"))), **_health(record)}
 
 
 def _distinct(values) -> list[Any]:
@@ -379,8 +351,6 @@ def _distinct(values) -> list[Any]:
 
 def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
     """Everything the template shows about one run, numbers still numbers, strings unescaped."""
-    from llcv.plotting import plot_trace_thumbnail
-
     whole = run.whole
     results = [record["result"] for record in run.records if record.get("result")]
     transitions = {item.checkpoint: item.kind for item in run.transitions}
@@ -466,14 +436,9 @@ def _refined_tables(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
 
 def _sweep_view(folder: Path, sweep: Mapping[str, Any], reporter: Reporter) -> dict[str, Any]:
     """A calibration sweep: its figures, its rows with the rule's verdict, and the recommendation."""
-    from llcv.plotting import plot_sweep_heatmap, plot_sweep_traces
-
     rows = [dict(row) for row in sweep["rows"]]
     recommended = sweep.get("recommended")
-    chosen = None
-    if recommended:
-        key = (recommended.get("epsilon"), recommended.get("gamma"), recommended.get("nbeta"))
-        chosen = next((index for index, row in enumerate(rows) if row.get("qualifies") and (row["epsilon"], row["gamma"], row["nbeta"]) == key), None)
+    chosen = recommended_row(rows, recommended)
     for index, row in enumerate(rows):
         row["recommended"] = index == chosen
     checkpoint = Path(str(sweep.get("checkpoint") or folder.name)).name
@@ -542,7 +507,7 @@ def read_figure(records: list[dict]) -> str:
     health verdicts, except where chains diverged); the others are named with their first reason.
     """
     whole = sorted(
-        (record for record in records if record.get("scope", "model") == "model"),
+        (record for record in records if record.get("scope", DEFAULT_SCOPE) == DEFAULT_SCOPE),
         key=lambda record: (record.get("step") is None, record.get("step") or 0),
     )
     estimated = [record for record in whole if record.get("status") == "done" and (record.get("result") or {}).get("llc_mean") is not None]

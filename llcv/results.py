@@ -445,6 +445,18 @@ def choose_settings(results_dir: Path, settings_hash: str | None = None) -> Sett
     return matches[0]
 
 
+def run_labels(folders: Sequence[Path], labels: Sequence[str] | None = None) -> list[str]:
+    """One name per results folder: ``labels`` if given, else the folders' names (their paths if two coincide).
+
+    Raises:
+        SettingsError: the number of labels differs from the number of folders.
+    """
+    if labels and len(labels) != len(folders):
+        raise SettingsError(f"{len(labels)} --label for {len(folders)} --results-dir; give one label per results folder")
+    names = list(labels) if labels else [Path(folder).name or str(folder) for folder in folders]
+    return names if len(set(names)) == len(names) else [str(folder) for folder in folders]
+
+
 def load_results(results_dir: Path, settings_hash: str | None = None) -> list[dict[str, Any]]:
     """The result records of one settings hash, in training order.
 
