@@ -216,6 +216,13 @@ def test_two_runs_side_by_side(tmp_path):
     assert 'id="run-1-checkpoints"' in html and 'id="run-2-checkpoints"' in html
 
 
+def test_the_comparison_table_marks_an_unhealthy_first_or_last_estimate(tmp_path):
+    first, second = fake_run(tmp_path / "seed0"), fake_run(tmp_path / "seed1", estimated=5, digest="bbbbbbbbbbbb")
+    page = check_page(write_report([first, second], tmp_path / "seeds.html").path)
+    assert page.rows["run"][0][-1] == "3 ± 0.1 at step 16"
+    assert page.rows["run"][1][-1] == f"3.5 ± 0.1 at step {UNHEALTHY_STEP} unhealthy"  # steps 16 and up not estimated yet
+
+
 def test_strings_from_files_are_escaped(tmp_path):
     results = fake_run(tmp_path, estimated=2)
     store = ResultsStore(results, "abcdef012345")
