@@ -417,9 +417,10 @@ def _load_synthetic(request: _LoadRequest) -> _Splits:
 class _CifarTransform:
     """uint8 ``3 x 32 x 32`` -> normalised float, with optional random crop and flip.
 
-    The randomness comes from torch's global generator, so a run that restores torch's RNG
-    state replays the same augmentation. (A class rather than a closure so that DataLoader
-    workers can pickle it.)
+    The randomness comes from torch's default CPU generator, as torchvision's transforms' does,
+    so whoever seeds that generator fixes the augmentation: ``llcv.training`` seeds it per
+    sample from (run seed, epoch, index), which makes resume exact with any number of
+    DataLoader workers. (A class rather than a closure so that DataLoader workers can pickle it.)
     """
 
     def __init__(self, augment: bool) -> None:

@@ -2,14 +2,21 @@
 
 The checkpoint schedule over T steps is step 0 (the initialisation), K log-spaced steps
 ``round(geomspace(1, T, K))``, the end of every N-th epoch, and the final step. A run resumed
-from any of its checkpoints continues bit for bit: the optimizer, scheduler and RNG states are
-stored, and the data order of each epoch is a pure function of (seed, epoch), so the position
-inside an epoch is just the number of batches already taken.
+from any of its checkpoints continues bit for bit, with any number of DataLoader workers: the
+optimizer, scheduler and RNG states are stored; the data order of each epoch is a pure function
+of (seed, epoch), so the position inside an epoch is just the number of batches already taken;
+and each sample's augmentation is a pure function of (seed, epoch, sample index), so no worker
+holds state that a checkpoint would have to store.
+
+A run builds one training and one validation DataLoader; with workers they persist, so worker
+start-up is paid once per run, not once per epoch and per checkpoint.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from llcv.checkpoints import checkpoint_name, read_checkpoint, save_checkpoint
 from llcv.data import load_dataset
@@ -61,28 +68,120 @@ def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_samples, generator=generator)
 
 
-def _loader(dataset: Dataset, batches: list[list[int]], num_workers: int, seed: int = 0) -> DataLoader:
-    # A private generator keeps loader construction from consuming the global RNG, which the
-    # augmentation draws from; otherwise a resumed run would augment differently. With workers,
-    # it also seeds each worker's RNG (and so its augmentation), hence a seed per (run, epoch).
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, generator=generator)
+def _available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (which Slurm and taskset narrow), else all."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
-def _worker_seed(seed: int, epoch: int) -> int:
-    """The loader seed of one epoch; distinct from ``epoch_order``'s so order and augmentation differ."""
-    return int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0])
+def sample_seeds(num_samples: int, seed: int, epoch: int) -> list[int]:
+    """The augmentation seed of every sample in one epoch, by sample index.
+
+    A pure function of (seed, epoch, index): element ``index`` does not depend on
+    ``num_samples``. Distinct from ``epoch_order``'s seed, so order and augmentation differ.
+    """
+    return np.random.SeedSequence([seed, epoch, 1]).generate_state(num_samples).tolist()
+
+
+class _EpochBatches(Sampler[list[tuple[int, int]]]):
+    """The batch sampler of a run's one training loader, switched to each epoch's batches.
+
+    A batch sampler runs in the main process even when workers load the data, so persistent
+    workers see the batches set here. It yields ``(index, seed)`` keys: which sample, and the
+    seed of its augmentation in this epoch (``sample_seeds``), for ``_SeededSamples``.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.seeds: list[int] = []
+
+    def set_epoch(self, batches: list[list[int]], seeds: list[int]) -> None:
+        """Make the next pass over the loader yield ``batches`` (sample indices), seeded by ``seeds``."""
+        self.batches, self.seeds = batches, seeds
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches:
+            yield [(index, self.seeds[index]) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _SeededSamples(Dataset):
+    """``dataset`` read by ``(index, seed)`` keys: sample ``index``, augmented from ``seed``.
+
+    A sample then comes out the same in whichever process reads it and whatever that process
+    read before, so resume is exact with any number of workers, and the same as with none.
+    llcv's CIFAR transform and torchvision's transforms both draw from torch's default CPU
+    generator; it is seeded before each read and restored after the batch, so the reader's own
+    stream (with no workers, the main process's, which checkpoints store) is left as it was.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list:
+        """The items of one batch; DataLoader calls this instead of ``__getitem__`` per key."""
+        # The reader's generator is saved once per batch, not per sample: saving and restoring it
+        # costs as much as seeding it, and both together as much as reading a small image. By
+        # hand, as torch.random.fork_rng adds more; and the CPU generator only, since
+        # torch.manual_seed would reseed every CUDA generator too.
+        state = torch.get_rng_state()
+        try:
+            items = []
+            for index, seed in keys:
+                torch.default_generator.manual_seed(seed)
+                items.append(self.dataset[index])
+            return items
+        finally:
+            torch.set_rng_state(state)
+
+
+def _loader(dataset: Dataset, batch_sampler, num_workers: int) -> DataLoader:
+    # Every pass over a loader draws a base seed from its generator, by default the global RNG
+    # that checkpoints store; a private generator keeps loading from shifting that stream.
+    generator = torch.Generator()
+    return DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=num_workers, persistent_workers=num_workers > 0, generator=generator
+    )
+
+
+def _eval_loader(dataset: Dataset, num_workers: int) -> DataLoader:
+    """A loader over ``dataset`` in order, in batches of ``EVAL_BATCH_SIZE``, for ``evaluate``."""
+    indices = list(range(len(dataset)))  # type: ignore[arg-type]
+    batches = [indices[start : start + EVAL_BATCH_SIZE] for start in range(0, len(indices), EVAL_BATCH_SIZE)]
+    return _loader(dataset, batches, num_workers)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, num_workers: int = 0) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``dataset``, in eval mode; restores the mode."""
+def evaluate(
+    model: nn.Module, dataset: Dataset | DataLoader, device: torch.device, num_workers: int = 0
+) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``dataset``, in eval mode; restores the mode.
+
+    Args:
+        model: the classifier.
+        dataset: ``(image, label)`` items, or a DataLoader over them to reuse across calls
+            (``train`` keeps one whose workers persist from checkpoint to checkpoint).
+        device: where the model is.
+        num_workers: DataLoader workers when ``dataset`` is a dataset, capped at the CPUs
+            available to this process; ignored for a DataLoader.
+    """
+    if isinstance(dataset, DataLoader):
+        loader = dataset
+    else:
+        loader = _eval_loader(dataset, min(num_workers, _available_cpus()))
     was_training = model.training
     model.eval()
     total_loss, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    indices = list(range(len(dataset)))
-    batches = [indices[start : start + EVAL_BATCH_SIZE] for start in range(0, len(indices), EVAL_BATCH_SIZE)]
-    for images, labels in _loader(dataset, batches, num_workers):
+    for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
         total_loss += F.cross_entropy(logits, labels, reduction="sum")
@@ -167,8 +266,19 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
     }
     dataset_spec = {"name": info.name, "data_dir": info.data_dir, "seed": data_settings.seed}
 
+    num_workers = min(data_settings.num_workers, _available_cpus())
+    if num_workers < data_settings.num_workers:
+        # Said once here: torch would otherwise warn at every loader it builds with too many workers.
+        reporter.note(
+            f"DataLoader workers capped at {num_workers} (the CPUs available to this process); "
+            f"[data] num_workers asked for {data_settings.num_workers}"
+        )
+    batch_sampler = _EpochBatches()
+    train_loader = _loader(_SeededSamples(train_set), batch_sampler, num_workers)
+    val_loader = _eval_loader(val_set, num_workers)
+
     def save(step: int, train_loss: float | None) -> None:
-        metrics = {"train_loss": train_loss, **evaluate(model, val_set, device, data_settings.num_workers)}
+        metrics = {"train_loss": train_loss, **evaluate(model, val_loader, device)}
         payload = {
             "step": step,
             "epoch": step / steps_per_epoch,
@@ -185,26 +295,27 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
         result.final_metrics = metrics
         result.metrics_step = step
 
-    step = 0
-    if train_settings.resume_from_checkpoint is not None:
-        step = _resume(train_settings.resume_from_checkpoint, model, optimizer, scheduler, model_spec, num_steps, device)
-        reporter.note(f"resuming from step {step} of {num_steps}")
-    else:
-        save(0, None)
-
-    model.train()
-    loss_since_checkpoint, batches_since_checkpoint = torch.zeros((), device=device), 0
-    reporter.start("epochs", "Epochs", train_settings.epochs)
-    reporter.advance("epochs", step // steps_per_epoch)
     try:
+        step = 0
+        if train_settings.resume_from_checkpoint is not None:
+            step = _resume(train_settings.resume_from_checkpoint, model, optimizer, scheduler, model_spec, num_steps, device)
+            reporter.note(f"resuming from step {step} of {num_steps}")
+        else:
+            save(0, None)
+
+        model.train()
+        loss_since_checkpoint, batches_since_checkpoint = torch.zeros((), device=device), 0
+        reporter.start("epochs", "Epochs", train_settings.epochs)
+        reporter.advance("epochs", step // steps_per_epoch)
         for epoch in range(step // steps_per_epoch, train_settings.epochs):
             order = epoch_order(len(train_set), train_settings.seed, epoch).tolist()
             batches = [order[start : start + train_settings.batch_size] for start in range(0, len(order), train_settings.batch_size)]
-            batches = batches[step - epoch * steps_per_epoch :]
+            seeds = sample_seeds(len(train_set), train_settings.seed, epoch)
+            batch_sampler.set_epoch(batches[step - epoch * steps_per_epoch :], seeds)
             epoch_loss, epoch_correct, epoch_count = torch.zeros((), device=device), torch.zeros((), device=device), 0
             reporter.start("batches", f"Epoch {epoch + 1}", steps_per_epoch)
-            reporter.advance("batches", steps_per_epoch - len(batches))
-            for images, labels in _loader(train_set, batches, data_settings.num_workers, _worker_seed(train_settings.seed, epoch)):
+            reporter.advance("batches", steps_per_epoch - len(batch_sampler))
+            for images, labels in train_loader:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels)
@@ -241,6 +352,9 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
     finally:
         reporter.finish("batches")
         reporter.finish("epochs")
+        # Persistent workers stop when their loader is freed. An exception's traceback keeps this
+        # frame, and so the loaders, alive for as long as the caller holds it: free them now.
+        del train_loader, val_loader
     return result
 
 

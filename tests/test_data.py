@@ -286,6 +286,21 @@ def test_folder_augmentation_keeps_the_shape(tmp_path):
     assert train[0][0].shape == (3, 24, 24)
 
 
+def test_folder_augmentation_is_fixed_by_seeding_torchs_default_generator(tmp_path):
+    # Training makes each sample's augmentation exact by seeding this generator per sample, so
+    # torchvision's random crop and flip must draw from it, as llcv's CIFAR transform does.
+    _write_image_folder(tmp_path)
+    noise = np.random.default_rng(0).integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "train" / "ant" / "0.png")  # a flat colour looks the same however cropped
+    train, _, _ = load_dataset("folder", data_dir=tmp_path, image_size=24, augment=True)
+    views = []
+    for seed in (0, 1, 0):
+        torch.default_generator.manual_seed(seed)
+        views.append(train[0][0])
+    assert torch.equal(views[0], views[2])
+    assert not torch.equal(views[0], views[1])
+
+
 def test_folder_needs_a_data_dir():
     with pytest.raises(DataError, match="data_dir"):
         load_dataset("folder")

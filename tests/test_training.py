@@ -1,12 +1,15 @@
-"""Tests for llcv.training: the checkpoint schedule, the files a run writes, and exact resume."""
+"""Tests for llcv.training: the checkpoint schedule, the files a run writes, exact resume, data loading."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from llcv import training
 from llcv.checkpoints import checkpoint_name, list_checkpoints, read_checkpoint, save_checkpoint
@@ -165,20 +168,45 @@ def test_resume_equals_an_uninterrupted_run(trained_run, train_settings, stop_af
         _assert_same_state(resumed_file, reference_file)  # every checkpoint, the final one included
 
 
-def test_resume_with_augmentation_equals_an_uninterrupted_run(train_settings, cifar10_dir, monkeypatch):
-    # cifar10 augments (random crop and flip) from torch's global RNG, which resume must restore.
-    # 40 images in batches of 8: 5 steps per epoch, 10 steps; round(geomspace(1, 10, 6)) = 1, 2, 3, 4, 6, 10.
-    run = dict(dataset="cifar10", data={"data_dir": cifar10_dir}, epochs=2, batch_size=8, log_checkpoints=6, checkpoint_every_epochs=0)
-    uninterrupted = train(train_settings("uninterrupted", **run))
-    assert [int(path.stem[5:]) for path in uninterrupted.checkpoints] == [0, 1, 2, 3, 4, 6, 10]
-    files = _interrupted_then_resumed(train_settings("resumed", **run), stop_after=7, expected_resume_step=6)
-    _assert_same_state(files[-1], uninterrupted.checkpoints[-1])
+# 40 CIFAR-format images in batches of 8: 5 steps per epoch, 10 steps; round(geomspace(1, 10, 6)) = 1, 2, 3, 4, 6, 10.
+_AUGMENTED_RUN = dict(dataset="cifar10", epochs=2, batch_size=8, log_checkpoints=6, checkpoint_every_epochs=0)
 
-    # The test has teeth: without restoring the RNG the augmentation, and so the weights, differ.
-    monkeypatch.setattr(training, "_restore_rng_state", lambda state, device: None)
-    unrestored = train_settings("unrestored", **run)
-    unrestored = unrestored.model_copy(update={"train": unrestored.train.model_copy(update={"resume_from_checkpoint": files[-2]})})
-    final = read_checkpoint(train(unrestored).checkpoints[-1])["state_dict"]
+
+def _augmented_run(train_settings, name: str, data_dir, num_workers: int):
+    return train_settings(name, data={"data_dir": data_dir, "num_workers": num_workers}, **_AUGMENTED_RUN)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_with_augmentation_equals_an_uninterrupted_run(train_settings, cifar10_dir, num_workers):
+    # cifar10 augments (random crop and flip); each sample is seeded by (run seed, epoch, index),
+    # so the DataLoader workers' RNG states, which no checkpoint holds, do not matter.
+    uninterrupted = train(_augmented_run(train_settings, "uninterrupted", cifar10_dir, num_workers))
+    assert [int(path.stem[5:]) for path in uninterrupted.checkpoints] == [0, 1, 2, 3, 4, 6, 10]
+    resumed = _augmented_run(train_settings, "resumed", cifar10_dir, num_workers)
+    files = _interrupted_then_resumed(resumed, stop_after=7, expected_resume_step=6)
+    for resumed_file, reference_file in zip(files, uninterrupted.checkpoints):
+        _assert_same_state(resumed_file, reference_file)
+
+
+def test_workers_load_exactly_what_the_main_process_loads(train_settings, cifar10_dir):
+    without = train(_augmented_run(train_settings, "without", cifar10_dir, num_workers=0))
+    with_workers = train(_augmented_run(train_settings, "with", cifar10_dir, num_workers=2))
+    for first, second in zip(without.checkpoints, with_workers.checkpoints, strict=True):
+        _assert_same_state(first, second)
+
+
+@pytest.mark.skipif(
+    multiprocessing.get_start_method() != "fork", reason="the patched method reaches the workers only through fork"
+)
+def test_augmenting_from_the_workers_own_rng_would_break_resume(train_settings, cifar10_dir, monkeypatch):
+    # The tests above have teeth: a plain DataLoader augments from each worker's RNG stream,
+    # which persists across epochs, so a run resumed mid-epoch (fresh workers) augments differently.
+    monkeypatch.setattr(training._SeededSamples, "__getitems__", lambda self, keys: [self.dataset[index] for index, _ in keys])
+    uninterrupted = train(_augmented_run(train_settings, "uninterrupted", cifar10_dir, num_workers=2))
+    resumed = _augmented_run(train_settings, "resumed", cifar10_dir, num_workers=2)
+    step_6 = next(path for path in uninterrupted.checkpoints if read_checkpoint(path)["step"] == 6)
+    resumed = resumed.model_copy(update={"train": resumed.train.model_copy(update={"resume_from_checkpoint": step_6})})
+    final = read_checkpoint(train(resumed).checkpoints[-1])["state_dict"]
     assert not torch.equal(final["conv1.weight"], read_checkpoint(uninterrupted.checkpoints[-1])["state_dict"]["conv1.weight"])
 
 
@@ -216,18 +244,69 @@ def test_resuming_a_finished_run_writes_nothing(train_settings, trained_run):
     assert resumed.checkpoints == [] and resumed.num_steps == 16
 
 
-def test_loader_workers_augment_by_run_seed_and_epoch(cifar10_dir):
-    # With DataLoader workers the augmentation draws from each worker's RNG, which the loader's
-    # generator seeds: it must follow (train seed, epoch), not repeat the same stream every epoch.
+# Data loading
+
+
+def test_a_sample_is_augmented_by_run_seed_epoch_and_index_alone(cifar10_dir):
     from llcv.data import load_dataset
 
     train_set, _, _ = load_dataset("cifar10", cifar10_dir, augment=True)
-    batches = [list(range(16))]
+    samples = training._SeededSamples(train_set)
 
-    def images(seed: int, epoch: int) -> torch.Tensor:
-        loader = training._loader(train_set, batches, num_workers=1, seed=training._worker_seed(seed, epoch))
-        return next(iter(loader))[0]
+    def images(seed: int, epoch: int, indices=range(16)) -> torch.Tensor:
+        seeds = training.sample_seeds(len(train_set), seed, epoch)
+        return torch.stack([samples[(index, seeds[index])][0] for index in indices])
 
-    assert torch.equal(images(0, 0), images(0, 0))
-    assert not torch.equal(images(0, 0), images(0, 1))
-    assert not torch.equal(images(0, 0), images(1, 0))
+    state = torch.get_rng_state()
+    first = images(0, 0)
+    assert torch.equal(torch.get_rng_state(), state)  # the reader's own RNG stream is left as it was
+    assert torch.equal(images(0, 0, reversed(range(16))).flip(0), first)  # whatever was read before
+    seeds = training.sample_seeds(16, 0, 0)
+    batch = samples.__getitems__([(index, seeds[index]) for index in range(16)])  # how DataLoader reads
+    assert torch.equal(torch.stack([image for image, _ in batch]), first)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(images(0, 1), first)
+    assert not torch.equal(images(1, 0), first)
+    assert training.sample_seeds(16, 0, 0) == training.sample_seeds(40, 0, 0)[:16]  # not a function of the size
+
+
+class _Notes(Reporter):
+    def __init__(self):
+        self.messages: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.messages.append(message)
+
+
+def test_workers_are_capped_at_the_available_cpus_and_built_once_per_run(train_settings, monkeypatch):
+    built = []
+
+    class RecordingLoader(DataLoader):
+        def __init__(self, *args, **kwargs):
+            built.append((kwargs["num_workers"], kwargs["persistent_workers"]))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(training, "DataLoader", RecordingLoader)
+    monkeypatch.setattr(training, "_available_cpus", lambda: 1)
+    notes = _Notes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # torch's, at every loader with more workers than CPUs
+        result = train(train_settings(epochs=3, batch_size=128, checkpoint_every_epochs=1, data={"num_workers": 3}), notes)
+    assert len(result.checkpoints) == 4  # step 0 and three epoch ends: four evaluations
+    assert built == [(1, True), (1, True)]  # one training and one validation loader for the whole run
+    capped = [message for message in notes.messages if "capped" in message]
+    assert capped == ["DataLoader workers capped at 1 (the CPUs available to this process); [data] num_workers asked for 3"]
+
+
+def test_a_run_within_the_cpus_says_nothing_about_workers(train_settings, monkeypatch):
+    monkeypatch.setattr(training, "_available_cpus", lambda: 2)
+    notes = _Notes()
+    train(train_settings(epochs=1, batch_size=128, data={"num_workers": 2}), notes)
+    assert notes.messages and not any("workers" in message for message in notes.messages)
+
+
+def test_an_interrupted_run_leaves_no_worker_processes(train_settings):
+    before = set(multiprocessing.active_children())
+    with pytest.raises(KeyboardInterrupt):  # pytest keeps the traceback, and so train's frame
+        train(train_settings(epochs=2, batch_size=64, data={"num_workers": 2}), _InterruptAfter(3))
+    assert set(multiprocessing.active_children()) <= before
