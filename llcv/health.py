@@ -162,6 +162,13 @@ def failed_checks(evidence: Evidence, limits: HealthThresholds, require_acceptan
     return failed
 
 
+def short_reason(reason: str) -> str:
+    """A sweep row's reason with the rule names abbreviated, for table cells and figures."""
+    for name, label in (("mala_acceptance", "MALA"), ("negative_chains", "neg"), ("|drift_z|", "drift z"), ("r_hat", "R-hat"), ("llc_mean", "LLC")):
+        reason = reason.replace(name, label)
+    return reason
+
+
 def brief_reason(reason: str) -> str:
     """A health reason cut to its numbers where it has a comparison, for one-line listings:
     ``the chains disagree: R-hat 1.422 > 1.1`` -> ``R-hat 1.422 > 1.1``; other reasons unchanged."""

@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 
 from llcv.errors import SettingsError
 from llcv.fileio import atomic_write
-from llcv.results import record_health
+from llcv.health import short_reason
+from llcv.results import find_transitions, record_health, scope_kind, scope_order
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
@@ -73,8 +74,6 @@ def plot_sweep_heatmap(rows: list[dict], title: str, recommended: int | None = N
     """
     import numpy as np
     from matplotlib.colors import Normalize, SymLogNorm
-
-    from llcv.calibration import short_reason
 
     epsilons = sorted({row["epsilon"] for row in rows})
     gammas = sorted({row["gamma"] for row in rows})
@@ -336,8 +335,6 @@ def _whole_model(records) -> list[dict]:
 
 def _refined(records) -> dict[str, dict[str, list[dict]]]:
     """A run's refined records as {kind: {scope: records}}: blocks in declared order, classes by label."""
-    from llcv.results import scope_kind, scope_order
-
     groups: dict[str, dict[str, list[dict]]] = {}
     for record in sorted(records, key=scope_order):
         kind = scope_kind(record)
@@ -630,8 +627,6 @@ def plot_llc(
         SettingsError: an unsupported suffix, or labels that do not match the runs.
         WriteError: the file could not be written.
     """
-    from llcv.results import find_transitions
-
     runs = _as_runs(results, labels)
     transitions = {label: find_transitions(records, x) for label, records in runs.items()} if mark_transitions else None
     figure = llc_figure(runs, x=x, log_x=log_x, transitions=transitions, missing=missing, per_parameter=per_parameter)

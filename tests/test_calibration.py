@@ -13,7 +13,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from llcv import SamplerSettings, SweepResult, calibrate_sweep, recommend_settings
-from llcv import calibration
+from llcv import calibration, sampling
+from llcv.calibration import recommend
 from llcv.calibration import apply_rule, chains_from_result, curve_from_result, parse_grid, save_sweep
 from llcv.errors import EstimationError, SettingsError
 from llcv.health import trace_evidence
@@ -289,7 +290,7 @@ def test_interrupted_sweep_resumes_with_only_the_remaining_combinations(linear, 
     sweep_file = tmp_path / "sweep.json"
     grid = dict(epsilons=[1e-4, 1e-3], gammas=[1.0, 10.0], base=TINY, loss="mse", device="cpu", sweep_file=sweep_file)
     first = _Interrupt(stop_at=3)
-    monkeypatch.setattr(calibration, "estimate_llc", first)
+    monkeypatch.setattr(sampling, "estimate_llc", first)
     with pytest.raises(KeyboardInterrupt):
         calibrate_sweep(model, data, **grid)
     assert len(first.calls) == 2
@@ -297,19 +298,19 @@ def test_interrupted_sweep_resumes_with_only_the_remaining_combinations(linear, 
     assert stored["complete"] is False and len(stored["rows"]) == 2 and stored["recommended"] is None
 
     second = _Interrupt()
-    monkeypatch.setattr(calibration, "estimate_llc", second)
+    monkeypatch.setattr(sampling, "estimate_llc", second)
     resumed = calibrate_sweep(model, data, **grid)
     assert len(second.calls) == 2 and not set(second.calls) & set(first.calls)
     assert len(resumed.rows) == 4 and json.loads(sweep_file.read_text())["complete"] is True
 
     # Same seed, same numbers: the resumed sweep equals one that was never interrupted.
-    monkeypatch.setattr(calibration, "estimate_llc", estimate_llc)
+    monkeypatch.setattr(sampling, "estimate_llc", estimate_llc)
     fresh = calibrate_sweep(model, data, **{**grid, "sweep_file": None})
     assert resumed.rows == fresh.rows
 
     # A finished sweep is not redone, and new thresholds only re-judge the stored rows.
     third = _Interrupt()
-    monkeypatch.setattr(calibration, "estimate_llc", third)
+    monkeypatch.setattr(sampling, "estimate_llc", third)
     rejudged = calibrate_sweep(model, data, **grid, target_acceptance=1.0)
     assert third.calls == [] and rejudged.recommended is None
 
@@ -320,7 +321,7 @@ def test_resume_recomputes_rows_made_with_other_settings_or_weights(linear, tmp_
     grid = dict(epsilons=[1e-4, 1e-3], gammas=[1.0], loss="mse", device="cpu", sweep_file=sweep_file)
     calibrate_sweep(model, data, base=TINY, **grid)
     counter = _Interrupt()
-    monkeypatch.setattr(calibration, "estimate_llc", counter)
+    monkeypatch.setattr(sampling, "estimate_llc", counter)
     calibrate_sweep(model, data, base=TINY.model_copy(update={"num_draws": 16}), **grid)
     assert len(counter.calls) == 2
     counter.calls.clear()
@@ -397,7 +398,7 @@ def test_recommend_settings_returns_complete_settings_that_recover_a_regular_mod
     # combination for some seeds (1 in 8 here), 200 qualified for all 8 seeds tried.
     settings = recommend_settings(model, data, loss="mse", device="cpu")
     assert isinstance(settings, SamplerSettings)
-    assert settings.num_chains == calibration.FINAL_NUM_CHAINS
+    assert settings.num_chains == recommend.FINAL_NUM_CHAINS
     assert 200 <= settings.num_draws <= 2000 and settings.num_burnin_steps == 200
     assert settings.batch_size == 200 and settings.nbeta == pytest.approx(200 / math.log(200))
     result = estimate_llc(model, data, settings, loss="mse", device="cpu")
@@ -406,7 +407,7 @@ def test_recommend_settings_returns_complete_settings_that_recover_a_regular_mod
 
 def test_recommend_settings_raises_when_nothing_qualifies(linear, monkeypatch):
     model, data = linear
-    monkeypatch.setattr(calibration, "RECOMMEND_EPSILON_FACTORS", (50.0,))  # always diverges
+    monkeypatch.setattr(recommend, "RECOMMEND_EPSILON_FACTORS", (50.0,))  # always diverges
     with pytest.raises(EstimationError, match="no usable SGLD settings.*'diverged' failed most"):
         recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
 
@@ -425,25 +426,25 @@ def test_recommend_settings_repeats_an_unmixed_gamma_with_twice_the_draws(linear
             return result.model_copy(update={"rows": unmixed, "recommended": None, "reason": "no combination qualifies"})
         return result
 
-    monkeypatch.setattr(calibration, "calibrate_sweep", sweep)
+    monkeypatch.setattr(recommend, "calibrate_sweep", sweep)
     settings = recommend_settings(model, data, loss="mse", device="cpu", num_draws=60)
     assert calls[:2] == [(calls[0][0], 60), (calls[0][0], 120)]
     assert settings.num_burnin_steps == 120 and settings.gamma == calls[0][0]
 
     calls.clear()
-    monkeypatch.setattr(calibration, "RECOMMEND_EPSILON_FACTORS", (50.0,))  # every chain diverges
+    monkeypatch.setattr(recommend, "RECOMMEND_EPSILON_FACTORS", (50.0,))  # every chain diverges
 
     def counting_sweep(*args, base, **kwargs):
         calls.append(base.num_draws)
         return real_sweep(*args, base=base, **kwargs)
 
-    monkeypatch.setattr(calibration, "calibrate_sweep", counting_sweep)
-    monkeypatch.setattr(calibration, "RECOMMEND_WIDER_EPSILON_FACTORS", (60.0,))
+    monkeypatch.setattr(recommend, "calibrate_sweep", counting_sweep)
+    monkeypatch.setattr(recommend, "RECOMMEND_WIDER_EPSILON_FACTORS", (60.0,))
     with pytest.raises(EstimationError, match="'diverged' failed most"):
         recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
     # each round once per gamma, the second widened (two more gammas) with chains twice as long
-    first_round = len(calibration.RECOMMEND_GAMMA_FACTORS)
-    second_round = len({*calibration.RECOMMEND_GAMMA_FACTORS, *calibration.RECOMMEND_WIDER_GAMMA_FACTORS})
+    first_round = len(recommend.RECOMMEND_GAMMA_FACTORS)
+    second_round = len({*recommend.RECOMMEND_GAMMA_FACTORS, *recommend.RECOMMEND_WIDER_GAMMA_FACTORS})
     assert calls == [16] * first_round + [32] * second_round
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
-from llcv import SamplerSettings, calibration, estimate_llc
+from llcv import SamplerSettings, estimate_llc, sampling
 from llcv.cli import app
 from llcv.health import trace_evidence
 
@@ -78,7 +78,7 @@ class FakeEstimate:
 def fake(template, monkeypatch):
     def install(**options) -> FakeEstimate:
         estimate = FakeEstimate(template, **options)
-        monkeypatch.setattr(calibration, "estimate_llc", estimate)
+        monkeypatch.setattr(sampling, "estimate_llc", estimate)
         return estimate
 
     return install

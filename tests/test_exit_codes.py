@@ -106,7 +106,7 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
 
     def calibrate_fakes(mp, healthy=True):
         mp.setattr("llcv.targets.load_target", _tiny_target)
-        mp.setattr(calibration, "estimate_llc", _fake_estimate(template, healthy))
+        mp.setattr("llcv.sampling.estimate_llc", _fake_estimate(template, healthy))
         for save in ("save_sweep", "save_curve", "save_chains"):
             mp.setattr(calibration, save, lambda *args, **kwargs: [])
 

@@ -1,0 +1,47 @@
+"""Calibration: choose SGLD settings (epsilon, gamma, nbeta) by a stated rule, and show why.
+
+Three steps, as researchers do them by hand (docs/calibration.md):
+
+1. ``calibrate_sweep`` (``sweep``) runs a short estimate for every (epsilon, gamma, nbeta) of a
+   grid and summarises each as one row; ``apply_rule`` (``rule``) marks which rows qualify and
+   recommends one.
+2. ``calibrate_curve`` (``curves``) runs one chain for the chosen settings and judges its
+   LLC-over-draws curve: stable, peaks or drift.
+3. ``calibrate_chains`` (``curves``) runs several chains and reports their agreement.
+
+``recommend_settings`` (``recommend``) does step 1 on a grid sized to the model and data and
+returns settings for a final estimate. Library functions here return results and write files
+only where asked (``sweep_file`` and the ``save_*`` functions); the terminal belongs to ``llcv.cli``.
+"""
+
+from llcv.calibration.curves import (
+    CHAINS_DEFAULT_NUM_CHAINS,
+    ChainsResult,
+    CurveResult,
+    calibrate_chains,
+    calibrate_curve,
+    chains_from_result,
+    curve_from_result,
+    save_chains,
+    save_curve,
+)
+from llcv.calibration.recommend import recommend_settings, top_hessian_eigenvalue
+from llcv.calibration.rule import RULE_FIELDS, apply_rule, recommended_row, rule_thresholds
+from llcv.calibration.sweep import (
+    ROW_FIELDS,
+    SWEEP_FORMAT,
+    SweepResult,
+    calibrate_sweep,
+    output_dir,
+    parse_grid,
+    save_sweep,
+    sweep_base,
+    sweep_row,
+)
+
+__all__ = [
+    "CHAINS_DEFAULT_NUM_CHAINS", "ROW_FIELDS", "RULE_FIELDS", "SWEEP_FORMAT", "ChainsResult", "CurveResult", "SweepResult",
+    "apply_rule", "calibrate_chains", "calibrate_curve", "calibrate_sweep", "chains_from_result", "curve_from_result",
+    "output_dir", "parse_grid", "recommend_settings", "recommended_row", "rule_thresholds", "save_chains", "save_curve",
+    "save_sweep", "sweep_base", "sweep_row", "top_hessian_eigenvalue",
+]  # fmt: skip

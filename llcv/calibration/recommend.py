@@ -1,0 +1,150 @@
+"""``recommend_settings``: SGLD settings for a final estimate, found by sweeping a grid sized to
+the model's curvature and data, widened and lengthened a bounded number of times."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from llcv.calibration.sweep import SweepResult, calibrate_sweep
+from llcv.devices import resolve_device
+from llcv.errors import EstimationError
+from llcv.progress import SILENT, Reporter
+from llcv.sampling import LossSpec, SamplingData, default_nbeta, resolve_loss, working_copy
+from llcv.settings import SamplerSettings
+
+# recommend_settings: the final estimate aims for this many effective samples over all chains.
+TARGET_ESS = 400
+FINAL_NUM_CHAINS = 4
+# recommend_settings' grid, in units of the stiffest curvature nbeta * h (see its docstring);
+# each further round adds the wider values and doubles the chains' length.
+RECOMMEND_EPSILON_FACTORS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+RECOMMEND_GAMMA_FACTORS = (1e-3, 1e-2, 1e-1, 1.0)
+RECOMMEND_WIDER_EPSILON_FACTORS = (1e-4, 3e-4)
+RECOMMEND_WIDER_GAMMA_FACTORS = (1e-4, 10.0)
+RECOMMEND_ROUNDS = 2
+RECOMMEND_MAX_SAMPLES = 2048
+
+
+def recommend_settings(
+    model: nn.Module,
+    data: Dataset | DataLoader | SamplingData,
+    loss: LossSpec = "cross_entropy",
+    device: str | torch.device = "auto",
+    *,
+    base: SamplerSettings | None = None,
+    num_draws: int = 200,
+    reporter: Reporter = SILENT,
+) -> SamplerSettings:
+    """Sweep a grid sized to the model and data, and return settings for a final estimate.
+
+    The grid is scaled by the stiffest direction of the posterior, ``s = nbeta * h``, where
+    ``h`` is the largest Hessian eigenvalue of the loss at the checkpoint (power iteration on
+    one minibatch); SGLD is stable for ``epsilon * (s + gamma) < 2``. The epsilons are
+    ``RECOMMEND_EPSILON_FACTORS / s``. Localization pulls the chains toward the checkpoint and
+    so biases the LLC down, so gammas are tried from weak to strong, ``RECOMMEND_GAMMA_FACTORS * s``,
+    one sweep each (2 chains, ``num_draws`` burn-in steps and draws; repeated once with twice
+    as many when most combinations fail only because the chains have not mixed), stopping at
+    the first gamma where a combination qualifies; ``apply_rule`` picks the epsilon (a plateau
+    in epsilon). When no gamma qualifies, the search is repeated ``RECOMMEND_ROUNDS - 1`` more
+    times, each round with the grid widened (``RECOMMEND_WIDER_*_FACTORS``) and chains twice as
+    long. nbeta is ``base.nbeta`` or its default.
+
+    The returned settings are the recommended (epsilon, gamma, nbeta, sampler) with
+    ``FINAL_NUM_CHAINS`` chains, the qualifying sweep's burn-in steps, and enough draws for an
+    effective sample size of about ``TARGET_ESS`` at the sweep's mixing rate (between that
+    sweep's draws and ``10 * num_draws``); the rest comes from ``base``.
+
+    Args:
+        base: batch size, samples, seed and sampler. Default: full batches of the data, or of a
+            seeded subset of ``RECOMMEND_MAX_SAMPLES`` samples for larger data, so that the MALA
+            acceptance and the losses are those of one fixed potential (docs/calibration.md).
+        num_draws: burn-in steps and draws per chain in the first round's sweeps.
+
+    Raises:
+        EstimationError: no combination qualifies in any round; the message gives each sweep's reason.
+    """
+    device = resolve_device(device)
+    if base is None and isinstance(data, SamplingData):
+        base = SamplerSettings(batch_size=data.batch_size, num_samples=data.num_samples)
+    elif base is None:
+        size = min(len(data.dataset) if isinstance(data, DataLoader) else len(data), RECOMMEND_MAX_SAMPLES)
+        base = SamplerSettings(batch_size=size, num_samples=size)
+    sampling = data if isinstance(data, SamplingData) else SamplingData(data, base, device)
+    nbeta = base.nbeta if base.nbeta is not None else default_nbeta(sampling.batch_size)
+    stiffness = nbeta * top_hessian_eigenvalue(model, sampling, loss, base)
+    reasons = []
+    for round_index in range(RECOMMEND_ROUNDS):
+        epsilon_factors, gamma_factors = RECOMMEND_EPSILON_FACTORS, RECOMMEND_GAMMA_FACTORS
+        if round_index:
+            epsilon_factors = sorted({*RECOMMEND_WIDER_EPSILON_FACTORS, *epsilon_factors})
+            gamma_factors = sorted({*RECOMMEND_WIDER_GAMMA_FACTORS, *gamma_factors})
+        epsilons = [float(f"{factor / stiffness:.3g}") for factor in epsilon_factors]
+        for factor in gamma_factors:
+            gamma = float(f"{factor * stiffness:.3g}")
+            for draws in (num_draws * 2**round_index, num_draws * 2 ** (round_index + 1)):
+                sweep_settings = base.model_copy(update={"num_chains": 2, "num_draws": draws, "num_burnin_steps": draws})
+                sweep = calibrate_sweep(
+                    model, sampling, epsilons, [gamma], [nbeta], base=sweep_settings, loss=loss, device=device, reporter=reporter
+                )
+                if sweep.recommended is not None or not _mostly_unmixed(sweep.rows):
+                    break
+            index = sweep.recommended_index
+            if sweep.recommended is not None and index is not None:
+                return _final_settings(sweep, index, base, draws, num_draws)
+            reasons.append(f"gamma={gamma:g}, {draws} draws: {sweep.reason}")
+    raise EstimationError("recommend_settings found no usable SGLD settings; " + "; ".join(reasons))
+
+
+def _final_settings(sweep: SweepResult, index: int, base: SamplerSettings, draws: int, num_draws: int) -> SamplerSettings:
+    """The recommended row as settings for a final estimate: its mixing rate sets the draws."""
+    row = sweep.rows[index]
+    ess_per_draw = (row["ess"] or 0.0) / (sweep.base.num_chains * draws)
+    needed = math.ceil(TARGET_ESS / (FINAL_NUM_CHAINS * ess_per_draw)) if ess_per_draw > 0 else 10 * num_draws
+    return sweep.recommended.model_copy(
+        update={
+            "num_chains": FINAL_NUM_CHAINS,
+            "num_draws": min(max(needed, draws), 10 * num_draws),
+            "num_burnin_steps": draws,
+            "mala": base.mala,
+        }
+    )
+
+
+def _mostly_unmixed(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether most rows failed a mixing rule first (trace drift or R-hat): longer chains may qualify."""
+    unmixed = sum(row["reason"].startswith(("|drift_z|", "r_hat")) for row in rows)
+    return unmixed > len(rows) / 2
+
+
+def top_hessian_eigenvalue(
+    model: nn.Module, data: SamplingData, loss: LossSpec, settings: SamplerSettings, iterations: int = 20
+) -> float:
+    """The largest |eigenvalue| of the loss Hessian at the model's weights, on one minibatch.
+
+    Power iteration with Hessian-vector products, on the chains' working copy of the model
+    (their BatchNorm mode and statistics). Falls back to 1.0 where the model does not support
+    double backward or the value is not a positive finite number.
+    """
+    work, _ = working_copy(model, data, resolve_loss(loss), settings)
+    parameters = [parameter for parameter in work.parameters() if parameter.requires_grad]
+    batch = next(data.batches(settings.seed))
+    generator = torch.Generator().manual_seed(settings.seed)
+    try:
+        gradients = torch.autograd.grad(resolve_loss(loss)(work, batch), parameters, create_graph=True)
+        vector = [torch.randn(parameter.shape, generator=generator).to(parameter.device) for parameter in parameters]
+        eigenvalue = 0.0
+        for _ in range(iterations):
+            norm = torch.sqrt(sum((part**2).sum() for part in vector))
+            vector = [part / norm for part in vector]
+            product = torch.autograd.grad(gradients, parameters, grad_outputs=vector, retain_graph=True)
+            eigenvalue = float(sum((p * v).sum() for p, v in zip(product, vector)))
+            vector = [part.detach() for part in product]
+    except RuntimeError:
+        return 1.0
+    eigenvalue = abs(eigenvalue)
+    return eigenvalue if math.isfinite(eigenvalue) and eigenvalue > 0 else 1.0

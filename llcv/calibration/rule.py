@@ -1,0 +1,164 @@
+"""The calibration rule: which sweep rows qualify, and which one is recommended (docs/calibration.md).
+
+A row qualifies when it passes ``llcv.health``'s checks; among qualifying rows the pick looks for
+a plateau in epsilon (and in gamma), so neither the step size nor the localization biases the LLC.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+from llcv.health import CHECKS, Evidence, HealthThresholds, failed_checks
+from llcv.settings import CalibrateSettings
+
+# The thresholds of the rule; their defaults are CalibrateSettings' defaults.
+RULE_FIELDS = ("target_acceptance", "max_negative_fraction", "max_drift_z", "max_r_hat")
+RULE_DEFAULTS = CalibrateSettings()
+# Two LLCs agree when they differ by at most this many combined Monte Carlo standard errors.
+AGREEMENT = 2.0
+
+
+def rule_labels(limits: HealthThresholds) -> dict[str, str]:
+    """Each check's name as a row's ``reason``: the rule it failed, with its threshold."""
+    return {
+        "diverged": "diverged",
+        "llc_mean < 0": "llc_mean < 0",
+        "negative_chains": f"negative_chains > {limits.max_negative_fraction:g}",
+        "drift": f"|drift_z| > {limits.max_drift_z:g}",
+        "r_hat": f"r_hat > {limits.max_r_hat:g}",
+        "ess": f"ess < {limits.min_ess:g}" if limits.min_ess is not None else "ess",
+        "mala_acceptance": f"mala_acceptance < {limits.target_acceptance:g}",
+    }
+
+
+def row_evidence(row: dict[str, Any], num_chains: int = 2) -> Evidence:
+    """What the health checks read from a sweep row."""
+    return Evidence(
+        num_chains=num_chains,
+        diverged_chains=int(bool(row.get("diverged"))),
+        llc_mean=None if row.get("diverged") else row.get("llc_mean"),
+        llc_mcse=row.get("llc_mcse"),
+        negative_chains=row.get("negative_chains"),
+        drift_z=row.get("drift_z"),
+        r_hat=row.get("r_hat"),
+        ess=row.get("ess"),
+        mala_acceptance=row.get("mala_acceptance"),
+    )
+
+
+def apply_rule(
+    rows: Sequence[dict[str, Any]],
+    *,
+    target_acceptance: float = RULE_DEFAULTS.target_acceptance,
+    max_negative_fraction: float = RULE_DEFAULTS.max_negative_fraction,
+    max_drift_z: float = RULE_DEFAULTS.max_drift_z,
+    max_r_hat: float = RULE_DEFAULTS.max_r_hat,
+) -> tuple[list[dict[str, Any]], int | None, str]:
+    """The calibration rule: which rows qualify, and which one is recommended.
+
+    A row qualifies if it passes the health checks of ``llcv.health``, in this order: it did not
+    diverge; ``llc_mean`` is not below 0 by more than 2 MCSE; at most ``max_negative_fraction``
+    of its chains have a mean significantly below 0; ``|drift_z| <= max_drift_z`` (Geweke);
+    ``r_hat <= max_r_hat`` (skipped where null: one chain); ``mala_acceptance >= target_acceptance``.
+
+    Among qualifying rows, per (gamma, nbeta), the pick is the largest epsilon whose LLC agrees
+    within ``AGREEMENT`` combined MCSE with that of the next smaller qualifying epsilon: a
+    plateau in epsilon, so the step size is not biasing the estimate. Where no two neighbours
+    agree, the smallest qualifying epsilon (least discretisation bias). Across gammas, picks on
+    an epsilon plateau come first, then those whose LLC also agrees with the pick at a
+    neighbouring gamma (a plateau in gamma), then the smallest gamma (least localization bias),
+    then the largest epsilon.
+
+    Args:
+        rows: sweep rows (``ROW_FIELDS``); ``qualifies`` and ``reason`` are ignored.
+
+    Returns:
+        New rows with ``qualifies`` and ``reason`` (the first rule failed, or ""), the index
+        of the recommended row (None if none qualifies), and a sentence saying why: which
+        row won and on what evidence, or which rule failed most and which way to move the grid.
+        "Failed most" counts every rule a row fails, except that a diverged row counts only as diverged.
+    """
+    limits = HealthThresholds(
+        max_negative_fraction=max_negative_fraction, max_drift_z=max_drift_z, max_r_hat=max_r_hat,
+        min_ess=None, target_acceptance=target_acceptance,
+    )  # fmt: skip
+    labels = rule_labels(limits)
+    judged, failures = [], {check.name: 0 for check in CHECKS}
+    for row in rows:
+        failed = failed_checks(row_evidence(row), limits, require_acceptance=True)
+        for check, _ in failed:
+            failures[check.name] += 1
+        judged.append({**row, "qualifies": not failed, "reason": labels[failed[0][0].name] if failed else ""})
+    qualifying = [index for index, row in enumerate(judged) if row["qualifies"]]
+    if qualifying:
+        best, why = _pick(judged, qualifying)
+        row = judged[best]
+        reason = (
+            f"epsilon={row['epsilon']:g}, gamma={row['gamma']:g}, nbeta={row['nbeta']:.4g}: {why} "
+            f"({len(qualifying)} of {len(judged)} combinations qualify), MALA acceptance "
+            f"{row['mala_acceptance']:.3f}, LLC {row['llc_mean']:.4g} ± {row['llc_mcse'] or 0:.2g} (MCSE)"
+        )
+        return judged, best, reason
+    if not judged:
+        return judged, None, "the grid is empty"
+    worst = max(CHECKS, key=lambda check: failures[check.name])
+    reason = (
+        f"no combination qualifies: '{labels[worst.name]}' failed most ({failures[worst.name]} of {len(judged)} "
+        f"combinations); {worst.advice}"
+    )
+    return judged, None, reason
+
+
+def _agree(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Whether two rows' LLCs differ by at most ``AGREEMENT`` combined MCSE."""
+    spread = math.hypot(first["llc_mcse"] or 0.0, second["llc_mcse"] or 0.0)
+    return abs(first["llc_mean"] - second["llc_mean"]) <= AGREEMENT * spread
+
+
+def _pick(rows: list[dict[str, Any]], qualifying: list[int]) -> tuple[int, str]:
+    """The recommended row among qualifying ones (``apply_rule``'s docstring), and why in words."""
+    by_gamma: dict[tuple[float, float], list[int]] = {}
+    for index in qualifying:
+        by_gamma.setdefault((rows[index]["nbeta"], rows[index]["gamma"]), []).append(index)
+    picks = {}  # (nbeta, gamma) -> (index, on an epsilon plateau)
+    for key, indices in by_gamma.items():
+        ordered = sorted(indices, key=lambda index: rows[index]["epsilon"])
+        plateau = [upper for lower, upper in zip(ordered, ordered[1:]) if _agree(rows[lower], rows[upper])]
+        picks[key] = (plateau[-1], True) if plateau else (ordered[0], False)
+
+    def gamma_plateau(key: tuple[float, float]) -> bool:
+        same_nbeta = sorted(other for other in picks if other[0] == key[0])
+        position = same_nbeta.index(key)
+        neighbours = same_nbeta[max(position - 1, 0) : position] + same_nbeta[position + 1 : position + 2]
+        return any(_agree(rows[picks[key][0]], rows[picks[other][0]]) for other in neighbours)
+
+    best_key = max(picks, key=lambda key: (picks[key][1], gamma_plateau(key), -key[1], rows[picks[key][0]]["epsilon"]))
+    index, on_plateau = picks[best_key]
+    if on_plateau:
+        why = "the largest epsilon whose LLC agrees with the next smaller qualifying epsilon's within the combined MCSE"
+    else:
+        why = "the smallest qualifying epsilon (no two qualifying epsilons agree at this gamma, so no step-size plateau was seen)"
+    if len(picks) > 1:
+        why += "; its LLC agrees with a neighbouring gamma's" if gamma_plateau(best_key) else "; the smallest such gamma"
+    return index, why
+
+
+def rule_thresholds(settings: CalibrateSettings) -> dict[str, float]:
+    """The rule's thresholds from the ``[calibrate]`` settings, as keyword arguments."""
+    return {field: getattr(settings, field) for field in RULE_FIELDS}
+
+
+def recommended_row(rows: Sequence[Mapping[str, Any]], recommended: Mapping[str, Any] | None) -> int | None:
+    """The index of the qualifying row with the recommended (epsilon, gamma, nbeta), or None.
+
+    Args:
+        recommended: the recommendation as in ``recommended.json`` or sweep.json's ``recommended``.
+    """
+    if not recommended:
+        return None
+    key = (recommended.get("epsilon"), recommended.get("gamma"), recommended.get("nbeta"))
+    return next(
+        (index for index, row in enumerate(rows) if row.get("qualifies") and (row.get("epsilon"), row.get("gamma"), row.get("nbeta")) == key),
+        None,
+    )

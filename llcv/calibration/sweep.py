@@ -1,0 +1,397 @@
+"""``calibrate_sweep``: a short estimate for every (epsilon, gamma, nbeta) of a grid, one row each.
+
+Rows are judged by ``llcv.calibration.rule``; the sweep is resumable through ``sweep.json`` and
+drawn as a heatmap and traces by ``save_sweep``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from llcv import sampling
+from llcv.calibration.rule import RULE_DEFAULTS, apply_rule, recommended_row
+from llcv.devices import resolve_device
+from llcv.diagnostics import trace_drift
+from llcv.errors import SettingsError
+from llcv.fileio import atomic_write_json, atomic_write_text, finite_or_none
+from llcv.plotting import plot_sweep_heatmap, plot_sweep_traces, save_figure
+from llcv.progress import SILENT, Reporter
+from llcv.results import checkpoint_stem
+from llcv.sampling import LLCResult, LossSpec, SamplingData, default_nbeta
+from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
+
+SWEEP_FORMAT = "llcv-sweep"  # sweep.json's "format"
+SWEEP_FORMAT_VERSION = 2  # 2: llc_mcse, negative_chains and drift_z in every row (llcv 0.4)
+MAX_GRID_VALUES = 1000  # per grid flag; every combination is a full LLC estimate
+# The columns of a sweep row, in table order (docs/formats.md).
+ROW_FIELDS = (
+    "epsilon",
+    "gamma",
+    "nbeta",
+    "mala_acceptance",
+    "llc_mean",
+    "llc_std",
+    "llc_mcse",
+    "llc_final",
+    "diverged",
+    "negative_fraction",
+    "negative_chains",
+    "trace_drift",
+    "drift_z",
+    "r_hat",
+    "ess",
+    "qualifies",
+    "reason",
+)
+# llc_final is the mean of this last share of the draws.
+FINAL_FRACTION = 0.1
+
+
+def parse_grid(text: str, flag: str, *, allow_zero: bool = False) -> list[float]:
+    """Parse a grid flag: a comma-separated list (``1e-6,1e-5``) or a log range ``start:stop:count``.
+
+    Raises:
+        SettingsError: naming ``flag``, for bad syntax or a value out of range.
+    """
+    usage = (
+        f"{flag}: expected a comma-separated list such as 1e-6,1e-5,1e-4 or a log range "
+        f"start:stop:count such as 1e-6:1e-2:5; got {text!r}"
+    )
+    try:
+        if ":" in text:
+            start, stop, count = text.split(":")
+            start, stop, count = float(start), float(stop), int(count)
+            if start <= 0 or stop <= 0 or count < 1:
+                raise SettingsError(f"{flag}: a log range needs positive ends and a count of at least 1; got {text!r}")
+            if count > MAX_GRID_VALUES:  # a typo such as 1e-6:1e-2:50000000 would otherwise exhaust memory
+                raise SettingsError(f"{flag}: a log range of {count} values is more than the {MAX_GRID_VALUES} a grid may hold; got {text!r}")
+            values = [float(f"{value:.12g}") for value in np.geomspace(start, stop, count)]
+        else:
+            values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise SettingsError(usage) from None
+    for value in values:
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            bound = "non-negative" if allow_zero else "positive"
+            raise SettingsError(f"{flag}: every value must be finite and {bound}; got {value:g} in {text!r}")
+    return values
+
+
+def sweep_base(sampler: SamplerSettings, calibrate: CalibrateSettings) -> SamplerSettings:
+    """The base settings of a sweep: ``[sampler]`` with the chains, draws and burn-in of ``[calibrate]``."""
+    return sampler.model_copy(
+        update={
+            "num_chains": calibrate.num_chains,
+            "num_draws": calibrate.num_draws,
+            "num_burnin_steps": calibrate.num_burnin_steps,
+        }
+    )
+
+
+def output_dir(results_dir: Path, checkpoint: Path) -> Path:
+    """``<results-dir>/<checkpoint-stem>/``; the stem drops every checkpoint suffix (``.pth.tar``)."""
+    return Path(results_dir) / checkpoint_stem(Path(checkpoint).name)
+
+
+class SweepResult(BaseModel):
+    """A sweep over (epsilon, gamma, nbeta): one row per combination and the recommendation.
+
+    Attributes:
+        rows: one dict per combination with ``ROW_FIELDS``, in grid order (nbeta, gamma, epsilon).
+        traces: per row, the per-draw LLC averaged over the healthy chains (over all chains,
+            up to where they diverged, when none is healthy); null where undefined.
+        recommended: the base settings with the recommended epsilon, gamma and nbeta, or None.
+        reason: why that row was recommended, or why none was.
+        base: the settings every combination shared (MALA always on).
+        rule: the thresholds the rows were judged by.
+        fingerprint: what a stored row must match to be reused on resume.
+        checkpoint: the checkpoint the sweep ran on, when known.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rows: list[dict[str, Any]]
+    traces: list[list[float | None]]
+    recommended: SamplerSettings | None
+    reason: str
+    base: SamplerSettings
+    rule: dict[str, float]
+    fingerprint: dict[str, Any] = {}
+    checkpoint: str | None = None
+
+    @property
+    def recommended_index(self) -> int | None:
+        """The index of the recommended row, or None."""
+        return recommended_row(self.rows, self.recommended_dict())
+
+    def recommended_dict(self) -> dict[str, Any] | None:
+        """The content of ``recommended.json``: exactly ``CALIBRATION_FIELDS``."""
+        if self.recommended is None:
+            return None
+        return self.recommended.model_dump(mode="json", include=set(CALIBRATION_FIELDS))
+
+    def to_dict(self, complete: bool = True) -> dict[str, Any]:
+        """The content of ``sweep.json`` (docs/formats.md)."""
+        return finite_or_none(
+            {
+                "format": SWEEP_FORMAT,
+                "format_version": SWEEP_FORMAT_VERSION,
+                "complete": complete,
+                "checkpoint": self.checkpoint,
+                "fingerprint": self.fingerprint,
+                "rule": self.rule,
+                "rows": self.rows,
+                "traces": self.traces,
+                "recommended": self.recommended_dict(),
+                "reason": self.reason,
+            }
+        )
+
+
+def calibrate_sweep(
+    model: nn.Module,
+    data: Dataset | DataLoader | SamplingData,
+    epsilons: Sequence[float],
+    gammas: Sequence[float],
+    nbetas: Sequence[float] | None = None,
+    base: SamplerSettings = SamplerSettings(num_chains=2, num_draws=200),
+    loss: LossSpec = "cross_entropy",
+    device: str | torch.device = "auto",
+    target_acceptance: float = RULE_DEFAULTS.target_acceptance,
+    *,
+    max_negative_fraction: float = RULE_DEFAULTS.max_negative_fraction,
+    max_drift_z: float = RULE_DEFAULTS.max_drift_z,
+    max_r_hat: float = RULE_DEFAULTS.max_r_hat,
+    sweep_file: Path | None = None,
+    checkpoint: str | None = None,
+    reporter: Reporter = SILENT,
+) -> SweepResult:
+    """Estimate the LLC for every (epsilon, gamma, nbeta) and recommend one by ``apply_rule``.
+
+    Args:
+        model: the model at the checkpoint; never modified.
+        data: the training data (read once for the whole grid).
+        epsilons, gammas: the step sizes and localization strengths to try.
+        nbetas: the inverse temperatures to try; None: ``base.nbeta``, or its default
+            ``batch_size / ln(batch_size)`` (the resolved number is what rows record).
+        base: everything else: chains, draws, burn-in, batch size, seed, sampler. MALA
+            acceptance is always computed, since the rule needs it.
+        loss, device: as for ``estimate_llc``.
+        target_acceptance, max_negative_fraction, max_drift_z, max_r_hat: the rule's thresholds.
+        sweep_file: a ``sweep.json`` to keep finished combinations in as they finish, and to
+            resume from: a stored row made with the same model weights, data size, loss and
+            base settings is reused instead of recomputed.
+        checkpoint: recorded in the sweep file, for the reader.
+        reporter: receives the grid's progress ("sweep") and each chain's.
+
+    Raises:
+        SettingsError: an empty grid or a value out of range.
+    """
+    device = resolve_device(device)
+    base = base.model_copy(update={"mala": True})
+    prepared = data if isinstance(data, SamplingData) else SamplingData(data, base, device)
+    if nbetas is None:
+        nbetas = [base.nbeta if base.nbeta is not None else default_nbeta(prepared.batch_size)]
+    combinations = _grid(epsilons, gammas, nbetas)
+    rule = {
+        "target_acceptance": target_acceptance,
+        "max_negative_fraction": max_negative_fraction,
+        "max_drift_z": max_drift_z,
+        "max_r_hat": max_r_hat,
+    }
+    fingerprint = {
+        "model_sha256": _model_sha256(model),
+        "num_samples": prepared.num_samples,
+        "loss": loss if isinstance(loss, str) else f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', repr(loss))}",
+        "base": base.model_dump(mode="json", exclude={"epsilon", "gamma", "nbeta"}),
+    }
+    done = _stored_rows(sweep_file, fingerprint, reporter)
+    finished = {key: done[key] for key in combinations if key in done}
+    if finished:
+        reporter.note(f"resuming the sweep: {len(finished)} of {len(combinations)} combinations already done")
+
+    def snapshot(complete: bool) -> SweepResult:
+        ordered = [key for key in combinations if key in finished]
+        rows, index, reason = apply_rule([finished[key][0] for key in ordered], **rule)
+        if not complete:
+            index, reason = None, f"in progress: {len(ordered)} of {len(combinations)} combinations done"
+        recommended = None
+        if index is not None:
+            epsilon, gamma, nbeta = ordered[index]
+            recommended = base.model_copy(update={"epsilon": epsilon, "gamma": gamma, "nbeta": nbeta})
+        return SweepResult(
+            rows=rows,
+            traces=[finished[key][1] for key in ordered],
+            recommended=recommended,
+            reason=reason,
+            base=base,
+            rule=rule,
+            fingerprint=fingerprint,
+            checkpoint=checkpoint,
+        )
+
+    reporter.start("sweep", f"Sweep ({len(combinations)} combinations)", len(combinations))
+    reporter.advance("sweep", len(finished))
+    try:
+        for epsilon, gamma, nbeta in combinations:
+            if (epsilon, gamma, nbeta) in finished:
+                continue
+            settings = SamplerSettings.model_validate(
+                {**base.model_dump(), "epsilon": epsilon, "gamma": gamma, "nbeta": nbeta}
+            )
+            result = sampling.estimate_llc(model, prepared, settings, loss=loss, device=device, reporter=reporter)
+            finished[(epsilon, gamma, nbeta)] = sweep_row(result)
+            if sweep_file is not None:
+                atomic_write_json(sweep_file, snapshot(complete=False).to_dict(complete=False))
+            reporter.advance("sweep", 1, epsilon=f"{epsilon:g}", gamma=f"{gamma:g}")
+    finally:
+        reporter.finish("sweep")
+    result = snapshot(complete=True)
+    if sweep_file is not None:
+        atomic_write_json(sweep_file, result.to_dict())
+    return result
+
+
+def _grid(epsilons: Sequence[float], gammas: Sequence[float], nbetas: Sequence[float]) -> list[tuple[float, float, float]]:
+    for name, values in (("epsilons", epsilons), ("gammas", gammas), ("nbetas", nbetas)):
+        if not values:
+            raise SettingsError(f"calibrate.{name}: the grid needs at least one value")
+    combinations = [(float(e), float(g), float(b)) for b in nbetas for g in gammas for e in epsilons]
+    return list(dict.fromkeys(combinations))  # duplicates once, order kept
+
+
+def _model_sha256(model: nn.Module) -> str:
+    """sha256 over the module's structure (its repr: layers, strides, ...) and its state dict."""
+    digest = hashlib.sha256(repr(model).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _stored_rows(
+    sweep_file: Path | None, fingerprint: dict[str, Any], reporter: Reporter
+) -> dict[tuple[float, float, float], tuple[dict[str, Any], list[float | None]]]:
+    """The finished rows of an earlier run of the same sweep, by (epsilon, gamma, nbeta)."""
+    if sweep_file is None or not Path(sweep_file).exists():
+        return {}
+    try:
+        stored = json.loads(Path(sweep_file).read_text())
+        if stored.get("format") != SWEEP_FORMAT or stored.get("format_version") != SWEEP_FORMAT_VERSION:
+            raise ValueError("not a sweep file of this version")
+        same = json.loads(json.dumps(fingerprint)) == stored.get("fingerprint")
+        rows = {
+            (float(row["epsilon"]), float(row["gamma"]), float(row["nbeta"])): (
+                {field: row[field] for field in ROW_FIELDS},
+                trace,
+            )
+            for row, trace in zip(stored["rows"], stored["traces"], strict=True)
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        reporter.note(f"{sweep_file} is not a readable sweep file; starting the sweep afresh")
+        return {}
+    if not same:
+        if rows:
+            reporter.note(
+                f"{sweep_file} was made with a different model, data or base settings; recomputing every combination"
+            )
+        return {}
+    return rows
+
+
+def sweep_row(result: LLCResult) -> tuple[dict[str, Any], list[float | None]]:
+    """One sweep row (without ``qualifies``/``reason``) and the mean LLC trace, from an estimate."""
+    settings = result.settings
+    llc = trace_array(result.llc_trace)
+    healthy_mask = np.array([value is not None for value in result.llc_per_chain], dtype=bool)
+    healthy = llc[healthy_mask]
+    if healthy.size:
+        trace = healthy.mean(axis=0)
+    elif llc.size:  # no healthy chain: the mean of what the chains recorded before they diverged
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # draws after every chain diverged are all NaN
+            trace = np.nanmean(llc, axis=0)
+    else:
+        trace = np.array([])
+    diverged = bool(result.diagnostics.diverged_chains or result.diagnostics.nonfinite or result.llc_mean is None)
+    finite = trace[np.isfinite(trace)] if healthy.size else np.array([])
+    tail = finite[-max(1, math.ceil(FINAL_FRACTION * len(finite))) :] if len(finite) else finite
+    row = {
+        "epsilon": settings["epsilon"],
+        "gamma": settings["gamma"],
+        "nbeta": result.nbeta,
+        "mala_acceptance": result.mala_acceptance,
+        "llc_mean": result.llc_mean,
+        "llc_std": result.llc_std,
+        "llc_mcse": result.diagnostics.llc_mcse,
+        "llc_final": float(tail.mean()) if len(tail) else None,
+        "diverged": diverged,
+        "negative_fraction": float((healthy < 0).mean()) if healthy.size else None,
+        "negative_chains": result.diagnostics.negative_chains,
+        "trace_drift": trace_drift(healthy) if healthy.size else None,
+        "drift_z": result.diagnostics.drift_z,
+        "r_hat": result.diagnostics.r_hat,
+        "ess": result.diagnostics.ess,
+    }
+    return finite_or_none(row), finite_or_none(trace.tolist())
+
+
+def trace_array(nested: Sequence[Sequence[float | None]]) -> np.ndarray:
+    return np.array([[np.nan if value is None else value for value in row] for row in nested], dtype=float).reshape(
+        len(nested), -1
+    )
+
+
+def save_sweep(result: SweepResult, directory: Path, fmt: str = "png") -> list[Path]:
+    """Write ``sweep.json``, ``sweep.csv``, the two figures and, if any, ``recommended.json``.
+
+    A ``recommended.json`` left by an earlier sweep is removed when nothing qualifies now, so
+    the folder never recommends settings its own sweep rejected.
+
+    Returns:
+        The files written.
+    """
+
+    directory = Path(directory)
+    written = [atomic_write_json(directory / "sweep.json", result.to_dict())]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in result.rows:
+        writer.writerow({field: "" if row[field] is None else row[field] for field in ROW_FIELDS})
+    written.append(atomic_write_text(directory / "sweep.csv", buffer.getvalue()))
+    title = figure_title("sweep", result.checkpoint, result.base)
+    written.append(save_figure(plot_sweep_heatmap(result.rows, title, result.recommended_index), directory / f"sweep_heatmap.{fmt}"))
+    written.append(save_figure(plot_sweep_traces(result.rows, result.traces, title), directory / f"sweep_traces.{fmt}"))
+    recommended = directory / "recommended.json"
+    if result.recommended is not None:
+        written.append(atomic_write_json(recommended, result.recommended_dict()))
+    else:
+        recommended.unlink(missing_ok=True)
+    return written
+
+
+def figure_title(what: str, checkpoint: str | None, settings: SamplerSettings, *, grid: bool = True) -> str:
+    where = Path(checkpoint).name if checkpoint else "model"
+    head = f"{what} of {where}"
+    if not grid:
+        nbeta = "default" if settings.nbeta is None else f"{settings.nbeta:.4g}"
+        head += f": epsilon={settings.epsilon:g}, gamma={settings.gamma:g}, nbeta={nbeta}"
+    detail = (
+        f"{settings.num_chains} chain{'s' if settings.num_chains != 1 else ''} x {settings.num_draws} draws, "
+        f"{settings.num_burnin_steps} burn-in, batch {settings.batch_size}, {settings.sampler}, seed {settings.seed}"
+    )
+    return f"{head}\n{detail}"
