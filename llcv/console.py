@@ -182,11 +182,12 @@ def render_llc_result(result, title: str) -> None:
         stdout.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
-def render_selftest(rows, quick: bool, auto: bool = False) -> None:
+def render_selftest(rows, quick: bool, auto: bool = False, against: str | None = None) -> None:
     """The selftest table: true vs estimated LLC, relative error, and the verdict per case.
 
     With ``auto``, the estimate with calibrated settings sits beside the stored settings' one,
-    and the verdict is the calibrated estimate's.
+    and the verdict is the calibrated estimate's. With ``against``, the reference
+    implementation's estimate at the stored settings and its time sit beside llcv's.
     """
     from rich.table import Table
 
@@ -196,13 +197,19 @@ def render_selftest(rows, quick: bool, auto: bool = False) -> None:
     def relative(value) -> str:
         return "—" if value is None else f"{value:+.1%}"
 
+    def summary(errors: list[float]) -> str:
+        return f"mean absolute error {sum(errors) / len(errors):.1%}, worst {max(errors):.1%}"
+
     goal = "truth within 3 standard errors" if quick else "within 15% of the truth"
     judged = "; verdict on the calibrated settings" if auto else ""
     table = Table(title=f"llcv selftest ({'quick' if quick else 'full size'}; goal: {goal}{judged})", title_justify="left")
     columns = ["case", "true LLC", "stored settings", "rel. error"]
     if auto:
         columns += ["calibrated (epsilon, gamma)", "calibrated", "rel. error "]
-    for column in (*columns, "time", "verdict"):
+    columns.append("time")
+    if against:
+        columns += [f"{against}, stored settings", "rel. error  ", f"{against} time"]
+    for column in (*columns, "verdict"):
         table.add_column(column, justify="left" if column in ("case", "verdict") else "right")
     for row in rows:
         cells = [row.name, f"{row.true_llc:.3f}", estimate(row.llc_mean, row.standard_error), relative(row.relative_error)]
@@ -210,13 +217,22 @@ def render_selftest(rows, quick: bool, auto: bool = False) -> None:
             found = row.auto
             chosen = "none qualified" if found.epsilon is None else f"{found.epsilon:.3g}, {found.gamma:.3g}"
             cells += [chosen, estimate(found.llc_mean, found.standard_error), relative(found.relative_error)]
-        verdict = "[green]pass[/]" if row.passed else "[red]FAIL[/]"
-        table.add_row(*cells, f"{row.seconds:.1f} s", verdict)
+        cells.append(f"{row.seconds + (row.auto.seconds if row.auto else 0.0):.1f} s")
+        if against:
+            reference = row.reference
+            cells += [estimate(reference.llc_mean, reference.standard_error), relative(reference.relative_error), f"{reference.seconds:.1f} s"]
+        table.add_row(*cells, "[green]pass[/]" if row.passed else "[red]FAIL[/]")
     stdout.print(table)
+    stored = [abs(row.relative_error) for row in rows if row.relative_error is not None]
+    if against and stored:
+        ours, theirs = sum(row.seconds for row in rows), sum(row.reference.seconds for row in rows)
+        their_errors = [abs(row.reference.relative_error) for row in rows]
+        stdout.print(f"stored settings, llcv: {summary(stored)}, {ours:.1f} s", highlight=False)
+        stdout.print(f"stored settings, {against}: {summary(their_errors)}, {theirs:.1f} s", highlight=False)
     if auto:
         errors = [abs(row.auto.relative_error) for row in rows if row.auto.relative_error is not None]
         if errors:
-            stdout.print(f"calibrated: mean absolute error {sum(errors) / len(errors):.1%}, worst {max(errors):.1%}", highlight=False)
+            stdout.print(f"calibrated: {summary(errors)}", highlight=False)
     failed = sum(not row.passed for row in rows)
     stdout.print(f"{len(rows) - failed} passed, {failed} failed", highlight=False)
 

@@ -1,70 +1,58 @@
-"""Convergence diagnostics for sampler traces: split R-hat, effective sample size, drift.
+"""Convergence diagnostics for sampler traces: R-hat, effective sample size, MCSE, drift.
 
-Formulas follow Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021), "Rank-normalization,
-folding, and localization: an improved R-hat" (without the rank normalisation), and Stan's
-ESS estimator with Geyer's initial monotone sequence.
+R-hat, ESS and the Monte Carlo standard error come from ArviZ's ``arviz-stats``, the reference
+implementation the field uses (Vehtari, Gelman, Simpson, Carpenter & Bürkner 2021, "Rank-
+normalization, folding, and localization: an improved R-hat"): R-hat is rank-normalised split
+R-hat (the larger of the bulk and the folded tail value), ESS the bulk ESS, and the MCSE of a
+mean is computed from the ESS of the raw draws. Here they take a chains x draws array and say
+None where a diagnostic is undefined, instead of returning NaN.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from arviz_stats.base import array_stats
+
+# A diagnostic needs at least this many draws per chain (each split half then has two).
+MIN_DRAWS = 4
 
 
-def _split_chains(traces: np.ndarray) -> np.ndarray:
-    half = traces.shape[1] // 2
-    return np.concatenate([traces[:, :half], traces[:, half : 2 * half]], axis=0)
+def _defined(traces: np.ndarray, min_chains: int = 1) -> bool:
+    return traces.ndim == 2 and traces.shape[0] >= min_chains and traces.shape[1] >= MIN_DRAWS and bool(np.isfinite(traces).all())
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def split_r_hat(traces: np.ndarray) -> float | None:
-    """Split R-hat of a chains x draws array; None with fewer than 2 chains or 4 draws.
+    """Rank-normalised split R-hat of a chains x draws array; None with fewer than 2 chains or 4 draws.
 
-    Values near 1 mean the chains agree; above about 1.1 they have not mixed.
+    Values near 1 mean the chains agree; above about 1.1 they have not mixed. Chains that are
+    all constant and equal give 1.0.
     """
     traces = np.asarray(traces, dtype=float)
-    if traces.ndim != 2 or traces.shape[0] < 2 or traces.shape[1] < 4 or not np.isfinite(traces).all():
+    if not _defined(traces, min_chains=2):
         return None
-    split = _split_chains(traces)
-    length = split.shape[1]
-    within = split.var(axis=1, ddof=1).mean()
-    between_over_n = split.mean(axis=1).var(ddof=1)
-    if within == 0:
-        return 1.0 if between_over_n == 0 else float("inf")
-    pooled = (length - 1) / length * within + between_over_n
-    return float(np.sqrt(pooled / within))
-
-
-def _autocovariance(chain: np.ndarray) -> np.ndarray:
-    length = len(chain)
-    centred = chain - chain.mean()
-    padded = np.fft.rfft(centred, n=2 * length)
-    autocovariance = np.fft.irfft(padded * np.conjugate(padded))[:length]
-    return autocovariance / length
+    if np.ptp(traces) == 0:
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant chains that differ: inf, as it should be
+        value = float(array_stats.rhat(traces, chain_axis=0, draw_axis=1, method="rank"))
+    return float("inf") if np.isnan(value) or value == np.inf else value
 
 
 def effective_sample_size(traces: np.ndarray) -> float | None:
-    """Effective sample size of a chains x draws array (Stan's estimator); None if undefined."""
+    """Bulk effective sample size of a chains x draws array; None if undefined."""
     traces = np.asarray(traces, dtype=float)
-    if traces.ndim != 2 or traces.shape[1] < 4 or not np.isfinite(traces).all():
+    if not _defined(traces):
         return None
-    num_chains, length = traces.shape
-    autocovariances = np.stack([_autocovariance(chain) for chain in traces])
-    chain_variances = autocovariances[:, 0] * length / (length - 1)
-    within = chain_variances.mean()
-    pooled = (length - 1) / length * within + (traces.mean(axis=1).var(ddof=1) if num_chains > 1 else 0.0)
-    if pooled <= 0:
-        return float(num_chains * length)
-    rho = 1.0 - (within - autocovariances.mean(axis=0)) / pooled
-    rho[0] = 1.0
-    # Geyer's initial positive sequence of pair sums, made monotone.
-    pair_sums = []
-    for start in range(0, length - 1, 2):
-        pair = rho[start] + rho[start + 1]
-        if pair <= 0:
-            break
-        pair_sums.append(min(pair, pair_sums[-1]) if pair_sums else pair)
-    tau = -1.0 + 2.0 * float(np.sum(pair_sums)) if pair_sums else 1.0
-    tau = max(tau, 1.0 / np.log10(num_chains * length + 10))
-    return float(num_chains * length / tau)
+    if np.ptp(traces) == 0:
+        return float(traces.size)
+    return _finite(array_stats.ess(traces, chain_axis=0, draw_axis=1, method="bulk"))
 
 
 def trace_drift(llc_trace: np.ndarray) -> float | None:
@@ -86,15 +74,16 @@ def trace_drift(llc_trace: np.ndarray) -> float | None:
 
 
 def mcse_of_mean(traces: np.ndarray) -> float | None:
-    """Monte Carlo standard error of the mean of a chains x draws array: ``sd / sqrt(ESS)``.
+    """Monte Carlo standard error of the mean of a chains x draws array.
 
-    None where the ESS is undefined (fewer than 4 draws, non-finite values).
+    None where it is undefined (fewer than 4 draws a chain, non-finite values); 0 for constant draws.
     """
     traces = np.asarray(traces, dtype=float)
-    ess = effective_sample_size(traces)
-    if ess is None or ess <= 0:
+    if not _defined(traces):
         return None
-    return float(np.std(traces, ddof=1) / np.sqrt(ess)) if traces.size > 1 else None
+    if np.ptp(traces) == 0:
+        return 0.0
+    return _finite(array_stats.mcse(traces, chain_axis=0, draw_axis=1, method="mean"))
 
 
 # Geweke (1992) compares the first 10% with the last 50%; with the short traces of a sweep a

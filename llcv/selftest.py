@@ -10,11 +10,19 @@ import math
 import time
 from dataclasses import dataclass
 
-from llcv.errors import EstimationError
+import torch.nn.functional as F
+
+from llcv.calibration import recommend_settings
+from llcv.devices import resolve_device
+from llcv.errors import EstimationError, SettingsError
 from llcv.known_models import KnownCase, known_cases
 from llcv.progress import SILENT, Reporter
+from llcv.reference import devinterp_estimate
 from llcv.sampling import estimate_llc
 from llcv.settings import SamplerSettings
+
+# What ``--against`` can compare with.
+REFERENCES = ("devinterp",)
 
 # Goals: full size within 15% of the truth; quick (CI) size, truth within 3 standard errors.
 FULL_SIZE_TOLERANCE = 0.15
@@ -33,8 +41,9 @@ class SelftestRow:
     standard_error: float | None
     relative_error: float | None
     passed: bool
-    seconds: float
+    seconds: float  # the estimate at the stored settings; the calibrated one's time is in ``auto``
     auto: "AutoRow | None" = None
+    reference: "ReferenceRow | None" = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,17 @@ class AutoRow:
     passed: bool
     seconds: float
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceRow:
+    """The same case through the reference implementation (devinterp 1.3) at the stored settings."""
+
+    name: str
+    llc_mean: float
+    standard_error: float | None
+    relative_error: float
+    seconds: float
 
 
 def case_settings(case: KnownCase, precision: str = "fp32") -> SamplerSettings:
@@ -82,8 +102,6 @@ def _judge(case: KnownCase, result, quick: bool) -> tuple[float | None, float | 
 
 def check_auto(case: KnownCase, quick: bool, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT) -> AutoRow:
     """Calibrate the case with ``recommend_settings`` (full batches, the case's nbeta), then estimate it."""
-    from llcv.calibration import recommend_settings
-
     started = time.perf_counter()
     size = len(case.dataset)
     base = SamplerSettings(batch_size=size, num_samples=size, nbeta=case.nbeta, precision=precision)
@@ -96,12 +114,32 @@ def check_auto(case: KnownCase, quick: bool, device: str = "auto", precision: st
     return AutoRow(settings.epsilon, settings.gamma, result.llc_mean, standard_error, relative_error, passed, time.perf_counter() - started)
 
 
+def check_reference(case: KnownCase, device: str = "auto", against: str = "devinterp") -> ReferenceRow:
+    """The case through devinterp 1.3's own sampler at its stored settings (fp32, its own initial loss)."""
+    settings = case_settings(case)
+    reference = devinterp_estimate(case.model, case.dataset, settings, _mse, device=resolve_device(device))
+    relative_error = (reference.llc_mean - case.true_llc) / case.true_llc
+    return ReferenceRow(against, reference.llc_mean, reference.standard_error, relative_error, reference.seconds)
+
+
+def _mse(model, batch):
+    return F.mse_loss(model(batch[0]), batch[1])
+
+
 def check_case(
-    case: KnownCase, quick: bool, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT, auto: bool = False
+    case: KnownCase,
+    quick: bool,
+    device: str = "auto",
+    precision: str = "fp32",
+    reporter: Reporter = SILENT,
+    auto: bool = False,
+    against: str | None = None,
 ) -> SelftestRow:
-    """Estimate one known case with its stored settings (and, with ``auto``, calibrated ones) and judge it."""
+    """Estimate one known case with its stored settings (and, with ``auto``, calibrated ones) and
+    judge it; with ``against``, also through that reference implementation, for comparison only."""
     started = time.perf_counter()
     result = estimate_llc(case.model, case.dataset, case_settings(case, precision), loss="mse", device=device, reporter=reporter)
+    seconds = time.perf_counter() - started
     mean, std = result.llc_mean, result.llc_std
     standard_error, relative_error, passed = _judge(case, result, quick)
     calibrated = check_auto(case, quick, device, precision, reporter) if auto else None
@@ -114,25 +152,38 @@ def check_case(
         standard_error=standard_error,
         relative_error=relative_error,
         passed=passed if calibrated is None else calibrated.passed,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         auto=calibrated,
+        reference=check_reference(case, device, against) if against else None,
     )
 
 
 def run_selftest(
-    quick: bool = False, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT, auto: bool = False
+    quick: bool = False,
+    device: str = "auto",
+    precision: str = "fp32",
+    reporter: Reporter = SILENT,
+    auto: bool = False,
+    against: str | None = None,
 ) -> list[SelftestRow]:
     """Estimate every known case; full size by default, CI size with ``quick``.
 
     With ``auto`` each case is also calibrated by ``recommend_settings`` and estimated with those
-    settings; its verdict is then the calibrated estimate's, and both are reported.
+    settings; its verdict is then the calibrated estimate's, and both are reported. With
+    ``against="devinterp"`` each case also runs through devinterp 1.3's sampler at the stored
+    settings, so both are shown side by side (time and error); it does not change the verdict.
+
+    Raises:
+        SettingsError: an unknown ``against``, or its package is not installed.
     """
+    if against is not None and against not in REFERENCES:
+        raise SettingsError(f"--against {against!r}: the reference implementations are {', '.join(REFERENCES)}")
     cases = known_cases(quick=quick)
     reporter.start("selftest", "Known cases", len(cases))
     rows = []
     try:
         for case in cases:
-            rows.append(check_case(case, quick, device, precision, reporter, auto=auto))
+            rows.append(check_case(case, quick, device, precision, reporter, auto=auto, against=against))
             reporter.advance("selftest", 1)
     finally:
         reporter.finish("selftest")
