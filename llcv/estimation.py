@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
@@ -36,9 +36,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from llcv.checkpoints import CheckpointInfo, list_checkpoints
+from llcv.devices import resolve_device
 from llcv.errors import DataError, LLCVError, SettingsError
 from llcv.fileio import WriteError
 from llcv.health import brief_reason
+from llcv.precision import PrecisionChoice
 from llcv.progress import SILENT, Reporter
 from llcv.results import (
     CLAIMS_FOLDER,
@@ -490,7 +492,7 @@ class EstimateJob:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What every job of one ``estimate_all`` call shares; sent once to each Ray worker."""
+    """What every job of one ``estimate_all`` call shares; sent once to each device or Ray worker."""
 
     settings: SamplerSettings
     settings_hash: str
@@ -502,6 +504,10 @@ class JobSpec:
     stem: str | None = None
     data_dir: str | None = None
     executor: str = "local"
+    # With precision "auto": the run's precision, from its earlier records or decided once before
+    # several device workers start, so every checkpoint of a run samples alike; None: each
+    # process decides at its first estimate.
+    precision: PrecisionChoice | None = None
 
 
 # SamplingData per process: the dataset is read and moved to the device once, then reused for
@@ -593,8 +599,6 @@ def run_job(job: EstimateJob, spec: JobSpec, reporter: Reporter = SILENT) -> dic
 
     Only interruptions (Ctrl-C, SIGTERM, ``SystemExit``) propagate.
     """
-    from llcv.devices import resolve_device
-
     started = time.perf_counter()
     info, stamp = None, None
     try:
@@ -603,7 +607,7 @@ def run_job(job: EstimateJob, spec: JobSpec, reporter: Reporter = SILENT) -> dic
         device = resolve_device(spec.device)
         settings = scope_settings(spec.settings, job.part, dataset)
         data = _sampling_data(dataset, settings, device)
-        result = estimate_llc(model, data, settings, loss=spec.loss, device=device, reporter=reporter)
+        result = estimate_llc(model, data, settings, loss=spec.loss, device=device, reporter=reporter, precision=spec.precision)
         del model
     except LLCVError as problem:
         return make_record(job, spec, status="failed", checkpoint_fingerprint=stamp, info=info, error=str(problem),
@@ -667,6 +671,7 @@ def estimate_all(
     force: bool = False,
     ray_address: str | None = None,
     cpus_per_task: int | None = None,
+    devices: Sequence[str] | None = None,
     claim_timeout_seconds: float = 600.0,
     model_name: str | None = None,
     stem: str | None = None,
@@ -691,11 +696,15 @@ def estimate_all(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         shard: ``"K/N"``: only share K of N (by a stable hash of the file name).
         executor: ``"local"`` (this process, one checkpoint at a time) or ``"ray"`` (one task per checkpoint).
-        reporter: progress: ``checkpoints`` overall and one loop per chain (local executor).
+        reporter: progress: ``checkpoints`` overall and one loop per chain (local executor and
+            ``devices``, whose loops are keyed and labelled by device: ``cuda:1/chains-0``).
         every_nth, steps: choose a subset (see ``select_checkpoints``).
         force: redo checkpoints that already have a done record.
         ray_address: the Ray cluster to join; None starts a local instance unless Ray is already initialised.
         cpus_per_task: Ray only: CPUs, and torch threads, per task (default 1, or a GPU node's CPUs per GPU).
+        devices: one worker process per device of this machine, e.g. ``["cuda:0", "cuda:1"]`` or
+            ``["cpu", "cpu"]``; ``["all"]``: every CUDA GPU here. Replaces ``device``; local executor
+            only (``llcv.executors.DevicesExecutor``).
         claim_timeout_seconds: a claim whose heartbeat is older than this is taken over.
         model_name, stem, data_dir: for foreign checkpoints, as in ``llcv.targets.load_target``.
         per_layer: also a weight-refined LLC per block of the model (scope = the block's name), each
@@ -716,22 +725,22 @@ def estimate_all(
         are released, carrying the partial summary as its ``estimate_summary`` attribute.
 
     Raises:
-        SettingsError: bad selection, shard, device or executor; no checkpoints to estimate; a
+        SettingsError: bad selection, shard, device(s) or executor; no checkpoints to estimate; a
             refinement the model cannot take (no blocks declared, a block that matches no
             parameter, an unknown class), or ``per_layer`` with ``settings.params`` (or
             ``per_class`` with ``settings.classes``).
         CheckpointError: the checkpoints folder does not exist.
         DataError: an unknown ``dataset`` name, or ``data_dir`` does not exist (local executor).
         WriteError: the results folder cannot be written.
+        EstimationError: with ``devices``, no device's worker could start.
     """
     from llcv.executors import make_executor
 
     started = time.perf_counter()
-    runner = make_executor(executor, ray_address=ray_address, cpus_per_task=cpus_per_task, device=device)
+    runner = make_executor(executor, ray_address=ray_address, cpus_per_task=cpus_per_task, device=device, devices=devices)
     if executor == "local":
-        from llcv.devices import resolve_device
-
-        resolve_device(device)  # a bad --device fails now, not once per checkpoint
+        if devices is None:  # make_executor checked the devices
+            resolve_device(device)  # a bad --device fails now, not once per checkpoint
         if data_dir is not None and not Path(data_dir).is_dir():  # likewise (Ray workers may see other folders)
             raise DataError(f"data directory {data_dir} does not exist or is not a folder")
     _check_names(dataset, model_name, stem)
@@ -834,6 +843,8 @@ def estimate_all(
                     first_started.append(time.perf_counter())
                 yield job
 
+    if settings.precision == "auto":
+        spec = replace(spec, precision=_run_precision(store))
     reporter.start("checkpoints", f"Checkpoints ({len(summary.already_done)} already done)", len(todo))
     try:
         with Claims(store.folder / CLAIMS_FOLDER, claim_timeout_seconds) as claims:
@@ -850,6 +861,17 @@ def estimate_all(
         reporter.finish("checkpoints")
     summary.elapsed_seconds = time.perf_counter() - started
     return summary
+
+
+def _run_precision(store: ResultsStore) -> PrecisionChoice | None:
+    """For ``precision="auto"``: what the run's earlier records ran in, so a resumed or widened run
+    keeps it; None before the first record (a process then decides at its first estimate, and
+    ``DevicesExecutor`` hands the first checkpoint's choice to the others)."""
+    for record in store.records():
+        choice = (record.get("result") or {}).get("precision_choice") if record.get("status") == "done" else None
+        if choice:
+            return PrecisionChoice.kept_from(choice)
+    return None
 
 
 def _check_names(dataset: Dataset | str | None, model_name: str | None, stem: str | None) -> None:

@@ -349,6 +349,11 @@ def _distinct(values) -> list[Any]:
     return list(dict.fromkeys(value for value in values if value not in (None, "")))
 
 
+def _precision(result: dict[str, Any]) -> str | None:
+    """What the chains ran in; results before llcv 0.5 only have the setting, never "auto" then."""
+    return result.get("precision") or (result.get("settings") or {}).get("precision")
+
+
 def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
     """Everything the template shows about one run, numbers still numbers, strings unescaped."""
     whole = run.whole
@@ -399,7 +404,7 @@ def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
                 ("llcv", "llcv"), ("torch", "torch"), ("devinterp", "devinterp"), ("python", "python"), ("git commit", "git_commit"),
             )},  # fmt: skip
             "device": _distinct(result.get("device") for result in results),
-            "precision": _distinct((result.get("settings") or {}).get("precision") for result in results),
+            "precision": _distinct(_precision(result) for result in results),
             "threads": _distinct(result.get("num_threads") for result in results),
             "chains run": _distinct(result.get("chain_execution") for result in results),
             "BatchNorm statistics": _distinct(result.get("batchnorm_statistics") for result in results),

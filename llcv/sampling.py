@@ -27,7 +27,7 @@ import math
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Union
@@ -46,6 +46,7 @@ from llcv.diagnostics import effective_sample_size, split_r_hat
 from llcv.errors import SettingsError
 from llcv.health import Check, Evidence, HealthThresholds, failed_checks, trace_evidence
 from llcv.langevin import GaussianNoise, LangevinUpdate
+from llcv.precision import Precision, PrecisionChoice, choose_precision
 from llcv.progress import SILENT, Reporter, logger
 from llcv.settings import SamplerSettings
 
@@ -105,6 +106,10 @@ class LLCResult(BaseModel):
     num_parameters: int
     num_samples_used: int
     chain_execution: Literal["batched", "sequential"]
+    # What the chains ran in (``settings.precision`` may say "auto") and how that was chosen
+    # (llcv.precision.PrecisionChoice); None in results written before llcv 0.5.
+    precision: Literal["fp32", "bf16"] | None = None
+    precision_choice: dict[str, Any] | None = None
     elapsed_seconds: float
     device: str
     num_threads: int
@@ -137,14 +142,24 @@ def default_divergence_bound(num_parameters: int, nbeta: float, init_loss: float
     return max(10.0 * num_parameters, nbeta * (max(abs(init_loss), 1.0) + 10.0 * batch_loss_std))
 
 
+def _cross_entropy(model: nn.Module, batch) -> torch.Tensor:
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def _mse(model: nn.Module, batch) -> torch.Tensor:
+    return F.mse_loss(model(batch[0]), batch[1])
+
+
+# Functions, not lambdas made per call, so one loss is the same object at every checkpoint.
+_NAMED_LOSSES: dict[str, LossFunction] = {"cross_entropy": _cross_entropy, "mse": _mse}
+
+
 def resolve_loss(loss: LossSpec) -> LossFunction:
     """The ``(model, batch) -> scalar`` function for a loss name or callable."""
     if callable(loss):
         return loss
-    if loss == "cross_entropy":
-        return lambda model, batch: F.cross_entropy(model(batch[0]), batch[1])
-    if loss == "mse":
-        return lambda model, batch: F.mse_loss(model(batch[0]), batch[1])
+    if loss in _NAMED_LOSSES:
+        return _NAMED_LOSSES[loss]
     raise SettingsError(f"unknown loss {loss!r}; use 'cross_entropy', 'mse', or a callable (model, batch) -> loss")
 
 
@@ -506,12 +521,11 @@ def _run_group(
 
 
 def _initial_loss(
-    model: nn.Module, data: "SamplingData", loss_function: LossFunction, settings: SamplerSettings
+    model: nn.Module, data: "SamplingData", loss_function: LossFunction, settings: SamplerSettings, precision: Precision
 ) -> tuple[float, float]:
     """The loss at the checkpoint over one pass of the sampled data (at most ``init_loss_samples``
     of them), in the chains' mode and precision, and the standard deviation of its minibatch
     losses (0 for a single batch)."""
-    precision = settings.precision
     batch_losses, sizes = [], []
     with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for batch in data.passes(settings.init_loss_samples, settings.seed):
@@ -578,6 +592,7 @@ def estimate_llc(
     loss: LossSpec = "cross_entropy",
     device: str | torch.device = "auto",
     reporter: Reporter = SILENT,
+    precision: PrecisionChoice | None = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient of ``model`` at its current weights.
 
@@ -589,6 +604,9 @@ def estimate_llc(
         loss: ``"cross_entropy"``, ``"mse"``, or a callable ``(model, batch) -> scalar``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         reporter: receives one progress loop per chain, with the live loss.
+        precision: with ``settings.precision="auto"``, the choice an earlier estimate of the run
+            made (read from its records, or passed on by ``DevicesExecutor``), used instead of
+            timing; ignored otherwise.
 
     Returns:
         The estimate; if every chain diverged, ``llc_mean`` is None and the diagnostics say why.
@@ -600,22 +618,24 @@ def estimate_llc(
         data = SamplingData(data, settings, device)
     nbeta = settings.nbeta if settings.nbeta is not None else default_nbeta(data.batch_size)
 
-    work, normalisation = working_copy(model, data, loss_function, settings)
+    work = _copy_in_mode(model, data.device, settings.bn_mode)
     named = select_parameters(work, settings.params)
     names = [name for name, _ in named]
     initial = [parameter.detach().clone() for _, parameter in named]
     for parameter in work.parameters():
         parameter.requires_grad_(False)  # frozen ones stay at the checkpoint; the chains' copies carry gradients
-    checkpoint_state = {key: value.detach().clone() for key, value in work.state_dict().items()}
     num_parameters = sum(tensor.numel() for tensor in initial)
     loss_module = _LossModule(work, loss_function)
+    plan = _execution_plan(settings, loss_module, names, initial, data, precision)
+    precision = plan.precision.precision
+    normalisation = _normalise_batchnorm(work, data, loss_function, settings, precision)
+    checkpoint_state = {key: value.detach().clone() for key, value in work.state_dict().items()}
 
-    init_loss, batch_loss_std = _initial_loss(work, data, loss_function, settings)
+    init_loss, batch_loss_std = _initial_loss(work, data, loss_function, settings, precision)
     bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, init_loss, batch_loss_std)
     loss_limit = init_loss + bound / nbeta
     seeds = _chain_seeds(settings.seed, settings.num_chains)
-    batched = _use_batched_chains(settings, loss_module, names, initial, data)
-    groups = [list(range(settings.num_chains))] if batched else [[chain] for chain in range(settings.num_chains)]
+    groups = [list(range(settings.num_chains))] if plan.batched else [[chain] for chain in range(settings.num_chains)]
     steps_per_chain = settings.num_burnin_steps + settings.num_draws * settings.num_steps_bw_draws
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     traces: list[_GroupTraces] = []
@@ -624,7 +644,7 @@ def estimate_llc(
         key = f"chains-{chains[0]}"
         label = f"Chain {chains[0] + 1}/{settings.num_chains}" if len(chains) == 1 else f"Chains 1-{len(chains)} (batched)"
         reporter.start(key, label, steps_per_chain)
-        group = _ChainGroup(loss_module, names, initial, len(chains), batched, settings.precision)
+        group = _ChainGroup(loss_module, names, initial, len(chains), plan.batched, precision)
         batches, shared = _group_batches(data, [seeds[chain] for chain in chains])
         # The SGLD noise has its own generator (GaussianNoise); the global one, forked so the caller's
         # stream is untouched, seeds only randomness inside the model, such as dropout.
@@ -645,7 +665,7 @@ def estimate_llc(
         num_parameters,
         data.num_samples,
         device,
-        "batched" if batched else "sequential",
+        plan,
         normalisation,
         time.perf_counter() - started,
     )
@@ -661,19 +681,91 @@ def working_copy(
     ``bn_samples`` training samples, the same subset at every checkpoint of a run. The caller's
     model is never changed.
     """
-    work = copy.deepcopy(model).to(data.device)
+    work = _copy_in_mode(model, data.device, settings.bn_mode)
+    precision = "bf16" if settings.precision == "bf16" else "fp32"
+    return work, _normalise_batchnorm(work, data, loss_function, settings, precision)
+
+
+def _copy_in_mode(model: nn.Module, device: torch.device, bn_mode: str) -> nn.Module:
+    work = copy.deepcopy(model).to(device)
+    work.train(bn_mode == "train")
+    return work
+
+
+def _normalise_batchnorm(
+    work: nn.Module, data: SamplingData, loss_function: LossFunction, settings: SamplerSettings, precision: Precision
+) -> BatchNormProvenance:
+    """Recomputes ``work``'s BatchNorm statistics where the settings ask for it; says how it normalises."""
     if not batchnorm_layers(work):
-        provenance = BatchNormProvenance("none")
-    elif settings.bn_mode == "train":
-        provenance = BatchNormProvenance("batch")
-    elif settings.bn_stats == "checkpoint":
-        provenance = BatchNormProvenance("checkpoint")
-    else:
-        batches = data.statistics_batches(settings.bn_samples, settings.seed)
-        samples = recompute_batchnorm_statistics(work, batches, loss_function, autocast=settings.precision == "bf16")
-        provenance = BatchNormProvenance("recomputed", samples)
-    work.train(settings.bn_mode == "train")
-    return work, provenance
+        return BatchNormProvenance("none")
+    if settings.bn_mode == "train":
+        return BatchNormProvenance("batch")
+    if settings.bn_stats == "checkpoint":
+        return BatchNormProvenance("checkpoint")
+    batches = data.statistics_batches(settings.bn_samples, settings.seed)
+    samples = recompute_batchnorm_statistics(work, batches, loss_function, autocast=precision == "bf16")
+    return BatchNormProvenance("recomputed", samples)
+
+
+@dataclass(frozen=True)
+class _ExecutionPlan:
+    """How the chains run: batched or one at a time, and in which precision."""
+
+    batched: bool
+    precision: PrecisionChoice
+
+
+# Decided at a process's first estimate for a given architecture, batch and device, then kept:
+# every checkpoint of a run (or grid point of a sweep) samples alike, in the same random
+# streams, and pays for the trial passes once.
+_PLANS: dict[tuple, _ExecutionPlan] = {}
+
+
+def _execution_plan(
+    settings: SamplerSettings,
+    loss_module: _LossModule,
+    names: list[str],
+    initial: list[torch.Tensor],
+    data: "SamplingData",
+    pinned: PrecisionChoice | None = None,
+) -> _ExecutionPlan:
+    """The chains' execution for this model, from the process's cache or decided now; ``pinned``
+    is the run's precision for ``auto``, decided elsewhere.
+
+    Trial passes leave the model as they found it (train-mode BatchNorm updates its running
+    statistics, so they are restored).
+    """
+    if settings.precision != "auto":
+        pinned = None
+    shapes = tuple((name, tuple(tensor.shape), tensor.dtype) for name, tensor in zip(names, initial))
+    key = (
+        type(loss_module.model), loss_module.loss_function, shapes, str(data.device), data.batch_size, data.is_full_batch,
+        settings.num_chains, settings.chain_mode, settings.precision, settings.bn_mode,
+    )  # fmt: skip
+    if key in _PLANS:
+        plan = _PLANS[key]
+        return replace(plan, precision=pinned or replace(plan.precision, reused=plan.precision.seconds_per_pass is not None))
+    state = {name: value.detach().clone() for name, value in loss_module.model.state_dict().items()}
+    try:
+        batched = _use_batched_chains(settings, loss_module, names, initial, data)
+        chains = settings.num_chains if batched else 1
+        batches, shared = _group_batches(data, list(range(chains)))
+        batch = next(batches)
+
+        def one_pass(precision: Precision) -> Callable[[], None]:
+            group = _ChainGroup(loss_module, names, initial, chains, batched, precision)
+            return lambda: group.gradient_pass(batch, shared)
+
+        try:
+            choice = pinned or choose_precision(settings.precision, data.device, one_pass)
+        except Exception as error:  # noqa: BLE001 - autocast can fail on a layer; fp32 always works
+            if settings.precision != "auto":
+                raise
+            choice = PrecisionChoice("fp32", f"auto: bf16 failed on this model ({type(error).__name__}), so fp32")
+    finally:
+        loss_module.model.load_state_dict(state)
+    _PLANS[key] = _ExecutionPlan(batched, choice)
+    return _PLANS[key]
 
 
 def _use_batched_chains(
@@ -699,9 +791,9 @@ def _use_batched_chains(
     if settings.chain_mode == "auto" and num_parameters > BATCHED_MAX_PARAMETERS:
         logger.info(f"running chains one at a time: {num_parameters:,} sampled parameters > {BATCHED_MAX_PARAMETERS:,}")
         return False
-    state = {key: value.detach().clone() for key, value in loss_module.model.state_dict().items()}
     try:
-        trial = _ChainGroup(loss_module, names, initial, min(settings.num_chains, 2), True, settings.precision)
+        trial_precision = "bf16" if settings.precision == "bf16" else "fp32"
+        trial = _ChainGroup(loss_module, names, initial, min(settings.num_chains, 2), True, trial_precision)
         batches, shared = _group_batches(data, [0, 1])
         trial.losses(next(batches), shared).sum().backward()
         return True
@@ -710,8 +802,6 @@ def _use_batched_chains(
             raise SettingsError(f"chain_mode='batched' is not possible for this model: {error}") from None
         logger.info(f"running chains one at a time: this model does not support batched chains ({type(error).__name__}: {error})")
         return False
-    finally:
-        loss_module.model.load_state_dict(state)
 
 
 def _summarise(
@@ -723,7 +813,7 @@ def _summarise(
     num_parameters: int,
     num_samples: int,
     device: torch.device,
-    chain_execution: str,
+    plan: _ExecutionPlan,
     normalisation: BatchNormProvenance,
     elapsed: float,
 ) -> LLCResult:
@@ -776,7 +866,9 @@ def _summarise(
         settings=settings.model_dump(mode="json"),
         num_parameters=num_parameters,
         num_samples_used=num_samples,
-        chain_execution=chain_execution,
+        chain_execution="batched" if plan.batched else "sequential",
+        precision=plan.precision.precision,
+        precision_choice=plan.precision.provenance(),
         elapsed_seconds=elapsed,
         device=str(device),
         num_threads=torch.get_num_threads(),

@@ -30,6 +30,17 @@ SHARED_RUN = dict(epochs=2, batch_size=64, log_checkpoints=8, checkpoint_every_e
 SHARED_RUN_STEPS = [0, 1, 2, 3, 5, 7, 8, 11, 16]
 
 
+@pytest.fixture(autouse=True)
+def fresh_execution_plans():
+    """Each test decides how its chains run (batched, precision) anew, as a new process would:
+    the per-process cache of those decisions would otherwise carry one test's into the next."""
+    from llcv import sampling
+
+    sampling._PLANS.clear()
+    yield
+    sampling._PLANS.clear()
+
+
 def make_train_settings(
     checkpoints_dir: Path, *, dataset: str = "synthetic", data: dict | None = None, model: dict | None = None, **train: Any
 ) -> SettingsBundle:

@@ -329,7 +329,7 @@ def local_ray():
 
 
 def test_the_ray_executor_matches_the_local_one(local_ray, checkpoints, tmp_path):
-    settings = fast_settings()
+    settings = fast_settings(precision="fp32")  # "auto" would be timed apart in this process and in Ray's
     local = estimate_all(checkpoints, tmp_path / "local", settings, device="cpu", steps=[0, 16])
     remote = estimate_all(checkpoints, tmp_path / "ray", settings, device="cpu", steps=[0, 16], executor="ray", cpus_per_task=1)
     assert remote.ok and sorted(remote.computed) == sorted(local.computed)
@@ -343,3 +343,12 @@ def test_the_ray_executor_matches_the_local_one(local_ray, checkpoints, tmp_path
     again = estimate_all(checkpoints, tmp_path / "ray", settings, device="cpu", executor="ray", cpus_per_task=1)
     assert set(again.already_done) == {"step_00000000.pt", "step_00000016.pt"}
     assert set(again.computed) == {"step_00000005.pt"} and list(again.failed) == ["step_00000001.pt"]
+
+
+def test_ray_tasks_sample_in_the_precision_the_first_checkpoint_chose(local_ray, checkpoints, tmp_path):
+    estimate_all(checkpoints, tmp_path / "ray", fast_settings(precision="auto"), device="cpu", steps=[0, 5, 16],
+                 executor="ray", cpus_per_task=1)  # fmt: skip
+    records = sorted(load_results(tmp_path / "ray"), key=lambda record: record["finished"])
+    first, *later = [record["result"]["precision_choice"] for record in records]
+    assert len(later) == 2 and not first["reused"]
+    assert all(choice["reused"] and choice["seconds_per_pass"] == first["seconds_per_pass"] for choice in later)

@@ -48,7 +48,7 @@ WORDS = (
     ["sgld", "rmsprop_sgld", "eval", "train", "cpu", "auto", "cuda", "cuda:0", "cuda:128", "mps", "0/4", "3/2", "1/²", "png",
      "svg", "step", "epoch", "cosine", "adamw", "sgd", "digits", "synthetic", "smallcnn", "resnet18", "cifar", "imagenet",
      "results/x", "llc.png", "layer3.*", "local", "ray", "fp32", "bf16", "batched", "", " ", "inf", "-inf", "nan", "1e400",
-     "true", "None"]
+     "true", "None", "cpu,cpu", "all"]
 )  # fmt: skip
 words = st.sampled_from(WORDS)
 numbers = st.one_of(
@@ -240,7 +240,7 @@ SAMPLER_FLAGS = ["--epsilon", "--gamma", "--nbeta", "--num-chains", "--num-draws
 COMMAND_FLAGS = {
     "estimate": (SAMPLER_FLAGS, ["--mala", "--no-mala", "--json"]),
     "estimate-all": (
-        [*SAMPLER_FLAGS, "--every-nth", "--steps", "--shard", "--executor", "--cpus-per-task", "--claim-timeout-seconds"],
+        [*SAMPLER_FLAGS, "--every-nth", "--steps", "--shard", "--executor", "--devices", "--cpus-per-task", "--claim-timeout-seconds"],
         ["--force", "--per-layer", "--per-class", "--no-mala"],
     ),
     "train": (

@@ -1,0 +1,202 @@
+"""precision="auto": fp32 or bf16 by measurement on the run's own model, chosen once and recorded."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from _helpers import copy_checkpoints, fast_settings
+from llcv import SamplerSettings, estimate_llc, precision, sampling
+from llcv.estimation import estimate_all
+from llcv.models import build_model
+from llcv.precision import PrecisionChoice, choose_precision, native_bf16
+from llcv.results import settings_hash
+
+from tests.test_sampling import regression
+
+
+class FakeClock:
+    """Time that passes only when a fake pass runs, so timing tests do not depend on the machine's load."""
+
+    def __init__(self, monkeypatch):
+        self.now = 0.0
+        monkeypatch.setattr(precision, "perf_counter", lambda: self.now)
+
+    def passes(self, seconds: dict[str, float], calls: list[str]):
+        def build(name: str):
+            def run() -> None:
+                calls.append(name)
+                self.now += seconds[name]
+
+            return run
+
+        return build
+
+
+@pytest.mark.parametrize("asked", ["fp32", "bf16"])
+def test_an_explicit_precision_is_kept_without_timing(asked, monkeypatch):
+    calls: list[str] = []
+    choice = choose_precision(asked, torch.device("cpu"), FakeClock(monkeypatch).passes({"fp32": 0.0, "bf16": 0.0}, calls))
+    assert choice == PrecisionChoice(asked, "asked for")
+    assert calls == []
+
+
+def test_auto_without_native_bf16_is_fp32_without_timing(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    calls: list[str] = []
+    choice = choose_precision("auto", torch.device("cpu"), FakeClock(monkeypatch).passes({"fp32": 0.0, "bf16": 0.0}, calls))
+    assert choice.precision == "fp32" and choice.seconds_per_pass is None
+    assert "no native bf16" in choice.reason
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "seconds, expected",
+    [({"fp32": 0.012, "bf16": 0.006}, "bf16"), ({"fp32": 0.006, "bf16": 0.012}, "fp32"), ({"fp32": 0.010, "bf16": 0.0085}, "fp32")],
+)
+def test_auto_picks_bf16_only_when_it_is_clearly_faster(monkeypatch, seconds, expected):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    calls: list[str] = []
+    choice = choose_precision("auto", torch.device("cpu"), FakeClock(monkeypatch).passes(seconds, calls))
+    assert choice.precision == expected
+    assert set(calls) == {"fp32", "bf16"}
+    assert choice.seconds_per_pass["fp32"] == pytest.approx(seconds["fp32"], rel=0.5)
+    assert choice.seconds_per_pass["bf16"] == pytest.approx(seconds["bf16"], rel=0.5)
+    assert f"{choice.seconds_per_pass['bf16'] / choice.seconds_per_pass['fp32']:.2f}x" in choice.reason
+
+
+def test_tiny_passes_are_repeated_until_measurable_and_close_calls_get_more_rounds(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    clock, calls = FakeClock(monkeypatch), []
+    choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 0.0, "bf16": 0.0}, calls))
+    # one warm-up each, then every round repeats a pass that takes no time up to the cap
+    assert calls.count("fp32") == 1 + precision.MAX_ROUNDS * precision.MAX_REPEATS
+    calls.clear()
+    choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 0.012, "bf16": 0.0125}, calls))
+    assert calls.count("bf16") == 1 + precision.MAX_ROUNDS * 2  # a close call: every round, 2 x 12.5 ms >= 20 ms
+    calls.clear()
+    choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 0.05, "bf16": 0.025}, calls))
+    assert calls == ["fp32", "bf16", "fp32", "bf16"]  # a clear difference: one warm-up and one round each
+
+
+def test_native_bf16_answers_for_every_device_kind():
+    assert isinstance(native_bf16(torch.device("cpu")), bool)
+    assert native_bf16(torch.device("mps")) is False
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 10, 1, "cifar")
+    images = torch.randn(64, 1, 16, 16)
+    return model, torch.utils.data.TensorDataset(images, torch.randint(0, 10, (64,)))
+
+
+def test_auto_that_measures_bf16_faster_samples_exactly_as_bf16_does(monkeypatch):
+    """The BatchNorm statistics, the initial loss and every chain step follow the choice."""
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "time_passes", lambda passes, device: {"fp32": 2.0, "bf16": 1.0})
+    model, data = small_cnn()
+    settings = SamplerSettings(num_chains=2, num_draws=6, epsilon=1e-4, gamma=100.0, batch_size=32)
+    auto = estimate_llc(model, data, settings, device="cpu")
+    assert auto.precision == "bf16"
+    assert auto.precision_choice["seconds_per_pass"] == {"fp32": 2.0, "bf16": 1.0}
+    assert auto.settings["precision"] == "auto"
+    bf16 = estimate_llc(model, data, settings.model_copy(update={"precision": "bf16"}), device="cpu")
+    fp32 = estimate_llc(model, data, settings.model_copy(update={"precision": "fp32"}), device="cpu")
+    assert bf16.precision_choice["reason"] == "asked for"
+    assert auto.init_loss == bf16.init_loss and auto.llc_trace == bf16.llc_trace
+    assert auto.init_loss != fp32.init_loss
+
+
+def test_auto_decides_once_per_architecture_and_keeps_the_settings_hash(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    timings = []
+
+    def timed(passes, device):
+        timings.append(sorted(passes))
+        return {"fp32": 1.0, "bf16": 2.0}
+
+    monkeypatch.setattr(precision, "time_passes", timed)
+    model, data = regression()
+    settings = SamplerSettings(num_chains=2, num_draws=5, epsilon=1e-3, gamma=10.0, batch_size=32)
+    first = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    nn.init.normal_(model.weight)  # the next checkpoint of the run: other weights, same architecture
+    second = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    assert timings == [["bf16", "fp32"]]
+    assert (first.precision, second.precision) == ("fp32", "fp32")
+    assert first.precision_choice["reused"] is False and second.precision_choice["reused"] is True
+    assert second.precision_choice["seconds_per_pass"] == first.precision_choice["seconds_per_pass"]
+    assert settings_hash(SamplerSettings(**first.settings)) == settings_hash(SamplerSettings(**second.settings))
+    other_batch = estimate_llc(model, data, settings.model_copy(update={"batch_size": 16}), loss="mse", device="cpu")
+    assert len(timings) == 2 and other_batch.precision_choice["reused"] is False
+
+
+def test_auto_falls_back_to_fp32_when_bf16_cannot_run(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+
+    def fails(passes, device):
+        raise RuntimeError("no bf16 kernel for this layer")
+
+    monkeypatch.setattr(precision, "time_passes", fails)
+    model, data = regression()
+    result = estimate_llc(model, data, SamplerSettings(num_chains=1, num_draws=5, batch_size=32), loss="mse", device="cpu")
+    assert result.precision == "fp32"
+    assert "bf16 failed" in result.precision_choice["reason"]
+
+
+# --- one precision per run --------------------------------------------------------------------
+
+
+def favour(monkeypatch, faster: str, calls: list | None = None):
+    """Make auto's timing find ``faster`` clearly faster (and count the timings)."""
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    slower = {"fp32": "bf16", "bf16": "fp32"}[faster]
+
+    def timed(passes, device):
+        if calls is not None:
+            calls.append(1)
+        return {faster: 1.0, slower: 3.0}
+
+    monkeypatch.setattr(precision, "time_passes", timed)
+
+
+def run_records(results: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(results.glob("*/step_*.json"))]
+
+
+def test_a_resumed_run_keeps_the_precision_its_first_estimates_chose(trained_run, tmp_path, monkeypatch):
+    """A later process (here: a cleared cache, and timing that now favours the other precision)
+    does not time again: it samples in what the run's records say."""
+    _, run = trained_run
+    checkpoints = copy_checkpoints(run.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 5, 16])
+    settings = fast_settings(precision="auto")
+    favour(monkeypatch, "bf16")
+    estimate_all(checkpoints, tmp_path / "results", settings, device="cpu", steps=[0, 5])
+    first = run_records(tmp_path / "results")
+    assert [record["result"]["precision"] for record in first] == ["bf16", "bf16"]
+
+    sampling._PLANS.clear()  # a new process
+    calls: list = []
+    favour(monkeypatch, "fp32", calls)
+    estimate_all(checkpoints, tmp_path / "results", settings, device="cpu")
+    records = {record["checkpoint"]: record["result"] for record in run_records(tmp_path / "results")}
+    assert calls == []
+    assert records["step_00000016.pt"]["precision"] == "bf16"
+    assert "kept from this run's earlier estimates" in records["step_00000016.pt"]["precision_choice"]["reason"]
+    assert records["step_00000016.pt"]["precision_choice"]["seconds_per_pass"] == {"fp32": 3.0, "bf16": 1.0}
+
+
+def test_device_workers_sample_in_the_precision_the_first_checkpoint_chose(trained_run, tmp_path):
+    """The first checkpoint runs alone; every later one, on either worker, gets its choice."""
+    _, run = trained_run
+    checkpoints = copy_checkpoints(run.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 5, 16])
+    estimate_all(checkpoints, tmp_path / "results", fast_settings(precision="auto"), devices=["cpu", "cpu"])
+    records = sorted(run_records(tmp_path / "results"), key=lambda record: record["finished"])
+    choices = [record["result"]["precision_choice"] for record in records]
+    first, later = choices[0], choices[1:]
+    assert len(later) == 2 and not first["reused"]
+    assert all(choice["reused"] and choice["precision"] == first["precision"] for choice in later)
+    assert all(choice["seconds_per_pass"] == first["seconds_per_pass"] for choice in later)  # timed once, not per worker
+    assert all(precision.KEPT in choice["reason"] for choice in later)
