@@ -83,7 +83,7 @@ def train(
     data_dir: DataDirOpt = None,
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download CIFAR-10 where the internet is reachable.")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size for folder/imagenet1k.")] = None,
-    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="DataLoader workers (0 keeps resume bit-exact).")] = None,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="DataLoader workers, capped at the CPUs available (resume stays bit-exact with any number).")] = None,
     data_seed: Annotated[Optional[int], typer.Option("--data-seed", help="Seed of the train/validation split.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Number of epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.")] = None,
@@ -268,6 +268,7 @@ def _steps_list(steps: str | None) -> list[str] | None:
         "--num-chains 4 --num-draws 200\n\n"
         "A coarse pass now, the rest later by a plain rerun: llcv estimate-all --checkpoints-dir checkpoints/digits --every-nth 4\n\n"
         "One task of a 4-task Slurm array: llcv estimate-all --checkpoints-dir CKPTS --shard $SLURM_ARRAY_TASK_ID/4\n\n"
+        "Every GPU of this machine, one worker each: llcv estimate-all --checkpoints-dir CKPTS --devices all  (see docs/cluster.md)\n\n"
         "On a Ray cluster: llcv estimate-all --checkpoints-dir CKPTS --executor ray --ray-address auto  (see docs/cluster.md)\n\n"
         "Refined LLCs, one per block and one per class beside the whole model: "
         "llcv estimate-all --checkpoints-dir checkpoints/digits --per-layer --per-class  (see docs/guide.md)"
@@ -299,6 +300,7 @@ def estimate_all_command(
     steps: Annotated[Optional[str], typer.Option("--steps", help="Only the checkpoints at these steps, comma-separated: 0,100,1000.")] = None,
     force: Annotated[Optional[bool], typer.Option("--force", help="Redo checkpoints that already have a result.")] = None,
     device: DeviceOpt = None,
+    devices: Annotated[Optional[str], typer.Option("--devices", help="One worker per device of this machine, on one results folder: cuda:0,cuda:1 or cpu,cpu; all: every CUDA GPU. Replaces --device.")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="K/N: only share K (from 0) of N, by a stable hash of the file name.")] = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="local (this process) | ray (one task per checkpoint).")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (auto, ray://HOST:10001); default: a local instance.")] = None,
@@ -332,7 +334,7 @@ def estimate_all_command(
                 "sampler": _sampler_flags(flags),
                 "estimate": dict(
                     results_dir=results_dir, every_nth=every_nth, steps=_steps_list(steps), force=force, device=device,
-                    shard=shard, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
+                    devices=devices, shard=shard, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
                     claim_timeout_seconds=claim_timeout_seconds, per_layer=per_layer, per_class=per_class,
                 ),
             },
@@ -355,7 +357,7 @@ def estimate_all_command(
                     checkpoints_dir, options.results_dir, sampler_settings, per_layer=options.per_layer, per_class=chosen_classes,
                     device=options.device, shard=options.shard, executor=options.executor, reporter=reporter,
                     every_nth=options.every_nth, steps=options.steps, force=options.force,
-                    ray_address=options.ray_address, cpus_per_task=options.cpus_per_task,
+                    ray_address=options.ray_address, cpus_per_task=options.cpus_per_task, devices=options.devices,
                     claim_timeout_seconds=options.claim_timeout_seconds, model_name=model, stem=stem,
                     dataset=dataset, data_dir=data_dir or (configured.data_dir if configured is not None else None),
                 )  # fmt: skip
@@ -683,7 +685,7 @@ def _render_sweep(result, title: str) -> None:
     from rich import box
     from rich.table import Table
 
-    from llcv.calibration import short_reason
+    from llcv.health import short_reason
 
     def number(value, spec: str = ".3g") -> str:
         return "—" if value is None else format(value, spec)
@@ -859,13 +861,15 @@ def calibrate_chains_command(
 
 
 @app.command(
-    epilog="Example: llcv selftest --quick\n\nFull size on a GPU: llcv selftest --device cuda"
+    epilog="Example: llcv selftest --quick\n\nFull size on a GPU: llcv selftest --device cuda\n\n"
+    "Side by side with devinterp 1.3 (pip install 'llcv[reference]'): llcv selftest --against devinterp"
 )
 def selftest(
     device: DeviceOpt = None,
     quick: Annotated[bool, typer.Option("--quick", help="CI size: fewer draws; goal is the truth within 3 standard errors.")] = False,
-    precision: Annotated[str, typer.Option("--precision", help="fp32 | bf16 (forward/backward under bf16 autocast).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="fp32 | bf16 (forward/backward under bf16 autocast) | auto (the faster, timed on each case); fp32 is what the known values validate.")] = "fp32",
     auto: Annotated[bool, typer.Option("--auto", help="Also calibrate each case with recommend_settings and judge that estimate; both are shown.")] = False,
+    against: Annotated[Optional[str], typer.Option("--against", help="devinterp: also run each case through devinterp 1.3's sampler at the same settings and show both (time, error); needs llcv[reference].")] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Estimate models with known learning coefficients and print true vs estimated values."""
@@ -878,7 +882,8 @@ def selftest(
             Verbosity.level = 0
         with RichReporter() as reporter:
             rows = run_selftest(
-                quick=quick, device=settings.estimate.device, precision=settings.sampler.precision, reporter=reporter, auto=auto
+                quick=quick, device=settings.estimate.device, precision=settings.sampler.precision, reporter=reporter, auto=auto,
+                against=against,
             )
         if json_output:
             import dataclasses
@@ -886,7 +891,7 @@ def selftest(
 
             typer.echo(json.dumps([dataclasses.asdict(row) for row in rows]))
         else:
-            console.render_selftest(rows, quick, auto)
+            console.render_selftest(rows, quick, auto, against)
         if not all(row.passed for row in rows):
             raise typer.Exit(console.EXIT_FAILED)
 

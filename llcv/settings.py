@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Mapping, Sequence
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -92,8 +93,8 @@ class DataSettings(_Section):
     data_dir: Path | None = None  # None: the dataset's documented default folder
     download: bool = False  # fetch CIFAR-10 where the internet is reachable
     image_size: PositiveInt | None = None  # folder/imagenet1k only; None: the dataset's default
-    num_workers: NonNegativeInt = 0  # DataLoader workers; 0 keeps resume bit-exact
-    seed: int = 0  # the train/validation split
+    num_workers: NonNegativeInt = 0  # DataLoader workers, capped at the CPUs; resume stays bit-exact with any number
+    seed: NonNegativeInt = 0  # the train/validation split
 
     @field_validator("dataset")
     @classmethod
@@ -133,7 +134,7 @@ class TrainSettings(_Section):
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     step_every_epochs: PositiveInt = 30  # step schedule: decay every this many epochs
     step_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # step schedule: multiply lr by this
-    seed: int = 0  # initialisation, data order and augmentation
+    seed: NonNegativeInt = 0  # initialisation, data order and augmentation
     device: DeviceName = "auto"
     checkpoints_dir: FolderPath = Path("checkpoints")
     checkpoint_every_epochs: NonNegativeInt = 1  # 0: no epoch-end checkpoints
@@ -171,8 +172,10 @@ class SamplerSettings(_Section):
     # calibration sweeps always measure it.
     mala: bool = False
     mala_every: PositiveInt = 1  # measure the acceptance of the move into every k-th draw only
-    seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward/backward under autocast; weights, noise, update stay fp32
+    seed: NonNegativeInt = 0  # numpy SeedSequence takes non-negative integers only
+    # bf16: forward/backward under autocast; weights, noise, update stay fp32. auto: bf16 where the
+    # device has it natively and a timed trial on the run's model finds it clearly faster (llcv.precision).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     chain_mode: Literal["auto", "batched", "sequential"] = "auto"  # auto: batched (vmap) for small models that allow it
     # The initial loss is measured on at most this many samples (a seeded subset, the same at every
     # checkpoint), so its cost stays a small share of sampling on CIFAR- or ImageNet-sized data.
@@ -211,6 +214,28 @@ class CalibrateSettings(_Section):
     device: DeviceName = "auto"
 
 
+def _split_devices(value: Any) -> Any:
+    # `--devices cuda:0,cuda:1` arrives as one string; a TOML file may give the string or a list
+    return [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+
+
+def _check_devices(names: list[str] | None) -> list[str] | None:
+    if names is None:
+        return None
+    if not names:
+        raise ValueError("give at least one device, e.g. cuda:0,cuda:1, or all")
+    if "all" in names and len(names) > 1:
+        raise ValueError("all stands alone: it means every CUDA GPU of this machine")
+    for name in names:
+        # not auto: it would pick the same device for every worker, so the list says which
+        if name != "all" and (name == "auto" or not _DEVICE_PATTERN.fullmatch(name)):
+            raise ValueError(f"{name!r}: each device must be cpu, cuda, cuda:N or mps (or the whole list all)")
+    return names
+
+
+DeviceList = Annotated[list[str] | None, BeforeValidator(_split_devices), AfterValidator(_check_devices)]
+
+
 class EstimateSettings(_Section):
     """``[estimate]``: which checkpoints, where results go, and how work is spread."""
 
@@ -219,6 +244,9 @@ class EstimateSettings(_Section):
     steps: list[NonNegativeInt] | None = None
     force: bool = False
     device: DeviceName = "auto"
+    # One worker process per device on this machine, e.g. ["cuda:0", "cuda:1"] or "cpu,cpu"; "all":
+    # every CUDA GPU here. Replaces device; None: one process on device.
+    devices: DeviceList = None
     shard: Annotated[str | None, AfterValidator(_check_shard)] = None  # "K/N"
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
