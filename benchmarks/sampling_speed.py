@@ -6,8 +6,12 @@ one run, on the same model, data, settings and device, and printed as a ratio (l
 reference time; below 1 means llcv is faster). ``--record`` keeps the rows of each case in a
 JSON file, so cases run one at a time add up to one figure.
 
-1. ResNet18 (CIFAR stem) on digits at 32x32, batch 64, 4 chains x 50 draws: llcv fp32 and bf16
-   vs devinterp's estimate_learning_coeff_with_summary (fp32), with the LLC means.
+1. ResNet18 (CIFAR stem) on digits at 32x32, batch 64, 4 chains x 50 draws: llcv fp32, bf16 and
+   auto vs devinterp's estimate_learning_coeff_with_summary (fp32), with the LLC means; auto's
+   target is 1.05x the faster precision.
+   ``defaults``: the same model with llcv's default settings (batch 256, precision auto,
+   BatchNorm statistics recomputed) vs devinterp fp32 at 2 chains x 40 and 4 chains x 200 draws,
+   each llcv estimate timed as a new run's first (its precision trial included).
 2. Reduced-rank regression 5-3-5, 1,000 samples full batch, 3 chains x 2,000 draws: the same ratio.
 3. One SGLD step vs one plain SGD training step on the same batch and precision (the floor),
    and vs one step of devinterp's chain loop (BatchNorm in train mode, as devinterp samples),
@@ -29,47 +33,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from llcv import SamplerSettings, build_model, estimate_llc, load_dataset
+from llcv import SamplerSettings, build_model, estimate_llc, load_dataset, sampling
 from llcv.devices import resolve_device
 from llcv.fileio import atomic_write_json
 from llcv.known_models import rrr_case
 from llcv.progress import Reporter
-from llcv.sampling import SamplingData, default_nbeta
-
-
-def _devinterp_sgld_kwargs(settings: SamplerSettings) -> dict:
-    """devinterp's names for llcv's SGLD settings: epsilon is its lr, gamma its localization."""
-    nbeta = settings.nbeta if settings.nbeta is not None else default_nbeta(settings.batch_size)
-    return dict(lr=settings.epsilon, localization=settings.gamma, nbeta=nbeta)
+from llcv.reference import devinterp_estimate, devinterp_sgld_kwargs
+from llcv.sampling import SamplingData
 
 
 def _devinterp_llc(model, dataset, settings: SamplerSettings, loss, device, init_loss: float | None) -> tuple[float, float]:
-    """devinterp's estimate with the same settings; returns (seconds, llc mean).
+    """devinterp's estimate with the same settings (``llcv.reference``); returns (seconds, llc mean).
 
     With ``init_loss=None`` devinterp measures it itself, on ``num_chains`` minibatches.
     """
-    from devinterp.optim.sgmcmc import SGMCMC
-    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
-
-    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
-    started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = estimate_learning_coeff_with_summary(
-            model,
-            loader,
-            evaluate=loss,
-            sampling_method=SGMCMC.sgld,
-            optimizer_kwargs=_devinterp_sgld_kwargs(settings),
-            num_chains=settings.num_chains,
-            num_draws=settings.num_draws,
-            num_burnin_steps=settings.num_burnin_steps,
-            init_loss=init_loss,
-            seed=settings.seed,
-            device=device,
-            verbose=False,
-        )
-    return time.perf_counter() - started, float(summary["llc/mean"])
+    reference = devinterp_estimate(model, dataset, settings, loss, device, init_loss)
+    return reference.seconds, reference.llc_mean
 
 
 def _llcv_llc(model, dataset, settings: SamplerSettings, loss, device) -> tuple[float, float, object]:
@@ -109,6 +88,32 @@ def resnet_case(device: torch.device, quick: bool) -> list[dict]:
             seconds, llc, result = _llcv_llc(model, train, settings, "cross_entropy", device)
             label = f"bn eval, {precision}, mala {'on' if mala else 'off'} ({result.chain_execution})"
             rows.append(_row(case, label, seconds, theirs, 1.0 if precision == "fp32" else 0.6, llc, their_llc))
+    faster = min(row["llcv_seconds"] for row in rows if "mala off" in row["label"] and "bn eval" in row["label"])
+    seconds, llc, result = _llcv_llc(model, train, base.model_copy(update={"precision": "auto"}), "cross_entropy", device)
+    # auto's target: within 5% of the faster precision, i.e. its time / devinterp's at most 1.05x the faster one's
+    rows.append(_row(case, f"bn eval, auto -> {result.precision}, mala off", seconds, theirs, 1.05 * faster / theirs, llc, their_llc))
+    print(f"  auto chose {result.precision} ({result.precision_choice['reason']}): {seconds / faster:.2f}x the faster precision's time")
+    return rows
+
+
+def defaults_case(device: torch.device, quick: bool, sizes: list[tuple[int, int]] | None = None) -> list[dict]:
+    """llcv with its default settings against devinterp's fp32, including everything an estimate
+    does once (the precision trial of a new run, BatchNorm statistics, the initial loss)."""
+    train, _, info = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_model("resnet18", info.num_classes, info.in_channels, "cifar").to(device)
+    ce = lambda module, batch: nn.functional.cross_entropy(module(batch[0].to(device)), batch[1].to(device))  # noqa: E731
+    rows = []
+    for chains, draws in sizes or ([(2, 8)] if quick else [(2, 40), (4, 200)]):
+        settings = SamplerSettings(epsilon=1e-5, gamma=1000.0, num_chains=chains, num_draws=draws)
+        print(f"ResNet18 (CIFAR stem), digits 32x32, default settings (batch {settings.batch_size}), {chains} chains x {draws} draws, {device}:")
+        theirs, their_llc = _devinterp_llc(model, train, settings, ce, device, None)  # first, so it warms fp32's kernels for both
+        sampling._PLANS.clear()  # a new run: llcv decides its execution again, inside the timing
+        started = time.perf_counter()
+        result = estimate_llc(model, train, settings, device=device)
+        ours = time.perf_counter() - started
+        label = f"{chains} chains x {draws} draws, defaults ({result.precision}, {result.chain_execution})"
+        rows.append(_row("defaults vs devinterp fp32", label, ours, theirs, 1.0, result.llc_mean, their_llc))
     return rows
 
 
@@ -196,7 +201,7 @@ def _devinterp_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     chain = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizer = SGMCMC.sgld(chain.parameters(), **_devinterp_sgld_kwargs(settings))
+        optimizer = SGMCMC.sgld(chain.parameters(), **devinterp_sgld_kwargs(settings))
 
     def step() -> None:
         chain.train()
@@ -256,7 +261,7 @@ def floor_case(device: torch.device, quick: bool) -> list[dict]:
 
 
 # The cases by --only name, in the order they run and are drawn.
-CASES = {"small": small_model_case, "resnet": resnet_case, "floor": floor_case}
+CASES = {"small": small_model_case, "resnet": resnet_case, "defaults": defaults_case, "floor": floor_case}
 
 
 def main(argv: list[str]) -> None:

@@ -177,6 +177,9 @@ def render_llc_result(result, title: str) -> None:
     table.add_row("sampled parameters", f"{result.num_parameters:,}")
     table.add_row("samples", f"{result.num_samples_used:,}")
     table.add_row("time", f"{result.elapsed_seconds:.1f} s on {result.device} ({result.num_threads} threads)")
+    if result.precision is not None:
+        reason = (result.precision_choice or {}).get("reason", "")
+        table.add_row("precision", result.precision + (f" ({reason})" if reason and reason != "asked for" else ""))
     stdout.print(table)
     for warning in result.diagnostics.warnings:
         stdout.print(f"[yellow]warning:[/] {warning}", highlight=False)

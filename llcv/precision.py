@@ -30,6 +30,7 @@ BF16_MAX_TIME_RATIO = 0.8
 # run), so one measured round suffices when the two precisions differ by more than the margin;
 # closer calls get more rounds, whose fastest counts.
 MAX_ROUNDS = 3
+LONG_PASS_SECONDS = 0.25
 KEPT = "kept from this run's earlier estimates"
 CLEAR_MARGIN = 1.25
 MIN_MEASURED_SECONDS = 0.02
@@ -100,16 +101,20 @@ def choose_precision(asked: str, device: torch.device, passes: Callable[[Precisi
 
 
 def time_passes(passes: dict[str, Callable[[], None]], device: torch.device) -> dict[str, float]:
-    """Seconds per run of each pass, after one warm-up run each.
+    """Seconds per run of each pass.
 
-    One measurement each, alternating, and a second round only when the two are within
-    ``CLEAR_MARGIN`` of each other, where the clock's noise could decide; the fastest counts.
+    The first run of each, which pays for kernel selection and allocation, is the measurement
+    when both take at least ``LONG_PASS_SECONDS`` and differ by more than ``CLEAR_MARGIN``: at
+    ResNet scale every further pass costs seconds the chains do not use. Otherwise it was the
+    warm-up: then one measurement each, alternating, and further rounds only while the two are
+    within ``CLEAR_MARGIN`` of each other, where the clock's noise could decide; the fastest counts.
     A measurement repeats a pass until it spans ``MIN_MEASURED_SECONDS``, so passes of tiny
     models, shorter than the clock's jitter, are not compared on noise.
     """
-    repeats = {}
-    for name, run in passes.items():
-        repeats[name] = max(1, min(MAX_REPEATS, math.ceil(MIN_MEASURED_SECONDS / max(_timed(run, 1, device), 1e-6))))
+    first = {name: _timed(run, 1, device) for name, run in passes.items()}
+    if min(first.values()) >= LONG_PASS_SECONDS and max(first.values()) > CLEAR_MARGIN * min(first.values()):
+        return first  # long passes, clearly apart: the warm-up (4-7% of a ResNet18 pass) cannot change the verdict
+    repeats = {name: max(1, min(MAX_REPEATS, math.ceil(MIN_MEASURED_SECONDS / max(seconds, 1e-6)))) for name, seconds in first.items()}
     best = {name: float("inf") for name in passes}
     for _ in range(MAX_ROUNDS):
         for name, run in passes.items():

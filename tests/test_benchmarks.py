@@ -15,7 +15,7 @@ from benchmarks import sampling_speed
 
 
 def test_every_benchmark_is_discovered():
-    assert set(runner.discover()) == {"estimate_all_overhead", "sampling_speed", "train_throughput"}
+    assert set(runner.discover()) == {"estimate_all_overhead", "fixed_cost", "sampling_speed", "train_throughput"}
 
 
 def test_interleaved_timer_pairs_each_sgld_step_with_the_reference_step_after_it():
@@ -49,3 +49,17 @@ def test_record_merges_cases_and_the_figure_is_drawn(tmp_path, monkeypatch):
     sampling_speed.main(["--only", "floor", "--device", "cpu", "--record", str(record), "--figure", str(figure)])
     assert set(json.loads(record.read_text())) == {"small", "floor"}
     assert figure.stat().st_size > 5000
+
+
+def test_train_throughput_times_both_loops_on_generated_cifar10(tmp_path):
+    from benchmarks import train_throughput
+    from llcv.data import load_dataset
+
+    folder = train_throughput.write_cifar10(tmp_path / "cifar10", num_train=42)
+    info = load_dataset("cifar10", folder)[2]  # llcv's own loader reads the generated files
+    assert (info.num_train, info.num_val) == (42, train_throughput.CIFAR_VAL_IMAGES)
+    setup = train_throughput.Setup("smallcnn", "cifar10", folder, epochs=1, batch_size=16, num_workers=0, device="cpu")
+    llcv, plain = train_throughput.run_llcv(setup), train_throughput.run_plain(setup)
+    assert llcv.images == plain.images == 42  # one timed epoch each
+    assert llcv.seconds > 0 and plain.seconds > 0
+    assert llcv.checkpoint_seconds > 0  # the final checkpoint fell inside the timed span and was taken out

@@ -79,6 +79,12 @@ def test_tiny_passes_are_repeated_until_measurable_and_close_calls_get_more_roun
     calls.clear()
     choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 0.05, "bf16": 0.025}, calls))
     assert calls == ["fp32", "bf16", "fp32", "bf16"]  # a clear difference: one warm-up and one round each
+    calls.clear()
+    choice = choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 4.0, "bf16": 1.5}, calls))
+    assert calls == ["fp32", "bf16"] and choice.seconds_per_pass == {"fp32": 4.0, "bf16": 1.5}  # long and clear: one run each
+    calls.clear()
+    choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 1.0, "bf16": 0.9}, calls))
+    assert calls.count("bf16") == 1 + precision.MAX_ROUNDS  # long but close: measured again after the warm-up
 
 
 def test_native_bf16_answers_for_every_device_kind():
