@@ -186,7 +186,7 @@ def render_llc_result(result, title: str) -> None:
 
 
 def render_selftest(rows, quick: bool, auto: bool = False, against: str | None = None) -> None:
-    """The selftest table: true vs estimated LLC, relative error, and the verdict per case.
+    """The selftest table: true vs estimated LLC, each estimate "mean ± standard error (relative error)", and the verdict per case.
 
     With ``auto``, the estimate with calibrated settings sits beside the stored settings' one,
     and the verdict is the calibrated estimate's. With ``against``, the reference
@@ -194,11 +194,10 @@ def render_selftest(rows, quick: bool, auto: bool = False, against: str | None =
     """
     from rich.table import Table
 
-    def estimate(mean, standard_error) -> str:
-        return "no healthy chain" if mean is None else f"{mean:.3f} ± {standard_error or 0:.3f}"
-
-    def relative(value) -> str:
-        return "—" if value is None else f"{value:+.1%}"
+    def estimate(mean, standard_error, relative_error) -> str:
+        if mean is None:
+            return "no healthy chain"
+        return f"{mean:.3f} ± {standard_error or 0:.3f} ({'—' if relative_error is None else format(relative_error, '+.1%')})"
 
     def summary(errors: list[float]) -> str:
         return f"mean absolute error {sum(errors) / len(errors):.1%}, worst {max(errors):.1%}"
@@ -206,24 +205,25 @@ def render_selftest(rows, quick: bool, auto: bool = False, against: str | None =
     goal = "truth within 3 standard errors" if quick else "within 15% of the truth"
     judged = "; verdict on the calibrated settings" if auto else ""
     table = Table(title=f"llcv selftest ({'quick' if quick else 'full size'}; goal: {goal}{judged})", title_justify="left")
-    columns = ["case", "true LLC", "stored settings", "rel. error"]
+    table.add_column("case", no_wrap=True, min_width=max((len(row.name) for row in rows), default=4))
+    columns = ["true LLC", "stored settings"]
     if auto:
-        columns += ["calibrated (epsilon, gamma)", "calibrated", "rel. error "]
+        columns += ["calibrated (epsilon, gamma)", "calibrated"]
     columns.append("time")
     if against:
-        columns += [f"{against}, stored settings", "rel. error  ", f"{against} time"]
+        columns += [f"{against}, stored settings", f"{against} time"]
     for column in (*columns, "verdict"):
-        table.add_column(column, justify="left" if column in ("case", "verdict") else "right")
+        table.add_column(column, justify="left" if column == "verdict" else "right")
     for row in rows:
-        cells = [row.name, f"{row.true_llc:.3f}", estimate(row.llc_mean, row.standard_error), relative(row.relative_error)]
+        cells = [row.name, f"{row.true_llc:.3f}", estimate(row.llc_mean, row.standard_error, row.relative_error)]
         if auto:
             found = row.auto
             chosen = "none qualified" if found.epsilon is None else f"{found.epsilon:.3g}, {found.gamma:.3g}"
-            cells += [chosen, estimate(found.llc_mean, found.standard_error), relative(found.relative_error)]
+            cells += [chosen, estimate(found.llc_mean, found.standard_error, found.relative_error)]
         cells.append(f"{row.seconds + (row.auto.seconds if row.auto else 0.0):.1f} s")
         if against:
             reference = row.reference
-            cells += [estimate(reference.llc_mean, reference.standard_error), relative(reference.relative_error), f"{reference.seconds:.1f} s"]
+            cells += [estimate(reference.llc_mean, reference.standard_error, reference.relative_error), f"{reference.seconds:.1f} s"]
         table.add_row(*cells, "[green]pass[/]" if row.passed else "[red]FAIL[/]")
     stdout.print(table)
     stored = [abs(row.relative_error) for row in rows if row.relative_error is not None]
