@@ -3,7 +3,7 @@
 The public Python API; everything here is importable as ``from llcv import ...``.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 from llcv.calibration import SweepResult, calibrate_sweep, recommend_settings
 from llcv.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
