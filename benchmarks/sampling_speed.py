@@ -53,7 +53,9 @@ def _devinterp_llc(model, dataset, settings: SamplerSettings, loss, device, init
 
 def _llcv_llc(model, dataset, settings: SamplerSettings, loss, device) -> tuple[float, float, object]:
     data = SamplingData(dataset, settings, device)
-    estimate_llc(model, data, settings.model_copy(update={"num_draws": 2, "num_chains": min(2, settings.num_chains)}), loss=loss, device=device)
+    # a warm-up with the same chains, so the timed estimate reuses the execution plan (batched or not,
+    # auto's precision trial) as every checkpoint after a run's first does; fixed_cost times the first
+    estimate_llc(model, data, settings.model_copy(update={"num_draws": 2}), loss=loss, device=device)
     started = time.perf_counter()
     result = estimate_llc(model, data, settings, loss=loss, device=device)
     return time.perf_counter() - started, result.llc_mean, result
@@ -73,7 +75,7 @@ def resnet_case(device: torch.device, quick: bool) -> list[dict]:
     # minibatch per chain, is what llcv's init_loss_samples is set to here.
     base = SamplerSettings(
         epsilon=1e-5, gamma=1000.0, num_chains=4, num_draws=draws, batch_size=64, mala=False,
-        init_loss_samples=4 * 64,
+        init_loss_samples=4 * 64, precision="fp32",
     )
     ce = lambda module, batch: nn.functional.cross_entropy(module(batch[0].to(device)), batch[1].to(device))  # noqa: E731
     print(f"ResNet18 (CIFAR stem), digits 32x32, batch 64, 4 chains x {draws} draws, {device}:")

@@ -166,7 +166,6 @@ def _peak(trace: np.ndarray) -> tuple[float | None, int | None]:
 
 def save_curve(curve: CurveResult, directory: Path, fmt: str = "png") -> list[Path]:
     """Write ``curve.json`` and ``curve.<fmt>``; returns the files written."""
-
     directory = Path(directory)
     title = figure_title("LLC curve", curve.checkpoint, curve.settings, grid=False)
     return [
@@ -249,7 +248,6 @@ def chains_from_result(result: LLCResult, *, checkpoint: str | None = None) -> C
 
 def save_chains(chains: ChainsResult, directory: Path, fmt: str = "png") -> list[Path]:
     """Write ``chains.json`` and ``chains.<fmt>``; returns the files written."""
-
     directory = Path(directory)
     title = figure_title("LLC chains", chains.checkpoint, chains.settings, grid=False)
     return [

@@ -364,7 +364,6 @@ def save_sweep(result: SweepResult, directory: Path, fmt: str = "png") -> list[P
     Returns:
         The files written.
     """
-
     directory = Path(directory)
     written = [atomic_write_json(directory / "sweep.json", result.to_dict())]
     buffer = io.StringIO()
