@@ -12,8 +12,8 @@ chosen without timing. The choice and both timings go into every result's proven
 from __future__ import annotations
 
 import math
-from time import perf_counter
 from dataclasses import asdict, dataclass
+from time import perf_counter
 from typing import Any, Callable, Literal
 
 import torch
@@ -28,13 +28,14 @@ Precision = Literal["fp32", "bf16"]
 BF16_MAX_TIME_RATIO = 0.8
 # Timing costs passes the chains do not use (a few sampling steps at ResNet scale, once per
 # run), so one measured round suffices when the two precisions differ by more than the margin;
-# closer calls get more rounds, whose fastest counts.
+# closer calls get more rounds, whose fastest counts (``time_passes``).
+CLEAR_MARGIN = 1.25
 MAX_ROUNDS = 3
 LONG_PASS_SECONDS = 0.25
-KEPT = "kept from this run's earlier estimates"
-CLEAR_MARGIN = 1.25
 MIN_MEASURED_SECONDS = 0.02
 MAX_REPEATS = 50
+# How a later estimate's reason says that it took the run's earlier choice.
+KEPT = "kept from this run's earlier estimates"
 
 
 @dataclass(frozen=True)
