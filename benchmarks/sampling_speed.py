@@ -42,15 +42,6 @@ from llcv.reference import devinterp_estimate, devinterp_sgld_kwargs
 from llcv.sampling import SamplingData
 
 
-def _devinterp_llc(model, dataset, settings: SamplerSettings, loss, device, init_loss: float | None) -> tuple[float, float]:
-    """devinterp's estimate with the same settings (``llcv.reference``); returns (seconds, llc mean).
-
-    With ``init_loss=None`` devinterp measures it itself, on ``num_chains`` minibatches.
-    """
-    reference = devinterp_estimate(model, dataset, settings, loss, device, init_loss)
-    return reference.seconds, reference.llc_mean
-
-
 def _llcv_llc(model, dataset, settings: SamplerSettings, loss, device) -> tuple[float, float, object]:
     data = SamplingData(dataset, settings, device)
     # a warm-up with the same chains, so the timed estimate reuses the execution plan (batched or not,
@@ -81,7 +72,8 @@ def resnet_case(device: torch.device, quick: bool) -> list[dict]:
     print(f"ResNet18 (CIFAR stem), digits 32x32, batch 64, 4 chains x {draws} draws, {device}:")
     # devinterp samples in train mode; compare like with like, and show llcv's default (eval) too.
     ours_train, our_llc, result = _llcv_llc(model, train, base.model_copy(update={"bn_mode": "train"}), "cross_entropy", device)
-    theirs, their_llc = _devinterp_llc(model, train, base, ce, device, None)
+    reference = devinterp_estimate(model, train, base, ce, device)
+    theirs, their_llc = reference.seconds, reference.llc_mean
     case = "ResNet18 vs devinterp"
     rows = [_row(case, f"bn train mode, fp32 ({result.chain_execution})", ours_train, theirs, 1.0, our_llc, their_llc)]
     for precision in ("fp32", "bf16"):
@@ -109,7 +101,8 @@ def defaults_case(device: torch.device, quick: bool, sizes: list[tuple[int, int]
     for chains, draws in sizes or ([(2, 8)] if quick else [(2, 40), (4, 200)]):
         settings = SamplerSettings(epsilon=1e-5, gamma=1000.0, num_chains=chains, num_draws=draws)
         print(f"ResNet18 (CIFAR stem), digits 32x32, default settings (batch {settings.batch_size}), {chains} chains x {draws} draws, {device}:")
-        theirs, their_llc = _devinterp_llc(model, train, settings, ce, device, None)  # first, so it warms fp32's kernels for both
+        reference = devinterp_estimate(model, train, settings, ce, device)  # first, so it warms fp32's kernels for both
+        theirs, their_llc = reference.seconds, reference.llc_mean
         sampling._PLANS.clear()  # a new run: llcv decides its execution again, inside the timing
         started = time.perf_counter()
         result = estimate_llc(model, train, settings, device=device)
@@ -128,7 +121,8 @@ def small_model_case(device: torch.device, quick: bool) -> list[dict]:
     mse = lambda module, batch: nn.functional.mse_loss(module(batch[0].to(device)), batch[1].to(device))  # noqa: E731
     print(f"Reduced-rank regression 5-3-5, 1,000 samples full batch, 3 chains x {draws} draws, {device} (true LLC {case.true_llc}):")
     ours, our_llc, result = _llcv_llc(case.model.to(device), case.dataset, settings, "mse", device)
-    theirs, their_llc = _devinterp_llc(case.model, case.dataset, settings, mse, device, result.init_loss)
+    reference = devinterp_estimate(case.model, case.dataset, settings, mse, device, init_loss=result.init_loss)
+    theirs, their_llc = reference.seconds, reference.llc_mean
     name = "reduced-rank regression vs devinterp"
     rows = [_row(name, f"mala off ({result.chain_execution})", ours, theirs, 0.2, our_llc, their_llc)]
     ours, our_llc, result = _llcv_llc(case.model, case.dataset, settings.model_copy(update={"mala": True}), "mse", device)
