@@ -3,42 +3,40 @@
 For each selected checkpoint (and scope) a worker
 
 1. skips it when a ``done`` record made from this very file exists (``--force`` redoes it);
-2. claims it: a claim file created exclusively in ``<hash>/.claims/`` holding the worker's host,
-   pid and a heartbeat that a background thread refreshes. A claim whose heartbeat is older
-   than ``claim_timeout_seconds``, or whose process is gone from this host, is taken over;
-3. estimates it with ``llcv.sampling.estimate_llc`` (the model rebuilt per checkpoint, the
-   data prepared once per process) and writes the record atomically, then releases the claim.
+2. claims it (``llcv.claims``): a claim file created exclusively in ``<hash>/.claims/`` holding
+   the worker's host, pid and a heartbeat that a background thread refreshes. A claim whose
+   heartbeat is older than ``claim_timeout_seconds``, or whose process is gone from this host,
+   is taken over;
+3. estimates it with ``run_job`` (``llcv.sampling.estimate_llc``; the model rebuilt per
+   checkpoint, the data prepared once per process), in this process, a device worker or a Ray
+   task (``llcv.executors``), and writes the record atomically, then releases the claim.
 
 Records are whole files renamed into place, so a ``kill -9`` at any moment leaves only complete
 records and, at worst, a claim that the next run takes over. Ctrl-C and SIGTERM release the
-claims on the way out. Claims are exclusive file creations (``os.link``), which hold on NFS and
-other cluster filesystems; ``filelock`` only serialises the rarer takeover and heartbeat, where
-a filesystem without working ``flock`` costs at most a duplicated estimate, never a corrupt file.
+claims on the way out. Which checkpoints a worker takes (every K-th, steps, shards) is
+``llcv.selection``; what a refined record measures (a block, a class) is ``llcv.scopes``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import socket
-import threading
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from llcv.checkpoints import CheckpointInfo, list_checkpoints
+from llcv.claims import Claims
 from llcv.devices import resolve_device
 from llcv.errors import DataError, LLCVError, SettingsError
-from llcv.fileio import WriteError
+from llcv.executors import make_executor
 from llcv.health import brief_reason
 from llcv.precision import PrecisionChoice
 from llcv.progress import SILENT, Reporter
@@ -49,7 +47,6 @@ from llcv.results import (
     RECORD_FORMAT,
     RECORD_FORMAT_VERSION,
     ResultsStore,
-    check_scope,
     fingerprint,
     is_done,
     record_health,
@@ -57,417 +54,15 @@ from llcv.results import (
     settings_hash,
     step_from_name,
 )
-from llcv.sampling import LossSpec, SamplingData, default_nbeta, estimate_llc, select_parameters
+from llcv.sampling import LossSpec, SamplingData, estimate_llc
+from llcv.scopes import WHOLE_MODEL, Scope, run_scopes, same_refinement, scope_settings
+from llcv.selection import parse_shard, select_checkpoints, shard_name, shard_of
 from llcv.settings import SamplerSettings
 
 logger = logging.getLogger("llcv")
 
-HEARTBEAT_MAX_INTERVAL = 60.0  # seconds; a heartbeat every timeout/5, at least this often
-
-
-# --- choosing checkpoints -------------------------------------------------------------------
-
-
-def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """``"K/N"`` or ``(K, N)`` as ``(K, N)``, with 0 <= K < N.
-
-    Raises:
-        SettingsError: malformed, or K outside 0..N-1.
-    """
-    if shard is None:
-        return None
-    if isinstance(shard, str):
-        parts = shard.split("/")
-        if len(parts) != 2 or not all(part.strip().isdecimal() for part in parts):  # isdigit() admits "²", which int() refuses
-            raise SettingsError(f"shard {shard!r}: use K/N with 0 <= K < N, e.g. 0/4")
-        shard = (int(parts[0]), int(parts[1]))
-    index, count = shard
-    if count < 1 or not 0 <= index < count:
-        raise SettingsError(f"shard {index}/{count}: use K/N with 0 <= K < N, e.g. 0/4")
-    return index, count
-
-
-def shard_of(name: str, count: int) -> int:
-    """The share a checkpoint belongs to: a stable hash of its file name, so shares never reshuffle."""
-    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") % count
-
-
-def select_checkpoints(
-    paths: Sequence[Path],
-    *,
-    every_nth: int = 1,
-    steps: Sequence[int] | None = None,
-    shard: str | tuple[int, int] | None = None,
-) -> list[Path]:
-    """The checkpoints one worker estimates, in training order.
-
-    Args:
-        paths: all checkpoints, in training order (``list_checkpoints``).
-        every_nth: every K-th checkpoint starting with the first, plus the last (a coarse pass
-            that a plain rerun fills in later).
-        steps: only the checkpoints at these steps (``step_*.pt`` names).
-        shard: ``K/N``: only those whose file-name hash falls in share K of N.
-
-    Raises:
-        SettingsError: both ``every_nth`` and ``steps``, or a requested step has no checkpoint.
-    """
-    paths = list(paths)
-    if steps is not None and every_nth != 1:
-        raise SettingsError("--every-nth and --steps choose checkpoints in two ways; give only one")
-    if every_nth < 1:
-        raise SettingsError(f"every_nth must be at least 1, got {every_nth}")
-    if steps is not None:
-        by_step = {step_from_name(path.name): path for path in paths}
-        absent = sorted(set(steps) - set(by_step))
-        if absent:
-            known = sorted(step for step in by_step if step is not None)
-            raise SettingsError(
-                f"no checkpoint at step(s) {', '.join(map(str, absent))}; the steps present are "
-                f"{', '.join(map(str, known)) or 'none (only step_*.pt files have a step in their name)'}"
-            )
-        wanted = set(steps)
-        paths = [path for path in paths if step_from_name(path.name) in wanted]
-    elif every_nth > 1 and paths:
-        chosen = paths[::every_nth]
-        paths = chosen if chosen[-1] == paths[-1] else [*chosen, paths[-1]]
-    parsed = parse_shard(shard)
-    if parsed is not None:
-        index, count = parsed
-        paths = [path for path in paths if shard_of(path.name, count) == index]
-    return paths
-
-
-# --- claims ---------------------------------------------------------------------------------
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-@dataclass(frozen=True)
-class WorkerIdentity:
-    """Who holds a claim: the host, the process, and a unique id per ``estimate_all`` call."""
-
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
-    worker: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-
-class Claims:
-    """This worker's claims in one results folder, kept alive by a heartbeat thread.
-
-    Use as a context manager: leaving it (normally, by an exception, Ctrl-C or SIGTERM) stops
-    the heartbeat and releases every claim still held.
-    """
-
-    def __init__(self, folder: Path, timeout_seconds: float, identity: WorkerIdentity | None = None):
-        self.folder = Path(folder)
-        self.timeout = float(timeout_seconds)
-        self.identity = identity or WorkerIdentity()
-        self.held: set[str] = set()
-        self._mutex = threading.Lock()  # the heartbeat thread and the main thread
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # paths
-    def path(self, key: str) -> Path:
-        return self.folder / f"{key}.claim"
-
-    def _lock(self, key: str):
-        from filelock import FileLock
-
-        # one lock for the folder: it guards only takeovers, heartbeats and releases, each a few ms
-        return FileLock(self.folder / "claims.lock", timeout=min(30.0, max(self.timeout / 2, 1.0)))
-
-    # lifecycle
-    def __enter__(self) -> "Claims":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.sweep()
-        interval = min(self.timeout / 5, HEARTBEAT_MAX_INTERVAL)
-        self._thread = threading.Thread(target=self._beat, args=(interval,), name="llcv-claims-heartbeat", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        for key in list(self.held):
-            try:
-                self.release(key)
-            except OSError as error:  # a claim left behind is taken over later; never mask the real exit
-                logger.warning("could not release claim %s: %s", self.path(key), error)
-        # An interrupt between writing a claim's temporary file and renaming it can leave the file.
-        for leftover in self.folder.glob(f".*.{self.identity.worker}.*.tmp"):
-            leftover.unlink(missing_ok=True)
-
-    # the claim file
-    def _payload(self, key: str, claimed: float | None = None) -> dict[str, Any]:
-        now = time.time()
-        return {
-            "key": key,
-            "host": self.identity.host,
-            "pid": self.identity.pid,
-            "worker": self.identity.worker,
-            "claimed": claimed if claimed is not None else now,
-            "heartbeat": now,
-        }
-
-    def _temporary(self, key: str, payload: dict[str, Any]) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.folder / f".{key}.{self.identity.worker}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            with open(temporary, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            temporary.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
-            raise
-        return temporary
-
-    def read(self, key: str) -> dict[str, Any] | None:
-        """The claim on ``key``: a dict, ``{}`` when the file exists but cannot be parsed, None when absent."""
-        try:
-            payload = json.loads(self.path(key).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}
-        return payload if isinstance(payload, dict) else {}
-
-    def is_stale(self, claim: dict[str, Any]) -> bool:
-        """A claim is stale when its heartbeat is older than the timeout, or its process died on this host."""
-        heartbeat = claim.get("heartbeat")
-        if not isinstance(heartbeat, (int, float)):
-            try:
-                heartbeat = self.path(str(claim.get("key", ""))).stat().st_mtime
-            except OSError:
-                return True
-        if time.time() - heartbeat > self.timeout:
-            return True
-        same_host = claim.get("host") == self.identity.host
-        return same_host and isinstance(claim.get("pid"), int) and not _pid_alive(claim["pid"])
-
-    def try_claim(self, key: str) -> bool:
-        """Claim ``key`` if no live worker holds it; True when this worker now holds it.
-
-        Raises:
-            WriteError: the claim could not be written (a full or read-only disk).
-        """
-        try:
-            temporary = self._temporary(key, self._payload(key))
-        except OSError as error:
-            raise WriteError(f"could not claim {key}: writing in {self.folder} failed: {error.strerror or error}") from None
-        try:
-            try:
-                os.link(temporary, self.path(key))  # exclusive: fails if any claim exists
-                with self._mutex:
-                    self.held.add(key)
-                return True
-            except FileExistsError:
-                pass
-            current = self.read(key)
-            if current is None:  # released in between: try once more
-                try:
-                    os.link(temporary, self.path(key))
-                    with self._mutex:
-                        self.held.add(key)
-                    return True
-                except FileExistsError:
-                    return False
-            if not current:
-                current = {"key": key}  # unparseable: judged by the file's age
-            if current.get("worker") == self.identity.worker:
-                with self._mutex:
-                    self.held.add(key)
-                return True
-            if not self.is_stale(current):
-                return False
-            return self._take_over(key, current, temporary)
-        finally:
-            temporary.unlink(missing_ok=True)
-
-    def _take_over(self, key: str, stale: dict[str, Any], temporary: Path) -> bool:
-        from filelock import Timeout
-
-        try:
-            with self._lock(key):
-                now = self.read(key) or {}
-                if now.get("worker") != stale.get("worker") or now.get("heartbeat") != stale.get("heartbeat"):
-                    return False  # someone else took it over, or its owner came back to life
-                os.replace(temporary, self.path(key))
-        except (Timeout, OSError) as error:
-            logger.info("could not take over the stale claim %s: %s", self.path(key), error)
-            return False
-        held = (self.read(key) or {}).get("worker") == self.identity.worker
-        if held:
-            logger.info("took over the stale claim on %s (was %s pid %s)", key, stale.get("host"), stale.get("pid"))
-            with self._mutex:
-                self.held.add(key)
-        return held
-
-    def sweep(self) -> int:
-        """Remove the stale claims of dead workers (say, on checkpoints they finished just before a
-        ``kill -9``); returns how many were removed."""
-        from filelock import Timeout
-
-        removed = 0
-        for path in self.folder.glob("*.claim"):
-            key = path.name[: -len(".claim")]
-            stale = self.read(key)
-            if stale is None or stale.get("worker") == self.identity.worker or not self.is_stale({"key": key, **stale}):
-                continue
-            try:
-                with self._lock(key):
-                    now = self.read(key) or {}
-                    if now.get("worker") == stale.get("worker") and now.get("heartbeat") == stale.get("heartbeat"):
-                        path.unlink(missing_ok=True)
-                        removed += 1
-            except (Timeout, OSError) as error:
-                logger.info("could not remove the stale claim %s: %s", path, error)
-        return removed
-
-    def refresh(self, key: str) -> bool:
-        """Renew the heartbeat of a held claim; False (and the claim dropped) if another worker took it."""
-        from filelock import Timeout
-
-        try:
-            with self._lock(key):
-                current = self.read(key) or {}
-                if current.get("worker") != self.identity.worker:
-                    logger.warning("lost the claim on %s to %s pid %s", key, current.get("host"), current.get("pid"))
-                    with self._mutex:
-                        self.held.discard(key)
-                    return False
-                temporary = self._temporary(key, self._payload(key, claimed=current.get("claimed")))
-                os.replace(temporary, self.path(key))
-        except (Timeout, OSError) as error:
-            logger.info("heartbeat of %s skipped: %s", self.path(key), error)
-        return True
-
-    def release(self, key: str) -> None:
-        """Remove this worker's claim on ``key`` (a claim taken over by another worker is left alone).
-
-        The key stays in ``held`` until the file is gone, so an interrupt in here leaves it for
-        ``close`` to release.
-        """
-        from filelock import Timeout
-
-        lock = self._lock(key)
-        try:
-            lock.acquire()
-        except (Timeout, OSError):
-            lock = None
-        try:
-            if (self.read(key) or {}).get("worker") == self.identity.worker:
-                self.path(key).unlink(missing_ok=True)
-        finally:
-            if lock is not None:
-                lock.release()
-        with self._mutex:
-            self.held.discard(key)
-
-    def _beat(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            with self._mutex:
-                keys = list(self.held)
-            for key in keys:
-                if self._stop.is_set():
-                    return
-                try:
-                    self.refresh(key)
-                except Exception as error:  # noqa: BLE001 - the heartbeat must outlive one bad write
-                    logger.warning("heartbeat of claim %s failed: %s", key, error)
-
 
 # --- one checkpoint -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What one record measures: the whole model, one block's weights, or one class's data.
-
-    A refined scope replaces one sampler field for its own estimate and leaves the rest, and the
-    settings hash, as they are: a block scope samples only ``params`` (the rest of the model is
-    frozen at the checkpoint), a class scope measures the loss on ``classes`` only.
-
-    Attributes:
-        name: the record's ``scope``: ``model``, a block's name (``layer3``), or ``class=7``.
-        kind: ``model``, ``block`` or ``class``.
-        index: the order within its kind: a block's place in the model's declared blocks, a class's label.
-        params: a block's parameter-name glob patterns.
-        classes: a class scope's labels.
-    """
-
-    name: str = DEFAULT_SCOPE
-    kind: Literal["model", "block", "class"] = "model"
-    index: int = 0
-    params: tuple[str, ...] | None = None
-    classes: tuple[int, ...] | None = None
-
-
-WHOLE_MODEL = Scope()
-
-
-def refined_scopes(blocks: Mapping[str, Sequence[str]] | None = None, classes: Sequence[int] | None = None) -> list[Scope]:
-    """The whole model, then one scope per block (in the given order), then one per class.
-
-    Args:
-        blocks: {block name: parameter-name glob patterns}, e.g. ``llcv.models.model_blocks("resnet18")``.
-        classes: labels, each measured on its own.
-
-    Raises:
-        SettingsError: a block name is not usable in a file name, or a block has no pattern.
-    """
-    scopes = [WHOLE_MODEL]
-    for index, (name, patterns) in enumerate((blocks or {}).items()):
-        if name == DEFAULT_SCOPE or name.startswith("class="):
-            raise SettingsError(f"block name {name!r} is reserved for the whole model or a class; rename the block")
-        if isinstance(patterns, str) or not patterns:
-            raise SettingsError(f"block {name!r}: give a list of parameter-name patterns, e.g. ['{name}.*']")
-        scopes.append(Scope(check_scope(name), "block", index, params=tuple(patterns)))
-    for label in sorted(set(classes or ())):
-        scopes.append(Scope(f"class={label}", "class", int(label), classes=(int(label),)))
-    return scopes
-
-
-def scope_settings(settings: SamplerSettings, scope: Scope, dataset: Dataset) -> SamplerSettings:
-    """The sampler settings of one scope: the run's settings with the scope's ``params`` or ``classes``.
-
-    A class scope also keeps every curve at one temperature and within its data: when ``nbeta``
-    is left to its default (``batch_size / ln(batch_size)``, with the minibatch capped by the
-    data), it is fixed at the whole model's value, since a class may hold fewer samples than a
-    minibatch; and ``num_samples`` caps the class's samples instead of failing when the class
-    has fewer.
-    """
-    if scope.kind == "model":
-        return settings
-    changes: dict[str, Any] = {}
-    if scope.params is not None:
-        changes["params"] = list(scope.params)
-    if scope.classes is not None:
-        from llcv.data import dataset_targets
-
-        changes["classes"] = list(scope.classes)
-        whole = len(dataset) if settings.num_samples is None else min(settings.num_samples, len(dataset))
-        if settings.nbeta is None:
-            changes["nbeta"] = default_nbeta(min(settings.batch_size, whole))
-        if settings.num_samples is not None:
-            available = int(torch.isin(dataset_targets(dataset), torch.tensor(scope.classes)).sum())
-            if settings.num_samples >= available:
-                changes["num_samples"] = None
-    return SamplerSettings.model_validate({**settings.model_dump(), **changes})
 
 
 @dataclass(frozen=True)
@@ -594,10 +189,18 @@ def make_record(
     }
 
 
+def failure_record(job: EstimateJob, spec: JobSpec, reason: str, elapsed_seconds: float) -> dict[str, Any]:
+    """The ``failed`` record of a job whose worker died before it could return one (an executor
+    makes it in the worker's place)."""
+    return make_record(job, spec, status="failed", checkpoint_fingerprint=None, error=reason, elapsed_seconds=elapsed_seconds)
+
+
 def run_job(job: EstimateJob, spec: JobSpec, reporter: Reporter = SILENT) -> dict[str, Any]:
     """Estimate one checkpoint and return its record; any failure becomes a ``failed`` record.
 
-    Only interruptions (Ctrl-C, SIGTERM, ``SystemExit``) propagate.
+    Only interruptions (Ctrl-C, SIGTERM, ``SystemExit``) propagate. The ``job_function`` that
+    ``estimate_all`` hands its executor (a top-level function, so device processes and Ray
+    tasks receive it by reference).
     """
     started = time.perf_counter()
     info, stamp = None, None
@@ -734,8 +337,6 @@ def estimate_all(
         WriteError: the results folder cannot be written.
         EstimationError: with ``devices``, no device's worker could start.
     """
-    from llcv.executors import make_executor
-
     started = time.perf_counter()
     runner = make_executor(executor, ray_address=ray_address, cpus_per_task=cpus_per_task, device=device, devices=devices)
     if executor == "local":
@@ -753,11 +354,11 @@ def estimate_all(
         model_factory=model_factory, dataset=dataset, model_name=model_name, stem=stem,
         data_dir=str(data_dir) if data_dir is not None else None, executor=executor,
     )  # fmt: skip
-    scopes = _run_scopes(paths, spec, per_layer, per_class, blocks)
+    scopes = run_scopes(paths, spec, per_layer, per_class, blocks)
     jobs = [EstimateJob(path, scope) for scope in scopes for path in paths]  # the whole-model curve first
     parsed = parse_shard(shard)
     if parsed is not None:  # by (checkpoint, scope): the whole model's share is its file name's
-        jobs = [job for job in jobs if shard_of(_shard_name(job), parsed[1]) == parsed[0]]
+        jobs = [job for job in jobs if shard_of(shard_name(job.checkpoint.name, job.scope), parsed[1]) == parsed[0]]
     _check_unique_keys(jobs)
 
     digest = spec.settings_hash  # of the run's settings: a scope's own params/classes never enter it
@@ -780,7 +381,7 @@ def estimate_all(
             if announce and record.get("status") == "done":
                 reporter.note(f"{job.label} changed since its record was written (or comes from another run); redoing it")
             return False
-        if not _same_refinement(record, job.part):
+        if not same_refinement(record, job.part):
             if announce:
                 reporter.note(f"{job.label} was estimated with other parameters or classes for this scope; redoing it")
             return False
@@ -848,7 +449,7 @@ def estimate_all(
     reporter.start("checkpoints", f"Checkpoints ({len(summary.already_done)} already done)", len(todo))
     try:
         with Claims(store.folder / CLAIMS_FOLDER, claim_timeout_seconds) as claims:
-            runner.run(claimed_jobs(), spec, on_result, reporter)
+            runner.run(claimed_jobs(), spec, on_result, reporter, job_function=run_job, failure_record=failure_record)
     except BaseException as error:
         if not isinstance(error, Exception):  # KeyboardInterrupt, console.Terminated, SystemExit
             summary.interrupted = True
@@ -903,113 +504,3 @@ def _check_unique_keys(jobs: list[EstimateJob]) -> None:
                 f"checkpoints {seen[job.key]} and {job.checkpoint.name} would share the result file {job.key}.json; rename one"
             )
         seen[job.key] = job.checkpoint.name
-
-
-# --- refined scopes -------------------------------------------------------------------------
-
-
-def _shard_name(job: EstimateJob) -> str:
-    """What a job's share is hashed from: the checkpoint's file name, plus the scope for refined ones."""
-    return job.checkpoint.name if job.scope == DEFAULT_SCOPE else f"{job.checkpoint.name}__{job.scope}"
-
-
-def _same_refinement(record: Mapping[str, Any], scope: Scope) -> bool:
-    """Whether a record of a refined scope was made with the scope's current patterns or labels
-    (a model's blocks may be redeclared between runs)."""
-    recorded = (record.get("result") or {}).get("settings") or {}
-    if scope.params is not None and recorded.get("params") != list(scope.params):
-        return False
-    return scope.classes is None or recorded.get("classes") == list(scope.classes)
-
-
-def _run_scopes(
-    paths: Sequence[Path],
-    spec: JobSpec,
-    per_layer: bool | Sequence[str],
-    per_class: bool | Sequence[int],
-    blocks: Mapping[str, Sequence[str]] | None,
-) -> list[Scope]:
-    """The scopes of this run: the whole model, then the blocks and classes asked for.
-
-    Blocks and classes are read from the first checkpoint that loads (its model's registration,
-    its class count, or the given dataset's labels), and each block is checked to match a
-    parameter, so a mistake fails before any work rather than once per checkpoint.
-    """
-    if per_layer is False and per_class is False:
-        if blocks is not None:
-            raise SettingsError("blocks= is used by per_layer=; pass per_layer=True as well")
-        return [WHOLE_MODEL]
-    if per_layer is not False and spec.settings.params is not None:
-        raise SettingsError("per-layer estimates choose their own parameters; leave the sampler's params unset")
-    if per_class is not False and spec.settings.classes is not None:
-        raise SettingsError("per-class estimates choose their own classes; pass the classes to per_class (--per-class --classes) instead")
-    model, info = _first_model(paths, spec)
-    chosen_blocks: dict[str, Sequence[str]] = {}
-    if per_layer is not False:
-        declared = dict(blocks) if blocks is not None else _declared_blocks(info.model.name, spec)
-        wanted = list(declared) if per_layer is True else list(per_layer)
-        unknown = [name for name in wanted if name not in declared]
-        if unknown:
-            raise SettingsError(f"unknown block(s) {', '.join(unknown)}; the model's blocks are {', '.join(declared)}")
-        chosen_blocks = {name: declared[name] for name in wanted}
-        for name, patterns in chosen_blocks.items():
-            try:
-                select_parameters(model, list(patterns) if not isinstance(patterns, str) else [patterns])
-            except SettingsError as problem:
-                raise SettingsError(f"block {name!r} ({', '.join(patterns)}): {problem}") from None
-    labels: list[int] = []
-    if per_class is not False:
-        present = _class_labels(info, spec)
-        labels = present if per_class is True else [int(label) for label in per_class]
-        unknown = sorted(set(labels) - set(present))
-        if unknown:
-            raise SettingsError(f"unknown class(es) {', '.join(map(str, unknown))}; the labels are {_ranges(present)}")
-    return refined_scopes(chosen_blocks, labels)
-
-
-def _first_model(paths: Sequence[Path], spec: JobSpec) -> tuple[nn.Module, CheckpointInfo]:
-    """The model of the first checkpoint that loads (raises the first one's error if none does)."""
-    from llcv.checkpoints import load_checkpoint
-
-    first_error: LLCVError | None = None
-    for path in paths:
-        try:
-            factory_model = spec.model_factory() if spec.model_factory is not None else None
-            return load_checkpoint(path, model=factory_model, model_name=spec.model_name, stem=spec.stem)
-        except LLCVError as problem:
-            first_error = first_error or problem
-    if first_error is not None:
-        raise first_error
-    raise SettingsError("no checkpoint selected, so the model's blocks and classes are unknown")
-
-
-def _declared_blocks(model_name: str, spec: JobSpec) -> dict[str, Sequence[str]]:
-    from llcv.models import list_models, model_blocks
-
-    if spec.model_factory is not None or model_name not in list_models():
-        raise SettingsError(
-            f"per-layer estimates need the model's blocks: pass blocks={{'name': ['pattern.*'], ...}}, "
-            "or register the model with register_model(name, blocks=...)"
-        )
-    declared = model_blocks(model_name)
-    if not declared:
-        raise SettingsError(f"model {model_name!r} declares no blocks; register it with register_model({model_name!r}, blocks=...) or pass blocks=")
-    return declared
-
-
-def _class_labels(info: CheckpointInfo, spec: JobSpec) -> list[int]:
-    """The labels of the given dataset, else 0..C-1 for the checkpoint's C outputs."""
-    if isinstance(spec.dataset, Dataset):
-        from llcv.data import dataset_targets
-
-        return sorted(set(dataset_targets(spec.dataset).tolist()))
-    if info.model.num_classes is None:
-        raise SettingsError(f"cannot tell the classes of {info.path}: pass the dataset to choose per-class scopes from")
-    return list(range(info.model.num_classes))
-
-
-def _ranges(labels: Sequence[int]) -> str:
-    labels = sorted(labels)
-    if labels and labels == list(range(labels[0], labels[-1] + 1)) and len(labels) > 3:
-        return f"{labels[0]}..{labels[-1]}"
-    return ", ".join(map(str, labels))

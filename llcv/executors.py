@@ -1,9 +1,16 @@
 """Executors: where ``estimate_all``'s jobs run: in this process, one process per device, or as Ray tasks.
 
-An executor pulls claimed jobs from an iterator, runs ``llcv.estimation.run_job`` on each, and
-hands every record back to ``on_result`` in this process, which writes it and releases the
-claim. So the store, the claims and resume behave the same whatever runs the jobs; device and
-Ray workers only need to read the checkpoints, never the results folder.
+An executor pulls claimed jobs from an iterator, runs the caller's ``job_function`` on each
+(``estimate_all`` passes ``llcv.estimation.run_job``), and hands every record back to
+``on_result`` in this process, which writes it and releases the claim. So the store, the claims
+and resume behave the same whatever runs the jobs; device and Ray workers only need to read the
+checkpoints, never the results folder. A job whose worker died before returning its record gets
+the caller's ``failure_record`` instead.
+
+Both functions are given by the caller, so this module knows nothing of what a job is (and
+``llcv.estimation`` can import it without a cycle). They must be picklable top-level functions:
+device workers are spawned processes and Ray tasks run elsewhere, and each receives them by
+reference.
 """
 
 from __future__ import annotations
@@ -25,26 +32,35 @@ import torch
 
 from llcv.errors import EstimationError, SettingsError
 from llcv.precision import PrecisionChoice
-from llcv.progress import ForwardingReporter, Reporter, replay
+from llcv.progress import SILENT, ForwardingReporter, Reporter, replay
 
 logger = logging.getLogger("llcv")
 
 OnResult = Callable[[Any, dict[str, Any]], None]
+# (job, spec, reporter) -> record: estimates one job; turns every failure but an interrupt into a failed record
+JobFunction = Callable[[Any, Any, Reporter], dict[str, Any]]
+# (job, spec, reason, elapsed_seconds) -> the failed record of a job whose worker died
+FailureRecord = Callable[[Any, Any, str, float], dict[str, Any]]
 
 
 class Executor(Protocol):
-    def run(self, jobs: Iterator[Any], spec: Any, on_result: OnResult, reporter: Reporter) -> None:
-        """Run every job from ``jobs`` and call ``on_result(job, record)`` for each, in this process."""
+    def run(
+        self, jobs: Iterator[Any], spec: Any, on_result: OnResult, reporter: Reporter, *,
+        job_function: JobFunction, failure_record: FailureRecord,
+    ) -> None:  # fmt: skip
+        """Run ``job_function(job, spec, reporter)`` on every job from ``jobs`` and call
+        ``on_result(job, record)`` for each, in this process."""
 
 
 class LocalExecutor:
     """One job at a time in this process; the chains report their progress through ``reporter``."""
 
-    def run(self, jobs: Iterator[Any], spec: Any, on_result: OnResult, reporter: Reporter) -> None:
-        from llcv.estimation import run_job
-
+    def run(
+        self, jobs: Iterator[Any], spec: Any, on_result: OnResult, reporter: Reporter, *,
+        job_function: JobFunction, failure_record: FailureRecord,
+    ) -> None:  # fmt: skip
         for job in jobs:
-            on_result(job, run_job(job, spec, reporter))
+            on_result(job, job_function(job, spec, reporter))
 
 
 def resolve_devices(names: Sequence[str]) -> list[str]:
@@ -97,9 +113,13 @@ class DevicesExecutor:
     def __init__(self, devices: Sequence[str]):
         self.devices = list(devices)
 
-    def run(self, jobs: Iterator[Any], spec: Any, on_result: OnResult, reporter: Reporter) -> None:
+    def run(
+        self, jobs: Iterator[Any], spec: Any, on_result: OnResult, reporter: Reporter, *,
+        job_function: JobFunction, failure_record: FailureRecord,
+    ) -> None:  # fmt: skip
         if len(self.devices) == 1:
-            LocalExecutor().run(jobs, dataclasses.replace(spec, device=self.devices[0]), on_result, reporter)
+            spec = dataclasses.replace(spec, device=self.devices[0])
+            LocalExecutor().run(jobs, spec, on_result, reporter, job_function=job_function, failure_record=failure_record)
             return
         try:
             pickle.dumps(spec)  # now, for a clear message, not as a failure inside process start-up
@@ -114,7 +134,9 @@ class DevicesExecutor:
         jobs = itertools.chain([first], jobs)
         threads = max(1, torch.get_num_threads() // len(self.devices))
         labels = _worker_labels(self.devices)
-        workers = [_DeviceWorker(device, label, threads, spec) for device, label in zip(self.devices, labels)]
+        workers = [
+            _DeviceWorker(device, label, threads, spec, job_function, failure_record) for device, label in zip(self.devices, labels)
+        ]
         reporter.note(f"{len(workers)} workers ({', '.join(labels)}), {threads} torch thread(s) each")
         try:
             self._serve(workers, jobs, on_result, reporter, spec)
@@ -172,9 +194,10 @@ def _worker_labels(devices: Sequence[str]) -> list[str]:
 class _DeviceWorker:
     """This process's side of one device worker: its process and pipe, its job, the loops it shows."""
 
-    def __init__(self, device: str, label: str, num_threads: int, spec: Any):
+    def __init__(self, device: str, label: str, num_threads: int, spec: Any, job_function: JobFunction, failure_record: FailureRecord):
         self.device, self.label, self.num_threads = device, label, num_threads
         self.spec = dataclasses.replace(spec, device=device, executor="devices")  # for the records of crashes
+        self.job_function, self.failure_record = job_function, failure_record
         self.process: multiprocessing.process.BaseProcess | None = None
         self.connection: Connection | None = None
         self.job: Any = None
@@ -191,7 +214,7 @@ class _DeviceWorker:
             context = multiprocessing.get_context("spawn")
             mine, theirs = context.Pipe()
             process = context.Process(
-                target=_device_worker, args=(theirs, self.device, self.label, self.num_threads, self.spec),
+                target=_device_worker, args=(theirs, self.device, self.label, self.num_threads, self.spec, self.job_function),
                 name=f"llcv-{self.label}", daemon=True,
             )  # fmt: skip
             with _ignoring_ctrl_c():
@@ -232,7 +255,7 @@ class _DeviceWorker:
         if self.finished == 0:
             self.retired = True
             reporter.note(f"{self.label}: the worker stopped before finishing a checkpoint ({self.reason}); continuing without it")
-        return job, _crash_record(job, self.spec, f"the worker on {self.label} died: {self.reason}", self.submitted)
+        return job, _crash_record(self.failure_record, job, self.spec, f"the worker on {self.label} died: {self.reason}", self.submitted)
 
     def stop(self, reporter: Reporter, kill: bool = False) -> None:
         """End the worker: ask it to exit once idle, or kill it (an interrupt)."""
@@ -283,8 +306,8 @@ def _exit_reason(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _device_worker(connection: Connection, device: str, label: str, num_threads: int, spec: Any) -> None:
-    """A device worker's process: estimate every job it is sent on ``device``, until it is sent None.
+def _device_worker(connection: Connection, device: str, label: str, num_threads: int, spec: Any, job_function: JobFunction) -> None:
+    """A device worker's process: run ``job_function`` on every job it is sent on ``device``, until it is sent None.
 
     Ctrl-C and SIGTERM are left to the main process, which kills its workers on its way out; a
     worker whose main process is gone without doing so (``kill -9``) exits at once.
@@ -293,8 +316,6 @@ def _device_worker(connection: Connection, device: str, label: str, num_threads:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, name="llcv-parent-watch", daemon=True).start()
     try:
-        from llcv.estimation import run_job
-
         torch.set_num_threads(num_threads)
         if torch.device(device).type == "cuda" and torch.device(device).index is not None:
             torch.cuda.set_device(device)  # so nothing opens a context on cuda:0 as well
@@ -302,7 +323,7 @@ def _device_worker(connection: Connection, device: str, label: str, num_threads:
         reporter = ForwardingReporter(connection.send, label)
         while (request := connection.recv()) is not None:
             job, precision = request
-            connection.send(("result", run_job(job, dataclasses.replace(spec, precision=precision or spec.precision), reporter)))
+            connection.send(("result", job_function(job, dataclasses.replace(spec, precision=precision or spec.precision), reporter)))
     except (EOFError, ConnectionError):
         return  # the main process is gone (or closed the pipe): nobody to work for
     except BaseException as error:
@@ -340,7 +361,10 @@ class RayExecutor:
         self.cpus_per_task = cpus_per_task
         self.device = device
 
-    def run(self, jobs: Iterator[Any], spec: Any, on_result: OnResult, reporter: Reporter) -> None:
+    def run(
+        self, jobs: Iterator[Any], spec: Any, on_result: OnResult, reporter: Reporter, *,
+        job_function: JobFunction, failure_record: FailureRecord,
+    ) -> None:  # fmt: skip
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
@@ -368,7 +392,7 @@ class RayExecutor:
                     job = next(jobs, None)
                     if job is None:
                         return
-                    in_flight[task.remote([spec_ref], job, cpus)] = (job, time.perf_counter())
+                    in_flight[task.remote([spec_ref], job, cpus, job_function)] = (job, time.perf_counter())
 
             submit()
             while in_flight:
@@ -378,7 +402,7 @@ class RayExecutor:
                     record = ray.get(ready[0])
                 except Exception as error:  # noqa: BLE001 - a crashed worker fails its checkpoint only
                     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                    record = _crash_record(job, spec, f"Ray task failed: {first_line}", submitted)
+                    record = _crash_record(failure_record, job, spec, f"Ray task failed: {first_line}", submitted)
                 choice = (record.get("result") or {}).get("precision_choice")
                 if undecided and choice:
                     undecided = False
@@ -395,12 +419,9 @@ class RayExecutor:
                 ray.shutdown()
 
 
-def _crash_record(job: Any, spec: Any, reason: str, submitted: float) -> dict[str, Any]:
+def _crash_record(failure_record: FailureRecord, job: Any, spec: Any, reason: str, submitted: float) -> dict[str, Any]:
     """The ``failed`` record of a job whose worker died (it could not write one itself)."""
-    from llcv.estimation import make_record
-
-    return make_record(job, spec, status="failed", checkpoint_fingerprint=None, error=reason,
-                       elapsed_seconds=time.perf_counter() - submitted)  # fmt: skip
+    return failure_record(job, spec, reason, time.perf_counter() - submitted)
 
 
 def _import_ray():
@@ -415,20 +436,18 @@ def _import_ray():
 _SPECS: dict[str, Any] = {}
 
 
-def _ray_task(spec_box: list, job: Any, num_threads: int) -> dict[str, Any]:
-    """A Ray task: one checkpoint with ``num_threads`` torch threads. The spec comes boxed in a
-    list so Ray passes the reference instead of deserialising the spec for every task."""
+def _ray_task(spec_box: list, job: Any, num_threads: int, job_function: JobFunction) -> dict[str, Any]:
+    """A Ray task: ``job_function`` on one checkpoint with ``num_threads`` torch threads. The spec
+    comes boxed in a list so Ray passes the reference instead of deserialising the spec for every task."""
     import ray
     import torch
-
-    from llcv.estimation import run_job
 
     torch.set_num_threads(num_threads)
     ref = spec_box[0]
     if ref.hex() not in _SPECS:
         _SPECS.clear()
         _SPECS[ref.hex()] = ray.get(ref)
-    return run_job(job, _SPECS[ref.hex()])
+    return job_function(job, _SPECS[ref.hex()], SILENT)
 
 
 def make_executor(

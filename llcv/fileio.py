@@ -32,6 +32,30 @@ class WriteError(LLCVError):
     exit_code = 1
 
 
+def write_temporary(folder: Path, prefix: str, write: Callable[[IO[bytes]], Any]) -> Path:
+    """A complete, fsynced new file ``folder/<prefix><random>.tmp`` written through ``write(handle)``.
+
+    The building block of ``atomic_write``, for callers that put the file in place themselves
+    (``llcv.claims`` links it, which fails when the target exists, where a rename would replace it).
+
+    Raises:
+        OSError: the file could not be written; no temporary file is left behind.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            os.chmod(temporary, _FILE_MODE)
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return Path(temporary)
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Write ``path`` through ``write(handle)`` on a temporary file, then rename it into place.
 
@@ -41,13 +65,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
     path = Path(path)
     temporary = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(descriptor, "wb") as handle:
-            os.chmod(temporary, _FILE_MODE)
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        temporary = write_temporary(path.parent, f".{path.name}.", write)
         os.replace(temporary, path)
         temporary = None
     except OSError as error:
@@ -55,7 +73,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
         raise WriteError(f"could not write {path}: {reason}; any previous version of it is intact") from None
     finally:
         if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
     return path
 
 

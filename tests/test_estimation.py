@@ -15,10 +15,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from _helpers import copy_checkpoints, fast_settings
+from llcv.claims import Claims, WorkerIdentity
 from llcv.errors import SettingsError
-from llcv.estimation import Claims, WorkerIdentity, estimate_all, select_checkpoints, shard_of
+from llcv.estimation import estimate_all
 from llcv.progress import Reporter
 from llcv.results import ResultsStore, load_results, settings_hash
+from llcv.selection import select_checkpoints, shard_of
 
 
 @pytest.fixture

@@ -29,9 +29,9 @@ from llcv import LLCResult, SamplerSettings, estimate_llc
 from llcv.calibration import ROW_FIELDS, SweepResult, parse_grid
 from llcv.cli import app
 from llcv.errors import SettingsError
-from llcv.estimation import EstimateSummary, parse_shard
+from llcv.estimation import EstimateSummary
 from llcv.results import ResultsStore
-from llcv.settings import SECTION_MODELS, EstimateSettings, load_settings, read_config, validate_section
+from llcv.settings import SECTION_MODELS, EstimateSettings, load_settings, parse_shard, read_config, validate_section
 from llcv.training import TrainResult
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

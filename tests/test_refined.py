@@ -17,10 +17,11 @@ from _helpers import copy_checkpoints, fast_settings
 from conftest import make_train_settings
 from llcv.data import dataset_targets
 from llcv.errors import SettingsError
-from llcv.estimation import EstimateJob, Scope, estimate_all, refined_scopes
+from llcv.estimation import EstimateJob, estimate_all
 from llcv.models import SmallCNN, model_blocks
 from llcv.plotting import llc_figure, plot_llc
 from llcv.results import load_results, results_dataframe, settings_hash
+from llcv.scopes import Scope, refined_scopes
 from llcv.settings import SamplerSettings
 from llcv.targets import training_split
 

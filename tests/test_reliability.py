@@ -29,7 +29,6 @@ from typer.testing import CliRunner
 
 from _helpers import FAST_FLAGS, REPO, copy_checkpoints, fake_record, fast_settings, unwrapped, without_whitespace
 from llcv import SamplerSettings, estimate_llc
-from llcv import estimation as estimation_module
 from llcv.calibration import calibrate_sweep
 from llcv.checkpoints import checkpoint_name, list_checkpoints, read_checkpoint, save_checkpoint
 from llcv.cli import app
@@ -340,19 +339,21 @@ def test_estimate_all_records_a_checkpoint_whose_every_chain_diverges_as_failed(
 
 
 class DiskFault:
-    """Makes llcv's atomic writes of the named files fail as a full disk or a read-only filesystem does.
+    """Makes llcv's atomic writes of the named files (or of any file in the named folders) fail as a
+    full disk or a read-only filesystem does.
 
     ENOSPC: the temporary file is created, a little is written, then a write fails. EROFS: the
     temporary file cannot be created. Other files are written normally.
     """
 
-    def __init__(self, monkeypatch, kind: str, names: set[str]):
-        self.kind, self.names, self.hits = kind, set(names), 0
+    def __init__(self, monkeypatch, kind: str, names: set[str], folders: set[str] = frozenset()):
+        self.kind, self.names, self.folders, self.hits = kind, set(names), set(folders), 0
         real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
         filling: set[int] = set()
 
         def mkstemp(*args, prefix=None, dir=None, **kwargs):
-            if prefix and prefix[1:-1] in self.names:  # atomic_write's prefix is ".{name}."
+            named = prefix and prefix[1:-1] in self.names  # atomic_write's prefix is ".{name}."
+            if named or (dir is not None and Path(dir).name in self.folders):
                 self.hits += 1
                 if kind == "EROFS":
                     raise OSError(errno.EROFS, os.strerror(errno.EROFS))
@@ -457,19 +458,12 @@ def test_estimate_all_on_a_full_disk_stops_with_a_message_and_a_rerun_finishes(t
 
 
 def test_a_claim_on_a_full_disk_is_a_message_not_a_traceback(final_checkpoint, tmp_path, monkeypatch):
-    real_open = open
-
-    def full_open(file, mode="r", *args, **kwargs):
-        if "w" in mode and ".claims" in str(file):
-            real_open(file, mode, *args, **kwargs).close()  # created, then nothing fits
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_open(file, mode, *args, **kwargs)
-
-    monkeypatch.setattr(estimation_module, "open", full_open, raising=False)
+    fault = DiskFault(monkeypatch, "ENOSPC", set(), folders={".claims"})  # every claim file: created, then nothing fits
     results = tmp_path / "results"
     result = _invoke("estimate-all", "--checkpoints-dir", final_checkpoint.parent, "--results-dir", results, "--steps", "16", *FAST_FLAGS)
     assert result.exit_code == 1, result.output
     assert "could not claim step_00000016" in unwrapped(result.output) and "No space left on device" in unwrapped(result.output)
+    assert fault.hits
     _no_temporaries(results)
 
 

@@ -1,0 +1,206 @@
+"""Refined scopes: what one record of ``estimate_all`` measures, the whole model, a block or a class.
+
+A run estimates the whole model at every checkpoint and, with ``per_layer`` or ``per_class``, one
+more record per block (a weight-refined LLC: only that block's parameters are sampled) or per
+class (a data-refined LLC: the loss on that class's samples only). ``refined_scopes`` lists the
+scopes, ``scope_settings`` turns the run's sampler settings into one scope's, and ``run_scopes``
+resolves a run's ``per_layer`` / ``per_class`` / ``blocks`` against its first checkpoint, so a
+mistake fails before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from llcv.checkpoints import CheckpointInfo
+from llcv.errors import LLCVError, SettingsError
+from llcv.results import DEFAULT_SCOPE, check_scope
+from llcv.sampling import default_nbeta, select_parameters
+from llcv.settings import SamplerSettings
+
+if TYPE_CHECKING:  # for annotations only: llcv.estimation imports this module
+    from llcv.estimation import JobSpec
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What one record measures: the whole model, one block's weights, or one class's data.
+
+    A refined scope replaces one sampler field for its own estimate and leaves the rest, and the
+    settings hash, as they are: a block scope samples only ``params`` (the rest of the model is
+    frozen at the checkpoint), a class scope measures the loss on ``classes`` only.
+
+    Attributes:
+        name: the record's ``scope``: ``model``, a block's name (``layer3``), or ``class=7``.
+        kind: ``model``, ``block`` or ``class``.
+        index: the order within its kind: a block's place in the model's declared blocks, a class's label.
+        params: a block's parameter-name glob patterns.
+        classes: a class scope's labels.
+    """
+
+    name: str = DEFAULT_SCOPE
+    kind: Literal["model", "block", "class"] = "model"
+    index: int = 0
+    params: tuple[str, ...] | None = None
+    classes: tuple[int, ...] | None = None
+
+
+WHOLE_MODEL = Scope()
+
+
+def refined_scopes(blocks: Mapping[str, Sequence[str]] | None = None, classes: Sequence[int] | None = None) -> list[Scope]:
+    """The whole model, then one scope per block (in the given order), then one per class.
+
+    Args:
+        blocks: {block name: parameter-name glob patterns}, e.g. ``llcv.models.model_blocks("resnet18")``.
+        classes: labels, each measured on its own.
+
+    Raises:
+        SettingsError: a block name is not usable in a file name, or a block has no pattern.
+    """
+    scopes = [WHOLE_MODEL]
+    for index, (name, patterns) in enumerate((blocks or {}).items()):
+        if name == DEFAULT_SCOPE or name.startswith("class="):
+            raise SettingsError(f"block name {name!r} is reserved for the whole model or a class; rename the block")
+        if isinstance(patterns, str) or not patterns:
+            raise SettingsError(f"block {name!r}: give a list of parameter-name patterns, e.g. ['{name}.*']")
+        scopes.append(Scope(check_scope(name), "block", index, params=tuple(patterns)))
+    for label in sorted(set(classes or ())):
+        scopes.append(Scope(f"class={label}", "class", int(label), classes=(int(label),)))
+    return scopes
+
+
+def scope_settings(settings: SamplerSettings, scope: Scope, dataset: Dataset) -> SamplerSettings:
+    """The sampler settings of one scope: the run's settings with the scope's ``params`` or ``classes``.
+
+    A class scope also keeps every curve at one temperature and within its data: when ``nbeta``
+    is left to its default (``batch_size / ln(batch_size)``, with the minibatch capped by the
+    data), it is fixed at the whole model's value, since a class may hold fewer samples than a
+    minibatch; and ``num_samples`` caps the class's samples instead of failing when the class
+    has fewer.
+    """
+    if scope.kind == "model":
+        return settings
+    changes: dict[str, Any] = {}
+    if scope.params is not None:
+        changes["params"] = list(scope.params)
+    if scope.classes is not None:
+        from llcv.data import dataset_targets
+
+        changes["classes"] = list(scope.classes)
+        whole = len(dataset) if settings.num_samples is None else min(settings.num_samples, len(dataset))
+        if settings.nbeta is None:
+            changes["nbeta"] = default_nbeta(min(settings.batch_size, whole))
+        if settings.num_samples is not None:
+            available = int(torch.isin(dataset_targets(dataset), torch.tensor(scope.classes)).sum())
+            if settings.num_samples >= available:
+                changes["num_samples"] = None
+    return SamplerSettings.model_validate({**settings.model_dump(), **changes})
+
+
+def same_refinement(record: Mapping[str, Any], scope: Scope) -> bool:
+    """Whether a record of a refined scope was made with the scope's current patterns or labels
+    (a model's blocks may be redeclared between runs)."""
+    recorded = (record.get("result") or {}).get("settings") or {}
+    if scope.params is not None and recorded.get("params") != list(scope.params):
+        return False
+    return scope.classes is None or recorded.get("classes") == list(scope.classes)
+
+
+def run_scopes(
+    paths: Sequence[Path],
+    spec: JobSpec,
+    per_layer: bool | Sequence[str],
+    per_class: bool | Sequence[int],
+    blocks: Mapping[str, Sequence[str]] | None,
+) -> list[Scope]:
+    """The scopes of this run: the whole model, then the blocks and classes asked for.
+
+    Blocks and classes are read from the first checkpoint that loads (its model's registration,
+    its class count, or the given dataset's labels), and each block is checked to match a
+    parameter, so a mistake fails before any work rather than once per checkpoint.
+    """
+    if per_layer is False and per_class is False:
+        if blocks is not None:
+            raise SettingsError("blocks= is used by per_layer=; pass per_layer=True as well")
+        return [WHOLE_MODEL]
+    if per_layer is not False and spec.settings.params is not None:
+        raise SettingsError("per-layer estimates choose their own parameters; leave the sampler's params unset")
+    if per_class is not False and spec.settings.classes is not None:
+        raise SettingsError("per-class estimates choose their own classes; pass the classes to per_class (--per-class --classes) instead")
+    model, info = _first_model(paths, spec)
+    chosen_blocks: dict[str, Sequence[str]] = {}
+    if per_layer is not False:
+        declared = dict(blocks) if blocks is not None else _declared_blocks(info.model.name, spec)
+        wanted = list(declared) if per_layer is True else list(per_layer)
+        unknown = [name for name in wanted if name not in declared]
+        if unknown:
+            raise SettingsError(f"unknown block(s) {', '.join(unknown)}; the model's blocks are {', '.join(declared)}")
+        chosen_blocks = {name: declared[name] for name in wanted}
+        for name, patterns in chosen_blocks.items():
+            try:
+                select_parameters(model, list(patterns) if not isinstance(patterns, str) else [patterns])
+            except SettingsError as problem:
+                raise SettingsError(f"block {name!r} ({', '.join(patterns)}): {problem}") from None
+    labels: list[int] = []
+    if per_class is not False:
+        present = _class_labels(info, spec)
+        labels = present if per_class is True else [int(label) for label in per_class]
+        unknown = sorted(set(labels) - set(present))
+        if unknown:
+            raise SettingsError(f"unknown class(es) {', '.join(map(str, unknown))}; the labels are {_ranges(present)}")
+    return refined_scopes(chosen_blocks, labels)
+
+
+def _first_model(paths: Sequence[Path], spec: JobSpec) -> tuple[nn.Module, CheckpointInfo]:
+    """The model of the first checkpoint that loads (raises the first one's error if none does)."""
+    from llcv.checkpoints import load_checkpoint
+
+    first_error: LLCVError | None = None
+    for path in paths:
+        try:
+            factory_model = spec.model_factory() if spec.model_factory is not None else None
+            return load_checkpoint(path, model=factory_model, model_name=spec.model_name, stem=spec.stem)
+        except LLCVError as problem:
+            first_error = first_error or problem
+    if first_error is not None:
+        raise first_error
+    raise SettingsError("no checkpoint selected, so the model's blocks and classes are unknown")
+
+
+def _declared_blocks(model_name: str, spec: JobSpec) -> dict[str, Sequence[str]]:
+    from llcv.models import list_models, model_blocks
+
+    if spec.model_factory is not None or model_name not in list_models():
+        raise SettingsError(
+            f"per-layer estimates need the model's blocks: pass blocks={{'name': ['pattern.*'], ...}}, "
+            "or register the model with register_model(name, blocks=...)"
+        )
+    declared = model_blocks(model_name)
+    if not declared:
+        raise SettingsError(f"model {model_name!r} declares no blocks; register it with register_model({model_name!r}, blocks=...) or pass blocks=")
+    return declared
+
+
+def _class_labels(info: CheckpointInfo, spec: JobSpec) -> list[int]:
+    """The labels of the given dataset, else 0..C-1 for the checkpoint's C outputs."""
+    if isinstance(spec.dataset, Dataset):
+        from llcv.data import dataset_targets
+
+        return sorted(set(dataset_targets(spec.dataset).tolist()))
+    if info.model.num_classes is None:
+        raise SettingsError(f"cannot tell the classes of {info.path}: pass the dataset to choose per-class scopes from")
+    return list(range(info.model.num_classes))
+
+
+def _ranges(labels: Sequence[int]) -> str:
+    labels = sorted(labels)
+    if labels and labels == list(range(labels[0], labels[-1] + 1)) and len(labels) > 3:
+        return f"{labels[0]}..{labels[-1]}"
+    return ", ".join(map(str, labels))
