@@ -4,15 +4,21 @@ An llcv checkpoint is a plain dict saved with ``torch.save`` (layout in docs/for
 ``torch.load(path, weights_only=True)`` opens, so a downloaded file can never run code. Foreign
 checkpoints (a bare state dict, or the older research format ``checkpoint_..._epoch_39_...pth.tar``
 holding ``state_dict`` and ``epoch``) load too, given the model name.
+
+llcv checkpoints record the registered model's version (``model.version``); loading one whose
+version differs from the model registered now is an error unless the mismatch is allowed, by
+``allow_version_mismatch=True`` or within ``allowing_model_version_mismatch()``.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Iterator, Literal, get_args
 
 import numpy as np
 import torch
@@ -21,7 +27,7 @@ from torch import nn
 
 from llcv.errors import CheckpointError, SettingsError
 from llcv.fileio import atomic_write
-from llcv.models import Stem, build_model
+from llcv.models import Stem, build_model, model_version
 
 FORMAT = "llcv-checkpoint"
 FORMAT_VERSION = 1
@@ -40,6 +46,9 @@ _NUMPY_SCALAR_GLOBALS = [
     np.dtype,
     *(type(np.dtype(kind)) for kind in ("float64", "float32", "int64", "int32", "bool")),
 ]
+# What a load_checkpoint call that leaves allow_version_mismatch unset does; set for a block by
+# allowing_model_version_mismatch (the CLI's --allow-model-version-mismatch).
+_ALLOW_VERSION_MISMATCH: ContextVar[bool] = ContextVar("llcv_allow_model_version_mismatch", default=False)
 
 
 class ModelSpec(BaseModel):
@@ -51,6 +60,9 @@ class ModelSpec(BaseModel):
     num_classes: int | None  # None only for a foreign checkpoint loaded into a given model
     in_channels: int | None
     stem: Stem | None = None
+    # The registered model's version when the file was saved; None when not recorded (foreign
+    # checkpoints, llcv checkpoints written before model versions), which loads as the current one.
+    version: int | None = None
 
 
 class DatasetSpec(BaseModel):
@@ -78,6 +90,8 @@ class CheckpointInfo(BaseModel):
     settings: dict[str, Any] | None = None
     llcv_version: str | None = None
     created: str | None = None
+    # True when model.version differs from the registered version and the mismatch was allowed.
+    model_version_overridden: bool = False
 
 
 def checkpoint_name(step: int) -> str:
@@ -174,22 +188,30 @@ def load_checkpoint(
     num_classes: int | None = None,
     in_channels: int | None = None,
     stem: Stem | None = None,
+    allow_version_mismatch: bool | None = None,
 ) -> tuple[nn.Module, CheckpointInfo]:
     """Load a checkpoint into a model, safely, and return the model with its metadata.
 
-    For llcv checkpoints the model is rebuilt from the file's metadata. For foreign checkpoints
-    pass ``model`` or ``model_name``; the class count and input channels are read from the
-    weights' shapes and the stem from the first convolution's kernel, unless given.
+    For llcv checkpoints the model is rebuilt from the file's metadata, after checking that the
+    model version the file records is the registered one (files without one load as the current
+    version). For foreign checkpoints pass ``model`` or ``model_name``; the class count and input
+    channels are read from the weights' shapes and the stem from the first convolution's kernel,
+    unless given. With ``model`` given, the caller vouches for the architecture: neither the
+    version nor the class count is checked, only the weights' names and shapes.
 
     Args:
         path: the checkpoint file.
         model: load into this module instead of building one.
         model_name: the registered architecture of a foreign checkpoint.
         num_classes, in_channels, stem: override what is inferred for foreign checkpoints.
+        allow_version_mismatch: load a checkpoint whose model version differs from the
+            registered one (``info.model_version_overridden`` then says so); None: as
+            ``allowing_model_version_mismatch`` set it, else False.
 
     Raises:
-        CheckpointError: the file is unreadable, unsafe, or does not fit the model.
-        SettingsError: ``stem`` is neither cifar nor imagenet.
+        CheckpointError: the file is unreadable, unsafe, does not fit the model, or records
+            another version of the model (and the mismatch is not allowed).
+        SettingsError: ``stem`` is neither cifar nor imagenet, or the model is not registered.
     """
     if stem is not None and stem not in get_args(Stem):  # else a pydantic error from ModelSpec, uncaught
         raise SettingsError(f"stem {stem!r}: use {' or '.join(get_args(Stem))}")
@@ -197,9 +219,54 @@ def load_checkpoint(
     info, state_dict = _describe(Path(path), payload, model, model_name, num_classes, in_channels, stem)
     if model is None:
         spec = info.model
+        if check_model_version(spec.name, spec.version, path=Path(path), allow=allow_version_mismatch):
+            info = info.model_copy(update={"model_version_overridden": True})
         model = build_model(spec.name, spec.num_classes, spec.in_channels, spec.stem)
     _load_state_dict(model, state_dict, Path(path))
     return model, info
+
+
+@contextmanager
+def allowing_model_version_mismatch(allow: bool = True) -> Iterator[None]:
+    """Within the block, ``load_checkpoint`` calls that leave ``allow_version_mismatch`` unset
+    use ``allow`` (in this thread of this process only; worker processes do not inherit it)."""
+    token = _ALLOW_VERSION_MISMATCH.set(bool(allow))
+    try:
+        yield
+    finally:
+        _ALLOW_VERSION_MISMATCH.reset(token)
+
+
+def check_model_version(name: str, recorded: int | None, *, path: Path | str, allow: bool | None = None) -> bool:
+    """Compare the model version a checkpoint records with the version ``name`` is registered with.
+
+    Args:
+        name: the checkpoint's registered model.
+        recorded: the version in the checkpoint; None (not recorded) counts as the current one.
+        path: the checkpoint, for the message.
+        allow: accept a mismatch; None: as ``allowing_model_version_mismatch`` set it, else False.
+
+    Returns:
+        True when the versions differ and the mismatch was allowed, else False.
+
+    Raises:
+        CheckpointError: the versions differ and the mismatch is not allowed.
+        SettingsError: ``name`` is not a registered model.
+    """
+    if recorded is None:
+        return False
+    current = model_version(name)
+    if recorded == current:
+        return False
+    if allow if allow is not None else _ALLOW_VERSION_MISMATCH.get():
+        return True
+    raise CheckpointError(
+        f"checkpoint {path} was saved with model {name!r} version {recorded}, but {name!r} is now version "
+        f"{current}: its weights would compute a different function. Load it with an llcv whose {name!r} is "
+        f"version {recorded}, or, if the change does not matter to you, pass --allow-model-version-mismatch "
+        f"(in a config file: allow_version_mismatch = true in the model section; in Python: "
+        f"allow_version_mismatch=True)"
+    )
 
 
 def _describe(

@@ -36,6 +36,7 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Architecture: 
 StemOpt = Annotated[Optional[str], typer.Option("--stem", help="cifar (3x3 conv, no max-pool) | imagenet; default: cifar for inputs <= 64 px.")]
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="digits | cifar10 | imagenet1k | folder | synthetic.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the dataset lives (default depends on the dataset).", file_okay=False)]
+AllowVersionMismatchOpt = Annotated[Optional[bool], typer.Option("--allow-model-version-mismatch", help="Load checkpoints saved with another version of their model (same weight shapes, different function); see docs/formats.md.")]
 
 
 def _version(value: bool) -> None:
@@ -100,6 +101,7 @@ def train(
     checkpoint_every_epochs: Annotated[Optional[int], typer.Option("--checkpoint-every-epochs", help="Save at the end of every N-th epoch (0: never).")] = None,
     log_checkpoints: Annotated[Optional[int], typer.Option("--log-checkpoints", help="Also save K log-spaced checkpoints.")] = None,
     resume_from_checkpoint: Annotated[Optional[Path], typer.Option("--resume-from-checkpoint", help="Continue a run from one of its checkpoints, bit for bit.", dir_okay=False)] = None,
+    allow_model_version_mismatch: AllowVersionMismatchOpt = None,
 ) -> None:
     """Train a model and save checkpoints on a schedule (step 0, log-spaced, epoch ends, final)."""
     from llcv.training import train as run_training
@@ -112,7 +114,7 @@ def train(
             base=base,
             overrides={
                 "data": dict(dataset=dataset, data_dir=data_dir, download=download, image_size=image_size, num_workers=num_workers, seed=data_seed),
-                "model": dict(name=model, stem=stem),
+                "model": dict(name=model, stem=stem, allow_version_mismatch=allow_model_version_mismatch),
                 "train": dict(
                     epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                     weight_decay=weight_decay, schedule=schedule, step_every_epochs=step_every_epochs,
@@ -177,13 +179,34 @@ def _sampler_flags(flags: dict[str, object]) -> dict[str, object]:
     return values
 
 
-def _target(checkpoint: Path, model: str | None, stem: str | None, dataset: str | None, data_dir: Path | None, config: Path | None):
+def _target(
+    checkpoint: Path, model: str | None, stem: str | None, dataset: str | None, data_dir: Path | None, config: Path | None,
+    allow_version_mismatch: bool | None = None,
+):
     """Load the checkpoint's model and training split; [data] in the config may relocate the data."""
+    from llcv.checkpoints import allowing_model_version_mismatch
     from llcv.targets import load_target
 
     data = load_settings(("data",), config=config).data if config is not None else None
     configured_dir = data.data_dir if data is not None else None
-    return load_target(checkpoint, model_name=model, stem=stem, dataset=dataset, data_dir=data_dir or configured_dir)
+    with allowing_model_version_mismatch(_version_mismatch_allowed(config, allow_version_mismatch)):
+        target = load_target(checkpoint, model_name=model, stem=stem, dataset=dataset, data_dir=data_dir or configured_dir)
+    info = getattr(target, "checkpoint", None)  # tests may stand in a bare target
+    if getattr(info, "model_version_overridden", False):
+        from llcv.models import model_version
+
+        spec = info.model
+        console.info(
+            f"warning: {checkpoint.name} was saved with {spec.name} version {spec.version}, "
+            f"loaded anyway into version {model_version(spec.name)} (--allow-model-version-mismatch)"
+        )
+    return target
+
+
+def _version_mismatch_allowed(config: Path | None, flag: bool | None) -> bool:
+    """[model] allow_version_mismatch, from the config file with the flag on top."""
+    overrides = {"model": dict(allow_version_mismatch=flag)}
+    return load_settings(("model",), config=config, overrides=overrides).model.allow_version_mismatch
 
 
 @app.command(
@@ -221,6 +244,7 @@ def estimate(
     stem: StemOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
+    allow_model_version_mismatch: AllowVersionMismatchOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Estimate the LLC of one checkpoint and print it with its diagnostics."""
@@ -238,7 +262,7 @@ def estimate(
             },
         )
         _show_settings(settings)
-        target = _target(checkpoint, model, stem, dataset, data_dir, config)
+        target = _target(checkpoint, model, stem, dataset, data_dir, config, allow_model_version_mismatch)
         if json_output:
             Verbosity.level = 0
         with RichReporter() as reporter:
@@ -314,6 +338,7 @@ def estimate_all_command(
     stem: StemOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
+    allow_model_version_mismatch: AllowVersionMismatchOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the end summary as JSON on stdout and nothing else.")] = False,
 ) -> None:
     """Estimate the LLC of every checkpoint of a run: resumable, crash-safe, shareable by workers.
@@ -322,6 +347,8 @@ def estimate_all_command(
     class, each in its own result file in the same settings folder as the whole model's.
     """
     flags = dict(locals())
+    from llcv.checkpoints import allowing_model_version_mismatch
+    from llcv.errors import SettingsError
     from llcv.estimation import estimate_all
     from llcv.results import settings_hash
 
@@ -342,6 +369,10 @@ def estimate_all_command(
         _show_settings(settings)
         options = settings.estimate
         configured = load_settings(("data",), config=config).data if config is not None else None
+        allow_mismatch = _version_mismatch_allowed(config, allow_model_version_mismatch)
+        if allow_mismatch and (options.devices is not None or options.executor != "local"):
+            # the allowance reaches this process's loads only; worker processes would refuse every such checkpoint
+            raise SettingsError("--allow-model-version-mismatch works with one local process only, not with --devices or --executor ray")
         sampler_settings, chosen_classes = settings.sampler, options.per_class
         if options.per_class and sampler_settings.classes is not None:
             # --per-class --classes 0,3,7: those classes get their own LLC; the whole model keeps all the data
@@ -352,7 +383,7 @@ def estimate_all_command(
         if json_output:
             Verbosity.level = 0
         try:
-            with RichReporter() as reporter:
+            with RichReporter() as reporter, allowing_model_version_mismatch(allow_mismatch):
                 summary = estimate_all(
                     checkpoints_dir, options.results_dir, sampler_settings, per_layer=options.per_layer, per_class=chosen_classes,
                     device=options.device, shard=options.shard, executor=options.executor, reporter=reporter,
@@ -633,6 +664,7 @@ def calibrate_sweep_command(
     stem: StemOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
+    allow_model_version_mismatch: AllowVersionMismatchOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Estimate the LLC over a grid of (epsilon, gamma, nbeta) and recommend one by the rule."""
@@ -656,7 +688,7 @@ def calibrate_sweep_command(
         )
         _show_settings(settings)
         options = settings.calibrate
-        target = _target(checkpoint, model, stem, dataset, data_dir, config)
+        target = _target(checkpoint, model, stem, dataset, data_dir, config, allow_model_version_mismatch)
         out = calibration.output_dir(options.results_dir, checkpoint)
         if json_output:
             Verbosity.level = 0
@@ -760,6 +792,7 @@ def calibrate_curve_command(
     stem: StemOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
+    allow_model_version_mismatch: AllowVersionMismatchOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Run one chain and judge its LLC-over-steps curve: stable, peaks or drift."""
@@ -772,7 +805,7 @@ def calibrate_curve_command(
             _sampler_flags(flags),
             results_dir, figure_format, device,
         )
-        target = _target(checkpoint, model, stem, dataset, data_dir, config)
+        target = _target(checkpoint, model, stem, dataset, data_dir, config, allow_model_version_mismatch)
         if json_output:
             Verbosity.level = 0
         with RichReporter() as reporter:
@@ -829,6 +862,7 @@ def calibrate_chains_command(
     stem: StemOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
+    allow_model_version_mismatch: AllowVersionMismatchOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Run several chains; show each one's running LLC, their mean and spread, R-hat, ESS and MALA acceptance."""
@@ -842,7 +876,7 @@ def calibrate_chains_command(
             results_dir, figure_format, device,
             base={"sampler": {"num_chains": calibration.CHAINS_DEFAULT_NUM_CHAINS}},
         )
-        target = _target(checkpoint, model, stem, dataset, data_dir, config)
+        target = _target(checkpoint, model, stem, dataset, data_dir, config, allow_model_version_mismatch)
         if json_output:
             Verbosity.level = 0
         with RichReporter() as reporter:
@@ -923,7 +957,9 @@ def _resumed_settings(checkpoint: Path | None) -> dict | None:
 
     stored = read_checkpoint(checkpoint).get("settings") or {}
     train_settings = {key: value for key, value in stored.get("train", {}).items() if key != "resume_from_checkpoint"}
-    return {**stored, "train": train_settings}
+    # allowing a model-version mismatch is asked for each time, never inherited from a checkpoint
+    model_settings = {key: value for key, value in stored.get("model", {}).items() if key != "allow_version_mismatch"}
+    return {**stored, "train": train_settings, "model": model_settings}
 
 
 def main() -> None:

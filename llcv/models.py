@@ -3,7 +3,9 @@
 ``build_model`` is the only way llcv constructs a network, so a checkpoint's metadata (name,
 class count, input channels, stem) is enough to rebuild it. Researchers add their own
 architectures with ``@register_model("name")``; the name is available as soon as the module
-holding the decorated function has been imported.
+holding the decorated function has been imported. Each registration carries a version, which
+``llcv train`` writes into every checkpoint and ``load_checkpoint`` compares with the registered
+one, so weights never load silently into a function they were not trained as.
 """
 
 from __future__ import annotations
@@ -29,28 +31,42 @@ class RegisteredModel:
 
     factory: ModelFactory
     blocks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    version: int = 1
 
 
 _REGISTRY: dict[str, RegisteredModel] = {}
 
 
-def register_model(name: str, blocks: dict[str, tuple[str, ...] | list[str]] | None = None):
+def register_model(name: str, blocks: dict[str, tuple[str, ...] | list[str]] | None = None, *, version: int = 1):
     """Decorator that registers ``factory(num_classes, in_channels, stem) -> nn.Module``.
 
     Args:
         name: the name used by ``--model`` and stored in checkpoints.
         blocks: named groups of parameter-name glob patterns (e.g. ``{"head": ["fc.*"]}``),
             used by per-layer LLC estimates.
+        version: the version of the function the factory builds, a positive integer written
+            into every checkpoint ``llcv train`` saves (``model.version``, docs/formats.md).
+            Bump it whenever a change keeps every weight's name and shape but changes what the
+            network computes: a stride, padding, dilation, pooling, activation, normalisation
+            or the order of layers. Such weights would still load, silently, into a different
+            function; with a new version, loading a checkpoint of the old one is an error
+            (``CheckpointError``) unless the mismatch is allowed explicitly. A change that alters
+            a name or shape needs no bump: loading already fails on it.
+
+    Raises:
+        SettingsError: ``version`` is not a positive integer.
 
     Example:
-        >>> @register_model("tiny", blocks={"all": ["*"]})
+        >>> @register_model("tiny", blocks={"all": ["*"]}, version=1)
         ... def tiny(num_classes, in_channels, stem):
         ...     return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
     """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SettingsError(f"model {name!r}: version must be a positive integer, got {version!r}")
 
     def decorate(factory: ModelFactory) -> ModelFactory:
         _REGISTRY[name] = RegisteredModel(
-            factory=factory, blocks={block: tuple(patterns) for block, patterns in (blocks or {}).items()}
+            factory=factory, blocks={block: tuple(patterns) for block, patterns in (blocks or {}).items()}, version=version
         )
         return factory
 
@@ -65,6 +81,15 @@ def list_models() -> list[str]:
 def model_blocks(name: str) -> dict[str, tuple[str, ...]]:
     """The named parameter blocks a registered model declares."""
     return dict(_lookup(name).blocks)
+
+
+def model_version(name: str) -> int:
+    """The version a registered model declares (``register_model(..., version=)``).
+
+    Raises:
+        SettingsError: the name is not registered.
+    """
+    return _lookup(name).version
 
 
 def default_stem(image_size: int | None) -> Stem:
@@ -127,9 +152,12 @@ class SmallCNN(nn.Module):
         return self.fc2(torch.relu(self.fc1(hidden)))
 
 
+# Version 1: the stride-2 first convolution above. Its stride changed once before models had
+# versions; checkpoints from before versioning carry none and load as the current version.
 @register_model(
     "smallcnn",
     blocks={"conv1": ("conv1.*",), "conv2": ("conv2.*",), "fc1": ("fc1.*",), "fc2": ("fc2.*",)},
+    version=1,
 )
 def smallcnn(num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
     """The small CPU-friendly CNN; the stem setting does not apply to it."""
@@ -156,7 +184,7 @@ def _resnet(constructor: Callable[..., nn.Module], num_classes: int, in_channels
     return model
 
 
-@register_model("resnet18", blocks=_RESNET_BLOCKS)
+@register_model("resnet18", blocks=_RESNET_BLOCKS, version=1)
 def resnet18(num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
     """torchvision's ResNet18, randomly initialised."""
     from torchvision.models import resnet18 as constructor
@@ -164,7 +192,7 @@ def resnet18(num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
     return _resnet(constructor, num_classes, in_channels, stem)
 
 
-@register_model("resnet34", blocks=_RESNET_BLOCKS)
+@register_model("resnet34", blocks=_RESNET_BLOCKS, version=1)
 def resnet34(num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
     """torchvision's ResNet34, randomly initialised."""
     from torchvision.models import resnet34 as constructor
@@ -172,7 +200,7 @@ def resnet34(num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
     return _resnet(constructor, num_classes, in_channels, stem)
 
 
-@register_model("resnet50", blocks=_RESNET_BLOCKS)
+@register_model("resnet50", blocks=_RESNET_BLOCKS, version=1)
 def resnet50(num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
     """torchvision's ResNet50, randomly initialised."""
     from torchvision.models import resnet50 as constructor

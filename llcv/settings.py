@@ -107,10 +107,17 @@ class DataSettings(_Section):
 
 
 class ModelSettings(_Section):
-    """``[model]``: the architecture; class count and input channels come from the dataset."""
+    """``[model]``: the architecture; class count and input channels come from the dataset.
+
+    ``allow_version_mismatch`` is the one field the commands that load checkpoints read
+    (``estimate``, ``estimate-all``, ``calibrate``; ``train`` when resuming).
+    """
 
     name: str = "smallcnn"  # a name from llcv.models.list_models()
     stem: Literal["cifar", "imagenet"] | None = None  # None: cifar for inputs of 64 px or less
+    # Load checkpoints whose recorded model version differs from the registered one (a change
+    # that kept the weights' shapes but not the function); read by every command that loads one.
+    allow_version_mismatch: bool = False
 
     @field_validator("name")
     @classmethod
@@ -184,12 +191,31 @@ class SamplerSettings(_Section):
     classes: list[NonNegativeInt] | None = None  # only samples with these labels (data-refined LLC)
 
 
-def _check_shard(value: str | None) -> str | None:
-    if value is None:
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"K/N"`` or ``(K, N)`` as ``(K, N)``, with 0 <= K < N: the one parser of shards, for the
+    ``[estimate]`` setting and for ``estimate_all(shard=...)`` (``llcv.selection``).
+
+    Raises:
+        SettingsError: malformed, or K outside 0..N-1.
+    """
+    if shard is None:
         return None
-    match = re.fullmatch(r"(\d+)/(\d+)", value)
-    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
-        raise ValueError("must be K/N with 0 <= K < N, e.g. 0/4")
+    if isinstance(shard, str):
+        parts = shard.split("/")
+        if len(parts) != 2 or not all(part.strip().isdecimal() for part in parts):  # isdigit() admits "²", which int() refuses
+            raise SettingsError(f"shard {shard!r}: use K/N with 0 <= K < N, e.g. 0/4")
+        shard = (int(parts[0]), int(parts[1]))
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise SettingsError(f"shard {index}/{count}: use K/N with 0 <= K < N, e.g. 0/4")
+    return index, count
+
+
+def _check_shard(value: str | None) -> str | None:
+    try:
+        parse_shard(value)
+    except SettingsError:
+        raise ValueError("must be K/N with 0 <= K < N, e.g. 0/4") from None
     return value
 
 

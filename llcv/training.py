@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from llcv.checkpoints import checkpoint_name, read_checkpoint, save_checkpoint
+from llcv.checkpoints import check_model_version, checkpoint_name, read_checkpoint, save_checkpoint
 from llcv.data import load_dataset
 from llcv.devices import resolve_device
 from llcv.errors import SettingsError
-from llcv.models import build_model, default_stem
+from llcv.models import build_model, default_stem, model_version
 from llcv.progress import SILENT, Reporter
 from llcv.settings import SettingsBundle, TrainSettings
 
@@ -263,6 +263,7 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
         "num_classes": info.num_classes,
         "in_channels": info.in_channels,
         "stem": stem,
+        "version": model_version(model_settings.name),
     }
     dataset_spec = {"name": info.name, "data_dir": info.data_dir, "seed": data_settings.seed}
 
@@ -298,7 +299,10 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
     try:
         step = 0
         if train_settings.resume_from_checkpoint is not None:
-            step = _resume(train_settings.resume_from_checkpoint, model, optimizer, scheduler, model_spec, num_steps, device)
+            step = _resume(
+                train_settings.resume_from_checkpoint, model, optimizer, scheduler, model_spec, num_steps, device,
+                allow_version_mismatch=model_settings.allow_version_mismatch, reporter=reporter,
+            )
             reporter.note(f"resuming from step {step} of {num_steps}")
         else:
             save(0, None)
@@ -380,13 +384,25 @@ def _resume(
     model_spec: dict,
     num_steps: int,
     device: torch.device,
+    *,
+    allow_version_mismatch: bool = False,
+    reporter: Reporter = SILENT,
 ) -> int:
     payload = read_checkpoint(path)
     if payload.get("format") != "llcv-checkpoint" or "optimizer" not in payload:
         raise SettingsError(f"--resume-from-checkpoint {path}: only llcv training checkpoints can be resumed")
-    if payload["model"] != model_spec:
+    # The version is compared on its own: a checkpoint written before model versions has none.
+    stored_model = payload["model"] if isinstance(payload["model"], dict) else {}
+    if {**stored_model, "version": None} != {**model_spec, "version": None}:
         raise SettingsError(
             f"--resume-from-checkpoint {path}: the checkpoint's model {payload['model']} differs from the settings' {model_spec}"
+        )
+    recorded = stored_model.get("version")
+    if check_model_version(model_spec["name"], recorded, path=path, allow=allow_version_mismatch):
+        reporter.note(
+            f"resuming a checkpoint of {model_spec['name']!r} version {recorded} as version {model_spec['version']} "
+            "(the mismatch was allowed); the checkpoints written from now on record version "
+            f"{model_spec['version']}"
         )
     if payload["step"] > num_steps:
         raise SettingsError(f"--resume-from-checkpoint {path}: step {payload['step']} is past this run's {num_steps} steps")

@@ -10,7 +10,7 @@ from torch import nn
 
 from llcv import models
 from llcv.errors import SettingsError
-from llcv.models import build_model, default_stem, list_models, model_blocks, register_model
+from llcv.models import build_model, default_stem, list_models, model_blocks, model_version, register_model
 
 
 # Every model with the CIFAR stem on 8 px inputs (cheap on a CPU), and the ImageNet stem once.
@@ -117,6 +117,7 @@ def test_register_model_adds_a_name(monkeypatch):
 
     assert "tiny-test" in list_models()
     assert model_blocks("tiny-test") == {"all": ("*",)}
+    assert model_version("tiny-test") == 1  # the default; register_model(..., version=2) bumps it
     model = build_model("tiny-test", num_classes=5, in_channels=2, image_size=4)
     assert calls == [(5, 2, "cifar")]
     assert model(torch.randn(2, 2, 4, 4)).shape == (2, 5)
