@@ -7,18 +7,16 @@ holding ``state_dict`` and ``epoch``) load too, given the model name.
 
 llcv checkpoints record the registered model's version (``model.version``); loading one whose
 version differs from the model registered now is an error unless the mismatch is allowed, by
-``allow_version_mismatch=True`` or within ``allowing_model_version_mismatch()``.
+``allow_version_mismatch=True``.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
-from contextlib import contextmanager
-from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -46,9 +44,6 @@ _NUMPY_SCALAR_GLOBALS = [
     np.dtype,
     *(type(np.dtype(kind)) for kind in ("float64", "float32", "int64", "int32", "bool")),
 ]
-# What a load_checkpoint call that leaves allow_version_mismatch unset does; set for a block by
-# allowing_model_version_mismatch (the CLI's --allow-model-version-mismatch).
-_ALLOW_VERSION_MISMATCH: ContextVar[bool] = ContextVar("llcv_allow_model_version_mismatch", default=False)
 
 
 class ModelSpec(BaseModel):
@@ -188,7 +183,7 @@ def load_checkpoint(
     num_classes: int | None = None,
     in_channels: int | None = None,
     stem: Stem | None = None,
-    allow_version_mismatch: bool | None = None,
+    allow_version_mismatch: bool = False,
 ) -> tuple[nn.Module, CheckpointInfo]:
     """Load a checkpoint into a model, safely, and return the model with its metadata.
 
@@ -205,8 +200,7 @@ def load_checkpoint(
         model_name: the registered architecture of a foreign checkpoint.
         num_classes, in_channels, stem: override what is inferred for foreign checkpoints.
         allow_version_mismatch: load a checkpoint whose model version differs from the
-            registered one (``info.model_version_overridden`` then says so); None: as
-            ``allowing_model_version_mismatch`` set it, else False.
+            registered one (``info.model_version_overridden`` then says so).
 
     Raises:
         CheckpointError: the file is unreadable, unsafe, does not fit the model, or records
@@ -226,25 +220,14 @@ def load_checkpoint(
     return model, info
 
 
-@contextmanager
-def allowing_model_version_mismatch(allow: bool = True) -> Iterator[None]:
-    """Within the block, ``load_checkpoint`` calls that leave ``allow_version_mismatch`` unset
-    use ``allow`` (in this thread of this process only; worker processes do not inherit it)."""
-    token = _ALLOW_VERSION_MISMATCH.set(bool(allow))
-    try:
-        yield
-    finally:
-        _ALLOW_VERSION_MISMATCH.reset(token)
-
-
-def check_model_version(name: str, recorded: int | None, *, path: Path | str, allow: bool | None = None) -> bool:
+def check_model_version(name: str, recorded: int | None, *, path: Path | str, allow: bool = False) -> bool:
     """Compare the model version a checkpoint records with the version ``name`` is registered with.
 
     Args:
         name: the checkpoint's registered model.
         recorded: the version in the checkpoint; None (not recorded) counts as the current one.
         path: the checkpoint, for the message.
-        allow: accept a mismatch; None: as ``allowing_model_version_mismatch`` set it, else False.
+        allow: accept a mismatch.
 
     Returns:
         True when the versions differ and the mismatch was allowed, else False.
@@ -258,14 +241,13 @@ def check_model_version(name: str, recorded: int | None, *, path: Path | str, al
     current = model_version(name)
     if recorded == current:
         return False
-    if allow if allow is not None else _ALLOW_VERSION_MISMATCH.get():
+    if allow:
         return True
     raise CheckpointError(
         f"checkpoint {path} was saved with model {name!r} version {recorded}, but {name!r} is now version "
         f"{current}: its weights would compute a different function. Load it with an llcv whose {name!r} is "
         f"version {recorded}, or, if the change does not matter to you, pass --allow-model-version-mismatch "
-        f"(in a config file: allow_version_mismatch = true in the model section; in Python: "
-        f"allow_version_mismatch=True)"
+        f"(in a config file: [model] allow_version_mismatch = true; in Python: allow_version_mismatch=True)"
     )
 
 

@@ -184,15 +184,16 @@ def _target(
     allow_version_mismatch: bool | None = None,
 ):
     """Load the checkpoint's model and training split; [data] in the config may relocate the data."""
-    from llcv.checkpoints import allowing_model_version_mismatch
     from llcv.targets import load_target
 
     data = load_settings(("data",), config=config).data if config is not None else None
     configured_dir = data.data_dir if data is not None else None
-    with allowing_model_version_mismatch(_version_mismatch_allowed(config, allow_version_mismatch)):
-        target = load_target(checkpoint, model_name=model, stem=stem, dataset=dataset, data_dir=data_dir or configured_dir)
-    info = getattr(target, "checkpoint", None)  # tests may stand in a bare target
-    if getattr(info, "model_version_overridden", False):
+    target = load_target(
+        checkpoint, model_name=model, stem=stem, dataset=dataset, data_dir=data_dir or configured_dir,
+        allow_version_mismatch=_version_mismatch_allowed(config, allow_version_mismatch),
+    )  # fmt: skip
+    info = target.checkpoint
+    if info.model_version_overridden:
         from llcv.models import model_version
 
         spec = info.model
@@ -347,8 +348,6 @@ def estimate_all_command(
     class, each in its own result file in the same settings folder as the whole model's.
     """
     flags = dict(locals())
-    from llcv.checkpoints import allowing_model_version_mismatch
-    from llcv.errors import SettingsError
     from llcv.estimation import estimate_all
     from llcv.results import settings_hash
 
@@ -370,9 +369,6 @@ def estimate_all_command(
         options = settings.estimate
         configured = load_settings(("data",), config=config).data if config is not None else None
         allow_mismatch = _version_mismatch_allowed(config, allow_model_version_mismatch)
-        if allow_mismatch and (options.devices is not None or options.executor != "local"):
-            # the allowance reaches this process's loads only; worker processes would refuse every such checkpoint
-            raise SettingsError("--allow-model-version-mismatch works with one local process only, not with --devices or --executor ray")
         sampler_settings, chosen_classes = settings.sampler, options.per_class
         if options.per_class and sampler_settings.classes is not None:
             # --per-class --classes 0,3,7: those classes get their own LLC; the whole model keeps all the data
@@ -383,7 +379,7 @@ def estimate_all_command(
         if json_output:
             Verbosity.level = 0
         try:
-            with RichReporter() as reporter, allowing_model_version_mismatch(allow_mismatch):
+            with RichReporter() as reporter:
                 summary = estimate_all(
                     checkpoints_dir, options.results_dir, sampler_settings, per_layer=options.per_layer, per_class=chosen_classes,
                     device=options.device, shard=options.shard, executor=options.executor, reporter=reporter,
@@ -391,6 +387,7 @@ def estimate_all_command(
                     ray_address=options.ray_address, cpus_per_task=options.cpus_per_task, devices=options.devices,
                     claim_timeout_seconds=options.claim_timeout_seconds, model_name=model, stem=stem,
                     dataset=dataset, data_dir=data_dir or (configured.data_dir if configured is not None else None),
+                    allow_version_mismatch=allow_mismatch,
                 )  # fmt: skip
         except (KeyboardInterrupt, console.Terminated) as stop:
             partial = getattr(stop, "estimate_summary", None)
@@ -414,6 +411,8 @@ def _show_estimate_summary(summary, json_output: bool) -> None:
 
 def _render_estimate_summary(summary) -> None:
     """What estimate-all did: done (now and before), failed with reasons, left, and where."""
+    from rich.markup import escape  # labels ("step_1.pt [layer3]") and reasons ("[model] ...") keep their brackets
+
     out = console.stdout
     total = len(summary.selected)
     state = "stopped" if summary.interrupted else "finished"
@@ -426,14 +425,14 @@ def _render_estimate_summary(summary) -> None:
         highlight=False,
     )
     for name, reason in summary.failed.items():
-        out.print(f"[red]failed[/] {name}: {reason}", highlight=False)
+        out.print(f"[red]failed[/] {escape(name)}: {escape(reason)}", highlight=False)
     if summary.elsewhere:
-        out.print(f"claimed by other workers: {', '.join(summary.elsewhere)}", highlight=False)
+        out.print(f"claimed by other workers: {escape(', '.join(summary.elsewhere))}", highlight=False)
     if summary.left:
-        out.print(f"left to do (rerun the same command): {', '.join(summary.left)}", highlight=False)
+        out.print(f"left to do (rerun the same command): {escape(', '.join(summary.left))}", highlight=False)
     if summary.failed and not summary.interrupted:
         out.print("a rerun retries the failed checkpoints", highlight=False)
-    out.print(f"results in {summary.folder}", highlight=False)
+    out.print(f"results in {escape(str(summary.folder))}", highlight=False)
 
 
 # `plot` and `report`: the runs they read and the LLC figure's axes.

@@ -13,6 +13,7 @@ from typing import Iterator
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from llcv.errors import LLCVError
@@ -130,7 +131,8 @@ def command_boundary() -> Iterator[None]:
     try:
         yield
     except LLCVError as error:
-        stderr.print(f"[bold red]error:[/] {error}", highlight=False)
+        # escaped: messages name settings sections ([model], [data]) that markup would delete
+        stderr.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]: stopped cleanly; rerun the same command to continue")

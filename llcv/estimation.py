@@ -38,6 +38,7 @@ from llcv.devices import resolve_device
 from llcv.errors import DataError, LLCVError, SettingsError
 from llcv.executors import make_executor
 from llcv.health import brief_reason
+from llcv.models import list_models, model_version
 from llcv.precision import PrecisionChoice
 from llcv.progress import SILENT, Reporter
 from llcv.results import (
@@ -98,6 +99,8 @@ class JobSpec:
     model_name: str | None = None
     stem: str | None = None
     data_dir: str | None = None
+    # Load llcv checkpoints saved with another version of their model (load_checkpoint's keyword).
+    allow_version_mismatch: bool = False
     executor: str = "local"
     # With precision "auto": the run's precision, from its earlier records or decided once before
     # several device workers start, so every checkpoint of a run samples alike; None: each
@@ -130,13 +133,16 @@ def _load(job: EstimateJob, spec: JobSpec) -> tuple[nn.Module, CheckpointInfo, D
 
     if spec.model_factory is None and not isinstance(spec.dataset, Dataset):
         target = load_target(
-            job.checkpoint, model_name=spec.model_name, stem=spec.stem, dataset=spec.dataset, data_dir=spec.data_dir
-        )
+            job.checkpoint, model_name=spec.model_name, stem=spec.stem, dataset=spec.dataset, data_dir=spec.data_dir,
+            allow_version_mismatch=spec.allow_version_mismatch,
+        )  # fmt: skip
         return target.model, target.checkpoint, target.dataset
     if spec.model_factory is not None:
         model, info = load_checkpoint(job.checkpoint, model=spec.model_factory())
     else:
-        model, info = load_checkpoint(job.checkpoint, model_name=spec.model_name, stem=spec.stem)
+        model, info = load_checkpoint(
+            job.checkpoint, model_name=spec.model_name, stem=spec.stem, allow_version_mismatch=spec.allow_version_mismatch
+        )
     if isinstance(spec.dataset, Dataset):
         return model, info, spec.dataset
     recorded = info.dataset
@@ -148,6 +154,22 @@ def _load(job: EstimateJob, spec: JobSpec) -> tuple[nn.Module, CheckpointInfo, D
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _model_provenance(spec: JobSpec, info: CheckpointInfo | None) -> dict[str, Any] | None:
+    """A record's ``model``: the model the weights were loaded into, the version it is registered
+    with here (None for a ``model_factory`` model or an unregistered name), the version the checkpoint
+    records (None when it records none), and whether that mismatch was allowed. None before loading."""
+    if info is None:
+        return None
+    name = info.model.name
+    registered = spec.model_factory is None and name in list_models()
+    return {
+        "name": name,
+        "version": model_version(name) if registered else None,
+        "checkpoint_version": info.model.version,
+        "version_overridden": info.model_version_overridden,
+    }
 
 
 def make_record(
@@ -178,6 +200,7 @@ def make_record(
         "step": step,
         "epoch": info.epoch if info is not None else None,
         "metrics": dict(info.metrics) if info is not None else {},
+        "model": _model_provenance(spec, info),
         "settings_hash": spec.settings_hash,
         "healthy": healthy,
         "health_reasons": reasons,
@@ -282,6 +305,7 @@ def estimate_all(
     per_layer: bool | Sequence[str] = False,
     per_class: bool | Sequence[int] = False,
     blocks: Mapping[str, Sequence[str]] | None = None,
+    allow_version_mismatch: bool = False,
 ) -> EstimateSummary:
     """Estimate the LLC of every checkpoint in ``checkpoints_dir``, one record file each.
 
@@ -318,6 +342,10 @@ def estimate_all(
             on that class's samples only: True for every class, or a list of labels.
         blocks: {block name: parameter-name glob patterns} for ``per_layer``, in the order to
             plot them; needed with ``model_factory`` (a model llcv has no registration for).
+        allow_version_mismatch: load llcv checkpoints saved with another version of their model
+            (``load_checkpoint``), in every executor; each record's ``model.version_overridden``
+            says whether it was. Without it such a checkpoint gets a ``failed`` record naming
+            both versions. It does not change the settings hash.
 
     Every scope of a checkpoint is its own record (``<stem>__<scope>.json``) in the same
     settings-hash folder as the whole model's, and is resumed, claimed and sharded on its own.
@@ -353,6 +381,7 @@ def estimate_all(
         settings=settings, settings_hash=settings_hash(settings, loss), loss=loss, device=device,
         model_factory=model_factory, dataset=dataset, model_name=model_name, stem=stem,
         data_dir=str(data_dir) if data_dir is not None else None, executor=executor,
+        allow_version_mismatch=bool(allow_version_mismatch),
     )  # fmt: skip
     scopes = run_scopes(paths, spec, per_layer, per_class, blocks)
     jobs = [EstimateJob(path, scope) for scope in scopes for path in paths]  # the whole-model curve first

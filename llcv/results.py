@@ -6,7 +6,7 @@ Layout (docs/formats.md, "LLC results")::
     <results-dir>/<settings-hash>/<checkpoint-stem>.json            scope "model"
     <results-dir>/<settings-hash>/<checkpoint-stem>__<scope>.json   any other scope
     <results-dir>/<settings-hash>/summary.csv                       one row per record, rebuilt
-    <results-dir>/<settings-hash>/.claims/                          workers' claims (llcv.estimation)
+    <results-dir>/<settings-hash>/.claims/                          workers' claims (llcv.claims)
 
 Every file is written atomically, so readers (``load_results``, ``llcv plot``, a notebook) may
 run while workers write. The settings hash names a folder by the sampler fields that change

@@ -166,7 +166,9 @@ def _first_model(paths: Sequence[Path], spec: JobSpec) -> tuple[nn.Module, Check
     for path in paths:
         try:
             factory_model = spec.model_factory() if spec.model_factory is not None else None
-            return load_checkpoint(path, model=factory_model, model_name=spec.model_name, stem=spec.stem)
+            return load_checkpoint(
+                path, model=factory_model, model_name=spec.model_name, stem=spec.stem, allow_version_mismatch=spec.allow_version_mismatch
+            )
         except LLCVError as problem:
             first_error = first_error or problem
     if first_error is not None:

@@ -47,6 +47,7 @@ def load_target(
     dataset: str | None = None,
     data_dir: Path | str | None = None,
     image_size: int | None = None,
+    allow_version_mismatch: bool = False,
 ) -> EstimationTarget:
     """Load ``checkpoint`` and the training split it was (or, for foreign files, is to be) measured on.
 
@@ -54,12 +55,15 @@ def load_target(
         checkpoint: an llcv or foreign checkpoint file.
         model_name, stem: the architecture of a foreign checkpoint (ignored for llcv files).
         dataset, data_dir, image_size: override the dataset recorded in the checkpoint.
+        allow_version_mismatch: load an llcv checkpoint saved with another version of its model
+            (``load_checkpoint``; ``target.checkpoint.model_version_overridden`` then says so).
 
     Raises:
-        CheckpointError: the file is unreadable or its model does not fit the dataset.
+        CheckpointError: the file is unreadable, records another version of its model (and the
+            mismatch is not allowed), or its model does not fit the dataset.
         DataError: the dataset is missing or malformed.
     """
-    model, info = load_checkpoint(checkpoint, model_name=model_name, stem=stem)
+    model, info = load_checkpoint(checkpoint, model_name=model_name, stem=stem, allow_version_mismatch=allow_version_mismatch)
     recorded = info.dataset
     name = dataset or (recorded.name if recorded else DEFAULT_FOREIGN_DATASET)
     directory = data_dir if data_dir is not None else (recorded.data_dir if recorded and recorded.name == name else None)

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from _helpers import fake_record
 from llcv import LLCResult, SamplerSettings, console, estimate_llc
+from llcv.checkpoints import CheckpointInfo, ModelSpec
 from llcv.cli import app
 from llcv.health import trace_evidence
 from llcv.report import ReportResult
@@ -82,9 +83,10 @@ class Command:
         self.name, self.args, self.entry, self.succeed, self.natural_failure = name, args, entry, succeed, natural_failure
 
 
-def _tiny_target(*args, **kwargs):
+def _tiny_target(checkpoint, **kwargs):
     torch.manual_seed(0)
-    return SimpleNamespace(model=nn.Linear(2, 3), dataset=TensorDataset(torch.randn(32, 2), torch.randint(3, (32,))))
+    info = CheckpointInfo(path=str(checkpoint), format="state_dict", model=ModelSpec(name="Linear", num_classes=3, in_channels=None))
+    return SimpleNamespace(model=nn.Linear(2, 3), dataset=TensorDataset(torch.randn(32, 2), torch.randint(3, (32,))), checkpoint=info)
 
 
 def _fake_estimate(template, healthy=True):
@@ -276,6 +278,20 @@ def test_command_boundary_maps_each_user_error_to_its_code_and_one_line(error, c
             raise error
     assert raised.value.code == code
     assert capsys.readouterr().err.strip() == f"error: {error}"
+
+
+def test_command_boundary_prints_square_brackets_as_written(capsys, tmp_path):
+    """Messages name settings sections ([data], [model]); Rich markup must not delete them."""
+    message = "[data] data_dir: set it under [data] [bold]"
+    with pytest.raises(SystemExit):
+        with console.command_boundary():
+            raise SettingsError(message)
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    config = tmp_path / "experiment.toml"
+    config.write_text("data = 3\n")
+    result = _invoke(["estimate-all", "--checkpoints-dir", str(tmp_path), "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "[data] must be a table of settings" in " ".join(result.output.split())
 
 
 def test_command_boundary_maps_interruptions_and_restores_the_sigterm_handler():

@@ -15,13 +15,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from _helpers import unwrapped, without_whitespace
+from _helpers import copy_checkpoints, unwrapped, without_whitespace
 from conftest import SHARED_RUN, SHARED_RUN_STEPS, make_train_settings
 from llcv import models
-from llcv.checkpoints import allowing_model_version_mismatch, load_checkpoint, read_checkpoint
+from llcv.checkpoints import load_checkpoint, read_checkpoint
 from llcv.cli import app
 from llcv.errors import CheckpointError, SettingsError
 from llcv.models import model_version, register_model
+from llcv.results import list_settings, load_results
+from llcv.targets import load_target
 
 runner = CliRunner()
 QUICK = ["--num-chains", "1", "--num-draws", "4", "--batch-size", "32", "--num-samples", "64", "--device", "cpu"]
@@ -93,12 +95,9 @@ def test_the_override_loads_it_and_says_so(final_checkpoint, bumped):
     assert info.model.version == 1 and info.model_version_overridden is True
     stored = read_checkpoint(final_checkpoint)["state_dict"]
     assert all(torch.equal(model.state_dict()[key], stored[key]) for key in stored)
-    with allowing_model_version_mismatch():  # what the CLI's flag sets around library calls
-        assert load_checkpoint(final_checkpoint)[1].model_version_overridden is True
-        with pytest.raises(CheckpointError):  # an explicit keyword wins over the block
-            load_checkpoint(final_checkpoint, allow_version_mismatch=False)
-    with pytest.raises(CheckpointError):  # the block is over
-        load_checkpoint(final_checkpoint)
+    assert load_target(final_checkpoint, allow_version_mismatch=True).checkpoint.model_version_overridden is True
+    with pytest.raises(CheckpointError, match="version 1.*now version 2"):
+        load_target(final_checkpoint)
 
 
 def test_a_checkpoint_without_a_version_loads_as_the_current_version(final_checkpoint, tmp_path, bumped):
@@ -156,12 +155,52 @@ def test_estimate_with_the_flag_or_the_config_setting_loads_it(final_checkpoint,
     assert outcome.exit_code == 0, outcome.output
 
 
+# estimate-all: the mismatch is written into the file (version 2, while smallcnn is registered as 1
+# everywhere), so that worker processes, which start with the real registry, see it too.
+
+
+def _mismatched_folder(final_checkpoint: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return _rewrite(final_checkpoint, folder / final_checkpoint.name, version=2)
+
+
 @pytest.mark.usefixtures("isolated_cli")
-def test_estimate_all_with_the_flag_refuses_worker_processes(final_checkpoint, bumped):
+def test_estimate_all_fails_another_versions_checkpoint_naming_both_versions_and_the_flag(final_checkpoint, tmp_path):
+    mismatched = _mismatched_folder(final_checkpoint, tmp_path / "checkpoints")
+    command = ["estimate-all", "--checkpoints-dir", str(mismatched.parent), "--results-dir", str(tmp_path / "results"), *QUICK]
+    outcome = runner.invoke(app, command)
+    assert outcome.exit_code == 1 and "Traceback" not in outcome.output, outcome.output
+    [record] = load_results(tmp_path / "results")
+    assert record["status"] == "failed" and record["model"] is None
+    expected = ("'smallcnn' version 2", "now version 1", "--allow-model-version-mismatch", "[model] allow_version_mismatch = true")
+    for text in expected:
+        assert text in record["error"], record["error"]
+        assert without_whitespace(text) in without_whitespace(outcome.output), f"{text!r} not in {outcome.output!r}"
+
+    outcome = runner.invoke(app, [*command, "--allow-model-version-mismatch"])  # the rerun retries it
+    assert outcome.exit_code == 0, outcome.output
+    assert len(list_settings(tmp_path / "results")) == 1  # the flag does not change the settings hash
+    [record] = load_results(tmp_path / "results")
+    assert record["status"] == "done"
+    assert record["model"] == {"name": "smallcnn", "version": 1, "checkpoint_version": 2, "version_overridden": True}
+
+
+@pytest.mark.usefixtures("isolated_cli")
+def test_estimate_all_with_the_flag_loads_another_version_in_device_workers(trained_run, final_checkpoint, tmp_path):
+    folder = copy_checkpoints(trained_run[1].checkpoints_dir, tmp_path / "checkpoints", steps=[0])
+    mismatched = _mismatched_folder(final_checkpoint, folder)
     outcome = runner.invoke(
-        app, ["estimate-all", "--checkpoints-dir", str(final_checkpoint.parent), "--devices", "cpu,cpu", "--allow-model-version-mismatch"]
-    )
-    _assert_usage_error(outcome, "--allow-model-version-mismatch works with one local process only")
+        app,
+        ["estimate-all", "--checkpoints-dir", str(folder), "--results-dir", str(tmp_path / "results"), *QUICK,
+         "--devices", "cpu,cpu", "--allow-model-version-mismatch"],
+    )  # fmt: skip
+    assert outcome.exit_code == 0, outcome.output
+    records = {record["checkpoint"]: record for record in load_results(tmp_path / "results")}
+    assert len(records) == 2
+    assert all(record["status"] == "done" and record["worker"]["executor"] == "devices" for record in records.values())
+    assert records[mismatched.name]["model"] == {"name": "smallcnn", "version": 1, "checkpoint_version": 2, "version_overridden": True}
+    unchanged = next(name for name in records if name != mismatched.name)
+    assert records[unchanged]["model"] == {"name": "smallcnn", "version": 1, "checkpoint_version": 1, "version_overridden": False}
 
 
 @pytest.mark.usefixtures("isolated_cli")

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from _helpers import fake_record
 from llcv import LLCResult, SamplerSettings, estimate_llc
 from llcv.calibration import ROW_FIELDS, SweepResult, parse_grid
+from llcv.checkpoints import CheckpointInfo, ModelSpec
 from llcv.cli import app
 from llcv.errors import SettingsError
 from llcv.estimation import EstimateSummary
@@ -270,7 +271,8 @@ def _install(command: str, tmp: Path, template: LLCResult, monkeypatch) -> tuple
         return fake
 
     checkpoint = tmp / "step_00000001.pt"
-    target = SimpleNamespace(model=nn.Linear(2, 3), dataset=TensorDataset(torch.randn(8, 2), torch.randint(3, (8,))))
+    info = CheckpointInfo(path=str(checkpoint), format="state_dict", model=ModelSpec(name="Linear", num_classes=3, in_channels=None))
+    target = SimpleNamespace(model=nn.Linear(2, 3), dataset=TensorDataset(torch.randn(8, 2), torch.randint(3, (8,))), checkpoint=info)
     if command in ("estimate", "calibrate-sweep"):
         monkeypatch.setattr("llcv.targets.load_target", lambda *args, **kwargs: target)
     if command == "estimate":
