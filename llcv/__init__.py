@@ -3,7 +3,7 @@
 The public Python API; everything here is importable as ``from llcv import ...``.
 """
 
-__version__ = "0.5.0"
+from llcv.version import __version__
 
 from llcv.calibration import SweepResult, calibrate_sweep, recommend_settings
 from llcv.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
@@ -11,6 +11,7 @@ from llcv.data import DatasetInfo, load_dataset
 from llcv.errors import CheckpointError, DataError, LLCVError, SettingsError
 from llcv.estimation import EstimateSummary, estimate_all
 from llcv.models import build_model, list_models, model_blocks, register_model
+from llcv.records import LLCRecord
 from llcv.results import load_results, results_dataframe, settings_hash
 from llcv.sampling import LLCDiagnostics, LLCResult, SamplingData, estimate_llc
 from llcv.settings import DataSettings, ModelSettings, SamplerSettings, TrainSettings, load_settings
@@ -23,6 +24,7 @@ __all__ = [
     "DatasetInfo",
     "EstimateSummary",
     "LLCDiagnostics",
+    "LLCRecord",
     "LLCResult",
     "LLCVError",
     "ModelSettings",

@@ -26,6 +26,7 @@ from torch import nn
 from llcv.errors import CheckpointError, SettingsError
 from llcv.fileio import atomic_write
 from llcv.models import Stem, build_model, model_version
+from llcv.version import __version__
 
 FORMAT = "llcv-checkpoint"
 FORMAT_VERSION = 1
@@ -111,8 +112,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     Raises:
         WriteError: the file could not be written; a previous file at ``path`` is intact.
     """
-    from llcv import __version__
-
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

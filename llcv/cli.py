@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llcv import __version__
+from llcv.version import __version__
 from llcv import console
 from llcv.console import RichReporter, Verbosity, command_boundary
 from llcv.settings import load_settings
@@ -496,7 +496,7 @@ def plot(
             missing[name] = None if absent is None else len(absent)
             runs[name] = records
             console.info(f"{name}: {len(records)} result(s) with settings {chosen.settings_hash} ({how})")
-            refined = list(dict.fromkeys(str(record.get("scope")) for record in sorted(records, key=scope_order) if record.get("scope", "model") != "model"))
+            refined = list(dict.fromkeys(record.scope for record in sorted(records, key=scope_order) if not record.is_whole_model))
             if refined:
                 console.info(f"{name}: refined scopes {', '.join(refined)}")
             if absent:
@@ -519,14 +519,14 @@ def plot(
             _render_transitions({name: find_transitions(records, options.x) for name, records in runs.items()})
         console.info(f"wrote {path}")
         for name, records in runs.items():  # which whole-model estimates the figure says not to read, and why
-            whole = sorted((record for record in records if record.get("scope", "model") == "model"), key=record_order)
+            whole = sorted((record for record in records if record.is_whole_model), key=record_order)
             judged = [(record, *record_health(record)) for record in whole]
             unhealthy = [(record, reasons) for record, healthy, reasons in judged if healthy is False]
             if not unhealthy:
                 continue
             listed = ", ".join(health_label(record, reasons) for record, reasons in unhealthy[:5])
             listed += f", and {len(unhealthy) - 5} more" if len(unhealthy) > 5 else ""
-            marks = "hollow markers" + ("; × where there is no estimate" if any(record.get("status") == "failed" for record, _ in unhealthy) else "")
+            marks = "hollow markers" + ("; × where there is no estimate" if any(record.is_failed for record, _ in unhealthy) else "")
             prefix = f"{name}: " if len(runs) > 1 else ""
             console.info(escape(
                 f"{prefix}{len(unhealthy)} of {len(whole)} checkpoints are unhealthy ({marks}): {listed}; see health_reasons in summary.csv"

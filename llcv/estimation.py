@@ -41,16 +41,13 @@ from llcv.health import brief_reason
 from llcv.models import list_models, model_version
 from llcv.precision import PrecisionChoice
 from llcv.progress import SILENT, Reporter
+from llcv.records import DEFAULT_SCOPE, RECORD_FORMAT, RECORD_FORMAT_VERSION, LLCRecord, RecordResult
 from llcv.results import (
     CLAIMS_FOLDER,
     DEFAULT_LOSS,
-    DEFAULT_SCOPE,
-    RECORD_FORMAT,
-    RECORD_FORMAT_VERSION,
     ResultsStore,
     fingerprint,
     is_done,
-    record_health,
     record_stem,
     settings_hash,
     step_from_name,
@@ -182,12 +179,17 @@ def make_record(
     result: dict[str, Any] | None = None,
     error: str | None = None,
     elapsed_seconds: float = 0.0,
-) -> dict[str, Any]:
-    """A result record (docs/formats.md): status, checkpoint identity, metrics, and the result or error."""
+) -> LLCRecord:
+    """A result record (docs/formats.md): status, checkpoint identity, metrics, and the result or error.
+
+    Args:
+        result: ``LLCResult.to_dict()``, or None when there is none.
+    """
     step = info.step if info is not None else step_from_name(job.checkpoint.name)
-    healthy = status == "done" and bool(result and result.get("healthy"))
-    reasons = list((result or {}).get("health_reasons") or []) if status == "done" else [error or "failed"]
-    return {
+    stored = RecordResult.model_validate(result) if result is not None else None
+    healthy = status == "done" and bool(stored is not None and stored.healthy)
+    reasons = list((stored.health_reasons if stored is not None else None) or []) if status == "done" else [error or "failed"]
+    return LLCRecord.model_validate({
         "format": RECORD_FORMAT,
         "format_version": RECORD_FORMAT_VERSION,
         "status": status,
@@ -204,21 +206,21 @@ def make_record(
         "settings_hash": spec.settings_hash,
         "healthy": healthy,
         "health_reasons": reasons,
-        "result": result,
+        "result": stored,
         "error": error,
         "elapsed_seconds": elapsed_seconds,
         "finished": _now(),
         "worker": {"host": socket.gethostname(), "pid": os.getpid(), "executor": spec.executor},
-    }
+    })
 
 
-def failure_record(job: EstimateJob, spec: JobSpec, reason: str, elapsed_seconds: float) -> dict[str, Any]:
+def failure_record(job: EstimateJob, spec: JobSpec, reason: str, elapsed_seconds: float) -> LLCRecord:
     """The ``failed`` record of a job whose worker died before it could return one (an executor
     makes it in the worker's place)."""
     return make_record(job, spec, status="failed", checkpoint_fingerprint=None, error=reason, elapsed_seconds=elapsed_seconds)
 
 
-def run_job(job: EstimateJob, spec: JobSpec, reporter: Reporter = SILENT) -> dict[str, Any]:
+def run_job(job: EstimateJob, spec: JobSpec, reporter: Reporter = SILENT) -> LLCRecord:
     """Estimate one checkpoint and return its record; any failure becomes a ``failed`` record.
 
     Only interruptions (Ctrl-C, SIGTERM, ``SystemExit``) propagate. The ``job_function`` that
@@ -407,7 +409,7 @@ def estimate_all(
         except OSError:
             return False
         if not is_done(record, current):
-            if announce and record.get("status") == "done":
+            if announce and record.is_done:
                 reporter.note(f"{job.label} changed since its record was written (or comes from another run); redoing it")
             return False
         if not same_refinement(record, job.part):
@@ -415,7 +417,7 @@ def estimate_all(
                 reporter.note(f"{job.label} was estimated with other parameters or classes for this scope; redoing it")
             return False
         # --force redoes records from before this call, not those other forced workers just wrote
-        return not force or str(record.get("finished", "")) >= run_started
+        return not force or (record.finished or "") >= run_started
 
     todo: list[EstimateJob] = []
     for job in jobs:
@@ -427,24 +429,23 @@ def estimate_all(
     first_started: list[float] = []  # when the first job was handed out, for the ETA
     done_before = len(summary.already_done)
 
-    def on_result(job: EstimateJob, record: dict[str, Any]) -> None:
+    def on_result(job: EstimateJob, record: LLCRecord) -> None:
         store.write_record(record)
         claims.release(job.key)
         store.rebuild_summary()
         finished.add(job.label)
-        if record["status"] == "done":
+        if record.is_done:
             summary.computed.append(job.label)
-            result = record["result"]
-            std = result.get("llc_std")
-            healthy, reasons = record_health(record)
+            std = record.llc_std
+            healthy, reasons = record.health
             verdict = "" if healthy is not False else f", unhealthy: {'; '.join(brief_reason(reason) for reason in reasons)}"
             reporter.note(
-                f"{job.label}: LLC {result['llc_mean']:.4g} ± {'—' if std is None else format(std, '.2g')} "
-                f"({record['elapsed_seconds']:.1f} s{verdict})"
+                f"{job.label}: LLC {record.llc_mean:.4g} ± {'—' if std is None else format(std, '.2g')} "
+                f"({record.elapsed_seconds or 0.0:.1f} s{verdict})"
             )
         else:
-            summary.failed[job.label] = record["error"]
-            reporter.note(f"{job.label}: failed: {record['error']}")
+            summary.failed[job.label] = str(record.error)
+            reporter.note(f"{job.label}: failed: {record.error}")
         # the ETA from the measured time per checkpoint (progress bars estimate speed over a
         # short window, too short for checkpoints that take minutes)
         each = (time.perf_counter() - first_started[0]) / len(finished)
@@ -498,7 +499,7 @@ def _run_precision(store: ResultsStore) -> PrecisionChoice | None:
     keeps it; None before the first record (a process then decides at its first estimate, and
     ``DevicesExecutor`` hands the first checkpoint's choice to the others)."""
     for record in store.records():
-        choice = (record.get("result") or {}).get("precision_choice") if record.get("status") == "done" else None
+        choice = record.precision_choice if record.is_done else None
         if choice:
             return PrecisionChoice.kept_from(choice)
     return None

@@ -10,7 +10,9 @@ the caller's ``failure_record`` instead.
 Both functions are given by the caller, so this module knows nothing of what a job is (and
 ``llcv.estimation`` can import it without a cycle). They must be picklable top-level functions:
 device workers are spawned processes and Ray tasks run elsewhere, and each receives them by
-reference.
+reference. Records cross the process boundary as ``llcv.records.LLCRecord`` objects, pickled
+(pydantic models pickle, and ``llcv.records`` is importable in every worker), so what arrives is
+already validated and typed.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ import torch
 from llcv.errors import EstimationError, SettingsError
 from llcv.precision import PrecisionChoice
 from llcv.progress import SILENT, ForwardingReporter, Reporter, replay
+from llcv.records import LLCRecord
 
 logger = logging.getLogger("llcv")
 
-OnResult = Callable[[Any, dict[str, Any]], None]
+OnResult = Callable[[Any, LLCRecord], None]
 # (job, spec, reporter) -> record: estimates one job; turns every failure but an interrupt into a failed record
-JobFunction = Callable[[Any, Any, Reporter], dict[str, Any]]
+JobFunction = Callable[[Any, Any, Reporter], LLCRecord]
 # (job, spec, reason, elapsed_seconds) -> the failed record of a job whose worker died
-FailureRecord = Callable[[Any, Any, str, float], dict[str, Any]]
+FailureRecord = Callable[[Any, Any, str, float], LLCRecord]
 
 
 class Executor(Protocol):
@@ -174,7 +177,7 @@ class DevicesExecutor:
             for connection in wait(list(busy)):
                 finished = busy[connection].receive(reporter)
                 if finished is not None:
-                    choice = (finished[1].get("result") or {}).get("precision_choice")
+                    choice = finished[1].precision_choice
                     if undecided and choice:
                         precision, undecided = PrecisionChoice.kept_from(choice), False
                     on_result(*finished)
@@ -227,7 +230,7 @@ class _DeviceWorker:
         except OSError:
             pass  # the worker is gone: the next read says so
 
-    def receive(self, reporter: Reporter) -> tuple[Any, dict[str, Any]] | None:
+    def receive(self, reporter: Reporter) -> tuple[Any, LLCRecord] | None:
         """Handle one message; returns ``(job, record)`` when the job ended (done, failed, or its worker died)."""
         try:
             message = self.connection.recv()
@@ -248,7 +251,7 @@ class _DeviceWorker:
             replay(message, reporter)
         return None
 
-    def _died(self, reporter: Reporter) -> tuple[Any, dict[str, Any]]:
+    def _died(self, reporter: Reporter) -> tuple[Any, LLCRecord]:
         self._end(reporter, wait_seconds=10)  # its pipe closed: it is gone, or about to be
         self.reason = self.reason or _exit_reason(self.exitcode)
         job, self.job = self.job, None
@@ -403,7 +406,7 @@ class RayExecutor:
                 except Exception as error:  # noqa: BLE001 - a crashed worker fails its checkpoint only
                     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                     record = _crash_record(failure_record, job, spec, f"Ray task failed: {first_line}", submitted)
-                choice = (record.get("result") or {}).get("precision_choice")
+                choice = record.precision_choice
                 if undecided and choice:
                     undecided = False
                     spec_ref = ray.put(dataclasses.replace(spec, device=device, precision=PrecisionChoice.kept_from(choice)))
@@ -419,7 +422,7 @@ class RayExecutor:
                 ray.shutdown()
 
 
-def _crash_record(failure_record: FailureRecord, job: Any, spec: Any, reason: str, submitted: float) -> dict[str, Any]:
+def _crash_record(failure_record: FailureRecord, job: Any, spec: Any, reason: str, submitted: float) -> LLCRecord:
     """The ``failed`` record of a job whose worker died (it could not write one itself)."""
     return failure_record(job, spec, reason, time.perf_counter() - submitted)
 
@@ -436,7 +439,7 @@ def _import_ray():
 _SPECS: dict[str, Any] = {}
 
 
-def _ray_task(spec_box: list, job: Any, num_threads: int, job_function: JobFunction) -> dict[str, Any]:
+def _ray_task(spec_box: list, job: Any, num_threads: int, job_function: JobFunction) -> LLCRecord:
     """A Ray task: ``job_function`` on one checkpoint with ``num_threads`` torch threads. The spec
     comes boxed in a list so Ray passes the reference instead of deserialising the spec for every task."""
     import ray

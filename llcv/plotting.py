@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from llcv.errors import SettingsError
 from llcv.fileio import atomic_write
 from llcv.health import short_reason
-from llcv.results import find_transitions, record_health, scope_kind, scope_order
+from llcv.records import LLCRecord, RecordResult
+from llcv.results import find_transitions
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
@@ -270,7 +271,7 @@ def plot_chains(chains, title: str) -> Figure:
     return figure
 
 
-def plot_trace_thumbnail(result: dict) -> Figure:
+def plot_trace_thumbnail(result: RecordResult | dict) -> Figure:
     """A thumbnail of one estimate's chains: per-draw LLC faint, running mean solid, the estimate dashed.
 
     Chains whose running means settle together have mixed; one apart from the others, or a
@@ -279,12 +280,14 @@ def plot_trace_thumbnail(result: dict) -> Figure:
     every spike would flatten the running means into a line.
 
     Args:
-        result: an ``LLCResult`` as a dict (a record's ``result``); ``llc_trace`` is chains x
+        result: a record's ``result`` (or an ``LLCResult`` as a dict); ``llc_trace`` is chains x
             draws, null after a chain diverged.
     """
     import numpy as np
 
-    traces = np.array([[np.nan if value is None else value for value in chain] for chain in result.get("llc_trace") or []], dtype=float)
+    if not isinstance(result, RecordResult):
+        result = RecordResult.model_validate(result)
+    traces = np.array([[np.nan if value is None else value for value in chain] for chain in result.llc_trace or []], dtype=float)
     draws = np.arange(1, traces.shape[-1] + 1)
     # each chain's running mean: where its estimate settles, and whether the chains agree
     running = np.cumsum(np.nan_to_num(traces), axis=-1) / draws
@@ -294,8 +297,8 @@ def plot_trace_thumbnail(result: dict) -> Figure:
     for index, (chain, mean) in enumerate(zip(traces, running)):
         axis.plot(draws, chain, color=f"C{index % 10}", linewidth=0.5, alpha=0.35)
         axis.plot(draws, mean, color=f"C{index % 10}", linewidth=1.4)
-    if result.get("llc_mean") is not None:
-        axis.axhline(result["llc_mean"], color="black", linestyle="--", linewidth=1.0)
+    if result.llc_mean is not None:
+        axis.axhline(result.llc_mean, color="black", linestyle="--", linewidth=1.0)
     finite = traces[np.isfinite(traces)]
     if finite.size:
         low, high = np.percentile(finite, [5, 95])
@@ -314,47 +317,52 @@ def plot_trace_thumbnail(result: dict) -> Figure:
 _FAILED_COLOR = "#d62728"
 
 
-def _as_runs(results, labels=None) -> dict[str, list[dict]]:
-    """``results`` as {label: records}: a mapping as given, one list of records, or a list of such lists."""
+def _as_runs(results, labels=None) -> dict[str, list[LLCRecord]]:
+    """``results`` as {label: records}: a mapping as given, one list of records, or a list of such lists.
+
+    Records are ``LLCRecord`` objects or their JSON dicts (validated here).
+    """
     from collections.abc import Mapping
 
     if isinstance(results, Mapping):
-        return {str(label): list(records) for label, records in results.items()}
+        return {str(label): _records(records) for label, records in results.items()}
     results = list(results)
-    if not results or isinstance(results[0], Mapping):
-        return {(labels[0] if labels else "LLC"): results}
+    if not results or isinstance(results[0], (LLCRecord, Mapping)):
+        return {(labels[0] if labels else "LLC"): _records(results)}
     names = list(labels) if labels else [f"run {index + 1}" for index in range(len(results))]
     if len(names) != len(results):
         raise SettingsError(f"{len(names)} labels for {len(results)} runs; give one label per run")
-    return {str(name): list(records) for name, records in zip(names, results)}
+    return {str(name): _records(records) for name, records in zip(names, results)}
 
 
-def _whole_model(records) -> list[dict]:
-    return [record for record in records if record.get("scope", "model") == "model"]
+def _records(records) -> list[LLCRecord]:
+    return [LLCRecord.coerce(record) for record in records]
 
 
-def _refined(records) -> dict[str, dict[str, list[dict]]]:
+def _whole_model(records: list[LLCRecord]) -> list[LLCRecord]:
+    return [record for record in records if record.is_whole_model]
+
+
+def _refined(records: list[LLCRecord]) -> dict[str, dict[str, list[LLCRecord]]]:
     """A run's refined records as {kind: {scope: records}}: blocks in declared order, classes by label."""
-    groups: dict[str, dict[str, list[dict]]] = {}
-    for record in sorted(records, key=scope_order):
-        kind = scope_kind(record)
-        if kind != "model":
-            groups.setdefault(kind, {}).setdefault(str(record.get("scope")), []).append(record)
+    groups: dict[str, dict[str, list[LLCRecord]]] = {}
+    for record in sorted(records, key=LLCRecord.scope_order):
+        if record.kind != "model":
+            groups.setdefault(record.kind, {}).setdefault(record.scope, []).append(record)
     return groups
 
 
-def _llc_points(records, field: str, per_parameter: bool):
+def _llc_points(records: list[LLCRecord], field: str, per_parameter: bool):
     """Positions, means, stds and unhealthy flags of the done records with an estimate, divided by d if asked."""
     import numpy as np
 
-    done = [record for record in records if record.get(field) is not None and record.get("status") == "done"
-            and (record.get("result") or {}).get("llc_mean") is not None]  # fmt: skip
-    done.sort(key=lambda record: record[field])
-    scale = np.array([float(record["result"].get("num_parameters") or 1) if per_parameter else 1.0 for record in done])
-    xs = np.array([record[field] for record in done], dtype=float)
-    means = np.array([record["result"]["llc_mean"] for record in done], dtype=float) / scale
-    stds = np.array([record["result"].get("llc_std") or 0.0 for record in done], dtype=float) / scale
-    unhealthy = np.array([record_health(record)[0] is False for record in done], dtype=bool)
+    done = [record for record in records if record.position(field) is not None and record.has_estimate]
+    done.sort(key=lambda record: record.position(field))
+    scale = np.array([float(record.num_parameters or 1) if per_parameter else 1.0 for record in done])
+    xs = np.array([record.position(field) for record in done], dtype=float)
+    means = np.array([record.llc_mean for record in done], dtype=float) / scale
+    stds = np.array([record.llc_std or 0.0 for record in done], dtype=float) / scale
+    unhealthy = np.array([record.is_unhealthy for record in done], dtype=bool)
     return xs, means, stds, unhealthy
 
 
@@ -393,7 +401,9 @@ def _scope_colors(kind: str, count: int) -> list:
     return [colormaps["turbo"](index / (count - 1)) for index in range(count)]
 
 
-def _draw_refined(axis, title: str, kind: str, scopes: dict[str, list[dict]], whole: list[dict], field: str, per_parameter: bool) -> None:
+def _draw_refined(
+    axis, title: str, kind: str, scopes: dict[str, list[LLCRecord]], whole: list[LLCRecord], field: str, per_parameter: bool
+) -> None:
     """One panel of refined curves (one per block or class) with the whole model's curve for reference."""
     from matplotlib.transforms import blended_transform_factory
 
@@ -404,7 +414,7 @@ def _draw_refined(axis, title: str, kind: str, scopes: dict[str, list[dict]], wh
         xs, means, stds, unhealthy = _llc_points(records, field, per_parameter)
         hollow = _draw_points(axis, xs, means, unhealthy, color, 2.5, linewidth=1.3, label=scope) or hollow
         axis.fill_between(xs, means - stds, means + stds, color=color, alpha=0.12, linewidth=0)
-        failed += [record[field] for record in records if record.get("status") == "failed" and record.get(field) is not None]
+        failed += [record.position(field) for record in records if record.is_failed and record.position(field) is not None]
     if failed:
         axis.scatter(failed, [0.03] * len(failed), marker="x", s=40, color=_FAILED_COLOR, label="failed (no estimate)",
                      transform=blended_transform_factory(axis.transData, axis.transAxes), zorder=5)  # fmt: skip
@@ -437,31 +447,30 @@ def _log_if_spread(axis) -> None:
         axis.set_ylabel(f"{axis.get_ylabel()} (symmetric log)")
 
 
-def _axis_field(runs: dict[str, list[dict]], x: str) -> str:
+def _axis_field(runs: dict[str, list[LLCRecord]], x: str) -> str:
     """``x`` if every record has it; otherwise the other of step and epoch when every record has that."""
     records = [record for run in runs.values() for record in run]
     for field in (x, "epoch" if x == "step" else "step"):
-        if all(record.get(field) is not None for record in records):
+        if all(record.position(field) is not None for record in records):
             return field
     return "epoch" if x == "step" else "step"
 
 
-def _settings_line(records) -> str | None:
+def _settings_line(records: list[LLCRecord]) -> str | None:
     for record in records:
-        result = record.get("result") or {}
-        settings = result.get("settings") or {}
+        settings = record.sampler_settings  # a plain dict: the sampler settings of the llcv that wrote it
         if settings:
-            nbeta = result.get("nbeta")
+            nbeta = record.result.nbeta
             return (
                 f"{settings.get('sampler', 'sgld')} ε={settings.get('epsilon'):g}, γ={settings.get('gamma'):g}, "
                 f"nβ={'default' if nbeta is None else format(nbeta, '.3g')}, {settings.get('num_chains')} chains × "
-                f"{settings.get('num_draws')} draws, seed {settings.get('seed')} · settings {record.get('settings_hash')}"
+                f"{settings.get('num_draws')} draws, seed {settings.get('seed')} · settings {record.settings_hash}"
             )
     return None
 
 
 def llc_figure(
-    runs: dict[str, list[dict]],
+    runs: dict[str, list[LLCRecord | dict]],
     *,
     x: str = "step",
     log_x: bool = False,
@@ -479,7 +488,7 @@ def llc_figure(
     (dashed black).
 
     Args:
-        runs: {label: result records} (``llcv.results.load_results``).
+        runs: {label: result records} (``llcv.results.load_results``; ``LLCRecord`` objects or their JSON dicts).
         per_parameter: divide every curve (and its band) by its number of sampled parameters d,
             so blocks of very different sizes compare as LLC per parameter.
         x: ``step`` or ``epoch``; where some checkpoints lack it, the other is used (and the axis says so).
@@ -490,6 +499,7 @@ def llc_figure(
     from matplotlib.lines import Line2D
     from matplotlib.transforms import blended_transform_factory
 
+    runs = _as_runs(runs)
     refined = {label: _refined(records) for label, records in runs.items()}
     runs = {label: _whole_model(records) for label, records in runs.items()}
     field = _axis_field(runs, x)
@@ -507,26 +517,26 @@ def llc_figure(
     positive = []
 
     for (label, records), color in zip(runs.items(), colors):
-        placed = [record for record in records if record.get(field) is not None]
+        placed = [record for record in records if record.position(field) is not None]
         unplaced += len(records) - len(placed)
-        done = [record for record in placed if record.get("status") == "done" and (record.get("result") or {}).get("llc_mean") is not None]
-        positive.extend(value for value in (record[field] for record in placed) if value > 0)
-        has_zero = has_zero or any(record[field] <= 0 for record in placed)
+        done = [record for record in placed if record.has_estimate]
+        positive.extend(value for value in (record.position(field) for record in placed) if value > 0)
+        has_zero = has_zero or any(record.position(field) <= 0 for record in placed)
         xs, means, stds, unhealthy = _llc_points(done, field, per_parameter)
         # Unhealthy estimates stay on the curve, so its shape shows, but hollow: not to be read.
         unhealthy_marks = _draw_points(top, xs, means, unhealthy, color, 3.5, linewidth=1.6, label=label) or unhealthy_marks
         top.fill_between(xs, means - stds, means + stds, color=color, alpha=0.2, linewidth=0)
-        failed = [record for record in placed if record.get("status") == "failed"]
+        failed = [record for record in placed if record.is_failed]
         if failed:
             failed_marks = True
-            top.scatter([record[field] for record in failed], [0.03] * len(failed), marker="x", s=60,
+            top.scatter([record.position(field) for record in failed], [0.03] * len(failed), marker="x", s=60,
                         color=_FAILED_COLOR, transform=blended_transform_factory(top.transData, top.transAxes), zorder=5)  # fmt: skip
         for metric, style in (("val_loss", "-"), ("train_loss", ":")):
-            points = [(record[field], (record.get("metrics") or {}).get(metric)) for record in placed]
+            points = [(record.position(field), getattr(record.metrics, metric)) for record in placed]
             points = [(position, value) for position, value in points if value is not None]
             if points:
                 bottom.plot(*zip(*points), color=color, linestyle=style, linewidth=1.3)
-        accuracy = [(record[field], (record.get("metrics") or {}).get("val_acc")) for record in placed]
+        accuracy = [(record.position(field), record.metrics.val_acc) for record in placed]
         accuracy = [(position, value) for position, value in accuracy if value is not None]
         if accuracy:
             accuracy_axis.plot(*zip(*accuracy), color=color, linestyle="--", linewidth=1.1, alpha=0.8)

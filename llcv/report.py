@@ -30,11 +30,13 @@ from llcv.errors import LLCVError, SettingsError
 from llcv.fileio import atomic_write_text
 from llcv.plotting import figure_bytes, llc_figure, plot_sweep_heatmap, plot_sweep_traces, plot_trace_thumbnail
 from llcv.progress import SILENT, Reporter
+from llcv.records import LLCRecord, RecordResult
 from llcv.results import (
-    DEFAULT_SCOPE, ResultsStore, Transition, choose_settings, find_transitions, health_label, list_settings,
-    missing_checkpoints, record_health, record_order, run_labels, scope_kind, scope_order, summary_row,
+    ResultsStore, Transition, choose_settings, find_transitions, health_label, list_settings, missing_checkpoints, run_labels,
+    summary_row,
 )  # fmt: skip
 from llcv.settings import PlotSettings
+from llcv.version import __version__
 
 logger = logging.getLogger("llcv")
 
@@ -70,25 +72,25 @@ class RunReport:
     settings_hash: str
     other_hashes: tuple[str, ...]
     settings: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[LLCRecord]
     missing: list[str] | None
     transitions: list[Transition]
     origin: dict[str, Any] | None
 
     @property
-    def whole(self) -> list[dict[str, Any]]:
+    def whole(self) -> list[LLCRecord]:
         """The whole-model records, in training order."""
-        return [record for record in self.records if record.get("scope", DEFAULT_SCOPE) == DEFAULT_SCOPE]
+        return [record for record in self.records if record.is_whole_model]
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
+    def failed(self) -> list[LLCRecord]:
         """Every failed record, whole model and refined scopes."""
-        return [record for record in self.records if record.get("status") == "failed"]
+        return [record for record in self.records if record.is_failed]
 
     @property
-    def unhealthy(self) -> list[dict[str, Any]]:
+    def unhealthy(self) -> list[LLCRecord]:
         """Whole-model records whose estimate is not to be read (failed ones included)."""
-        return [record for record in self.whole if record_health(record)[0] is False]
+        return [record for record in self.whole if record.is_unhealthy]
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,10 @@ def load_run(results_dir: Path, label: str, settings_hash: str | None = None, x:
     )
 
 
-def _origin(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+def _origin(records: Sequence[LLCRecord]) -> dict[str, Any] | None:
     """The model, dataset and training settings named by the last checkpoint that can be read here."""
-    for record in sorted(records, key=record_order, reverse=True):
-        path = record.get("checkpoint_path")
+    for record in sorted(records, key=LLCRecord.training_order, reverse=True):
+        path = record.checkpoint_path
         if not path or not Path(path).is_file():
             continue
         try:
@@ -251,8 +253,6 @@ def render_report(
     reporter: Reporter = SILENT,
 ) -> str:
     """The page's HTML: the template filled with the runs, the sweeps and their figures (``plot``: see ``write_report``)."""
-    from llcv import __version__
-
     plot = plot or PlotSettings()
     thumbnails = sum(1 for run in runs for record in run.whole if _has_trace(record))
     reporter.start("report", "drawing the report's figures", 1 + 2 * len(sweeps) + thumbnails)
@@ -329,48 +329,43 @@ def _png(figure, dpi: float) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _has_trace(record: Mapping[str, Any]) -> bool:
-    return bool((record.get("result") or {}).get("llc_trace"))
+def _has_trace(record: LLCRecord) -> bool:
+    return record.result is not None and bool(record.result.llc_trace)
 
 
-def _health(record: Mapping[str, Any]) -> dict[str, Any]:
+def _health(record: LLCRecord) -> dict[str, Any]:
     """``state`` (healthy, unhealthy, failed or unjudged) and the reasons, for a row or a cell."""
-    healthy, reasons = record_health(record)
-    state = "failed" if record.get("status") == "failed" else {True: "healthy", False: "unhealthy", None: "unjudged"}[healthy]
+    healthy, reasons = record.health
+    state = "failed" if record.is_failed else {True: "healthy", False: "unhealthy", None: "unjudged"}[healthy]
     return {"state": state, "reasons": reasons}
 
 
-def _row(record: Mapping[str, Any], transitions: Mapping[str, str]) -> dict[str, Any]:
+def _row(record: LLCRecord, transitions: Mapping[str, str]) -> dict[str, Any]:
     """A checkpoint's table row: its summary.csv columns, the candidate transition there, and its health."""
-    return {**summary_row(record), "transition": transitions.get(str(record.get("checkpoint"))), **_health(record)}
+    return {**summary_row(record), "transition": transitions.get(record.checkpoint), **_health(record)}
 
 
 def _distinct(values) -> list[Any]:
     return list(dict.fromkeys(value for value in values if value not in (None, "")))
 
 
-def _precision(result: dict[str, Any]) -> str | None:
-    """What the chains ran in; results before llcv 0.5 only have the setting, never "auto" then."""
-    return result.get("precision") or (result.get("settings") or {}).get("precision")
-
-
 def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
     """Everything the template shows about one run, numbers still numbers, strings unescaped."""
     whole = run.whole
-    results = [record["result"] for record in run.records if record.get("result")]
+    results: list[RecordResult] = [record.result for record in run.records if record.result is not None]
     transitions = {item.checkpoint: item.kind for item in run.transitions}
     rows = [_row(record, transitions) for record in whole]
     thumbnails = []
     for row, record in zip(rows, whole):
         if _has_trace(record):
-            thumbnails.append({**row, "image": _png(plot_trace_thumbnail(record["result"]), THUMBNAIL_DPI)})
+            thumbnails.append({**row, "image": _png(plot_trace_thumbnail(record.result), THUMBNAIL_DPI)})
             reporter.advance("report")
-    versions = [result.get("versions") or {} for result in results]
-    steps = [record["step"] for record in whole if record.get("step") is not None]
-    epochs = [record["epoch"] for record in whole if record.get("epoch") is not None]
-    finished = sorted(record["finished"] for record in run.records if record.get("finished"))
+    versions = [result.versions for result in results]
+    steps = [record.step for record in whole if record.step is not None]
+    epochs = [record.epoch for record in whole if record.epoch is not None]
+    finished = sorted(record.finished for record in run.records if record.finished)
     sampler = run.settings.get("sampler") or {}
-    nbetas = _distinct((record.get("result") or {}).get("nbeta") for record in whole)
+    nbetas = _distinct(record.result.nbeta for record in whole if record.result is not None)
     return {
         "anchor": f"run-{index + 1}",
         "label": run.label,
@@ -389,47 +384,46 @@ def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
         "reading": read_figure(run.records),
         "rows": rows,
         "estimated": [row for row in rows if row["llc_mean"] is not None],
-        "num_healthy": sum(record_health(record)[0] is True for record in whole),
-        "unhealthy": [health_label(record, record_health(record)[1]) for record in run.unhealthy],
+        "num_healthy": sum(record.health[0] is True for record in whole),
+        "unhealthy": [health_label(record, record.health[1]) for record in run.unhealthy],
         "missing": run.missing,
         "thumbnails": thumbnails,
         "refined": _refined_tables(run.records),
         "failed": [
-            {"checkpoint": record.get("checkpoint"), "scope": record.get("scope", DEFAULT_SCOPE), "step": record.get("step"),
-             "error": record.get("error") or "failed", "worker": record.get("worker") or {}}
+            {"checkpoint": record.checkpoint, "scope": record.scope, "step": record.step, "error": record.error or "failed",
+             "worker": record.worker.to_dict() if record.worker is not None else {}}
             for record in run.failed
         ],  # fmt: skip
         "provenance": {
             **{name: _distinct(item.get(key) for item in versions) for name, key in (
                 ("llcv", "llcv"), ("torch", "torch"), ("devinterp", "devinterp"), ("python", "python"), ("git commit", "git_commit"),
             )},  # fmt: skip
-            "device": _distinct(result.get("device") for result in results),
-            "precision": _distinct(_precision(result) for result in results),
-            "threads": _distinct(result.get("num_threads") for result in results),
-            "chains run": _distinct(result.get("chain_execution") for result in results),
-            "BatchNorm statistics": _distinct(result.get("batchnorm_statistics") for result in results),
-            "sampled parameters (whole model)": _distinct((record.get("result") or {}).get("num_parameters") for record in whole),
-            "hosts": _distinct((record.get("worker") or {}).get("host") for record in run.records),
-            "executor": _distinct((record.get("worker") or {}).get("executor") for record in run.records),
+            "device": _distinct(result.device for result in results),
+            "precision": _distinct(result.ran_in for result in results),
+            "threads": _distinct(result.num_threads for result in results),
+            "chains run": _distinct(result.chain_execution for result in results),
+            "BatchNorm statistics": _distinct(result.batchnorm_statistics for result in results),
+            "sampled parameters (whole model)": _distinct(record.num_parameters for record in whole),
+            "hosts": _distinct(record.worker.host for record in run.records if record.worker is not None),
+            "executor": _distinct(record.worker.executor for record in run.records if record.worker is not None),
         },
     }
 
 
-def _refined_tables(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _refined_tables(records: Sequence[LLCRecord]) -> list[dict[str, Any]]:
     """Per kind of refined scope (blocks, classes): a row per scope, a column per checkpoint."""
-    refined = [record for record in records if scope_kind(record) != "model"]
+    refined = [record for record in records if record.kind != "model"]
     tables = []
     for kind in ("block", "class"):
-        chosen = [record for record in refined if scope_kind(record) == kind]
+        chosen = [record for record in refined if record.kind == kind]
         if not chosen:
             continue
-        columns = list(dict.fromkeys(str(record.get("checkpoint")) for record in sorted(chosen, key=record_order)))
-        steps = {str(record.get("checkpoint")): record.get("step") for record in chosen}
+        columns = list(dict.fromkeys(record.checkpoint for record in sorted(chosen, key=LLCRecord.training_order)))
+        steps = {record.checkpoint: record.step for record in chosen}
         cells: dict[str, dict[str, dict[str, Any]]] = {}
-        for record in sorted(chosen, key=scope_order):
-            result = record.get("result") or {}
-            cells.setdefault(str(record.get("scope")), {})[str(record.get("checkpoint"))] = {
-                "llc_mean": result.get("llc_mean"), "llc_std": result.get("llc_std"), "error": record.get("error"), **_health(record),
+        for record in sorted(chosen, key=LLCRecord.scope_order):
+            cells.setdefault(record.scope, {})[record.checkpoint] = {
+                "llc_mean": record.llc_mean, "llc_std": record.llc_std, "error": record.error, **_health(record),
             }  # fmt: skip
         tables.append({
             "kind": kind,
@@ -471,8 +465,8 @@ def _sweep_view(folder: Path, sweep: Mapping[str, Any], reporter: Reporter) -> d
 # --- the paragraph that reads the figure ---------------------------------------------------
 
 
-def _std(record: dict) -> float:
-    return record["result"].get("llc_std") or 0.0
+def _std(record: LLCRecord) -> float:
+    return record.llc_std or 0.0
 
 
 _LISTED = 5  # unhealthy checkpoints named one by one; the rest are counted
@@ -483,7 +477,7 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _with_reasons(judged: list[tuple[dict, list[str]]]) -> str:
+def _with_reasons(judged: list[tuple[LLCRecord, list[str]]]) -> str:
     """``step 12 (R-hat 1.42 > 1.1) and step 24 (2 of 4 chains diverged)``: each with its first reason."""
     named = [health_label(record, reasons) for record, reasons in judged[:_LISTED]]
     if len(judged) > _LISTED:
@@ -491,7 +485,7 @@ def _with_reasons(judged: list[tuple[dict, list[str]]]) -> str:
     return _and(named)
 
 
-def _not_read(unhealthy: list[tuple[dict, list[str]]], failed: list[dict]) -> list[str]:
+def _not_read(unhealthy: list[tuple[LLCRecord, list[str]]], failed: list[LLCRecord]) -> list[str]:
     """The sentences naming the estimates the paragraph leaves out, and the checkpoints without one."""
     sentences = []
     if unhealthy:
@@ -501,23 +495,26 @@ def _not_read(unhealthy: list[tuple[dict, list[str]]], failed: list[dict]) -> li
             f"{'they are' if many else 'it is'} hollow in the figure."
         )
     if failed:
-        sentences.append(f"No estimate at {_with_reasons([(record, [str(record.get('error') or 'failed')]) for record in failed])}.")
+        sentences.append(f"No estimate at {_with_reasons([(record, [str(record.error or 'failed')]) for record in failed])}.")
     return sentences
 
 
-def read_figure(records: list[dict]) -> str:
+def read_figure(records: Sequence[LLCRecord | Mapping[str, Any]]) -> str:
     """A plain-language paragraph on how the LLC moved against loss and accuracy.
 
     Only estimates that can be read at face value count (healthy ones, and those written before
     health verdicts, except where chains diverged); the others are named with their first reason.
+
+    Args:
+        records: a run's records (``LLCRecord`` objects or their JSON dicts).
     """
     whole = sorted(
-        (record for record in records if record.get("scope", DEFAULT_SCOPE) == DEFAULT_SCOPE),
-        key=lambda record: (record.get("step") is None, record.get("step") or 0),
+        (record for record in map(LLCRecord.coerce, records) if record.is_whole_model),
+        key=lambda record: (record.step is None, record.step or 0),
     )
-    estimated = [record for record in whole if record.get("status") == "done" and (record.get("result") or {}).get("llc_mean") is not None]
-    failed = [record for record in whole if record.get("status") == "failed"]
-    judged = [(record, *record_health(record)) for record in estimated]
+    estimated = [record for record in whole if record.has_estimate]
+    failed = [record for record in whole if record.is_failed]
+    judged = [(record, *record.health) for record in estimated]
     done = [record for record, healthy, _ in judged if healthy is not False]
     unhealthy = [(record, reasons) for record, healthy, reasons in judged if healthy is False]
     if len(done) < 2:
@@ -530,13 +527,13 @@ def read_figure(records: list[dict]) -> str:
         return " ".join([f"Too few trustworthy estimates to read a trend: {count}.", *_not_read(unhealthy, failed)])
     first, last = done[0], done[-1]
 
-    def llc(record: dict) -> float:
-        return record["result"]["llc_mean"]
+    def llc(record: LLCRecord) -> float:
+        return record.llc_mean
 
-    def metric(record: dict, name: str) -> float | None:
-        return (record.get("metrics") or {}).get(name)
+    def metric(record: LLCRecord, name: str) -> float | None:
+        return getattr(record.metrics, name)
 
-    steps = [record.get("step") for record in done]
+    steps = [record.step for record in done]
     rises = [(llc(b) - llc(a), a, b) for a, b in zip(done, done[1:])]
     biggest, start, end = max(rises, key=lambda item: abs(item[0]))
     sentences = [
@@ -556,14 +553,14 @@ def read_figure(records: list[dict]) -> str:
     if peak is not first and peak is not last and llc(peak) > max(llc(first), llc(last)) + 2 * _std(peak):
         peak_loss = metric(peak, "val_loss")
         sentences.append(
-            f"On the way it peaked at {llc(peak):.2f} at step {peak.get('step')}"
+            f"On the way it peaked at {llc(peak):.2f} at step {peak.step}"
             + (f" (validation loss {peak_loss:.2f} there)," if peak_loss is not None else ",")
             + " and came back down as the model settled: a rise and fall of complexity, the kind of"
             " developmental stage the LLC is tracked to find."
         )
     sentences.append(
-        f"The largest change between neighbouring checkpoints came between steps {start.get('step')} and "
-        f"{end.get('step')} ({biggest:+.2f})."
+        f"The largest change between neighbouring checkpoints came between steps {start.step} and "
+        f"{end.step} ({biggest:+.2f})."
     )
     transitions = find_transitions(done)
     if transitions:

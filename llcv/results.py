@@ -9,7 +9,8 @@ Layout (docs/formats.md, "LLC results")::
     <results-dir>/<settings-hash>/.claims/                          workers' claims (llcv.claims)
 
 Every file is written atomically, so readers (``load_results``, ``llcv plot``, a notebook) may
-run while workers write. The settings hash names a folder by the sampler fields that change
+run while workers write. Records are ``llcv.records.LLCRecord`` objects; a file that is not a
+readable record is skipped with one warning naming it. The settings hash names a folder by the sampler fields that change
 results, leaving out fields at their default value, so adding a setting with a default later
 does not orphan existing results.
 """
@@ -32,16 +33,14 @@ from llcv.checkpoints import CHECKPOINT_SUFFIXES, list_checkpoints
 from llcv.errors import LLCVError, SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text
 from llcv.health import brief_reason
+# The record's format constants live in llcv.records; importing them from here still works.
+from llcv.records import DEFAULT_SCOPE, RECORD_FORMAT, RECORD_FORMAT_VERSION, LLCRecord, RecordError, Status  # noqa: F401
 from llcv.settings import SamplerSettings
 
 logger = logging.getLogger("llcv")
-
-RECORD_FORMAT = "llcv-llc-record"
-RECORD_FORMAT_VERSION = 1
 SETTINGS_FILE = "settings.json"
 SUMMARY_FILE = "summary.csv"
 CLAIMS_FOLDER = ".claims"
-DEFAULT_SCOPE = "model"
 DEFAULT_LOSS = "cross_entropy"
 HASH_LENGTH = 12
 FINGERPRINT_BYTES = 1024 * 1024  # the fingerprint hashes the first and the last MiB
@@ -51,8 +50,6 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 _SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
 _STEP_NAME = re.compile(r"^step_(\d+)\.pt$")
-
-Status = Literal["done", "failed"]
 
 
 # --- the settings hash ----------------------------------------------------------------------
@@ -152,87 +149,65 @@ def fingerprint(path: Path) -> dict[str, Any]:
 # --- records --------------------------------------------------------------------------------
 
 
-def scope_kind(record: Mapping[str, Any]) -> str:
-    """``model``, ``block`` or ``class``: the record's ``scope_kind``, or read from its scope's name."""
-    scope = str(record.get("scope", DEFAULT_SCOPE))
-    if record.get("scope_kind") in ("model", "block", "class"):
-        return record["scope_kind"]
-    return "model" if scope == DEFAULT_SCOPE else "class" if scope.startswith("class=") else "block"
+# The functions below take an LLCRecord, or a record's JSON object (validated on use: a dict that
+# is not a record raises RecordError).
 
 
-def scope_order(record: Mapping[str, Any]) -> tuple:
-    """The whole model, then blocks in the model's declared order, then classes by label."""
-    kind = scope_kind(record)
-    index = record.get("scope_index")
-    if not isinstance(index, int):  # records written before scope_index: by the number in the name
-        digits = re.findall(r"\d+", str(record.get("scope", "")))
-        index = int(digits[-1]) if digits else -1
-    return (("model", "block", "class").index(kind), index, str(record.get("scope", DEFAULT_SCOPE)))
+def scope_kind(record: LLCRecord | Mapping[str, Any]) -> str:
+    """``model``, ``block`` or ``class``: ``LLCRecord.kind``."""
+    return LLCRecord.coerce(record).kind
 
 
-def record_order(record: Mapping[str, Any]) -> tuple:
+def scope_order(record: LLCRecord | Mapping[str, Any]) -> tuple:
+    """The whole model, then blocks in the model's declared order, then classes by label (``LLCRecord.scope_order``)."""
+    return LLCRecord.coerce(record).scope_order()
+
+
+def record_order(record: LLCRecord | Mapping[str, Any]) -> tuple:
     """Training order: by step, then by epoch, then by name; the whole model before other scopes."""
-    step, epoch = record.get("step"), record.get("epoch")
-    return (
-        step is None,
-        step if step is not None else 0,
-        epoch is None,
-        epoch if epoch is not None else 0.0,
-        str(record.get("checkpoint", "")),
-        scope_order(record),
-    )
+    return LLCRecord.coerce(record).training_order()
 
 
-def record_health(record: Mapping[str, Any]) -> tuple[bool | None, list[str]]:
-    """Whether a record's LLC can be read at face value, and why not.
+def record_health(record: LLCRecord | Mapping[str, Any]) -> tuple[bool | None, list[str]]:
+    """Whether a record's LLC can be read at face value, and why not (``LLCRecord.health``).
 
     A failed record is unhealthy with its error as the reason. A record written before llcv 0.4
     carries no verdict and gives ``(None, [])``, except that one whose chains partly diverged is
     unhealthy for that reason, the one check such records carry.
     """
-    if record.get("status") == "failed":
-        return False, [str(record.get("error") or "failed")]
-    result = record.get("result") or {}
-    healthy = record.get("healthy", result.get("healthy"))
-    reasons = record.get("health_reasons", result.get("health_reasons")) or []
-    if healthy is None:
-        diverged = (result.get("diagnostics") or {}).get("diverged_chains")
-        if diverged:
-            chains = (result.get("settings") or {}).get("num_chains") or len(result.get("llc_per_chain") or [])
-            return False, [f"{diverged} of {chains} chains diverged" if chains else f"{diverged} chain(s) diverged"]
-    return healthy, list(reasons)
+    return LLCRecord.coerce(record).health
 
 
-def health_label(record: Mapping[str, Any], reasons: Sequence[str]) -> str:
+def health_label(record: LLCRecord | Mapping[str, Any], reasons: Sequence[str]) -> str:
     """``step 12 (R-hat 1.422 > 1.1)``: where a record is, with its first reason cut to its numbers."""
-    where = f"step {record['step']}" if record.get("step") is not None else str(record.get("checkpoint"))
-    return f"{where} ({brief_reason(reasons[0]) if reasons else 'no reason recorded'})"
+    return f"{LLCRecord.coerce(record).where} ({brief_reason(reasons[0]) if reasons else 'no reason recorded'})"
 
 
-def summary_row(record: Mapping[str, Any]) -> dict[str, Any]:
+def summary_row(record: LLCRecord | Mapping[str, Any]) -> dict[str, Any]:
     """The summary.csv columns of one record (None where unknown)."""
-    result = record.get("result") or {}
-    diagnostics = result.get("diagnostics") or {}
-    metrics = record.get("metrics") or {}
+    record = LLCRecord.coerce(record)
+    result = record.result
+    diagnostics = result.diagnostics if result is not None else None
+    healthy, reasons = record.health
     return {
-        "checkpoint": record.get("checkpoint"),
-        "step": record.get("step"),
-        "epoch": record.get("epoch"),
-        "scope": record.get("scope", DEFAULT_SCOPE),
-        "status": record.get("status"),
-        "llc_mean": result.get("llc_mean"),
-        "llc_std": result.get("llc_std"),
-        "healthy": record_health(record)[0],
-        "health_reasons": "; ".join(record_health(record)[1]),
-        "mala_acceptance": result.get("mala_acceptance"),
-        "r_hat": diagnostics.get("r_hat"),
-        "ess": diagnostics.get("ess"),
-        "diverged_chains": diagnostics.get("diverged_chains"),
-        "train_loss": metrics.get("train_loss"),
-        "val_loss": metrics.get("val_loss"),
-        "val_acc": metrics.get("val_acc"),
-        "elapsed_seconds": record.get("elapsed_seconds"),
-        "error": record.get("error"),
+        "checkpoint": record.checkpoint,
+        "step": record.step,
+        "epoch": record.epoch,
+        "scope": record.scope,
+        "status": record.status,
+        "llc_mean": record.llc_mean,
+        "llc_std": record.llc_std,
+        "healthy": healthy,
+        "health_reasons": "; ".join(reasons),
+        "mala_acceptance": result.mala_acceptance if result is not None else None,
+        "r_hat": diagnostics.r_hat if diagnostics is not None else None,
+        "ess": diagnostics.ess if diagnostics is not None else None,
+        "diverged_chains": diagnostics.diverged_chains if diagnostics is not None else None,
+        "train_loss": record.metrics.train_loss,
+        "val_loss": record.metrics.val_loss,
+        "val_acc": record.metrics.val_acc,
+        "elapsed_seconds": record.elapsed_seconds,
+        "error": record.error,
     }
 
 
@@ -257,8 +232,28 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _is_record(payload: Any) -> bool:
-    return isinstance(payload, dict) and payload.get("format") == RECORD_FORMAT
+# (path, mtime_ns, size) of the record files already warned about in this process: a bad file is
+# reported once per version, not at every summary rebuild of a run.
+_WARNED: set[tuple[str, int, int]] = set()
+
+
+def _read_record(path: Path) -> LLCRecord | None:
+    """The record in ``path``, or None when the file is gone or is not a readable record; the
+    latter is reported in the log (once per version of the file), naming the file and the problem."""
+    try:
+        return LLCRecord.read(path)
+    except FileNotFoundError:
+        return None
+    except RecordError as problem:
+        try:
+            stat = path.stat()
+            version = (str(path), stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            version = (str(path), 0, 0)
+        if version not in _WARNED:
+            _WARNED.add(version)
+            logger.warning("ignoring result file %s", problem)
+        return None
 
 
 class ResultsStore:
@@ -275,8 +270,8 @@ class ResultsStore:
         self.folder = self.results_dir / settings_hash
         self.claims_folder = self.folder / CLAIMS_FOLDER
         # summary rows by file name, kept with the (mtime, size) they were read at, so a rebuild
-        # re-reads only records that changed.
-        self._rows: dict[str, tuple[tuple[int, int], dict[str, Any], tuple]] = {}
+        # re-reads only records that changed; None for a file that is not a readable record.
+        self._rows: dict[str, tuple[tuple[int, int], dict[str, Any] | None, tuple]] = {}
 
     def record_path(self, checkpoint: str, scope: str = DEFAULT_SCOPE) -> Path:
         return self.folder / f"{record_stem(checkpoint, scope)}.json"
@@ -298,7 +293,7 @@ class ResultsStore:
             return path
         if isinstance(existing, dict):
             raise SettingsError(f"{path} belongs to settings {existing.get('settings_hash')!r}, not {self.settings_hash!r}")
-        from llcv import __version__
+        from llcv.version import __version__
 
         payload = {
             "format": "llcv-llc-settings",
@@ -315,14 +310,20 @@ class ResultsStore:
         payload = _read_json(self.folder / SETTINGS_FILE)
         return payload if isinstance(payload, dict) else None
 
-    def read_record(self, checkpoint: str, scope: str = DEFAULT_SCOPE) -> dict[str, Any] | None:
-        """The record of ``(checkpoint, scope)``; None when there is none or it cannot be parsed."""
-        payload = _read_json(self.record_path(checkpoint, scope))
-        return payload if _is_record(payload) else None
+    def read_record(self, checkpoint: str, scope: str = DEFAULT_SCOPE) -> LLCRecord | None:
+        """The record of ``(checkpoint, scope)``; None when there is none or it is not a readable record (warned)."""
+        return _read_record(self.record_path(checkpoint, scope))
 
-    def write_record(self, record: Mapping[str, Any]) -> Path:
-        """Atomically write a record to its file (named by its checkpoint and scope)."""
-        return atomic_write_json(self.record_path(record["checkpoint"], record.get("scope", DEFAULT_SCOPE)), dict(record))
+    def write_record(self, record: LLCRecord | Mapping[str, Any]) -> Path:
+        """Atomically write a record (or a record's JSON object, validated first) to its file,
+        named by its checkpoint and scope: ``record.to_dict()``, indented JSON.
+
+        Raises:
+            RecordError: a dict that is not a valid record.
+            WriteError: the file could not be written.
+        """
+        record = LLCRecord.coerce(record)
+        return atomic_write_json(self.record_path(record.checkpoint, record.scope), record.to_dict())
 
     def record_files(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -333,10 +334,10 @@ class ResultsStore:
             if path.suffix == ".json" and path.name != SETTINGS_FILE and not path.name.startswith(".")
         ]
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every readable record in the folder, in training order."""
-        records = [payload for path in self.record_files() if _is_record(payload := _read_json(path))]
-        return sorted(records, key=record_order)
+    def records(self) -> list[LLCRecord]:
+        """Every readable record in the folder, in training order (other files are skipped with a warning)."""
+        records = [record for path in self.record_files() if (record := _read_record(path)) is not None]
+        return sorted(records, key=LLCRecord.training_order)
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """The summary rows of every record, in training order; unchanged files are not re-read."""
@@ -351,14 +352,15 @@ class ResultsStore:
             cached = self._rows.get(path.name)
             if cached is not None and cached[0] == version:
                 continue
-            payload = _read_json(path)
-            if _is_record(payload):
-                self._rows[path.name] = (version, summary_row(payload), record_order(payload))
+            record = _read_record(path)
+            if record is not None:
+                self._rows[path.name] = (version, summary_row(record), record.training_order())
             else:
-                self._rows.pop(path.name, None)
+                self._rows[path.name] = (version, None, ())
         for name in set(self._rows) - seen:
             del self._rows[name]
-        return [row for _, row, _ in sorted(self._rows.values(), key=lambda entry: entry[2])]
+        rows = [entry for entry in self._rows.values() if entry[1] is not None]
+        return [row for _, row, _ in sorted(rows, key=lambda entry: entry[2])]
 
     def rebuild_summary(self) -> Path:
         """Rewrite summary.csv from the record files.
@@ -383,9 +385,13 @@ class ResultsStore:
             lock.release()
 
 
-def is_done(record: Mapping[str, Any] | None, current_fingerprint: Mapping[str, Any] | None) -> bool:
+def is_done(record: LLCRecord | Mapping[str, Any] | None, current_fingerprint: Mapping[str, Any] | None) -> bool:
     """A record counts as done when its status is done and it was made from this very file."""
-    return bool(record) and record.get("status") == "done" and record.get("fingerprint") == current_fingerprint
+    if record is None:
+        return False
+    record = LLCRecord.coerce(record)
+    stamp = record.fingerprint.to_dict() if record.fingerprint is not None else None
+    return record.is_done and stamp == (dict(current_fingerprint) if current_fingerprint is not None else None)
 
 
 # --- reading results back -------------------------------------------------------------------
@@ -457,7 +463,7 @@ def run_labels(folders: Sequence[Path], labels: Sequence[str] | None = None) -> 
     return names if len(set(names)) == len(names) else [str(folder) for folder in folders]
 
 
-def load_results(results_dir: Path, settings_hash: str | None = None) -> list[dict[str, Any]]:
+def load_results(results_dir: Path, settings_hash: str | None = None) -> list[LLCRecord]:
     """The result records of one settings hash, in training order.
 
     Args:
@@ -465,8 +471,10 @@ def load_results(results_dir: Path, settings_hash: str | None = None) -> list[di
         settings_hash: which settings (a unique prefix is enough); None: the most recently used.
 
     Returns:
-        One dict per (checkpoint, scope), as in docs/formats.md; done records hold the
-        ``LLCResult`` under ``result``, failed ones the reason under ``error``.
+        One ``LLCRecord`` per (checkpoint, scope), as in docs/formats.md; done records hold the
+        ``LLCResult`` under ``result``, failed ones the reason under ``error``. A file that is not
+        a readable record (not JSON, the wrong types, a newer format) is left out with a warning
+        in the log naming it and the problem.
 
     Raises:
         SettingsError: the folder is missing, holds no results, or lacks ``settings_hash``.
@@ -475,38 +483,39 @@ def load_results(results_dir: Path, settings_hash: str | None = None) -> list[di
     return ResultsStore(chosen.path.parent, chosen.settings_hash).records()
 
 
-def results_dataframe(rows: Sequence[Mapping[str, Any]]):
+def results_dataframe(rows: Sequence[LLCRecord | Mapping[str, Any]]):
     """A pandas DataFrame with one row per record: the summary.csv columns plus provenance."""
     import pandas as pd
 
     table = []
-    for record in rows:
-        result = record.get("result") or {}
+    for record in map(LLCRecord.coerce, rows):
+        result = record.result
         table.append(
             {
                 **summary_row(record),
-                "settings_hash": record.get("settings_hash"),
-                "scope_kind": scope_kind(record),
-                "nbeta": result.get("nbeta"),
-                "init_loss": result.get("init_loss"),
-                "num_parameters": result.get("num_parameters"),
-                "device": result.get("device"),
-                "num_threads": result.get("num_threads"),
+                "settings_hash": record.settings_hash,
+                "scope_kind": record.kind,
+                "nbeta": result.nbeta if result is not None else None,
+                "init_loss": result.init_loss if result is not None else None,
+                "num_parameters": record.num_parameters,
+                "device": result.device if result is not None else None,
+                "num_threads": result.num_threads if result is not None else None,
             }
         )
     columns = [*SUMMARY_COLUMNS, "settings_hash", "scope_kind", "nbeta", "init_loss", "num_parameters", "device", "num_threads"]
     return pd.DataFrame(table, columns=columns)
 
 
-def missing_checkpoints(records: Sequence[Mapping[str, Any]]) -> list[str] | None:
+def missing_checkpoints(records: Sequence[LLCRecord | Mapping[str, Any]]) -> list[str] | None:
     """Checkpoints in the records' checkpoint folders that have no whole-model record yet.
 
     Returns:
         Their names in training order, or None when none of those folders can be listed here
         (the results were copied without the checkpoints).
     """
-    folders = {Path(record["checkpoint_path"]).parent for record in records if record.get("checkpoint_path")}
-    recorded = {record.get("checkpoint") for record in records if record.get("scope", DEFAULT_SCOPE) == DEFAULT_SCOPE}
+    records = [LLCRecord.coerce(record) for record in records]
+    folders = {Path(record.checkpoint_path).parent for record in records if record.checkpoint_path}
+    recorded = {record.checkpoint for record in records if record.is_whole_model}
     listed, missing = False, []
     for folder in sorted(folders):
         try:
@@ -534,7 +543,7 @@ class Transition:
     kind: Literal["LLC peak", "LLC trough", "fastest rise", "fastest fall"]
 
 
-def find_transitions(records: Sequence[Mapping[str, Any]], x: Literal["step", "epoch"] = "step") -> list[Transition]:
+def find_transitions(records: Sequence[LLCRecord | Mapping[str, Any]], x: Literal["step", "epoch"] = "step") -> list[Transition]:
     """Candidate transitions along one run's whole-model LLC curve.
 
     The slope is taken against log(x) between consecutive done checkpoints (x > 0). A point is a
@@ -545,13 +554,11 @@ def find_transitions(records: Sequence[Mapping[str, Any]], x: Literal["step", "e
     name the same candidates, none of them resting on an estimate that should not be read.
     """
     points = []
-    for record in records:
-        if record.get("scope", DEFAULT_SCOPE) != DEFAULT_SCOPE or record.get("status") != "done":
+    for record in map(LLCRecord.coerce, records):
+        if not record.is_whole_model or not record.is_done or record.is_unhealthy:
             continue
-        if record_health(record)[0] is False:
-            continue
-        position = record.get(x) if record.get(x) is not None else record.get("epoch")
-        llc = (record.get("result") or {}).get("llc_mean")
+        position = record.position(x) if record.position(x) is not None else record.epoch
+        llc = record.llc_mean
         if position is None or llc is None or position <= 0:
             continue
         points.append((math.log(position), llc, record))
@@ -578,15 +585,14 @@ def find_transitions(records: Sequence[Mapping[str, Any]], x: Literal["step", "e
     transitions = []
     for index in sorted(found):
         record = points[index][2]
-        metrics = record.get("metrics") or {}
         transitions.append(
             Transition(
-                checkpoint=str(record.get("checkpoint")),
-                step=record.get("step"),
-                epoch=record.get("epoch"),
+                checkpoint=record.checkpoint,
+                step=record.step,
+                epoch=record.epoch,
                 llc=points[index][1],
-                train_loss=metrics.get("train_loss"),
-                val_loss=metrics.get("val_loss"),
+                train_loss=record.metrics.train_loss,
+                val_loss=record.metrics.val_loss,
                 kind=found[index],  # type: ignore[arg-type]
             )
         )

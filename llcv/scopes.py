@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from llcv.checkpoints import CheckpointInfo
 from llcv.errors import LLCVError, SettingsError
+from llcv.records import LLCRecord
 from llcv.results import DEFAULT_SCOPE, check_scope
 from llcv.sampling import default_nbeta, select_parameters
 from llcv.settings import SamplerSettings
@@ -104,10 +105,10 @@ def scope_settings(settings: SamplerSettings, scope: Scope, dataset: Dataset) ->
     return SamplerSettings.model_validate({**settings.model_dump(), **changes})
 
 
-def same_refinement(record: Mapping[str, Any], scope: Scope) -> bool:
+def same_refinement(record: LLCRecord | Mapping[str, Any], scope: Scope) -> bool:
     """Whether a record of a refined scope was made with the scope's current patterns or labels
     (a model's blocks may be redeclared between runs)."""
-    recorded = (record.get("result") or {}).get("settings") or {}
+    recorded = LLCRecord.coerce(record).sampler_settings  # the settings the estimate used
     if scope.params is not None and recorded.get("params") != list(scope.params):
         return False
     return scope.classes is None or recorded.get("classes") == list(scope.classes)

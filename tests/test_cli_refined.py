@@ -88,7 +88,7 @@ def test_per_class_then_plot_draws_the_class_curves(checkpoints, tmp_path):
     result = _invoke("estimate-all", "--checkpoints-dir", str(checkpoints), "--results-dir", str(results), "--per-class", "--classes", "1,2", *FAST_FLAGS)
     assert result.exit_code == 0, result.output
     assert "9 of 9 estimate(s) over 3 scopes (model, class=1, class=2) done" in unwrapped(result.output)
-    assert sorted({record["scope"] for record in load_results(results)}) == ["class=1", "class=2", "model"]
+    assert sorted({record.scope for record in load_results(results)}) == ["class=1", "class=2", "model"]
 
     out = tmp_path / "classes.png"
     result = _invoke("plot", "--results-dir", str(results), "--out", str(out), "--per-parameter")

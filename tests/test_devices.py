@@ -68,16 +68,16 @@ def test_two_cpu_workers_estimate_every_checkpoint_once_as_the_local_executor_do
 
     assert shared.ok and sorted(shared.computed) == sorted(local.computed) == sorted(path.name for path in checkpoints.glob("*.pt"))
     records = load_results(tmp_path / "devices")
-    assert len(records) == 3 and all(record["status"] == "done" for record in records)
-    workers = {record["worker"]["pid"] for record in records}
+    assert len(records) == 3 and all(record.status == "done" for record in records)
+    workers = {record.worker.pid for record in records}
     assert len(workers) == 2 and os.getpid() not in workers  # both workers estimated, neither in this process
     for mine, theirs in zip(load_results(tmp_path / "local"), records):
-        assert theirs["worker"]["executor"] == "devices" and theirs["result"]["device"] == "cpu"
+        assert theirs.worker.executor == "devices" and theirs.result.device == "cpu"
         # this process and each worker run one torch thread (tests/conftest.py; 1 // 2 rounds up to 1),
         # so the same seeds give the same numbers, bit for bit
-        assert theirs["result"]["num_threads"] == mine["result"]["num_threads"] == 1
-        assert theirs["result"]["llc_per_chain"] == mine["result"]["llc_per_chain"]
-        assert theirs["result"]["llc_mean"] == mine["result"]["llc_mean"]
+        assert theirs.result.num_threads == mine.result.num_threads == 1
+        assert theirs.result.llc_per_chain == mine.result.llc_per_chain
+        assert theirs.result.llc_mean == mine.result.llc_mean
 
     # one display: the overall bar here, and every worker's chain loops labelled with its device
     assert ("note", "2 workers (cpu#1, cpu#2), 1 torch thread(s) each") in shown.calls
@@ -139,14 +139,14 @@ def test_when_every_worker_dies_before_finishing_a_checkpoint_the_run_stops_with
     with pytest.raises(EstimationError, match=r"no device worker could start \(cpu#1: exit code 3; cpu#2: exit code 3\)"):
         estimate_all(checkpoints, tmp_path / "r", fast_settings(), loss=_crash, devices=["cpu", "cpu"])
     records = load_results(tmp_path / "r")
-    assert [record["status"] for record in records] == ["failed", "failed"]  # the third was never claimed
+    assert [record.status for record in records] == ["failed", "failed"]  # the third was never claimed
     assert not list(next((tmp_path / "r").iterdir()).joinpath(".claims").glob("*.claim"))
 
 
 def test_a_single_device_runs_in_this_process(checkpoints, tmp_path):
     summary = estimate_all(checkpoints, tmp_path / "r", fast_settings(), steps=[0], devices=["cpu"])
     (record,) = load_results(tmp_path / "r")
-    assert summary.ok and record["worker"] == {**record["worker"], "pid": os.getpid(), "executor": "local"}
+    assert summary.ok and record.worker.to_dict() == {**record.worker.to_dict(), "pid": os.getpid(), "executor": "local"}
 
 
 def test_an_unpicklable_model_factory_is_a_settings_error(checkpoints, tmp_path):

@@ -85,11 +85,11 @@ def test_estimates_every_checkpoint_then_a_rerun_recomputes_nothing(checkpoints,
     folder = results / settings_hash(settings)
     assert summary.folder == folder and (folder / "settings.json").is_file()
     records = load_results(results)
-    assert [(record["status"], record["step"], record["scope"]) for record in records] == [
+    assert [(record.status, record.step, record.scope) for record in records] == [
         ("done", 0, "model"), ("done", 5, "model"), ("done", 16, "model"),
     ]  # fmt: skip
-    assert all(record["result"]["llc_mean"] is not None and record["fingerprint"] for record in records)
-    assert records[2]["metrics"]["val_acc"] is not None and records[1]["epoch"] == pytest.approx(5 / 8)
+    assert all(record.result.llc_mean is not None and record.fingerprint for record in records)
+    assert records[2].metrics.val_acc is not None and records[1].epoch == pytest.approx(5 / 8)
     assert len((folder / "summary.csv").read_text().splitlines()) == 4
     assert not list((folder / ".claims").glob("*.claim"))
 
@@ -104,7 +104,7 @@ def test_same_seed_gives_the_same_numbers(checkpoints, tmp_path):
     estimate_all(checkpoints, tmp_path / "a", settings, device="cpu", steps=[5])
     estimate_all(checkpoints, tmp_path / "b", settings, device="cpu", steps=[5])
     first, second = load_results(tmp_path / "a")[0], load_results(tmp_path / "b")[0]
-    assert first["result"]["llc_trace"] == second["result"]["llc_trace"]
+    assert first.result.llc_trace == second.result.llc_trace
 
 
 def test_force_redoes_and_changed_checkpoints_are_redone(checkpoints, tmp_path):
@@ -131,7 +131,7 @@ def test_changed_settings_go_to_a_new_hash_folder(checkpoints, tmp_path):
     assert second.folder != first.folder and second.computed == ["step_00000000.pt"]
     assert _mtimes(first.folder) == before
     assert {path.name for path in results.iterdir()} == {first.settings_hash, second.settings_hash}
-    assert load_results(results)[0]["result"]["settings"]["epsilon"] == 3e-4  # the most recent
+    assert load_results(results)[0].sampler_settings["epsilon"] == 3e-4  # the most recent
 
 
 def test_a_corrupt_checkpoint_fails_alone_and_is_retried(checkpoints, tmp_path):
@@ -143,7 +143,7 @@ def test_a_corrupt_checkpoint_fails_alone_and_is_retried(checkpoints, tmp_path):
     assert "not a readable PyTorch checkpoint" in summary.failed["step_00000003.pt"]
     assert summary.computed == ["step_00000000.pt", "step_00000005.pt", "step_00000016.pt"]
     failed = ResultsStore(results, summary.settings_hash).read_record("step_00000003.pt")
-    assert failed["status"] == "failed" and failed["step"] == 3 and failed["result"] is None
+    assert failed.status == "failed" and failed.step == 3 and failed.result is None
     # a rerun retries only the failure
     retry = estimate_all(checkpoints, results, settings, device="cpu")
     assert list(retry.failed) == ["step_00000003.pt"] and retry.computed == []
@@ -153,7 +153,7 @@ def test_every_chain_diverging_is_a_failure_with_its_reason(checkpoints, tmp_pat
     summary = estimate_all(checkpoints, tmp_path / "r", fast_settings(epsilon=10.0, gamma=0.0), device="cpu", steps=[16])
     assert "every chain diverged" in summary.failed["step_00000016.pt"]
     record = load_results(tmp_path / "r")[0]
-    assert record["status"] == "failed" and record["result"]["diagnostics"]["diverged_chains"] == 2
+    assert record.status == "failed" and record.result.diagnostics.diverged_chains == 2
 
 
 def test_foreign_checkpoints_with_a_model_factory_and_a_dataset(tmp_path):
@@ -173,8 +173,8 @@ def test_foreign_checkpoints_with_a_model_factory_and_a_dataset(tmp_path):
     )
     assert summary.ok and summary.computed == ["checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth"]
     records = load_results(tmp_path / "results")
-    assert [(record["step"], record["epoch"]) for record in records] == [(None, 1.0), (None, 2.0)]
-    assert records[0]["result"]["num_parameters"] == 2 * 9 + 2 + 8 * 3 + 3
+    assert [(record.step, record.epoch) for record in records] == [(None, 1.0), (None, 2.0)]
+    assert records[0].result.num_parameters == 2 * 9 + 2 + 8 * 3 + 3
 
 
 def test_bad_arguments_fail_before_any_work(checkpoints, tmp_path):
@@ -315,8 +315,8 @@ def test_two_concurrent_workers_split_the_work_without_duplicates(trained_run, t
     assert not computed[0] & computed[1]
     assert computed[0] | computed[1] | set(outputs[0]["done"]) | set(outputs[1]["done"]) == everything
     records = load_results(tmp_path / "results")
-    assert len(records) == len(everything) and all(record["status"] == "done" for record in records)
-    assert {record["worker"]["pid"] for record in records} <= {worker.pid for worker in workers}
+    assert len(records) == len(everything) and all(record.status == "done" for record in records)
+    assert {record.worker.pid for record in records} <= {worker.pid for worker in workers}
 
 
 # --- Ray
@@ -336,10 +336,10 @@ def test_the_ray_executor_matches_the_local_one(local_ray, checkpoints, tmp_path
     remote = estimate_all(checkpoints, tmp_path / "ray", settings, device="cpu", steps=[0, 16], executor="ray", cpus_per_task=1)
     assert remote.ok and sorted(remote.computed) == sorted(local.computed)
     for mine, theirs in zip(load_results(tmp_path / "local"), load_results(tmp_path / "ray")):
-        assert theirs["worker"]["executor"] == "ray" and theirs["worker"]["pid"] != os.getpid()
-        assert theirs["result"]["num_threads"] == 1
-        assert theirs["result"]["llc_mean"] == pytest.approx(mine["result"]["llc_mean"], rel=1e-4, abs=1e-6)
-        assert theirs["fingerprint"] == mine["fingerprint"]
+        assert theirs.worker.executor == "ray" and theirs.worker.pid != os.getpid()
+        assert theirs.result.num_threads == 1
+        assert theirs.result.llc_mean == pytest.approx(mine.result.llc_mean, rel=1e-4, abs=1e-6)
+        assert theirs.fingerprint == mine.fingerprint
     # resume works the same: nothing left to do, and a corrupt file fails alone
     (checkpoints / "step_00000001.pt").write_bytes(b"garbage")
     again = estimate_all(checkpoints, tmp_path / "ray", settings, device="cpu", executor="ray", cpus_per_task=1)
@@ -350,7 +350,7 @@ def test_the_ray_executor_matches_the_local_one(local_ray, checkpoints, tmp_path
 def test_ray_tasks_sample_in_the_precision_the_first_checkpoint_chose(local_ray, checkpoints, tmp_path):
     estimate_all(checkpoints, tmp_path / "ray", fast_settings(precision="auto"), device="cpu", steps=[0, 5, 16],
                  executor="ray", cpus_per_task=1)  # fmt: skip
-    records = sorted(load_results(tmp_path / "ray"), key=lambda record: record["finished"])
-    first, *later = [record["result"]["precision_choice"] for record in records]
-    assert len(later) == 2 and not first["reused"]
-    assert all(choice["reused"] and choice["seconds_per_pass"] == first["seconds_per_pass"] for choice in later)
+    records = sorted(load_results(tmp_path / "ray"), key=lambda record: record.finished)
+    first, *later = [record.result.precision_choice for record in records]
+    assert len(later) == 2 and not first.reused
+    assert all(choice.reused and choice.seconds_per_pass == first.seconds_per_pass for choice in later)

@@ -171,18 +171,18 @@ def test_estimate_all_fails_another_versions_checkpoint_naming_both_versions_and
     outcome = runner.invoke(app, command)
     assert outcome.exit_code == 1 and "Traceback" not in outcome.output, outcome.output
     [record] = load_results(tmp_path / "results")
-    assert record["status"] == "failed" and record["model"] is None
+    assert record.status == "failed" and record.model is None
     expected = ("'smallcnn' version 2", "now version 1", "--allow-model-version-mismatch", "[model] allow_version_mismatch = true")
     for text in expected:
-        assert text in record["error"], record["error"]
+        assert text in record.error, record.error
         assert without_whitespace(text) in without_whitespace(outcome.output), f"{text!r} not in {outcome.output!r}"
 
     outcome = runner.invoke(app, [*command, "--allow-model-version-mismatch"])  # the rerun retries it
     assert outcome.exit_code == 0, outcome.output
     assert len(list_settings(tmp_path / "results")) == 1  # the flag does not change the settings hash
     [record] = load_results(tmp_path / "results")
-    assert record["status"] == "done"
-    assert record["model"] == {"name": "smallcnn", "version": 1, "checkpoint_version": 2, "version_overridden": True}
+    assert record.status == "done"
+    assert record.model.to_dict() == {"name": "smallcnn", "version": 1, "checkpoint_version": 2, "version_overridden": True}
 
 
 @pytest.mark.usefixtures("isolated_cli")
@@ -195,12 +195,12 @@ def test_estimate_all_with_the_flag_loads_another_version_in_device_workers(trai
          "--devices", "cpu,cpu", "--allow-model-version-mismatch"],
     )  # fmt: skip
     assert outcome.exit_code == 0, outcome.output
-    records = {record["checkpoint"]: record for record in load_results(tmp_path / "results")}
+    records = {record.checkpoint: record for record in load_results(tmp_path / "results")}
     assert len(records) == 2
-    assert all(record["status"] == "done" and record["worker"]["executor"] == "devices" for record in records.values())
-    assert records[mismatched.name]["model"] == {"name": "smallcnn", "version": 1, "checkpoint_version": 2, "version_overridden": True}
+    assert all(record.status == "done" and record.worker.executor == "devices" for record in records.values())
+    assert records[mismatched.name].model.to_dict() == {"name": "smallcnn", "version": 1, "checkpoint_version": 2, "version_overridden": True}
     unchanged = next(name for name in records if name != mismatched.name)
-    assert records[unchanged]["model"] == {"name": "smallcnn", "version": 1, "checkpoint_version": 1, "version_overridden": False}
+    assert records[unchanged].model.to_dict() == {"name": "smallcnn", "version": 1, "checkpoint_version": 1, "version_overridden": False}
 
 
 @pytest.mark.usefixtures("isolated_cli")

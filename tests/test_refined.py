@@ -74,17 +74,17 @@ def test_per_layer_writes_one_record_per_block_plus_the_model_and_resumes(resnet
 
     blocks = model_blocks("resnet18")
     for step in (0, 1):
-        records = {record["scope"]: record for record in load_results(results) if record["step"] == step}
+        records = {record.scope: record for record in load_results(results) if record.step == step}
         assert list(records) == ["model", *RESNET_BLOCKS]  # training order: whole model, then blocks as declared
         whole = records.pop("model")
-        assert whole["result"]["settings"]["params"] is None and whole["scope_kind"] == "model"
+        assert whole.result.settings["params"] is None and whole.scope_kind == "model"
         for index, (name, record) in enumerate(records.items()):
-            assert record["status"] == "done" and record["settings_hash"] == folder.name
-            assert (record["scope_kind"], record["scope_index"]) == ("block", index)
-            assert record["result"]["settings"]["params"] == list(blocks[name])
+            assert record.status == "done" and record.settings_hash == folder.name
+            assert (record.scope_kind, record.scope_index) == ("block", index)
+            assert record.result.settings["params"] == list(blocks[name])
         # the ResNet's blocks partition its parameters
-        assert sum(record["result"]["num_parameters"] for record in records.values()) == whole["result"]["num_parameters"]
-    assert records["fc"]["result"]["num_parameters"] == 512 * 4 + 4
+        assert sum(record.result.num_parameters for record in records.values()) == whole.result.num_parameters
+    assert records["fc"].result.num_parameters == 512 * 4 + 4
 
     before = _record_files(folder)
     again = estimate_all(resnet_run, results, settings, device="cpu", per_layer=True)
@@ -103,12 +103,12 @@ def test_the_figure_draws_one_curve_per_block_beside_the_whole_model(per_layer, 
     legend = [text.get_text() for text in blocks_axis.get_legend().get_texts()]
     assert legend[: len(labels)] == labels and legend[len(labels) :] in ([], ["unhealthy: hollow"])  # short chains: often unhealthy
     assert len(top.get_lines()) == 1  # the whole model alone on top, as without refinements
-    fc = {record["step"]: record["result"] for record in records if record["scope"] == "fc"}
-    assert list(blocks_axis.get_lines()[-1].get_ydata()) == pytest.approx([fc[0]["llc_mean"], fc[1]["llc_mean"]])
+    fc = {record.step: record.result for record in records if record.scope == "fc"}
+    assert list(blocks_axis.get_lines()[-1].get_ydata()) == pytest.approx([fc[0].llc_mean, fc[1].llc_mean])
 
     normalised = llc_figure({"resnet18": records}, per_parameter=True)
     line = normalised.axes[1].get_lines()[-1]
-    assert list(line.get_ydata()) == pytest.approx([fc[step]["llc_mean"] / fc[step]["num_parameters"] for step in (0, 1)])
+    assert list(line.get_ydata()) == pytest.approx([fc[step].llc_mean / fc[step].num_parameters for step in (0, 1)])
     assert normalised.axes[1].get_ylabel().startswith("LLC / d")
 
     out = plot_llc(records, tmp_path / "blocks.png", per_parameter=True)
@@ -129,15 +129,15 @@ def test_per_class_writes_one_record_per_class_at_the_whole_models_temperature(s
     train, _ = training_split("synthetic", None, 0)
     counts = torch.bincount(dataset_targets(train), minlength=4).tolist()
     records = load_results(tmp_path / "results")
-    whole = next(record for record in records if record["scope"] == "model")
+    whole = next(record for record in records if record.scope == "model")
     for record in records:
-        result = record["result"]
-        assert result["nbeta"] == pytest.approx(whole["result"]["nbeta"])  # one temperature for every curve
-        if record["scope"] != "model":
-            label = int(record["scope"].split("=")[1])
-            assert result["settings"]["classes"] == [label] and record["scope_index"] == label
-            assert result["num_samples_used"] == min(counts[label], settings.num_samples)
-            assert result["num_parameters"] == whole["result"]["num_parameters"]
+        result = record.result
+        assert result.nbeta == pytest.approx(whole.result.nbeta)  # one temperature for every curve
+        if record.scope != "model":
+            label = int(record.scope.split("=")[1])
+            assert result.settings["classes"] == [label] and record.scope_index == label
+            assert result.num_samples_used == min(counts[label], settings.num_samples)
+            assert result.num_parameters == whole.result.num_parameters
 
     chosen = estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", per_class=[3, 1])
     assert chosen.scopes == ["model", "class=1", "class=3"] and chosen.computed == []
@@ -171,7 +171,7 @@ def test_a_model_factory_brings_its_own_blocks_and_redeclared_blocks_are_redone(
     first = run({"features": ["conv*"], "head": ["fc2.*"]})
     assert first.ok and first.scopes == ["model", "features", "head"]
     head = load_results(tmp_path / "results")[-1]
-    assert head["scope"] == "head" and head["result"]["num_parameters"] == 64 * 4 + 4
+    assert head.scope == "head" and head.result.num_parameters == 64 * 4 + 4
 
     second = run({"features": ["conv*"], "head": ["fc1.*", "fc2.*"]})
     assert second.computed == ["step_00000016.pt [head]"]  # features unchanged, head redeclared
@@ -226,6 +226,6 @@ def test_the_ray_executor_estimates_scopes_like_the_local_one(smallcnn_checkpoin
         ray.shutdown()
     assert remote.ok and sorted(remote.computed) == sorted(local.computed)
     for mine, theirs in zip(load_results(tmp_path / "local"), load_results(tmp_path / "ray")):
-        assert (theirs["scope"], theirs["worker"]["executor"]) == (mine["scope"], "ray") and theirs["worker"]["pid"] != os.getpid()
-        assert theirs["result"]["llc_mean"] == pytest.approx(mine["result"]["llc_mean"], rel=1e-4, abs=1e-6)
+        assert (theirs.scope, theirs.worker.executor) == (mine.scope, "ray") and theirs.worker.pid != os.getpid()
+        assert theirs.result.llc_mean == pytest.approx(mine.result.llc_mean, rel=1e-4, abs=1e-6)
     assert json.loads((tmp_path / "ray" / remote.settings_hash / "settings.json").read_text())["settings_hash"] == local.settings_hash

@@ -178,14 +178,14 @@ def test_estimate_all_records_each_bad_file_as_failed_and_goes_on(messy, tmp_pat
     assert "notes.txt" not in output and "loss.png" not in output  # unrelated files are ignored, not failures
     assert not messy["marker"].exists(), "the payload ran"
 
-    records = {record["checkpoint"]: record for record in load_results(tmp_path / "results")}
+    records = {record.checkpoint: record for record in load_results(tmp_path / "results")}
     assert set(records) == {*expected, *messy["good"]}
     for name in messy["good"]:
-        assert records[name]["status"] == "done" and records[name]["result"]["llc_mean"] is not None
+        assert records[name].status == "done" and records[name].result.llc_mean is not None
     for name, problem in expected.items():
         record = records[name]
-        assert record["status"] == "failed" and record["result"] is None and problem in record["error"]
-        assert "\n" not in record["error"]  # one line
+        assert record.status == "failed" and record.result is None and problem in record.error
+        assert "\n" not in record.error  # one line
     summary = list(csv.DictReader((tmp_path / "results" / settings_hash(fast_settings()) / "summary.csv").open()))
     assert sorted(row["status"] for row in summary) == ["done"] * 2 + ["failed"] * len(expected)
 
@@ -329,9 +329,9 @@ def test_estimate_all_records_a_checkpoint_whose_every_chain_diverges_as_failed(
     assert result.exit_code == 1, result.output
     assert "failed step_00000016.pt: every chain diverged" in unwrapped(result.output)
     (record,) = load_results(results)
-    assert record["status"] == "failed" and record["error"].startswith("every chain diverged")
-    assert record["result"]["llc_mean"] is None and record["result"]["diagnostics"]["diverged_chains"] == 2
-    (row,) = csv.DictReader((results / record["settings_hash"] / "summary.csv").open())
+    assert record.status == "failed" and record.error.startswith("every chain diverged")
+    assert record.result.llc_mean is None and record.result.diagnostics.diverged_chains == 2
+    (row,) = csv.DictReader((results / record.settings_hash / "summary.csv").open())
     assert row["status"] == "failed" and row["llc_mean"] == "" and row["diverged_chains"] == "2"
 
 
@@ -637,8 +637,8 @@ def test_a_worker_killed_holding_a_claim_blocks_nothing_twice_and_its_claim_is_t
     third = estimate_all(checkpoints, results, fast_settings(), device="cpu", claim_timeout_seconds=30)
     assert third.computed == [name] and third.elsewhere == []
     records = load_results(results)
-    assert sorted(record["checkpoint"] for record in records) == sorted(path.name for path in checkpoints.glob("*.pt"))
-    assert all(record["status"] == "done" for record in records)
+    assert sorted(record.checkpoint for record in records) == sorted(path.name for path in checkpoints.glob("*.pt"))
+    assert all(record.status == "done" for record in records)
     assert not list((folder / ".claims").glob("*.claim"))
 
 

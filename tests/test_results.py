@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from _helpers import fake_record
 from llcv.errors import SettingsError
+from llcv.records import LLCRecord
 from llcv.results import (
     SUMMARY_COLUMNS,
     ResultsStore,
@@ -116,9 +118,10 @@ def test_fingerprint_changes_with_the_content_and_the_time(tmp_path):
 
 def test_is_done_needs_status_done_and_the_same_fingerprint():
     stamp = {"size": 1, "mtime_ns": 2, "ends_sha256": "x"}
-    assert is_done({"status": "done", "fingerprint": stamp}, dict(stamp))
-    assert not is_done({"status": "failed", "fingerprint": stamp}, stamp)
-    assert not is_done({"status": "done", "fingerprint": stamp}, {**stamp, "size": 3})
+    assert is_done(LLCRecord(status="done", checkpoint="a.pt", fingerprint=stamp), dict(stamp))
+    assert not is_done(LLCRecord(status="failed", checkpoint="a.pt", fingerprint=stamp), stamp)
+    assert not is_done(LLCRecord(status="done", checkpoint="a.pt", fingerprint=stamp), {**stamp, "size": 3})
+    assert not is_done(LLCRecord(status="done", checkpoint="a.pt"), stamp)
     assert not is_done(None, stamp)
 
 
@@ -139,7 +142,7 @@ def _store_with(tmp_path: Path, steps_llc: dict[int, float | None], digest: str 
 
 def test_records_come_back_in_training_order_and_the_summary_has_the_issue_columns(tmp_path):
     store = _store_with(tmp_path, {100: 3.0, 2: 1.0, 30: None})
-    assert [record["step"] for record in store.records()] == [2, 30, 100]
+    assert [record.step for record in store.records()] == [2, 30, 100]
     store.rebuild_summary()
     with open(store.folder / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -154,18 +157,22 @@ def test_summary_follows_changed_and_removed_records(tmp_path):
     store.rebuild_summary()
     store.record_path("step_00000002.pt").unlink()
     record = store.read_record("step_00000001.pt")
-    record["result"]["llc_mean"] = 5.0
+    record.result.llc_mean = 5.0
     time.sleep(0.01)
     store.write_record(record)
     rows = store.summary_rows()
     assert [(row["step"], row["llc_mean"]) for row in rows] == [(1, 5.0)]
 
 
-def test_unreadable_record_files_are_skipped(tmp_path):
+def test_unreadable_record_files_are_skipped(tmp_path, caplog):
     store = _store_with(tmp_path, {1: 1.0})
     (store.folder / "step_00000009.json").write_text("{not json")
     (store.folder / ".step_00000010.json.abc.tmp").write_text("{}")
-    assert [record["step"] for record in store.records()] == [1]
+    with caplog.at_level(logging.WARNING, logger="llcv"):
+        assert [record.step for record in store.records()] == [1]
+        store.rebuild_summary()  # warned once per file, not again at every rebuild
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert "step_00000009.json: not valid JSON" in message and "\n" not in message
 
 
 def test_settings_json_names_the_hash_and_the_full_settings(tmp_path):
@@ -183,8 +190,8 @@ def test_load_results_uses_the_most_recent_settings_unless_told(tmp_path):
     time.sleep(0.02)
     _store_with(tmp_path, {1: 2.0, 2: 3.0}, digest="222222222222")
     assert [entry.settings_hash for entry in list_settings(tmp_path / "results")] == ["222222222222", "111111111111"]
-    assert [record["result"]["llc_mean"] for record in load_results(tmp_path / "results")] == [2.0, 3.0]
-    assert [record["result"]["llc_mean"] for record in load_results(tmp_path / "results", "1111")] == [1.0]
+    assert [record.llc_mean for record in load_results(tmp_path / "results")] == [2.0, 3.0]
+    assert [record.result.llc_mean for record in load_results(tmp_path / "results", "1111")] == [1.0]
     # a settings-hash folder itself works too
     assert len(load_results(old.folder)) == 1
     with pytest.raises(SettingsError, match="111111111111"):
