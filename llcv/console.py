@@ -1,6 +1,7 @@
-"""Terminal rendering for the CLI: Rich progress, messages, and the error-to-exit-code boundary.
+"""The CLI's terminal: Rich consoles and progress bars, messages, verbosity, and the error-to-exit-code boundary.
 
-Only the CLI imports this module; library code reports through ``llcv.progress.Reporter``.
+Only the CLI imports this module (``llcv.cli_render`` draws each command's results with it);
+library code reports through ``llcv.progress.Reporter``.
 """
 
 from __future__ import annotations
@@ -103,15 +104,19 @@ class _Fields:
 
 
 def info(message: str) -> None:
-    """A normal-verbosity message on stderr (stdout stays clean for data such as --json)."""
+    """A normal-verbosity message on stderr (stdout stays clean for data such as --json).
+
+    Plain text: nothing in it is read as Rich markup, so paths, labels and reasons with square
+    brackets (``[model]``, ``step_1.pt [layer3]``) print as written.
+    """
     if Verbosity.level > 0:
-        stderr.print(message, highlight=False)
+        stderr.print(message, highlight=False, markup=False)
 
 
 def debug(message: str) -> None:
-    """A message shown only with --verbose."""
+    """A message shown only with --verbose; plain text, as for ``info``."""
     if Verbosity.level > 1:
-        stderr.print(message, highlight=False, style="dim")
+        stderr.print(message, highlight=False, markup=False, style="dim")
 
 
 def configure_logging() -> None:
@@ -142,116 +147,3 @@ def command_boundary() -> Iterator[None]:
         sys.exit(EXIT_TERMINATED)
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-BATCHNORM_WORDS = {
-    "recomputed": "eval mode, statistics recomputed for these weights on {samples:,} samples",
-    "checkpoint": "eval mode, the checkpoint's saved statistics",
-    "batch": "train mode, each minibatch's own statistics",
-}
-
-
-def render_llc_result(result, title: str) -> None:
-    """The end-of-estimate table: LLC mean +- std, per chain, MALA, R-hat, ESS, warnings."""
-    from rich.table import Table
-
-    def number(value, spec: str = ".4g") -> str:
-        return "—" if value is None else format(value, spec)
-
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    mean, std = result.llc_mean, result.llc_std
-    table.add_row("LLC", "no healthy chain" if mean is None else f"{mean:.4g} ± {number(std)}")
-    if result.healthy is not None:
-        table.add_row("health", "[green]healthy[/]" if result.healthy else "[bold red]unhealthy[/]: " + "; ".join(result.health_reasons))
-    table.add_row("per chain", ", ".join(number(value) for value in result.llc_per_chain))
-    table.add_row("MALA acceptance", number(result.mala_acceptance, ".3f"))
-    if result.mala_acceptance_per_chain:
-        table.add_row("  per chain", ", ".join(number(value, ".3f") for value in result.mala_acceptance_per_chain))
-    table.add_row("R-hat", number(result.diagnostics.r_hat, ".3f"))
-    table.add_row("ESS", number(result.diagnostics.ess, ".0f"))
-    table.add_row("diverged chains", str(result.diagnostics.diverged_chains))
-    table.add_row("init loss", number(result.init_loss, ".5g"))
-    if result.batchnorm_statistics not in (None, "none"):
-        table.add_row("BatchNorm", BATCHNORM_WORDS[result.batchnorm_statistics].format(samples=result.batchnorm_samples))
-    table.add_row("nbeta", number(result.nbeta, ".4g"))
-    table.add_row("sampled parameters", f"{result.num_parameters:,}")
-    table.add_row("samples", f"{result.num_samples_used:,}")
-    table.add_row("time", f"{result.elapsed_seconds:.1f} s on {result.device} ({result.num_threads} threads)")
-    if result.precision is not None:
-        reason = (result.precision_choice or {}).get("reason", "")
-        table.add_row("precision", result.precision + (f" ({reason})" if reason and reason != "asked for" else ""))
-    stdout.print(table)
-    for warning in result.diagnostics.warnings:
-        stdout.print(f"[yellow]warning:[/] {warning}", highlight=False)
-
-
-def render_selftest(rows, quick: bool, auto: bool = False, against: str | None = None) -> None:
-    """The selftest table: true vs estimated LLC, each estimate "mean ± standard error (relative error)", and the verdict per case.
-
-    With ``auto``, the estimate with calibrated settings sits beside the stored settings' one,
-    and the verdict is the calibrated estimate's. With ``against``, the reference
-    implementation's estimate at the stored settings and its time sit beside llcv's.
-    """
-    from rich.table import Table
-
-    def estimate(mean, standard_error, relative_error) -> str:
-        if mean is None:
-            return "no healthy chain"
-        return f"{mean:.3f} ± {standard_error or 0:.3f} ({'—' if relative_error is None else format(relative_error, '+.1%')})"
-
-    def summary(errors: list[float]) -> str:
-        return f"mean absolute error {sum(errors) / len(errors):.1%}, worst {max(errors):.1%}"
-
-    goal = "truth within 3 standard errors" if quick else "within 15% of the truth"
-    judged = "; verdict on the calibrated settings" if auto else ""
-    table = Table(title=f"llcv selftest ({'quick' if quick else 'full size'}; goal: {goal}{judged})", title_justify="left")
-    table.add_column("case", no_wrap=True, min_width=max((len(row.name) for row in rows), default=4))
-    columns = ["true LLC", "stored settings"]
-    if auto:
-        columns += ["calibrated (epsilon, gamma)", "calibrated"]
-    columns.append("time")
-    if against:
-        columns += [f"{against}, stored settings", f"{against} time"]
-    for column in (*columns, "verdict"):
-        table.add_column(column, justify="left" if column == "verdict" else "right")
-    for row in rows:
-        cells = [row.name, f"{row.true_llc:.3f}", estimate(row.llc_mean, row.standard_error, row.relative_error)]
-        if auto:
-            found = row.auto
-            chosen = "none qualified" if found.epsilon is None else f"{found.epsilon:.3g}, {found.gamma:.3g}"
-            cells += [chosen, estimate(found.llc_mean, found.standard_error, found.relative_error)]
-        cells.append(f"{row.seconds + (row.auto.seconds if row.auto else 0.0):.1f} s")
-        if against:
-            reference = row.reference
-            cells += [estimate(reference.llc_mean, reference.standard_error, reference.relative_error), f"{reference.seconds:.1f} s"]
-        table.add_row(*cells, "[green]pass[/]" if row.passed else "[red]FAIL[/]")
-    stdout.print(table)
-    stored = [abs(row.relative_error) for row in rows if row.relative_error is not None]
-    if against and stored:
-        ours, theirs = sum(row.seconds for row in rows), sum(row.reference.seconds for row in rows)
-        their_errors = [abs(row.reference.relative_error) for row in rows]
-        stdout.print(f"stored settings, llcv: {summary(stored)}, {ours:.1f} s", highlight=False)
-        stdout.print(f"stored settings, {against}: {summary(their_errors)}, {theirs:.1f} s", highlight=False)
-    if auto:
-        errors = [abs(row.auto.relative_error) for row in rows if row.auto.relative_error is not None]
-        if errors:
-            stdout.print(f"calibrated: {summary(errors)}", highlight=False)
-    failed = sum(not row.passed for row in rows)
-    stdout.print(f"{len(rows) - failed} passed, {failed} failed", highlight=False)
-
-
-def render_demo(result) -> None:
-    """Where the demo's outputs are, and the paragraph that reads its figure."""
-    from rich.panel import Panel
-
-    lines = [
-        f"checkpoints        {result.checkpoints_dir}",
-        f"calibration        {result.calibration_dir}  (sweep.json, sweep.csv, figures, recommended.json)",
-        f"LLC estimates      {result.estimates_dir}  (one JSON per checkpoint, summary.csv)",
-        f"figure             {result.figure}",
-        f"report             {result.report}  (one page: the run, every estimate, calibration, traces; open it in a browser)",
-    ]
-    stdout.print(Panel("\n".join(lines), title="llcv demo: outputs", title_align="left"), highlight=False)
-    stdout.print(Panel(result.reading, title="Reading the figure", title_align="left"), highlight=False)

@@ -15,6 +15,7 @@ Records are whole files renamed into place, so a ``kill -9`` at any moment leave
 records and, at worst, a claim that the next run takes over. Ctrl-C and SIGTERM release the
 claims on the way out. Which checkpoints a worker takes (every K-th, steps, shards) is
 ``llcv.selection``; what a refined record measures (a block, a class) is ``llcv.scopes``.
+``estimate_all_from_settings`` runs it from resolved settings, as ``llcv estimate-all`` does.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ from llcv.results import (
     step_from_name,
 )
 from llcv.sampling import LossSpec, SamplingData, estimate_llc
-from llcv.scopes import WHOLE_MODEL, Scope, run_scopes, same_refinement, scope_settings
+from llcv.scopes import WHOLE_MODEL, Scope, class_refinement, run_scopes, same_refinement, scope_settings
 from llcv.selection import parse_shard, select_checkpoints, shard_name, shard_of
-from llcv.settings import SamplerSettings
+from llcv.settings import SamplerSettings, SettingsBundle
 
 logger = logging.getLogger("llcv")
 
@@ -492,6 +493,48 @@ def estimate_all(
         reporter.finish("checkpoints")
     summary.elapsed_seconds = time.perf_counter() - started
     return summary
+
+
+def estimate_all_from_settings(
+    checkpoints_dir: Path,
+    settings: SettingsBundle,
+    *,
+    model_name: str | None = None,
+    stem: str | None = None,
+    dataset: str | None = None,
+    reporter: Reporter = SILENT,
+) -> EstimateSummary:
+    """``estimate_all`` as ``llcv estimate-all`` runs it, from resolved settings.
+
+    Args:
+        checkpoints_dir: a training run's checkpoints.
+        settings: ``[sampler]`` and ``[estimate]``; ``[data]`` (only its ``data_dir``) and
+            ``[model]`` (only its ``allow_version_mismatch``) where resolved. With
+            ``[estimate] per_class``, ``[sampler] classes`` names the classes that get their own
+            LLC (``llcv.scopes.class_refinement``).
+        model_name, stem, dataset: for foreign checkpoints, as in ``estimate_all``.
+        reporter: progress, as in ``estimate_all``.
+
+    Returns, raises: as ``estimate_all``; ``results_folder(settings)`` is the summary's folder.
+    """
+    options = settings.estimate
+    sampler, per_class = class_refinement(settings.sampler, options.per_class)
+    return estimate_all(
+        checkpoints_dir, options.results_dir, sampler, per_layer=options.per_layer, per_class=per_class,
+        device=options.device, devices=options.devices, shard=options.shard, executor=options.executor,
+        ray_address=options.ray_address, cpus_per_task=options.cpus_per_task, every_nth=options.every_nth,
+        steps=options.steps, force=options.force, claim_timeout_seconds=options.claim_timeout_seconds,
+        model_name=model_name, stem=stem, dataset=dataset,
+        data_dir=settings.data.data_dir if settings.data is not None else None,
+        allow_version_mismatch=settings.model.allow_version_mismatch if settings.model is not None else False,
+        reporter=reporter,
+    )  # fmt: skip
+
+
+def results_folder(settings: SettingsBundle) -> Path:
+    """The settings-hash folder ``estimate_all_from_settings(..., settings)`` writes into."""
+    sampler, _ = class_refinement(settings.sampler, settings.estimate.per_class)
+    return Path(settings.estimate.results_dir) / settings_hash(sampler)
 
 
 def _run_precision(store: ResultsStore) -> PrecisionChoice | None:

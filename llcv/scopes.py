@@ -3,7 +3,8 @@
 A run estimates the whole model at every checkpoint and, with ``per_layer`` or ``per_class``, one
 more record per block (a weight-refined LLC: only that block's parameters are sampled) or per
 class (a data-refined LLC: the loss on that class's samples only). ``refined_scopes`` lists the
-scopes, ``scope_settings`` turns the run's sampler settings into one scope's, and ``run_scopes``
+scopes, ``scope_settings`` turns the run's sampler settings into one scope's, ``class_refinement``
+reads ``[sampler] classes`` as the classes to refine when ``per_class`` is on, and ``run_scopes``
 resolves a run's ``per_layer`` / ``per_class`` / ``blocks`` against its first checkpoint, so a
 mistake fails before any work.
 """
@@ -103,6 +104,21 @@ def scope_settings(settings: SamplerSettings, scope: Scope, dataset: Dataset) ->
             if settings.num_samples >= available:
                 changes["num_samples"] = None
     return SamplerSettings.model_validate({**settings.model_dump(), **changes})
+
+
+def class_refinement(settings: SamplerSettings, per_class: bool | Sequence[int]) -> tuple[SamplerSettings, bool | list[int]]:
+    """A run's sampler settings and ``per_class`` when ``[sampler] classes`` may name the classes to refine.
+
+    With ``per_class`` (``llcv estimate-all --per-class --classes 0,3,7``) the listed classes each
+    get their own LLC, and the run's settings, its whole-model estimate and its settings hash keep
+    all the data. Without ``per_class``, ``classes`` restricts every estimate and nothing changes.
+
+    Returns:
+        The run's sampler settings and the ``per_class`` to give ``estimate_all``.
+    """
+    if per_class is True and settings.classes is not None:
+        return settings.model_copy(update={"classes": None}), list(settings.classes)
+    return settings, per_class
 
 
 def same_refinement(record: LLCRecord | Mapping[str, Any], scope: Scope) -> bool:

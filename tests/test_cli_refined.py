@@ -94,3 +94,19 @@ def test_per_class_then_plot_draws_the_class_curves(checkpoints, tmp_path):
     result = _invoke("plot", "--results-dir", str(results), "--out", str(out), "--per-parameter")
     assert result.exit_code == 0, result.output
     assert "refined scopes class=1, class=2" in unwrapped(result.output) and out.stat().st_size > 0
+
+
+def test_classes_name_the_refined_classes_only_with_per_class(tmp_path):
+    """llcv.scopes.class_refinement, which estimate-all runs through estimate_all_from_settings."""
+    from llcv.estimation import results_folder
+    from llcv.scopes import class_refinement
+    from llcv.settings import load_settings
+
+    restricted = SamplerSettings(classes=[0, 3])
+    assert class_refinement(restricted, False) == (restricted, False)
+    assert class_refinement(restricted, True) == (SamplerSettings(), [0, 3])
+    assert class_refinement(SamplerSettings(), True) == (SamplerSettings(), True)
+
+    overrides = {"sampler": {"classes": [0, 3]}, "estimate": {"per_class": True, "results_dir": tmp_path}}
+    bundle = load_settings(("sampler", "estimate"), overrides=overrides)
+    assert results_folder(bundle) == tmp_path / settings_hash(SamplerSettings())

@@ -24,7 +24,7 @@ from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
 from _helpers import fake_record
-from llcv import LLCResult, SamplerSettings, console, estimate_llc
+from llcv import LLCResult, SamplerSettings, cli_render, console, estimate_llc
 from llcv.checkpoints import CheckpointInfo, ModelSpec
 from llcv.cli import app
 from llcv.health import trace_evidence
@@ -32,6 +32,7 @@ from llcv.report import ReportResult
 from llcv.errors import CheckpointError, DataError, EstimationError, LLCVError, SettingsError
 from llcv.estimation import EstimateSummary
 from llcv.fileio import WriteError
+from llcv.records import RecordError
 from llcv.results import ResultsStore
 from llcv.selftest import SelftestRow
 from llcv.training import TrainResult
@@ -176,7 +177,7 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
             Command(
                 "demo", ["demo", "--results-dir", str(tmp / "demo"), "--device", "cpu", "--tiny"], "llcv.demo.run_demo",
                 lambda mp: (mp.setattr("llcv.demo.run_demo", lambda *args, **kwargs: SimpleNamespace()),
-                            mp.setattr(console, "render_demo", lambda result: None)),
+                            mp.setattr(cli_render, "render_demo", lambda result: None)),
             )  # fmt: skip
         )
     return {command.name: command for command in commands}
@@ -269,7 +270,8 @@ def test_exit_130_on_ctrl_c_and_143_on_sigterm(command, interruption, code, mess
 
 @pytest.mark.parametrize(
     "error, code",
-    [(SettingsError("s"), 2), (DataError("d"), 2), (CheckpointError("c"), 2), (EstimationError("e"), 1), (WriteError("w"), 1), (LLCVError("l"), 1)],
+    [(SettingsError("s"), 2), (DataError("d"), 2), (CheckpointError("c"), 2), (RecordError("r"), 2), (EstimationError("e"), 1), (WriteError("w"), 1),
+     (LLCVError("l"), 1)],
     ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
 )
 def test_command_boundary_maps_each_user_error_to_its_code_and_one_line(error, code, capsys):

@@ -112,3 +112,24 @@ def test_the_figure_marks_failures_divergence_and_transitions(tmp_path):
     assert plot_llc([records, records], tmp_path / "two.png", labels=["a", "b"]).is_file()
     with pytest.raises(Exception, match="labels"):
         plot_llc([records, records], tmp_path / "bad.png", labels=["a"])
+
+
+def test_plot_reads_the_results_dir_of_the_config_unless_the_flag_names_one(tmp_path):
+    """Precedence (docs/conventions.md): --results-dir, then [estimate] results_dir of --config, then the default."""
+    results = fake_run(tmp_path / "configured")
+    config = tmp_path / "experiment.toml"
+    config.write_text(f"[estimate]\nresults_dir = {str(results)!r}\n[plot]\nlog_x = true\n")
+    out = tmp_path / "configured.png"
+    outcome = _invoke("plot", "--config", str(config), "--out", str(out))
+    assert outcome.exit_code == 0, outcome.output
+    assert "9 result(s) with settings abcdef012345" in unwrapped(outcome.output) and out.is_file()
+
+    flagged = fake_run(tmp_path / "flagged", estimated=3, digest="bbbbbbbbbbbb")
+    outcome = _invoke("plot", "--config", str(config), "--results-dir", str(flagged), "--out", str(out))
+    assert outcome.exit_code == 0, outcome.output
+    assert "3 result(s) with settings bbbbbbbbbbbb" in unwrapped(outcome.output)
+
+    missing = tmp_path / "missing.toml"
+    missing.write_text(f"[estimate]\nresults_dir = {str(tmp_path / 'nothing')!r}\n")
+    outcome = _invoke("plot", "--config", str(missing), "--out", str(out))
+    assert outcome.exit_code == 2 and "does not exist" in unwrapped(outcome.output)
