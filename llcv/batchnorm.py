@@ -36,6 +36,29 @@ def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
     ]
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has any BatchNorm layer, with running statistics or without."""
+    return any(isinstance(module, _BatchNorm) for module in model.modules())
+
+
+def use_batch_statistics(model: nn.Module) -> None:
+    """Put ``model`` in eval mode except its BatchNorm layers, which then normalise every batch
+    with that batch's own statistics and leave their running statistics untouched.
+
+    This is the function training descended: the statistics follow the weights as they move, so
+    BatchNorm's symmetries (a channel's incoming weights can be rescaled, its mean shifted,
+    without changing the output) stay symmetries. Frozen running statistics break them, and a
+    checkpoint far from a minimum (early in training at a high learning rate) then finds steep
+    descents along them. Unlike ``model.train()`` (``bn_mode="train"``, devinterp's behaviour),
+    dropout stays off and no buffer is written, so the loss depends on the weights and the batch
+    alone and batched chains (``torch.func.vmap``) can run.
+    """
+    model.eval()
+    for layer in batchnorm_layers(model):
+        layer.train()
+        layer.track_running_stats = False
+
+
 @torch.no_grad()
 def recompute_batchnorm_statistics(
     model: nn.Module, batches: Iterable, forward: Callable[[nn.Module, object], object], autocast: bool = False

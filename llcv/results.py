@@ -65,14 +65,17 @@ def loss_name(loss: str | Callable) -> str:
 # Fields whose default changed after results were first hashed, with the value that older hashes
 # stand for. A field is hashed whenever it differs from this baseline, so an older folder keeps
 # naming the results it computed, and results computed the new way get a new folder.
-HASH_BASELINE = {"bn_stats": "checkpoint", "mala": True}
+HASH_BASELINE = {"bn_stats": "checkpoint", "mala": True, "bn_mode": "eval"}
 
 
 def hashed_settings(settings: SamplerSettings, loss: str | Callable = DEFAULT_LOSS) -> dict[str, Any]:
     """The fields the settings hash covers: every sampler field not at its baseline (its default,
-    or ``HASH_BASELINE``), plus a non-default loss. ``bn_samples`` counts only where statistics are recomputed."""
+    or ``HASH_BASELINE``), plus a non-default loss. ``bn_samples`` counts only where statistics are
+    recomputed; with batch statistics (``bn_mode="batch"``) neither it nor ``bn_stats`` means anything."""
     baseline = {**type(settings)().model_dump(mode="json"), **HASH_BASELINE}
     values = settings.model_dump(mode="json")
+    if values.get("bn_mode") == "batch":
+        values.pop("bn_stats", None)
     if values.get("bn_stats") != "recompute":
         values.pop("bn_samples", None)
     hashed = {key: value for key, value in values.items() if key not in baseline or value != baseline[key]}

@@ -39,7 +39,13 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from llcv.batchnorm import BatchNormProvenance, batchnorm_layers, recompute_batchnorm_statistics
+from llcv.batchnorm import (
+    BatchNormProvenance,
+    batchnorm_layers,
+    has_batchnorm,
+    recompute_batchnorm_statistics,
+    use_batch_statistics,
+)
 from llcv.devices import resolve_device
 from llcv.fileio import finite_or_none
 from llcv.diagnostics import effective_sample_size, split_r_hat
@@ -49,6 +55,7 @@ from llcv.langevin import GaussianNoise, LangevinUpdate
 from llcv.precision import Precision, PrecisionChoice, choose_precision
 from llcv.progress import SILENT, Reporter, logger
 from llcv.settings import SamplerSettings
+from llcv.version import __version__
 
 LossFunction = Callable[[nn.Module, Any], torch.Tensor]
 LossSpec = Union[Literal["cross_entropy", "mse"], LossFunction]
@@ -521,16 +528,29 @@ def _run_group(
 
 
 def _initial_loss(
-    model: nn.Module, data: "SamplingData", loss_function: LossFunction, settings: SamplerSettings, precision: Precision
+    model: nn.Module,
+    data: "SamplingData",
+    loss_function: LossFunction,
+    settings: SamplerSettings,
+    precision: Precision,
+    batch_statistics: bool = False,
 ) -> tuple[float, float]:
     """The loss at the checkpoint over one pass of the sampled data (at most ``init_loss_samples``
     of them), in the chains' mode and precision, and the standard deviation of its minibatch
-    losses (0 for a single batch)."""
+    losses (0 for a single batch).
+
+    With ``batch_statistics`` (BatchNorm normalising each batch by its own statistics) a last,
+    smaller batch is left out: its statistics are noisier than the full-size batches' the chains
+    see, so it would measure a slightly different function.
+    """
     batch_losses, sizes = [], []
     with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for batch in data.passes(settings.init_loss_samples, settings.seed):
+            size = len(batch[0]) if isinstance(batch, (list, tuple)) else 1
+            if batch_statistics and batch_losses and size < data.batch_size:
+                break
             batch_losses.append(loss_function(model, batch).double())
-            sizes.append(len(batch[0]) if isinstance(batch, (list, tuple)) else 1)
+            sizes.append(size)
     values = torch.stack(batch_losses).cpu().numpy()
     weights = np.asarray(sizes, dtype=float)
     spread = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -539,8 +559,6 @@ def _initial_loss(
 
 def _versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
-
-    from llcv import __version__
 
     def installed(package: str) -> str | None:
         try:
@@ -631,7 +649,7 @@ def estimate_llc(
     normalisation = _normalise_batchnorm(work, data, loss_function, settings, precision)
     checkpoint_state = {key: value.detach().clone() for key, value in work.state_dict().items()}
 
-    init_loss, batch_loss_std = _initial_loss(work, data, loss_function, settings, precision)
+    init_loss, batch_loss_std = _initial_loss(work, data, loss_function, settings, precision, normalisation.statistics == "batch")
     bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, init_loss, batch_loss_std)
     loss_limit = init_loss + bound / nbeta
     seeds = _chain_seeds(settings.seed, settings.num_chains)
@@ -688,7 +706,10 @@ def working_copy(
 
 def _copy_in_mode(model: nn.Module, device: torch.device, bn_mode: str) -> nn.Module:
     work = copy.deepcopy(model).to(device)
-    work.train(bn_mode == "train")
+    if bn_mode == "batch":
+        use_batch_statistics(work)
+    else:
+        work.train(bn_mode == "train")
     return work
 
 
@@ -696,10 +717,10 @@ def _normalise_batchnorm(
     work: nn.Module, data: SamplingData, loss_function: LossFunction, settings: SamplerSettings, precision: Precision
 ) -> BatchNormProvenance:
     """Recomputes ``work``'s BatchNorm statistics where the settings ask for it; says how it normalises."""
+    if settings.bn_mode != "eval":
+        return BatchNormProvenance("batch" if has_batchnorm(work) else "none")
     if not batchnorm_layers(work):
         return BatchNormProvenance("none")
-    if settings.bn_mode == "train":
-        return BatchNormProvenance("batch")
     if settings.bn_stats == "checkpoint":
         return BatchNormProvenance("checkpoint")
     batches = data.statistics_batches(settings.bn_samples, settings.seed)

@@ -167,7 +167,10 @@ class SamplerSettings(_Section):
     batch_size: PositiveInt = 256
     num_samples: PositiveInt | None = None  # None: the whole training split
     sampler: Literal["sgld", "rmsprop_sgld"] = "sgld"
-    bn_mode: Literal["eval", "train"] = "eval"
+    # batch: BatchNorm normalises each batch by its own statistics, which follow the weights as
+    # they move (the function training descended; dropout stays off). eval: the running statistics,
+    # frozen while sampling. train: the whole model in train mode, devinterp's behaviour.
+    bn_mode: Literal["batch", "eval", "train"] = "batch"
     # eval mode: "recompute" re-estimates every BatchNorm layer's running statistics for the
     # checkpoint's weights before sampling (on a copy); "checkpoint" uses the saved ones, which
     # lag the weights early in training (docs/calibration.md).

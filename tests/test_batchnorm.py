@@ -1,14 +1,17 @@
-"""BatchNorm statistics recomputed for the checkpoint's weights before sampling (issue 10).
+"""How BatchNorm normalises while sampling (issue 10).
 
-A checkpoint's running statistics lag its weights early in training; in eval mode the chains
-then sample a function of which the checkpoint is no minimum, and the LLC comes out hugely
-negative. Recomputing them makes the estimate depend on the weights alone.
+By default (``bn_mode="batch"``) every batch is normalised by its own statistics, which follow
+the weights as they move: the function training descended, with BatchNorm's symmetries intact.
+In eval mode the running statistics are frozen; a checkpoint's saved ones lag its weights early
+in training, so they are recomputed for the checkpoint's weights first.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
+import numpy
 import pytest
 import torch
 from torch import nn
@@ -17,10 +20,10 @@ from torch.utils.data import TensorDataset
 from llcv import SamplerSettings
 from llcv.batchnorm import batchnorm_layers, recompute_batchnorm_statistics
 from llcv.models import build_model
-from llcv.results import settings_hash
-from llcv.sampling import estimate_llc
+from llcv.results import hashed_settings, settings_hash
+from llcv.sampling import SamplingData, estimate_llc, resolve_loss, working_copy
 
-SETTINGS = SamplerSettings(num_chains=2, num_draws=4, batch_size=16, epsilon=1e-5, gamma=1000.0)
+SETTINGS = SamplerSettings(num_chains=2, num_draws=4, batch_size=16, epsilon=1e-5, gamma=1000.0, bn_mode="eval")
 
 
 def small_resnet() -> tuple[nn.Module, TensorDataset]:
@@ -102,9 +105,77 @@ def test_per_class_scopes_normalise_with_the_statistics_of_all_the_data():
 
 
 def test_recomputing_is_part_of_the_settings_hash():
-    default = SamplerSettings()
+    default = SamplerSettings(bn_mode="eval")
     assert settings_hash(default) != settings_hash(default.model_copy(update={"bn_stats": "checkpoint"}))
     assert settings_hash(default) != settings_hash(default.model_copy(update={"bn_samples": 1024}))
     # bn_samples means nothing with the checkpoint's statistics, so it does not move that hash
     saved = default.model_copy(update={"bn_stats": "checkpoint"})
     assert settings_hash(saved) == settings_hash(saved.model_copy(update={"bn_samples": 1024}))
+
+
+def test_batch_statistics_are_the_default_and_ignore_the_saved_ones():
+    model, data = small_resnet()
+    settings = SETTINGS.model_copy(update={"bn_mode": SamplerSettings().bn_mode})
+    assert settings.bn_mode == "batch"
+    fresh = estimate_llc(model, data, settings, device="cpu")
+    corrupted = estimate_llc(with_scaled_statistics(model, 100.0), data, settings, device="cpu")
+    assert fresh.batchnorm_statistics == corrupted.batchnorm_statistics == "batch"
+    assert corrupted.llc_trace == fresh.llc_trace and corrupted.init_loss == fresh.init_loss
+
+
+def test_batch_statistics_leave_dropout_off_and_running_statistics_untouched():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    data = TensorDataset(torch.randn(64, 5), torch.randint(0, 3, (64,)))
+    settings = SamplerSettings(num_chains=2, num_draws=5, batch_size=16, epsilon=1e-3, gamma=10.0, bn_mode="batch")
+    work, provenance = working_copy(model, SamplingData(data, settings, torch.device("cpu")), resolve_loss("cross_entropy"), settings)
+    assert provenance.statistics == "batch"
+    assert work[1].training and not work[2].training  # BatchNorm per batch, dropout off
+    before = {name: tensor.clone() for name, tensor in work.state_dict().items()}
+    batch = data[:16]
+    first, again = (resolve_loss("cross_entropy")(work, batch) for _ in range(2))
+    assert first == again  # a function of the weights and the batch alone
+    assert all(torch.equal(before[name], tensor) for name, tensor in work.state_dict().items())
+
+
+def test_a_model_without_batchnorm_samples_the_same_in_batch_and_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 3))
+    data = TensorDataset(torch.randn(64, 5), torch.randint(0, 3, (64,)))
+    settings = SamplerSettings(num_chains=2, num_draws=10, batch_size=16, epsilon=1e-3, gamma=10.0)
+    batch = estimate_llc(model, data, settings.model_copy(update={"bn_mode": "batch"}), device="cpu")
+    frozen = estimate_llc(model, data, settings.model_copy(update={"bn_mode": "eval"}), device="cpu")
+    assert batch.batchnorm_statistics == frozen.batchnorm_statistics == "none"
+    assert batch.llc_trace == frozen.llc_trace
+
+
+def test_an_early_high_learning_rate_checkpoint_samples_train_modes_function():
+    """Issue 10's case: a ResNet18 a few steps into a run at learning rate 0.1, overconfident
+    (loss far above ln K). Frozen statistics open steep descents along directions BatchNorm
+    makes flat (docs/calibration.md); batch statistics sample the function training descended,
+    the one devinterp's train mode samples, without its side effects. The LLC's sign at such a
+    point is measured at scale by benchmarks/early_checkpoint.py."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4, in_channels=3, stem="cifar")
+    inputs, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 4, (64,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for step in range(6):
+        half = slice(0, 32) if step % 2 else slice(32, 64)
+        loss = nn.functional.cross_entropy(model(inputs[half]), labels[half])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() > 2 * math.log(4)  # far from any minimum
+    data = TensorDataset(inputs, labels)
+    settings = SamplerSettings(num_chains=2, num_draws=6, batch_size=32, epsilon=1e-5, gamma=1000.0, precision="fp32")
+    default = estimate_llc(model, data, settings, device="cpu")
+    train_mode = estimate_llc(model, data, settings.model_copy(update={"bn_mode": "train"}), device="cpu")
+    assert default.batchnorm_statistics == train_mode.batchnorm_statistics == "batch"
+    assert numpy.allclose(default.llc_trace, train_mode.llc_trace, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_statistics_hash_neither_bn_stats_nor_bn_samples_and_eval_keeps_its_old_hash():
+    default = SamplerSettings()
+    assert settings_hash(default) == settings_hash(default.model_copy(update={"bn_stats": "checkpoint", "bn_samples": 64}))
+    # Folders estimated with the defaults of llcv 0.4 and 0.5 (eval mode, recomputed statistics) keep their name.
+    assert hashed_settings(SamplerSettings(bn_mode="eval")) == {"bn_stats": "recompute", "bn_samples": 4096, "mala": False}
