@@ -28,9 +28,11 @@ from torch.utils.data import TensorDataset
 from llcv import SamplerSettings, build_model, estimate_llc, sampling
 from llcv.devices import resolve_device
 from llcv.progress import Reporter
+from llcv.sampling_data import SamplingData
 
 TARGET_STEPS = 5.0
-# The parts of an estimate's set-up, as llcv.sampling names them.
+# The parts of an estimate's set-up, as llcv.sampling names them: estimate_llc looks each up
+# there (llcv.execution's _execution_plan included), so that is where they are wrapped.
 PARTS = {
     "_copy_in_mode": "copy the model",
     "_execution_plan": "decide execution (precision timing)",
@@ -98,7 +100,7 @@ def main(argv: list[str]) -> None:
     model = build_model("resnet18", 10, 3, "cifar")
     samples = {} if args.statistics_samples is None else {"bn_samples": args.statistics_samples, "init_loss_samples": args.statistics_samples}
     settings = SamplerSettings(num_chains=2, num_draws=args.draws, **samples)
-    prepared = sampling.SamplingData(data, settings, device)
+    prepared = SamplingData(data, settings, device)
     spent = _timed_parts(device)
     print(
         f"ResNet18 (CIFAR stem), {args.samples} samples 32x32, default settings (batch {settings.batch_size}; BatchNorm statistics "

@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from llcv import SamplerSettings, build_model, estimate_llc, load_dataset, sampling
+from llcv import SamplerSettings, build_model, estimate_llc, execution, load_dataset
 from llcv.devices import resolve_device
 from llcv.fileio import atomic_write_json
 from llcv.known_models import rrr_case
 from llcv.progress import Reporter
 from llcv.reference import devinterp_estimate, devinterp_sgld_kwargs
-from llcv.sampling import SamplingData
+from llcv.sampling_data import SamplingData
 
 
 def _llcv_llc(model, dataset, settings: SamplerSettings, loss, device) -> tuple[float, float, object]:
@@ -103,7 +103,7 @@ def defaults_case(device: torch.device, quick: bool, sizes: list[tuple[int, int]
         print(f"ResNet18 (CIFAR stem), digits 32x32, default settings (batch {settings.batch_size}), {chains} chains x {draws} draws, {device}:")
         reference = devinterp_estimate(model, train, settings, ce, device)  # first, so it warms fp32's kernels for both
         theirs, their_llc = reference.seconds, reference.llc_mean
-        sampling._PLANS.clear()  # a new run: llcv decides its execution again, inside the timing
+        execution._PLANS.clear()  # a new run: llcv decides its execution again, inside the timing
         started = time.perf_counter()
         result = estimate_llc(model, train, settings, device=device)
         ours = time.perf_counter() - started

@@ -64,7 +64,7 @@ def render_version_override(checkpoint: Path, info) -> None:
 BATCHNORM_WORDS = {
     "recomputed": "eval mode, statistics recomputed for these weights on {samples:,} samples",
     "checkpoint": "eval mode, the checkpoint's saved statistics",
-    "batch": "train mode, each minibatch's own statistics",
+    "batch": "each minibatch normalised by its own statistics",
 }
 
 

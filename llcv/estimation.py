@@ -39,6 +39,7 @@ from llcv.devices import resolve_device
 from llcv.errors import DataError, LLCVError, SettingsError
 from llcv.executors import make_executor
 from llcv.health import brief_reason
+from llcv.losses import LossSpec
 from llcv.models import list_models, model_version
 from llcv.precision import PrecisionChoice
 from llcv.progress import SILENT, Reporter
@@ -53,7 +54,8 @@ from llcv.results import (
     settings_hash,
     step_from_name,
 )
-from llcv.sampling import LossSpec, SamplingData, estimate_llc
+from llcv.sampling import estimate_llc
+from llcv.sampling_data import SamplingData
 from llcv.scopes import WHOLE_MODEL, Scope, class_refinement, run_scopes, same_refinement, scope_settings
 from llcv.selection import parse_shard, select_checkpoints, shard_name, shard_of
 from llcv.settings import SamplerSettings, SettingsBundle

@@ -101,7 +101,7 @@ class WorkerInfo(_Part):
 
 
 class RecordDiagnostics(_Part):
-    """A result's ``diagnostics`` (``llcv.sampling.LLCDiagnostics`` as stored)."""
+    """A result's ``diagnostics`` (``llcv.llc_result.LLCDiagnostics`` as stored)."""
 
     r_hat: float | None = None
     ess: float | None = None
@@ -125,7 +125,7 @@ class PrecisionChoiceInfo(_Part):
 class RecordResult(_Part):
     """A record's ``result``: the ``LLCResult`` as stored (``LLCResult.to_dict()``).
 
-    Unlike ``llcv.sampling.LLCResult``, which is what an estimate returns now, every field may
+    Unlike ``llcv.llc_result.LLCResult``, which is what an estimate returns now, every field may
     be missing here, as in results written before it existed. Absent fields read as None (or
     empty) and stay absent on disk.
     """

@@ -11,9 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from llcv.cifar import CIFAR10_MEAN, CIFAR10_STD
 from llcv.data import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
     DatasetInfo,
     dataset_targets,
     list_datasets,

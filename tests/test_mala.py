@@ -62,15 +62,15 @@ def test_measuring_every_kth_draw_scores_only_those_draws(monkeypatch):
     model, data = linear_gaussian(size=400)
     settings = SamplerSettings(epsilon=3e-4, gamma=1.0, num_chains=1, num_draws=40, batch_size=20, mala=True, mala_every=4)
     calls = []
-    from llcv import sampling
+    from llcv import chains
 
-    original = sampling._mala_acceptance
+    original = chains._mala_acceptance
 
     def counting(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(sampling, "_mala_acceptance", counting)
+    monkeypatch.setattr(chains, "_mala_acceptance", counting)
     every_fourth = estimate_llc(model, data, settings, loss="mse", device="cpu")
     monkeypatch.undo()
     every_draw = estimate_llc(model, data, settings.model_copy(update={"mala_every": 1}), loss="mse", device="cpu")

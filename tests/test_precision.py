@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from _helpers import copy_checkpoints, fast_settings
-from llcv import SamplerSettings, estimate_llc, precision, sampling
+from llcv import SamplerSettings, estimate_llc, execution, precision
 from llcv.estimation import estimate_all
 from llcv.models import build_model
 from llcv.precision import PrecisionChoice, choose_precision, native_bf16
@@ -183,7 +183,7 @@ def test_a_resumed_run_keeps_the_precision_its_first_estimates_chose(trained_run
     first = run_records(tmp_path / "results")
     assert [record["result"]["precision"] for record in first] == ["bf16", "bf16"]
 
-    sampling._PLANS.clear()  # a new process
+    execution._PLANS.clear()  # a new process
     calls: list = []
     favour(monkeypatch, "fp32", calls)
     estimate_all(checkpoints, tmp_path / "results", settings, device="cpu")

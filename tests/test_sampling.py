@@ -13,7 +13,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from llcv import LLCResult, SamplerSettings, build_model, estimate_llc
-from llcv.sampling import _mala_acceptance, _Point, default_divergence_bound
+from llcv.chains import _mala_acceptance, _Point
+from llcv.sampling import default_divergence_bound
 
 
 class Quadratic(nn.Module):
@@ -205,7 +206,7 @@ def test_batchnorm_resnet_eval_mode_is_finite_and_reproducible():
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=4, in_channels=3, stem="cifar")
     data = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,)))
-    settings = SamplerSettings(num_chains=2, num_draws=3, batch_size=8, epsilon=1e-6, gamma=1000.0)
+    settings = SamplerSettings(num_chains=2, num_draws=3, batch_size=8, epsilon=1e-6, gamma=1000.0, bn_mode="eval")
     first = estimate_llc(model, data, settings, device="cpu")
     second = estimate_llc(model, data, settings, device="cpu")
     assert first.llc_mean is not None and math.isfinite(first.llc_mean)
@@ -373,7 +374,7 @@ def test_chains_fall_back_to_one_at_a_time_where_vmap_cannot_run_the_model():
 
 
 def test_large_models_run_chains_one_at_a_time_by_default():
-    from llcv.sampling import BATCHED_MAX_PARAMETERS
+    from llcv.execution import BATCHED_MAX_PARAMETERS
 
     model = nn.Linear(BATCHED_MAX_PARAMETERS, 1)
     data = TensorDataset(torch.randn(4, BATCHED_MAX_PARAMETERS), torch.randn(4, 1))
@@ -416,7 +417,8 @@ def test_fallback_to_one_chain_at_a_time_is_said_in_verbose_output(caplog):
 
 @pytest.mark.parametrize("precision, channels_last", [("bf16", True), ("fp32", False)])
 def test_bf16_chains_keep_convolution_weights_in_the_inputs_layout(precision, channels_last):
-    from llcv.sampling import _ChainGroup, _LossModule, resolve_loss
+    from llcv.chains import _ChainGroup, _LossModule
+    from llcv.losses import resolve_loss
 
     model = small_batchnorm_model()
     model(torch.randn(2, 3, 6, 6))

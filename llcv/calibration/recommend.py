@@ -13,8 +13,10 @@ from torch.utils.data import DataLoader, Dataset
 from llcv.calibration.sweep import SweepResult, calibrate_sweep
 from llcv.devices import resolve_device
 from llcv.errors import EstimationError
+from llcv.losses import LossSpec, resolve_loss
 from llcv.progress import SILENT, Reporter
-from llcv.sampling import LossSpec, SamplingData, default_nbeta, resolve_loss, working_copy
+from llcv.sampling import default_nbeta, working_copy
+from llcv.sampling_data import SamplingData
 from llcv.settings import SamplerSettings
 
 # recommend_settings: the final estimate aims for this many effective samples over all chains.

@@ -27,10 +27,13 @@ from llcv.devices import resolve_device
 from llcv.diagnostics import trace_drift
 from llcv.errors import SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text, finite_or_none
+from llcv.llc_result import LLCResult
+from llcv.losses import LossSpec
 from llcv.plotting import plot_sweep_heatmap, plot_sweep_traces, save_figure
 from llcv.progress import SILENT, Reporter
 from llcv.results import checkpoint_stem
-from llcv.sampling import LLCResult, LossSpec, SamplingData, default_nbeta
+from llcv.sampling import default_nbeta
+from llcv.sampling_data import SamplingData
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
 SWEEP_FORMAT = "llcv-sweep"  # sweep.json's "format"

@@ -1,0 +1,218 @@
+"""What an estimate returns: ``LLCResult`` and its ``LLCDiagnostics``, and how the chains' loss
+traces are summarised into one (the LLC, its diagnostics, health warnings and provenance).
+
+Separate from ``llcv.sampling`` because the result is a data type: whoever reads or rebuilds one
+(calibration, ``LLCResult.from_dict``) needs it without the chain machinery.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from llcv.batchnorm import BatchNormProvenance
+from llcv.diagnostics import effective_sample_size, split_r_hat
+from llcv.fileio import finite_or_none
+from llcv.health import Check, Evidence, HealthThresholds, failed_checks, trace_evidence
+from llcv.settings import SamplerSettings
+from llcv.version import __version__
+
+if TYPE_CHECKING:
+    from llcv.chains import _GroupTraces
+    from llcv.execution import _ExecutionPlan
+
+
+class LLCDiagnostics(BaseModel):
+    """How far to trust an estimate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r_hat: float | None = None
+    ess: float | None = None
+    llc_mcse: float | None = None  # Monte Carlo standard error of llc_mean
+    drift_z: float | None = None  # Geweke: late minus early draws' mean LLC, in standard errors
+    negative_chains: float | None = None  # share of healthy chains whose mean lies significantly below 0
+    diverged_chains: int = 0
+    nonfinite: bool = False
+    warnings: list[str] = []
+
+
+class LLCResult(BaseModel):
+    """An LLC estimate with its traces, diagnostics and provenance (docs/formats.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llc_mean: float | None
+    llc_std: float | None
+    llc_per_chain: list[float | None]
+    loss_trace: list[list[float | None]]
+    burnin_loss_trace: list[list[float | None]]
+    llc_trace: list[list[float | None]]
+    init_loss: float | None
+    nbeta: float
+    # How eval-mode BatchNorm layers were normalised: "recomputed" for the checkpoint's weights on
+    # ``batchnorm_samples`` samples, the "checkpoint"'s saved statistics, each "batch"'s own (train
+    # mode), or "none" (no BatchNorm layer). None in results written before llcv 0.4.
+    batchnorm_statistics: Literal["recomputed", "checkpoint", "batch", "none"] | None = None
+    batchnorm_samples: int = 0
+    mala_acceptance: float | None = None
+    mala_acceptance_per_chain: list[float | None] | None = None
+    diagnostics: LLCDiagnostics
+    # Whether the number can be read at face value, and why not (llcv.health); None in results
+    # written before llcv 0.4.
+    healthy: bool | None = None
+    health_reasons: list[str] = []
+    settings: dict[str, Any]
+    num_parameters: int
+    num_samples_used: int
+    chain_execution: Literal["batched", "sequential"]
+    # What the chains ran in (``settings.precision`` may say "auto") and how that was chosen
+    # (llcv.precision.PrecisionChoice); None in results written before llcv 0.5.
+    precision: Literal["fp32", "bf16"] | None = None
+    precision_choice: dict[str, Any] | None = None
+    elapsed_seconds: float
+    device: str
+    num_threads: int
+    versions: dict[str, str | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict; non-finite numbers become None."""
+        return finite_or_none(self.model_dump(mode="python"))
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "LLCResult":
+        """Rebuild a result from ``to_dict()`` output (or its JSON)."""
+        return cls.model_validate(payload)
+
+
+def _summarise(
+    traces: list[_GroupTraces],
+    settings: SamplerSettings,
+    nbeta: float,
+    init_loss: float,
+    bound: float,
+    num_parameters: int,
+    num_samples: int,
+    device: torch.device,
+    plan: _ExecutionPlan,
+    normalisation: BatchNormProvenance,
+    elapsed: float,
+) -> LLCResult:
+    losses = torch.cat([group.losses for group in traces]).cpu().double().numpy()
+    burnin = torch.cat([group.burnin_losses for group in traces]).cpu().double().numpy()
+    diverged = torch.cat([group.diverged for group in traces]).cpu().numpy()
+    # A diverged chain stops counting from the check that caught it; its later values are noise.
+    losses[diverged] = np.where(np.isfinite(losses[diverged]), losses[diverged], np.nan)
+    llc_trace = nbeta * (losses - init_loss)
+    per_chain = [None if bad else float(trace.mean()) for bad, trace in zip(diverged, llc_trace)]
+    healthy = [value for value in per_chain if value is not None]
+    llc_mean = float(np.mean(healthy)) if healthy else None
+    llc_std = float(np.std(healthy, ddof=1)) if len(healthy) > 1 else None
+    healthy_losses = losses[~diverged]
+
+    mala_mean, mala_per_chain = None, None
+    if settings.mala:
+        mala = torch.cat([group.mala for group in traces]).cpu().double().numpy()
+        mala_per_chain = [
+            None if bad or not np.isfinite(row).any() else float(np.nanmean(row)) for bad, row in zip(diverged, mala)
+        ]
+        defined = [value for value in mala_per_chain if value is not None]
+        mala_mean = float(np.mean(defined)) if defined else None
+
+    diagnostics = LLCDiagnostics(
+        r_hat=split_r_hat(healthy_losses),
+        ess=effective_sample_size(healthy_losses) if len(healthy_losses) else None,
+        **trace_evidence(llc_trace, ~diverged),
+        diverged_chains=int(diverged.sum()),
+        nonfinite=bool(not np.isfinite(losses[~diverged]).all() or not np.isfinite(init_loss)),
+    )
+    failed = failed_checks(result_evidence(diagnostics, len(per_chain), llc_mean, mala_mean), HealthThresholds())
+    diagnostics.warnings = _warnings(failed, bound)
+    return LLCResult(
+        llc_mean=llc_mean,
+        llc_std=llc_std,
+        llc_per_chain=per_chain,
+        loss_trace=losses.tolist(),
+        burnin_loss_trace=burnin.tolist(),
+        llc_trace=llc_trace.tolist(),
+        init_loss=init_loss,
+        nbeta=nbeta,
+        batchnorm_statistics=normalisation.statistics,
+        batchnorm_samples=normalisation.samples,
+        mala_acceptance=mala_mean,
+        mala_acceptance_per_chain=mala_per_chain,
+        diagnostics=diagnostics,
+        healthy=not failed,
+        health_reasons=[message for _, message in failed],
+        settings=settings.model_dump(mode="json"),
+        num_parameters=num_parameters,
+        num_samples_used=num_samples,
+        chain_execution="batched" if plan.batched else "sequential",
+        precision=plan.precision.precision,
+        precision_choice=plan.precision.provenance(),
+        elapsed_seconds=elapsed,
+        device=str(device),
+        num_threads=torch.get_num_threads(),
+        versions=_versions(),
+    )
+
+
+def result_evidence(diagnostics: LLCDiagnostics, num_chains: int, llc_mean: float | None, mala: float | None) -> Evidence:
+    """What the health checks read from an estimate's diagnostics."""
+    return Evidence(
+        num_chains=num_chains,
+        diverged_chains=diagnostics.diverged_chains,
+        llc_mean=llc_mean,
+        llc_mcse=diagnostics.llc_mcse,
+        negative_chains=diagnostics.negative_chains,
+        drift_z=diagnostics.drift_z,
+        r_hat=diagnostics.r_hat,
+        ess=diagnostics.ess,
+        mala_acceptance=mala,
+    )
+
+
+def _warnings(failed: list[tuple[Check, str]], bound: float) -> list[str]:
+    """The failed health checks as sentences: what was seen, then what to try."""
+    messages = []
+    for check, message in failed:
+        if check.name == "diverged":
+            message += f" (non-finite loss or a per-draw LLC above {bound:.4g}) and are left out"
+        messages.append(f"{message}; {check.advice}")
+    return messages
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "llcv": __version__,
+        "torch": torch.__version__,
+        "devinterp": installed("devinterp"),
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+    }
+
+
+@lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    try:
+        completed = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout.strip() or None if completed.returncode == 0 else None

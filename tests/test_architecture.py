@@ -1,0 +1,101 @@
+"""The layout rules of docs/architecture.md, checked on the source: no import cycle between llcv's
+modules (imports inside functions included, where a cycle would otherwise hide), no ``locals()``
+in the CLI, and no module past about 600 lines without saying at its top why."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "llcv"
+LONG_MODULE_LINES = 650  # "about 600": a module past this states why at its top
+LENGTH_REASON = "Why one module:"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imported_modules(node: ast.Import | ast.ImportFrom, module: str) -> list[str]:
+    """The llcv modules an import statement loads (``from llcv.x import y`` loads llcv.x.y if that is a module)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names if alias.name.split(".")[0] == "llcv"]
+    if node.level:  # relative import
+        base = module.split(".")[: -node.level] if not MODULES[module].name == "__init__.py" else module.split(".")[: len(module.split(".")) - node.level + 1]
+        source = ".".join([*base, node.module] if node.module else base)
+    else:
+        source = node.module or ""
+    if source.split(".")[0] != "llcv":
+        return []
+    # `from llcv import sampling` loads the submodule; `from llcv import __version__` runs the package.
+    submodules = [f"{source}.{alias.name}" for alias in node.names if f"{source}.{alias.name}" in MODULES]
+    names_from_source = len(submodules) < len(node.names)
+    return [source, *submodules] if names_from_source else submodules
+
+
+def imports_of(module: str) -> set[str]:
+    """The llcv modules ``module`` imports, at its top or inside its functions (an import inside a
+    function hides a cycle until the function runs), except under ``if TYPE_CHECKING``."""
+    tree = ast.parse(MODULES[module].read_text())
+    skipped = {id(child) for node in ast.walk(tree) if _is_type_checking_block(node) for child in ast.walk(node)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skipped:
+            found.update(_imported_modules(node, module))
+    return {name for name in found if name in MODULES and name != module}
+
+
+def test_no_import_cycle_between_llcv_modules():
+    graph = {module: imports_of(module) for module in MODULES}
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        path.append(module)
+        for imported in sorted(graph[module]):
+            if state.get(imported) == "open":
+                cycle = path[path.index(imported) :] + [imported]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if imported not in state:
+                visit(imported)
+        path.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_the_cli_maps_flags_to_settings_without_locals():
+    source = (PACKAGE / "cli.py").read_text()
+    calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call) and ast.unparse(node.func) == "locals"]
+    assert not calls, "cli.py reads its flags through locals(): renaming a parameter would silently drop a flag"
+
+
+def test_long_modules_say_why_at_their_top():
+    unexplained = []
+    for module, path in MODULES.items():
+        lines = path.read_text().count("\n")
+        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if lines > LONG_MODULE_LINES and LENGTH_REASON not in docstring:
+            unexplained.append(f"{module} ({lines} lines)")
+    assert not unexplained, f"modules past {LONG_MODULE_LINES} lines without '{LENGTH_REASON} ...' in their docstring: {unexplained}"
+
+
+def test_the_parser_sees_imports_inside_functions():
+    """The rules above would catch what they forbid: the parser sees an import inside a function."""
+    tree = ast.parse("def f():\n    from llcv.results import load_results\n")
+    node = tree.body[0].body[0]
+    assert _imported_modules(node, "llcv.plotting") == ["llcv.results"]
+    assert "llcv.settings" in imports_of("llcv.results")
