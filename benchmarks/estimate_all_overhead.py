@@ -25,7 +25,7 @@ import torch
 from llcv import SamplerSettings, estimate_llc, list_checkpoints
 from llcv.estimation import estimate_all
 from llcv.sampling_data import SamplingData
-from llcv.settings import load_settings
+from llcv.settings import EstimateSettings, load_settings
 from llcv.targets import load_target
 from llcv.training import train
 
@@ -34,8 +34,9 @@ import json, resource, sys
 from pathlib import Path
 from llcv import SamplerSettings
 from llcv.estimation import estimate_all
+from llcv.settings import EstimateSettings
 settings = SamplerSettings.model_validate_json(sys.argv[3])
-estimate_all(Path(sys.argv[1]), Path(sys.argv[2]), settings, device="cpu")
+estimate_all(Path(sys.argv[1]), settings, EstimateSettings(results_dir=Path(sys.argv[2]), device="cpu"))
 print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
 """
 
@@ -75,7 +76,7 @@ def main(argv: list[str]) -> None:
         one = time.perf_counter() - started
 
         started = time.perf_counter()
-        summary = estimate_all(checkpoints, workspace / "results", settings, device="cpu")
+        summary = estimate_all(checkpoints, settings, EstimateSettings(results_dir=workspace / "results", device="cpu"))
         total = time.perf_counter() - started
         per_checkpoint = total / len(paths)
         print(f"  one checkpoint's sampling alone   {one:7.2f} s")

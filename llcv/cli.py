@@ -198,12 +198,15 @@ def estimate_all_command(
         flags = merge(options.overrides(), step.overrides(), length.overrides(), sampler_flags.overrides(), target.overrides())
         settings = load_settings(("sampler", "estimate", *TARGET_SECTIONS), config=config, calibration=from_calibration, overrides=flags)
         cli_render.show_settings(settings, read=TargetFlags.READ)
-        folder = estimation.results_folder(settings)
+        folder = estimation.results_folder(settings.sampler, settings.estimate)
         console.info(f"results: {folder} (settings {folder.name})")
         _quiet_for_json(json_output)
         try:
             with RichReporter() as reporter:
-                summary = estimation.estimate_all_from_settings(checkpoints_dir, settings, **target.arguments(), reporter=reporter)
+                summary = estimation.estimate_all(
+                    checkpoints_dir, settings.sampler, settings.estimate, **target.arguments(), data_dir=settings.data.data_dir,
+                    allow_version_mismatch=settings.model.allow_version_mismatch, reporter=reporter,
+                )  # fmt: skip
         except (KeyboardInterrupt, console.Terminated) as stop:
             partial = getattr(stop, "estimate_summary", None)  # estimate_all's summary so far
             if partial is not None:

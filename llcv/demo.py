@@ -17,7 +17,7 @@ from llcv.estimation import estimate_all
 from llcv.progress import SILENT, Reporter
 from llcv.report import read_figure, write_report
 from llcv.results import load_results
-from llcv.settings import PlotSettings, SamplerSettings, load_settings
+from llcv.settings import EstimateSettings, PlotSettings, SamplerSettings, load_settings
 from llcv.targets import load_target
 from llcv.training import train
 
@@ -119,7 +119,7 @@ def run_demo(results_dir: Path = Path("results/demo"), device: str = "auto", tin
 
     estimates_dir = results_dir / "llc_estimations"
     reporter.note(f"3/4 estimating the LLC at {len(training.checkpoints)} checkpoints -> {estimates_dir}")
-    summary = estimate_all(checkpoints_dir, estimates_dir, chosen, device=device, reporter=reporter)
+    summary = estimate_all(checkpoints_dir, chosen, EstimateSettings(results_dir=estimates_dir, device=device), reporter=reporter)
 
     from llcv.plotting import plot_llc
 

@@ -15,7 +15,7 @@ Records are whole files renamed into place, so a ``kill -9`` at any moment leave
 records and, at worst, a claim that the next run takes over. Ctrl-C and SIGTERM release the
 claims on the way out. Which checkpoints a worker takes (every K-th, steps, shards) is
 ``llcv.selection``; what a refined record measures (a block, a class) is ``llcv.scopes``.
-``estimate_all_from_settings`` runs it from resolved settings, as ``llcv estimate-all`` does.
+``estimate_all`` takes the ``[sampler]`` and ``[estimate]`` settings, as ``llcv estimate-all`` resolves them.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from llcv.sampling import estimate_llc
 from llcv.sampling_data import SamplingData
 from llcv.scopes import WHOLE_MODEL, Scope, class_refinement, run_scopes, same_refinement, scope_settings
 from llcv.selection import parse_shard, select_checkpoints, shard_name, shard_of
-from llcv.settings import SamplerSettings, SettingsBundle
+from llcv.settings import EstimateSettings, SamplerSettings
 
 logger = logging.getLogger("llcv")
 
@@ -286,92 +286,93 @@ class EstimateSummary:
 
 
 def estimate_all(
-    checkpoints_dir: Path,
-    results_dir: Path,
-    settings: SamplerSettings,
+    checkpoints_dir: Path | str,
+    sampler: SamplerSettings,
+    options: EstimateSettings | None = None,
     *,
     model_factory: Callable[[], nn.Module] | None = None,
     dataset: Dataset | str | None = None,
     loss: LossSpec = DEFAULT_LOSS,
-    device: str = "auto",
-    shard: str | tuple[int, int] | None = None,
-    executor: str = "local",
-    reporter: Reporter = SILENT,
-    every_nth: int = 1,
-    steps: Sequence[int] | None = None,
-    force: bool = False,
-    ray_address: str | None = None,
-    cpus_per_task: int | None = None,
-    devices: Sequence[str] | None = None,
-    claim_timeout_seconds: float = 600.0,
     model_name: str | None = None,
     stem: str | None = None,
     data_dir: Path | str | None = None,
-    per_layer: bool | Sequence[str] = False,
-    per_class: bool | Sequence[int] = False,
-    blocks: Mapping[str, Sequence[str]] | None = None,
+    blocks: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
     allow_version_mismatch: bool = False,
+    reporter: Reporter = SILENT,
 ) -> EstimateSummary:
     """Estimate the LLC of every checkpoint in ``checkpoints_dir``, one record file each.
 
-    Safe to stop at any moment and to run as several workers on one ``results_dir``: a rerun
+    Safe to stop at any moment and to run as several workers on one results folder: a rerun
     skips what is done, and workers never estimate the same checkpoint at the same time.
     Every checkpoint uses the same settings and seed (common random numbers across checkpoints).
 
     Args:
         checkpoints_dir: a training run's checkpoints (``list_checkpoints`` order).
-        results_dir: where ``<settings-hash>/`` goes.
-        settings: the sampler settings.
+        sampler: the sampler settings (``[sampler]``).
+        options: the run (``[estimate]``; None: ``EstimateSettings()``'s defaults):
+            ``results_dir`` (where ``<settings-hash>/`` goes); ``device`` (``auto``, ``cpu``,
+            ``cuda``, ``cuda:N`` or ``mps``), or ``devices`` (one worker process per device of
+            this machine, e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu", "cpu"]``; ``["all"]``: every
+            CUDA GPU here; local executor only, ``llcv.executors.DevicesExecutor``);
+            ``every_nth`` and ``steps`` (a subset, see ``select_checkpoints``); ``shard``
+            (``"K/N"``: only share K of N, by a stable hash of the file name); ``executor``
+            (``"local"``: this process, one checkpoint at a time; ``"ray"``: one task per
+            checkpoint) with ``ray_address`` (the Ray cluster to join; None starts a local
+            instance unless Ray is already initialised) and ``cpus_per_task`` (Ray: CPUs, and
+            torch threads, per task; default 1, or a GPU node's CPUs per GPU); ``force`` (redo
+            checkpoints that already have a done record); ``claim_timeout_seconds`` (a claim
+            whose heartbeat is older is taken over); ``per_layer``: also a weight-refined LLC per
+            block of the model (scope = the block's name), each sampling only that block's
+            parameters with the rest frozen; ``per_class``: also a data-refined LLC per class
+            (scope ``class=7``), each measuring the loss on that class's samples only, for the
+            classes in ``sampler.classes`` (every class when None), while the whole model, and
+            the settings hash, keep all the data (``llcv.scopes.class_refinement``).
         model_factory: ``() -> nn.Module`` to load foreign weights into (your own architecture).
         dataset: the training data as a Dataset, or a dataset name; None: the one in the checkpoint.
         loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(model, batch) -> loss``.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        shard: ``"K/N"``: only share K of N (by a stable hash of the file name).
-        executor: ``"local"`` (this process, one checkpoint at a time) or ``"ray"`` (one task per checkpoint).
-        reporter: progress: ``checkpoints`` overall and one loop per chain (local executor and
-            ``devices``, whose loops are keyed and labelled by device: ``cuda:1/chains-0``).
-        every_nth, steps: choose a subset (see ``select_checkpoints``).
-        force: redo checkpoints that already have a done record.
-        ray_address: the Ray cluster to join; None starts a local instance unless Ray is already initialised.
-        cpus_per_task: Ray only: CPUs, and torch threads, per task (default 1, or a GPU node's CPUs per GPU).
-        devices: one worker process per device of this machine, e.g. ``["cuda:0", "cuda:1"]`` or
-            ``["cpu", "cpu"]``; ``["all"]``: every CUDA GPU here. Replaces ``device``; local executor
-            only (``llcv.executors.DevicesExecutor``).
-        claim_timeout_seconds: a claim whose heartbeat is older than this is taken over.
         model_name, stem, data_dir: for foreign checkpoints, as in ``llcv.targets.load_target``.
-        per_layer: also a weight-refined LLC per block of the model (scope = the block's name), each
-            sampling only that block's parameters with the rest frozen: True for every block, or a
-            list of block names. Blocks come from ``blocks``, else from the model's registration
-            (``register_model(name, blocks=...)``).
-        per_class: also a data-refined LLC per class (scope ``class=7``), each measuring the loss
-            on that class's samples only: True for every class, or a list of labels.
-        blocks: {block name: parameter-name glob patterns} for ``per_layer``, in the order to
-            plot them; needed with ``model_factory`` (a model llcv has no registration for).
+        blocks: with ``per_layer``, which blocks: None for every block of the model's
+            registration (``register_model(name, blocks=...)``), a list of their names for
+            some, or {block name: parameter-name glob patterns} in the order to plot them
+            (needed with ``model_factory``, a model llcv has no registration for).
         allow_version_mismatch: load llcv checkpoints saved with another version of their model
             (``load_checkpoint``), in every executor; each record's ``model.version_overridden``
             says whether it was. Without it such a checkpoint gets a ``failed`` record naming
             both versions. It does not change the settings hash.
+        reporter: progress: ``checkpoints`` overall and one loop per chain (local executor and
+            ``devices``, whose loops are keyed and labelled by device: ``cuda:1/chains-0``).
 
     Every scope of a checkpoint is its own record (``<stem>__<scope>.json``) in the same
     settings-hash folder as the whole model's, and is resumed, claimed and sharded on its own.
     The whole model is estimated first for every checkpoint, then each block or class in turn.
+    ``results_folder(sampler, options, loss)`` is the folder, before the run.
 
     Returns:
         The summary. If interrupted (Ctrl-C, SIGTERM), the exception propagates after the claims
         are released, carrying the partial summary as its ``estimate_summary`` attribute.
 
     Raises:
-        SettingsError: bad selection, shard, device(s) or executor; no checkpoints to estimate; a
+        SettingsError: bad selection, device(s) or executor; no checkpoints to estimate; a
             refinement the model cannot take (no blocks declared, a block that matches no
-            parameter, an unknown class), or ``per_layer`` with ``settings.params`` (or
-            ``per_class`` with ``settings.classes``).
+            parameter, an unknown class), ``per_layer`` with ``sampler.params``, or ``blocks``
+            without ``per_layer``. (``EstimateSettings`` itself refuses a malformed shard,
+            device or executor when it is made: ``llcv.settings.validate_section("estimate",
+            {...})`` raises those as ``SettingsError`` too.)
         CheckpointError: the checkpoints folder does not exist.
         DataError: an unknown ``dataset`` name, or ``data_dir`` does not exist (local executor).
         WriteError: the results folder cannot be written.
         EstimationError: with ``devices``, no device's worker could start.
     """
+    if not isinstance(sampler, SamplerSettings) or not isinstance(options, (EstimateSettings, type(None))):
+        raise TypeError(  # most likely a call written for the earlier estimate_all(checkpoints_dir, results_dir, settings, device=...)
+            "estimate_all(checkpoints_dir, sampler: SamplerSettings, options: EstimateSettings | None = None, ...): "
+            "results_dir, device and the run's other options are fields of llcv.settings.EstimateSettings"
+        )
+    options = options if options is not None else EstimateSettings()
+    settings, per_class = class_refinement(sampler, options.per_class)
+    executor, device, devices = options.executor, options.device, options.devices
     started = time.perf_counter()
-    runner = make_executor(executor, ray_address=ray_address, cpus_per_task=cpus_per_task, device=device, devices=devices)
+    runner = make_executor(executor, ray_address=options.ray_address, cpus_per_task=options.cpus_per_task, device=device, devices=devices)
     if executor == "local":
         if devices is None:  # make_executor checked the devices
             resolve_device(device)  # a bad --device fails now, not once per checkpoint
@@ -381,22 +382,22 @@ def estimate_all(
     all_paths = list_checkpoints(Path(checkpoints_dir))
     if not all_paths:
         raise SettingsError(f"checkpoints directory {checkpoints_dir} holds no checkpoint files (.pt, .pth, .pth.tar, .ckpt)")
-    paths = select_checkpoints(all_paths, every_nth=every_nth, steps=steps)
+    paths = select_checkpoints(all_paths, every_nth=options.every_nth, steps=options.steps)
     spec = JobSpec(
         settings=settings, settings_hash=settings_hash(settings, loss), loss=loss, device=device,
         model_factory=model_factory, dataset=dataset, model_name=model_name, stem=stem,
         data_dir=str(data_dir) if data_dir is not None else None, executor=executor,
         allow_version_mismatch=bool(allow_version_mismatch),
     )  # fmt: skip
-    scopes = run_scopes(paths, spec, per_layer, per_class, blocks)
+    scopes = run_scopes(paths, spec, options.per_layer, per_class, blocks)
     jobs = [EstimateJob(path, scope) for scope in scopes for path in paths]  # the whole-model curve first
-    parsed = parse_shard(shard)
+    parsed = parse_shard(options.shard)
     if parsed is not None:  # by (checkpoint, scope): the whole model's share is its file name's
         jobs = [job for job in jobs if shard_of(shard_name(job.checkpoint.name, job.scope), parsed[1]) == parsed[0]]
     _check_unique_keys(jobs)
 
     digest = spec.settings_hash  # of the run's settings: a scope's own params/classes never enter it
-    store = ResultsStore(Path(results_dir), digest)
+    store = ResultsStore(Path(options.results_dir), digest)
     store.write_settings(settings, loss)
     summary = EstimateSummary(
         settings_hash=digest, folder=store.folder, selected=[job.label for job in jobs], scopes=[scope.name for scope in scopes]
@@ -420,7 +421,7 @@ def estimate_all(
                 reporter.note(f"{job.label} was estimated with other parameters or classes for this scope; redoing it")
             return False
         # --force redoes records from before this call, not those other forced workers just wrote
-        return not force or (record.finished or "") >= run_started
+        return not options.force or (record.finished or "") >= run_started
 
     todo: list[EstimateJob] = []
     for job in jobs:
@@ -481,7 +482,7 @@ def estimate_all(
         spec = replace(spec, precision=_run_precision(store))
     reporter.start("checkpoints", f"Checkpoints ({len(summary.already_done)} already done)", len(todo))
     try:
-        with Claims(store.folder / CLAIMS_FOLDER, claim_timeout_seconds) as claims:
+        with Claims(store.folder / CLAIMS_FOLDER, options.claim_timeout_seconds) as claims:
             runner.run(claimed_jobs(), spec, on_result, reporter, job_function=run_job, failure_record=failure_record)
     except BaseException as error:
         if not isinstance(error, Exception):  # KeyboardInterrupt, console.Terminated, SystemExit
@@ -497,46 +498,11 @@ def estimate_all(
     return summary
 
 
-def estimate_all_from_settings(
-    checkpoints_dir: Path,
-    settings: SettingsBundle,
-    *,
-    model_name: str | None = None,
-    stem: str | None = None,
-    dataset: str | None = None,
-    reporter: Reporter = SILENT,
-) -> EstimateSummary:
-    """``estimate_all`` as ``llcv estimate-all`` runs it, from resolved settings.
-
-    Args:
-        checkpoints_dir: a training run's checkpoints.
-        settings: ``[sampler]`` and ``[estimate]``; ``[data]`` (only its ``data_dir``) and
-            ``[model]`` (only its ``allow_version_mismatch``) where resolved. With
-            ``[estimate] per_class``, ``[sampler] classes`` names the classes that get their own
-            LLC (``llcv.scopes.class_refinement``).
-        model_name, stem, dataset: for foreign checkpoints, as in ``estimate_all``.
-        reporter: progress, as in ``estimate_all``.
-
-    Returns, raises: as ``estimate_all``; ``results_folder(settings)`` is the summary's folder.
-    """
-    options = settings.estimate
-    sampler, per_class = class_refinement(settings.sampler, options.per_class)
-    return estimate_all(
-        checkpoints_dir, options.results_dir, sampler, per_layer=options.per_layer, per_class=per_class,
-        device=options.device, devices=options.devices, shard=options.shard, executor=options.executor,
-        ray_address=options.ray_address, cpus_per_task=options.cpus_per_task, every_nth=options.every_nth,
-        steps=options.steps, force=options.force, claim_timeout_seconds=options.claim_timeout_seconds,
-        model_name=model_name, stem=stem, dataset=dataset,
-        data_dir=settings.data.data_dir if settings.data is not None else None,
-        allow_version_mismatch=settings.model.allow_version_mismatch if settings.model is not None else False,
-        reporter=reporter,
-    )  # fmt: skip
-
-
-def results_folder(settings: SettingsBundle) -> Path:
-    """The settings-hash folder ``estimate_all_from_settings(..., settings)`` writes into."""
-    sampler, _ = class_refinement(settings.sampler, settings.estimate.per_class)
-    return Path(settings.estimate.results_dir) / settings_hash(sampler)
+def results_folder(sampler: SamplerSettings, options: EstimateSettings | None = None, loss: LossSpec = DEFAULT_LOSS) -> Path:
+    """The settings-hash folder ``estimate_all(checkpoints_dir, sampler, options, loss=loss)`` writes into."""
+    options = options if options is not None else EstimateSettings()
+    settings, _ = class_refinement(sampler, options.per_class)
+    return Path(options.results_dir) / settings_hash(settings, loss)
 
 
 def _run_precision(store: ResultsStore) -> PrecisionChoice | None:

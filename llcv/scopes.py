@@ -114,7 +114,7 @@ def class_refinement(settings: SamplerSettings, per_class: bool | Sequence[int])
     all the data. Without ``per_class``, ``classes`` restricts every estimate and nothing changes.
 
     Returns:
-        The run's sampler settings and the ``per_class`` to give ``estimate_all``.
+        The run's sampler settings and the ``per_class`` to give ``run_scopes`` (True, or the labels).
     """
     if per_class is True and settings.classes is not None:
         return settings.model_copy(update={"classes": None}), list(settings.classes)
@@ -133,29 +133,34 @@ def same_refinement(record: LLCRecord | Mapping[str, Any], scope: Scope) -> bool
 def run_scopes(
     paths: Sequence[Path],
     spec: JobSpec,
-    per_layer: bool | Sequence[str],
+    per_layer: bool,
     per_class: bool | Sequence[int],
-    blocks: Mapping[str, Sequence[str]] | None,
+    blocks: Mapping[str, Sequence[str]] | Sequence[str] | None,
 ) -> list[Scope]:
     """The scopes of this run: the whole model, then the blocks and classes asked for.
 
-    Blocks and classes are read from the first checkpoint that loads (its model's registration,
-    its class count, or the given dataset's labels), and each block is checked to match a
+    With ``per_layer``, ``blocks`` is None (every block the model's registration declares), a
+    list of those blocks' names, or {name: parameter-name patterns} declaring the blocks. Blocks
+    and classes are read from the first checkpoint that loads (its model's registration, its
+    class count, or the given dataset's labels), and each block is checked to match a
     parameter, so a mistake fails before any work rather than once per checkpoint.
     """
-    if per_layer is False and per_class is False:
-        if blocks is not None:
-            raise SettingsError("blocks= is used by per_layer=; pass per_layer=True as well")
+    if blocks is not None and not per_layer:
+        raise SettingsError("blocks= is used by per_layer; pass EstimateSettings(per_layer=True) as well")
+    if not per_layer and per_class is False:
         return [WHOLE_MODEL]
-    if per_layer is not False and spec.settings.params is not None:
+    if per_layer and spec.settings.params is not None:
         raise SettingsError("per-layer estimates choose their own parameters; leave the sampler's params unset")
-    if per_class is not False and spec.settings.classes is not None:
+    if per_class is not False and spec.settings.classes is not None:  # class_refinement has moved them into per_class
         raise SettingsError("per-class estimates choose their own classes; pass the classes to per_class (--per-class --classes) instead")
     model, info = _first_model(paths, spec)
     chosen_blocks: dict[str, Sequence[str]] = {}
-    if per_layer is not False:
-        declared = dict(blocks) if blocks is not None else _declared_blocks(info.model.name, spec)
-        wanted = list(declared) if per_layer is True else list(per_layer)
+    if per_layer:
+        if isinstance(blocks, Mapping):
+            declared, wanted = dict(blocks), list(blocks)
+        else:  # None (every block) or the names of some, as the model's registration declares them
+            declared = _declared_blocks(info.model.name, spec)
+            wanted = list(declared) if blocks is None else [blocks] if isinstance(blocks, str) else list(blocks)
         unknown = [name for name in wanted if name not in declared]
         if unknown:
             raise SettingsError(f"unknown block(s) {', '.join(unknown)}; the model's blocks are {', '.join(declared)}")

@@ -35,9 +35,9 @@ def _invoke(*args: str):
 def test_flags_and_config_reach_estimate_all(monkeypatch, tmp_path):
     received = {}
 
-    def fake_estimate_all(checkpoints_dir, results_dir, settings, **kwargs):
-        received.update(checkpoints_dir=checkpoints_dir, results_dir=results_dir, settings=settings, **kwargs)
-        return EstimateSummary(settings_hash="abc", folder=Path(results_dir) / "abc", selected=["a"], computed=["a"])
+    def fake_estimate_all(checkpoints_dir, sampler, options, **kwargs):
+        received.update(checkpoints_dir=checkpoints_dir, settings=sampler, options=options, **kwargs)
+        return EstimateSummary(settings_hash="abc", folder=Path(options.results_dir) / "abc", selected=["a"], computed=["a"])
 
     monkeypatch.setattr("llcv.estimation.estimate_all", fake_estimate_all)
     config = tmp_path / "experiment.toml"
@@ -49,9 +49,10 @@ def test_flags_and_config_reach_estimate_all(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     settings = received["settings"]
     assert (settings.num_draws, settings.gamma) == (77, 50.0)
-    assert received["steps"] == [0, 100, 1000] and received["shard"] == "1/4" and received["force"] is True
-    assert received["device"] == "cpu" and received["claim_timeout_seconds"] == 30 and received["executor"] == "local"
-    assert received["results_dir"] == tmp_path / "out" and received["dataset"] == "digits"
+    options = received["options"]
+    assert options.steps == [0, 100, 1000] and options.shard == "1/4" and options.force is True
+    assert options.device == "cpu" and options.claim_timeout_seconds == 30 and options.executor == "local"
+    assert options.results_dir == tmp_path / "out" and received["dataset"] == "digits"
     assert f"settings {settings_hash(settings)}" in unwrapped(result.output)
     assert "1 of 1 checkpoint(s) done" in unwrapped(result.output)
 

@@ -32,9 +32,9 @@ def received(monkeypatch, tmp_path) -> dict:
     """Stands in for estimate_all and keeps what it was called with."""
     calls: dict = {}
 
-    def fake_estimate_all(checkpoints_dir, results_dir, settings, **kwargs):
-        calls.update(settings=settings, **kwargs)
-        return EstimateSummary(settings_hash="abc", folder=Path(results_dir) / "abc", selected=["a"], computed=["a"])
+    def fake_estimate_all(checkpoints_dir, sampler, options, **kwargs):
+        calls.update(settings=sampler, per_layer=options.per_layer, per_class=options.per_class, **kwargs)
+        return EstimateSummary(settings_hash="abc", folder=Path(options.results_dir) / "abc", selected=["a"], computed=["a"])
 
     monkeypatch.setattr("llcv.estimation.estimate_all", fake_estimate_all)
     return calls
@@ -43,10 +43,11 @@ def received(monkeypatch, tmp_path) -> dict:
 def test_per_layer_and_per_class_reach_estimate_all_without_moving_the_hash(received, tmp_path):
     result = _invoke("estimate-all", "--checkpoints-dir", str(tmp_path), "--per-layer", "--per-class", "--classes", "0, 3", *FAST_FLAGS)
     assert result.exit_code == 0, result.output
-    assert received["per_layer"] is True and received["per_class"] == [0, 3]
+    assert received["per_layer"] is True and received["per_class"] is True
     settings = received["settings"]
-    assert settings.classes is None and settings.params is None  # --classes picked the class scopes, not the data
-    assert f"settings {settings_hash(settings)}" in unwrapped(result.output)
+    assert settings.classes == [0, 3] and settings.params is None  # with --per-class, estimate_all refines these classes
+    # ... and the whole model keeps all the data: the hash is that of the settings without classes
+    assert f"settings {settings_hash(settings.model_copy(update={'classes': None}))}" in unwrapped(result.output)
 
     result = _invoke("estimate-all", "--checkpoints-dir", str(tmp_path), "--per-class", *FAST_FLAGS)
     assert result.exit_code == 0 and received["per_class"] is True and received["per_layer"] is False
@@ -97,7 +98,7 @@ def test_per_class_then_plot_draws_the_class_curves(checkpoints, tmp_path):
 
 
 def test_classes_name_the_refined_classes_only_with_per_class(tmp_path):
-    """llcv.scopes.class_refinement, which estimate-all runs through estimate_all_from_settings."""
+    """llcv.scopes.class_refinement, which estimate_all and results_folder run the settings through."""
     from llcv.estimation import results_folder
     from llcv.scopes import class_refinement
     from llcv.settings import load_settings
@@ -109,4 +110,5 @@ def test_classes_name_the_refined_classes_only_with_per_class(tmp_path):
 
     overrides = {"sampler": {"classes": [0, 3]}, "estimate": {"per_class": True, "results_dir": tmp_path}}
     bundle = load_settings(("sampler", "estimate"), overrides=overrides)
-    assert results_folder(bundle) == tmp_path / settings_hash(SamplerSettings())
+    assert results_folder(bundle.sampler, bundle.estimate) == tmp_path / settings_hash(SamplerSettings())
+    assert results_folder(bundle.sampler) == Path("results/llc_estimations") / settings_hash(bundle.sampler)  # no per_class

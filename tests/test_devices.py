@@ -26,6 +26,7 @@ from llcv.estimation import estimate_all
 from llcv.executors import resolve_devices
 from llcv.progress import ForwardingReporter, Reporter, replay
 from llcv.results import load_results, settings_hash
+from llcv.settings import EstimateSettings
 
 runner = CliRunner()
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -62,9 +63,9 @@ def test_two_cpu_workers_estimate_every_checkpoint_once_as_the_local_executor_do
     # fp32 pinned: precision="auto" times bf16 against fp32 in each process, and two workers timing
     # on a busy machine may choose differently from this process
     settings = fast_settings(precision="fp32")
-    local = estimate_all(checkpoints, tmp_path / "local", settings, device="cpu")
+    local = estimate_all(checkpoints, settings, EstimateSettings(results_dir=tmp_path / "local", device="cpu"))
     shown = _Recorder()
-    shared = estimate_all(checkpoints, tmp_path / "devices", settings, devices=["cpu", "cpu"], reporter=shown)
+    shared = estimate_all(checkpoints, settings, EstimateSettings(results_dir=tmp_path / "devices", devices=["cpu", "cpu"]), reporter=shown)
 
     assert shared.ok and sorted(shared.computed) == sorted(local.computed) == sorted(path.name for path in checkpoints.glob("*.pt"))
     records = load_results(tmp_path / "devices")
@@ -101,7 +102,7 @@ def test_two_cpu_workers_estimate_every_checkpoint_once_as_the_local_executor_do
 
     before = {path.name: path.stat().st_mtime_ns for path in (tmp_path / "devices").glob("*/step_*.json")}
     shown = _Recorder()
-    again = estimate_all(checkpoints, tmp_path / "devices", settings, devices=["cpu", "cpu"], reporter=shown)
+    again = estimate_all(checkpoints, settings, EstimateSettings(results_dir=tmp_path / "devices", devices=["cpu", "cpu"]), reporter=shown)
     assert again.computed == [] and sorted(again.already_done) == sorted(shared.computed)
     assert not [call for call in shown.calls if call[0] == "note"]  # nothing to do: no worker started
     assert before == {path.name: path.stat().st_mtime_ns for path in (tmp_path / "devices").glob("*/step_*.json")}
@@ -120,14 +121,15 @@ def _cross_entropy_crashing_once(flag: Path, model, batch):
 def test_a_worker_that_dies_fails_its_checkpoint_with_the_reason_and_the_others_carry_on(checkpoints, tmp_path):
     loss = functools.partial(_cross_entropy_crashing_once, tmp_path / "crashed")
     shown = _Recorder()
-    summary = estimate_all(checkpoints, tmp_path / "r", fast_settings(), loss=loss, devices=["cpu", "cpu"], reporter=shown)
+    options = EstimateSettings(results_dir=tmp_path / "r", devices=["cpu", "cpu"])
+    summary = estimate_all(checkpoints, fast_settings(), options, loss=loss, reporter=shown)
     assert len(summary.computed) == 2 and len(summary.failed) == 1
     (reason,) = summary.failed.values()
     assert reason.startswith("the worker on cpu#") and reason.endswith("died: exit code 3")
     assert any(call[0] == "note" and "stopped before finishing a checkpoint (exit code 3); continuing without it" in call[1] for call in shown.calls)
     assert not list((summary.folder / ".claims").glob("*.claim"))
     # a rerun retries the failed checkpoint only
-    again = estimate_all(checkpoints, tmp_path / "r", fast_settings(), loss=loss, devices=["cpu", "cpu"])
+    again = estimate_all(checkpoints, fast_settings(), options, loss=loss)
     assert again.computed == list(summary.failed) and again.ok
 
 
@@ -137,14 +139,14 @@ def _crash(model, batch):
 
 def test_when_every_worker_dies_before_finishing_a_checkpoint_the_run_stops_with_the_reasons(checkpoints, tmp_path):
     with pytest.raises(EstimationError, match=r"no device worker could start \(cpu#1: exit code 3; cpu#2: exit code 3\)"):
-        estimate_all(checkpoints, tmp_path / "r", fast_settings(), loss=_crash, devices=["cpu", "cpu"])
+        estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=tmp_path / "r", devices=["cpu", "cpu"]), loss=_crash)
     records = load_results(tmp_path / "r")
     assert [record.status for record in records] == ["failed", "failed"]  # the third was never claimed
     assert not list(next((tmp_path / "r").iterdir()).joinpath(".claims").glob("*.claim"))
 
 
 def test_a_single_device_runs_in_this_process(checkpoints, tmp_path):
-    summary = estimate_all(checkpoints, tmp_path / "r", fast_settings(), steps=[0], devices=["cpu"])
+    summary = estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=tmp_path / "r", steps=[0], devices=["cpu"]))
     (record,) = load_results(tmp_path / "r")
     assert summary.ok and record.worker.to_dict() == {**record.worker.to_dict(), "pid": os.getpid(), "executor": "local"}
 
@@ -153,8 +155,10 @@ def test_an_unpicklable_model_factory_is_a_settings_error(checkpoints, tmp_path)
     from llcv.models import build_model
 
     with pytest.raises(SettingsError, match="picklable"):
-        estimate_all(checkpoints, tmp_path / "r", fast_settings(), devices=["cpu", "cpu"], dataset="synthetic",
-                     model_factory=lambda: build_model("smallcnn", num_classes=4, in_channels=3))  # fmt: skip
+        estimate_all(
+            checkpoints, fast_settings(), EstimateSettings(results_dir=tmp_path / "r", devices=["cpu", "cpu"]), dataset="synthetic",
+            model_factory=lambda: build_model("smallcnn", num_classes=4, in_channels=3),
+        )  # fmt: skip
 
 
 # --- the command line -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from llcv.estimation import estimate_all
 from llcv.progress import Reporter
 from llcv.results import ResultsStore, load_results, settings_hash
 from llcv.selection import select_checkpoints, shard_of
+from llcv.settings import EstimateSettings, validate_section
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_shards_partition_the_checkpoints_and_do_not_reshuffle():
 def test_estimates_every_checkpoint_then_a_rerun_recomputes_nothing(checkpoints, tmp_path):
     results = tmp_path / "results"
     settings = fast_settings()
-    summary = estimate_all(checkpoints, results, settings, device="cpu")
+    summary = estimate_all(checkpoints, settings, EstimateSettings(results_dir=results, device="cpu"))
     assert summary.ok and summary.computed == ["step_00000000.pt", "step_00000005.pt", "step_00000016.pt"]
     folder = results / settings_hash(settings)
     assert summary.folder == folder and (folder / "settings.json").is_file()
@@ -94,40 +95,40 @@ def test_estimates_every_checkpoint_then_a_rerun_recomputes_nothing(checkpoints,
     assert not list((folder / ".claims").glob("*.claim"))
 
     before = _mtimes(folder)
-    again = estimate_all(checkpoints, results, settings, device="cpu")
+    again = estimate_all(checkpoints, settings, EstimateSettings(results_dir=results, device="cpu"))
     assert again.computed == [] and again.already_done == summary.computed
     assert _mtimes(folder) == before
 
 
 def test_same_seed_gives_the_same_numbers(checkpoints, tmp_path):
     settings = fast_settings()
-    estimate_all(checkpoints, tmp_path / "a", settings, device="cpu", steps=[5])
-    estimate_all(checkpoints, tmp_path / "b", settings, device="cpu", steps=[5])
+    estimate_all(checkpoints, settings, EstimateSettings(results_dir=tmp_path / "a", device="cpu", steps=[5]))
+    estimate_all(checkpoints, settings, EstimateSettings(results_dir=tmp_path / "b", device="cpu", steps=[5]))
     first, second = load_results(tmp_path / "a")[0], load_results(tmp_path / "b")[0]
     assert first.result.llc_trace == second.result.llc_trace
 
 
 def test_force_redoes_and_changed_checkpoints_are_redone(checkpoints, tmp_path):
     results, settings = tmp_path / "results", fast_settings()
-    estimate_all(checkpoints, results, settings, device="cpu")
+    estimate_all(checkpoints, settings, EstimateSettings(results_dir=results, device="cpu"))
     folder = results / settings_hash(settings)
     before = _mtimes(folder)
-    forced = estimate_all(checkpoints, results, settings, device="cpu", force=True, steps=[0])
+    forced = estimate_all(checkpoints, settings, EstimateSettings(results_dir=results, device="cpu", force=True, steps=[0]))
     assert forced.computed == ["step_00000000.pt"]
     after = _mtimes(folder)
     assert after["step_00000000.json"] != before["step_00000000.json"]
     assert after["step_00000005.json"] == before["step_00000005.json"]
     # a checkpoint rewritten since its record (another training run, say) is estimated again
     os.utime(checkpoints / "step_00000016.pt")
-    redo = estimate_all(checkpoints, results, settings, device="cpu")
+    redo = estimate_all(checkpoints, settings, EstimateSettings(results_dir=results, device="cpu"))
     assert redo.computed == ["step_00000016.pt"]
 
 
 def test_changed_settings_go_to_a_new_hash_folder(checkpoints, tmp_path):
     results = tmp_path / "results"
-    first = estimate_all(checkpoints, results, fast_settings(), device="cpu", steps=[0])
+    first = estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=results, device="cpu", steps=[0]))
     before = _mtimes(first.folder)
-    second = estimate_all(checkpoints, results, fast_settings(epsilon=3e-4), device="cpu", steps=[0])
+    second = estimate_all(checkpoints, fast_settings(epsilon=3e-4), EstimateSettings(results_dir=results, device="cpu", steps=[0]))
     assert second.folder != first.folder and second.computed == ["step_00000000.pt"]
     assert _mtimes(first.folder) == before
     assert {path.name for path in results.iterdir()} == {first.settings_hash, second.settings_hash}
@@ -137,7 +138,7 @@ def test_changed_settings_go_to_a_new_hash_folder(checkpoints, tmp_path):
 def test_a_corrupt_checkpoint_fails_alone_and_is_retried(checkpoints, tmp_path):
     (checkpoints / "step_00000003.pt").write_bytes(b"this is not a checkpoint")
     results, settings = tmp_path / "results", fast_settings()
-    summary = estimate_all(checkpoints, results, settings, device="cpu")
+    summary = estimate_all(checkpoints, settings, EstimateSettings(results_dir=results, device="cpu"))
     assert not summary.ok
     assert list(summary.failed) == ["step_00000003.pt"]
     assert "not a readable PyTorch checkpoint" in summary.failed["step_00000003.pt"]
@@ -145,12 +146,13 @@ def test_a_corrupt_checkpoint_fails_alone_and_is_retried(checkpoints, tmp_path):
     failed = ResultsStore(results, summary.settings_hash).read_record("step_00000003.pt")
     assert failed.status == "failed" and failed.step == 3 and failed.result is None
     # a rerun retries only the failure
-    retry = estimate_all(checkpoints, results, settings, device="cpu")
+    retry = estimate_all(checkpoints, settings, EstimateSettings(results_dir=results, device="cpu"))
     assert list(retry.failed) == ["step_00000003.pt"] and retry.computed == []
 
 
 def test_every_chain_diverging_is_a_failure_with_its_reason(checkpoints, tmp_path):
-    summary = estimate_all(checkpoints, tmp_path / "r", fast_settings(epsilon=10.0, gamma=0.0), device="cpu", steps=[16])
+    options = EstimateSettings(results_dir=tmp_path / "r", device="cpu", steps=[16])
+    summary = estimate_all(checkpoints, fast_settings(epsilon=10.0, gamma=0.0), options)
     assert "every chain diverged" in summary.failed["step_00000016.pt"]
     record = load_results(tmp_path / "r")[0]
     assert record.status == "failed" and record.result.diagnostics.diverged_chains == 2
@@ -168,9 +170,8 @@ def test_foreign_checkpoints_with_a_model_factory_and_a_dataset(tmp_path):
     for epoch in (1, 2):
         torch.save(my_model().state_dict(), folder / f"checkpoint_epoch_{epoch}.pth")
     data = TensorDataset(torch.randn(64, 1, 4, 4), torch.randint(3, (64,)))
-    summary = estimate_all(
-        folder, tmp_path / "results", fast_settings(num_samples=None), device="cpu", model_factory=my_model, dataset=data
-    )
+    options = EstimateSettings(results_dir=tmp_path / "results", device="cpu")
+    summary = estimate_all(folder, fast_settings(num_samples=None), options, model_factory=my_model, dataset=data)
     assert summary.ok and summary.computed == ["checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth"]
     records = load_results(tmp_path / "results")
     assert [(record.step, record.epoch) for record in records] == [(None, 1.0), (None, 2.0)]
@@ -178,14 +179,19 @@ def test_foreign_checkpoints_with_a_model_factory_and_a_dataset(tmp_path):
 
 
 def test_bad_arguments_fail_before_any_work(checkpoints, tmp_path):
-    with pytest.raises(SettingsError, match="executor"):
-        estimate_all(checkpoints, tmp_path / "r", fast_settings(), executor="dask")
+    # a malformed option is refused when the settings are made (EstimateSettings(...) itself raises pydantic's ValidationError)
+    for bad in ({"executor": "dask"}, {"shard": "3/2"}, {"devices": ["auto"]}):
+        with pytest.raises(SettingsError, match=f"estimate.{next(iter(bad))}"):
+            validate_section("estimate", {"results_dir": tmp_path / "r", **bad})
+    with pytest.raises(SettingsError, match="executor"):  # and by estimate_all, should one get through unvalidated
+        estimate_all(checkpoints, fast_settings(), EstimateSettings.model_construct(results_dir=tmp_path / "r", executor="dask"))
+    missing = "cuda:7" if torch.cuda.is_available() else "cuda"
     with pytest.raises(SettingsError):
-        estimate_all(checkpoints, tmp_path / "r", fast_settings(), device="cuda:7" if torch.cuda.is_available() else "cuda")
+        estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=tmp_path / "r", device=missing))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SettingsError, match="no checkpoint files"):
-        estimate_all(empty, tmp_path / "r", fast_settings())
+        estimate_all(empty, fast_settings(), EstimateSettings(results_dir=tmp_path / "r"))
     assert not (tmp_path / "r").exists()
 
 
@@ -205,7 +211,7 @@ def test_a_live_claim_is_left_alone_and_a_stale_one_taken_over(checkpoints, tmp_
     live = _fake_claim(claims, "step_00000005", heartbeat=time.time())
     _fake_claim(claims, "step_00000016", heartbeat=time.time() - 10_000)  # an old heartbeat
     _fake_claim(claims, "step_00000000", heartbeat=time.time(), host=socket.gethostname(), pid=_dead_pid())
-    summary = estimate_all(checkpoints, results, settings, device="cpu", claim_timeout_seconds=600)
+    summary = estimate_all(checkpoints, settings, EstimateSettings(results_dir=results, device="cpu", claim_timeout_seconds=600))
     assert summary.computed == ["step_00000000.pt", "step_00000016.pt"]
     assert summary.elsewhere == ["step_00000005.pt"]
     assert live.exists() and json.loads(live.read_text())["worker"] == "other"
@@ -281,17 +287,17 @@ class _InterruptAfter(Reporter):
 def test_an_interrupt_releases_claims_and_reports_what_is_left(checkpoints, tmp_path):
     results, settings = tmp_path / "results", fast_settings()
     with pytest.raises(KeyboardInterrupt) as raised:
-        estimate_all(checkpoints, results, settings, device="cpu", reporter=_InterruptAfter(1))
+        estimate_all(checkpoints, settings, EstimateSettings(results_dir=results, device="cpu"), reporter=_InterruptAfter(1))
     summary = raised.value.estimate_summary
     assert summary.interrupted and summary.computed == ["step_00000000.pt"]
     assert summary.left == ["step_00000005.pt", "step_00000016.pt"]
     assert not list((results / settings_hash(settings) / ".claims").glob("*.claim"))
-    rest = estimate_all(checkpoints, results, settings, device="cpu")
+    rest = estimate_all(checkpoints, settings, EstimateSettings(results_dir=results, device="cpu"))
     assert rest.computed == summary.left and rest.already_done == ["step_00000000.pt"]
 
 
 def _worker(checkpoints: Path, results: Path, queue) -> None:
-    summary = estimate_all(checkpoints, results, fast_settings(), device="cpu")
+    summary = estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=results, device="cpu"))
     queue.put({"computed": summary.computed, "done": summary.already_done, "elsewhere": summary.elsewhere})
 
 
@@ -332,8 +338,9 @@ def local_ray():
 
 def test_the_ray_executor_matches_the_local_one(local_ray, checkpoints, tmp_path):
     settings = fast_settings(precision="fp32")  # "auto" would be timed apart in this process and in Ray's
-    local = estimate_all(checkpoints, tmp_path / "local", settings, device="cpu", steps=[0, 16])
-    remote = estimate_all(checkpoints, tmp_path / "ray", settings, device="cpu", steps=[0, 16], executor="ray", cpus_per_task=1)
+    local = estimate_all(checkpoints, settings, EstimateSettings(results_dir=tmp_path / "local", device="cpu", steps=[0, 16]))
+    options = EstimateSettings(results_dir=tmp_path / "ray", device="cpu", steps=[0, 16], executor="ray", cpus_per_task=1)
+    remote = estimate_all(checkpoints, settings, options)
     assert remote.ok and sorted(remote.computed) == sorted(local.computed)
     for mine, theirs in zip(load_results(tmp_path / "local"), load_results(tmp_path / "ray")):
         assert theirs.worker.executor == "ray" and theirs.worker.pid != os.getpid()
@@ -342,14 +349,14 @@ def test_the_ray_executor_matches_the_local_one(local_ray, checkpoints, tmp_path
         assert theirs.fingerprint == mine.fingerprint
     # resume works the same: nothing left to do, and a corrupt file fails alone
     (checkpoints / "step_00000001.pt").write_bytes(b"garbage")
-    again = estimate_all(checkpoints, tmp_path / "ray", settings, device="cpu", executor="ray", cpus_per_task=1)
+    again = estimate_all(checkpoints, settings, EstimateSettings(results_dir=tmp_path / "ray", device="cpu", executor="ray", cpus_per_task=1))
     assert set(again.already_done) == {"step_00000000.pt", "step_00000016.pt"}
     assert set(again.computed) == {"step_00000005.pt"} and list(again.failed) == ["step_00000001.pt"]
 
 
 def test_ray_tasks_sample_in_the_precision_the_first_checkpoint_chose(local_ray, checkpoints, tmp_path):
-    estimate_all(checkpoints, tmp_path / "ray", fast_settings(precision="auto"), device="cpu", steps=[0, 5, 16],
-                 executor="ray", cpus_per_task=1)  # fmt: skip
+    options = EstimateSettings(results_dir=tmp_path / "ray", device="cpu", steps=[0, 5, 16], executor="ray", cpus_per_task=1)
+    estimate_all(checkpoints, fast_settings(precision="auto"), options)
     records = sorted(load_results(tmp_path / "ray"), key=lambda record: record.finished)
     first, *later = [record.result.precision_choice for record in records]
     assert len(later) == 2 and not first.reused

@@ -118,9 +118,9 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
         mp.setattr("llcv.sampling.estimate_llc", _fake_estimate(template, healthy))
 
     def summary(failed: bool):
-        def fake(checkpoints_dir, results_dir, settings, **kwargs):
+        def fake(checkpoints_dir, sampler, options, **kwargs):
             return EstimateSummary(
-                settings_hash="abc", folder=Path(results_dir) / "abc", selected=["a"], computed=[] if failed else ["a"],
+                settings_hash="abc", folder=Path(options.results_dir) / "abc", selected=["a"], computed=[] if failed else ["a"],
                 failed={"a": "every chain diverged"} if failed else {},
             )  # fmt: skip
 

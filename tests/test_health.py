@@ -17,6 +17,7 @@ from llcv.diagnostics import geweke_z, mcse_of_mean
 from llcv.estimation import estimate_all
 from llcv.progress import Reporter
 from llcv.results import SUMMARY_FILE, find_transitions, settings_hash
+from llcv.settings import EstimateSettings
 
 
 def autoregressive(chains: int, draws: int, phi: float, rng: np.random.Generator) -> np.ndarray:
@@ -67,7 +68,7 @@ def test_records_summary_and_progress_lines_carry_the_verdict(trained_run, tmp_p
             notes.append(message)
 
     settings = fast_settings()  # a handful of draws: too few effective samples to be healthy
-    summary = estimate_all(checkpoints, tmp_path / "results", settings, device="cpu", reporter=Notes())
+    summary = estimate_all(checkpoints, settings, EstimateSettings(results_dir=tmp_path / "results", device="cpu"), reporter=Notes())
     records = [record for record in summary.folder.glob("step_*.json")]
     assert len(records) == 2
     for path in records:

@@ -12,6 +12,7 @@ from llcv.cli import app
 from llcv.estimation import estimate_all
 from llcv.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
 from llcv.results import find_transitions, load_results
+from llcv.settings import EstimateSettings
 
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +36,7 @@ def fake_run(root: Path, *, estimated: int | None = None, scale: float = 1.0, di
 def test_plot_from_estimate_all_results(trained_run, tmp_path):
     _, result = trained_run
     checkpoints = copy_checkpoints(result.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 2, 5, 16])
-    estimate_all(checkpoints, tmp_path / "results", fast_settings(), device="cpu")
+    estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=tmp_path / "results", device="cpu"))
     out = tmp_path / "figures" / "llc.png"
     outcome = _invoke("plot", "--results-dir", str(tmp_path / "results"), "--out", str(out), "--log-x")
     assert outcome.exit_code == 0, outcome.output

@@ -13,6 +13,7 @@ from llcv.estimation import estimate_all
 from llcv.models import build_model
 from llcv.precision import PrecisionChoice, choose_precision, native_bf16
 from llcv.results import settings_hash
+from llcv.settings import EstimateSettings
 
 from tests.test_sampling import regression
 
@@ -179,14 +180,14 @@ def test_a_resumed_run_keeps_the_precision_its_first_estimates_chose(trained_run
     checkpoints = copy_checkpoints(run.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 5, 16])
     settings = fast_settings(precision="auto")
     favour(monkeypatch, "bf16")
-    estimate_all(checkpoints, tmp_path / "results", settings, device="cpu", steps=[0, 5])
+    estimate_all(checkpoints, settings, EstimateSettings(results_dir=tmp_path / "results", device="cpu", steps=[0, 5]))
     first = run_records(tmp_path / "results")
     assert [record["result"]["precision"] for record in first] == ["bf16", "bf16"]
 
     execution._PLANS.clear()  # a new process
     calls: list = []
     favour(monkeypatch, "fp32", calls)
-    estimate_all(checkpoints, tmp_path / "results", settings, device="cpu")
+    estimate_all(checkpoints, settings, EstimateSettings(results_dir=tmp_path / "results", device="cpu"))
     records = {record["checkpoint"]: record["result"] for record in run_records(tmp_path / "results")}
     assert calls == []
     assert records["step_00000016.pt"]["precision"] == "bf16"
@@ -198,7 +199,7 @@ def test_device_workers_sample_in_the_precision_the_first_checkpoint_chose(train
     """The first checkpoint runs alone; every later one, on either worker, gets its choice."""
     _, run = trained_run
     checkpoints = copy_checkpoints(run.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 5, 16])
-    estimate_all(checkpoints, tmp_path / "results", fast_settings(precision="auto"), devices=["cpu", "cpu"])
+    estimate_all(checkpoints, fast_settings(precision="auto"), EstimateSettings(results_dir=tmp_path / "results", devices=["cpu", "cpu"]))
     records = sorted(run_records(tmp_path / "results"), key=lambda record: record["finished"])
     choices = [record["result"]["precision_choice"] for record in records]
     first, later = choices[0], choices[1:]

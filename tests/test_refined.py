@@ -22,7 +22,7 @@ from llcv.models import SmallCNN, model_blocks
 from llcv.plotting import llc_figure, plot_llc
 from llcv.results import load_results, results_dataframe, settings_hash
 from llcv.scopes import Scope, refined_scopes
-from llcv.settings import SamplerSettings
+from llcv.settings import EstimateSettings, SamplerSettings
 from llcv.targets import training_split
 
 RESNET_BLOCKS = ["stem", "layer1", "layer2", "layer3", "layer4", "fc"]
@@ -46,7 +46,7 @@ def resnet_run(tmp_path_factory) -> Path:
 def per_layer(resnet_run, tmp_path_factory):
     """A per-layer estimate-all of the resnet run, done once for the tests that read it."""
     results = tmp_path_factory.mktemp("per-layer") / "results"
-    summary = estimate_all(resnet_run, results, SamplerSettings(**TINY), device="cpu", per_layer=True)
+    summary = estimate_all(resnet_run, SamplerSettings(**TINY), EstimateSettings(results_dir=results, device="cpu", per_layer=True))
     return results, summary
 
 
@@ -87,7 +87,7 @@ def test_per_layer_writes_one_record_per_block_plus_the_model_and_resumes(resnet
     assert records["fc"].result.num_parameters == 512 * 4 + 4
 
     before = _record_files(folder)
-    again = estimate_all(resnet_run, results, settings, device="cpu", per_layer=True)
+    again = estimate_all(resnet_run, settings, EstimateSettings(results_dir=results, device="cpu", per_layer=True))
     assert again.computed == [] and len(again.already_done) == len(expected)
     assert _record_files(folder) == before
 
@@ -121,7 +121,8 @@ def test_the_figure_draws_one_curve_per_block_beside_the_whole_model(per_layer, 
 
 def test_per_class_writes_one_record_per_class_at_the_whole_models_temperature(smallcnn_checkpoints, tmp_path):
     settings = fast_settings()  # num_samples 128 caps each class too; a class with fewer uses all of its samples
-    summary = estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", per_class=True)
+    per_class = EstimateSettings(results_dir=tmp_path / "results", device="cpu", per_class=True)
+    summary = estimate_all(smallcnn_checkpoints, settings, per_class)
     assert summary.ok and summary.scopes == ["model", "class=0", "class=1", "class=2", "class=3"]
     folder = tmp_path / "results" / settings_hash(settings)
     assert len(_record_files(folder)) == 2 * 5 and (folder / "step_00000016__class=2.json").is_file()
@@ -139,20 +140,19 @@ def test_per_class_writes_one_record_per_class_at_the_whole_models_temperature(s
             assert result.num_samples_used == min(counts[label], settings.num_samples)
             assert result.num_parameters == whole.result.num_parameters
 
-    chosen = estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", per_class=[3, 1])
-    assert chosen.scopes == ["model", "class=1", "class=3"] and chosen.computed == []
+    # with per_class, the sampler's classes name the classes to refine; the whole model keeps all the data
+    chosen = estimate_all(smallcnn_checkpoints, fast_settings(classes=[3, 1]), per_class)
+    assert chosen.scopes == ["model", "class=1", "class=3"] and chosen.computed == [] and chosen.folder == folder
 
 
 def test_shards_split_the_scopes_of_a_checkpoint_without_duplicates(smallcnn_checkpoints, tmp_path):
     settings = fast_settings(num_chains=1, num_draws=4)
-    shares = [
-        estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", per_class=True, shard=f"{index}/3")
-        for index in range(3)
-    ]
+    per_class = EstimateSettings(results_dir=tmp_path / "results", device="cpu", per_class=True)
+    shares = [estimate_all(smallcnn_checkpoints, settings, per_class.model_copy(update={"shard": f"{index}/3"})) for index in range(3)]
     computed = [name for share in shares for name in share.computed]
     assert len(computed) == len(set(computed)) == 2 * 5
     assert all(share.computed for share in shares)
-    assert estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", per_class=True).computed == []
+    assert estimate_all(smallcnn_checkpoints, settings, per_class).computed == []
 
 
 # --- blocks of a researcher's own model, and mistakes
@@ -162,11 +162,9 @@ def test_a_model_factory_brings_its_own_blocks_and_redeclared_blocks_are_redone(
     train, _ = training_split("synthetic", None, 0)
     settings = fast_settings(num_chains=1, num_draws=4)
 
-    def run(blocks, **options):
-        return estimate_all(
-            smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", steps=[16],
-            model_factory=lambda: SmallCNN(4, 3), dataset=train, per_layer=True, blocks=blocks, **options,
-        )  # fmt: skip
+    def run(blocks):
+        options = EstimateSettings(results_dir=tmp_path / "results", device="cpu", steps=[16], per_layer=True)
+        return estimate_all(smallcnn_checkpoints, settings, options, model_factory=lambda: SmallCNN(4, 3), dataset=train, blocks=blocks)
 
     first = run({"features": ["conv*"], "head": ["fc2.*"]})
     assert first.ok and first.scopes == ["model", "features", "head"]
@@ -176,27 +174,33 @@ def test_a_model_factory_brings_its_own_blocks_and_redeclared_blocks_are_redone(
     second = run({"features": ["conv*"], "head": ["fc1.*", "fc2.*"]})
     assert second.computed == ["step_00000016.pt [head]"]  # features unchanged, head redeclared
 
+    per_layer = EstimateSettings(results_dir=tmp_path / "r", device="cpu", steps=[16], per_layer=True)
     with pytest.raises(SettingsError, match="blocks="):
-        estimate_all(smallcnn_checkpoints, tmp_path / "r", settings, model_factory=lambda: SmallCNN(4, 3), dataset=train, per_layer=True)
+        estimate_all(smallcnn_checkpoints, settings, per_layer, model_factory=lambda: SmallCNN(4, 3), dataset=train)
     with pytest.raises(SettingsError, match="block 'head' \\(decoder.\\*\\).*conv1, conv2, fc1, fc2"):
         run({"head": ["decoder.*"]})
     with pytest.raises(SettingsError, match="unknown block\\(s\\) layer9; the model's blocks are conv1, conv2, fc1, fc2"):
-        estimate_all(smallcnn_checkpoints, tmp_path / "r", settings, per_layer=["conv1", "layer9"])
+        estimate_all(smallcnn_checkpoints, settings, per_layer, blocks=["conv1", "layer9"])
+
+    # names pick some of a registered model's blocks, in the order given
+    some = estimate_all(smallcnn_checkpoints, settings, per_layer, blocks=["fc2", "conv1"])
+    assert some.ok and some.scopes == ["model", "fc2", "conv1"]
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (dict(per_layer=True, settings=dict(params=["fc2.*"])), "leave the sampler's params unset"),
-        (dict(per_class=True, settings=dict(classes=[1])), "per_class"),
-        (dict(per_class=[2, 9]), "unknown class\\(es\\) 9; the labels are 0..3"),
+        (dict(estimate=dict(per_layer=True), settings=dict(params=["fc2.*"])), "leave the sampler's params unset"),
+        (dict(estimate=dict(per_class=True), settings=dict(classes=[2, 9])), "unknown class\\(es\\) 9; the labels are 0..3"),
         (dict(blocks={"x": ["fc2.*"]}), "per_layer=True"),
+        (dict(estimate=dict(per_class=True), blocks=["fc2"]), "per_layer=True"),
     ],
 )
 def test_refinements_the_run_cannot_take_fail_before_any_work(smallcnn_checkpoints, tmp_path, options, message):
     settings = fast_settings(**options.pop("settings", {}))
+    run = EstimateSettings(results_dir=tmp_path / "results", device="cpu", **options.pop("estimate", {}))
     with pytest.raises(SettingsError, match=message):
-        estimate_all(smallcnn_checkpoints, tmp_path / "results", settings, device="cpu", **options)
+        estimate_all(smallcnn_checkpoints, settings, run, **options)
     assert not (tmp_path / "results").exists()
 
 
@@ -217,11 +221,13 @@ def test_scopes_are_named_for_files_and_travel_to_workers():
 @pytest.mark.slow
 def test_the_ray_executor_estimates_scopes_like_the_local_one(smallcnn_checkpoints, tmp_path):
     ray = pytest.importorskip("ray")
-    settings = fast_settings(num_chains=1, num_draws=4)
-    local = estimate_all(smallcnn_checkpoints, tmp_path / "local", settings, device="cpu", per_class=[0, 1])
+    # classes: with per_class, the classes to refine; fp32: "auto" is timed apart in this process and in Ray's
+    settings = fast_settings(num_chains=1, num_draws=4, classes=[0, 1], precision="fp32")
+    local = estimate_all(smallcnn_checkpoints, settings, EstimateSettings(results_dir=tmp_path / "local", device="cpu", per_class=True))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = estimate_all(smallcnn_checkpoints, tmp_path / "ray", settings, device="cpu", per_class=[0, 1], executor="ray", cpus_per_task=1)
+        options = EstimateSettings(results_dir=tmp_path / "ray", device="cpu", per_class=True, executor="ray", cpus_per_task=1)
+        remote = estimate_all(smallcnn_checkpoints, settings, options)
     finally:
         ray.shutdown()
     assert remote.ok and sorted(remote.computed) == sorted(local.computed)

@@ -38,6 +38,7 @@ from llcv.models import build_model
 from llcv.plotting import save_figure
 from llcv.progress import Reporter
 from llcv.results import ResultsStore, load_results, settings_hash
+from llcv.settings import EstimateSettings
 
 runner = CliRunner()
 
@@ -594,7 +595,7 @@ def test_ctrl_c_during_estimate_all_leaves_complete_records_and_exit_130(trained
 
 
 def _estimate_worker(checkpoints: Path, results: Path) -> None:
-    estimate_all(checkpoints, results, fast_settings(), device="cpu", claim_timeout_seconds=30)
+    estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=results, device="cpu", claim_timeout_seconds=30))
 
 
 def test_a_worker_killed_holding_a_claim_blocks_nothing_twice_and_its_claim_is_taken_over_after_the_timeout(trained_run, tmp_path):
@@ -627,14 +628,14 @@ def test_a_worker_killed_holding_a_claim_blocks_nothing_twice_and_its_claim_is_t
     # as if the dead worker had run on another node, whose heartbeat is recent: its claim is left alone
     claim = json.loads(orphan.read_text())
     orphan.write_text(json.dumps({**claim, "host": "other-node.example", "heartbeat": time.time()}))
-    second = estimate_all(checkpoints, results, fast_settings(), device="cpu", claim_timeout_seconds=30)
+    second = estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=results, device="cpu", claim_timeout_seconds=30))
     name = f"{orphan.stem}.pt"
     assert second.elsewhere == [name] and name not in second.computed and second.ok
     assert not (folder / f"{orphan.stem}.json").exists()
 
     # once its heartbeat is older than the timeout, the next worker takes it over
     orphan.write_text(json.dumps({**claim, "host": "other-node.example", "heartbeat": time.time() - 31}))
-    third = estimate_all(checkpoints, results, fast_settings(), device="cpu", claim_timeout_seconds=30)
+    third = estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=results, device="cpu", claim_timeout_seconds=30))
     assert third.computed == [name] and third.elsewhere == []
     records = load_results(results)
     assert sorted(record.checkpoint for record in records) == sorted(path.name for path in checkpoints.glob("*.pt"))

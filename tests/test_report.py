@@ -20,6 +20,7 @@ from llcv.cli import app
 from llcv.estimation import estimate_all
 from llcv.report import write_report
 from llcv.results import ResultsStore
+from llcv.settings import EstimateSettings
 from llcv.targets import load_target
 
 runner = CliRunner()
@@ -155,7 +156,7 @@ def write_sweep(checkpoint: Path, calibration_root: Path) -> Path:
 def test_report_of_real_estimates_and_calibration(trained_run, tmp_path):
     _, run = trained_run
     checkpoints = copy_checkpoints(run.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 2, 5, 16])
-    estimate_all(checkpoints, tmp_path / "llc_estimations", fast_settings(), device="cpu")
+    estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=tmp_path / "llc_estimations", device="cpu"))
     sweep = write_sweep(checkpoints / "step_00000016.pt", tmp_path / "calibration")  # beside the results: found by default
 
     result = write_report([tmp_path / "llc_estimations"], tmp_path / "report.html")

@@ -36,8 +36,8 @@ from llcv.settings import SamplerSettings
 # --- the settings hash
 
 
-# What the defaults since llcv 0.4 hash: the fields whose default changed, against HASH_BASELINE.
-CHANGED_DEFAULTS = {"bn_stats": "recompute", "bn_samples": 4096, "mala": False}
+# What the defaults since llcv 0.6 hash: the fields whose default changed, against HASH_BASELINE.
+CHANGED_DEFAULTS = {"bn_mode": "batch", "mala": False}
 
 
 def test_hash_leaves_out_fields_at_their_default():
@@ -67,8 +67,12 @@ def test_hash_is_canonical_json_of_the_hashed_fields():
 def test_settings_from_before_a_default_changed_keep_their_hash():
     """A folder hashed before bn_stats and the MALA default existed holds results computed with the
     checkpoint's statistics and MALA on: those settings, spelled out now, must name the same folder."""
-    before = SamplerSettings(num_draws=50, bn_stats="checkpoint", mala=True)
+    before = SamplerSettings(num_draws=50, bn_mode="eval", bn_stats="checkpoint", mala=True)
     assert hashed_settings(before) == {"num_draws": 50}
+    # the defaults of llcv 0.4 and 0.5, eval mode with recomputed statistics, keep theirs too
+    assert hashed_settings(SamplerSettings(num_draws=50, bn_mode="eval")) == {
+        "num_draws": 50, "bn_stats": "recompute", "bn_samples": 4096, "mala": False,
+    }
 
 
 def test_a_non_default_loss_changes_the_hash():
