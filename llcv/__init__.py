@@ -16,13 +16,14 @@ from llcv.records import LLCRecord
 from llcv.results import load_results, results_dataframe, settings_hash
 from llcv.sampling import estimate_llc
 from llcv.sampling_data import SamplingData
-from llcv.settings import DataSettings, ModelSettings, SamplerSettings, TrainSettings, load_settings
+from llcv.settings import DataSettings, EstimateSettings, ModelSettings, SamplerSettings, TrainSettings, load_settings
 
 __all__ = [
     "CheckpointError",
     "CheckpointInfo",
     "DataError",
     "DataSettings",
+    "EstimateSettings",
     "DatasetInfo",
     "EstimateSummary",
     "LLCDiagnostics",

@@ -195,8 +195,8 @@ class SamplerSettings(_Section):
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """``"K/N"`` or ``(K, N)`` as ``(K, N)``, with 0 <= K < N: the one parser of shards, for the
-    ``[estimate]`` setting and for ``EstimateSettings.shard`` (``llcv.selection``).
+    """``"K/N"`` or ``(K, N)`` as ``(K, N)``, with 0 <= K < N: the one parser of shards:
+    ``EstimateSettings.shard`` validates with it and ``llcv.selection`` splits checkpoints by it.
 
     Raises:
         SettingsError: malformed, or K outside 0..N-1.
