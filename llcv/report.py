@@ -31,10 +31,8 @@ from llcv.fileio import atomic_write_text
 from llcv.plotting import figure_bytes, llc_figure, plot_sweep_heatmap, plot_sweep_traces, plot_trace_thumbnail
 from llcv.progress import SILENT, Reporter
 from llcv.records import LLCRecord, RecordResult
-from llcv.results import (
-    ResultsStore, Transition, choose_settings, find_transitions, health_label, list_settings, missing_checkpoints, run_labels,
-    summary_row,
-)  # fmt: skip
+from llcv.results import Transition, find_transitions, health_label, missing_checkpoints, run_labels, summary_row
+from llcv.runs import read_settings_folder
 from llcv.settings import PlotSettings
 from llcv.version import __version__
 
@@ -114,9 +112,7 @@ def load_run(results_dir: Path, label: str, settings_hash: str | None = None, x:
     Raises:
         SettingsError: the folder is missing, holds no results, or lacks ``settings_hash``.
     """
-    chosen = choose_settings(results_dir, settings_hash)
-    others = tuple(entry.settings_hash for entry in list_settings(results_dir) if entry.settings_hash != chosen.settings_hash)
-    records = ResultsStore(chosen.path.parent, chosen.settings_hash).records()
+    chosen, others, records = read_settings_folder(results_dir, settings_hash)
     return RunReport(
         label=label,
         folder=chosen.path,

@@ -17,6 +17,7 @@ from llcv import plotting
 from llcv.records import LLCRecord
 from llcv.results import (
     ResultsStore,
+    SettingsFolder,
     Transition,
     choose_settings,
     find_transitions,
@@ -91,15 +92,25 @@ class PlotResult:
         }
 
 
-def read_run(results_dir: Path, label: str, settings_hash: str | None = None, x: str = "step") -> PlottedRun:
-    """Read one results folder: the settings ``settings_hash`` names (a prefix will do), else the most recently used.
+def read_settings_folder(results_dir: Path, settings_hash: str | None = None) -> tuple[SettingsFolder, tuple[str, ...], list[LLCRecord]]:
+    """The settings ``settings_hash`` names in a results folder (a prefix will do, else the most
+    recently used), the other settings hashes there, and the chosen settings' records.
 
     Raises:
         SettingsError: the folder is missing, holds no results, or lacks ``settings_hash``.
     """
     chosen = choose_settings(results_dir, settings_hash)
     others = tuple(entry.settings_hash for entry in list_settings(results_dir) if entry.settings_hash != chosen.settings_hash)
-    records = ResultsStore(chosen.path.parent, chosen.settings_hash).records()
+    return chosen, others, ResultsStore(chosen.path.parent, chosen.settings_hash).records()
+
+
+def read_run(results_dir: Path, label: str, settings_hash: str | None = None, x: str = "step") -> PlottedRun:
+    """Read one results folder: the settings ``settings_hash`` names (a prefix will do), else the most recently used.
+
+    Raises:
+        SettingsError: the folder is missing, holds no results, or lacks ``settings_hash``.
+    """
+    chosen, others, records = read_settings_folder(results_dir, settings_hash)
     return PlottedRun(
         label=label,
         settings_hash=chosen.settings_hash,
