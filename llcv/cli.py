@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llcv import calibration, checkpoints, cli_render, console, demo, estimation, report, runs, sampling, selftest, targets, training
+from llcv import calibration, cli_render, console, demo, estimation, report, runs, sampling, selftest, targets, training
 from llcv.cli_options import (
     CHAINS_DEFAULTS,
     CURVE_DEFAULTS,
@@ -87,17 +87,6 @@ def _quiet_for_json(json_output: bool) -> None:
         Verbosity.level = 0
 
 
-def _resumed_settings(checkpoint: Path | None) -> dict | None:
-    """A resumed run starts from the settings stored in its checkpoint, beneath config and flags."""
-    if checkpoint is None:
-        return None
-    stored = checkpoints.read_checkpoint(checkpoint).get("settings") or {}
-    train_settings = {key: value for key, value in stored.get("train", {}).items() if key != "resume_from_checkpoint"}
-    # allowing a model-version mismatch is asked for each time, never inherited from a checkpoint
-    model_settings = {key: value for key, value in stored.get("model", {}).items() if key != "allow_version_mismatch"}
-    return {**stored, "train": train_settings, "model": model_settings}
-
-
 def _load_target(checkpoint: Path, target: TargetFlags, settings: SettingsBundle) -> targets.EstimationTarget:
     """The checkpoint's model and training split; [data] data_dir may relocate the data."""
     loaded = targets.load_target(
@@ -120,7 +109,7 @@ def _load_target(checkpoint: Path, target: TargetFlags, settings: SettingsBundle
 def train_command(config: ConfigOpt = None, *, flags: TrainFlags) -> None:
     """Train a model and save checkpoints on a schedule (step 0, log-spaced, epoch ends, final)."""
     with command_boundary():
-        base = _resumed_settings(flags.resume_from_checkpoint)
+        base = training.resumed_settings(flags.resume_from_checkpoint)
         settings = load_settings(("data", "model", "train"), config=config, base=base, overrides=flags.overrides())
         cli_render.show_settings(settings)
         with RichReporter() as reporter:

@@ -203,7 +203,7 @@ def _declared_blocks(model_name: str, spec: JobSpec) -> dict[str, Sequence[str]]
 
     if spec.model_factory is not None or model_name not in list_models():
         raise SettingsError(
-            f"per-layer estimates need the model's blocks: pass blocks={{'name': ['pattern.*'], ...}}, "
+            "per-layer estimates need the model's blocks: pass blocks={'name': ['pattern.*'], ...}, "
             "or register the model with register_model(name, blocks=...)"
         )
     declared = model_blocks(model_name)

@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -221,6 +222,21 @@ def _restore_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resumed_settings(checkpoint: Path | None) -> dict[str, Any] | None:
+    """The settings stored in ``checkpoint``, as the base a resumed run starts from (beneath its
+    config file and flags); None when not resuming.
+
+    The checkpoint's own ``resume_from_checkpoint`` is dropped, and so is ``allow_version_mismatch``:
+    allowing a model-version mismatch is asked for each time, never inherited from a checkpoint.
+    """
+    if checkpoint is None:
+        return None
+    stored = read_checkpoint(checkpoint).get("settings") or {}
+    train_settings = {key: value for key, value in stored.get("train", {}).items() if key != "resume_from_checkpoint"}
+    model_settings = {key: value for key, value in stored.get("model", {}).items() if key != "allow_version_mismatch"}
+    return {**stored, "train": train_settings, "model": model_settings}
 
 
 def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
