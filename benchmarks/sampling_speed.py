@@ -70,7 +70,7 @@ def resnet_case(device: torch.device, quick: bool) -> list[dict]:
     )
     ce = lambda module, batch: nn.functional.cross_entropy(module(batch[0].to(device)), batch[1].to(device))  # noqa: E731
     print(f"ResNet18 (CIFAR stem), digits 32x32, batch 64, 4 chains x {draws} draws, {device}:")
-    # devinterp samples in train mode; compare like with like, and show llcv's default (eval) too.
+    # devinterp samples in train mode; compare like with like, and show llcv's default (batch statistics) too.
     ours_train, our_llc, result = _llcv_llc(model, train, base.model_copy(update={"bn_mode": "train"}), "cross_entropy", device)
     reference = devinterp_estimate(model, train, base, ce, device)
     theirs, their_llc = reference.seconds, reference.llc_mean
@@ -80,12 +80,12 @@ def resnet_case(device: torch.device, quick: bool) -> list[dict]:
         for mala in (False, True):
             settings = base.model_copy(update={"precision": precision, "mala": mala})
             seconds, llc, result = _llcv_llc(model, train, settings, "cross_entropy", device)
-            label = f"bn eval, {precision}, mala {'on' if mala else 'off'} ({result.chain_execution})"
+            label = f"bn batch, {precision}, mala {'on' if mala else 'off'} ({result.chain_execution})"
             rows.append(_row(case, label, seconds, theirs, 1.0 if precision == "fp32" else 0.6, llc, their_llc))
-    faster = min(row["llcv_seconds"] for row in rows if "mala off" in row["label"] and "bn eval" in row["label"])
+    faster = min(row["llcv_seconds"] for row in rows if "mala off" in row["label"] and "bn batch" in row["label"])
     seconds, llc, result = _llcv_llc(model, train, base.model_copy(update={"precision": "auto"}), "cross_entropy", device)
     # auto's target: within 5% of the faster precision, i.e. its time / devinterp's at most 1.05x the faster one's
-    rows.append(_row(case, f"bn eval, auto -> {result.precision}, mala off", seconds, theirs, 1.05 * faster / theirs, llc, their_llc))
+    rows.append(_row(case, f"bn batch, auto -> {result.precision}, mala off", seconds, theirs, 1.05 * faster / theirs, llc, their_llc))
     print(f"  auto chose {result.precision} ({result.precision_choice['reason']}): {seconds / faster:.2f}x the faster precision's time")
     return rows
 
