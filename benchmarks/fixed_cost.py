@@ -2,8 +2,8 @@
 
 Run: ``python -m benchmarks fixed_cost [--draws N] [--samples N] [--statistics-samples N] [--device cpu|cuda]``.
 
-A CIFAR-stem ResNet18 on 32x32 images (random, ``--samples`` of them, so the initial loss and
-the BatchNorm statistics read their default 4,096) is estimated with the default sampler
+A CIFAR-stem ResNet18 on 32x32 images (random, ``--samples`` of them, so the initial loss (and,
+in ``bn_mode="eval"``, the BatchNorm statistics) read their default 4,096) is estimated with the default sampler
 settings at 2 chains x ``--draws`` draws, twice, as ``estimate-all`` does for two checkpoints of
 one run: the first estimate decides how the chains run (batched or not, and for
 ``precision="auto"`` times fp32 against bf16); the second reuses that. For each, the fixed cost
@@ -103,8 +103,8 @@ def main(argv: list[str]) -> None:
     prepared = SamplingData(data, settings, device)
     spent = _timed_parts(device)
     print(
-        f"ResNet18 (CIFAR stem), {args.samples} samples 32x32, default settings (batch {settings.batch_size}; BatchNorm statistics "
-        f"on {settings.bn_samples}, initial loss on {settings.init_loss_samples} samples), 2 chains x {args.draws} draws, {device}:"
+        f"ResNet18 (CIFAR stem), {args.samples} samples 32x32, default settings (batch {settings.batch_size}; BatchNorm "
+        f"{settings.bn_mode} mode, initial loss on {settings.init_loss_samples} samples), 2 chains x {args.draws} draws, {device}:"
     )
     for label in ("first estimate of a run", "next checkpoint (reuses the decision)"):
         spent.clear()
