@@ -160,6 +160,19 @@ def test_without_a_plateau_the_smallest_qualifying_epsilon_wins():
     assert index == 0 and "no step-size plateau" in reason
 
 
+def test_noisy_rows_that_differ_by_more_than_the_plateau_tolerance_do_not_make_a_plateau():
+    """Within 2 combined MCSE but 20% apart: a short sweep that cannot resolve a 20% step-size
+    bias is no evidence of a plateau, so the smaller epsilon wins; 5% apart, the larger."""
+    noisy = dict(llc_mcse=1.0)
+    _, index, reason = apply_rule([row(epsilon=1e-5, llc_mean=5.0, **noisy), row(epsilon=1e-4, llc_mean=6.0, **noisy)])
+    assert index == 0 and "no step-size plateau" in reason
+    _, index, reason = apply_rule([row(epsilon=1e-5, llc_mean=5.0, **noisy), row(epsilon=1e-4, llc_mean=5.25, **noisy)])
+    assert index == 1 and "extrapolated to epsilon 0, under 10%" in reason
+    # 8% apart at epsilons a factor 2 apart: linear in epsilon, the larger one's bias is 16%
+    _, index, _ = apply_rule([row(epsilon=1e-4, llc_mean=5.0, **noisy), row(epsilon=2e-4, llc_mean=5.4, **noisy)])
+    assert index == 0
+
+
 def test_across_gammas_a_plateau_then_agreement_then_the_weakest_gamma():
     plateau_at_10 = [row(gamma=10.0, epsilon=1e-5, llc_mean=5.0), row(gamma=10.0, epsilon=1e-4, llc_mean=5.1)]
     lone_at_1 = [row(gamma=1.0, epsilon=1e-4, llc_mean=5.0)]
@@ -394,21 +407,35 @@ def test_saved_sweep_files(linear, tmp_path):
 
 def test_recommend_settings_returns_complete_settings_that_recover_a_regular_model(linear):
     model, data = linear
-    # The default sweep length: with 100 draws, 2-chain R-hat is noisy enough to reject every
-    # combination for some seeds (1 in 8 here), 200 qualified for all 8 seeds tried.
     settings = recommend_settings(model, data, loss="mse", device="cpu")
     assert isinstance(settings, SamplerSettings)
     assert settings.num_chains == recommend.FINAL_NUM_CHAINS
-    assert 200 <= settings.num_draws <= 2000 and settings.num_burnin_steps == 200
+    # the burn-in covers the relaxation of a direction only the localization holds
+    assert settings.num_burnin_steps >= max(200, recommend.relaxation_steps(settings.epsilon, settings.gamma))
+    assert settings.num_burnin_steps <= settings.num_draws <= max(2000, settings.num_burnin_steps)
     assert settings.batch_size == 200 and settings.nbeta == pytest.approx(200 / math.log(200))
     result = estimate_llc(model, data, settings, loss="mse", device="cpu")
     assert abs(result.llc_mean - 2.0) <= 3.5 * result.llc_std  # d/2 for d = 4
 
 
+def test_relaxation_steps_cover_the_e_folds_of_the_localization_alone():
+    assert recommend.relaxation_steps(1e-3, 10.0) == math.ceil(recommend.RELAXATION_EFOLDS / 1e-2)
+    assert recommend.relaxation_steps(1e-4, 10.0) == 10 * recommend.relaxation_steps(1e-3, 10.0)
+
+
 def test_recommend_settings_raises_when_nothing_qualifies(linear, monkeypatch):
     model, data = linear
     monkeypatch.setattr(recommend, "RECOMMEND_EPSILON_FACTORS", (50.0,))  # always diverges
+    monkeypatch.setattr(recommend, "RECOMMEND_WIDER_EPSILON_FACTORS", (60.0,))
     with pytest.raises(EstimationError, match="no usable SGLD settings.*'diverged' failed most"):
+        recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
+
+
+def test_recommend_settings_skips_a_gamma_whose_chains_cannot_relax_within_the_budget(linear, monkeypatch):
+    model, data = linear
+    monkeypatch.setattr(recommend, "RECOMMEND_EPSILON_FACTORS", (1e-3,))
+    monkeypatch.setattr(recommend, "MAX_RELAXATION_STEPS", 10)
+    with pytest.raises(EstimationError, match="no epsilon lets the chains relax within 10 steps.*within 20 steps"):
         recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
 
 
@@ -428,24 +455,29 @@ def test_recommend_settings_repeats_an_unmixed_gamma_with_twice_the_draws(linear
 
     monkeypatch.setattr(recommend, "calibrate_sweep", sweep)
     settings = recommend_settings(model, data, loss="mse", device="cpu", num_draws=60)
-    assert calls[:2] == [(calls[0][0], 60), (calls[0][0], 120)]
-    assert settings.num_burnin_steps == 120 and settings.gamma == calls[0][0]
+    gamma, first_draws = calls[0]
+    assert first_draws >= 60 and calls[1] == (gamma, 2 * first_draws)
+    assert (settings.gamma, settings.num_burnin_steps) in calls[1:]  # what qualified, with its sweep's length
 
     calls.clear()
     monkeypatch.setattr(recommend, "RECOMMEND_EPSILON_FACTORS", (50.0,))  # every chain diverges
 
-    def counting_sweep(*args, base, **kwargs):
-        calls.append(base.num_draws)
-        return real_sweep(*args, base=base, **kwargs)
+    def recording_sweep(model, data, epsilons, gammas, nbetas, base, **kwargs):
+        calls.append((epsilons, gammas[0], base.num_draws, base.num_burnin_steps))
+        return real_sweep(model, data, epsilons, gammas, nbetas, base=base, **kwargs)
 
-    monkeypatch.setattr(recommend, "calibrate_sweep", counting_sweep)
+    monkeypatch.setattr(recommend, "calibrate_sweep", recording_sweep)
     monkeypatch.setattr(recommend, "RECOMMEND_WIDER_EPSILON_FACTORS", (60.0,))
     with pytest.raises(EstimationError, match="'diverged' failed most"):
         recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
-    # each round once per gamma, the second widened (two more gammas) with chains twice as long
+    # each round once per gamma, the second widened (more gammas) with chains twice as long
     first_round = len(recommend.RECOMMEND_GAMMA_FACTORS)
     second_round = len({*recommend.RECOMMEND_GAMMA_FACTORS, *recommend.RECOMMEND_WIDER_GAMMA_FACTORS})
-    assert calls == [16] * first_round + [32] * second_round
+    assert len(calls) == first_round + second_round
+    for position, (epsilons, gamma, draws, burnin) in enumerate(calls):
+        round_index = int(position >= first_round)
+        assert draws == burnin == max(16 * 2**round_index, recommend.relaxation_steps(min(epsilons), gamma))
+        assert all(recommend.relaxation_steps(epsilon, gamma) <= recommend.MAX_RELAXATION_STEPS * 2**round_index for epsilon in epsilons)
 
 
 @pytest.mark.slow

@@ -22,13 +22,23 @@ from llcv.settings import SamplerSettings
 # recommend_settings: the final estimate aims for this many effective samples over all chains.
 TARGET_ESS = 400
 FINAL_NUM_CHAINS = 4
-# recommend_settings' grid, in units of the stiffest curvature nbeta * h (see its docstring);
-# each further round adds the wider values and doubles the chains' length.
-RECOMMEND_EPSILON_FACTORS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-RECOMMEND_GAMMA_FACTORS = (1e-3, 1e-2, 1e-1, 1.0)
+# recommend_settings' grid, in units of the stiffest curvature nbeta * h (see its docstring).
+# Epsilons a factor 2-2.5 apart, so the plateau test compares neighbours close enough to agree,
+# and no larger than 0.2 / s: SGLD overestimates the variance along the stiffest direction by
+# about epsilon * s / 4, 5% there (linear regression came out 11% high at 0.5 / s).
+RECOMMEND_EPSILON_FACTORS = (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2)
+RECOMMEND_GAMMA_FACTORS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+# Each further round adds these and doubles the relaxation budget.
 RECOMMEND_WIDER_EPSILON_FACTORS = (1e-4, 3e-4)
-RECOMMEND_WIDER_GAMMA_FACTORS = (1e-4, 10.0)
+RECOMMEND_WIDER_GAMMA_FACTORS = (1e-4, 3e-4, 10.0)
 RECOMMEND_ROUNDS = 2
+# Along a direction the loss does not constrain only the localization pulls a chain back, and its
+# variance relaxes like exp(-epsilon * gamma * t): a sweep's burn-in (and its draws) cover this
+# many e-folds of that slowest relaxation, so a weak gamma is judged on settled chains.
+RELAXATION_EFOLDS = 2.0
+# The longest burn-in a first-round sweep may take; pairs that would need more wait for the next
+# round's doubled budget, and a gamma with no such pair is skipped.
+MAX_RELAXATION_STEPS = 4000
 RECOMMEND_MAX_SAMPLES = 2048
 
 
@@ -49,23 +59,27 @@ def recommend_settings(
     one minibatch); SGLD is stable for ``epsilon * (s + gamma) < 2``. The epsilons are
     ``RECOMMEND_EPSILON_FACTORS / s``. Localization pulls the chains toward the checkpoint and
     so biases the LLC down, so gammas are tried from weak to strong, ``RECOMMEND_GAMMA_FACTORS * s``,
-    one sweep each (2 chains, ``num_draws`` burn-in steps and draws; repeated once with twice
-    as many when most combinations fail only because the chains have not mixed), stopping at
-    the first gamma where a combination qualifies; ``apply_rule`` picks the epsilon (a plateau
-    in epsilon). When no gamma qualifies, the search is repeated ``RECOMMEND_ROUNDS - 1`` more
-    times, each round with the grid widened (``RECOMMEND_WIDER_*_FACTORS``) and chains twice as
-    long. nbeta is ``base.nbeta`` or its default.
+    stopping at the first gamma where a combination qualifies; ``apply_rule`` picks the epsilon
+    (a plateau in epsilon). A weak gamma mixes slowly: along a direction the loss does not
+    constrain, the chains relax only at the rate ``epsilon * gamma``. So each gamma's sweep
+    (2 chains) takes only the epsilons that relax within ``MAX_RELAXATION_STEPS`` (a gamma with
+    none is skipped), and runs ``relaxation_steps`` of the smallest of them, at least
+    ``num_draws``, as burn-in and again as draws; it is repeated once with twice as many when
+    most combinations fail only because the chains have not mixed. When no gamma qualifies, the
+    search is repeated ``RECOMMEND_ROUNDS - 1`` more times, each round with the grid widened
+    (``RECOMMEND_WIDER_*_FACTORS``) and the budget and minimum length doubled. nbeta is
+    ``base.nbeta`` or its default.
 
     The returned settings are the recommended (epsilon, gamma, nbeta, sampler) with
     ``FINAL_NUM_CHAINS`` chains, the qualifying sweep's burn-in steps, and enough draws for an
-    effective sample size of about ``TARGET_ESS`` at the sweep's mixing rate (between that
-    sweep's draws and ``10 * num_draws``); the rest comes from ``base``.
+    effective sample size of about ``TARGET_ESS`` at the sweep's mixing rate (at least that
+    sweep's draws, otherwise at most ``10 * num_draws``); the rest comes from ``base``.
 
     Args:
         base: batch size, samples, seed and sampler. Default: full batches of the data, or of a
             seeded subset of ``RECOMMEND_MAX_SAMPLES`` samples for larger data, so that the MALA
             acceptance and the losses are those of one fixed potential (docs/calibration.md).
-        num_draws: burn-in steps and draws per chain in the first round's sweeps.
+        num_draws: the fewest burn-in steps and draws per chain in the first round's sweeps.
 
     Raises:
         EstimationError: no combination qualifies in any round; the message gives each sweep's reason.
@@ -85,10 +99,16 @@ def recommend_settings(
         if round_index:
             epsilon_factors = sorted({*RECOMMEND_WIDER_EPSILON_FACTORS, *epsilon_factors})
             gamma_factors = sorted({*RECOMMEND_WIDER_GAMMA_FACTORS, *gamma_factors})
-        epsilons = [float(f"{factor / stiffness:.3g}") for factor in epsilon_factors]
+        budget = MAX_RELAXATION_STEPS * 2**round_index
+        all_epsilons = [float(f"{factor / stiffness:.3g}") for factor in epsilon_factors]
         for factor in gamma_factors:
             gamma = float(f"{factor * stiffness:.3g}")
-            for draws in (num_draws * 2**round_index, num_draws * 2 ** (round_index + 1)):
+            epsilons = [epsilon for epsilon in all_epsilons if relaxation_steps(epsilon, gamma) <= budget]
+            if not epsilons:
+                reasons.append(f"gamma={gamma:g}: no epsilon lets the chains relax within {budget} steps")
+                continue
+            settle = max(num_draws * 2**round_index, relaxation_steps(epsilons[0], gamma))
+            for draws in (settle, 2 * settle):
                 sweep_settings = base.model_copy(update={"num_chains": 2, "num_draws": draws, "num_burnin_steps": draws})
                 sweep = calibrate_sweep(
                     model, sampling, epsilons, [gamma], [nbeta], base=sweep_settings, loss=loss, device=device, reporter=reporter
@@ -110,11 +130,17 @@ def _final_settings(sweep: SweepResult, index: int, base: SamplerSettings, draws
     return sweep.recommended.model_copy(
         update={
             "num_chains": FINAL_NUM_CHAINS,
-            "num_draws": min(max(needed, draws), 10 * num_draws),
+            "num_draws": max(draws, min(needed, 10 * num_draws)),
             "num_burnin_steps": draws,
             "mala": base.mala,
         }
     )
+
+
+def relaxation_steps(epsilon: float, gamma: float) -> int:
+    """SGLD steps for ``RELAXATION_EFOLDS`` e-folds of the variance along a direction only the
+    localization constrains (it relaxes like ``exp(-epsilon * gamma * t)``)."""
+    return math.ceil(RELAXATION_EFOLDS / (epsilon * gamma))
 
 
 def _mostly_unmixed(rows: Sequence[dict[str, Any]]) -> bool:

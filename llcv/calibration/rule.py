@@ -15,8 +15,13 @@ from llcv.settings import CalibrateSettings
 # The thresholds of the rule; their defaults are CalibrateSettings' defaults.
 RULE_FIELDS = ("target_acceptance", "max_negative_fraction", "max_drift_z", "max_r_hat")
 RULE_DEFAULTS = CalibrateSettings()
-# Two LLCs agree when they differ by at most this many combined Monte Carlo standard errors.
+# Two LLCs agree when they differ by at most this many combined Monte Carlo standard errors and
+# by at most PLATEAU_TOLERANCE of the larger in size. Between two epsilons the difference is read
+# as SGLD's first-order step-size bias: extrapolated linearly to epsilon = 0 it may be at most
+# PLATEAU_TOLERANCE of the LLC. Short sweeps have MCSEs wide enough to hide a 20% bias, and a
+# comparison that cannot resolve one must not pass for a plateau.
 AGREEMENT = 2.0
+PLATEAU_TOLERANCE = 0.1
 
 
 def rule_labels(limits: HealthThresholds) -> dict[str, str]:
@@ -63,7 +68,9 @@ def apply_rule(
     ``r_hat <= max_r_hat`` (skipped where null: one chain); ``mala_acceptance >= target_acceptance``.
 
     Among qualifying rows, per (gamma, nbeta), the pick is the largest epsilon whose LLC agrees
-    within ``AGREEMENT`` combined MCSE with that of the next smaller qualifying epsilon: a
+    with that of the next smaller qualifying epsilon: within ``AGREEMENT`` combined MCSE, and with
+    a step-size bias, extrapolated linearly in epsilon to 0 through the two, of at most
+    ``PLATEAU_TOLERANCE`` of the LLC: a
     plateau in epsilon, so the step size is not biasing the estimate. Where no two neighbours
     agree, the smallest qualifying epsilon (least discretisation bias). Across gammas, picks on
     an epsilon plateau come first, then those whose LLC also agrees with the pick at a
@@ -110,10 +117,19 @@ def apply_rule(
     return judged, None, reason
 
 
-def _agree(first: dict[str, Any], second: dict[str, Any]) -> bool:
-    """Whether two rows' LLCs differ by at most ``AGREEMENT`` combined MCSE."""
+def _agree(first: dict[str, Any], second: dict[str, Any], share: float = 1.0) -> bool:
+    """Whether two rows' LLCs differ by at most ``AGREEMENT`` combined MCSE and by at most
+    ``share * PLATEAU_TOLERANCE`` of the larger in size."""
     spread = math.hypot(first["llc_mcse"] or 0.0, second["llc_mcse"] or 0.0)
-    return abs(first["llc_mean"] - second["llc_mean"]) <= AGREEMENT * spread
+    difference = abs(first["llc_mean"] - second["llc_mean"])
+    scale = max(abs(first["llc_mean"]), abs(second["llc_mean"]))
+    return difference <= AGREEMENT * spread and difference <= share * PLATEAU_TOLERANCE * scale
+
+
+def _on_epsilon_plateau(smaller: dict[str, Any], larger: dict[str, Any]) -> bool:
+    """Whether ``larger``'s step-size bias, extrapolated linearly in epsilon to 0 through
+    ``smaller``, is within ``PLATEAU_TOLERANCE`` (and the two agree within their MCSE)."""
+    return _agree(smaller, larger, share=1.0 - smaller["epsilon"] / larger["epsilon"])
 
 
 def _pick(rows: list[dict[str, Any]], qualifying: list[int]) -> tuple[int, str]:
@@ -124,7 +140,7 @@ def _pick(rows: list[dict[str, Any]], qualifying: list[int]) -> tuple[int, str]:
     picks = {}  # (nbeta, gamma) -> (index, on an epsilon plateau)
     for key, indices in by_gamma.items():
         ordered = sorted(indices, key=lambda index: rows[index]["epsilon"])
-        plateau = [upper for lower, upper in zip(ordered, ordered[1:]) if _agree(rows[lower], rows[upper])]
+        plateau = [upper for lower, upper in zip(ordered, ordered[1:]) if _on_epsilon_plateau(rows[lower], rows[upper])]
         picks[key] = (plateau[-1], True) if plateau else (ordered[0], False)
 
     def gamma_plateau(key: tuple[float, float]) -> bool:
@@ -136,7 +152,10 @@ def _pick(rows: list[dict[str, Any]], qualifying: list[int]) -> tuple[int, str]:
     best_key = max(picks, key=lambda key: (picks[key][1], gamma_plateau(key), -key[1], rows[picks[key][0]]["epsilon"]))
     index, on_plateau = picks[best_key]
     if on_plateau:
-        why = "the largest epsilon whose LLC agrees with the next smaller qualifying epsilon's within the combined MCSE"
+        why = (
+            "the largest epsilon whose LLC agrees with the next smaller qualifying epsilon's within the combined MCSE, "
+            f"with a step-size bias, extrapolated to epsilon 0, under {PLATEAU_TOLERANCE:.0%}"
+        )
     else:
         why = "the smallest qualifying epsilon (no two qualifying epsilons agree at this gamma, so no step-size plateau was seen)"
     if len(picks) > 1:
