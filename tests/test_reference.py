@@ -48,7 +48,9 @@ def test_without_devinterp_installed_the_message_says_how_to_get_it(monkeypatch)
 def test_selftest_json_carries_both_estimates(monkeypatch):
     from llcv import selftest
 
-    monkeypatch.setattr(selftest, "known_cases", lambda quick: [quick_rrr()])
+    # The plumbing, not the accuracy (the test above): 2 short chains keep devinterp's loop brief.
+    short = dataclasses.replace(quick_rrr(), num_chains=2, num_draws=100, num_burnin_steps=100)
+    monkeypatch.setattr(selftest, "known_cases", lambda quick: [short])
     result = runner.invoke(app, ["selftest", "--quick", "--against", "devinterp", "--device", "cpu", "--json"])
     rows = json.loads(result.stdout)
     assert len(rows) == 1 and rows[0]["reference"]["name"] == "devinterp"
