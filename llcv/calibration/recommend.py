@@ -107,7 +107,7 @@ def recommend_settings(
             if not epsilons:
                 reasons.append(f"gamma={gamma:g}: no epsilon lets the chains relax within {budget} steps")
                 continue
-            settle = max(num_draws * 2**round_index, relaxation_steps(epsilons[0], gamma))
+            settle = max(num_draws * 2**round_index, relaxation_steps(min(epsilons), gamma))
             for draws in (settle, 2 * settle):
                 sweep_settings = base.model_copy(update={"num_chains": 2, "num_draws": draws, "num_burnin_steps": draws})
                 sweep = calibrate_sweep(
