@@ -325,7 +325,9 @@ def calibrate_sweep_command(
     """Estimate the LLC over a grid of (epsilon, gamma, nbeta) and recommend one by the rule.
 
     --num-chains, --num-draws and --num-burnin-steps set [calibrate]: what each grid point runs
-    (default 2 chains of 200 draws, no burn-in); everything else comes from [sampler].
+    (default 2 chains of 200 draws, each row burning in until its chains have relaxed from the
+    checkpoint: 2/(epsilon*gamma) steps, at most 4 times the draws); everything else comes from
+    [sampler]. recommended.json carries the pick's burn-in with its epsilon, gamma and nbeta.
     """
     with command_boundary():
         flags = merge(grid.overrides(), length.overrides(), sampler_flags.overrides(), output.overrides(), target.overrides())
@@ -335,7 +337,7 @@ def calibrate_sweep_command(
             result = calibration.calibrate_sweep(
                 loaded.model, loaded.dataset, options.epsilons, options.gammas, options.nbetas,
                 base=calibration.sweep_base(settings.sampler, options), device=options.device,
-                sweep_file=out / "sweep.json", checkpoint=str(checkpoint), reporter=reporter,
+                relax_burnin=options.num_burnin_steps is None, sweep_file=out / "sweep.json", checkpoint=str(checkpoint), reporter=reporter,
                 **calibration.rule_thresholds(options),
             )  # fmt: skip
         calibration.save_sweep(result, out, options.format)

@@ -142,7 +142,7 @@ def render_sweep(result, title: str) -> None:
     base = result.base
     nbetas = {row["nbeta"] for row in result.rows}
     one_nbeta = len(nbetas) == 1
-    title += f" ({base.num_chains} chains x {base.num_draws} draws" + (f", nbeta {next(iter(nbetas)):.4g})" if one_nbeta else ")")
+    title += f" ({base.num_chains} chains x {base.num_draws} draws, {result.burnin_label}" + (f", nbeta {next(iter(nbetas)):.4g})" if one_nbeta else ")")
     table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     # llc_final is left to sweep.csv / sweep.json, so the table fits an 80-column terminal.
     columns = ["epsilon", "gamma", *([] if one_nbeta else ["nbeta"]), "MALA", "LLC", "± MCSE", "neg", "drift z", "R-hat", "verdict"]

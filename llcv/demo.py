@@ -33,20 +33,21 @@ class DemoSize:
     calibration_draws: int
     num_chains: int
     num_draws: int
-    num_burnin_steps: int
 
 
 # The grid brackets what the default rule accepts on this model with batches of 32 (nbeta 9.2):
 # MALA acceptance 0.97 at epsilon 1e-5 and 0.90 at 3e-5 with gamma 300, falling with both
-# epsilon and gamma (docs/calibration.md); 100 burn-in steps let the chains reach the posterior.
+# epsilon and gamma (docs/calibration.md). Each row burns in until its chains have relaxed,
+# 2 / (epsilon * gamma) steps, and the estimates take the pick's burn-in.
 FULL = DemoSize(
     epochs=12, log_checkpoints=8, epsilons=(1e-5, 3e-5), gammas=(300.0, 1000.0),
-    calibration_draws=100, num_chains=4, num_draws=200, num_burnin_steps=100,
+    calibration_draws=100, num_chains=4, num_draws=200,
 )
-# CI size: the same pipeline in seconds; the numbers mean little.
+# CI size: the same pipeline in seconds; the numbers mean little. At gamma 1000 both epsilons'
+# chains relax within the short sweep's burn-in cap (4 x 50 steps).
 TINY = DemoSize(
-    epochs=2, log_checkpoints=4, epsilons=(1e-5, 3e-5), gammas=(300.0,),
-    calibration_draws=30, num_chains=2, num_draws=20, num_burnin_steps=30,
+    epochs=2, log_checkpoints=4, epsilons=(1e-5, 3e-5), gammas=(1000.0,),
+    calibration_draws=50, num_chains=2, num_draws=20,
 )
 SAMPLER_BATCH_SIZE = 32
 
@@ -95,14 +96,12 @@ def run_demo(results_dir: Path = Path("results/demo"), device: str = "auto", tin
     )
 
     final = training.checkpoints[-1]
-    base = SamplerSettings(
-        num_chains=2, num_draws=size.calibration_draws, num_burnin_steps=size.num_burnin_steps, batch_size=SAMPLER_BATCH_SIZE
-    )
+    base = SamplerSettings(num_chains=2, num_draws=size.calibration_draws, batch_size=SAMPLER_BATCH_SIZE)
     calibration_dir = output_dir(results_dir / "calibration", final)
     reporter.note(f"2/4 calibration sweep on {final.name}: epsilon {list(size.epsilons)} x gamma {list(size.gammas)} -> {calibration_dir}")
     target = load_target(final)
     sweep = calibrate_sweep(
-        target.model, target.dataset, size.epsilons, size.gammas, base=base, device=device,
+        target.model, target.dataset, size.epsilons, size.gammas, base=base, device=device, relax_burnin=True,
         sweep_file=calibration_dir / "sweep.json", checkpoint=final.name, reporter=reporter,
     )
     save_sweep(sweep, calibration_dir)
@@ -112,9 +111,7 @@ def run_demo(results_dir: Path = Path("results/demo"), device: str = "auto", tin
             f"It stops here rather than estimate with settings the rule rejected; the sweep's table and "
             f"figures are in {calibration_dir}"
         )
-    chosen = sweep.recommended.model_copy(
-        update={"num_chains": size.num_chains, "num_draws": size.num_draws, "num_burnin_steps": size.num_burnin_steps}
-    )
+    chosen = sweep.recommended.model_copy(update={"num_chains": size.num_chains, "num_draws": size.num_draws})
     reporter.note(f"   recommended {sweep.reason}")
 
     estimates_dir = results_dir / "llc_estimations"

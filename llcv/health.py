@@ -11,6 +11,7 @@ positive LLC is not rejected for noise alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -48,6 +49,10 @@ class Evidence:
     r_hat: float | None
     ess: float | None
     mala_acceptance: float | None
+    # Sweep rows: the burn-in the chains ran and the steps they need to relax from the checkpoint
+    # (llcv.langevin.relaxation_steps; infinite at gamma 0). None: not checked.
+    burnin_steps: int | None = None
+    relaxation_steps: float | None = None
 
 
 def trace_evidence(llc_trace: np.ndarray, healthy: np.ndarray) -> dict[str, float | None]:
@@ -85,6 +90,15 @@ def _diverged(evidence: Evidence, _: HealthThresholds) -> str | None:
         return "every chain diverged"
     if evidence.diverged_chains:
         return f"{evidence.diverged_chains} of {evidence.num_chains} chains diverged"
+    return None
+
+
+def _unrelaxed(evidence: Evidence, _: HealthThresholds) -> str | None:
+    if evidence.burnin_steps is None or evidence.relaxation_steps is None:
+        return None
+    if evidence.burnin_steps < evidence.relaxation_steps:
+        needed = "no burn-in is enough at gamma 0" if math.isinf(evidence.relaxation_steps) else f"needs {evidence.relaxation_steps:.0f}"
+        return f"the chains had not relaxed from the checkpoint: {evidence.burnin_steps} burn-in steps, 2 / (epsilon * gamma) {needed}"
     return None
 
 
@@ -133,6 +147,9 @@ def _acceptance(evidence: Evidence, limits: HealthThresholds) -> str | None:
 
 CHECKS = (
     Check("diverged", _diverged, "chains left the basin: try smaller epsilons or larger gammas"),
+    Check("relaxed", _unrelaxed,
+          "the chains were still spreading out from the checkpoint: more burn-in steps (or, with the automatic burn-in, "
+          "more draws), or larger epsilons or gammas"),
     Check("llc_mean < 0", _negative,
           "chains found lower loss than the checkpoint: try larger gammas or smaller epsilons (or a checkpoint closer to a minimum)"),
     Check("negative_chains", _negative_chains,
@@ -164,7 +181,7 @@ def failed_checks(evidence: Evidence, limits: HealthThresholds, require_acceptan
 
 def short_reason(reason: str) -> str:
     """A sweep row's reason with the rule names abbreviated, for table cells and figures."""
-    for name, label in (("mala_acceptance", "MALA"), ("negative_chains", "neg"), ("|drift_z|", "drift z"), ("r_hat", "R-hat"), ("llc_mean", "LLC")):
+    for name, label in (("burn-in < 2/(epsilon*gamma)", "not relaxed"), ("mala_acceptance", "MALA"), ("negative_chains", "neg"), ("|drift_z|", "drift z"), ("r_hat", "R-hat"), ("llc_mean", "LLC")):
         reason = reason.replace(name, label)
     return reason
 

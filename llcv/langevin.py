@@ -21,6 +21,7 @@ passes, they slowed every parallel region instead (docs/performance.md).
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,16 @@ import torch
 NOISE_CHUNK = 1 << 18
 RMSPROP_ALPHA = 0.99
 RMSPROP_EPS = 0.1
+# Along a direction the loss does not constrain only the localization pulls a chain back, and its
+# variance relaxes like exp(-epsilon * gamma * t): chains started at the checkpoint are judged
+# once this many e-folds of that slowest relaxation have passed.
+RELAXATION_EFOLDS = 2.0
+
+
+def relaxation_steps(epsilon: float, gamma: float) -> int:
+    """SGLD steps for ``RELAXATION_EFOLDS`` e-folds of the variance along a direction only the
+    localization constrains (it relaxes like ``exp(-epsilon * gamma * t)``); ``gamma > 0``."""
+    return math.ceil(RELAXATION_EFOLDS / (epsilon * gamma))
 
 
 class GaussianNoise:

@@ -230,7 +230,9 @@ class CalibrateSettings(_Section):
     nbetas: list[PositiveFloat] | None = None  # None: the sampler's nbeta
     num_chains: PositiveInt = 2
     num_draws: PositiveInt = 200
-    num_burnin_steps: NonNegativeInt = 0
+    # None: each row burns in until its chains have relaxed from the checkpoint, 2 / (epsilon * gamma)
+    # steps, at most 4 times num_draws (llcv.calibration.row_burnin_steps).
+    num_burnin_steps: NonNegativeInt | None = None
     target_acceptance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
     # The rule (docs/calibration.md): share of chains whose mean LLC lies significantly below 0,
     # |Geweke z| of the LLC trace, R-hat.
@@ -323,8 +325,10 @@ SECTION_MODELS: dict[str, type[_Section]] = {
     "plot": PlotSettings,
 }
 
-# Exactly the fields a calibration's recommended.json carries (docs/formats.md).
-CALIBRATION_FIELDS = ("epsilon", "gamma", "nbeta", "sampler")
+# Exactly the fields a calibration's recommended.json carries (docs/formats.md): the pick, and
+# the burn-in its sweep row qualified with. Files written before llcv 0.7 lack the burn-in.
+CALIBRATION_FIELDS = ("epsilon", "gamma", "nbeta", "sampler", "num_burnin_steps")
+LEGACY_CALIBRATION_FIELDS = ("epsilon", "gamma", "nbeta", "sampler")
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -359,7 +363,8 @@ def read_calibration(path: Path) -> dict[str, Any]:
     """Read a ``recommended.json`` written by ``llcv calibrate sweep``.
 
     Raises:
-        SettingsError: the file is missing, not JSON, or does not hold exactly the four fields.
+        SettingsError: the file is missing, not JSON, or does not hold exactly ``CALIBRATION_FIELDS``
+            (or the ``LEGACY_CALIBRATION_FIELDS`` of an older file).
     """
     try:
         raw = json.loads(Path(path).read_text())
@@ -367,7 +372,7 @@ def read_calibration(path: Path) -> dict[str, Any]:
         raise SettingsError(f"calibration file {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SettingsError(f"calibration file {path} is not readable JSON: {error}") from None
-    if not isinstance(raw, dict) or set(raw) != set(CALIBRATION_FIELDS):
+    if not isinstance(raw, dict) or set(raw) not in (set(CALIBRATION_FIELDS), set(LEGACY_CALIBRATION_FIELDS)):
         found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise SettingsError(
             f"calibration file {path} must hold exactly {', '.join(CALIBRATION_FIELDS)}; found {found}"
@@ -415,7 +420,7 @@ def load_settings(
         sections: the sections this command uses, e.g. ``("data", "model", "train")``.
         config: a TOML experiment file; sections not named in ``sections`` are ignored.
         overrides: per-section values from the command line; None values mean "not given".
-        calibration: a ``recommended.json``; it sets the sampler's four calibrated fields.
+        calibration: a ``recommended.json``; it sets the sampler's ``CALIBRATION_FIELDS``.
         base: values beneath the config file, e.g. the settings stored in a checkpoint being resumed.
 
     Raises:

@@ -18,6 +18,7 @@ from llcv.calibration import recommend
 from llcv.calibration import apply_rule, chains_from_result, curve_from_result, parse_grid, save_sweep
 from llcv.errors import EstimationError, SettingsError
 from llcv.health import trace_evidence
+from llcv.langevin import RELAXATION_EFOLDS, relaxation_steps
 from llcv.plotting import plot_chains, plot_curve, plot_sweep_heatmap, plot_sweep_traces
 from llcv.progress import Reporter
 from llcv.sampling import estimate_llc
@@ -80,13 +81,17 @@ def shaped(template, llc_trace, *, burnin=None, diverged_chains=0, mala=0.95):
 
 
 def row(**changes):
-    """A row that passes every rule; ``changes`` break one."""
+    """A row that passes every rule; ``changes`` break one. Its chains burned in for just as long
+    as they need to relax, unless ``num_burnin_steps`` is given."""
     base = dict(
         epsilon=1e-4, gamma=100.0, nbeta=10.0, mala_acceptance=0.95, llc_mean=5.0, llc_std=0.1, llc_mcse=0.1,
         llc_final=5.0, diverged=False, negative_fraction=0.0, negative_chains=0.0, trace_drift=0.01, drift_z=0.5,
         r_hat=1.01, ess=100.0,
     )
-    return {**base, **changes}
+    made = {**base, **changes}
+    if "num_burnin_steps" not in made:  # at gamma 0 no burn-in is enough
+        made["num_burnin_steps"] = relaxation_steps(made["epsilon"], made["gamma"]) if made["gamma"] else 0
+    return made
 
 
 def test_a_healthy_row_qualifies_and_is_recommended():
@@ -101,6 +106,8 @@ def test_a_healthy_row_qualifies_and_is_recommended():
     [
         (dict(diverged=True), "diverged"),
         (dict(llc_mean=None, llc_std=None, mala_acceptance=None, diverged=True), "diverged"),
+        (dict(num_burnin_steps=199), "burn-in < 2/(epsilon*gamma)"),  # 2 / (1e-4 * 100) = 200
+        (dict(gamma=0.0, num_burnin_steps=10**6), "burn-in < 2/(epsilon*gamma)"),  # nothing pulls the chains back
         (dict(llc_mean=-0.21), "llc_mean < 0"),
         (dict(llc_mean=-2.0), "llc_mean < 0"),
         (dict(negative_chains=0.5), "negative_chains > 0"),
@@ -127,7 +134,7 @@ def test_noise_is_judged_by_its_standard_error():
 
 
 def test_boundaries_pass_and_one_chain_needs_no_r_hat():
-    rows, index, _ = apply_rule([row(drift_z=-3.0, r_hat=1.1, mala_acceptance=0.9), row(r_hat=None)])
+    rows, index, _ = apply_rule([row(drift_z=-3.0, r_hat=1.1, mala_acceptance=0.9, num_burnin_steps=200), row(r_hat=None)])
     assert [r["qualifies"] for r in rows] == [True, True]
 
 
@@ -243,22 +250,25 @@ def test_output_folder_is_named_after_the_checkpoint(tmp_path):
 def test_sweep_on_a_trained_model_flags_a_huge_epsilon_and_recommends_a_healthy_pair(trained_run):
     _, run = trained_run
     target = load_target(run.checkpoints[-1])
-    base = SamplerSettings(num_chains=2, num_draws=12, num_burnin_steps=4, batch_size=64, num_samples=128)
+    base = SamplerSettings(num_chains=2, num_draws=12, batch_size=64, num_samples=128)
     # Short chains on minibatches: the thresholds are loosened so that the healthy pairs can pass.
     result = calibrate_sweep(
-        target.model, target.dataset, [1e-5, 1e-4, 1e3], [1000.0], base=base, device="cpu",
+        target.model, target.dataset, [1e-5, 1e-4, 1e3], [1e4], base=base, device="cpu", relax_burnin=True,
         target_acceptance=0.2, max_negative_fraction=0.5, max_drift_z=100.0, max_r_hat=3.0,
     )
     assert isinstance(result, SweepResult)
-    assert [(r["epsilon"], r["gamma"]) for r in result.rows] == [(1e-5, 1000.0), (1e-4, 1000.0), (1e3, 1000.0)]
+    assert [(r["epsilon"], r["gamma"]) for r in result.rows] == [(1e-5, 1e4), (1e-4, 1e4), (1e3, 1e4)]
     assert set(result.rows[0]) == set(calibration.ROW_FIELDS)
     huge = result.rows[2]
     assert huge["diverged"] is True and huge["qualifies"] is False and huge["reason"] == "diverged"
-    assert result.recommended is not None
+    assert result.recommended is not None, result.rows
     chosen = result.rows[result.recommended_index]
     assert not chosen["diverged"] and chosen["qualifies"] and result.recommended.epsilon == chosen["epsilon"]
     assert result.recommended.nbeta == pytest.approx(64 / math.log(64))  # the default, resolved
     assert (result.recommended.num_chains, result.recommended.num_draws) == (2, 12)  # the rest is the base
+    # each row burned in for 2 / (epsilon * gamma) steps, and the pick carries its own
+    assert [r["num_burnin_steps"] for r in result.rows] == [20, 2, 1]
+    assert result.recommended.num_burnin_steps == chosen["num_burnin_steps"]
 
 
 def test_sweep_rows_are_built_from_the_estimates(linear):
@@ -283,6 +293,46 @@ def test_empty_grid_is_a_settings_error(linear):
     model, data = linear
     with pytest.raises(SettingsError, match="calibrate.gammas"):
         calibrate_sweep(model, data, [1e-3], [], base=TINY, loss="mse", device="cpu")
+
+
+def test_each_row_burns_in_until_its_chains_have_relaxed_and_the_pick_keeps_its_burn_in(linear):
+    model, data = linear
+    result = calibrate_sweep(
+        model, data, [1e-3, 1e-2], [1.0, 1000.0], base=TINY, loss="mse", device="cpu", relax_burnin=True,
+        target_acceptance=0.5, max_drift_z=100.0, max_r_hat=2.0,
+    )
+    for row_ in result.rows:
+        assert row_["num_burnin_steps"] == calibration.row_burnin_steps(row_["epsilon"], row_["gamma"], TINY.num_draws)
+    # 2 / (epsilon * gamma) where that is short, at most 4 times the draws where it is not
+    assert [row_["num_burnin_steps"] for row_ in result.rows] == [4 * TINY.num_draws, 4 * TINY.num_draws, 2, 1]
+    assert result.recommended.num_burnin_steps == result.rows[result.recommended_index]["num_burnin_steps"]
+    assert result.recommended_dict()["num_burnin_steps"] == result.recommended.num_burnin_steps
+    assert "at most 96" in result.burnin_label
+    fixed = calibrate_sweep(model, data, [1e-3], [1000.0], base=TINY, loss="mse", device="cpu")
+    assert fixed.rows[0]["num_burnin_steps"] == TINY.num_burnin_steps and fixed.burnin_label == "8 burn-in"
+
+
+def test_a_row_is_judged_after_its_chains_relax_not_on_the_transient_from_the_checkpoint():
+    # 400 weights, each direction relaxing at epsilon * (nbeta * k + gamma) from the checkpoint,
+    # where the chains start: without burn-in their rise is a coherent drift of the mean LLC
+    # over the first draws. Localized at gamma, the posterior is Gaussian and its LLC exact:
+    # 1/2 * sum of nbeta * k / (nbeta * k + gamma) over the loss Hessian's eigenvalues k.
+    model, data = regression(dim=400, size=2000)
+    nbeta, gamma = 20.0, 40.0
+    inputs = data.tensors[0].double()
+    curvatures = torch.linalg.eigvalsh(2 * inputs.T @ inputs / len(inputs))
+    exact = float((0.5 * nbeta * curvatures / (nbeta * curvatures + gamma)).sum())
+    base = SamplerSettings(num_chains=2, num_draws=100, num_burnin_steps=0, batch_size=2000, nbeta=nbeta, seed=0)
+    sweeps = [
+        calibrate_sweep(model, data, [0.05 / gamma], [gamma], base=base, loss="mse", device="cpu", relax_burnin=relax).rows[0]
+        for relax in (False, True)
+    ]
+    transient, relaxed = sweeps
+    assert transient["num_burnin_steps"] == 0 and relaxed["num_burnin_steps"] == relaxation_steps(0.05 / gamma, gamma) == 40
+    # the rule rejects the row without burn-in for that, and its trace shows why: it drifts, low
+    assert transient["reason"] == "burn-in < 2/(epsilon*gamma)"
+    assert transient["drift_z"] > 3 and transient["llc_mean"] < 0.95 * exact
+    assert abs(relaxed["drift_z"]) < 3 and abs(relaxed["llc_mean"] / exact - 1) < 0.05
 
 
 class _Interrupt:
@@ -381,14 +431,15 @@ def test_sweep_reports_grid_progress(linear):
 def test_saved_sweep_files(linear, tmp_path):
     model, data = linear
     result = calibrate_sweep(
-        model, data, [1e-3, 1e-2, 10.0], [0.0, 1.0], base=TINY, loss="mse", device="cpu", checkpoint="ck/step_1.pt",
+        model, data, [1e-3, 1e-2, 10.0], [0.0, 1000.0], base=TINY, loss="mse", device="cpu", checkpoint="ck/step_1.pt",
         target_acceptance=0.5, max_drift_z=100.0, max_r_hat=2.0,
     )
     written = save_sweep(result, tmp_path, "svg")
     names = sorted(path.name for path in written)
     assert names == ["recommended.json", "sweep.csv", "sweep.json", "sweep_heatmap.svg", "sweep_traces.svg"]
     recommended = json.loads((tmp_path / "recommended.json").read_text())
-    assert set(recommended) == {"epsilon", "gamma", "nbeta", "sampler"}
+    assert set(recommended) == {"epsilon", "gamma", "nbeta", "sampler", "num_burnin_steps"}
+    assert recommended["num_burnin_steps"] == TINY.num_burnin_steps  # the burn-in its row qualified with
     stored = json.loads((tmp_path / "sweep.json").read_text())
     assert stored["recommended"] == recommended and stored["reason"] == result.reason
     assert stored["checkpoint"] == "ck/step_1.pt" and len(stored["rows"]) == len(stored["traces"]) == 6
@@ -411,7 +462,7 @@ def test_recommend_settings_returns_complete_settings_that_recover_a_regular_mod
     assert isinstance(settings, SamplerSettings)
     assert settings.num_chains == recommend.FINAL_NUM_CHAINS
     # the burn-in covers the relaxation of a direction only the localization holds
-    assert settings.num_burnin_steps >= max(200, recommend.relaxation_steps(settings.epsilon, settings.gamma))
+    assert settings.num_burnin_steps >= max(200, relaxation_steps(settings.epsilon, settings.gamma))
     assert settings.num_burnin_steps <= settings.num_draws <= max(2000, settings.num_burnin_steps)
     assert settings.batch_size == 200 and settings.nbeta == pytest.approx(200 / math.log(200))
     result = estimate_llc(model, data, settings, loss="mse", device="cpu")
@@ -419,8 +470,8 @@ def test_recommend_settings_returns_complete_settings_that_recover_a_regular_mod
 
 
 def test_relaxation_steps_cover_the_e_folds_of_the_localization_alone():
-    assert recommend.relaxation_steps(1e-3, 10.0) == math.ceil(recommend.RELAXATION_EFOLDS / 1e-2)
-    assert recommend.relaxation_steps(1e-4, 10.0) == 10 * recommend.relaxation_steps(1e-3, 10.0)
+    assert relaxation_steps(1e-3, 10.0) == math.ceil(RELAXATION_EFOLDS / 1e-2)
+    assert relaxation_steps(1e-4, 10.0) == 10 * relaxation_steps(1e-3, 10.0)
 
 
 def test_recommend_settings_raises_when_nothing_qualifies(linear, monkeypatch):
@@ -476,8 +527,8 @@ def test_recommend_settings_repeats_an_unmixed_gamma_with_twice_the_draws(linear
     assert len(calls) == first_round + second_round
     for position, (epsilons, gamma, draws, burnin) in enumerate(calls):
         round_index = int(position >= first_round)
-        assert draws == burnin == max(16 * 2**round_index, recommend.relaxation_steps(min(epsilons), gamma))
-        assert all(recommend.relaxation_steps(epsilon, gamma) <= recommend.MAX_RELAXATION_STEPS * 2**round_index for epsilon in epsilons)
+        assert draws == burnin == max(16 * 2**round_index, relaxation_steps(min(epsilons), gamma))
+        assert all(relaxation_steps(epsilon, gamma) <= recommend.MAX_RELAXATION_STEPS * 2**round_index for epsilon in epsilons)
 
 
 @pytest.mark.slow

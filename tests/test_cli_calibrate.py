@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
-from llcv import SamplerSettings, estimate_llc, sampling
+from llcv import SamplerSettings, calibration, estimate_llc, sampling
 from llcv.cli import app
 from llcv.health import trace_evidence
 
@@ -105,7 +105,10 @@ def test_sweep_end_to_end_and_the_recommendation_feeds_estimate(checkpoint, tmp_
     sweep = json.loads((out / "sweep.json").read_text())
     assert [row["epsilon"] for row in sweep["rows"]] == [1e-5, 1e-4] and sweep["complete"] is True
     recommended = json.loads((out / "recommended.json").read_text())
-    assert set(recommended) == {"epsilon", "gamma", "nbeta", "sampler"} and recommended == sweep["recommended"]
+    assert set(recommended) == {"epsilon", "gamma", "nbeta", "sampler", "num_burnin_steps"} and recommended == sweep["recommended"]
+    # no --num-burnin-steps: each row burned in until its chains relaxed, and the pick keeps its own
+    assert recommended["num_burnin_steps"] == calibration.row_burnin_steps(recommended["epsilon"], 1000.0, 10)
+    assert "burn-in 2/(epsilon*gamma), at most 40" in " ".join(outcome.stdout.split())
 
     estimate = runner.invoke(
         app, ["estimate", "--checkpoint", str(checkpoint), "--from-calibration", str(out / "recommended.json"),
@@ -132,7 +135,22 @@ def test_sweep_grid_flags_and_default_nbeta(checkpoint, tmp_path, fake):
     assert {(s.num_chains, s.num_draws, s.num_burnin_steps, s.mala) for s in estimate.calls} == {(3, 8, 2, True)}
     assert (tmp_path / checkpoint.stem / "sweep_heatmap.svg").exists()
     recommended = json.loads((tmp_path / checkpoint.stem / "recommended.json").read_text())
-    assert recommended["epsilon"] == 1e-4 and recommended["sampler"] == "sgld"
+    assert recommended["epsilon"] == 1e-4 and recommended["sampler"] == "sgld" and recommended["num_burnin_steps"] == 2
+
+
+def test_without_a_burn_in_flag_each_row_burns_in_for_its_own_relaxation(checkpoint, tmp_path, fake):
+    estimate = fake()
+    outcome = runner.invoke(
+        app,
+        ["calibrate", "sweep", "--checkpoint", str(checkpoint), "--epsilons", "1e-6,1e-3", "--gammas", "0,10,1000",
+         "--num-draws", "8", "--results-dir", str(tmp_path), *DEVICE],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    burnin = {(s.epsilon, s.gamma): s.num_burnin_steps for s in estimate.calls}
+    # 2 / (epsilon * gamma) steps, at most 4 x 8 draws (gamma 0: nothing pulls the chains back)
+    assert burnin == {(1e-6, 0.0): 32, (1e-3, 0.0): 32, (1e-6, 10.0): 32, (1e-3, 10.0): 32, (1e-6, 1000.0): 32, (1e-3, 1000.0): 2}
+    rows = json.loads((tmp_path / checkpoint.stem / "sweep.json").read_text())["rows"]
+    assert [row["num_burnin_steps"] for row in rows] == [32, 32, 32, 32, 32, 2]
 
 
 def test_sweep_with_nothing_qualifying_exits_1_and_leaves_no_recommendation(checkpoint, tmp_path, fake):
@@ -191,7 +209,7 @@ def _calibration_files(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["curve", "chains"])
-def test_from_calibration_sets_only_its_four_fields_and_flags_override_it(checkpoint, tmp_path, fake, command):
+def test_from_calibration_sets_only_its_fields_and_flags_override_it(checkpoint, tmp_path, fake, command):
     estimate = fake()
     config, recommended = _calibration_files(tmp_path)
     outcome = runner.invoke(

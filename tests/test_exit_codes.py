@@ -155,7 +155,7 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
             lambda mp: mp.setattr("llcv.report.write_report", lambda *args, **kwargs: ReportResult(tmp / "report.html", 1000, [])),
         ),
         Command(
-            "calibrate-sweep", ["calibrate", "sweep", *calibrate_args, "--epsilons", "1e-5,1e-4", "--gammas", "100"],
+            "calibrate-sweep", ["calibrate", "sweep", *calibrate_args, "--epsilons", "1e-5,1e-4", "--gammas", "10000"],
             "llcv.calibration.calibrate_sweep", calibrate_fakes, lambda mp: calibrate_fakes(mp, healthy=False),
         ),
         Command(

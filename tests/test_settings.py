@@ -86,6 +86,17 @@ def test_calibration_sits_between_config_and_flags(tmp_path):
     assert sampler.num_draws == 50  # not calibrated: the config still holds
 
 
+def test_calibration_carries_the_burn_in_its_sweep_row_qualified_with(tmp_path):
+    config = _write(tmp_path / "c.toml", "[sampler]\nnum_burnin_steps = 7\n")
+    calibrated = _calibration(tmp_path / "recommended.json", num_burnin_steps=250)
+    assert load_settings(("sampler",), config=config, calibration=calibrated).sampler.num_burnin_steps == 250
+    flagged = load_settings(("sampler",), config=config, calibration=calibrated, overrides={"sampler": {"num_burnin_steps": 3}})
+    assert flagged.sampler.num_burnin_steps == 3
+    # a recommended.json from before llcv 0.7 has no burn-in: the config's stays
+    legacy = _calibration(tmp_path / "legacy.json")
+    assert load_settings(("sampler",), config=config, calibration=legacy).sampler.num_burnin_steps == 7
+
+
 def test_calibration_only_touches_the_sampler(tmp_path):
     calibration = _calibration(tmp_path / "recommended.json")
     settings = load_settings(("train",), calibration=calibration)
@@ -106,7 +117,7 @@ def test_calibration_may_leave_nbeta_to_the_default(tmp_path):
     ],
     ids=["missing-field", "extra-field", "not-an-object"],
 )
-def test_calibration_must_hold_exactly_the_four_fields(tmp_path, content):
+def test_calibration_must_hold_exactly_its_fields(tmp_path, content):
     path = tmp_path / "recommended.json"
     path.write_text(json.dumps(content))
     with pytest.raises(SettingsError) as raised:

@@ -34,6 +34,7 @@ from llcv.calibration.sweep import (
     calibrate_sweep,
     output_dir,
     parse_grid,
+    row_burnin_steps,
     save_sweep,
     sweep_base,
     sweep_row,
@@ -42,6 +43,6 @@ from llcv.calibration.sweep import (
 __all__ = [
     "CHAINS_DEFAULT_NUM_CHAINS", "ROW_FIELDS", "RULE_FIELDS", "SWEEP_FORMAT", "ChainsResult", "CurveResult", "SweepResult",
     "apply_rule", "calibrate_chains", "calibrate_curve", "calibrate_sweep", "chains_from_result", "curve_from_result",
-    "output_dir", "parse_grid", "recommend_settings", "recommended_row", "rule_thresholds", "save_chains", "save_curve",
+    "output_dir", "parse_grid", "recommend_settings", "recommended_row", "row_burnin_steps", "rule_thresholds", "save_chains", "save_curve",
     "save_sweep", "sweep_base", "sweep_row", "top_hessian_eigenvalue",
 ]  # fmt: skip

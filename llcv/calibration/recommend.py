@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from llcv.calibration.sweep import SweepResult, calibrate_sweep
 from llcv.devices import resolve_device
 from llcv.errors import EstimationError
+from llcv.langevin import relaxation_steps
 from llcv.losses import LossSpec, resolve_loss
 from llcv.progress import SILENT, Reporter
 from llcv.sampling import default_nbeta, working_copy
@@ -32,10 +33,6 @@ RECOMMEND_GAMMA_FACTORS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 RECOMMEND_WIDER_EPSILON_FACTORS = (1e-4, 3e-4)
 RECOMMEND_WIDER_GAMMA_FACTORS = (1e-4, 3e-4, 10.0)
 RECOMMEND_ROUNDS = 2
-# Along a direction the loss does not constrain only the localization pulls a chain back, and its
-# variance relaxes like exp(-epsilon * gamma * t): a sweep's burn-in (and its draws) cover this
-# many e-folds of that slowest relaxation, so a weak gamma is judged on settled chains.
-RELAXATION_EFOLDS = 2.0
 # The longest burn-in a first-round sweep may take; pairs that would need more wait for the next
 # round's doubled budget, and a gamma with no such pair is skipped.
 MAX_RELAXATION_STEPS = 4000
@@ -62,7 +59,8 @@ def recommend_settings(
     stopping at the first gamma where a combination qualifies; ``apply_rule`` picks the epsilon
     (a plateau in epsilon). A weak gamma mixes slowly: along a direction the loss does not
     constrain, the chains relax only at the rate ``epsilon * gamma``. So each gamma's sweep
-    (2 chains) takes only the epsilons that relax within ``MAX_RELAXATION_STEPS`` (a gamma with
+    (``FINAL_NUM_CHAINS`` chains, as many as the estimate will run, so that a rare divergence
+    or a chain that strays is seen before it is recommended) takes only the epsilons that relax within ``MAX_RELAXATION_STEPS`` (a gamma with
     none is skipped), and runs ``relaxation_steps`` of the smallest of them, at least
     ``num_draws``, as burn-in and again as draws; it is repeated once with twice as many when
     most combinations fail only because the chains have not mixed. When no gamma qualifies, the
@@ -109,7 +107,7 @@ def recommend_settings(
                 continue
             settle = max(num_draws * 2**round_index, relaxation_steps(min(epsilons), gamma))
             for draws in (settle, 2 * settle):
-                sweep_settings = base.model_copy(update={"num_chains": 2, "num_draws": draws, "num_burnin_steps": draws})
+                sweep_settings = base.model_copy(update={"num_chains": FINAL_NUM_CHAINS, "num_draws": draws, "num_burnin_steps": draws})
                 sweep = calibrate_sweep(
                     model, sampling, epsilons, [gamma], [nbeta], base=sweep_settings, loss=loss, device=device, reporter=reporter
                 )
@@ -135,12 +133,6 @@ def _final_settings(sweep: SweepResult, index: int, base: SamplerSettings, draws
             "mala": base.mala,
         }
     )
-
-
-def relaxation_steps(epsilon: float, gamma: float) -> int:
-    """SGLD steps for ``RELAXATION_EFOLDS`` e-folds of the variance along a direction only the
-    localization constrains (it relaxes like ``exp(-epsilon * gamma * t)``)."""
-    return math.ceil(RELAXATION_EFOLDS / (epsilon * gamma))
 
 
 def _mostly_unmixed(rows: Sequence[dict[str, Any]]) -> bool:

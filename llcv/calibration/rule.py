@@ -10,6 +10,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from llcv.health import CHECKS, Evidence, HealthThresholds, failed_checks
+from llcv.langevin import relaxation_steps
 from llcv.settings import CalibrateSettings
 
 # The thresholds of the rule; their defaults are CalibrateSettings' defaults.
@@ -28,6 +29,7 @@ def rule_labels(limits: HealthThresholds) -> dict[str, str]:
     """Each check's name as a row's ``reason``: the rule it failed, with its threshold."""
     return {
         "diverged": "diverged",
+        "relaxed": "burn-in < 2/(epsilon*gamma)",
         "llc_mean < 0": "llc_mean < 0",
         "negative_chains": f"negative_chains > {limits.max_negative_fraction:g}",
         "drift": f"|drift_z| > {limits.max_drift_z:g}",
@@ -49,7 +51,14 @@ def row_evidence(row: dict[str, Any], num_chains: int = 2) -> Evidence:
         r_hat=row.get("r_hat"),
         ess=row.get("ess"),
         mala_acceptance=row.get("mala_acceptance"),
+        burnin_steps=row.get("num_burnin_steps"),
+        relaxation_steps=_relaxation(row["epsilon"], row["gamma"]),
     )
+
+
+def _relaxation(epsilon: float, gamma: float) -> float:
+    """The burn-in a row's chains need to relax from the checkpoint; infinite without localization."""
+    return relaxation_steps(epsilon, gamma) if gamma > 0 else math.inf
 
 
 def apply_rule(
@@ -63,7 +72,9 @@ def apply_rule(
     """The calibration rule: which rows qualify, and which one is recommended.
 
     A row qualifies if it passes the health checks of ``llcv.health``, in this order: it did not
-    diverge; ``llc_mean`` is not below 0 by more than 2 MCSE; at most ``max_negative_fraction``
+    diverge; its chains had relaxed from the checkpoint, ``num_burnin_steps >= 2 / (epsilon * gamma)``
+    (``llcv.langevin.relaxation_steps``; never at gamma 0; unchecked in a row without
+    ``num_burnin_steps``); ``llc_mean`` is not below 0 by more than 2 MCSE; at most ``max_negative_fraction``
     of its chains have a mean significantly below 0; ``|drift_z| <= max_drift_z`` (Geweke);
     ``r_hat <= max_r_hat`` (skipped where null: one chain); ``mala_acceptance >= target_acceptance``.
 

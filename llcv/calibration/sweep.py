@@ -27,6 +27,7 @@ from llcv.devices import resolve_device
 from llcv.diagnostics import trace_drift
 from llcv.errors import SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text, finite_or_none
+from llcv.langevin import relaxation_steps
 from llcv.llc_result import LLCResult
 from llcv.losses import LossSpec
 from llcv.plotting import plot_sweep_heatmap, plot_sweep_traces, save_figure
@@ -37,13 +38,18 @@ from llcv.sampling_data import SamplingData
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
 SWEEP_FORMAT = "llcv-sweep"  # sweep.json's "format"
-SWEEP_FORMAT_VERSION = 2  # 2: llc_mcse, negative_chains and drift_z in every row (llcv 0.4)
+# 2: llc_mcse, negative_chains and drift_z in every row (llcv 0.4); 3: num_burnin_steps per row (llcv 0.7)
+SWEEP_FORMAT_VERSION = 3
 MAX_GRID_VALUES = 1000  # per grid flag; every combination is a full LLC estimate
+# A row's own burn-in (``relax_burnin``) is at most this many times its draws, so that no row
+# costs more than five times its draws; a row that needed longer is judged by R-hat and drift.
+MAX_BURNIN_PER_DRAW = 4
 # The columns of a sweep row, in table order (docs/formats.md).
 ROW_FIELDS = (
     "epsilon",
     "gamma",
     "nbeta",
+    "num_burnin_steps",
     "mala_acceptance",
     "llc_mean",
     "llc_std",
@@ -94,14 +100,22 @@ def parse_grid(text: str, flag: str, *, allow_zero: bool = False) -> list[float]
 
 
 def sweep_base(sampler: SamplerSettings, calibrate: CalibrateSettings) -> SamplerSettings:
-    """The base settings of a sweep: ``[sampler]`` with the chains, draws and burn-in of ``[calibrate]``."""
+    """The base settings of a sweep: ``[sampler]`` with the chains, draws and burn-in of ``[calibrate]``
+    (no burn-in where ``[calibrate]`` leaves it to each row: ``relax_burnin`` of ``calibrate_sweep``)."""
     return sampler.model_copy(
         update={
             "num_chains": calibrate.num_chains,
             "num_draws": calibrate.num_draws,
-            "num_burnin_steps": calibrate.num_burnin_steps,
+            "num_burnin_steps": calibrate.num_burnin_steps or 0,
         }
     )
+
+
+def row_burnin_steps(epsilon: float, gamma: float, num_draws: int) -> int:
+    """A row's own burn-in: until its chains have relaxed from the checkpoint
+    (``llcv.langevin.relaxation_steps``), at most ``MAX_BURNIN_PER_DRAW`` times its draws."""
+    cap = MAX_BURNIN_PER_DRAW * num_draws
+    return min(relaxation_steps(epsilon, gamma), cap) if gamma > 0 else cap
 
 
 def output_dir(results_dir: Path, checkpoint: Path) -> Path:
@@ -116,9 +130,10 @@ class SweepResult(BaseModel):
         rows: one dict per combination with ``ROW_FIELDS``, in grid order (nbeta, gamma, epsilon).
         traces: per row, the per-draw LLC averaged over the healthy chains (over all chains,
             up to where they diverged, when none is healthy); null where undefined.
-        recommended: the base settings with the recommended epsilon, gamma and nbeta, or None.
+        recommended: the base settings with the recommended epsilon, gamma and nbeta and its row's burn-in, or None.
         reason: why that row was recommended, or why none was.
-        base: the settings every combination shared (MALA always on).
+        base: the settings every combination shared (MALA always on); with ``relax_burnin``
+            each row's burn-in is its own, in its ``num_burnin_steps``.
         rule: the thresholds the rows were judged by.
         fingerprint: what a stored row must match to be reused on resume.
         checkpoint: the checkpoint the sweep ran on, when known.
@@ -134,6 +149,13 @@ class SweepResult(BaseModel):
     rule: dict[str, float]
     fingerprint: dict[str, Any] = {}
     checkpoint: str | None = None
+
+    @property
+    def burnin_label(self) -> str:
+        """The rows' burn-in in words: the shared number, or each row's own (``relax_burnin``)."""
+        if self.fingerprint.get("relax_burnin"):
+            return f"burn-in 2/(epsilon*gamma), at most {MAX_BURNIN_PER_DRAW * self.base.num_draws}"
+        return f"{self.base.num_burnin_steps} burn-in"
 
     @property
     def recommended_index(self) -> int | None:
@@ -178,6 +200,7 @@ def calibrate_sweep(
     max_negative_fraction: float = RULE_DEFAULTS.max_negative_fraction,
     max_drift_z: float = RULE_DEFAULTS.max_drift_z,
     max_r_hat: float = RULE_DEFAULTS.max_r_hat,
+    relax_burnin: bool = False,
     sweep_file: Path | None = None,
     checkpoint: str | None = None,
     reporter: Reporter = SILENT,
@@ -194,6 +217,10 @@ def calibrate_sweep(
             acceptance is always computed, since the rule needs it.
         loss, device: as for ``estimate_llc``.
         target_acceptance, max_negative_fraction, max_drift_z, max_r_hat: the rule's thresholds.
+        relax_burnin: each row burns in for ``row_burnin_steps(epsilon, gamma, num_draws)``
+            instead of ``base.num_burnin_steps``: chains start at the checkpoint, and a row
+            judged on chains still relaxing from it reads a transient (lower MALA acceptance,
+            R-hat and drift out of range) instead of the posterior.
         sweep_file: a ``sweep.json`` to keep finished combinations in as they finish, and to
             resume from: a stored row made with the same model weights, data size, loss and
             base settings is reused instead of recomputed.
@@ -220,6 +247,7 @@ def calibrate_sweep(
         "num_samples": prepared.num_samples,
         "loss": loss if isinstance(loss, str) else f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', repr(loss))}",
         "base": base.model_dump(mode="json", exclude={"epsilon", "gamma", "nbeta"}),
+        "relax_burnin": relax_burnin,
     }
     done = _stored_rows(sweep_file, fingerprint, reporter)
     finished = {key: done[key] for key in combinations if key in done}
@@ -234,7 +262,8 @@ def calibrate_sweep(
         recommended = None
         if index is not None:
             epsilon, gamma, nbeta = ordered[index]
-            recommended = base.model_copy(update={"epsilon": epsilon, "gamma": gamma, "nbeta": nbeta})
+            burnin = rows[index]["num_burnin_steps"]
+            recommended = base.model_copy(update={"epsilon": epsilon, "gamma": gamma, "nbeta": nbeta, "num_burnin_steps": burnin})
         return SweepResult(
             rows=rows,
             traces=[finished[key][1] for key in ordered],
@@ -252,8 +281,9 @@ def calibrate_sweep(
         for epsilon, gamma, nbeta in combinations:
             if (epsilon, gamma, nbeta) in finished:
                 continue
+            burnin = row_burnin_steps(epsilon, gamma, base.num_draws) if relax_burnin else base.num_burnin_steps
             settings = SamplerSettings.model_validate(
-                {**base.model_dump(), "epsilon": epsilon, "gamma": gamma, "nbeta": nbeta}
+                {**base.model_dump(), "epsilon": epsilon, "gamma": gamma, "nbeta": nbeta, "num_burnin_steps": burnin}
             )
             result = sampling.estimate_llc(model, prepared, settings, loss=loss, device=device, reporter=reporter)
             finished[(epsilon, gamma, nbeta)] = sweep_row(result)
@@ -336,6 +366,7 @@ def sweep_row(result: LLCResult) -> tuple[dict[str, Any], list[float | None]]:
         "epsilon": settings["epsilon"],
         "gamma": settings["gamma"],
         "nbeta": result.nbeta,
+        "num_burnin_steps": settings["num_burnin_steps"],
         "mala_acceptance": result.mala_acceptance,
         "llc_mean": result.llc_mean,
         "llc_std": result.llc_std,
@@ -375,7 +406,7 @@ def save_sweep(result: SweepResult, directory: Path, fmt: str = "png") -> list[P
     for row in result.rows:
         writer.writerow({field: "" if row[field] is None else row[field] for field in ROW_FIELDS})
     written.append(atomic_write_text(directory / "sweep.csv", buffer.getvalue()))
-    title = figure_title("sweep", result.checkpoint, result.base)
+    title = figure_title("sweep", result.checkpoint, result.base, burnin=result.burnin_label)
     written.append(save_figure(plot_sweep_heatmap(result.rows, title, result.recommended_index), directory / f"sweep_heatmap.{fmt}"))
     written.append(save_figure(plot_sweep_traces(result.rows, result.traces, title), directory / f"sweep_traces.{fmt}"))
     recommended = directory / "recommended.json"
@@ -386,7 +417,7 @@ def save_sweep(result: SweepResult, directory: Path, fmt: str = "png") -> list[P
     return written
 
 
-def figure_title(what: str, checkpoint: str | None, settings: SamplerSettings, *, grid: bool = True) -> str:
+def figure_title(what: str, checkpoint: str | None, settings: SamplerSettings, *, grid: bool = True, burnin: str | None = None) -> str:
     where = Path(checkpoint).name if checkpoint else "model"
     head = f"{what} of {where}"
     if not grid:
@@ -394,6 +425,6 @@ def figure_title(what: str, checkpoint: str | None, settings: SamplerSettings, *
         head += f": epsilon={settings.epsilon:g}, gamma={settings.gamma:g}, nbeta={nbeta}"
     detail = (
         f"{settings.num_chains} chain{'s' if settings.num_chains != 1 else ''} x {settings.num_draws} draws, "
-        f"{settings.num_burnin_steps} burn-in, batch {settings.batch_size}, {settings.sampler}, seed {settings.seed}"
+        f"{burnin or f'{settings.num_burnin_steps} burn-in'}, batch {settings.batch_size}, {settings.sampler}, seed {settings.seed}"
     )
     return f"{head}\n{detail}"
