@@ -396,6 +396,21 @@ def test_resume_recomputes_rows_made_with_other_settings_or_weights(linear, tmp_
     assert counter.calls == [(1e-2, 1.0, pytest.approx(200 / math.log(200)))]
 
 
+def test_resume_recomputes_a_row_whose_stored_burn_in_differs_from_what_it_would_run_now(linear, tmp_path, monkeypatch):
+    model, data = linear
+    sweep_file = tmp_path / "sweep.json"
+    grid = dict(epsilons=[1e-3, 1e-2], gammas=[1000.0], loss="mse", device="cpu", sweep_file=sweep_file, relax_burnin=True)
+    calibrate_sweep(model, data, base=TINY, **grid)
+    stored = json.loads(sweep_file.read_text())
+    stored["rows"][0]["num_burnin_steps"] += 1  # as an llcv with another automatic burn-in would have written it
+    sweep_file.write_text(json.dumps(stored))
+    counter = _Interrupt()
+    monkeypatch.setattr(sampling, "estimate_llc", counter)
+    result = calibrate_sweep(model, data, base=TINY, **grid)
+    assert [call[0] for call in counter.calls] == [1e-3]
+    assert result.rows[0]["num_burnin_steps"] == calibration.row_burnin_steps(1e-3, 1000.0, TINY.num_draws)
+
+
 def test_an_unreadable_sweep_file_starts_afresh(linear, tmp_path):
     model, data = linear
     sweep_file = tmp_path / "sweep.json"

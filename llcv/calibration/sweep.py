@@ -249,8 +249,13 @@ def calibrate_sweep(
         "base": base.model_dump(mode="json", exclude={"epsilon", "gamma", "nbeta"}),
         "relax_burnin": relax_burnin,
     }
+
+    def burnin(epsilon: float, gamma: float) -> int:
+        return row_burnin_steps(epsilon, gamma, base.num_draws) if relax_burnin else base.num_burnin_steps
+
     done = _stored_rows(sweep_file, fingerprint, reporter)
-    finished = {key: done[key] for key in combinations if key in done}
+    # a stored row is reused only if it ran the burn-in this sweep would give it
+    finished = {key: done[key] for key in combinations if key in done and done[key][0]["num_burnin_steps"] == burnin(*key[:2])}
     if finished:
         reporter.note(f"resuming the sweep: {len(finished)} of {len(combinations)} combinations already done")
 
@@ -262,8 +267,9 @@ def calibrate_sweep(
         recommended = None
         if index is not None:
             epsilon, gamma, nbeta = ordered[index]
-            burnin = rows[index]["num_burnin_steps"]
-            recommended = base.model_copy(update={"epsilon": epsilon, "gamma": gamma, "nbeta": nbeta, "num_burnin_steps": burnin})
+            recommended = base.model_copy(
+                update={"epsilon": epsilon, "gamma": gamma, "nbeta": nbeta, "num_burnin_steps": rows[index]["num_burnin_steps"]}
+            )
         return SweepResult(
             rows=rows,
             traces=[finished[key][1] for key in ordered],
@@ -281,9 +287,8 @@ def calibrate_sweep(
         for epsilon, gamma, nbeta in combinations:
             if (epsilon, gamma, nbeta) in finished:
                 continue
-            burnin = row_burnin_steps(epsilon, gamma, base.num_draws) if relax_burnin else base.num_burnin_steps
             settings = SamplerSettings.model_validate(
-                {**base.model_dump(), "epsilon": epsilon, "gamma": gamma, "nbeta": nbeta, "num_burnin_steps": burnin}
+                {**base.model_dump(), "epsilon": epsilon, "gamma": gamma, "nbeta": nbeta, "num_burnin_steps": burnin(epsilon, gamma)}
             )
             result = sampling.estimate_llc(model, prepared, settings, loss=loss, device=device, reporter=reporter)
             finished[(epsilon, gamma, nbeta)] = sweep_row(result)
