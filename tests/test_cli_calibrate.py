@@ -94,7 +94,7 @@ def test_sweep_end_to_end_and_the_recommendation_feeds_estimate(checkpoint, tmp_
     outcome = runner.invoke(
         app,
         ["calibrate", "sweep", "--checkpoint", str(checkpoint), "--config", str(config), "--epsilons", "1e-5:1e-4:2",
-         "--gammas", "1000", "--num-chains", "2", "--num-draws", "10", "--results-dir", str(tmp_path / "cal"), *DEVICE],
+         "--gammas", "10000", "--num-chains", "2", "--num-draws", "10", "--results-dir", str(tmp_path / "cal"), *DEVICE],
     )
     assert outcome.exit_code == 0, outcome.output
     out = tmp_path / "cal" / checkpoint.stem
@@ -107,7 +107,7 @@ def test_sweep_end_to_end_and_the_recommendation_feeds_estimate(checkpoint, tmp_
     recommended = json.loads((out / "recommended.json").read_text())
     assert set(recommended) == {"epsilon", "gamma", "nbeta", "sampler", "num_burnin_steps"} and recommended == sweep["recommended"]
     # no --num-burnin-steps: each row burned in until its chains relaxed, and the pick keeps its own
-    assert recommended["num_burnin_steps"] == calibration.row_burnin_steps(recommended["epsilon"], 1000.0, 10)
+    assert recommended["num_burnin_steps"] == calibration.row_burnin_steps(recommended["epsilon"], 10000.0, 10)
     assert "burn-in 2/(epsilon*gamma), at most 40" in " ".join(outcome.stdout.split())
 
     estimate = runner.invoke(
@@ -123,19 +123,20 @@ def test_sweep_grid_flags_and_default_nbeta(checkpoint, tmp_path, fake):
     estimate = fake()
     outcome = runner.invoke(
         app,
-        ["calibrate", "sweep", "--checkpoint", str(checkpoint), "--epsilons", "1e-6:1e-4:3", "--gammas", "1,100",
+        ["calibrate", "sweep", "--checkpoint", str(checkpoint), "--epsilons", "1e-3:1e-1:3", "--gammas", "1000,10000",
          "--nbetas", "2,20", "--num-chains", "3", "--num-draws", "8", "--num-burnin-steps", "2",
          "--results-dir", str(tmp_path), "--format", "svg", *DEVICE],
     )
     assert outcome.exit_code == 0, outcome.output
     assert len(estimate.calls) == 12
     assert sorted({(s.epsilon, s.gamma, s.nbeta) for s in estimate.calls}) == sorted(
-        (e, g, b) for e in (1e-6, 1e-5, 1e-4) for g in (1.0, 100.0) for b in (2.0, 20.0)
+        (e, g, b) for e in (1e-3, 1e-2, 1e-1) for g in (1000.0, 10000.0) for b in (2.0, 20.0)
     )
     assert {(s.num_chains, s.num_draws, s.num_burnin_steps, s.mala) for s in estimate.calls} == {(3, 8, 2, True)}
     assert (tmp_path / checkpoint.stem / "sweep_heatmap.svg").exists()
     recommended = json.loads((tmp_path / checkpoint.stem / "recommended.json").read_text())
-    assert recommended["epsilon"] == 1e-4 and recommended["sampler"] == "sgld" and recommended["num_burnin_steps"] == 2
+    # 2 burn-in steps relax every row (2 / (epsilon * gamma) <= 2); the flat fake LLC is a plateau
+    assert recommended["epsilon"] == 1e-1 and recommended["sampler"] == "sgld" and recommended["num_burnin_steps"] == 2
 
 
 def test_without_a_burn_in_flag_each_row_burns_in_for_its_own_relaxation(checkpoint, tmp_path, fake):
@@ -160,7 +161,7 @@ def test_sweep_with_nothing_qualifying_exits_1_and_leaves_no_recommendation(chec
     (out / "recommended.json").write_text("{}")  # from an earlier sweep
     outcome = runner.invoke(
         app,
-        ["calibrate", "sweep", "--checkpoint", str(checkpoint), "--epsilons", "1e-5,1e-4,10", "--gammas", "100",
+        ["calibrate", "sweep", "--checkpoint", str(checkpoint), "--epsilons", "1e-5,1e-4,10", "--gammas", "100000",
          "--num-draws", "8", "--results-dir", str(tmp_path), *DEVICE],
     )
     assert outcome.exit_code == 1, outcome.output
@@ -185,7 +186,7 @@ def test_bad_grid_exits_2_naming_the_flag(checkpoint, tmp_path, flag, value, fak
 
 
 def test_interrupted_sweep_exits_130_and_a_rerun_finishes_the_rest(checkpoint, tmp_path, fake):
-    command = ["calibrate", "sweep", "--checkpoint", str(checkpoint), "--epsilons", "1e-6:1e-3:4", "--gammas", "10",
+    command = ["calibrate", "sweep", "--checkpoint", str(checkpoint), "--epsilons", "1e-6:1e-3:4", "--gammas", "1000000",
                "--num-draws", "8", "--results-dir", str(tmp_path), *DEVICE]
     first = fake(interrupt_at=3)
     outcome = runner.invoke(app, command)
