@@ -326,8 +326,9 @@ def calibrate_sweep_command(
 
     --num-chains, --num-draws and --num-burnin-steps set [calibrate]: what each grid point runs
     (default 2 chains of 200 draws, each row burning in until its chains have relaxed from the
-    checkpoint: 2/(epsilon*gamma) steps, at most 4 times the draws); everything else comes from
-    [sampler]. recommended.json carries the pick's burn-in with its epsilon, gamma and nbeta.
+    checkpoint, 2/(epsilon*gamma) steps, where that is at most 4 times the draws: a row that needs
+    more cannot qualify and runs without); everything else comes from [sampler].
+    recommended.json carries the pick's burn-in with its epsilon, gamma and nbeta.
     """
     with command_boundary():
         flags = merge(grid.overrides(), length.overrides(), sampler_flags.overrides(), output.overrides(), target.overrides())

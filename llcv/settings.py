@@ -231,7 +231,7 @@ class CalibrateSettings(_Section):
     num_chains: PositiveInt = 2
     num_draws: PositiveInt = 200
     # None: each row burns in until its chains have relaxed from the checkpoint, 2 / (epsilon * gamma)
-    # steps, at most 4 times num_draws (llcv.calibration.row_burnin_steps).
+    # steps, where that is at most 4 times num_draws (llcv.calibration.row_burnin_steps).
     num_burnin_steps: NonNegativeInt | None = None
     target_acceptance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
     # The rule (docs/calibration.md): share of chains whose mean LLC lies significantly below 0,

@@ -108,7 +108,7 @@ def test_sweep_end_to_end_and_the_recommendation_feeds_estimate(checkpoint, tmp_
     assert set(recommended) == {"epsilon", "gamma", "nbeta", "sampler", "num_burnin_steps"} and recommended == sweep["recommended"]
     # no --num-burnin-steps: each row burned in until its chains relaxed, and the pick keeps its own
     assert recommended["num_burnin_steps"] == calibration.row_burnin_steps(recommended["epsilon"], 10000.0, 10)
-    assert "burn-in 2/(epsilon*gamma), at most 40" in " ".join(outcome.stdout.split())
+    assert "burn-in 2/(epsilon*gamma) where at most 40" in " ".join(outcome.stdout.split())
 
     estimate = runner.invoke(
         app, ["estimate", "--checkpoint", str(checkpoint), "--from-calibration", str(out / "recommended.json"),
@@ -148,10 +148,12 @@ def test_without_a_burn_in_flag_each_row_burns_in_for_its_own_relaxation(checkpo
     )
     assert outcome.exit_code == 0, outcome.output
     burnin = {(s.epsilon, s.gamma): s.num_burnin_steps for s in estimate.calls}
-    # 2 / (epsilon * gamma) steps, at most 4 x 8 draws (gamma 0: nothing pulls the chains back)
-    assert burnin == {(1e-6, 0.0): 32, (1e-3, 0.0): 32, (1e-6, 10.0): 32, (1e-3, 10.0): 32, (1e-6, 1000.0): 32, (1e-3, 1000.0): 2}
+    # 2 / (epsilon * gamma) steps where that is at most 4 x 8 draws, else none: those rows cannot
+    # qualify (at gamma 0 nothing pulls the chains back)
+    assert burnin == {(1e-6, 0.0): 0, (1e-3, 0.0): 0, (1e-6, 10.0): 0, (1e-3, 10.0): 0, (1e-6, 1000.0): 0, (1e-3, 1000.0): 2}
     rows = json.loads((tmp_path / checkpoint.stem / "sweep.json").read_text())["rows"]
-    assert [row["num_burnin_steps"] for row in rows] == [32, 32, 32, 32, 32, 2]
+    assert [row["num_burnin_steps"] for row in rows] == [0, 0, 0, 0, 0, 2]
+    assert [row["qualifies"] for row in rows] == [False] * 5 + [True]
 
 
 def test_sweep_with_nothing_qualifying_exits_1_and_leaves_no_recommendation(checkpoint, tmp_path, fake):

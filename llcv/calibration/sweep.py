@@ -42,7 +42,8 @@ SWEEP_FORMAT = "llcv-sweep"  # sweep.json's "format"
 SWEEP_FORMAT_VERSION = 3
 MAX_GRID_VALUES = 1000  # per grid flag; every combination is a full LLC estimate
 # A row's own burn-in (``relax_burnin``) is at most this many times its draws, so that no row
-# costs more than five times its draws; a row that needed longer is judged by R-hat and drift.
+# costs more than five times its draws. A row whose chains need longer to relax runs without
+# burn-in: the rule rejects it either way, so burn-in is spent only where it can let a row qualify.
 MAX_BURNIN_PER_DRAW = 4
 # The columns of a sweep row, in table order (docs/formats.md).
 ROW_FIELDS = (
@@ -113,9 +114,10 @@ def sweep_base(sampler: SamplerSettings, calibrate: CalibrateSettings) -> Sample
 
 def row_burnin_steps(epsilon: float, gamma: float, num_draws: int) -> int:
     """A row's own burn-in: until its chains have relaxed from the checkpoint
-    (``llcv.langevin.relaxation_steps``), at most ``MAX_BURNIN_PER_DRAW`` times its draws."""
-    cap = MAX_BURNIN_PER_DRAW * num_draws
-    return min(relaxation_steps(epsilon, gamma), cap) if gamma > 0 else cap
+    (``llcv.langevin.relaxation_steps``) where that takes at most ``MAX_BURNIN_PER_DRAW`` times its
+    draws, else none (gamma 0: none)."""
+    needed = relaxation_steps(epsilon, gamma) if gamma > 0 else None
+    return needed if needed is not None and needed <= MAX_BURNIN_PER_DRAW * num_draws else 0
 
 
 def output_dir(results_dir: Path, checkpoint: Path) -> Path:
@@ -154,7 +156,7 @@ class SweepResult(BaseModel):
     def burnin_label(self) -> str:
         """The rows' burn-in in words: the shared number, or each row's own (``relax_burnin``)."""
         if self.fingerprint.get("relax_burnin"):
-            return f"burn-in 2/(epsilon*gamma), at most {MAX_BURNIN_PER_DRAW * self.base.num_draws}"
+            return f"burn-in 2/(epsilon*gamma) where at most {MAX_BURNIN_PER_DRAW * self.base.num_draws}"
         return f"{self.base.num_burnin_steps} burn-in"
 
     @property
