@@ -42,10 +42,11 @@ RMSPROP_EPS = 0.1
 RELAXATION_EFOLDS = 2.0
 
 
-def relaxation_steps(epsilon: float, gamma: float) -> int:
+def relaxation_steps(epsilon: float, gamma: float) -> int | float:
     """SGLD steps for ``RELAXATION_EFOLDS`` e-folds of the variance along a direction only the
-    localization constrains (it relaxes like ``exp(-epsilon * gamma * t)``); ``gamma > 0``."""
-    return math.ceil(RELAXATION_EFOLDS / (epsilon * gamma))
+    localization constrains (it relaxes like ``exp(-epsilon * gamma * t)``); infinite at gamma 0,
+    where nothing pulls such a direction back."""
+    return math.ceil(RELAXATION_EFOLDS / (epsilon * gamma)) if gamma > 0 else math.inf
 
 
 class GaussianNoise:

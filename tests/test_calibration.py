@@ -489,6 +489,7 @@ def test_recommend_settings_returns_complete_settings_that_recover_a_regular_mod
 def test_relaxation_steps_cover_the_e_folds_of_the_localization_alone():
     assert relaxation_steps(1e-3, 10.0) == math.ceil(RELAXATION_EFOLDS / 1e-2)
     assert relaxation_steps(1e-4, 10.0) == 10 * relaxation_steps(1e-3, 10.0)
+    assert relaxation_steps(1e-3, 0.0) == math.inf  # without localization no burn-in is enough
 
 
 def test_recommend_settings_raises_when_nothing_qualifies(linear, monkeypatch):

@@ -60,8 +60,9 @@ def recommend_settings(
     (a plateau in epsilon). A weak gamma mixes slowly: along a direction the loss does not
     constrain, the chains relax only at the rate ``epsilon * gamma``. So each gamma's sweep
     (``FINAL_NUM_CHAINS`` chains, as many as the estimate will run, so that a rare divergence
-    or a chain that strays is seen before it is recommended) takes only the epsilons that relax within ``MAX_RELAXATION_STEPS`` (a gamma with
-    none is skipped), and runs ``relaxation_steps`` of the smallest of them, at least
+    or a chain that strays is seen before it is recommended) takes only the epsilons that relax
+    within ``MAX_RELAXATION_STEPS`` (a gamma with none is skipped), and runs ``relaxation_steps``
+    of the smallest of them, at least
     ``num_draws``, as burn-in and again as draws; it is repeated once with twice as many when
     most combinations fail only because the chains have not mixed. When no gamma qualifies, the
     search is repeated ``RECOMMEND_ROUNDS - 1`` more times, each round with the grid widened

@@ -52,13 +52,8 @@ def row_evidence(row: dict[str, Any], num_chains: int = 2) -> Evidence:
         ess=row.get("ess"),
         mala_acceptance=row.get("mala_acceptance"),
         burnin_steps=row.get("num_burnin_steps"),
-        relaxation_steps=_relaxation(row["epsilon"], row["gamma"]),
+        relaxation_steps=relaxation_steps(row["epsilon"], row["gamma"]),
     )
-
-
-def _relaxation(epsilon: float, gamma: float) -> float:
-    """The burn-in a row's chains need to relax from the checkpoint; infinite without localization."""
-    return relaxation_steps(epsilon, gamma) if gamma > 0 else math.inf
 
 
 def apply_rule(

@@ -116,8 +116,8 @@ def row_burnin_steps(epsilon: float, gamma: float, num_draws: int) -> int:
     """A row's own burn-in: until its chains have relaxed from the checkpoint
     (``llcv.langevin.relaxation_steps``) where that takes at most ``MAX_BURNIN_PER_DRAW`` times its
     draws, else none (gamma 0: none)."""
-    needed = relaxation_steps(epsilon, gamma) if gamma > 0 else None
-    return needed if needed is not None and needed <= MAX_BURNIN_PER_DRAW * num_draws else 0
+    needed = relaxation_steps(epsilon, gamma)
+    return int(needed) if needed <= MAX_BURNIN_PER_DRAW * num_draws else 0
 
 
 def output_dir(results_dir: Path, checkpoint: Path) -> Path:
