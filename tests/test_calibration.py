@@ -549,6 +549,41 @@ def test_recommend_settings_repeats_an_unmixed_gamma_with_twice_the_draws(linear
         assert all(relaxation_steps(epsilon, gamma) <= recommend.MAX_RELAXATION_STEPS * 2**round_index for epsilon in epsilons)
 
 
+@pytest.mark.parametrize("first_failure", ["diverged", "llc_mean < 0"])
+def test_recommend_settings_tries_one_smaller_epsilon_past_the_budget_only_when_steps_were_too_large(linear, monkeypatch, first_failure):
+    """Only epsilon 50 / s relaxes within the budget; 0.05 / s needs 400 steps. When 50 / s fails for
+    its step size the search sweeps 0.05 / s alone at the same gamma, with its own relaxation, and
+    recommends it; when it fails for another reason, a smaller step is not what is missing."""
+    model, data = linear
+    monkeypatch.setattr(recommend, "RECOMMEND_EPSILON_FACTORS", (0.05, 50.0))
+    monkeypatch.setattr(recommend, "RECOMMEND_GAMMA_FACTORS", (0.1,))
+    monkeypatch.setattr(recommend, "MAX_RELAXATION_STEPS", 100)
+    monkeypatch.setattr(recommend, "RECOMMEND_ROUNDS", 1)
+    real_sweep = calibration.calibrate_sweep
+    calls = []
+
+    def sweep(model, data, epsilons, gammas, nbetas, base, **kwargs):
+        calls.append((epsilons, gammas[0], base.num_burnin_steps))
+        result = real_sweep(model, data, epsilons, gammas, nbetas, base=base, **kwargs)
+        if len(calls) == 1:  # 50 / s diverges anyway; the reason is set for the other case
+            failed = [{**row, "qualifies": False, "reason": first_failure} for row in result.rows]
+            return result.model_copy(update={"rows": failed, "recommended": None, "reason": "no combination qualifies"})
+        return result
+
+    monkeypatch.setattr(recommend, "calibrate_sweep", sweep)
+    if first_failure == "diverged":
+        settings = recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
+        (large,), gamma, _ = calls[0]
+        (small,), same_gamma, burnin = calls[1]
+        assert small == pytest.approx(large * 0.05 / 50, rel=1e-2) and same_gamma == gamma
+        assert burnin == relaxation_steps(small, gamma) > recommend.MAX_RELAXATION_STEPS
+        assert (settings.epsilon, settings.gamma, settings.num_burnin_steps) == (small, gamma, burnin)
+    else:
+        with pytest.raises(EstimationError, match="no usable SGLD settings"):
+            recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
+        assert len(calls) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["regression-d10", "rrr-5-3-5-r1"])
 def test_recommend_settings_recovers_known_learning_coefficients(name):

@@ -62,9 +62,11 @@ def recommend_settings(
     (``FINAL_NUM_CHAINS`` chains, as many as the estimate will run, so that a rare divergence
     or a chain that strays is seen before it is recommended) takes only the epsilons that relax
     within ``MAX_RELAXATION_STEPS`` (a gamma with none is skipped), and runs ``relaxation_steps``
-    of the smallest of them, at least
-    ``num_draws``, as burn-in and again as draws; it is repeated once with twice as many when
-    most combinations fail only because the chains have not mixed. When no gamma qualifies, the
+    of the smallest of them, at least ``num_draws``, as burn-in and again as draws; it is
+    repeated once with twice as many when most combinations fail only because the chains have
+    not mixed. When even the smallest of those epsilons failed for its step size (divergence or
+    MALA acceptance), the next smaller epsilon of the grid is swept alone at that gamma, with
+    the longer relaxation it needs, before a stronger gamma is tried. When no gamma qualifies, the
     search is repeated ``RECOMMEND_ROUNDS - 1`` more times, each round with the grid widened
     (``RECOMMEND_WIDER_*_FACTORS``) and the budget and minimum length doubled. nbeta is
     ``base.nbeta`` or its default.
@@ -72,7 +74,7 @@ def recommend_settings(
     The returned settings are the recommended (epsilon, gamma, nbeta, sampler) with
     ``FINAL_NUM_CHAINS`` chains, the qualifying sweep's burn-in steps, and enough draws for an
     effective sample size of about ``TARGET_ESS`` at the sweep's mixing rate (at least that
-    sweep's draws, otherwise at most ``10 * num_draws``); the rest comes from ``base``.
+    sweep's draws, otherwise at most ``10 * num_draws`` or four times the sweep's draws); the rest comes from ``base``.
 
     Args:
         base: batch size, samples, seed and sampler. Default: full batches of the data, or of a
@@ -106,14 +108,15 @@ def recommend_settings(
             if not epsilons:
                 reasons.append(f"gamma={gamma:g}: no epsilon lets the chains relax within {budget} steps")
                 continue
-            settle = max(num_draws * 2**round_index, relaxation_steps(min(epsilons), gamma))
-            for draws in (settle, 2 * settle):
-                sweep_settings = base.model_copy(update={"num_chains": FINAL_NUM_CHAINS, "num_draws": draws, "num_burnin_steps": draws})
-                sweep = calibrate_sweep(
-                    model, sampling, epsilons, [gamma], [nbeta], base=sweep_settings, loss=loss, device=device, reporter=reporter
-                )
-                if sweep.recommended is not None or not _mostly_unmixed(sweep.rows):
-                    break
+            shortest = num_draws * 2**round_index
+            sweep, draws = _sweep_gamma(model, sampling, epsilons, gamma, nbeta, base, shortest, loss, device, reporter)
+            smaller = [epsilon for epsilon in all_epsilons if epsilon < min(epsilons)]
+            if sweep.recommended is None and smaller and _steps_too_large(min(sweep.rows, key=lambda row: row["epsilon"])):
+                # The budget cut the grid off just where the steps became small enough: one epsilon
+                # further down, whatever its relaxation takes (at most the grid's spacing times the
+                # budget), before a stronger gamma biases the LLC down.
+                reasons.append(f"gamma={gamma:g}, {draws} draws: {sweep.reason}")
+                sweep, draws = _sweep_gamma(model, sampling, smaller[-1:], gamma, nbeta, base, shortest, loss, device, reporter)
             index = sweep.recommended_index
             if sweep.recommended is not None and index is not None:
                 return _final_settings(sweep, index, base, draws, num_draws)
@@ -121,19 +124,51 @@ def recommend_settings(
     raise EstimationError("recommend_settings found no usable SGLD settings; " + "; ".join(reasons))
 
 
+def _sweep_gamma(
+    model: nn.Module,
+    sampling: SamplingData,
+    epsilons: list[float],
+    gamma: float,
+    nbeta: float,
+    base: SamplerSettings,
+    shortest: int,
+    loss: LossSpec,
+    device: torch.device,
+    reporter: Reporter,
+) -> tuple[SweepResult, int]:
+    """One gamma's sweep, with the smallest epsilon's relaxation (at least ``shortest`` steps) as
+    burn-in and again as draws, repeated once with twice as many when most rows have not mixed.
+    Returns the last sweep and its draws."""
+    settle = max(shortest, relaxation_steps(min(epsilons), gamma))
+    for draws in (settle, 2 * settle):
+        sweep_settings = base.model_copy(update={"num_chains": FINAL_NUM_CHAINS, "num_draws": draws, "num_burnin_steps": draws})
+        sweep = calibrate_sweep(model, sampling, epsilons, [gamma], [nbeta], base=sweep_settings, loss=loss, device=device, reporter=reporter)
+        if sweep.recommended is not None or not _mostly_unmixed(sweep.rows):
+            break
+    return sweep, draws
+
+
 def _final_settings(sweep: SweepResult, index: int, base: SamplerSettings, draws: int, num_draws: int) -> SamplerSettings:
     """The recommended row as settings for a final estimate: its mixing rate sets the draws."""
     row = sweep.rows[index]
     ess_per_draw = (row["ess"] or 0.0) / (sweep.base.num_chains * draws)
-    needed = math.ceil(TARGET_ESS / (FINAL_NUM_CHAINS * ess_per_draw)) if ess_per_draw > 0 else 10 * num_draws
+    # At most ten times the fewest draws, or four times the sweep's own (whose chains mixed slowly
+    # enough to need long sweeps), so that the estimate's cost stays within a sweep's.
+    most = max(10 * num_draws, 4 * draws)
+    needed = math.ceil(TARGET_ESS / (FINAL_NUM_CHAINS * ess_per_draw)) if ess_per_draw > 0 else most
     return sweep.recommended.model_copy(
         update={
             "num_chains": FINAL_NUM_CHAINS,
-            "num_draws": max(draws, min(needed, 10 * num_draws)),
+            "num_draws": max(draws, min(needed, most)),
             "num_burnin_steps": draws,
             "mala": base.mala,
         }
     )
+
+
+def _steps_too_large(row: dict[str, Any]) -> bool:
+    """Whether a row failed first because its steps were too large (divergence or MALA acceptance)."""
+    return row["reason"].startswith(("diverged", "mala_acceptance"))
 
 
 def _mostly_unmixed(rows: Sequence[dict[str, Any]]) -> bool:
