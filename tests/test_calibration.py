@@ -266,6 +266,8 @@ def test_sweep_on_a_trained_model_flags_a_huge_epsilon_and_recommends_a_healthy_
     assert not chosen["diverged"] and chosen["qualifies"] and result.recommended.epsilon == chosen["epsilon"]
     assert result.recommended.nbeta == pytest.approx(64 / math.log(64))  # the default, resolved
     assert (result.recommended.num_chains, result.recommended.num_draws) == (2, 12)  # the rest is the base
+    # the rows measured MALA acceptance; the recommendation keeps the base's choice (off: it costs)
+    assert chosen["mala_acceptance"] is not None and result.recommended.mala is False
     # each row burned in for 2 / (epsilon * gamma) steps, and the pick carries its own
     assert [r["num_burnin_steps"] for r in result.rows] == [20, 2, 1]
     assert result.recommended.num_burnin_steps == chosen["num_burnin_steps"]

@@ -119,7 +119,7 @@ def recommend_settings(
                 sweep, draws = _sweep_gamma(model, sampling, smaller[-1:], gamma, nbeta, base, shortest, loss, device, reporter)
             index = sweep.recommended_index
             if sweep.recommended is not None and index is not None:
-                return _final_settings(sweep, index, base, draws, num_draws)
+                return _final_settings(sweep, index, draws, num_draws)
             reasons.append(f"gamma={gamma:g}, {draws} draws: {sweep.reason}")
     raise EstimationError("recommend_settings found no usable SGLD settings; " + "; ".join(reasons))
 
@@ -148,7 +148,7 @@ def _sweep_gamma(
     return sweep, draws
 
 
-def _final_settings(sweep: SweepResult, index: int, base: SamplerSettings, draws: int, num_draws: int) -> SamplerSettings:
+def _final_settings(sweep: SweepResult, index: int, draws: int, num_draws: int) -> SamplerSettings:
     """The recommended row as settings for a final estimate: its mixing rate sets the draws."""
     row = sweep.rows[index]
     ess_per_draw = (row["ess"] or 0.0) / (sweep.base.num_chains * draws)
@@ -161,7 +161,6 @@ def _final_settings(sweep: SweepResult, index: int, base: SamplerSettings, draws
             "num_chains": FINAL_NUM_CHAINS,
             "num_draws": max(draws, min(needed, most)),
             "num_burnin_steps": draws,
-            "mala": base.mala,
         }
     )
 

@@ -132,7 +132,8 @@ class SweepResult(BaseModel):
         rows: one dict per combination with ``ROW_FIELDS``, in grid order (nbeta, gamma, epsilon).
         traces: per row, the per-draw LLC averaged over the healthy chains (over all chains,
             up to where they diverged, when none is healthy); null where undefined.
-        recommended: the base settings with the recommended epsilon, gamma and nbeta and its row's burn-in, or None.
+        recommended: the base settings (with the caller's ``mala``) with the recommended epsilon, gamma and nbeta
+            and its row's burn-in, or None.
         reason: why that row was recommended, or why none was.
         base: the settings every combination shared (MALA always on); with ``relax_burnin``
             each row's burn-in is its own, in its ``num_burnin_steps``.
@@ -233,6 +234,9 @@ def calibrate_sweep(
         SettingsError: an empty grid or a value out of range.
     """
     device = resolve_device(device)
+    # the rule needs the acceptance, but the recommendation keeps the caller's choice: minibatch
+    # MALA costs an estimate about half as much again (docs/performance.md)
+    requested_mala = base.mala
     base = base.model_copy(update={"mala": True})
     prepared = data if isinstance(data, SamplingData) else SamplingData(data, base, device)
     if nbetas is None:
@@ -270,7 +274,10 @@ def calibrate_sweep(
         if index is not None:
             epsilon, gamma, nbeta = ordered[index]
             recommended = base.model_copy(
-                update={"epsilon": epsilon, "gamma": gamma, "nbeta": nbeta, "num_burnin_steps": rows[index]["num_burnin_steps"]}
+                update={
+                    "epsilon": epsilon, "gamma": gamma, "nbeta": nbeta,
+                    "num_burnin_steps": rows[index]["num_burnin_steps"], "mala": requested_mala,
+                }
             )
         return SweepResult(
             rows=rows,
