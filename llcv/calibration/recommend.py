@@ -74,7 +74,8 @@ def recommend_settings(
     The returned settings are the recommended (epsilon, gamma, nbeta, sampler) with
     ``FINAL_NUM_CHAINS`` chains, the qualifying sweep's burn-in steps, and enough draws for an
     effective sample size of about ``TARGET_ESS`` at the sweep's mixing rate (at least that
-    sweep's draws, otherwise at most ``10 * num_draws`` or four times the sweep's draws); the rest comes from ``base``.
+    sweep's draws, and at most ``10 * num_draws`` or four times the sweep's draws, whichever is
+    more); the rest comes from ``base``.
 
     Args:
         base: batch size, samples, seed and sampler. Default: full batches of the data, or of a
