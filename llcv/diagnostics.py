@@ -100,10 +100,10 @@ def geweke_z(traces: np.ndarray, first: float = GEWEKE_FIRST, last: float = GEWE
     short or strongly autocorrelated trace needs a larger difference before it counts as drift.
     The early segment is often too short to measure its own autocorrelation (a sweep's 20 draws
     a chain against an autocorrelation time of 20 or more), which understates its MCSE: on
-    stationary AR(1) chains with autocorrelation time 40, 2 x 100 draws, |z| exceeded 3 in 7% of
+    stationary AR(1) chains with autocorrelation time 39, 2 x 100 draws, |z| exceeded 3 in 6-8% of
     traces instead of 0.3%. So its MCSE is at least what the late segment's noise (around the
     segment's linear trend, so that a trend does not hide itself) gives for a segment of the
-    early one's length: 4% there (docs/calibration.md). Positive: the trace is still rising.
+    early one's length: 4-5% there (docs/calibration.md). Positive: the trace is still rising.
     None when a segment is too short or undefined.
     """
     traces = np.asarray(traces, dtype=float)

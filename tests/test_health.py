@@ -20,10 +20,11 @@ from llcv.results import SUMMARY_FILE, find_transitions, settings_hash
 from llcv.settings import EstimateSettings
 
 
-def autoregressive(chains: int, draws: int, phi: float, rng: np.random.Generator) -> np.ndarray:
-    """AR(1) chains started from their stationary distribution."""
+def autoregressive(chains: int, draws: int, phi: float, rng: np.random.Generator, stationary: bool = False) -> np.ndarray:
+    """AR(1) chains with unit innovations, started at 0 or (``stationary``) from their stationary distribution."""
     trace = np.zeros((chains, draws))
-    trace[:, 0] = rng.standard_normal(chains) / np.sqrt(1 - phi**2)
+    if stationary:
+        trace[:, 0] = rng.standard_normal(chains) / np.sqrt(1 - phi**2)
     for draw in range(1, draws):
         trace[:, draw] = phi * trace[:, draw - 1] + rng.standard_normal(chains)
     return trace
@@ -41,7 +42,7 @@ def test_geweke_z_flags_a_trend_but_rarely_stationary_noise():
     rng = np.random.default_rng(1)
     stationary = [abs(geweke_z(autoregressive(2, 200, 0.5, rng))) for _ in range(200)]
     assert np.mean(np.array(stationary) > 3) < 0.05
-    rising = autoregressive(2, 100, 0.5, rng) + np.linspace(0, 6, 100)
+    rising = autoregressive(2, 100, 0.5, rng) + np.linspace(0, 3, 100)
     assert geweke_z(rising) > 3
     assert geweke_z(np.ones((2, 8))) == 0.0  # a constant trace has not drifted
 
@@ -51,9 +52,9 @@ def test_geweke_z_keeps_its_scale_on_a_sweeps_short_strongly_autocorrelated_chai
     chain cannot measure their own autocorrelation. Measuring it from each segment alone, z
     spread 1.57 standard deviations (6% beyond 3); a trend is still caught."""
     rng = np.random.default_rng(2)
-    stationary = np.array([geweke_z(autoregressive(2, 100, 0.95, rng)) for _ in range(400)])
+    stationary = np.array([geweke_z(autoregressive(2, 100, 0.95, rng, stationary=True)) for _ in range(400)])
     assert np.std(stationary) < 1.47
-    rising = [geweke_z(autoregressive(2, 100, 0.5, rng) + np.linspace(0, 3, 100)) for _ in range(50)]
+    rising = [geweke_z(autoregressive(2, 100, 0.5, rng, stationary=True) + np.linspace(0, 3, 100)) for _ in range(50)]
     assert np.median(rising) > 4
 
 

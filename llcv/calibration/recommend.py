@@ -117,7 +117,7 @@ def recommend_settings(
                 # further down, whatever its relaxation takes (at most the grid's spacing times the
                 # budget), before a stronger gamma biases the LLC down.
                 reasons.append(f"gamma={gamma:g}, {draws} draws: {sweep.reason}")
-                sweep, draws = _sweep_gamma(model, sampling, smaller[-1:], gamma, nbeta, base, shortest, loss, device, reporter)
+                sweep, draws = _sweep_gamma(model, sampling, [max(smaller)], gamma, nbeta, base, shortest, loss, device, reporter)
             index = sweep.recommended_index
             if sweep.recommended is not None and index is not None:
                 return _final_settings(sweep, index, draws, num_draws)
@@ -153,8 +153,8 @@ def _final_settings(sweep: SweepResult, index: int, draws: int, num_draws: int) 
     """The recommended row as settings for a final estimate: its mixing rate sets the draws."""
     row = sweep.rows[index]
     ess_per_draw = (row["ess"] or 0.0) / (sweep.base.num_chains * draws)
-    # At most ten times the fewest draws, or four times the sweep's own (whose chains mixed slowly
-    # enough to need long sweeps), so that the estimate's cost stays within a sweep's.
+    # At most ten times the fewest draws, or four times the sweep's own where its chains mixed so
+    # slowly that the sweep itself was longer: the estimate then costs about as much as the search.
     most = max(10 * num_draws, 4 * draws)
     needed = math.ceil(TARGET_ESS / (FINAL_NUM_CHAINS * ess_per_draw)) if ess_per_draw > 0 else most
     return sweep.recommended.model_copy(
