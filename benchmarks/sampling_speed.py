@@ -92,7 +92,8 @@ def resnet_case(device: torch.device, quick: bool) -> list[dict]:
 
 def defaults_case(device: torch.device, quick: bool, sizes: list[tuple[int, int]] | None = None) -> list[dict]:
     """llcv with its default settings against devinterp's fp32, including everything an estimate
-    does once (the precision trial of a new run, BatchNorm statistics, the initial loss)."""
+    does once (the precision trial of a new run, the initial loss, and BatchNorm statistics where
+    ``bn_mode`` recomputes them; the default, batch statistics, recomputes none)."""
     train, _, info = load_dataset("digits")
     torch.manual_seed(0)
     model = build_model("resnet18", info.num_classes, info.in_channels, "cifar").to(device)

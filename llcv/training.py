@@ -373,8 +373,9 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
         reporter.finish("batches")
         reporter.finish("epochs")
         # Persistent workers stop when their loader is freed. An exception's traceback keeps this
-        # frame, and so the loaders, alive for as long as the caller holds it: free them now.
-        del train_loader, val_loader
+        # frame, and so the loaders, alive for as long as the caller holds it: free them now
+        # (rebound rather than deleted, since ``save`` closes over ``val_loader``).
+        train_loader = val_loader = None
     return result
 
 
