@@ -27,6 +27,7 @@ import pickle
 import signal
 import threading
 import time
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -220,10 +221,10 @@ class _DeviceWorker:
                 target=_device_worker, args=(theirs, self.device, self.label, self.num_threads, self.spec, self.job_function),
                 name=f"llcv-{self.label}", daemon=True,
             )  # fmt: skip
-            with _ignoring_ctrl_c():
+            with _ctrl_c_held_back():
                 process.start()
-            theirs.close()  # so the pipe reads as closed once the worker is gone
-            self.process, self.connection = process, mine
+                theirs.close()  # so the pipe reads as closed once the worker is gone
+                self.process, self.connection = process, mine  # known before a held-back Ctrl-C raises, so it is killed
         self.job, self.submitted, self.reason = job, time.perf_counter(), ""
         try:
             self.connection.send((job, precision))
@@ -287,19 +288,34 @@ class _DeviceWorker:
 
 
 @contextlib.contextmanager
-def _ignoring_ctrl_c():
-    """Starts processes that ignore SIGINT from their first instruction (an ignored signal stays
-    ignored through exec, and Python then installs no handler), so a Ctrl-C sent to the whole
-    process group while a worker is still starting up is not a traceback in it; the main process
-    handles Ctrl-C for all. Only the main thread may change signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
+def _ctrl_c_held_back():
+    """Starts processes with SIGINT blocked, and delivers a Ctrl-C that arrives meanwhile afterwards.
+
+    A worker inherits the blocked signal mask through fork and exec, so a Ctrl-C sent to the whole
+    process group while it is still starting up waits, pending, until the worker ignores SIGINT
+    (which discards it): never a traceback in the worker. In this process the signal is held
+    back, not ignored: ignoring it would lose a Ctrl-C that arrives during a start-up, which
+    takes seconds on a loaded machine (the worker imports torch before it reads its job), and
+    the run would go on to the end. A Ctrl-C taken by another thread of this process while the
+    main thread holds it back is recorded and raised here once the worker is started.
+    Only the main thread may change signal handlers; without signal masks (not POSIX) nothing is held back.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A process start launches multiprocessing's resource tracker if it is not running, and
+    # unblocks SIGINT after that launch, before the worker itself is forked: launch it first.
+    resource_tracker.ensure_running()
+    interrupted: list[int] = []
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # a pending Ctrl-C is recorded now
+        signal.signal(signal.SIGINT, previous_handler)
+    if interrupted:
+        signal.raise_signal(signal.SIGINT)  # through the handler this process had: KeyboardInterrupt by default
 
 
 def _exit_reason(code: int | None) -> str:

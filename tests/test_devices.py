@@ -23,7 +23,7 @@ from _helpers import FAST_FLAGS, copy_checkpoints, fast_settings, llcv_command, 
 from llcv.cli import app
 from llcv.errors import EstimationError, SettingsError
 from llcv.estimation import estimate_all
-from llcv.executors import resolve_devices
+from llcv.executors import _ctrl_c_held_back, resolve_devices
 from llcv.progress import ForwardingReporter, Reporter, replay
 from llcv.results import load_results, settings_hash
 from llcv.settings import EstimateSettings
@@ -217,14 +217,16 @@ def test_a_forwarding_reporter_batches_advances_and_replays_with_labels():
 # --- stopping -------------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> set[int]:
+def _workers(pid: int) -> set[int]:
+    """The worker processes ``pid`` has spawned (not multiprocessing's resource tracker, also its child)."""
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and b"--multiprocessing-fork" in command:
             found.add(int(stat.parent.name))
     return found
 
@@ -244,6 +246,33 @@ def _gone(pids: set[int], timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def _report_ctrl_c_handling(connection) -> None:
+    import signal as child_signal  # a spawned process's own module state
+
+    connection.send((child_signal.SIGINT in child_signal.pthread_sigmask(child_signal.SIG_BLOCK, []), os.getpid()))
+
+
+def test_a_ctrl_c_while_a_worker_starts_is_held_back_from_it_and_raised_here_afterwards():
+    """A Ctrl-C during a worker's start-up (seconds on a loaded machine) must stop the run, not be lost."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    mine, theirs = context.Pipe()
+    process = context.Process(target=_report_ctrl_c_handling, args=(theirs,))
+    reached_the_end_of_the_block = False
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_held_back():
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal sends it, mid-start
+            process.start()
+            reached_the_end_of_the_block = True
+    assert reached_the_end_of_the_block  # the worker was started and known before the Ctrl-C was raised
+    blocked_in_the_worker, pid = mine.recv()
+    process.join(timeout=60)
+    assert blocked_in_the_worker and pid == process.pid  # a Ctrl-C to the group waits there until it ignores SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # this process takes Ctrl-C again
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc (Linux)")
@@ -271,7 +300,7 @@ def test_stopping_the_main_process_ends_its_workers(checkpoints, tmp_path, stop)
         assert process.poll() is None, (tmp_path / "stderr").read_text()
         assert time.monotonic() < deadline, "no record appeared"
         time.sleep(0.05)
-    while len(workers := _children(process.pid)) < 2:  # with precision "auto" the first checkpoint runs alone
+    while len(workers := _workers(process.pid)) < 2:  # with precision "auto" the first checkpoint runs alone
         assert time.monotonic() < deadline, "the second worker did not start"
         time.sleep(0.05)
     if stop == "ctrl-c":
