@@ -109,6 +109,7 @@ def defaults_case(device: torch.device, quick: bool, sizes: list[tuple[int, int]
         result = estimate_llc(model, train, settings, device=device)
         ours = time.perf_counter() - started
         label = f"{chains} chains x {draws} draws, defaults ({result.precision}, {result.chain_execution})"
+        print(f"  precision: {result.precision_choice['reason']}")
         rows.append(_row("defaults vs devinterp fp32", label, ours, theirs, 1.0, result.llc_mean, their_llc))
     return rows
 

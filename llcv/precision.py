@@ -27,8 +27,9 @@ Precision = Literal["fp32", "bf16"]
 # EPYC with native bf16), and where it does not, plainly too (1.3x on a Xeon without AMX).
 BF16_MAX_TIME_RATIO = 0.8
 # Timing costs passes the chains do not use (a few sampling steps at ResNet scale, once per
-# run), so one measured round suffices when the two precisions differ by more than the margin;
-# closer calls get more rounds, whose fastest counts (``time_passes``).
+# run), so one measured round suffices when the time ratio is further than this factor from
+# BF16_MAX_TIME_RATIO, on either side: the verdict is then beyond the clock's noise (and the
+# warm-up's 4-7%). Only ratios near the threshold get more rounds, whose fastest counts.
 CLEAR_MARGIN = 1.25
 MAX_ROUNDS = 3
 LONG_PASS_SECONDS = 0.25
@@ -94,34 +95,48 @@ def choose_precision(asked: str, device: torch.device, passes: Callable[[Precisi
         return PrecisionChoice(asked, "asked for")
     if not native_bf16(device):
         return PrecisionChoice("fp32", f"auto: no native bf16 on {device.type}, so fp32 without timing")
-    seconds = time_passes({precision: passes(precision) for precision in ("fp32", "bf16")}, device)
-    ratio = seconds["bf16"] / max(seconds["fp32"], 1e-9)
+    seconds = time_passes({precision: passes(precision) for precision in ("fp32", "bf16")}, device, _verdict_is_clear)
+    ratio = _bf16_time_ratio(seconds)
     if ratio < BF16_MAX_TIME_RATIO:
         return PrecisionChoice("bf16", f"auto: bf16 took {ratio:.2f}x fp32's time per pass", seconds)
     return PrecisionChoice("fp32", f"auto: bf16 took {ratio:.2f}x fp32's time per pass, not clearly less", seconds)
 
 
-def time_passes(passes: dict[str, Callable[[], None]], device: torch.device) -> dict[str, float]:
-    """Seconds per run of each pass.
+def _bf16_time_ratio(seconds: dict[str, float]) -> float:
+    return seconds["bf16"] / max(seconds["fp32"], 1e-9)
+
+
+def _verdict_is_clear(seconds: dict[str, float]) -> bool:
+    if min(seconds.values()) <= 0:
+        return False  # below the clock's resolution: no verdict yet
+    ratio = _bf16_time_ratio(seconds)
+    return ratio < BF16_MAX_TIME_RATIO / CLEAR_MARGIN or ratio > BF16_MAX_TIME_RATIO * CLEAR_MARGIN
+
+
+def time_passes(
+    passes: dict[str, Callable[[], None]], device: torch.device, clear: Callable[[dict[str, float]], bool]
+) -> dict[str, float]:
+    """Seconds per run of each pass, measured until ``clear`` says the times settle the question.
 
     The first run of each, which pays for kernel selection and allocation, is the measurement
-    when both take at least ``LONG_PASS_SECONDS`` and differ by more than ``CLEAR_MARGIN``: at
-    ResNet scale every further pass costs seconds the chains do not use. Otherwise it was the
-    warm-up: then one measurement each, alternating, and further rounds only while the two are
-    within ``CLEAR_MARGIN`` of each other, where the clock's noise could decide; the fastest counts.
-    A measurement repeats a pass until it spans ``MIN_MEASURED_SECONDS``, so passes of tiny
-    models, shorter than the clock's jitter, are not compared on noise.
+    when both take at least ``LONG_PASS_SECONDS`` and ``clear`` holds: at ResNet scale every
+    further pass costs seconds the chains do not use. Otherwise it was the warm-up: then one
+    measurement each, alternating. Passes that long get that one round only (the clock's
+    jitter is nothing to them, and each round costs two sampling steps); shorter ones get
+    further rounds (up to ``MAX_ROUNDS``) while the verdict is unclear, where jitter could
+    decide it, and the fastest counts. A measurement repeats a pass until it spans
+    ``MIN_MEASURED_SECONDS``, so passes of tiny models are not compared on noise.
     """
     first = {name: _timed(run, 1, device) for name, run in passes.items()}
-    if min(first.values()) >= LONG_PASS_SECONDS and max(first.values()) > CLEAR_MARGIN * min(first.values()):
-        return first  # long passes, clearly apart: the warm-up (4-7% of a ResNet18 pass) cannot change the verdict
+    long_passes = min(first.values()) >= LONG_PASS_SECONDS
+    if long_passes and clear(first):
+        return first
     repeats = {name: max(1, min(MAX_REPEATS, math.ceil(MIN_MEASURED_SECONDS / max(seconds, 1e-6)))) for name, seconds in first.items()}
     best = {name: float("inf") for name in passes}
-    for _ in range(MAX_ROUNDS):
+    for _ in range(1 if long_passes else MAX_ROUNDS):
         for name, run in passes.items():
             best[name] = min(best[name], _timed(run, repeats[name], device) / repeats[name])
-        fastest, slowest = min(best.values()), max(best.values())
-        if slowest > CLEAR_MARGIN * fastest:
+        if clear(best):
             break
     return best
 

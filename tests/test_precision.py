@@ -75,8 +75,11 @@ def test_tiny_passes_are_repeated_until_measurable_and_close_calls_get_more_roun
     # one warm-up each, then every round repeats a pass that takes no time up to the cap
     assert calls.count("fp32") == 1 + precision.MAX_ROUNDS * precision.MAX_REPEATS
     calls.clear()
+    choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 0.012, "bf16": 0.0095}, calls))
+    assert calls.count("bf16") == 1 + precision.MAX_ROUNDS * 3  # near the 0.8x threshold: every round, 3 x 9.5 ms >= 20 ms
+    calls.clear()
     choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 0.012, "bf16": 0.0125}, calls))
-    assert calls.count("bf16") == 1 + precision.MAX_ROUNDS * 2  # a close call: every round, 2 x 12.5 ms >= 20 ms
+    assert calls.count("bf16") == 1 + 2  # bf16 no faster at all is clear after one round, however close the two are
     calls.clear()
     choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 0.05, "bf16": 0.025}, calls))
     assert calls == ["fp32", "bf16", "fp32", "bf16"]  # a clear difference: one warm-up and one round each
@@ -85,7 +88,10 @@ def test_tiny_passes_are_repeated_until_measurable_and_close_calls_get_more_roun
     assert calls == ["fp32", "bf16"] and choice.seconds_per_pass == {"fp32": 4.0, "bf16": 1.5}  # long and clear: one run each
     calls.clear()
     choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 1.0, "bf16": 0.9}, calls))
-    assert calls.count("bf16") == 1 + precision.MAX_ROUNDS  # long but close: measured again after the warm-up
+    assert calls == ["fp32", "bf16", "fp32", "bf16"]  # long but near the threshold: one clean round after the warm-up
+    calls.clear()
+    choice = choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 1.0, "bf16": 1.25}, calls))
+    assert calls == ["fp32", "bf16"] and choice.precision == "fp32"  # a Xeon without AMX: bf16 plainly slower, no rounds
 
 
 def test_native_bf16_answers_for_every_device_kind():
@@ -103,7 +109,7 @@ def small_cnn():
 def test_auto_that_measures_bf16_faster_samples_exactly_as_bf16_does(monkeypatch):
     """The BatchNorm statistics, the initial loss and every chain step follow the choice."""
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
-    monkeypatch.setattr(precision, "time_passes", lambda passes, device: {"fp32": 2.0, "bf16": 1.0})
+    monkeypatch.setattr(precision, "time_passes", lambda passes, device, clear: {"fp32": 2.0, "bf16": 1.0})
     model, data = small_cnn()
     settings = SamplerSettings(num_chains=2, num_draws=6, epsilon=1e-4, gamma=100.0, batch_size=32)
     auto = estimate_llc(model, data, settings, device="cpu")
@@ -121,7 +127,7 @@ def test_auto_decides_once_per_architecture_and_keeps_the_settings_hash(monkeypa
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
     timings = []
 
-    def timed(passes, device):
+    def timed(passes, device, clear):
         timings.append(sorted(passes))
         return {"fp32": 1.0, "bf16": 2.0}
 
@@ -143,7 +149,7 @@ def test_auto_decides_once_per_architecture_and_keeps_the_settings_hash(monkeypa
 def test_auto_falls_back_to_fp32_when_bf16_cannot_run(monkeypatch):
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
 
-    def fails(passes, device):
+    def fails(passes, device, clear):
         raise RuntimeError("no bf16 kernel for this layer")
 
     monkeypatch.setattr(precision, "time_passes", fails)
@@ -161,7 +167,7 @@ def favour(monkeypatch, faster: str, calls: list | None = None):
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
     slower = {"fp32": "bf16", "bf16": "fp32"}[faster]
 
-    def timed(passes, device):
+    def timed(passes, device, clear):
         if calls is not None:
             calls.append(1)
         return {faster: 1.0, slower: 3.0}
