@@ -7,6 +7,7 @@ progress together; its rerun checks resume.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -248,6 +249,19 @@ def _gone(pids: set[int], timeout: float) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _ctrl_c_as_from_a_terminal():
+    """Ctrl-C raises KeyboardInterrupt here and in the processes started meanwhile, as in a terminal.
+    A pytest started as a background job without job control (``make test &`` in a script)
+    inherits SIGINT ignored, and its children inherit that through exec: a Ctrl-C would rightly
+    do nothing to them."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _report_ctrl_c_handling(connection) -> None:
     import signal as child_signal  # a spawned process's own module state
 
@@ -262,16 +276,17 @@ def test_a_ctrl_c_while_a_worker_starts_is_held_back_from_it_and_raised_here_aft
     mine, theirs = context.Pipe()
     process = context.Process(target=_report_ctrl_c_handling, args=(theirs,))
     reached_the_end_of_the_block = False
-    with pytest.raises(KeyboardInterrupt):
-        with _ctrl_c_held_back():
-            os.kill(os.getpid(), signal.SIGINT)  # as a terminal sends it, mid-start
-            process.start()
-            reached_the_end_of_the_block = True
+    with _ctrl_c_as_from_a_terminal():
+        with pytest.raises(KeyboardInterrupt):
+            with _ctrl_c_held_back():
+                os.kill(os.getpid(), signal.SIGINT)  # as a terminal sends it, mid-start
+                process.start()
+                reached_the_end_of_the_block = True
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert reached_the_end_of_the_block  # the worker was started and known before the Ctrl-C was raised
     blocked_in_the_worker, pid = mine.recv()
     process.join(timeout=60)
     assert blocked_in_the_worker and pid == process.pid  # a Ctrl-C to the group waits there until it ignores SIGINT
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # this process takes Ctrl-C again
 
 
@@ -293,7 +308,7 @@ def test_stopping_the_main_process_ends_its_workers(checkpoints, tmp_path, stop)
     command = llcv_command("estimate-all", "--checkpoints-dir", str(checkpoints), "--results-dir", str(results), *FAST_FLAGS,
                            "--num-draws", str(draws), "--devices", "cpu,cpu")  # fmt: skip
     # output to files, not pipes: waiting on a pipe would also wait for any worker still holding it
-    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr, _ctrl_c_as_from_a_terminal():
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, env=subprocess_env(), start_new_session=True)
     deadline = time.monotonic() + 120
     while not list(folder.glob("step_*.json")):  # the workers are up and at work
