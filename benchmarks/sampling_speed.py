@@ -1,6 +1,6 @@
 """llcv's sampler against devinterp 1.3 at the same settings, and against the floor of a training step.
 
-Run: ``python -m benchmarks sampling_speed [--quick] [--device cpu|cuda] [--only small|resnet|floor]
+Run: ``python -m benchmarks sampling_speed [--quick] [--device cpu|cuda] [--only small|resnet|defaults|floor]
 [--record FILE.json] [--figure FILE.png]``. Every comparison is measured side by side in this
 one run, on the same model, data, settings and device, and printed as a ratio (llcv time /
 reference time; below 1 means llcv is faster). ``--record`` keeps the rows of each case in a
@@ -10,8 +10,10 @@ JSON file, so cases run one at a time add up to one figure.
    auto vs devinterp's estimate_learning_coeff_with_summary (fp32), with the LLC means; auto's
    target is 1.05x the faster precision.
    ``defaults``: the same model with llcv's default settings (batch 256, precision auto,
-   BatchNorm statistics recomputed) vs devinterp fp32 at 2 chains x 40 and 4 chains x 200 draws,
-   each llcv estimate timed as a new run's first (its precision trial included).
+   BatchNorm normalising each batch by its own statistics) vs devinterp fp32 at 2 chains x 40
+   and 4 chains x 200 draws, each llcv estimate timed as a new run's first (its precision trial
+   included); then one chain's default step against devinterp's step, alternating on one batch
+   of 256, whose paired ratio the machine's drift between whole runs does not move.
 2. Reduced-rank regression 5-3-5, 1,000 samples full batch, 3 chains x 2,000 draws: the same ratio.
 3. One SGLD step vs one plain SGD training step on the same batch and precision (the floor),
    and vs one step of devinterp's chain loop (BatchNorm in train mode, as devinterp samples),
@@ -36,25 +38,41 @@ from torch.utils.data import DataLoader
 from llcv import SamplerSettings, build_model, estimate_llc, execution, load_dataset
 from llcv.devices import resolve_device
 from llcv.fileio import atomic_write_json
+from llcv.health import brief_reason
 from llcv.known_models import rrr_case
+from llcv.llc_result import LLCResult
 from llcv.progress import Reporter
 from llcv.reference import devinterp_estimate, devinterp_sgld_kwargs
 from llcv.sampling_data import SamplingData
 
 
-def _llcv_llc(model, dataset, settings: SamplerSettings, loss, device) -> tuple[float, float, object]:
+def _llcv_llc(model, dataset, settings: SamplerSettings, loss, device) -> tuple[float, LLCResult]:
     data = SamplingData(dataset, settings, device)
     # a warm-up with the same chains, so the timed estimate reuses the execution plan (batched or not,
     # auto's precision trial) as every checkpoint after a run's first does; fixed_cost times the first
     estimate_llc(model, data, settings.model_copy(update={"num_draws": 2}), loss=loss, device=device)
     started = time.perf_counter()
     result = estimate_llc(model, data, settings, loss=loss, device=device)
-    return time.perf_counter() - started, result.llc_mean, result
+    return time.perf_counter() - started, result
 
 
-def _row(case: str, label: str, ours: float, theirs: float, target: float | None, our_llc, their_llc) -> dict:
-    print(f"  {label:<44} llcv {ours:7.2f} s  devinterp {theirs:7.2f} s  ratio {ours / theirs:5.2f}x   LLC {our_llc:8.3f} vs {their_llc:8.3f}")
-    return {"case": case, "label": label, "llcv_seconds": ours, "reference_seconds": theirs, "ratio": ours / theirs, "target": target}
+def _llc_with_health(result: LLCResult) -> str:
+    """llcv's LLC as a row shows it: these are timing runs, so the number is only read with its health."""
+    value = "none" if result.llc_mean is None else f"{result.llc_mean:.3f}"
+    if result.healthy is False:
+        return f"{value} (unhealthy: {'; '.join(brief_reason(reason) for reason in result.health_reasons)})"
+    return f"{value} (healthy)"
+
+
+def _row(case: str, label: str, ours: float, theirs: float, target: float | None, result: LLCResult, their_llc: float) -> dict:
+    print(
+        f"  {label:<44} llcv {ours:7.2f} s  devinterp {theirs:7.2f} s  ratio {ours / theirs:5.2f}x   "
+        f"LLC {_llc_with_health(result)} vs devinterp's {their_llc:.3f} (health not checked)"
+    )
+    return {
+        "case": case, "label": label, "llcv_seconds": ours, "reference_seconds": theirs, "ratio": ours / theirs, "target": target,
+        "llc": result.llc_mean, "healthy": result.healthy, "health_reasons": result.health_reasons,
+    }  # fmt: skip
 
 
 def resnet_case(device: torch.device, quick: bool) -> list[dict]:
@@ -71,21 +89,21 @@ def resnet_case(device: torch.device, quick: bool) -> list[dict]:
     ce = lambda module, batch: nn.functional.cross_entropy(module(batch[0].to(device)), batch[1].to(device))  # noqa: E731
     print(f"ResNet18 (CIFAR stem), digits 32x32, batch 64, 4 chains x {draws} draws, {device}:")
     # devinterp samples in train mode; compare like with like, and show llcv's default (batch statistics) too.
-    ours_train, our_llc, result = _llcv_llc(model, train, base.model_copy(update={"bn_mode": "train"}), "cross_entropy", device)
+    ours_train, result = _llcv_llc(model, train, base.model_copy(update={"bn_mode": "train"}), "cross_entropy", device)
     reference = devinterp_estimate(model, train, base, ce, device)
     theirs, their_llc = reference.seconds, reference.llc_mean
     case = "ResNet18 vs devinterp"
-    rows = [_row(case, f"bn train mode, fp32 ({result.chain_execution})", ours_train, theirs, 1.0, our_llc, their_llc)]
+    rows = [_row(case, f"bn train mode, fp32 ({result.chain_execution})", ours_train, theirs, 1.0, result, their_llc)]
     for precision in ("fp32", "bf16"):
         for mala in (False, True):
             settings = base.model_copy(update={"precision": precision, "mala": mala})
-            seconds, llc, result = _llcv_llc(model, train, settings, "cross_entropy", device)
+            seconds, result = _llcv_llc(model, train, settings, "cross_entropy", device)
             label = f"bn batch, {precision}, mala {'on' if mala else 'off'} ({result.chain_execution})"
-            rows.append(_row(case, label, seconds, theirs, 1.0 if precision == "fp32" else 0.6, llc, their_llc))
+            rows.append(_row(case, label, seconds, theirs, 1.0 if precision == "fp32" else 0.6, result, their_llc))
     faster = min(row["llcv_seconds"] for row in rows if "mala off" in row["label"] and "bn batch" in row["label"])
-    seconds, llc, result = _llcv_llc(model, train, base.model_copy(update={"precision": "auto"}), "cross_entropy", device)
+    seconds, result = _llcv_llc(model, train, base.model_copy(update={"precision": "auto"}), "cross_entropy", device)
     # auto's target: within 5% of the faster precision, i.e. its time / devinterp's at most 1.05x the faster one's
-    rows.append(_row(case, f"bn batch, auto -> {result.precision}, mala off", seconds, theirs, 1.05 * faster / theirs, llc, their_llc))
+    rows.append(_row(case, f"bn batch, auto -> {result.precision}, mala off", seconds, theirs, 1.05 * faster / theirs, result, their_llc))
     print(f"  auto chose {result.precision} ({result.precision_choice['reason']}): {seconds / faster:.2f}x the faster precision's time")
     return rows
 
@@ -93,7 +111,8 @@ def resnet_case(device: torch.device, quick: bool) -> list[dict]:
 def defaults_case(device: torch.device, quick: bool, sizes: list[tuple[int, int]] | None = None) -> list[dict]:
     """llcv with its default settings against devinterp's fp32, including everything an estimate
     does once (the precision trial of a new run, the initial loss, and BatchNorm statistics where
-    ``bn_mode`` recomputes them; the default, batch statistics, recomputes none)."""
+    ``bn_mode`` recomputes them; the default, batch statistics, recomputes none), and their steps
+    paired (``defaults_step_row``)."""
     train, _, info = load_dataset("digits")
     torch.manual_seed(0)
     model = build_model("resnet18", info.num_classes, info.in_channels, "cifar").to(device)
@@ -110,7 +129,8 @@ def defaults_case(device: torch.device, quick: bool, sizes: list[tuple[int, int]
         ours = time.perf_counter() - started
         label = f"{chains} chains x {draws} draws, defaults ({result.precision}, {result.chain_execution})"
         print(f"  precision: {result.precision_choice['reason']}")
-        rows.append(_row("defaults vs devinterp fp32", label, ours, theirs, 1.0, result.llc_mean, their_llc))
+        rows.append(_row("defaults vs devinterp fp32", label, ours, theirs, 1.0, result, their_llc))
+    rows.append(defaults_step_row(model, train, device, steps=8 if quick else 20))
     return rows
 
 
@@ -122,13 +142,13 @@ def small_model_case(device: torch.device, quick: bool) -> list[dict]:
     )
     mse = lambda module, batch: nn.functional.mse_loss(module(batch[0].to(device)), batch[1].to(device))  # noqa: E731
     print(f"Reduced-rank regression 5-3-5, 1,000 samples full batch, 3 chains x {draws} draws, {device} (true LLC {case.true_llc}):")
-    ours, our_llc, result = _llcv_llc(case.model.to(device), case.dataset, settings, "mse", device)
+    ours, result = _llcv_llc(case.model.to(device), case.dataset, settings, "mse", device)
     reference = devinterp_estimate(case.model, case.dataset, settings, mse, device, init_loss=result.init_loss)
     theirs, their_llc = reference.seconds, reference.llc_mean
     name = "reduced-rank regression vs devinterp"
-    rows = [_row(name, f"mala off ({result.chain_execution})", ours, theirs, 0.2, our_llc, their_llc)]
-    ours, our_llc, result = _llcv_llc(case.model, case.dataset, settings.model_copy(update={"mala": True}), "mse", device)
-    rows.append(_row(name, f"mala on ({result.chain_execution})", ours, theirs, 0.2, our_llc, their_llc))
+    rows = [_row(name, f"mala off ({result.chain_execution})", ours, theirs, 0.2, result, their_llc)]
+    ours, result = _llcv_llc(case.model, case.dataset, settings.model_copy(update={"mala": True}), "mse", device)
+    rows.append(_row(name, f"mala on ({result.chain_execution})", ours, theirs, 0.2, result, their_llc))
     return rows
 
 
@@ -241,21 +261,39 @@ def floor_case(device: torch.device, quick: bool) -> list[dict]:
     rows = []
     for label, update, reference, reference_step, target in comparisons:
         chain_settings = settings.model_copy(update={"mala": False, **update})
-        estimate_llc(model, data, chain_settings.model_copy(update={"num_draws": 3}), device=device)
-        timer = _Interleaved(reference_step, device)
-        estimate_llc(model, data, chain_settings, device=device, reporter=timer)
-        paired, medians = timer.ratios()
-        low, high = timer.interval()
-        ours, theirs = statistics.median(timer.sgld), statistics.median(timer.plain)
-        print(
-            f"  {label:<30} llcv {ours * 1e3:7.1f} ms  {reference} {theirs * 1e3:7.1f} ms  "
-            f"ratio {paired:5.3f}x [95%: {low:5.3f}-{high:5.3f}] (medians {medians:5.3f}x)"
-        )
-        rows.append(
-            {"case": f"ResNet18 step vs {reference}", "label": label, "llcv_seconds": ours,
-             "reference_seconds": theirs, "ratio": paired, "interval": [low, high], "target": target}
-        )
+        rows.append(_interleaved_row(model, data, chain_settings, device, label, reference, reference_step, target))
     return rows
+
+
+def _interleaved_row(
+    model: nn.Module, data: SamplingData, settings: SamplerSettings, device: torch.device,
+    label: str, reference: str, reference_step, target: float | None,
+) -> dict:  # fmt: skip
+    """llcv's steps at ``settings``, each followed by ``reference_step``: their paired ratio, after a
+    warm-up estimate (so the execution plan, auto's precision trial included, is not timed)."""
+    estimate_llc(model, data, settings.model_copy(update={"num_draws": 3}), device=device)
+    timer = _Interleaved(reference_step, device)
+    estimate_llc(model, data, settings, device=device, reporter=timer)
+    paired, medians = timer.ratios()
+    low, high = timer.interval()
+    ours, theirs = statistics.median(timer.sgld), statistics.median(timer.plain)
+    print(
+        f"  {label:<30} llcv {ours * 1e3:7.1f} ms  {reference} {theirs * 1e3:7.1f} ms  "
+        f"ratio {paired:5.3f}x [95%: {low:5.3f}-{high:5.3f}] (medians {medians:5.3f}x)"
+    )
+    return {"case": f"ResNet18 step vs {reference}", "label": label, "llcv_seconds": ours,
+            "reference_seconds": theirs, "ratio": paired, "interval": [low, high], "target": target}  # fmt: skip
+
+
+def defaults_step_row(model: nn.Module, dataset, device: torch.device, steps: int) -> dict:
+    """One chain's step at llcv's default settings against devinterp's step, alternating on one
+    batch of the defaults' size. Sequential runs of a whole estimate move with the machine's
+    drift (10-30% over minutes on a shared machine); paired steps do not."""
+    settings = SamplerSettings(epsilon=1e-5, gamma=1000.0, num_chains=1, num_draws=steps)
+    images, labels = next(iter(DataLoader(dataset, batch_size=settings.batch_size)))
+    data = SamplingData(dataset, settings, device)
+    devinterp_step = _devinterp_step(model, images.to(device), labels.to(device), settings)
+    return _interleaved_row(model, data, settings, device, f"defaults, batch {settings.batch_size}", "devinterp step", devinterp_step, 1.0)
 
 
 # The cases by --only name, in the order they run and are drawn.

@@ -63,3 +63,24 @@ def test_train_throughput_times_both_loops_on_generated_cifar10(tmp_path):
     assert llcv.images == plain.images == 42  # one timed epoch each
     assert llcv.seconds > 0 and plain.seconds > 0
     assert llcv.checkpoint_seconds > 0  # the final checkpoint fell inside the timed span and was taken out
+
+
+def test_a_row_shows_llcvs_llc_with_its_health_and_survives_an_estimate_without_one(capsys):
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from llcv import SamplerSettings, estimate_llc
+    from llcv.health import brief_reason
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 3, generator=generator), torch.randn(64, 1, generator=generator))
+    settings = SamplerSettings(num_chains=2, num_draws=5, batch_size=32, epsilon=1e-3, gamma=10.0)
+    result = estimate_llc(nn.Linear(3, 1), data, settings, loss="mse", device="cpu")
+    assert result.healthy is False  # five draws per chain cannot reach the effective sample size asked for
+    row = sampling_speed._row("case", "label", 1.0, 2.0, 1.0, result, 0.5)
+    shown = capsys.readouterr().out
+    assert f"LLC {result.llc_mean:.3f} (unhealthy: {brief_reason(result.health_reasons[0])}" in shown
+    assert "devinterp's 0.500 (health not checked)" in shown
+    assert (row["llc"], row["healthy"], row["health_reasons"]) == (result.llc_mean, False, result.health_reasons)
+    sampling_speed._row("case", "label", 1.0, 2.0, 1.0, result.model_copy(update={"llc_mean": None}), 0.5)
+    assert "LLC none (unhealthy: " in capsys.readouterr().out
