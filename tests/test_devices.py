@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -263,15 +264,12 @@ def _ctrl_c_as_from_a_terminal():
 
 
 def _report_ctrl_c_handling(connection) -> None:
-    import signal as child_signal  # a spawned process's own module state
-
-    connection.send((child_signal.SIGINT in child_signal.pthread_sigmask(child_signal.SIG_BLOCK, []), os.getpid()))
+    """A spawned worker's report: whether SIGINT is blocked in it, and its pid."""
+    connection.send((signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []), os.getpid()))
 
 
 def test_a_ctrl_c_while_a_worker_starts_is_held_back_from_it_and_raised_here_afterwards():
     """A Ctrl-C during a worker's start-up (seconds on a loaded machine) must stop the run, not be lost."""
-    import multiprocessing
-
     context = multiprocessing.get_context("spawn")
     mine, theirs = context.Pipe()
     process = context.Process(target=_report_ctrl_c_handling, args=(theirs,))
