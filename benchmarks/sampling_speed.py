@@ -271,17 +271,18 @@ def _interleaved_row(
 ) -> dict:  # fmt: skip
     """llcv's steps at ``settings``, each followed by ``reference_step``: their paired ratio, after a
     warm-up estimate (so the execution plan, auto's precision trial included, is not timed)."""
-    estimate_llc(model, data, settings.model_copy(update={"num_draws": 3}), device=device)
+    warm_up = estimate_llc(model, data, settings.model_copy(update={"num_draws": 3}), device=device)
+    ran_in = warm_up.precision + (", channels-last" if warm_up.precision_choice.get("channels_last") else "")
     timer = _Interleaved(reference_step, device)
     estimate_llc(model, data, settings, device=device, reporter=timer)
     paired, medians = timer.ratios()
     low, high = timer.interval()
     ours, theirs = statistics.median(timer.sgld), statistics.median(timer.plain)
     print(
-        f"  {label:<30} llcv {ours * 1e3:7.1f} ms  {reference} {theirs * 1e3:7.1f} ms  "
+        f"  {label:<30} llcv {ours * 1e3:7.1f} ms ({ran_in})  {reference} {theirs * 1e3:7.1f} ms  "
         f"ratio {paired:5.3f}x [95%: {low:5.3f}-{high:5.3f}] (medians {medians:5.3f}x)"
     )
-    return {"case": f"ResNet18 step vs {reference}", "label": label, "llcv_seconds": ours,
+    return {"case": f"ResNet18 step vs {reference}", "label": label, "llcv_seconds": ours, "ran_in": ran_in,
             "reference_seconds": theirs, "ratio": paired, "interval": [low, high], "target": target}  # fmt: skip
 
 

@@ -42,6 +42,8 @@ class _ChainGroup:
     chain's slice evolves independently. With ``batched=True`` the per-chain
     losses come from one ``torch.vmap`` over the chain dimension; otherwise the group holds a
     single chain and calls the model directly (the fallback for models vmap cannot handle).
+    ``channels_last`` runs a single chain's convolution weights and image inputs in that layout
+    (``PrecisionChoice.channels_last``); batched chains ignore it.
     """
 
     def __init__(
@@ -52,13 +54,14 @@ class _ChainGroup:
         num_chains: int,
         batched: bool,
         precision: str,
+        channels_last: bool,
     ):
         self.loss_module = loss_module
         self.names = [f"model.{name}" for name in names]
         self.num_chains = num_chains
         self.batched = batched
         self.autocast = precision == "bf16"
-        self.channels_last = self.autocast and not batched
+        self.channels_last = channels_last and not batched
         self.parameters = [self._chain_copies(tensor) for tensor in initial]
         self.initial = [parameter.detach().clone() for parameter in self.parameters]
         self._vmapped = torch.func.vmap(self._single_loss, in_dims=(0, 0), randomness="different")
@@ -76,7 +79,7 @@ class _ChainGroup:
         values = dict(zip(self.names, parameters))
         device_type = parameters[0].device.type
         if self.channels_last and isinstance(batch, (list, tuple)) and batch[0].dim() == 4:
-            # bf16 convolutions are fastest on channels-last inputs (oneDNN and cuDNN alike); vmap cannot express it.
+            # The weights' layout, so no convolution reorders its input; vmap cannot express it.
             batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
             loss = torch.func.functional_call(self.loss_module, values, (batch,))

@@ -92,8 +92,10 @@ def render_llc_result(result, title: str) -> None:
     table.add_row("samples", f"{result.num_samples_used:,}")
     table.add_row("time", escape(f"{result.elapsed_seconds:.1f} s on {result.device} ({result.num_threads} threads)"))
     if result.precision is not None:
-        reason = (result.precision_choice or {}).get("reason", "")
-        table.add_row("precision", escape(result.precision + (f" ({reason})" if reason and reason != "asked for" else "")))
+        choice = result.precision_choice or {}
+        reason = choice.get("reason", "")
+        layout = ", channels-last" if choice.get("channels_last") else ""
+        table.add_row("precision", escape(result.precision + layout + (f" ({reason})" if reason and reason != "asked for" else "")))
     console.stdout.print(table)
     for warning in result.diagnostics.warnings:
         console.stdout.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

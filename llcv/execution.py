@@ -1,5 +1,6 @@
-"""How the chains run for a model: batched through ``torch.vmap`` or one at a time, and in fp32
-or bf16, decided once per process for each architecture, batch and device (``_PLANS``).
+"""How the chains run for a model: batched through ``torch.vmap`` or one at a time, in fp32 or
+bf16, and in which memory layout, decided once per process for each architecture, batch and
+device (``_PLANS``).
 
 Separate from ``llcv.sampling`` because the decision outlives one estimate: it is cached and
 reused by every later checkpoint of a run, and it costs trial passes of its own.
@@ -25,7 +26,7 @@ BATCHED_MAX_PARAMETERS = 100_000
 
 @dataclass(frozen=True)
 class _ExecutionPlan:
-    """How the chains run: batched or one at a time, and in which precision."""
+    """How the chains run: batched or one at a time, and in which precision and layout."""
 
     batched: bool
     precision: PrecisionChoice
@@ -68,16 +69,17 @@ def _execution_plan(
         batches, shared = _group_batches(data, list(range(chains)))
         batch = next(batches)
 
-        def one_pass(precision: Precision) -> Callable[[], None]:
-            group = _ChainGroup(loss_module, names, initial, chains, batched, precision)
+        def one_pass(precision: Precision, channels_last: bool) -> Callable[[], None]:
+            group = _ChainGroup(loss_module, names, initial, chains, batched, precision, channels_last)
             return lambda: group.gradient_pass(batch, shared)
 
+        layouts = not batched and any(tensor.dim() == 4 for tensor in initial)
         try:
-            choice = pinned or choose_precision(settings.precision, data.device, one_pass)
+            choice = pinned or choose_precision(settings.precision, data.device, one_pass, layouts)
         except Exception as error:  # noqa: BLE001 - autocast can fail on a layer; fp32 always works
             if settings.precision != "auto":
                 raise
-            choice = PrecisionChoice("fp32", f"auto: bf16 failed on this model ({type(error).__name__}), so fp32")
+            choice = PrecisionChoice("fp32", f"auto: a trial pass failed on this model ({type(error).__name__}), so fp32")
     finally:
         loss_module.model.load_state_dict(state)
     _PLANS[key] = _ExecutionPlan(batched, choice)
@@ -109,7 +111,7 @@ def _use_batched_chains(
         return False
     try:
         trial_precision = "bf16" if settings.precision == "bf16" else "fp32"
-        trial = _ChainGroup(loss_module, names, initial, min(settings.num_chains, 2), True, trial_precision)
+        trial = _ChainGroup(loss_module, names, initial, min(settings.num_chains, 2), True, trial_precision, False)
         batches, shared = _group_batches(data, [0, 1])
         trial.losses(next(batches), shared).sum().backward()
         return True

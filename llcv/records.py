@@ -120,6 +120,7 @@ class PrecisionChoiceInfo(_Part):
     reason: str = ""
     seconds_per_pass: dict[str, float | None] | None = None
     reused: bool = False
+    channels_last: bool | None = None  # since llcv 0.8
 
 
 class RecordResult(_Part):
@@ -158,8 +159,12 @@ class RecordResult(_Part):
 
     @property
     def ran_in(self) -> str | None:
-        """What the chains ran in; results before llcv 0.5 only have the setting (never "auto" then)."""
-        return self.precision or self.settings.get("precision")
+        """What the chains ran in (``fp32``, ``bf16``, with ``, channels-last`` where they ran in
+        that layout); results before llcv 0.5 only have the setting (never "auto" then)."""
+        precision = self.precision or self.settings.get("precision")
+        if precision is not None and self.precision_choice is not None and self.precision_choice.channels_last:
+            return f"{precision}, channels-last"
+        return precision
 
 
 class LLCRecord(_Part):

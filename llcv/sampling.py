@@ -181,7 +181,7 @@ def estimate_llc(
         key = f"chains-{chains[0]}"
         label = f"Chain {chains[0] + 1}/{settings.num_chains}" if len(chains) == 1 else f"Chains 1-{len(chains)} (batched)"
         reporter.start(key, label, steps_per_chain)
-        group = _ChainGroup(loss_module, names, initial, len(chains), plan.batched, precision)
+        group = _ChainGroup(loss_module, names, initial, len(chains), plan.batched, precision, plan.precision.channels_last)
         batches, shared = _group_batches(data, [seeds[chain] for chain in chains])
         # The SGLD noise has its own generator (GaussianNoise); the global one, forked so the caller's
         # stream is untouched, seeds only randomness inside the model, such as dropout.

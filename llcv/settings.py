@@ -184,7 +184,8 @@ class SamplerSettings(_Section):
     mala_every: PositiveInt = 1  # measure the acceptance of the move into every k-th draw only
     seed: NonNegativeInt = 0  # numpy SeedSequence takes non-negative integers only
     # bf16: forward/backward under autocast; weights, noise, update stay fp32. auto: bf16 where the
-    # device has it natively and a timed trial on the run's model finds it clearly faster (llcv.precision).
+    # device has it natively and a timed trial on the run's model finds it clearly faster, and for
+    # convolutional chains run one at a time the faster memory layout as well (llcv.precision).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     chain_mode: Literal["auto", "batched", "sequential"] = "auto"  # auto: batched (vmap) for small models that allow it
     # The initial loss is measured on at most this many samples (a seeded subset, the same at every

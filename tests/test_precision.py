@@ -1,6 +1,7 @@
-"""precision="auto": fp32 or bf16 by measurement on the run's own model, chosen once and recorded."""
+"""precision="auto": fp32 or bf16, and fp32's layout, by measurement on the run's own model, chosen once and recorded."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,9 @@ class FakeClock:
         monkeypatch.setattr(precision, "perf_counter", lambda: self.now)
 
     def passes(self, seconds: dict[str, float], calls: list[str]):
-        def build(name: str):
+        def build(precision_name: str, channels_last: bool):
+            name = precision.FP32_CHANNELS_LAST if channels_last and precision_name == "fp32" else precision_name
+
             def run() -> None:
                 calls.append(name)
                 self.now += seconds[name]
@@ -82,16 +85,157 @@ def test_tiny_passes_are_repeated_until_measurable_and_close_calls_get_more_roun
     assert calls.count("bf16") == 1 + 2  # bf16 no faster at all is clear after one round, however close the two are
     calls.clear()
     choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 0.05, "bf16": 0.025}, calls))
-    assert calls == ["fp32", "bf16", "fp32", "bf16"]  # a clear difference: one warm-up and one round each
+    assert calls == ["bf16", "fp32", "bf16", "fp32"]  # a clear difference: one warm-up and one round each
     calls.clear()
     choice = choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 4.0, "bf16": 1.5}, calls))
-    assert calls == ["fp32", "bf16"] and choice.seconds_per_pass == {"fp32": 4.0, "bf16": 1.5}  # long and clear: one run each
+    # long and clear: one run each, after the process's warm-up run
+    assert calls == ["bf16", "bf16", "fp32"] and choice.seconds_per_pass == pytest.approx({"fp32": 4.0, "bf16": 1.5})
     calls.clear()
     choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 1.0, "bf16": 0.9}, calls))
-    assert calls == ["fp32", "bf16", "fp32", "bf16"]  # long but near the threshold: one clean round after the warm-up
+    assert calls == ["bf16", "bf16", "fp32", "bf16", "fp32"]  # long but near the threshold: one clean round after the first runs
     calls.clear()
     choice = choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 1.0, "bf16": 1.25}, calls))
-    assert calls == ["fp32", "bf16"] and choice.precision == "fp32"  # a Xeon without AMX: bf16 plainly slower, no rounds
+    assert calls == ["bf16", "bf16", "fp32"] and choice.precision == "fp32"  # a Xeon without AMX: bf16 plainly slower, no rounds
+
+
+CL = precision.FP32_CHANNELS_LAST
+
+
+@pytest.mark.parametrize("channels_last_seconds, expected", [(0.7, True), (0.97, False), (1.2, False)])
+def test_auto_times_fp32_in_both_layouts_where_the_layout_can_matter(monkeypatch, channels_last_seconds, expected):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    calls: list[str] = []
+    seconds = {"fp32": 1.0, CL: channels_last_seconds}
+    choice = choose_precision("auto", torch.device("cpu"), FakeClock(monkeypatch).passes(seconds, calls), layouts=True)
+    assert set(calls) == {"fp32", CL}  # no bf16 pass where there is no native bf16
+    assert choice.precision == "fp32" and choice.channels_last is expected
+    assert choice.seconds_per_pass == pytest.approx(seconds)
+    assert f"fp32 channels-last took {channels_last_seconds:.2f}x the default layout's time" in choice.reason
+
+
+@pytest.mark.parametrize(
+    "seconds, expected",
+    [
+        ({"fp32": 1.0, CL: 0.7, "bf16": 0.6}, ("fp32", True)),  # bf16 0.6x the contiguous fp32, but 0.86x the channels-last one
+        ({"fp32": 1.0, CL: 0.7, "bf16": 0.5}, ("bf16", True)),
+        ({"fp32": 1.0, CL: 0.97, "bf16": 0.75}, ("bf16", True)),  # fp32 stays contiguous, and bf16 beats it
+        ({"fp32": 1.0, CL: 0.97, "bf16": 0.9}, ("fp32", False)),
+    ],
+)
+def test_bf16_must_beat_fp32_in_its_faster_layout(monkeypatch, seconds, expected):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    calls: list[str] = []
+    choice = choose_precision("auto", torch.device("cpu"), FakeClock(monkeypatch).passes(seconds, calls), layouts=True)
+    assert (choice.precision, choice.channels_last) == expected
+    fp32 = seconds[CL] if seconds[CL] < precision.CHANNELS_LAST_MAX_TIME_RATIO * seconds["fp32"] else seconds["fp32"]
+    assert f"bf16 took {seconds['bf16'] / fp32:.2f}x fp32's time" in choice.reason
+
+
+def test_a_layout_near_its_threshold_gets_more_rounds_and_a_clear_one_none_at_all(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    clock, calls = FakeClock(monkeypatch), []
+    choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 0.012, CL: 0.0105}, calls), layouts=True)
+    assert calls.count(CL) == 1 + precision.MAX_ROUNDS * 2  # 0.875x, near 0.95x: every round, 2 x 10.5 ms >= 20 ms
+    calls.clear()
+    choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 5.5, CL: 3.8}, calls), layouts=True)
+    assert calls == ["fp32", "fp32", CL]  # long passes, 0.69x: clear, one run each after the warm-up
+    calls.clear()
+    choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 5.5, CL: 4.6}, calls), layouts=True)
+    assert calls == ["fp32", "fp32", CL, "fp32", CL]  # 0.84x: one clean round after the first runs
+
+
+def test_rounds_time_again_only_the_passes_whose_times_could_change_the_choice(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    clock, calls = FakeClock(monkeypatch), []
+    # a Xeon without AMX: bf16 plainly slower than fp32 in either layout, the layouts 0.84x apart
+    choice = choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 5.5, CL: 4.6, "bf16": 7.0}, calls), layouts=True)
+    assert calls == ["bf16", "bf16", "fp32", CL, "fp32", CL] and (choice.precision, choice.channels_last) == ("fp32", True)
+    calls.clear()
+    # a Xeon with AMX: bf16 plainly faster than fp32 in either layout, whose verdict no longer matters
+    choice = choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 6.0, CL: 4.9, "bf16": 1.9}, calls), layouts=True)
+    assert calls == ["bf16", "bf16", "fp32", CL] and choice.precision == "bf16"
+    calls.clear()
+    # bf16 near its threshold against channels-last fp32, the layouts clearly apart: those two only
+    choose_precision("auto", torch.device("cpu"), clock.passes({"fp32": 6.0, CL: 4.0, "bf16": 3.3}, calls), layouts=True)
+    assert calls == ["bf16", "bf16", "fp32", CL, "bf16", CL]
+
+
+def test_the_trials_first_run_warms_the_process_up_and_is_not_the_measurement(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    clock, calls = FakeClock(monkeypatch), []
+    build = clock.passes({"fp32": 5.0, CL: 3.0}, calls)
+
+    def slow_first_run(precision_name: str, channels_last: bool):
+        run = build(precision_name, channels_last)
+
+        def first_run_slower() -> None:
+            if not calls:
+                clock.now += 2.0  # threads starting, kernels chosen
+            run()
+
+        return first_run_slower
+
+    choice = choose_precision("auto", torch.device("cpu"), slow_first_run, layouts=True)
+    assert choice.seconds_per_pass == {"fp32": 5.0, CL: 3.0}
+
+
+@pytest.mark.parametrize("asked, channels_last", [("fp32", False), ("bf16", True)])
+def test_an_explicit_precision_has_its_fixed_layout(monkeypatch, asked, channels_last):
+    calls: list[str] = []
+    choice = choose_precision(asked, torch.device("cpu"), FakeClock(monkeypatch).passes({}, calls), layouts=True)
+    assert choice == PrecisionChoice(asked, "asked for", channels_last=channels_last) and calls == []
+
+
+@pytest.mark.parametrize(
+    "recorded, channels_last",
+    [
+        ({"precision": "fp32", "reason": "auto: x", "channels_last": True}, True),
+        ({"precision": "fp32", "reason": "auto: x"}, False),  # before llcv 0.8: the precision's layout
+        ({"precision": "bf16", "reason": "auto: x"}, True),
+    ],
+)
+def test_a_kept_choice_keeps_its_layout(recorded, channels_last):
+    kept = PrecisionChoice.kept_from(recorded)
+    assert kept.channels_last is channels_last and kept.reused and precision.KEPT in kept.reason
+
+
+def one_chain_cnn():
+    model, data = small_cnn()
+    return model, data, SamplerSettings(num_chains=1, num_draws=6, epsilon=1e-4, gamma=100.0, batch_size=32)
+
+
+def test_a_layout_auto_measured_faster_is_the_one_the_chains_run_in(monkeypatch):
+    """A single chain runs one at a time, so auto times the layouts; the chains follow the verdict,
+    exactly as they follow a run's kept choice. The initial loss does not depend on it; the chain
+    does (its noise is drawn in the weights' memory order: another draw from the same sampler)."""
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    monkeypatch.setattr(precision, "time_passes", lambda passes, device, clear: {"fp32": 2.0, CL: 1.0})
+    model, data, settings = one_chain_cnn()
+    auto = estimate_llc(model, data, settings, device="cpu")
+    assert auto.precision == "fp32" and auto.precision_choice["channels_last"] is True
+    kept = {"precision": "fp32", "reason": "auto: x"}
+    channels_last = estimate_llc(model, data, settings, device="cpu", precision=PrecisionChoice.kept_from({**kept, "channels_last": True}))
+    contiguous = estimate_llc(model, data, settings, device="cpu", precision=PrecisionChoice.kept_from(kept))
+    assert auto.llc_trace == channels_last.llc_trace
+    assert auto.init_loss == contiguous.init_loss and auto.llc_trace != contiguous.llc_trace
+
+
+def test_channels_last_chains_estimate_what_the_default_layout_does_within_sampling_error(trained_run, monkeypatch):
+    """The layout changes the order of summation and of the noise, not what is estimated."""
+    from llcv.targets import load_target
+
+    monkeypatch.setattr(precision, "time_passes", lambda passes, device, undecided: {"fp32": 2.0, CL: 1.0, "bf16": 4.0})
+    _, run = trained_run
+    target = load_target(run.checkpoints[-1])
+    settings = SamplerSettings(
+        num_chains=4, num_draws=80, num_burnin_steps=20, batch_size=64, epsilon=1e-3, gamma=100.0, chain_mode="sequential"
+    )
+    channels_last = estimate_llc(target.model, target.dataset, settings, device="cpu")
+    default = estimate_llc(target.model, target.dataset, settings.model_copy(update={"precision": "fp32"}), device="cpu")
+    assert channels_last.precision_choice["channels_last"] and not default.precision_choice.get("channels_last")
+    combined_error = math.sqrt(channels_last.llc_std**2 / 4 + default.llc_std**2 / 4)
+    assert channels_last.init_loss == pytest.approx(default.init_loss, rel=1e-5)
+    assert abs(channels_last.llc_mean - default.llc_mean) < 4 * combined_error + 0.1 * abs(default.llc_mean)
 
 
 def test_native_bf16_answers_for_every_device_kind():
@@ -156,7 +300,7 @@ def test_auto_falls_back_to_fp32_when_bf16_cannot_run(monkeypatch):
     model, data = regression()
     result = estimate_llc(model, data, SamplerSettings(num_chains=1, num_draws=5, batch_size=32), loss="mse", device="cpu")
     assert result.precision == "fp32"
-    assert "bf16 failed" in result.precision_choice["reason"]
+    assert "a trial pass failed" in result.precision_choice["reason"]
 
 
 # --- one precision per run --------------------------------------------------------------------

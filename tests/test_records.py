@@ -235,3 +235,5 @@ def test_properties_readers_use():
     built = LLCRecord(status="failed", checkpoint="x.pt", error="boom")
     assert built.to_dict() == {"format": "llcv-llc-record", "format_version": 1, "status": "failed", "checkpoint": "x.pt", "error": "boom"}
     assert RecordResult().diagnostics.warnings == [] and RecordResult().ran_in is None
+    channels_last = RecordResult(precision="fp32", precision_choice={"precision": "fp32", "reason": "auto: x", "channels_last": True})
+    assert channels_last.ran_in == "fp32, channels-last" and done.result.ran_in == done.result.precision  # no layout recorded

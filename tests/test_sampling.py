@@ -417,8 +417,8 @@ def test_fallback_to_one_chain_at_a_time_is_said_in_verbose_output(caplog):
     assert any("running chains one at a time" in message and "does not support batched" in message for message in caplog.messages)
 
 
-@pytest.mark.parametrize("precision, channels_last", [("bf16", True), ("fp32", False)])
-def test_bf16_chains_keep_convolution_weights_in_the_inputs_layout(precision, channels_last):
+@pytest.mark.parametrize("precision, channels_last", [("bf16", True), ("fp32", True), ("fp32", False)])
+def test_channels_last_chains_keep_convolution_weights_in_the_inputs_layout(precision, channels_last):
     from llcv.chains import _ChainGroup, _LossModule
     from llcv.losses import resolve_loss
 
@@ -426,7 +426,7 @@ def test_bf16_chains_keep_convolution_weights_in_the_inputs_layout(precision, ch
     model(torch.randn(2, 3, 6, 6))
     names = [name for name, _ in model.named_parameters()]
     initial = [parameter.detach().clone() for parameter in model.parameters()]
-    group = _ChainGroup(_LossModule(model, resolve_loss("cross_entropy")), names, initial, 1, False, precision)
+    group = _ChainGroup(_LossModule(model, resolve_loss("cross_entropy")), names, initial, 1, False, precision, channels_last)
     convolution = group.parameters[names.index("0.weight")].squeeze(0)
     assert convolution.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert torch.equal(convolution, initial[0]) and group.parameters[0].is_leaf
