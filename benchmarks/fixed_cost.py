@@ -6,7 +6,8 @@ A CIFAR-stem ResNet18 on 32x32 images (random, ``--samples`` of them, so the ini
 in ``bn_mode="eval"``, the BatchNorm statistics) read their default 4,096) is estimated with the default sampler
 settings at 2 chains x ``--draws`` draws, twice, as ``estimate-all`` does for two checkpoints of
 one run: the first estimate decides how the chains run (batched or not, and for
-``precision="auto"`` times fp32 against bf16); the second reuses that. For each, the fixed cost
+``precision="auto"`` times fp32 against bf16 and, the chains running one at a time, fp32's two
+layouts); the second reuses that. For each, the fixed cost
 is the elapsed time minus the sampling steps at their median step time (so the first step's
 warm-up counts as fixed cost), shown in seconds and in steps, with its parts: copying the model,
 deciding the execution, recomputing BatchNorm statistics, the initial loss.
@@ -35,7 +36,7 @@ TARGET_STEPS = 5.0
 # there (llcv.execution's _execution_plan included), so that is where they are wrapped.
 PARTS = {
     "_copy_in_mode": "copy the model",
-    "_execution_plan": "decide execution (precision timing)",
+    "_execution_plan": "decide execution (precision, layout)",
     "_normalise_batchnorm": "recompute BatchNorm statistics",
     "_initial_loss": "initial loss",
 }

@@ -42,6 +42,7 @@ from llcv.health import brief_reason
 from llcv.known_models import rrr_case
 from llcv.llc_result import LLCResult
 from llcv.progress import Reporter
+from llcv.records import ran_in
 from llcv.reference import devinterp_estimate, devinterp_sgld_kwargs
 from llcv.sampling_data import SamplingData
 
@@ -127,7 +128,7 @@ def defaults_case(device: torch.device, quick: bool, sizes: list[tuple[int, int]
         started = time.perf_counter()
         result = estimate_llc(model, train, settings, device=device)
         ours = time.perf_counter() - started
-        label = f"{chains} chains x {draws} draws, defaults ({result.precision}, {result.chain_execution})"
+        label = f"{chains} chains x {draws} draws, defaults ({ran_in(result.precision, result.precision_choice)}, {result.chain_execution})"
         print(f"  precision: {result.precision_choice['reason']}")
         rows.append(_row("defaults vs devinterp fp32", label, ours, theirs, 1.0, result, their_llc))
     rows.append(defaults_step_row(model, train, device, steps=8 if quick else 20))
@@ -272,17 +273,17 @@ def _interleaved_row(
     """llcv's steps at ``settings``, each followed by ``reference_step``: their paired ratio, after a
     warm-up estimate (so the execution plan, auto's precision trial included, is not timed)."""
     warm_up = estimate_llc(model, data, settings.model_copy(update={"num_draws": 3}), device=device)
-    ran_in = warm_up.precision + (", channels-last" if warm_up.precision_choice.get("channels_last") else "")
+    ran = ran_in(warm_up.precision, warm_up.precision_choice)
     timer = _Interleaved(reference_step, device)
     estimate_llc(model, data, settings, device=device, reporter=timer)
     paired, medians = timer.ratios()
     low, high = timer.interval()
     ours, theirs = statistics.median(timer.sgld), statistics.median(timer.plain)
     print(
-        f"  {label:<30} llcv {ours * 1e3:7.1f} ms ({ran_in})  {reference} {theirs * 1e3:7.1f} ms  "
+        f"  {label:<30} llcv {ours * 1e3:7.1f} ms ({ran})  {reference} {theirs * 1e3:7.1f} ms  "
         f"ratio {paired:5.3f}x [95%: {low:5.3f}-{high:5.3f}] (medians {medians:5.3f}x)"
     )
-    return {"case": f"ResNet18 step vs {reference}", "label": label, "llcv_seconds": ours, "ran_in": ran_in,
+    return {"case": f"ResNet18 step vs {reference}", "label": label, "llcv_seconds": ours, "ran_in": ran,
             "reference_seconds": theirs, "ratio": paired, "interval": [low, high], "target": target}  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from llcv import console
 from llcv.health import short_reason
 from llcv.models import model_version
+from llcv.records import ran_in
 from llcv.results import health_label
 
 
@@ -92,10 +93,9 @@ def render_llc_result(result, title: str) -> None:
     table.add_row("samples", f"{result.num_samples_used:,}")
     table.add_row("time", escape(f"{result.elapsed_seconds:.1f} s on {result.device} ({result.num_threads} threads)"))
     if result.precision is not None:
-        choice = result.precision_choice or {}
-        reason = choice.get("reason", "")
-        layout = ", channels-last" if choice.get("channels_last") else ""
-        table.add_row("precision", escape(result.precision + layout + (f" ({reason})" if reason and reason != "asked for" else "")))
+        reason = (result.precision_choice or {}).get("reason", "")
+        ran = ran_in(result.precision, result.precision_choice)
+        table.add_row("precision", escape(ran + (f" ({reason})" if reason and reason != "asked for" else "")))
     console.stdout.print(table)
     for warning in result.diagnostics.warnings:
         console.stdout.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

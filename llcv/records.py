@@ -113,6 +113,14 @@ class RecordDiagnostics(_Part):
     warnings: list[str] = []
 
 
+def ran_in(precision: str | None, choice: dict[str, Any] | None) -> str | None:
+    """What a result's chains ran in (its ``precision`` and ``precision_choice``), for people:
+    ``fp32``, ``bf16``, or either with ``, channels-last``."""
+    if precision is not None and (choice or {}).get("channels_last"):
+        return f"{precision}, channels-last"
+    return precision
+
+
 class PrecisionChoiceInfo(_Part):
     """A result's ``precision_choice`` (``llcv.precision.PrecisionChoice.provenance()``; since llcv 0.5)."""
 
@@ -161,10 +169,8 @@ class RecordResult(_Part):
     def ran_in(self) -> str | None:
         """What the chains ran in (``fp32``, ``bf16``, with ``, channels-last`` where they ran in
         that layout); results before llcv 0.5 only have the setting (never "auto" then)."""
-        precision = self.precision or self.settings.get("precision")
-        if precision is not None and self.precision_choice is not None and self.precision_choice.channels_last:
-            return f"{precision}, channels-last"
-        return precision
+        choice = self.precision_choice.to_dict() if self.precision_choice is not None else None
+        return ran_in(self.precision or self.settings.get("precision"), choice)
 
 
 class LLCRecord(_Part):
