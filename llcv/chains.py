@@ -35,6 +35,14 @@ class _LossModule(nn.Module):
         return self.loss_function(self.model, batch)
 
 
+def channels_last_inputs(batch):
+    """``batch`` with its image inputs in the channels-last layout, so that no convolution on
+    channels-last weights reorders them (vmap cannot express it: batched chains never ask)."""
+    if isinstance(batch, (list, tuple)) and batch[0].dim() == 4:
+        return [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
+    return batch
+
+
 class _ChainGroup:
     """Chains advanced together as stacked parameters of shape (chains, *parameter shape).
 
@@ -78,9 +86,8 @@ class _ChainGroup:
     def _single_loss(self, parameters: list[torch.Tensor], batch) -> torch.Tensor:
         values = dict(zip(self.names, parameters))
         device_type = parameters[0].device.type
-        if self.channels_last and isinstance(batch, (list, tuple)) and batch[0].dim() == 4:
-            # The weights' layout, so no convolution reorders its input; vmap cannot express it.
-            batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
+        if self.channels_last:
+            batch = channels_last_inputs(batch)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
             loss = torch.func.functional_call(self.loss_module, values, (batch,))
         return loss.float()

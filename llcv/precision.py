@@ -172,7 +172,7 @@ def _undecided(seconds: dict[str, float]) -> set[str]:
     measured again; without AMX, bf16 loses plainly and only the layouts are."""
     if min(seconds.values()) <= 0:
         return set(seconds)  # below the clock's resolution: no verdict yet
-    fp32 = {name: time for name, time in seconds.items() if name != BF16}
+    fp32 = {name: value for name, value in seconds.items() if name != BF16}
     bf16_out = True
     if BF16 in seconds:
         if seconds[BF16] < BF16_MAX_TIME_RATIO / CLEAR_MARGIN * min(fp32.values()):

@@ -42,7 +42,7 @@ from llcv.batchnorm import (
     recompute_batchnorm_statistics,
     use_batch_statistics,
 )
-from llcv.chains import _ChainGroup, _GroupTraces, _LossModule, _group_batches, _run_group
+from llcv.chains import _ChainGroup, _GroupTraces, _LossModule, _group_batches, _run_group, channels_last_inputs
 from llcv.devices import resolve_device
 from llcv.errors import SettingsError
 from llcv.execution import _execution_plan
@@ -82,22 +82,26 @@ def _initial_loss(
     settings: SamplerSettings,
     precision: Precision,
     batch_statistics: bool = False,
+    channels_last: bool = False,
 ) -> tuple[float, float]:
     """The loss at the checkpoint over one pass of the sampled data (at most ``init_loss_samples``
-    of them), in the chains' mode and precision, and the standard deviation of its minibatch
-    losses (0 for a single batch).
+    of them), in the chains' mode, precision and layout, and the standard deviation of its
+    minibatch losses (0 for a single batch). With ``channels_last`` the model's convolution
+    weights are left in that layout (the chains run on their own copies).
 
     With ``batch_statistics`` (BatchNorm normalising each batch by its own statistics) a last,
     smaller batch is left out: its statistics are noisier than the full-size batches' the chains
     see, so it would measure a slightly different function.
     """
     batch_losses, sizes = [], []
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for batch in data.passes(settings.init_loss_samples, settings.seed):
             size = len(batch[0]) if isinstance(batch, (list, tuple)) else 1
             if batch_statistics and batch_losses and size < data.batch_size:
                 break
-            batch_losses.append(loss_function(model, batch).double())
+            batch_losses.append(loss_function(model, channels_last_inputs(batch) if channels_last else batch).double())
             sizes.append(size)
     values = torch.stack(batch_losses).cpu().numpy()
     weights = np.asarray(sizes, dtype=float)
@@ -168,7 +172,9 @@ def estimate_llc(
     normalisation = _normalise_batchnorm(work, data, loss_function, settings, precision)
     checkpoint_state = {key: value.detach().clone() for key, value in work.state_dict().items()}
 
-    init_loss, batch_loss_std = _initial_loss(work, data, loss_function, settings, precision, normalisation.statistics == "batch")
+    init_loss, batch_loss_std = _initial_loss(
+        work, data, loss_function, settings, precision, normalisation.statistics == "batch", plan.precision.channels_last and not plan.batched
+    )
     bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, init_loss, batch_loss_std)
     loss_limit = init_loss + bound / nbeta
     seeds = _chain_seeds(settings.seed, settings.num_chains)

@@ -205,9 +205,10 @@ def one_chain_cnn():
 
 
 def test_a_layout_auto_measured_faster_is_the_one_the_chains_run_in(monkeypatch):
-    """A single chain runs one at a time, so auto times the layouts; the chains follow the verdict,
-    exactly as they follow a run's kept choice. The initial loss does not depend on it; the chain
-    does (its noise is drawn in the weights' memory order: another draw from the same sampler)."""
+    """A single chain runs one at a time, so auto times the layouts; the chains and the initial loss
+    follow the verdict, exactly as they follow a run's kept choice. The initial loss changes in its
+    last bits only; the chain changes (its noise is drawn in the weights' memory order: another
+    draw from the same sampler)."""
     monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     monkeypatch.setattr(precision, "time_passes", lambda passes, device, clear: {"fp32": 2.0, CL: 1.0})
     model, data, settings = one_chain_cnn()
@@ -216,8 +217,26 @@ def test_a_layout_auto_measured_faster_is_the_one_the_chains_run_in(monkeypatch)
     kept = {"precision": "fp32", "reason": "auto: x"}
     channels_last = estimate_llc(model, data, settings, device="cpu", precision=PrecisionChoice.kept_from({**kept, "channels_last": True}))
     contiguous = estimate_llc(model, data, settings, device="cpu", precision=PrecisionChoice.kept_from(kept))
-    assert auto.llc_trace == channels_last.llc_trace
-    assert auto.init_loss == contiguous.init_loss and auto.llc_trace != contiguous.llc_trace
+    assert auto.llc_trace == channels_last.llc_trace and auto.init_loss == channels_last.init_loss
+    assert auto.init_loss == pytest.approx(contiguous.init_loss, rel=1e-5) and auto.llc_trace != contiguous.llc_trace
+
+
+def test_the_initial_loss_runs_in_the_chains_layout():
+    from llcv.losses import resolve_loss
+    from llcv.sampling import _initial_loss
+    from llcv.sampling_data import SamplingData
+
+    model, data, settings = one_chain_cnn()
+    prepared = SamplingData(data, settings, torch.device("cpu"))
+    default = _initial_loss(model, prepared, resolve_loss("cross_entropy"), settings, "fp32")
+    # with one input channel both layouts are the same strides; the others tell them apart
+    convolutions = [parameter for parameter in model.parameters() if parameter.dim() == 4 and parameter.shape[1] > 1]
+    assert convolutions
+    assert not any(weight.is_contiguous(memory_format=torch.channels_last) for weight in convolutions)
+    channels_last = _initial_loss(model, prepared, resolve_loss("cross_entropy"), settings, "fp32", channels_last=True)
+    assert all(weight.is_contiguous(memory_format=torch.channels_last) for weight in convolutions)
+    assert channels_last[0] == pytest.approx(default[0], rel=1e-5)  # the loss; then its batches' spread
+    assert channels_last[1] == pytest.approx(default[1], abs=1e-6 * default[0])
 
 
 def test_channels_last_chains_estimate_what_the_default_layout_does_within_sampling_error(trained_run, monkeypatch):
