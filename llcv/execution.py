@@ -61,7 +61,9 @@ def _execution_plan(
     )  # fmt: skip
     if key in _PLANS:
         plan = _PLANS[key]
-        return replace(plan, precision=pinned or replace(plan.precision, reused=plan.precision.seconds_per_pass is not None))
+        if pinned is not None:
+            return replace(plan, precision=_fitted(pinned, _layouts_apply(plan.batched, initial)))
+        return replace(plan, precision=replace(plan.precision, reused=plan.precision.seconds_per_pass is not None))
     state = {name: value.detach().clone() for name, value in loss_module.model.state_dict().items()}
     try:
         batched = _use_batched_chains(settings, loss_module, names, initial, data)
@@ -73,9 +75,9 @@ def _execution_plan(
             group = _ChainGroup(loss_module, names, initial, chains, batched, precision, channels_last)
             return lambda: group.gradient_pass(batch, shared)
 
-        layouts = not batched and any(tensor.dim() == 4 for tensor in initial)
+        layouts = _layouts_apply(batched, initial)
         try:
-            choice = pinned or choose_precision(settings.precision, data.device, one_pass, layouts)
+            choice = _fitted(pinned, layouts) if pinned is not None else choose_precision(settings.precision, data.device, one_pass, layouts)
         except Exception as error:  # noqa: BLE001 - autocast can fail on a layer; fp32 always works
             if settings.precision != "auto":
                 raise
@@ -84,6 +86,18 @@ def _execution_plan(
         loss_module.model.load_state_dict(state)
     _PLANS[key] = _ExecutionPlan(batched, choice)
     return _PLANS[key]
+
+
+def _layouts_apply(batched: bool, initial: list[torch.Tensor]) -> bool:
+    """Whether the memory layout can matter: chains one at a time (vmap cannot express a
+    layout) with convolution (4-d) weights."""
+    return not batched and any(tensor.dim() == 4 for tensor in initial)
+
+
+def _fitted(pinned: PrecisionChoice, layouts: bool) -> PrecisionChoice:
+    """A run's earlier choice, channels-last only where that can apply: records from before
+    llcv 0.8 imply it for every bf16 run, batched chains included."""
+    return replace(pinned, channels_last=pinned.channels_last and layouts)
 
 
 def _use_batched_chains(

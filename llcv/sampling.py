@@ -173,7 +173,7 @@ def estimate_llc(
     checkpoint_state = {key: value.detach().clone() for key, value in work.state_dict().items()}
 
     init_loss, batch_loss_std = _initial_loss(
-        work, data, loss_function, settings, precision, normalisation.statistics == "batch", plan.precision.channels_last and not plan.batched
+        work, data, loss_function, settings, precision, normalisation.statistics == "batch", plan.precision.channels_last
     )
     bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, init_loss, batch_loss_std)
     loss_limit = init_loss + bound / nbeta

@@ -199,6 +199,17 @@ def test_a_kept_choice_keeps_its_layout(recorded, channels_last):
     assert kept.channels_last is channels_last and kept.reused and precision.KEPT in kept.reason
 
 
+def test_a_kept_choice_is_channels_last_only_where_the_chains_can_run_so():
+    """A bf16 run from before llcv 0.8 implies channels-last; batched chains (or a model without
+    convolutions) record what they ran in, the default layout."""
+    model, data = regression()
+    settings = SamplerSettings(num_chains=2, num_draws=3, epsilon=1e-3, gamma=10.0, batch_size=32, precision="auto")
+    kept = PrecisionChoice.kept_from({"precision": "bf16", "reason": "auto: x"})
+    for _ in range(2):  # deciding the execution, then from the process's cache
+        result = estimate_llc(model, data, settings, loss="mse", device="cpu", precision=kept)
+        assert result.precision == "bf16" and result.precision_choice["channels_last"] is False
+
+
 def one_chain_cnn():
     model, data = small_cnn()
     return model, data, SamplerSettings(num_chains=1, num_draws=6, epsilon=1e-4, gamma=100.0, batch_size=32)
