@@ -38,7 +38,7 @@ from llcv.claims import Claims
 from llcv.devices import resolve_device
 from llcv.errors import DataError, LLCVError, SettingsError
 from llcv.executors import make_executor
-from llcv.health import brief_reason
+from llcv.health import brief_reasons
 from llcv.losses import LossSpec
 from llcv.models import list_models, model_version
 from llcv.precision import PrecisionChoice
@@ -442,7 +442,7 @@ def estimate_all(
             summary.computed.append(job.label)
             std = record.llc_std
             healthy, reasons = record.health
-            verdict = "" if healthy is not False else f", unhealthy: {'; '.join(brief_reason(reason) for reason in reasons)}"
+            verdict = "" if healthy is not False else f", unhealthy: {brief_reasons(reasons)}"
             reporter.note(
                 f"{job.label}: LLC {record.llc_mean:.4g} ± {'—' if std is None else format(std, '.2g')} "
                 f"({record.elapsed_seconds or 0.0:.1f} s{verdict})"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -193,3 +193,8 @@ def brief_reason(reason: str) -> str:
         if "<" in part or ">" in part:
             return part.strip()
     return reason
+
+
+def brief_reasons(reasons: Sequence[str]) -> str:
+    """Health reasons for one line, each cut to its numbers: ``ESS 67 < 100; R-hat 1.422 > 1.1``."""
+    return "; ".join(brief_reason(reason) for reason in reasons)

@@ -44,9 +44,10 @@ BF16_MAX_TIME_RATIO = 0.8
 # and then more rounds, being within CLEAR_MARGIN of it.
 CHANNELS_LAST_MAX_TIME_RATIO = 0.95
 # Timing costs passes the chains do not use (a few sampling steps at ResNet scale, once per
-# run), so one measured round suffices when the time ratio is further than this factor from
-# BF16_MAX_TIME_RATIO, on either side: the verdict is then beyond the clock's noise (and the
-# warm-up's 4-7%). Only ratios near the threshold get more rounds, whose fastest counts.
+# run), so one measured round suffices when a time ratio is further than this factor from its
+# threshold (BF16_MAX_TIME_RATIO, CHANNELS_LAST_MAX_TIME_RATIO), on either side: the verdict is
+# then beyond the clock's noise (and a pass's own warm-up, 4-7%). Only ratios near a threshold
+# get more rounds, whose fastest counts.
 CLEAR_MARGIN = 1.25
 MAX_ROUNDS = 3
 LONG_PASS_SECONDS = 0.25
