@@ -69,13 +69,29 @@ BATCHNORM_WORDS = {
 }
 
 
+def standard_error_text(result) -> str:
+    """An estimate's standard error with its two parts: the chains' MCSE and the initial loss's."""
+    diagnostics = result.diagnostics
+    mcse = f"MCSE {number(diagnostics.llc_mcse, '.2g')}"
+    if result.init_loss_se == 0:
+        return f"{number(diagnostics.llc_se, '.2g')} ({mcse}; the initial loss counted every sample)"
+    if result.init_loss_se is None:
+        return f"{mcse}; the initial loss's error is unknown (one minibatch: raise init_loss_samples)"
+    return (
+        f"{number(diagnostics.llc_se, '.2g')} ({mcse}; the initial loss's, measured on a subset, "
+        f"{number(result.nbeta * result.init_loss_se, '.2g')})"
+    )
+
+
 def render_llc_result(result, title: str) -> None:
-    """The end-of-estimate table: LLC mean +- std, per chain, MALA, R-hat, ESS, warnings."""
+    """The end-of-estimate table: LLC mean +- std, its standard error, per chain, MALA, R-hat, ESS, warnings."""
     table = Table(title=escape(title), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     mean, std = result.llc_mean, result.llc_std
     table.add_row("LLC", "no healthy chain" if mean is None else f"{mean:.4g} ± {number(std)}")
+    if mean is not None:
+        table.add_row("standard error", escape(standard_error_text(result)))
     if result.healthy is not None:
         table.add_row("health", "[green]healthy[/]" if result.healthy else "[bold red]unhealthy[/]: " + escape("; ".join(result.health_reasons)))
     table.add_row("per chain", ", ".join(number(value) for value in result.llc_per_chain))

@@ -4,8 +4,9 @@ One list of checks serves two readers: every estimate's ``healthy`` / ``health_r
 (``LLCResult``, result records, ``summary.csv``, the plot) and the calibration rule
 (``llcv.calibration.apply_rule``), which judges each sweep row by the same checks in the same
 order. Noise is judged by its known size: a mean LLC or a chain counts as below the checkpoint's
-loss only when it lies more than ``SIGNIFICANCE`` Monte Carlo standard errors (MCSE) below 0, and
-drift is Geweke's early-against-late comparison in standard errors, so a short trace or a small
+loss only when it lies more than ``SIGNIFICANCE`` standard errors below 0 (its Monte Carlo
+standard error, MCSE, combined with the error of the initial loss it is measured from), and drift
+is Geweke's early-against-late comparison in standard errors, so a short trace or a small
 positive LLC is not rejected for noise alone.
 """
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from llcv.diagnostics import geweke_z, mcse_of_mean
 
-# A mean below 0 by more than this many MCSE is below the checkpoint's loss, not noise around 0.
+# A mean below 0 by more than this many standard errors is below the checkpoint's loss, not noise around 0.
 SIGNIFICANCE = 2.0
 
 
@@ -53,24 +54,32 @@ class Evidence:
     # (llcv.langevin.relaxation_steps; infinite at gamma 0). None: not checked.
     burnin_steps: int | None = None
     relaxation_steps: float | None = None
+    # The standard error of llc_mean, the initial loss's included; None: unknown, the MCSE stands in.
+    llc_se: float | None = None
 
 
-def trace_evidence(llc_trace: np.ndarray, healthy: np.ndarray) -> dict[str, float | None]:
-    """``llc_mcse``, ``negative_chains`` and ``drift_z`` of a chains x draws LLC trace.
+def trace_evidence(llc_trace: np.ndarray, healthy: np.ndarray, init_loss_error: float | None = 0.0) -> dict[str, float | None]:
+    """``llc_mcse``, ``llc_se``, ``negative_chains`` and ``drift_z`` of a chains x draws LLC trace.
 
     Args:
         llc_trace: per-draw LLC, NaN after a chain diverged.
         healthy: which chains did not diverge; only those count.
+        init_loss_error: the standard error, in LLC units (nbeta times the loss's), of the initial
+            loss every draw is measured from; None: unknown. Shared by all draws, it adds to each
+            chain's error as to the mean's, but not to the drift.
     """
     chains = np.asarray(llc_trace, dtype=float)[np.asarray(healthy, dtype=bool)]
     if not chains.size or not np.isfinite(chains).all():
-        return {"llc_mcse": None, "negative_chains": None, "drift_z": None}
+        return {"llc_mcse": None, "llc_se": None, "negative_chains": None, "drift_z": None}
+    common = init_loss_error or 0.0
     below = []
     for chain in chains:
         error = mcse_of_mean(chain[None, :])
-        below.append(error is not None and chain.mean() + SIGNIFICANCE * error < 0)
+        below.append(error is not None and chain.mean() + SIGNIFICANCE * math.hypot(error, common) < 0)
+    mcse = mcse_of_mean(chains)
     return {
-        "llc_mcse": mcse_of_mean(chains),
+        "llc_mcse": mcse,
+        "llc_se": None if mcse is None or init_loss_error is None else math.hypot(mcse, init_loss_error),
         "negative_chains": float(np.mean(below)),
         "drift_z": geweke_z(chains),
     }
@@ -103,9 +112,9 @@ def _unrelaxed(evidence: Evidence, _: HealthThresholds) -> str | None:
 
 
 def _negative(evidence: Evidence, _: HealthThresholds) -> str | None:
-    error = evidence.llc_mcse or 0.0
+    error = evidence.llc_se if evidence.llc_se is not None else evidence.llc_mcse or 0.0
     if evidence.llc_mean + SIGNIFICANCE * error < 0:
-        return f"LLC {evidence.llc_mean:.4g} lies below 0 by more than {SIGNIFICANCE:g} MCSE ({error:.2g})"
+        return f"LLC {evidence.llc_mean:.4g} lies below 0 by more than {SIGNIFICANCE:g} standard errors ({error:.2g})"
     return None
 
 
@@ -114,7 +123,7 @@ def _negative_chains(evidence: Evidence, limits: HealthThresholds) -> str | None
     if share is None:
         return "the chains' LLC is undefined"
     if share > limits.max_negative_fraction:
-        return f"{share:.0%} of chains sit below the checkpoint's loss (more than {SIGNIFICANCE:g} MCSE; limit {limits.max_negative_fraction:.0%})"
+        return f"{share:.0%} of chains sit below the checkpoint's loss (more than {SIGNIFICANCE:g} standard errors; limit {limits.max_negative_fraction:.0%})"
     return None
 
 

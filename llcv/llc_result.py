@@ -27,6 +27,7 @@ from llcv.version import __version__
 if TYPE_CHECKING:
     from llcv.chains import _GroupTraces
     from llcv.execution import _ExecutionPlan
+    from llcv.sampling import InitialLoss
 
 
 class LLCDiagnostics(BaseModel):
@@ -36,7 +37,10 @@ class LLCDiagnostics(BaseModel):
 
     r_hat: float | None = None
     ess: float | None = None
-    llc_mcse: float | None = None  # Monte Carlo standard error of llc_mean
+    llc_mcse: float | None = None  # Monte Carlo standard error of llc_mean: the chains' share of its error
+    # The standard error of llc_mean: the MCSE and nbeta * init_loss_se combined; None where the
+    # initial loss's error is unknown (results before llcv 0.9, or a one-batch subset).
+    llc_se: float | None = None
     drift_z: float | None = None  # Geweke: late minus early draws' mean LLC, in standard errors
     negative_chains: float | None = None  # share of healthy chains whose mean lies significantly below 0
     diverged_chains: int = 0
@@ -56,6 +60,9 @@ class LLCResult(BaseModel):
     burnin_loss_trace: list[list[float | None]]
     llc_trace: list[list[float | None]]
     init_loss: float | None
+    # init_loss's standard error as an estimate of the loss over all sampled data: 0 when it
+    # counted every sample, None when unknown (one minibatch of more, or results before llcv 0.9).
+    init_loss_se: float | None = None
     nbeta: float
     # How eval-mode BatchNorm layers were normalised: "recomputed" for the checkpoint's weights on
     # ``batchnorm_samples`` samples, the "checkpoint"'s saved statistics, each "batch"'s own (train
@@ -96,7 +103,7 @@ def _summarise(
     traces: list[_GroupTraces],
     settings: SamplerSettings,
     nbeta: float,
-    init_loss: float,
+    initial_loss: InitialLoss,
     bound: float,
     num_parameters: int,
     num_samples: int,
@@ -110,7 +117,9 @@ def _summarise(
     diverged = torch.cat([group.diverged for group in traces]).cpu().numpy()
     # A diverged chain stops counting from the check that caught it; its later values are noise.
     losses[diverged] = np.where(np.isfinite(losses[diverged]), losses[diverged], np.nan)
+    init_loss = initial_loss.value
     llc_trace = nbeta * (losses - init_loss)
+    init_loss_error = None if initial_loss.standard_error is None else nbeta * initial_loss.standard_error
     per_chain = [None if bad else float(trace.mean()) for bad, trace in zip(diverged, llc_trace)]
     healthy = [value for value in per_chain if value is not None]
     llc_mean = float(np.mean(healthy)) if healthy else None
@@ -129,7 +138,7 @@ def _summarise(
     diagnostics = LLCDiagnostics(
         r_hat=split_r_hat(healthy_losses),
         ess=effective_sample_size(healthy_losses) if len(healthy_losses) else None,
-        **trace_evidence(llc_trace, ~diverged),
+        **trace_evidence(llc_trace, ~diverged, init_loss_error),
         diverged_chains=int(diverged.sum()),
         nonfinite=bool(not np.isfinite(losses[~diverged]).all() or not np.isfinite(init_loss)),
     )
@@ -143,6 +152,7 @@ def _summarise(
         burnin_loss_trace=burnin.tolist(),
         llc_trace=llc_trace.tolist(),
         init_loss=init_loss,
+        init_loss_se=initial_loss.standard_error,
         nbeta=nbeta,
         batchnorm_statistics=normalisation.statistics,
         batchnorm_samples=normalisation.samples,

@@ -106,6 +106,7 @@ class RecordDiagnostics(_Part):
     r_hat: float | None = None
     ess: float | None = None
     llc_mcse: float | None = None  # since llcv 0.4
+    llc_se: float | None = None  # since llcv 0.9
     drift_z: float | None = None  # since llcv 0.4
     negative_chains: float | None = None  # since llcv 0.4
     diverged_chains: int | None = None
@@ -146,6 +147,7 @@ class RecordResult(_Part):
     burnin_loss_trace: list[list[float | None]] | None = None
     llc_trace: list[list[float | None]] | None = None
     init_loss: float | None = None
+    init_loss_se: float | None = None  # since llcv 0.9
     nbeta: float | None = None
     batchnorm_statistics: Literal["recomputed", "checkpoint", "batch", "none"] | None = None  # since llcv 0.4
     batchnorm_samples: int | None = None  # since llcv 0.4
@@ -303,6 +305,12 @@ class LLCRecord(_Part):
     def llc_std(self) -> float | None:
         """The standard deviation over the healthy chains; None with fewer than two, or without a result."""
         return self.result.llc_std if self.result is not None else None
+
+    @property
+    def llc_se(self) -> float | None:
+        """The standard error of the LLC, the initial loss's included; None where that is unknown
+        (records before llcv 0.9, a one-batch initial loss of more samples) or without a result."""
+        return self.result.diagnostics.llc_se if self.result is not None else None
 
     @property
     def has_estimate(self) -> bool:

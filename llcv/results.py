@@ -45,7 +45,7 @@ DEFAULT_LOSS = "cross_entropy"
 HASH_LENGTH = 12
 FINGERPRINT_BYTES = 1024 * 1024  # the fingerprint hashes the first and the last MiB
 SUMMARY_COLUMNS = (
-    "checkpoint", "step", "epoch", "scope", "status", "llc_mean", "llc_std", "healthy", "health_reasons",
+    "checkpoint", "step", "epoch", "scope", "status", "llc_mean", "llc_std", "llc_se", "healthy", "health_reasons",
     "mala_acceptance", "r_hat", "ess", "diverged_chains", "train_loss", "val_loss", "val_acc", "elapsed_seconds", "error",
 )  # fmt: skip
 _SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
@@ -200,6 +200,7 @@ def summary_row(record: LLCRecord | Mapping[str, Any]) -> dict[str, Any]:
         "status": record.status,
         "llc_mean": record.llc_mean,
         "llc_std": record.llc_std,
+        "llc_se": record.llc_se,
         "healthy": healthy,
         "health_reasons": "; ".join(reasons),
         "mala_acceptance": result.mala_acceptance if result is not None else None,

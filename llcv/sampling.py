@@ -29,6 +29,7 @@ import copy
 import fnmatch
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -75,6 +76,22 @@ def _chain_seeds(seed: int, num_chains: int) -> list[int]:
     return [int(state) for state in np.random.SeedSequence(seed).generate_state(num_chains)]
 
 
+# A subset's initial loss is measured in at least this many minibatches, whose spread gives its
+# standard error (with 16, that error is itself known to within about 20%).
+MIN_INIT_LOSS_PIECES = 16
+
+
+@dataclass(frozen=True)
+class InitialLoss:
+    """The loss at the checkpoint, ``L(w*)``, as the estimate measured it."""
+
+    value: float
+    batch_spread: float  # standard deviation of its losses over the chains' minibatches (0 for a single batch)
+    # Its standard error as an estimate of the loss over all the sampled data: 0 when every sample
+    # counted, None when one minibatch of a larger set gives no spread to judge it by.
+    standard_error: float | None
+
+
 def _initial_loss(
     model: nn.Module,
     data: "SamplingData",
@@ -83,30 +100,48 @@ def _initial_loss(
     precision: Precision,
     batch_statistics: bool = False,
     channels_last: bool = False,
-) -> tuple[float, float]:
+) -> InitialLoss:
     """The loss at the checkpoint over one pass of the sampled data (at most ``init_loss_samples``
-    of them), in the chains' mode, precision and layout, and the standard deviation of its
-    minibatch losses (0 for a single batch). With ``channels_last`` the model's convolution
-    weights are left in that layout (the chains run on their own copies).
+    of them), in the chains' mode, precision and layout. With ``channels_last`` the model's
+    convolution weights are left in that layout (the chains run on their own copies).
+
+    The chains average minibatches drawn from all the sampled data, so a subset's loss is off by
+    its sampling error, the same for every draw and chain: the chains' MCSE cannot see it. Its
+    standard error treats the minibatches as clusters of a sample drawn without replacement.
 
     With ``batch_statistics`` (BatchNorm normalising each batch by its own statistics) a last,
     smaller batch is left out: its statistics are noisier than the full-size batches' the chains
     see, so it would measure a slightly different function.
     """
     batch_losses, sizes = [], []
+    measured = min(settings.init_loss_samples or data.num_samples, data.num_samples)
+    # Batches normalised by their own statistics must be the chains' size; any other model computes
+    # the same loss in smaller pieces, and a subset needs several to judge its error by.
+    piece_size = None  # the chains' batch size
+    if not batch_statistics and measured < data.num_samples:
+        piece_size = min(data.batch_size, math.ceil(measured / MIN_INIT_LOSS_PIECES))
     if channels_last:
         model.to(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        for batch in data.passes(settings.init_loss_samples, settings.seed):
+        for batch in data.passes(settings.init_loss_samples, settings.seed, piece_size):
             size = len(batch[0]) if isinstance(batch, (list, tuple)) else 1
             if batch_statistics and batch_losses and size < data.batch_size:
                 break
             batch_losses.append(loss_function(model, channels_last_inputs(batch) if channels_last else batch).double())
             sizes.append(size)
     values = torch.stack(batch_losses).cpu().numpy()
-    weights = np.asarray(sizes, dtype=float)
+    weights = np.asarray(sizes, dtype=float) / sum(sizes)
+    value = float(np.average(values, weights=sizes))
     spread = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return float(np.average(values, weights=weights)), spread
+    if piece_size is not None:  # the spread of the chains' batches, by the square-root law
+        spread *= math.sqrt(np.mean(sizes) / data.batch_size)
+    unmeasured_share = max(0.0, 1.0 - sum(sizes) / data.num_samples)  # finite-population correction
+    if len(values) > 1:
+        variance = len(values) / (len(values) - 1) * float(np.sum(weights**2 * (values - value) ** 2))
+        standard_error = math.sqrt(variance * unmeasured_share)
+    else:
+        standard_error = 0.0 if unmeasured_share == 0 else None
+    return InitialLoss(value, spread, standard_error)
 
 
 def select_parameters(model: nn.Module, patterns: list[str] | None) -> list[tuple[str, nn.Parameter]]:
@@ -172,11 +207,11 @@ def estimate_llc(
     normalisation = _normalise_batchnorm(work, data, loss_function, settings, precision)
     checkpoint_state = {key: value.detach().clone() for key, value in work.state_dict().items()}
 
-    init_loss, batch_loss_std = _initial_loss(
+    initial_loss = _initial_loss(
         work, data, loss_function, settings, precision, normalisation.statistics == "batch", plan.precision.channels_last
     )
-    bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, init_loss, batch_loss_std)
-    loss_limit = init_loss + bound / nbeta
+    bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, initial_loss.value, initial_loss.batch_spread)
+    loss_limit = initial_loss.value + bound / nbeta
     seeds = _chain_seeds(settings.seed, settings.num_chains)
     groups = [list(range(settings.num_chains))] if plan.batched else [[chain] for chain in range(settings.num_chains)]
     steps_per_chain = settings.num_burnin_steps + settings.num_draws * settings.num_steps_bw_draws
@@ -203,7 +238,7 @@ def estimate_llc(
         traces,
         settings,
         nbeta,
-        init_loss,
+        initial_loss,
         bound,
         num_parameters,
         data.num_samples,

@@ -102,8 +102,9 @@ class SamplingData:
             indices, pending = pending[: self.batch_size], pending[self.batch_size :]
             yield indices
 
-    def passes(self, max_samples: int | None = None, seed: int = 0) -> Iterator:
-        """One pass over the samples in minibatches, for the initial loss.
+    def passes(self, max_samples: int | None = None, seed: int = 0, batch_size: int | None = None) -> Iterator:
+        """One pass over the samples in minibatches (of ``batch_size``, the chains' by default;
+        a DataLoader's own), for the initial loss.
 
         With ``max_samples`` below the sample count, the pass covers a seeded random subset of
         that many samples (the same subset for every checkpoint of a run, like the chains' batches).
@@ -119,8 +120,9 @@ class SamplingData:
         indices = torch.arange(self.num_samples)
         if max_samples is not None and max_samples < self.num_samples:
             indices = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values
-        for start in range(0, len(indices), self.batch_size):
-            yield self._gather(indices[start : start + self.batch_size])
+        size = batch_size or self.batch_size
+        for start in range(0, len(indices), size):
+            yield self._gather(indices[start : start + size])
 
     def statistics_batches(self, max_samples: int | None = None, seed: int = 0) -> Iterator:
         """Minibatches for recomputing BatchNorm statistics: ``passes``, except that a class's

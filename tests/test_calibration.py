@@ -131,6 +131,9 @@ def test_noise_is_judged_by_its_standard_error():
     """A mean within 2 MCSE of 0, or many negative draws, is noise around a small LLC, not a failure."""
     rows, _, _ = apply_rule([row(llc_mean=-0.19, llc_mcse=0.1), row(llc_mean=0.02, negative_fraction=0.45)])
     assert [r["qualifies"] for r in rows] == [True, True]
+    # the standard error with the initial loss's error is the yardstick where a row has it
+    rows, _, _ = apply_rule([row(llc_mean=-0.5, llc_mcse=0.1, llc_se=0.3), row(llc_mean=-0.5, llc_mcse=0.1, llc_se=0.2)])
+    assert [r["reason"] for r in rows] == ["", "llc_mean < 0"]
 
 
 def test_boundaries_pass_and_one_chain_needs_no_r_hat():

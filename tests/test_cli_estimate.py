@@ -24,7 +24,7 @@ def final_checkpoint(trained_run):
 def test_estimate_prints_the_table(final_checkpoint):
     outcome = runner.invoke(app, ["estimate", "--checkpoint", str(final_checkpoint), *QUICK])
     assert outcome.exit_code == 0, outcome.output
-    for label in ("LLC", "per chain", "MALA acceptance", "R-hat", "ESS"):
+    for label in ("LLC", "standard error", "per chain", "MALA acceptance", "R-hat", "ESS"):
         assert label in outcome.stdout
     assert re.search(r"precision\W+(fp32|bf16)", outcome.stdout)  # what ran, when the settings say auto
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from test_sampling import regression  # a linear model at its least-squares fit:
 from llcv import SamplerSettings, estimate_llc
 from llcv.diagnostics import geweke_z, mcse_of_mean
 from llcv.estimation import estimate_all
+from llcv.health import Evidence, HealthThresholds, failed_checks, trace_evidence
 from llcv.progress import Reporter
 from llcv.results import SUMMARY_FILE, find_transitions, settings_hash
 from llcv.settings import EstimateSettings
@@ -56,6 +58,22 @@ def test_geweke_z_keeps_its_scale_on_a_sweeps_short_strongly_autocorrelated_chai
     assert np.std(stationary) < 1.47
     rising = [geweke_z(autoregressive(2, 100, 0.5, rng, stationary=True) + np.linspace(0, 3, 100)) for _ in range(50)]
     assert np.median(rising) > 4
+
+
+def test_the_initial_losss_error_widens_the_sign_checks_but_not_the_drift():
+    """Chains 0.3 below 0 with small noise sit significantly below the checkpoint's loss, unless the
+    initial loss they are measured from is itself uncertain by more; unknown error: the MCSE alone."""
+    trace = -0.3 + 0.05 * np.random.default_rng(0).standard_normal((4, 400))
+    healthy = np.ones(4, dtype=bool)
+    exact, uncertain, unknown = (trace_evidence(trace, healthy, error) for error in (0.0, 0.5, None))
+    assert exact["negative_chains"] == 1.0 and uncertain["negative_chains"] == 0.0 and unknown["negative_chains"] == 1.0
+    assert exact["llc_se"] == pytest.approx(exact["llc_mcse"]) and unknown["llc_se"] is None
+    assert uncertain["llc_se"] == pytest.approx(math.hypot(exact["llc_mcse"], 0.5))
+    assert uncertain["drift_z"] == exact["drift_z"]
+    evidence = dict(num_chains=4, diverged_chains=0, llc_mean=-0.3, llc_mcse=exact["llc_mcse"], negative_chains=0.0, drift_z=0.0, r_hat=1.0, ess=500.0, mala_acceptance=None)
+    names = lambda **changes: [check.name for check, _ in failed_checks(Evidence(**{**evidence, **changes}), HealthThresholds())]  # noqa: E731
+    assert names() == ["llc_mean < 0"] == names(llc_se=exact["llc_se"])
+    assert names(llc_se=uncertain["llc_se"]) == []
 
 
 def test_mixed_chains_are_healthy_and_chains_that_never_left_are_not():

@@ -246,8 +246,8 @@ def test_the_initial_loss_runs_in_the_chains_layout():
     assert not any(weight.is_contiguous(memory_format=torch.channels_last) for weight in convolutions)
     channels_last = _initial_loss(model, prepared, resolve_loss("cross_entropy"), settings, "fp32", channels_last=True)
     assert all(weight.is_contiguous(memory_format=torch.channels_last) for weight in convolutions)
-    assert channels_last[0] == pytest.approx(default[0], rel=1e-5)  # the loss; then its batches' spread
-    assert channels_last[1] == pytest.approx(default[1], abs=1e-6 * default[0])
+    assert channels_last.value == pytest.approx(default.value, rel=1e-5)
+    assert channels_last.batch_spread == pytest.approx(default.batch_spread, abs=1e-6 * default.value)
 
 
 def test_channels_last_chains_estimate_what_the_default_layout_does_within_sampling_error(trained_run, monkeypatch):

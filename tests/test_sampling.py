@@ -406,6 +406,55 @@ def test_initial_loss_uses_a_seeded_subset_when_capped():
     assert float(capped.init_loss * 8).is_integer()  # the mean of 8 of the per-sample losses
 
 
+def test_a_subsets_initial_loss_reports_the_error_it_has():
+    """The initial loss of a subset misses the whole data's by as much as its standard error says
+    (over 60 seeded subsets); a full pass has none; a subset of less than one batch is measured
+    in pieces so that its error is known, except where batches must keep the chains' size."""
+    from llcv.losses import resolve_loss
+    from llcv.sampling import _initial_loss
+    from llcv.sampling_data import SamplingData
+
+    model, data = regression(size=4000)
+    settings = SamplerSettings(num_chains=1, num_draws=1, batch_size=64, epsilon=1e-8, gamma=0.0, nbeta=1.0)
+    prepared = SamplingData(data, settings, torch.device("cpu"))
+    mse = resolve_loss("mse")
+
+    def initial(**changes):
+        return _initial_loss(model, prepared, mse, settings.model_copy(update=changes), "fp32")
+
+    full = initial(init_loss_samples=None)
+    assert full.standard_error == 0
+    subsets = [initial(init_loss_samples=500, seed=seed) for seed in range(60)]
+    misses = np.array([subset.value - full.value for subset in subsets])
+    reported = np.mean([subset.standard_error for subset in subsets])
+    assert reported == pytest.approx(misses.std(ddof=1), rel=0.3)
+    small = initial(init_loss_samples=40)
+    assert small.standard_error > 0 and small.batch_spread == pytest.approx(full.batch_spread, rel=0.6)
+    one_batch = _initial_loss(model, prepared, mse, settings.model_copy(update={"init_loss_samples": 64}), "fp32", batch_statistics=True)
+    assert one_batch.standard_error is None
+
+
+def test_the_estimates_standard_error_includes_its_initial_loss_error():
+    model, data = regression(size=4000)
+    settings = SamplerSettings(**{**REGRESSION_SETTINGS, "num_draws": 100, "num_burnin_steps": 100, "batch_size": 100})
+    subset = estimate_llc(model, data, settings.model_copy(update={"init_loss_samples": 400}), loss="mse", device="cpu")
+    every = estimate_llc(model, data, settings.model_copy(update={"init_loss_samples": None}), loss="mse", device="cpu")
+    assert subset.init_loss_se > 0 and every.init_loss_se == 0
+    assert subset.diagnostics.llc_se == pytest.approx(math.hypot(subset.diagnostics.llc_mcse, subset.nbeta * subset.init_loss_se))
+    assert subset.diagnostics.llc_se > 2 * subset.diagnostics.llc_mcse
+    assert every.diagnostics.llc_se == pytest.approx(every.diagnostics.llc_mcse)
+    # one seed, so the same chains: the LLCs differ by the initial losses' difference alone
+    assert subset.llc_mean - every.llc_mean == pytest.approx(subset.nbeta * (every.init_loss - subset.init_loss))
+    assert abs(subset.llc_mean - every.llc_mean) < 4 * subset.diagnostics.llc_se
+    # the estimate table names both parts
+    from llcv.cli_render import standard_error_text
+
+    shown = standard_error_text(subset)
+    assert f"{subset.diagnostics.llc_se:.2g} (MCSE {subset.diagnostics.llc_mcse:.2g}" in shown
+    assert f"{subset.nbeta * subset.init_loss_se:.2g})" in shown and "subset" in shown
+    assert standard_error_text(every).endswith("the initial loss counted every sample)")
+
+
 def test_fallback_to_one_chain_at_a_time_is_said_in_verbose_output(caplog):
     torch.manual_seed(0)
     model = small_batchnorm_model()

@@ -46,6 +46,7 @@ def row_evidence(row: dict[str, Any], num_chains: int = 2) -> Evidence:
         diverged_chains=int(bool(row.get("diverged"))),
         llc_mean=None if row.get("diverged") else row.get("llc_mean"),
         llc_mcse=row.get("llc_mcse"),
+        llc_se=row.get("llc_se"),
         negative_chains=row.get("negative_chains"),
         drift_z=row.get("drift_z"),
         r_hat=row.get("r_hat"),
@@ -69,7 +70,8 @@ def apply_rule(
     A row qualifies if it passes the health checks of ``llcv.health``, in this order: it did not
     diverge; its chains had relaxed from the checkpoint, ``num_burnin_steps >= 2 / (epsilon * gamma)``
     (``llcv.langevin.relaxation_steps``; never at gamma 0; unchecked in a row without
-    ``num_burnin_steps``); ``llc_mean`` is not below 0 by more than 2 MCSE; at most ``max_negative_fraction``
+    ``num_burnin_steps``); ``llc_mean`` is not below 0 by more than 2 standard errors (``llc_se``: the
+    MCSE with the initial loss's error; the MCSE where that is unknown); at most ``max_negative_fraction``
     of its chains have a mean significantly below 0; ``|drift_z| <= max_drift_z`` (Geweke);
     ``r_hat <= max_r_hat`` (skipped where null: one chain); ``mala_acceptance >= target_acceptance``.
 
@@ -125,7 +127,8 @@ def apply_rule(
 
 def _agree(first: dict[str, Any], second: dict[str, Any], share: float = 1.0) -> bool:
     """Whether two rows' LLCs differ by at most ``AGREEMENT`` combined MCSE and by at most
-    ``share * PLATEAU_TOLERANCE`` of the larger in size."""
+    ``share * PLATEAU_TOLERANCE`` of the larger in size. The MCSE alone: rows of one sweep share
+    their initial loss, so its error moves both LLCs alike and cancels from their difference."""
     spread = math.hypot(first["llc_mcse"] or 0.0, second["llc_mcse"] or 0.0)
     difference = abs(first["llc_mean"] - second["llc_mean"])
     scale = max(abs(first["llc_mean"]), abs(second["llc_mean"]))

@@ -38,8 +38,9 @@ from llcv.sampling_data import SamplingData
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
 SWEEP_FORMAT = "llcv-sweep"  # sweep.json's "format"
-# 2: llc_mcse, negative_chains and drift_z in every row (llcv 0.4); 3: num_burnin_steps per row (llcv 0.7)
-SWEEP_FORMAT_VERSION = 3
+# 2: llc_mcse, negative_chains and drift_z in every row (llcv 0.4); 3: num_burnin_steps per row (llcv 0.7);
+# 4: llc_se per row (llcv 0.9)
+SWEEP_FORMAT_VERSION = 4
 MAX_GRID_VALUES = 1000  # per grid flag; every combination is a full LLC estimate
 # A row's own burn-in (``relax_burnin``) is at most this many times its draws, so that no row
 # costs more than five times its draws. A row whose chains need longer to relax runs without
@@ -55,6 +56,7 @@ ROW_FIELDS = (
     "llc_mean",
     "llc_std",
     "llc_mcse",
+    "llc_se",
     "llc_final",
     "diverged",
     "negative_fraction",
@@ -385,6 +387,7 @@ def sweep_row(result: LLCResult) -> tuple[dict[str, Any], list[float | None]]:
         "llc_mean": result.llc_mean,
         "llc_std": result.llc_std,
         "llc_mcse": result.diagnostics.llc_mcse,
+        "llc_se": result.diagnostics.llc_se,
         "llc_final": float(tail.mean()) if len(tail) else None,
         "diverged": diverged,
         "negative_fraction": float((healthy < 0).mean()) if healthy.size else None,
