@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -70,17 +71,19 @@ BATCHNORM_WORDS = {
 
 
 def standard_error_text(result) -> str:
-    """An estimate's standard error with its two parts: the chains' MCSE and the initial loss's."""
+    """An estimate's standard error with its parts: the chains' (with their MCSE) and the initial loss's."""
     diagnostics = result.diagnostics
-    mcse = f"MCSE {number(diagnostics.llc_mcse, '.2g')}"
-    if result.init_loss_se == 0:
-        return f"{number(diagnostics.llc_se, '.2g')} ({mcse}; the initial loss counted every sample)"
-    if result.init_loss_se is None:
-        return f"{mcse}; the initial loss's error is unknown (one minibatch: raise init_loss_samples)"
-    return (
-        f"{number(diagnostics.llc_se, '.2g')} ({mcse}; the initial loss's, measured on a subset, "
-        f"{number(result.nbeta * result.init_loss_se, '.2g')})"
-    )
+    if diagnostics.llc_se is None:
+        return f"MCSE {number(diagnostics.llc_mcse, '.2g')}"  # results before llcv 0.9
+    initial = None if result.init_loss_se is None else result.nbeta * result.init_loss_se
+    chains = math.sqrt(max(diagnostics.llc_se**2 - (initial or 0.0) ** 2, 0.0))  # llc_se is their hypot
+    if initial == 0:
+        initial_part = "initial loss exact (every sample counted)"
+    elif initial is None:
+        initial_part = "initial loss's error unknown (one minibatch: raise init_loss_samples)"
+    else:
+        initial_part = f"initial loss {initial:.2g} (on a subset: init_loss_samples)"
+    return f"{diagnostics.llc_se:.2g}: chains {chains:.2g} (MCSE {number(diagnostics.llc_mcse, '.2g')}), {initial_part}"
 
 
 def render_llc_result(result, title: str) -> None:

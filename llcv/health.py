@@ -4,8 +4,8 @@ One list of checks serves two readers: every estimate's ``healthy`` / ``health_r
 (``LLCResult``, result records, ``summary.csv``, the plot) and the calibration rule
 (``llcv.calibration.apply_rule``), which judges each sweep row by the same checks in the same
 order. Noise is judged by its known size: a mean LLC or a chain counts as below the checkpoint's
-loss only when it lies more than ``SIGNIFICANCE`` standard errors below 0 (its Monte Carlo
-standard error, MCSE, combined with the error of the initial loss it is measured from), and drift
+loss only when it lies more than ``SIGNIFICANCE`` standard errors below 0 (``trace_evidence``: the
+chains' error, and that of the initial loss it is measured from), and drift
 is Geweke's early-against-late comparison in standard errors, so a short trace or a small
 positive LLC is not rejected for noise alone.
 """
@@ -54,32 +54,40 @@ class Evidence:
     # (llcv.langevin.relaxation_steps; infinite at gamma 0). None: not checked.
     burnin_steps: int | None = None
     relaxation_steps: float | None = None
-    # The standard error of llc_mean, the initial loss's included; None: unknown, the MCSE stands in.
+    # The standard error of llc_mean (trace_evidence); None (sweep rows before llcv 0.9): the MCSE stands in.
     llc_se: float | None = None
 
 
 def trace_evidence(llc_trace: np.ndarray, healthy: np.ndarray, init_loss_error: float | None = 0.0) -> dict[str, float | None]:
     """``llc_mcse``, ``llc_se``, ``negative_chains`` and ``drift_z`` of a chains x draws LLC trace.
 
+    ``llc_se``, the standard error of the mean LLC, has two parts. The chains' part is the larger
+    of the MCSE and the spread of the chains' means over sqrt(chains): SGLD's per-draw LLC is
+    mostly white minibatch noise, under which the slow wander of the weights along weakly
+    constrained directions (over about 1 / (epsilon * gamma) steps) hides from the
+    autocorrelations the ESS, and so the MCSE, rests on, while independent chains show it in
+    their spread. The other part is the initial loss's error: every draw is measured from it, so
+    it adds to the mean's error and to each chain's, but not to the drift.
+
     Args:
         llc_trace: per-draw LLC, NaN after a chain diverged.
         healthy: which chains did not diverge; only those count.
         init_loss_error: the standard error, in LLC units (nbeta times the loss's), of the initial
-            loss every draw is measured from; None: unknown. Shared by all draws, it adds to each
-            chain's error as to the mean's, but not to the drift.
+            loss; None: unknown, counted as 0 (``llc_se`` is then the chains' part alone).
     """
     chains = np.asarray(llc_trace, dtype=float)[np.asarray(healthy, dtype=bool)]
     if not chains.size or not np.isfinite(chains).all():
         return {"llc_mcse": None, "llc_se": None, "negative_chains": None, "drift_z": None}
     common = init_loss_error or 0.0
     below = []
-    for chain in chains:
+    for chain in chains:  # whether this chain's own average lies below 0: its own MCSE
         error = mcse_of_mean(chain[None, :])
         below.append(error is not None and chain.mean() + SIGNIFICANCE * math.hypot(error, common) < 0)
     mcse = mcse_of_mean(chains)
+    spread = float(chains.mean(axis=1).std(ddof=1)) / math.sqrt(len(chains)) if len(chains) > 1 else 0.0
     return {
         "llc_mcse": mcse,
-        "llc_se": None if mcse is None or init_loss_error is None else math.hypot(mcse, init_loss_error),
+        "llc_se": None if mcse is None else math.hypot(max(mcse, spread), common),
         "negative_chains": float(np.mean(below)),
         "drift_z": geweke_z(chains),
     }

@@ -37,9 +37,9 @@ class LLCDiagnostics(BaseModel):
 
     r_hat: float | None = None
     ess: float | None = None
-    llc_mcse: float | None = None  # Monte Carlo standard error of llc_mean: the chains' share of its error
-    # The standard error of llc_mean: the MCSE and nbeta * init_loss_se combined; None where the
-    # initial loss's error is unknown (results before llcv 0.9, or a one-batch subset).
+    llc_mcse: float | None = None  # Monte Carlo standard error of llc_mean, from the ESS
+    # The standard error of llc_mean: the larger of llc_mcse and the chains' spread, with
+    # nbeta * init_loss_se (llcv.health.trace_evidence); None in results before llcv 0.9.
     llc_se: float | None = None
     drift_z: float | None = None  # Geweke: late minus early draws' mean LLC, in standard errors
     negative_chains: float | None = None  # share of healthy chains whose mean lies significantly below 0

@@ -15,7 +15,9 @@ from benchmarks import sampling_speed
 
 
 def test_every_benchmark_is_discovered():
-    assert set(runner.discover()) == {"early_checkpoint", "estimate_all_overhead", "fixed_cost", "sampling_speed", "train_throughput"}
+    assert set(runner.discover()) == {
+        "early_checkpoint", "estimate_all_overhead", "fixed_cost", "sampling_speed", "standard_error", "train_throughput",
+    }
 
 
 def test_interleaved_timer_pairs_each_sgld_step_with_the_reference_step_after_it():
