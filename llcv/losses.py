@@ -31,7 +31,11 @@ _NAMED_LOSSES: dict[str, LossFunction] = {"cross_entropy": _cross_entropy, "mse"
 
 
 def resolve_loss(loss: LossSpec) -> LossFunction:
-    """The ``(model, batch) -> scalar`` function for a loss name or callable."""
+    """The ``(model, batch) -> scalar`` function for a loss name or callable.
+
+    A callable returns the batch's mean loss per sample, like the named losses: the initial loss
+    averages batches of its own sizes, and ``nbeta`` scales a per-sample loss.
+    """
     if callable(loss):
         return loss
     if loss in _NAMED_LOSSES:

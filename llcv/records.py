@@ -308,8 +308,8 @@ class LLCRecord(_Part):
 
     @property
     def llc_se(self) -> float | None:
-        """The standard error of the LLC, the initial loss's included; None where that is unknown
-        (records before llcv 0.9, a one-batch initial loss of more samples) or without a result."""
+        """The standard error of the LLC (the chains' and the initial loss's, docs/formats.md);
+        None in records before llcv 0.9 or without a result."""
         return self.result.diagnostics.llc_se if self.result is not None else None
 
     @property
