@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped, write_fake_run
+from llcv import LLCRecord
 from llcv.calibration import calibrate_sweep, output_dir, save_sweep
 from llcv.cli import app
 from llcv.estimation import estimate_all
@@ -164,6 +165,8 @@ def test_report_of_real_estimates_and_calibration(trained_run, tmp_path):
     assert result.path == tmp_path / "report.html" and result.sweeps == [sweep]
     page = check_page(result.path)
     assert [row[0] for row in page.rows["checkpoints"]] == [f"step_{step:08d}.pt" for step in (0, 2, 5, 16)]
+    standard_errors = {path.stem: LLCRecord.read(path).llc_se for path in (tmp_path / "llc_estimations").glob("*/step_*.json")}
+    assert {row[0][:-3]: row[4] for row in page.rows["checkpoints"]} == {name: format(se, ".2g") for name, se in standard_errors.items()}
     # the LLC figure, the sweep's heatmap and traces, one trace thumbnail per checkpoint
     assert len(page.images) == 1 + 2 + 4
     assert len(page.rows["calibration"]) == 2  # one row per (epsilon, gamma) with the rule's verdict
