@@ -440,12 +440,13 @@ def estimate_all(
         finished.add(job.label)
         if record.is_done:
             summary.computed.append(job.label)
-            std = record.llc_std
+            std, standard_error = record.llc_std, record.llc_se
             healthy, reasons = record.health
             verdict = "" if healthy is not False else f", unhealthy: {brief_reasons(reasons)}"
             reporter.note(
                 f"{job.label}: LLC {record.llc_mean:.4g} ± {'—' if std is None else format(std, '.2g')} "
-                f"({record.elapsed_seconds or 0.0:.1f} s{verdict})"
+                f"(standard error {'—' if standard_error is None else format(standard_error, '.2g')}; "
+                f"{record.elapsed_seconds or 0.0:.1f} s{verdict})"
             )
         else:
             summary.failed[job.label] = str(record.error)

@@ -136,6 +136,10 @@ def test_records_summary_and_progress_lines_carry_the_verdict(trained_run, tmp_p
     assert [row["healthy"] for row in rows] == ["False", "False"]
     assert all("ESS" in row["health_reasons"] for row in rows)
     assert sum("unhealthy: " in note for note in notes) == 2
+    for path in records:  # each line: the LLC ± the chains' spread, then its standard error
+        result = json.loads(path.read_text())["result"]
+        line = f"LLC {result['llc_mean']:.4g} ± {result['llc_std']:.2g} (standard error {result['diagnostics']['llc_se']:.2g}; "
+        assert sum(line in note for note in notes) == 1
 
 
 def test_transitions_rest_on_healthy_estimates_only(tmp_path):
