@@ -82,7 +82,7 @@ def standard_error_text(result) -> str:
     elif initial is None:
         initial_part = "initial loss's error unknown (one minibatch: raise init_loss_samples)"
     else:
-        initial_part = f"initial loss {initial:.2g} (on a subset: init_loss_samples)"
+        initial_part = f"initial loss {initial:.2g} (measured on a subset)"
     return f"{diagnostics.llc_se:.2g}: chains {chains:.2g} (MCSE {number(diagnostics.llc_mcse, '.2g')}), {initial_part}"
 
 

@@ -452,7 +452,7 @@ def test_the_estimates_standard_error_includes_its_initial_loss_error():
 
     shown = standard_error_text(subset)
     assert shown.startswith(f"{subset.diagnostics.llc_se:.2g}: chains {chains_part:.2g} (MCSE {subset.diagnostics.llc_mcse:.2g})")
-    assert f"initial loss {subset.nbeta * subset.init_loss_se:.2g} (on a subset" in shown
+    assert f"initial loss {subset.nbeta * subset.init_loss_se:.2g} (measured on a subset)" in shown
     assert standard_error_text(every).endswith("initial loss exact (every sample counted)")
 
 
