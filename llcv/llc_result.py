@@ -61,7 +61,7 @@ class LLCResult(BaseModel):
     llc_trace: list[list[float | None]]
     init_loss: float | None
     # init_loss's standard error as an estimate of the loss over all sampled data: 0 when it
-    # counted every sample, None when unknown (one minibatch of more, or results before llcv 0.9).
+    # counted every sample, None when unknown (a subset of one minibatch, or results before llcv 0.9).
     init_loss_se: float | None = None
     nbeta: float
     # How eval-mode BatchNorm layers were normalised: "recomputed" for the checkpoint's weights on

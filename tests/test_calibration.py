@@ -285,6 +285,7 @@ def test_sweep_rows_are_built_from_the_estimates(linear):
         assert row_["llc_final"] == pytest.approx(np.mean(trace[-3:]))  # last 10% of 24 draws: 3
         assert 0.0 <= row_["negative_fraction"] <= 1.0
         assert row_["r_hat"] is not None and row_["mala_acceptance"] > 0.5
+        assert row_["llc_se"] >= row_["llc_mcse"] > 0  # the chains' spread can only add to the MCSE
     assert result.base.mala is True
 
 

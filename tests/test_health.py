@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +136,10 @@ def test_records_summary_and_progress_lines_carry_the_verdict(trained_run, tmp_p
         rows = list(csv.DictReader(handle))
     assert [row["healthy"] for row in rows] == ["False", "False"]
     assert all("ESS" in row["health_reasons"] for row in rows)
+    by_name = {Path(row["checkpoint"]).stem: row for row in rows}
+    for path in records:  # the record's standard error reaches summary.csv
+        record = json.loads(path.read_text())
+        assert float(by_name[path.stem]["llc_se"]) == pytest.approx(record["result"]["diagnostics"]["llc_se"])
     assert sum("unhealthy: " in note for note in notes) == 2
     for path in records:  # each line: the LLC ± the chains' spread, then its standard error
         result = json.loads(path.read_text())["result"]
