@@ -7,15 +7,20 @@ import copy
 import functools
 import itertools
 
+import math
+
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
 
 from llcv.known_models import (
     NOISE_STD,
     KnownCase,
     aoyagi_subset,
     aoyagi_watanabe_case,
+    classifier_reduced_widths,
+    deep_linear_classifier_case,
+    deep_linear_classifier_learning_coefficient,
     dln_case,
     dln_learning_coefficient,
     known_cases,
@@ -23,7 +28,10 @@ from llcv.known_models import (
     regression_case,
     rrr_case,
     rrr_learning_coefficient,
+    softmax_regression_case,
+    softmax_regression_learning_coefficient,
 )
+from llcv.losses import resolve_loss
 
 # Small reduced-rank regression shapes, every valid true rank included.
 SMALL_RRR_SHAPES = [
@@ -268,6 +276,12 @@ def test_suite_covers_every_regime_and_has_unique_names(suite):
     assert any(case.name.startswith("polynomial-") for case in suite)
     depths = [len(case.model) for case in suite if case.name.startswith("dln-")]
     assert len(depths) >= 4 and sum(depth >= 3 for depth in depths) >= 2
+    classifiers = [case for case in suite if case.family == "classifier"]
+    assert {case.loss for case in classifiers} == {"cross_entropy"} and len(classifiers) >= 2
+    assert any(case.name.startswith("softmax-regression-") for case in classifiers)
+    assert any(case.name.startswith("dlc-") and len(case.model) >= 3 for case in classifiers)
+    assert {case.loss for case in suite if case.family != "classifier"} == {"mse"}
+    assert {case.family for case in suite} == {"regression", "rrr", "polynomial", "dln", "classifier"}
 
 
 def test_quick_suite_is_the_same_cases_with_less_sampling(suite):
@@ -281,6 +295,8 @@ def test_quick_suite_is_the_same_cases_with_less_sampling(suite):
 
 def test_true_llc_matches_the_closed_forms():
     assert regression_case(d=7).true_llc == 3.5
+    assert softmax_regression_case(d=8, k=5).true_llc == 18.0
+    assert deep_linear_classifier_case((8, 6, 6, 5), 2).true_llc == dln_learning_coefficient((8, 6, 6, 4), 2) == 13.5
     assert rrr_case(M=4, H=3, N=5, r=1).true_llc == rrr_learning_coefficient(4, 3, 5, 1)
     assert polynomial_case((1, 3)).true_llc == pytest.approx(1 / 6)
     assert polynomial_case((0, 2, 1)).true_llc == pytest.approx(1 / 4)
@@ -295,8 +311,7 @@ def test_sampler_settings_are_usable(suite):
 
 
 def _full_data_loss(model: torch.nn.Module, case: KnownCase) -> torch.Tensor:
-    inputs, targets = case.dataset.tensors
-    return F.mse_loss(model(inputs), targets)
+    return resolve_loss(case.loss)(model, case.dataset.tensors)
 
 
 def _gradient_norm(model: torch.nn.Module, case: KnownCase) -> float:
@@ -325,11 +340,17 @@ def test_model_outputs_match_targets_in_shape_and_dtype(suite):
 def test_model_sits_at_the_true_parameter(suite):
     # At the true parameter only the noise is left, so the loss is about NOISE_STD^2
     # (the relative spread of a mean of >= 1000 squared gaussians is under 5%); the deep
-    # linear networks' targets are noise-free, so theirs is zero.
+    # linear networks' targets are noise-free, so theirs is zero. A classifier's loss at its
+    # teacher is the mean entropy of the soft labels, the cross-entropy's minimum.
     for case in suite:
         with torch.no_grad():
             loss = _full_data_loss(case.model, case).item()
-        if case.name.startswith("dln-"):
+        if case.loss == "cross_entropy":
+            labels = case.dataset.tensors[1]
+            entropy = -(labels * labels.log()).sum(dim=1).mean().item()
+            assert loss == pytest.approx(entropy, rel=1e-5), case.name
+            assert 0.1 * math.log(labels.shape[1]) < entropy < math.log(labels.shape[1]), case.name  # soft, not one-hot
+        elif case.name.startswith("dln-"):
             assert loss == 0.0, case.name
         else:
             assert loss == pytest.approx(NOISE_STD**2, rel=0.15), case.name
@@ -349,8 +370,11 @@ def test_model_is_at_a_minimum(suite):
 
 @pytest.mark.parametrize(
     "build",
-    [regression_case, rrr_case, polynomial_case, functools.partial(dln_case, (3, 4, 4, 3), 1)],
-    ids=["regression", "rrr", "polynomial", "dln"],
+    [
+        regression_case, rrr_case, polynomial_case, functools.partial(dln_case, (3, 4, 4, 3), 1), softmax_regression_case,
+        functools.partial(deep_linear_classifier_case, (5, 4, 4), 2),
+    ],
+    ids=["regression", "rrr", "polynomial", "dln", "softmax-regression", "deep-linear-classifier"],
 )
 def test_cases_are_deterministic_per_seed(build):
     first, again, other = build(seed=3), build(seed=3), build(seed=4)
@@ -365,3 +389,137 @@ def test_building_cases_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
     known_cases()
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+# Classifiers under cross-entropy with soft labels (docs/known-coefficients.md).
+
+
+def test_softmax_regression_learning_coefficient():
+    # (d + 1)(k - 1) / 2: k(d + 1) weights less the d + 1 that shift every logit alike.
+    assert softmax_regression_learning_coefficient(8, 5) == 18.0
+    assert softmax_regression_learning_coefficient(1, 2) == 1.0
+    assert softmax_regression_learning_coefficient(3, 7) == 12.0
+    for d, k in [(0, 3), (3, 1)]:
+        with pytest.raises(ValueError):
+            softmax_regression_learning_coefficient(d, k)
+
+
+def test_one_layer_classifier_without_bias_is_regular_on_k_minus_1_outputs():
+    for d in range(1, 7):
+        for k in range(2, 7):
+            for r in range(min(d, k - 1) + 1):
+                assert deep_linear_classifier_learning_coefficient((d, k), r) == d * (k - 1) / 2, (d, k, r)
+
+
+def test_classifier_reduces_to_the_deep_linear_network_with_k_minus_1_outputs():
+    assert classifier_reduced_widths((8, 6, 6, 5)) == (8, 6, 6, 4)
+    assert classifier_reduced_widths((3, 2)) == (3, 1)
+    # The reduction changes the value: the network with all k outputs would be another number.
+    assert deep_linear_classifier_learning_coefficient((8, 6, 6, 5), 2) == 13.5
+    assert dln_learning_coefficient((8, 6, 6, 5), 2) == 16.0
+    for widths, r in [((8, 6, 6, 1), 0), ((4, 3, 3), 3), ((0, 3), 0)]:
+        with pytest.raises(ValueError):
+            deep_linear_classifier_learning_coefficient(widths, r)
+
+
+def _flat_loss(case: KnownCase):
+    """The full-data loss as a function of all the weights in one float64 vector, and the weights."""
+    model = copy.deepcopy(case.model).double()
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [parameter.shape for _, parameter in model.named_parameters()]
+    inputs, targets = (tensor.double() for tensor in case.dataset.tensors)
+    loss = resolve_loss(case.loss)
+
+    def unflatten(flat):
+        sizes = [math.prod(shape) for shape in shapes]
+        return {name: part.reshape(shape) for name, part, shape in zip(names, flat.split(sizes), shapes)}
+
+    def per_sample(flat, x, y):
+        return loss(lambda batch: functional_call(model, unflatten(flat), (batch,)), (x[None], y[None]))
+
+    def full(flat):
+        return loss(lambda batch: functional_call(model, unflatten(flat), (batch,)), (inputs, targets))
+
+    flat = torch.cat([parameter.detach().reshape(-1) for parameter in model.parameters()])
+    return full, per_sample, flat, inputs, targets
+
+
+def _hessian_rank(case: KnownCase) -> tuple[int, torch.Tensor, torch.Tensor]:
+    full, _, flat, _, _ = _flat_loss(case)
+    hessian = torch.autograd.functional.hessian(full, flat)
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    return int((eigenvalues > 1e-9 * eigenvalues[-1]).sum()), hessian, eigenvalues
+
+
+@pytest.mark.parametrize(
+    "case",
+    [softmax_regression_case(d=8, k=5, num_samples=300), softmax_regression_case(d=3, k=4, num_samples=200, seed=2),
+     deep_linear_classifier_case((6, 4), 2, num_samples=200), deep_linear_classifier_case((5, 4, 3), 1, num_samples=200)],
+    ids=lambda case: case.name,
+)  # fmt: skip
+def test_every_sample_has_zero_gradient_at_the_teacher(case):
+    _, per_sample, flat, inputs, targets = _flat_loss(case)
+    gradients = vmap(grad(per_sample), in_dims=(None, 0, 0))(flat, inputs, targets)
+    # softmax(logits) - labels: zero up to the labels' float32 rounding
+    assert gradients.abs().max() < 1e-6
+    # A random step away it is not zero. (Adding 0.1 to every weight would be a common shift of
+    # a softmax regression's logits, along which the loss is exactly flat.)
+    step = 0.1 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    away = vmap(grad(per_sample), in_dims=(None, 0, 0))(flat + step, inputs, targets)
+    assert away.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(("d", "k"), [(8, 5), (3, 4), (2, 3)])
+def test_softmax_regression_hessian_has_rank_d_plus_1_times_k_minus_1(d, k):
+    case = softmax_regression_case(d=d, k=k, num_samples=300)
+    rank, hessian, eigenvalues = _hessian_rank(case)
+    assert rank == (d + 1) * (k - 1) == 2 * case.true_llc
+    # The d + 1 flat directions are the common shifts: W along ones (one per input) and b along ones.
+    shifts = []
+    for column in range(d + 1):
+        weight = torch.zeros(k, d + 1, dtype=torch.float64)
+        weight[:, column] = 1.0
+        shifts.append(torch.cat([weight[:, :d].reshape(-1), weight[:, d]]))  # nn.Linear's order: weight, then bias
+    shifts = torch.stack(shifts, dim=1)
+    assert (hessian @ shifts).abs().max() < 1e-10 * eigenvalues[-1]
+    # and the Fisher information is definite on the rest: the smallest non-zero eigenvalue is not tiny.
+    assert eigenvalues[d + 1] > 1e-2 * eigenvalues[-1]
+
+
+@pytest.mark.parametrize(("d", "k"), [(6, 4), (3, 5)])
+def test_one_layer_classifier_hessian_has_rank_d_times_k_minus_1(d, k):
+    case = deep_linear_classifier_case((d, k), min(d, k - 1), num_samples=300)
+    rank, _, _ = _hessian_rank(case)
+    assert rank == d * (k - 1) == 2 * case.true_llc
+
+
+@pytest.mark.parametrize(("widths", "r"), [((8, 6, 6, 5), 2), ((5, 4, 3), 1), ((4, 6), 3), ((6, 5, 4, 5, 8), 2)])
+def test_deep_linear_classifier_teacher_is_the_reduced_networks_most_degenerate_point(widths, r):
+    case = deep_linear_classifier_case(widths, r, logit_scale=2.0)
+    layers = [layer.weight.detach().double() for layer in case.model]
+    k = widths[-1]
+    ones = torch.ones(k, dtype=torch.float64)
+    # The last layer maps into the complement of the all-ones vector: the logits sum to zero.
+    assert (ones @ layers[-1]).abs().max() < 1e-5
+    with torch.no_grad():
+        assert case.model(case.dataset.tensors[0]).sum(dim=1).abs().max() < 1e-4
+    # Every partial product has rank r (no spare block is non-zero) and the product has r
+    # singular values equal to the logit scale.
+    product = torch.eye(widths[0], dtype=torch.float64)
+    for layer in layers:
+        product = layer @ product
+        assert torch.linalg.matrix_rank(product, atol=1e-5) == r  # the weights are float32
+    projected = (torch.eye(k, dtype=torch.float64) - torch.outer(ones, ones) / k) @ product
+    assert torch.linalg.matrix_rank(projected, atol=1e-5) == r
+    assert torch.allclose(torch.linalg.svdvals(projected)[:r], torch.full((r,), 2.0, dtype=torch.float64), atol=1e-5)
+    assert case.true_llc == dln_learning_coefficient(classifier_reduced_widths(widths), r)
+    assert classifier_reduced_widths(widths) == (*widths[:-1], k - 1)
+    assert case.loss == "cross_entropy" and case.family == "classifier"
+
+
+def test_soft_labels_are_probability_rows():
+    for case in [softmax_regression_case(), deep_linear_classifier_case((8, 6, 6, 5), 2)]:
+        labels = case.dataset.tensors[1]
+        assert labels.dtype == torch.float32 and labels.shape == (len(case.dataset), case.model(case.dataset.tensors[0][:1]).shape[1])
+        assert torch.allclose(labels.sum(dim=1), torch.ones(len(labels)), atol=1e-5)
+        assert labels.min() > 0 and labels.max() < 0.99
