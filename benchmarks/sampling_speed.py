@@ -213,14 +213,15 @@ def _plain_sgd_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     return step
 
 
-def _devinterp_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: SamplerSettings):
-    """One step of devinterp 1.3's chain loop (sample_single_chain): train mode, its SGMCMC.sgld."""
+def _devinterp_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: SamplerSettings, num_samples: int):
+    """One step of devinterp 1.3's chain loop (sample_single_chain): train mode, its SGMCMC.sgld, at
+    the nbeta llcv's chains use on ``num_samples`` samples."""
     from devinterp.optim.sgmcmc import SGMCMC
 
     chain = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizer = SGMCMC.sgld(chain.parameters(), **devinterp_sgld_kwargs(settings))
+        optimizer = SGMCMC.sgld(chain.parameters(), **devinterp_sgld_kwargs(settings, num_samples))
 
     def step() -> None:
         chain.train()
@@ -257,7 +258,7 @@ def floor_case(device: torch.device, quick: bool) -> list[dict]:
         ("bf16, mala on", {"precision": "bf16", "mala": True}, "plain SGD step",
          _plain_sgd_step(channels_last, images_channels_last, labels, "bf16"), None),
         ("fp32, bn train mode, mala off", {"bn_mode": "train"}, "devinterp step",
-         _devinterp_step(plain, images, labels, settings), 1.0),
+         _devinterp_step(plain, images, labels, settings, data.num_samples), 1.0),
     ]
     rows = []
     for label, update, reference, reference_step, target in comparisons:
@@ -294,7 +295,7 @@ def defaults_step_row(model: nn.Module, dataset, device: torch.device, steps: in
     settings = SamplerSettings(epsilon=1e-5, gamma=1000.0, num_chains=1, num_draws=steps)
     images, labels = next(iter(DataLoader(dataset, batch_size=settings.batch_size)))
     data = SamplingData(dataset, settings, device)
-    devinterp_step = _devinterp_step(model, images.to(device), labels.to(device), settings)
+    devinterp_step = _devinterp_step(model, images.to(device), labels.to(device), settings, data.num_samples)
     return _interleaved_row(model, data, settings, device, f"defaults, batch {settings.batch_size}", "devinterp step", devinterp_step, 1.0)
 
 

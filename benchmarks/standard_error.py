@@ -4,7 +4,8 @@ Run: ``python -m benchmarks standard_error [--seeds N] [--cases NAME,...]``.
 
 A 258-parameter CNN trained for five epochs on 20,000 noisy 8 x 8 images (labels: whether the
 top half is bright, 10% flipped) is estimated at ``--seeds`` seeds per case, 4 chains x 200
-draws after 200 burn-in steps, default settings otherwise. A seed changes the chains and the
+draws after 200 burn-in steps at devinterp's temperature (``nbeta = "batch"``, the default
+when the table in docs/calibration.md was measured), default settings otherwise. A seed changes the chains and the
 initial loss's subset, so the LLC's spread over seeds is the error a single estimate carries;
 each case prints it beside the mean MCSE and the mean ``llc_se`` (docs/calibration.md, "The
 standard error"). About a minute per case at 12 seeds on 2 CPU cores.
@@ -24,7 +25,7 @@ from torch.utils.data import TensorDataset
 from llcv import SamplerSettings, estimate_llc
 
 NUM_SAMPLES = 20_000
-CASES = {  # name: what differs from the defaults, besides the burn-in and the seed
+CASES = {  # name: what differs from the defaults, besides the temperature, the burn-in and the seed
     "subset": {},  # the initial loss on a subset of 4,096 samples, as by default
     "every_sample": {"init_loss_samples": None},
     "every_sample_800": {"init_loss_samples": None, "num_draws": 800},
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> None:
     for name in options.cases.split(","):
         started = time.perf_counter()
         results = [
-            estimate_llc(model, data, SamplerSettings(num_burnin_steps=200, seed=seed, **CASES[name]), device="cpu")
+            estimate_llc(model, data, SamplerSettings(nbeta="batch", num_burnin_steps=200, seed=seed, **CASES[name]), device="cpu")
             for seed in range(options.seeds)
         ]
         llcs = np.array([result.llc_mean for result in results])

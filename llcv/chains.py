@@ -153,11 +153,22 @@ def _potential_point(update: LangevinUpdate, losses: torch.Tensor) -> _Point:
 
 
 @dataclass
+class ChainState:
+    """Where one chain stands: its sampled weights and, for RMSProp-SGLD, its square averages (the
+    preconditioner's memory), shaped like the sampled parameters. A later run can start from it
+    instead of from the checkpoint (``llcv.sampling.estimate_llc_states``)."""
+
+    parameters: list[torch.Tensor]
+    square_averages: list[torch.Tensor] | None
+
+
+@dataclass
 class _GroupTraces:
     losses: torch.Tensor  # chains x draws
     burnin_losses: torch.Tensor  # chains x burn-in steps
     mala: torch.Tensor  # chains x draws, NaN where undefined
     diverged: torch.Tensor  # chains, bool
+    final: list[ChainState]  # one per chain of the group
 
 
 def _group_batches(data: "SamplingData", seeds: list[int]) -> tuple[Iterator, bool]:
@@ -195,10 +206,15 @@ def _run_group(
     loss_limit: float,
     reporter: Reporter,
     key: str,
+    start: list[ChainState] | None = None,
 ) -> _GroupTraces:
+    """Run one group of chains for the settings' burn-in and draws, from the checkpoint or, with
+    ``start`` (one state per chain of the group), from where earlier chains stopped."""
     device = group.parameters[0].device
     chains = group.num_chains
     update = LangevinUpdate(group.parameters, group.initial, settings.sampler, settings.epsilon, settings.gamma, nbeta)
+    if start is not None:
+        _restore_states(group, update, start)
     noise = GaussianNoise(group.parameters, noise_seed)
     burnin, every = settings.num_burnin_steps, settings.num_steps_bw_draws
     num_steps = burnin + settings.num_draws * every
@@ -207,6 +223,7 @@ def _run_group(
         burnin_losses=torch.full((chains, burnin), float("nan"), device=device),
         mala=torch.full((chains, settings.num_draws), float("nan"), device=device),
         diverged=torch.zeros(chains, dtype=torch.bool, device=device),
+        final=[],
     )
     # MALA scores a move w -> w' with the potential of one batch at both ends. With full batches
     # the next step's pass gives the end point for free; with minibatches the proposal gets one
@@ -251,4 +268,32 @@ def _run_group(
             if bool(traces.diverged.all()):
                 reporter.advance(key, num_steps - step - 1)
                 break
+    traces.final = _chain_states(group, update)
     return traces
+
+
+@torch.no_grad()
+def _chain_states(group: _ChainGroup, update: LangevinUpdate) -> list[ChainState]:
+    """Each chain's state at the end of a run, copied out of the group's stacked tensors."""
+    averages = update.square_averages
+    return [
+        ChainState(
+            parameters=[parameter[chain].detach().clone() for parameter in group.parameters],
+            square_averages=None if averages is None else [average[chain].clone() for average in averages],
+        )
+        for chain in range(group.num_chains)
+    ]
+
+
+@torch.no_grad()
+def _restore_states(group: _ChainGroup, update: LangevinUpdate, start: list[ChainState]) -> None:
+    """Put each chain of the group where ``start`` says it stood (square averages only where both
+    runs are RMSProp-SGLD; otherwise the preconditioner starts afresh)."""
+    if len(start) != group.num_chains:
+        raise ValueError(f"{len(start)} chain states for a group of {group.num_chains} chains")
+    for chain, state in enumerate(start):
+        for parameter, value in zip(group.parameters, state.parameters, strict=True):
+            parameter[chain].copy_(value)
+        if update.square_averages is not None and state.square_averages is not None:
+            for average, value in zip(update.square_averages, state.square_averages, strict=True):
+                average[chain].copy_(value)

@@ -56,7 +56,7 @@ from llcv.results import (
 )
 from llcv.sampling import estimate_llc
 from llcv.sampling_data import SamplingData
-from llcv.scopes import WHOLE_MODEL, Scope, class_refinement, run_scopes, same_refinement, scope_settings
+from llcv.scopes import WHOLE_MODEL, Scope, class_refinement, run_scopes, same_refinement, scope_result, scope_settings
 from llcv.selection import parse_shard, select_checkpoints, shard_name, shard_of
 from llcv.settings import EstimateSettings, SamplerSettings
 
@@ -238,7 +238,9 @@ def run_job(job: EstimateJob, spec: JobSpec, reporter: Reporter = SILENT) -> LLC
         device = resolve_device(spec.device)
         settings = scope_settings(spec.settings, job.part, dataset)
         data = _sampling_data(dataset, settings, device)
-        result = estimate_llc(model, data, settings, loss=spec.loss, device=device, reporter=reporter, precision=spec.precision)
+        result = scope_result(
+            estimate_llc(model, data, settings, loss=spec.loss, device=device, reporter=reporter, precision=spec.precision), spec.settings
+        )
         del model
     except LLCVError as problem:
         return make_record(job, spec, status="failed", checkpoint_fingerprint=stamp, info=info, error=str(problem),
@@ -298,6 +300,7 @@ def estimate_all(
     data_dir: Path | str | None = None,
     blocks: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
     allow_version_mismatch: bool = False,
+    calibration: Mapping[str, Any] | None = None,
     reporter: Reporter = SILENT,
 ) -> EstimateSummary:
     """Estimate the LLC of every checkpoint in ``checkpoints_dir``, one record file each.
@@ -339,6 +342,8 @@ def estimate_all(
             (``load_checkpoint``), in every executor; each record's ``model.version_overridden``
             says whether it was. Without it such a checkpoint gets a ``failed`` record naming
             both versions. It does not change the settings hash.
+        calibration: how ``sampler`` was chosen, recorded as settings.json's ``calibration``
+            entry (``llcv.run_calibration.RunCalibration.settings_entry()``, ``estimate-all --calibrate``).
         reporter: progress: ``checkpoints`` overall and one loop per chain (local executor and
             ``devices``, whose loops are keyed and labelled by device: ``cuda:1/chains-0``).
 
@@ -398,7 +403,7 @@ def estimate_all(
 
     digest = spec.settings_hash  # of the run's settings: a scope's own params/classes never enter it
     store = ResultsStore(Path(options.results_dir), digest)
-    store.write_settings(settings, loss)
+    store.write_settings(settings, loss, calibration)
     summary = EstimateSummary(
         settings_hash=digest, folder=store.folder, selected=[job.label for job in jobs], scopes=[scope.name for scope in scopes]
     )

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from llcv.diagnostics import geweke_z, mcse_of_mean
+from llcv.langevin import AUTO_BURNIN_DRAW_FACTOR
 
 # A mean below 0 by more than this many standard errors is below the checkpoint's loss, not noise around 0.
 SIGNIFICANCE = 2.0
@@ -50,10 +51,13 @@ class Evidence:
     r_hat: float | None
     ess: float | None
     mala_acceptance: float | None
-    # Sweep rows: the burn-in the chains ran and the steps they need to relax from the checkpoint
-    # (llcv.langevin.relaxation_steps; infinite at gamma 0). None: not checked.
+    # The burn-in the chains ran and the steps they need to relax from the checkpoint
+    # (llcv.langevin.relaxation_steps; infinite at gamma 0): sweep rows, and estimates whose
+    # burn-in was automatic. None: not checked.
     burnin_steps: int | None = None
     relaxation_steps: float | None = None
+    # The burn-in was the automatic one, held to its cap (llcv.langevin.auto_burnin_steps).
+    burnin_capped: bool = False
     # The standard error of llc_mean (trace_evidence); None (sweep rows before llcv 0.9): the MCSE stands in.
     llc_se: float | None = None
 
@@ -114,8 +118,13 @@ def _unrelaxed(evidence: Evidence, _: HealthThresholds) -> str | None:
     if evidence.burnin_steps is None or evidence.relaxation_steps is None:
         return None
     if evidence.burnin_steps < evidence.relaxation_steps:
-        needed = "no burn-in is enough at gamma 0" if math.isinf(evidence.relaxation_steps) else f"needs {evidence.relaxation_steps:.0f}"
-        return f"the chains had not relaxed from the checkpoint: {evidence.burnin_steps} burn-in steps, 2 / (epsilon * gamma) {needed}"
+        needed = "no burn-in is enough at gamma 0" if math.isinf(evidence.relaxation_steps) else f"needs {evidence.relaxation_steps:,.0f}"
+        if evidence.burnin_capped:
+            return (
+                f"the burn-in was cut short by its cap: {evidence.burnin_steps:,} steps ({AUTO_BURNIN_DRAW_FACTOR} x the draws' steps), "
+                f"the chains' relaxation 2 / (epsilon * gamma) {needed}"
+            )
+        return f"the chains had not relaxed from the checkpoint: {evidence.burnin_steps:,} burn-in steps, 2 / (epsilon * gamma) {needed}"
     return None
 
 
@@ -165,8 +174,8 @@ def _acceptance(evidence: Evidence, limits: HealthThresholds) -> str | None:
 CHECKS = (
     Check("diverged", _diverged, "chains left the basin: try smaller epsilons or larger gammas"),
     Check("relaxed", _unrelaxed,
-          "the chains were still spreading out from the checkpoint: more burn-in steps (or, with the automatic burn-in, "
-          "more draws), or larger epsilons or gammas"),
+          "the chains were still spreading out from the checkpoint: more burn-in steps (with the automatic burn-in, "
+          "more draws, or set num_burnin_steps), or larger epsilons or gammas"),
     Check("llc_mean < 0", _negative,
           "chains found lower loss than the checkpoint: try larger gammas or smaller epsilons (or a checkpoint closer to a minimum)"),
     Check("negative_chains", _negative_chains,

@@ -49,6 +49,17 @@ def relaxation_steps(epsilon: float, gamma: float) -> int | float:
     return math.ceil(RELAXATION_EFOLDS / (epsilon * gamma)) if gamma > 0 else math.inf
 
 
+# The automatic burn-in (and a calibration sweep row's own) is at most this many times the draws'
+# steps, so that burning in never costs more than four times the sampling it prepares.
+AUTO_BURNIN_DRAW_FACTOR = 4
+
+
+def auto_burnin_steps(epsilon: float, gamma: float, draw_steps: int) -> int:
+    """The automatic burn-in: ``relaxation_steps(epsilon, gamma)``, at most
+    ``AUTO_BURNIN_DRAW_FACTOR * draw_steps`` (the cap, also at gamma 0, where relaxation never ends)."""
+    return int(min(relaxation_steps(epsilon, gamma), AUTO_BURNIN_DRAW_FACTOR * draw_steps))
+
+
 class GaussianNoise:
     """Standard normal noise shaped like a list of dense tensors, reproducible from one seed.
 

@@ -27,7 +27,7 @@ from llcv.version import __version__
 if TYPE_CHECKING:
     from llcv.chains import _GroupTraces
     from llcv.execution import _ExecutionPlan
-    from llcv.sampling import InitialLoss
+    from llcv.sampling import BurnIn, InitialLoss, NbetaRule
 
 
 class LLCDiagnostics(BaseModel):
@@ -64,6 +64,16 @@ class LLCResult(BaseModel):
     # counted every sample, None when unknown (a subset of one minibatch, or results before llcv 0.9).
     init_loss_se: float | None = None
     nbeta: float
+    # How nbeta was chosen (SamplerSettings.nbeta): "data", n / ln(n) of the sampled data (a class
+    # scope's: of the whole model's data); "batch", devinterp's batch_size / ln(batch_size); "set",
+    # a number in the settings. None in results written before llcv 0.10.
+    nbeta_rule: Literal["data", "batch", "set"] | None = None
+    # The burn-in steps each chain ran, and how they were chosen (SamplerSettings.num_burnin_steps):
+    # "auto", until the chains had relaxed from the checkpoint, 2 / (epsilon * gamma) steps;
+    # "auto-capped", the automatic burn-in cut short by its cap (the estimate is then unhealthy);
+    # "set", a number in the settings. None in results written before llcv 0.10.
+    burnin_steps: int | None = None
+    burnin_rule: Literal["auto", "auto-capped", "set"] | None = None
     # How eval-mode BatchNorm layers were normalised: "recomputed" for the checkpoint's weights on
     # ``batchnorm_samples`` samples, the "checkpoint"'s saved statistics, each "batch"'s own (train
     # mode), or "none" (no BatchNorm layer). None in results written before llcv 0.4.
@@ -103,6 +113,8 @@ def _summarise(
     traces: list[_GroupTraces],
     settings: SamplerSettings,
     nbeta: float,
+    nbeta_rule: NbetaRule,
+    burnin: BurnIn,
     initial_loss: InitialLoss,
     bound: float,
     num_parameters: int,
@@ -113,7 +125,7 @@ def _summarise(
     elapsed: float,
 ) -> LLCResult:
     losses = torch.cat([group.losses for group in traces]).cpu().double().numpy()
-    burnin = torch.cat([group.burnin_losses for group in traces]).cpu().double().numpy()
+    burnin_losses = torch.cat([group.burnin_losses for group in traces]).cpu().double().numpy()
     diverged = torch.cat([group.diverged for group in traces]).cpu().numpy()
     # A diverged chain stops counting from the check that caught it; its later values are noise.
     losses[diverged] = np.where(np.isfinite(losses[diverged]), losses[diverged], np.nan)
@@ -142,18 +154,21 @@ def _summarise(
         diverged_chains=int(diverged.sum()),
         nonfinite=bool(not np.isfinite(losses[~diverged]).all() or not np.isfinite(init_loss)),
     )
-    failed = failed_checks(result_evidence(diagnostics, len(per_chain), llc_mean, mala_mean), HealthThresholds())
+    failed = failed_checks(result_evidence(diagnostics, len(per_chain), llc_mean, mala_mean, burnin), HealthThresholds())
     diagnostics.warnings = _warnings(failed, bound)
     return LLCResult(
         llc_mean=llc_mean,
         llc_std=llc_std,
         llc_per_chain=per_chain,
         loss_trace=losses.tolist(),
-        burnin_loss_trace=burnin.tolist(),
+        burnin_loss_trace=burnin_losses.tolist(),
         llc_trace=llc_trace.tolist(),
         init_loss=init_loss,
         init_loss_se=initial_loss.standard_error,
         nbeta=nbeta,
+        nbeta_rule=nbeta_rule,
+        burnin_steps=burnin.steps,
+        burnin_rule=burnin.rule,
         batchnorm_statistics=normalisation.statistics,
         batchnorm_samples=normalisation.samples,
         mala_acceptance=mala_mean,
@@ -174,8 +189,15 @@ def _summarise(
     )
 
 
-def result_evidence(diagnostics: LLCDiagnostics, num_chains: int, llc_mean: float | None, mala: float | None) -> Evidence:
-    """What the health checks read from an estimate's diagnostics."""
+def result_evidence(
+    diagnostics: LLCDiagnostics, num_chains: int, llc_mean: float | None, mala: float | None, burnin: BurnIn | None = None
+) -> Evidence:
+    """What the health checks read from an estimate's diagnostics and its burn-in.
+
+    Only the automatic burn-in is judged against the chains' relaxation: it fails where its cap
+    cut it short. A burn-in set outright is the user's choice (the drift check still reads it).
+    """
+    automatic = burnin is not None and burnin.rule != "set"
     return Evidence(
         num_chains=num_chains,
         diverged_chains=diagnostics.diverged_chains,
@@ -186,6 +208,9 @@ def result_evidence(diagnostics: LLCDiagnostics, num_chains: int, llc_mean: floa
         r_hat=diagnostics.r_hat,
         ess=diagnostics.ess,
         mala_acceptance=mala,
+        burnin_steps=burnin.steps if automatic else None,
+        relaxation_steps=burnin.relaxation_steps if automatic else None,
+        burnin_capped=automatic and burnin.rule == "auto-capped",
     )
 
 

@@ -47,6 +47,10 @@ ScopeKind = Literal["model", "block", "class"]
 SCOPE_KINDS: tuple[str, ...] = ("model", "block", "class")
 
 
+# How a result's nbeta_rule reads beside its nbeta in a figure or a report (llcv.plotting, llcv.report).
+NBETA_RULE_WORDS = {"data": "n/ln n", "batch": "batch/ln batch", "set": "set"}
+
+
 class RecordError(LLCVError):
     """A file that is not a readable result record: not JSON, not a record, or a newer format.
 
@@ -149,6 +153,9 @@ class RecordResult(_Part):
     init_loss: float | None = None
     init_loss_se: float | None = None  # since llcv 0.9
     nbeta: float | None = None
+    nbeta_rule: Literal["data", "batch", "set"] | None = None  # since llcv 0.10
+    burnin_steps: int | None = None  # since llcv 0.10
+    burnin_rule: Literal["auto", "auto-capped", "set"] | None = None  # since llcv 0.10
     batchnorm_statistics: Literal["recomputed", "checkpoint", "batch", "none"] | None = None  # since llcv 0.4
     batchnorm_samples: int | None = None  # since llcv 0.4
     mala_acceptance: float | None = None

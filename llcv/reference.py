@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from llcv.errors import SettingsError
-from llcv.sampling import default_nbeta
+from llcv.sampling import resolve_burnin, resolve_nbeta
 from llcv.settings import SamplerSettings
 
 
@@ -33,9 +33,11 @@ class ReferenceEstimate:
     seconds: float
 
 
-def devinterp_sgld_kwargs(settings: SamplerSettings) -> dict[str, float]:
-    """devinterp's names for llcv's SGLD settings: epsilon is its ``lr``, gamma its ``localization``."""
-    nbeta = settings.nbeta if settings.nbeta is not None else default_nbeta(settings.batch_size)
+def devinterp_sgld_kwargs(settings: SamplerSettings, num_samples: int) -> dict[str, float]:
+    """devinterp's names for llcv's SGLD settings: epsilon is its ``lr``, gamma its ``localization``,
+    and nbeta the number llcv's ``settings.nbeta`` resolves to for chains drawing from ``num_samples``
+    samples (``llcv.sampling.resolve_nbeta``), so both sample the same posterior."""
+    nbeta = resolve_nbeta(settings.nbeta, num_samples, settings.batch_size)
     return dict(lr=settings.epsilon, localization=settings.gamma, nbeta=nbeta)
 
 
@@ -51,6 +53,8 @@ def devinterp_estimate(
 
     The data is shuffled in minibatches of ``settings.batch_size`` with a seeded generator.
     devinterp samples with the model in the mode it is given in (llcv's default is eval mode).
+    nbeta and the burn-in are the numbers llcv's estimate resolves ``settings`` to on the same
+    data (``llcv.sampling.resolve_nbeta``, ``resolve_burnin``).
 
     Args:
         evaluate: ``(model, batch) -> loss``, devinterp's ``evaluate``.
@@ -65,6 +69,7 @@ def devinterp_estimate(
     except ImportError:
         raise SettingsError("comparing with devinterp needs devinterp 1.3: pip install 'llcv[reference]'") from None
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=torch.Generator().manual_seed(settings.seed))
+    sampled = min(settings.num_samples or len(dataset), len(dataset))  # as many as llcv's estimate samples from
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # devinterp warns about seeded runs and cycling small loaders
@@ -73,10 +78,10 @@ def devinterp_estimate(
             loader,
             evaluate=evaluate,
             sampling_method=SGMCMC.sgld,
-            optimizer_kwargs=devinterp_sgld_kwargs(settings),
+            optimizer_kwargs=devinterp_sgld_kwargs(settings, sampled),
             num_chains=settings.num_chains,
             num_draws=settings.num_draws,
-            num_burnin_steps=settings.num_burnin_steps,
+            num_burnin_steps=resolve_burnin(settings).steps,
             num_steps_bw_draws=settings.num_steps_bw_draws,
             init_loss=init_loss,
             seed=settings.seed,

@@ -65,7 +65,9 @@ def loss_name(loss: str | Callable) -> str:
 # Fields whose default changed after results were first hashed, with the value that older hashes
 # stand for. A field is hashed whenever it differs from this baseline, so an older folder keeps
 # naming the results it computed, and results computed the new way get a new folder.
-HASH_BASELINE = {"bn_stats": "checkpoint", "mala": True, "bn_mode": "eval"}
+# nbeta's baseline is "batch", which settings from before llcv 0.10 say as null (the validator
+# reads it so), and the burn-in's is 0: their folders keep their names.
+HASH_BASELINE = {"bn_stats": "checkpoint", "mala": True, "bn_mode": "eval", "nbeta": "batch", "num_burnin_steps": 0}
 
 
 def hashed_settings(settings: SamplerSettings, loss: str | Callable = DEFAULT_LOSS) -> dict[str, Any]:
@@ -280,8 +282,15 @@ class ResultsStore:
     def record_path(self, checkpoint: str, scope: str = DEFAULT_SCOPE) -> Path:
         return self.folder / f"{record_stem(checkpoint, scope)}.json"
 
-    def write_settings(self, settings: SamplerSettings, loss: str | Callable = DEFAULT_LOSS) -> Path:
+    def write_settings(
+        self, settings: SamplerSettings, loss: str | Callable = DEFAULT_LOSS, calibration: Mapping[str, Any] | None = None
+    ) -> Path:
         """Write settings.json unless it exists; refresh its time so ``plot`` sees these settings as recent.
+
+        Args:
+            calibration: how the settings were chosen, its ``calibration`` entry
+                (``llcv.run_calibration.RunCalibration.settings_entry``); an existing file gains
+                it, or has it replaced, when it differs; None keeps what the file says.
 
         Raises:
             SettingsError: the folder holds settings.json for other settings (a hash collision or an edited file).
@@ -289,7 +298,10 @@ class ResultsStore:
         """
         path = self.folder / SETTINGS_FILE
         existing = _read_json(path)
+        entry = None if calibration is None else json.loads(json.dumps(dict(calibration)))  # as the file would hold it
         if isinstance(existing, dict) and existing.get("settings_hash") == self.settings_hash:
+            if entry is not None and existing.get("calibration") != entry:
+                return atomic_write_json(path, {**existing, "calibration": entry})
             try:
                 os.utime(path)
             except OSError:
@@ -307,6 +319,7 @@ class ResultsStore:
             "sampler": settings.model_dump(mode="json"),
             "loss": loss_name(loss),
             "llcv_version": __version__,
+            **({} if entry is None else {"calibration": entry}),
         }
         return atomic_write_json(path, payload)
 
@@ -500,13 +513,19 @@ def results_dataframe(rows: Sequence[LLCRecord | Mapping[str, Any]]):
                 "settings_hash": record.settings_hash,
                 "scope_kind": record.kind,
                 "nbeta": result.nbeta if result is not None else None,
+                "nbeta_rule": result.nbeta_rule if result is not None else None,
+                "burnin_steps": result.burnin_steps if result is not None else None,
+                "burnin_rule": result.burnin_rule if result is not None else None,
                 "init_loss": result.init_loss if result is not None else None,
                 "num_parameters": record.num_parameters,
                 "device": result.device if result is not None else None,
                 "num_threads": result.num_threads if result is not None else None,
             }
         )
-    columns = [*SUMMARY_COLUMNS, "settings_hash", "scope_kind", "nbeta", "init_loss", "num_parameters", "device", "num_threads"]
+    columns = [
+        *SUMMARY_COLUMNS, "settings_hash", "scope_kind", "nbeta", "nbeta_rule", "burnin_steps", "burnin_rule",
+        "init_loss", "num_parameters", "device", "num_threads",
+    ]  # fmt: skip
     return pd.DataFrame(table, columns=columns)
 
 

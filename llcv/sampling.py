@@ -6,10 +6,12 @@ Singularity-Aware Complexity Measure") is
     LLC = nbeta * (E_w[L(w)] - L(w*))
 
 where ``w*`` are the checkpoint's weights, ``L`` the training loss, ``nbeta`` (n*beta, the
-inverse temperature) a setting, and the expectation is over the tempered, localized posterior
-``exp(-nbeta * L(w) - gamma/2 * |w - w*|^2)``, sampled with SGLD of step size ``epsilon``.
-devinterp calls ``epsilon`` ``lr`` and ``gamma`` ``localization``; the update itself is devinterp
-1.3's, fused (``llcv.langevin``).
+inverse temperature; by default n / ln n of the n sampled samples, ``resolve_nbeta``), and the
+expectation is over the tempered, localized posterior
+``exp(-nbeta * L(w) - gamma/2 * |w - w*|^2)``, sampled with SGLD of step size ``epsilon``
+after a burn-in that by default lasts until the chains have relaxed from the checkpoint
+(``resolve_burnin``). devinterp calls ``epsilon`` ``lr`` and ``gamma`` ``localization``; the
+update itself is devinterp 1.3's, fused (``llcv.langevin``).
 
 Reproducibility: chain ``c`` draws its minibatch order from a seed derived from
 ``(settings.seed, c)``, and so does its Gaussian noise when chains run one at a time; chains run
@@ -30,6 +32,7 @@ import fnmatch
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,10 +46,11 @@ from llcv.batchnorm import (
     recompute_batchnorm_statistics,
     use_batch_statistics,
 )
-from llcv.chains import _ChainGroup, _GroupTraces, _LossModule, _group_batches, _run_group, channels_last_inputs
+from llcv.chains import ChainState, _ChainGroup, _GroupTraces, _LossModule, _group_batches, _run_group, channels_last_inputs
 from llcv.devices import resolve_device
 from llcv.errors import SettingsError
 from llcv.execution import _execution_plan
+from llcv.langevin import auto_burnin_steps, relaxation_steps
 from llcv.llc_result import LLCResult, _summarise
 from llcv.losses import LossFunction, LossSpec, resolve_loss
 from llcv.precision import Precision, PrecisionChoice
@@ -55,9 +59,63 @@ from llcv.sampling_data import SamplingData
 from llcv.settings import SamplerSettings
 
 
-def default_nbeta(batch_size: int) -> float:
-    """devinterp's default inverse temperature, ``batch_size / ln(batch_size)``."""
+NbetaRule = Literal["data", "batch", "set"]
+BurninRule = Literal["auto", "auto-capped", "set"]
+
+
+def data_nbeta(num_samples: int) -> float:
+    """Watanabe's WBIC inverse temperature ``n / ln(n)`` for the ``n`` samples the chains draw from
+    (1 for a single sample): the temperature of the data, whatever the minibatch."""
+    return num_samples / math.log(num_samples) if num_samples > 1 else 1.0
+
+
+def batch_nbeta(batch_size: int) -> float:
+    """devinterp's default inverse temperature, ``batch_size / ln(batch_size)`` (1 for a batch of one)."""
     return batch_size / math.log(batch_size) if batch_size > 1 else 1.0
+
+
+# The batch rule's name before the data rule became the default (llcv.calibration.recommend uses it).
+default_nbeta = batch_nbeta
+
+
+def nbeta_rule(nbeta: float | str) -> NbetaRule:
+    """How a ``SamplerSettings.nbeta`` chooses the temperature: ``"data"``, ``"batch"``, or ``"set"`` for a number."""
+    return nbeta if isinstance(nbeta, str) else "set"
+
+
+def resolve_nbeta(nbeta: float | str, num_samples: int, batch_size: int) -> float:
+    """The inverse temperature a ``SamplerSettings.nbeta`` stands for, for chains drawing minibatches
+    of ``batch_size`` from ``num_samples`` samples: ``"data"`` is ``data_nbeta(num_samples)``,
+    ``"batch"`` is ``batch_nbeta`` of the batch (capped at the data, as the minibatches are), and a
+    number is itself. The one place either rule is applied."""
+    if nbeta == "data":
+        return data_nbeta(num_samples)
+    if nbeta == "batch":
+        return batch_nbeta(min(batch_size, num_samples))
+    return float(nbeta)
+
+
+@dataclass(frozen=True)
+class BurnIn:
+    """The burn-in an estimate runs, and how it was chosen (``resolve_burnin``)."""
+
+    steps: int
+    rule: BurninRule
+    # "auto" and "auto-capped": what the automatic burn-in aims for, the chains' relaxation from
+    # the checkpoint (llcv.langevin.relaxation_steps; infinite at gamma 0). None when set.
+    relaxation_steps: int | float | None = None
+
+
+def resolve_burnin(settings: SamplerSettings) -> BurnIn:
+    """The burn-in ``settings`` ask for: a number as it is (``"set"``); ``"auto"``, until the chains
+    have relaxed from the checkpoint, 2 / (epsilon * gamma) steps, held to its cap of
+    ``AUTO_BURNIN_DRAW_FACTOR`` times the draws' steps (``llcv.langevin.auto_burnin_steps``):
+    ``"auto-capped"`` where the cap cut it short, which makes the estimate unhealthy."""
+    if settings.num_burnin_steps != "auto":
+        return BurnIn(settings.num_burnin_steps, "set")
+    needed = relaxation_steps(settings.epsilon, settings.gamma)
+    steps = auto_burnin_steps(settings.epsilon, settings.gamma, settings.num_draws * settings.num_steps_bw_draws)
+    return BurnIn(steps, "auto" if steps >= needed else "auto-capped", needed)
 
 
 def default_divergence_bound(num_parameters: int, nbeta: float, init_loss: float, batch_loss_std: float) -> float:
@@ -186,13 +244,37 @@ def estimate_llc(
 
     Returns:
         The estimate; if every chain diverged, ``llc_mean`` is None and the diagnostics say why.
+        Its ``settings`` are those asked for (``nbeta="data"``, ``num_burnin_steps="auto"``);
+        ``nbeta``/``nbeta_rule`` and ``burnin_steps``/``burnin_rule`` say what they resolved to.
+    """
+    return estimate_llc_states(model, data, settings, loss, device, reporter, precision)[0]
+
+
+def estimate_llc_states(
+    model: nn.Module,
+    data: Dataset | DataLoader | SamplingData,
+    settings: SamplerSettings,
+    loss: LossSpec = "cross_entropy",
+    device: str | torch.device = "auto",
+    reporter: Reporter = SILENT,
+    precision: PrecisionChoice | None = None,
+    start: list[ChainState] | None = None,
+) -> tuple[LLCResult, list[ChainState]]:
+    """``estimate_llc``, with the chains' final states returned and, with ``start`` (one state per
+    chain, e.g. the states an earlier call returned), the chains continuing from there instead
+    of from the checkpoint. The localization still pulls toward the checkpoint and the loss is
+    still measured from it; only where the chains begin changes. Calibration runs its trials as
+    one continued run this way (``llcv.calibration.auto``).
     """
     started = time.perf_counter()
     device = resolve_device(device)
     loss_function = resolve_loss(loss)
     if not isinstance(data, SamplingData):
         data = SamplingData(data, settings, device)
-    nbeta = settings.nbeta if settings.nbeta is not None else default_nbeta(data.batch_size)
+    nbeta = resolve_nbeta(settings.nbeta, data.num_samples, data.batch_size)
+    burnin = resolve_burnin(settings)
+    # The chains read a number of burn-in steps; the result keeps the settings as asked.
+    requested, settings = settings, settings.model_copy(update={"num_burnin_steps": burnin.steps})
 
     work = _copy_in_mode(model, data.device, settings.bn_mode)
     named = select_parameters(work, settings.params)
@@ -230,14 +312,19 @@ def estimate_llc(
             torch.manual_seed(seeds[chains[0]])
             try:
                 traces.append(
-                    _run_group(group, seeds[chains[0]], batches, shared, data.is_full_batch, settings, nbeta, loss_limit, reporter, key)
+                    _run_group(
+                        group, seeds[chains[0]], batches, shared, data.is_full_batch, settings, nbeta, loss_limit, reporter, key,
+                        None if start is None else [start[chain] for chain in chains],
+                    )
                 )
             finally:
                 reporter.finish(key)
-    return _summarise(
+    result = _summarise(
         traces,
-        settings,
+        requested,
         nbeta,
+        nbeta_rule(requested.nbeta),
+        burnin,
         initial_loss,
         bound,
         num_parameters,
@@ -247,6 +334,7 @@ def estimate_llc(
         normalisation,
         time.perf_counter() - started,
     )
+    return result, [state for group in traces for state in group.final]
 
 
 def working_copy(

@@ -21,9 +21,10 @@ from torch.utils.data import Dataset
 
 from llcv.checkpoints import CheckpointInfo
 from llcv.errors import LLCVError, SettingsError
+from llcv.llc_result import LLCResult
 from llcv.records import LLCRecord
 from llcv.results import DEFAULT_SCOPE, check_scope
-from llcv.sampling import default_nbeta, select_parameters
+from llcv.sampling import nbeta_rule, resolve_nbeta, select_parameters
 from llcv.settings import SamplerSettings
 
 if TYPE_CHECKING:  # for annotations only: llcv.estimation imports this module
@@ -82,9 +83,10 @@ def scope_settings(settings: SamplerSettings, scope: Scope, dataset: Dataset) ->
     """The sampler settings of one scope: the run's settings with the scope's ``params`` or ``classes``.
 
     A class scope also keeps every curve at one temperature and within its data: when ``nbeta``
-    is left to its default (``batch_size / ln(batch_size)``, with the minibatch capped by the
-    data), it is fixed at the whole model's value, since a class may hold fewer samples than a
-    minibatch; and ``num_samples`` caps the class's samples instead of failing when the class
+    is a rule (``"data"``, n / ln n, or ``"batch"``, batch_size / ln(batch_size) with the minibatch
+    capped by the data), it is fixed at the whole model's value, since a class holds fewer
+    samples than the whole data and may hold fewer than a minibatch (``scope_result`` records
+    the rule); and ``num_samples`` caps the class's samples instead of failing when the class
     has fewer.
     """
     if scope.kind == "model":
@@ -97,13 +99,20 @@ def scope_settings(settings: SamplerSettings, scope: Scope, dataset: Dataset) ->
 
         changes["classes"] = list(scope.classes)
         whole = len(dataset) if settings.num_samples is None else min(settings.num_samples, len(dataset))
-        if settings.nbeta is None:
-            changes["nbeta"] = default_nbeta(min(settings.batch_size, whole))
+        if nbeta_rule(settings.nbeta) != "set":
+            changes["nbeta"] = resolve_nbeta(settings.nbeta, whole, settings.batch_size)
         if settings.num_samples is not None:
             available = int(torch.isin(dataset_targets(dataset), torch.tensor(scope.classes)).sum())
             if settings.num_samples >= available:
                 changes["num_samples"] = None
     return SamplerSettings.model_validate({**settings.model_dump(), **changes})
+
+
+def scope_result(result: LLCResult, settings: SamplerSettings) -> LLCResult:
+    """A scope's estimate as its record tells it: with the run's ``settings``' temperature rule as
+    its ``nbeta_rule``, since a class scope's nbeta, a number in its own settings
+    (``scope_settings``), was the whole model's by that rule."""
+    return result.model_copy(update={"nbeta_rule": nbeta_rule(settings.nbeta)})
 
 
 def class_refinement(settings: SamplerSettings, per_class: bool | Sequence[int]) -> tuple[SamplerSettings, bool | list[int]]:

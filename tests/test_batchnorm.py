@@ -181,4 +181,5 @@ def test_batch_statistics_hash_neither_bn_stats_nor_bn_samples_and_eval_keeps_it
     default = SamplerSettings()
     assert settings_hash(default) == settings_hash(default.model_copy(update={"bn_stats": "checkpoint", "bn_samples": 64}))
     # Folders estimated with the defaults of llcv 0.4 and 0.5 (eval mode, recomputed statistics) keep their name.
-    assert hashed_settings(SamplerSettings(bn_mode="eval")) == {"bn_stats": "recompute", "bn_samples": 4096, "mala": False}
+    legacy = SamplerSettings(bn_mode="eval", nbeta="batch", num_burnin_steps=0)  # the temperature and burn-in of then
+    assert hashed_settings(legacy) == {"bn_stats": "recompute", "bn_samples": 4096, "mala": False}

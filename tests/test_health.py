@@ -116,6 +116,30 @@ def test_mixed_chains_are_healthy_and_chains_that_never_left_are_not():
     assert len(result.diagnostics.warnings) == len(result.health_reasons)
 
 
+def test_an_automatic_burn_in_cut_short_by_its_cap_is_unhealthy_but_a_short_one_set_outright_is_not():
+    model, data = regression()
+    # relaxing takes 2 / (1e-3 * 1) = 2,000 steps; 100 draws cap the automatic burn-in at 400
+    capped = SamplerSettings(epsilon=1e-3, gamma=1.0, nbeta=200.0, num_draws=100, batch_size=400)
+    result = estimate_llc(model, data, capped, loss="mse", device="cpu")
+    assert (result.burnin_steps, result.burnin_rule, result.healthy) == (400, "auto-capped", False)
+    reason = "the burn-in was cut short by its cap: 400 steps (4 x the draws' steps), the chains' relaxation 2 / (epsilon * gamma) needs 2,000"
+    assert reason in result.health_reasons
+    assert any(warning.startswith(reason) and "more draws, or set num_burnin_steps" in warning for warning in result.diagnostics.warnings)
+    from llcv.cli_render import burnin_text
+
+    assert burnin_text(result) == "400 (auto, cut short by its cap; needs 2,000)"
+    short = estimate_llc(model, data, capped.model_copy(update={"num_burnin_steps": 10}), loss="mse", device="cpu")
+    assert short.burnin_rule == "set" and not any("burn-in" in reason for reason in short.health_reasons)
+
+
+def test_a_sweep_rows_burn_in_reason_is_unchanged_by_the_cap_wording():
+    row = dict(num_chains=2, diverged_chains=0, llc_mean=1.0, llc_mcse=0.1, negative_chains=0.0, drift_z=0.0, r_hat=1.0, ess=None,
+               mala_acceptance=0.95, burnin_steps=0, relaxation_steps=2000)  # fmt: skip
+    ((check, reason),) = failed_checks(Evidence(**row), HealthThresholds(min_ess=None))
+    assert check.name == "relaxed"
+    assert reason == "the chains had not relaxed from the checkpoint: 0 burn-in steps, 2 / (epsilon * gamma) needs 2,000"
+
+
 def test_records_summary_and_progress_lines_carry_the_verdict(trained_run, tmp_path):
     _, run = trained_run
     checkpoints = copy_checkpoints(run.checkpoints_dir, tmp_path / "checkpoints", steps=[0, 16])
@@ -158,18 +182,15 @@ def test_transitions_rest_on_healthy_estimates_only(tmp_path):
     assert 4 not in [transition.step for transition in find_transitions(records)]
 
 
-def test_the_demo_stops_instead_of_estimating_with_rejected_settings(tmp_path, monkeypatch):
+def test_the_demo_stops_instead_of_estimating_with_settings_it_did_not_find(tmp_path, monkeypatch):
+    from _helpers import use_steady_trials
     from llcv import demo
     from llcv.errors import EstimationError
 
-    real_sweep = demo.calibrate_sweep
-
-    def rejecting_sweep(*args, **kwargs):
-        result = real_sweep(*args, **kwargs)
-        return result.model_copy(update={"recommended": None, "reason": "no combination qualifies: 'r_hat > 1.1' failed most"})
-
-    monkeypatch.setattr(demo, "calibrate_sweep", rejecting_sweep)
-    with pytest.raises(EstimationError, match="qualified no settings.*r_hat > 1.1.*stops here"):
+    # every trial's chains settle below the checkpoint's loss, at every gamma the search may try
+    use_steady_trials(monkeypatch, level=lambda settings: -5.0)
+    with pytest.raises(EstimationError, match="found no usable settings"):
         demo.run_demo(tmp_path / "demo", device="cpu", tiny=True)
-    assert (tmp_path / "demo" / "calibration").is_dir()
-    assert not (tmp_path / "demo" / "llc_estimations").exists()
+    calibrations = list((tmp_path / "demo").rglob("calibration.json"))
+    assert len(calibrations) == 1 and not (calibrations[0].parent / "recommended.json").exists()
+    assert not list((tmp_path / "demo").rglob("step_*.json"))  # no estimate was made

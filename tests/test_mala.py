@@ -50,7 +50,7 @@ def acceptances(model, data, batch_size: int, nbeta: float, epsilons=EPSILONS, g
 def test_minibatch_acceptance_tracks_full_batch_acceptance_on_a_linear_gaussian_model():
     model, data = linear_gaussian()
     batch = len(data) // 20  # 5% of the data
-    nbeta = batch / math.log(batch)  # the minibatch default, used for both
+    nbeta = batch / math.log(batch)  # the minibatch's temperature (devinterp's batch rule), used for both
     full = acceptances(model, data, len(data), nbeta)
     mini = acceptances(model, data, batch, nbeta)
     assert np.abs(np.subtract(full, mini)).max() <= 0.05, (full, mini)

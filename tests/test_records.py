@@ -30,7 +30,7 @@ from llcv.estimation import EstimateJob, JobSpec, failure_record, make_record
 from llcv.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
 from llcv.records import RECORD_FORMAT_VERSION, RecordError, RecordResult
 from llcv.report import read_figure
-from llcv.results import ResultsStore, find_transitions, load_results, results_dataframe
+from llcv.results import ResultsStore, find_transitions, load_results, results_dataframe, settings_hash
 from llcv.scopes import Scope
 from llcv.settings import SamplerSettings
 
@@ -157,6 +157,35 @@ def test_records_from_before_llcv_0_4_load_summarise_and_plot(tmp_path):
     outcome = CliRunner().invoke(app, ["plot", "--results-dir", str(results), "--out", str(tmp_path / "old.png")])
     assert outcome.exit_code == 0, outcome.output
     assert (tmp_path / "old.png").is_file()
+
+
+def test_an_old_folder_whose_settings_leave_nbeta_unset_keeps_its_name_and_its_meaning(tmp_path):
+    results = _copy("results_v05", tmp_path)
+    stored = json.loads((results / DIGEST / "settings.json").read_text())
+    assert stored["sampler"]["nbeta"] is None  # llcv 0.5 wrote the default batch rule as null
+    settings = SamplerSettings(**stored["sampler"])
+    assert settings.nbeta == "batch" and settings_hash(settings) == DIGEST
+    records = load_results(results)
+    done = [record for record in records if record.result is not None]
+    whole = [record for record in done if record.is_whole_model]  # a class scope's nbeta is the number it ran at
+    assert whole and all(SamplerSettings(**record.sampler_settings).nbeta == "batch" for record in whole)
+    assert all(record.result.nbeta_rule is None and record.result.burnin_rule is None for record in done)  # not recorded then
+    frame = results_dataframe(records)
+    assert frame["nbeta"].notna().any() and frame["nbeta_rule"].isna().all() and frame["burnin_steps"].isna().all()
+
+
+def test_records_carry_how_nbeta_and_the_burn_in_were_chosen(tmp_path):
+    payload = json.loads((FIXTURES / "records" / "done.json").read_text())
+    payload["result"].update(nbeta_rule="data", burnin_steps=200, burnin_rule="auto")
+    store = ResultsStore(tmp_path, DIGEST)
+    store.write_settings(SamplerSettings(**payload["result"]["settings"]))
+    store.write_record(payload)
+    (record,) = load_results(store.folder)
+    assert (record.result.nbeta_rule, record.result.burnin_steps, record.result.burnin_rule) == ("data", 200, "auto")
+    assert record.to_dict() == payload
+    assert results_dataframe([record]).loc[0, ["nbeta_rule", "burnin_steps", "burnin_rule"]].tolist() == ["data", 200, "auto"]
+    with pytest.raises(RecordError, match="result.nbeta_rule"):
+        LLCRecord.from_dict({**payload, "result": {**payload["result"], "nbeta_rule": "wbic"}})
 
 
 def test_fields_from_a_newer_llcv_are_kept(tmp_path):

@@ -52,6 +52,29 @@ def test_selftest_json_carries_both_estimates(monkeypatch):
     short = dataclasses.replace(quick_rrr(), num_chains=2, num_draws=100, num_burnin_steps=100)
     monkeypatch.setattr(selftest, "known_cases", lambda quick: [short])
     result = runner.invoke(app, ["selftest", "--quick", "--against", "devinterp", "--device", "cpu", "--json"])
-    rows = json.loads(result.stdout)
+    rows = json.loads(result.stdout)["cases"]
     assert len(rows) == 1 and rows[0]["reference"]["name"] == "devinterp"
     assert rows[0]["reference"]["llc_mean"] > 0 and rows[0]["llc_mean"] > 0
+
+
+def test_the_reference_evaluates_the_cases_own_loss(monkeypatch):
+    # devinterp gets the loss the truth holds for: cross-entropy against soft labels for a classifier.
+    import torch.nn.functional as F
+
+    from llcv import selftest
+    from llcv.known_models import softmax_regression_case
+    from llcv.reference import ReferenceEstimate
+
+    seen = {}
+
+    def fake_estimate(model, dataset, settings, evaluate, device="cpu"):
+        seen["loss"] = evaluate(model, dataset.tensors).item()
+        return ReferenceEstimate(llc_mean=18.0, standard_error=0.1, seconds=0.1)
+
+    monkeypatch.setattr(selftest, "devinterp_estimate", fake_estimate)
+    case = softmax_regression_case(d=8, k=5, num_samples=200)
+    row = selftest.check_reference(case, device="cpu")
+    inputs, labels = case.dataset.tensors
+    assert seen["loss"] == pytest.approx(F.cross_entropy(case.model(inputs), labels).item())
+    assert seen["loss"] != pytest.approx(F.mse_loss(case.model(inputs), labels).item())
+    assert row.relative_error == 0.0

@@ -7,6 +7,7 @@ weights, class subsets) are tested in test_sampling.py; here they run across che
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -21,13 +22,14 @@ from llcv.estimation import EstimateJob, estimate_all
 from llcv.models import SmallCNN, model_blocks
 from llcv.plotting import llc_figure, plot_llc
 from llcv.results import load_results, results_dataframe, settings_hash
+from llcv.sampling import data_nbeta
 from llcv.scopes import Scope, refined_scopes
 from llcv.settings import EstimateSettings, SamplerSettings
 from llcv.targets import training_split
 
 RESNET_BLOCKS = ["stem", "layer1", "layer2", "layer3", "layer4", "fc"]
-# One chain of two draws on 16 images: the records' shape is under test, not the numbers.
-TINY = dict(num_chains=1, num_draws=2, batch_size=16, num_samples=16)
+# One chain of two draws on 16 images, no burn-in: the records' shape is under test, not the numbers.
+TINY = dict(num_chains=1, num_draws=2, num_burnin_steps=0, batch_size=16, num_samples=16)
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +133,11 @@ def test_per_class_writes_one_record_per_class_at_the_whole_models_temperature(s
     counts = torch.bincount(dataset_targets(train), minlength=4).tolist()
     records = load_results(tmp_path / "results")
     whole = next(record for record in records if record.scope == "model")
+    assert whole.result.nbeta == pytest.approx(data_nbeta(settings.num_samples))  # n / ln n of the whole model's data
     for record in records:
         result = record.result
         assert result.nbeta == pytest.approx(whole.result.nbeta)  # one temperature for every curve
+        assert result.nbeta_rule == "data"  # a class's number is the whole model's by the run's rule
         if record.scope != "model":
             label = int(record.scope.split("=")[1])
             assert result.settings["classes"] == [label] and record.scope_index == label
@@ -235,3 +239,20 @@ def test_the_ray_executor_estimates_scopes_like_the_local_one(smallcnn_checkpoin
         assert (theirs.scope, theirs.worker.executor) == (mine.scope, "ray") and theirs.worker.pid != os.getpid()
         assert theirs.result.llc_mean == pytest.approx(mine.result.llc_mean, rel=1e-4, abs=1e-6)
     assert json.loads((tmp_path / "ray" / remote.settings_hash / "settings.json").read_text())["settings_hash"] == local.settings_hash
+
+
+@pytest.mark.parametrize(
+    ("nbeta", "expected"),
+    [("data", data_nbeta(300)), ("batch", 64 / math.log(64)), (5.0, 5.0)],
+)
+def test_a_class_scope_keeps_the_whole_models_temperature_by_either_rule(nbeta, expected):
+    """Each class holds 100 of the 300 samples: its own n / ln n would be another temperature."""
+    from torch.utils.data import TensorDataset
+
+    from llcv.scopes import scope_settings
+
+    dataset = TensorDataset(torch.zeros(300, 1), torch.arange(300) % 3)
+    settings = SamplerSettings(nbeta=nbeta, batch_size=64)
+    scoped = scope_settings(settings, Scope("class=1", "class", 1, classes=(1,)), dataset)
+    assert scoped.nbeta == pytest.approx(expected) and scoped.classes == [1]
+    assert scope_settings(settings, Scope("fc", "block", 0, params=("fc.*",)), dataset).nbeta == nbeta  # blocks keep the rule

@@ -36,8 +36,17 @@ from llcv.settings import SamplerSettings
 # --- the settings hash
 
 
-# What the defaults since llcv 0.6 hash: the fields whose default changed, against HASH_BASELINE.
-CHANGED_DEFAULTS = {"bn_mode": "batch", "mala": False}
+# What the defaults hash: the fields whose default changed, against HASH_BASELINE (bn_mode and
+# mala since llcv 0.6, the temperature and the burn-in since llcv 0.10).
+CHANGED_DEFAULTS = {"bn_mode": "batch", "mala": False, "nbeta": "data", "num_burnin_steps": "auto"}
+# Settings hashes of folders written before llcv 0.10, computed by the llcv of then: with nbeta
+# unset (the batch rule) and no burn-in, they must still name the same folders.
+LEGACY_HASHES = [
+    ({}, "2dfe2806f52b"),  # that llcv's defaults
+    ({"epsilon": 1e-3, "gamma": 10.0, "num_draws": 50, "batch_size": 64, "num_samples": 512, "seed": 3}, "bf52e5715322"),
+    ({"nbeta": 12.5, "num_burnin_steps": 100}, "c42a09469ebe"),
+    ({"num_chains": 2, "num_draws": 12, "batch_size": 64, "num_samples": 128, "bn_mode": "eval", "bn_stats": "checkpoint"}, "e7674815ea3a"),
+]
 
 
 def test_hash_leaves_out_fields_at_their_default():
@@ -67,12 +76,27 @@ def test_hash_is_canonical_json_of_the_hashed_fields():
 def test_settings_from_before_a_default_changed_keep_their_hash():
     """A folder hashed before bn_stats and the MALA default existed holds results computed with the
     checkpoint's statistics and MALA on: those settings, spelled out now, must name the same folder."""
-    before = SamplerSettings(num_draws=50, bn_mode="eval", bn_stats="checkpoint", mala=True)
+    old_temperature = {"nbeta": "batch", "num_burnin_steps": 0}
+    before = SamplerSettings(num_draws=50, bn_mode="eval", bn_stats="checkpoint", mala=True, **old_temperature)
     assert hashed_settings(before) == {"num_draws": 50}
     # the defaults of llcv 0.4 and 0.5, eval mode with recomputed statistics, keep theirs too
-    assert hashed_settings(SamplerSettings(num_draws=50, bn_mode="eval")) == {
+    assert hashed_settings(SamplerSettings(num_draws=50, bn_mode="eval", **old_temperature)) == {
         "num_draws": 50, "bn_stats": "recompute", "bn_samples": 4096, "mala": False,
     }
+
+
+@pytest.mark.parametrize(("fields", "digest"), LEGACY_HASHES)
+def test_settings_from_before_the_data_temperature_keep_their_folder(fields, digest):
+    # as their settings.json holds them: every field, nbeta null and the burn-in 0 unless set
+    written = {**SamplerSettings().model_dump(mode="json"), "nbeta": None, "num_burnin_steps": 0, **fields}
+    assert settings_hash(SamplerSettings.model_validate(written)) == digest
+
+
+def test_the_data_temperature_and_the_automatic_burn_in_get_folders_of_their_own():
+    legacy = SamplerSettings(nbeta="batch", num_burnin_steps=0)
+    assert settings_hash(legacy) == LEGACY_HASHES[0][1]
+    assert len({settings_hash(legacy), settings_hash(legacy.model_copy(update={"nbeta": "data"})),
+                settings_hash(legacy.model_copy(update={"num_burnin_steps": "auto"})), settings_hash(SamplerSettings())}) == 4  # fmt: skip
 
 
 def test_a_non_default_loss_changes_the_hash():

@@ -83,7 +83,7 @@ def test_mala_matches_an_independent_replay_of_the_chain():
     from llcv.sampling import _chain_seeds
 
     dim, epsilon, nbeta = 6, 0.3, 2.0
-    settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=nbeta, num_chains=1, num_draws=40, batch_size=8, mala=True)
+    settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=nbeta, num_chains=1, num_draws=40, num_burnin_steps=0, batch_size=8, mala=True)
     result = estimate_llc(Quadratic(dim), dummy_data(), settings, loss=quadratic_loss, device="cpu")
 
     # llcv's documented noise stream (llcv/langevin.py); 6 weights are one chunk, so one generator.
@@ -208,7 +208,7 @@ def test_batchnorm_resnet_eval_mode_is_finite_and_reproducible():
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=4, in_channels=3, stem="cifar")
     data = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,)))
-    settings = SamplerSettings(num_chains=2, num_draws=3, batch_size=8, epsilon=1e-6, gamma=1000.0, bn_mode="eval")
+    settings = SamplerSettings(num_chains=2, num_draws=3, num_burnin_steps=0, batch_size=8, epsilon=1e-6, gamma=1000.0, bn_mode="eval")
     first = estimate_llc(model, data, settings, device="cpu")
     second = estimate_llc(model, data, settings, device="cpu")
     assert first.llc_mean is not None and math.isfinite(first.llc_mean)
@@ -269,7 +269,76 @@ def test_dataloader_input_and_rmsprop_sampler():
     settings = SamplerSettings(num_chains=2, num_draws=30, epsilon=1e-3, gamma=10.0, sampler="rmsprop_sgld")
     result = estimate_llc(model, loader, settings, loss="mse", device="cpu")
     assert result.llc_mean is not None and result.num_samples_used == 400
-    assert result.nbeta == pytest.approx(50 / math.log(50))
+    assert result.nbeta == pytest.approx(400 / math.log(400)) and result.nbeta_rule == "data"
+    batch = estimate_llc(model, loader, settings.model_copy(update={"nbeta": "batch"}), loss="mse", device="cpu")
+    assert batch.nbeta == pytest.approx(50 / math.log(50)) and batch.nbeta_rule == "batch"  # the loader's batch
+
+
+# --- the temperature and the burn-in
+
+QUICK = dict(num_chains=1, num_draws=2, num_burnin_steps=0, epsilon=1e-6, gamma=1.0)
+
+
+def test_the_default_temperature_is_n_over_ln_n_of_the_sampled_data_whatever_the_batch():
+    model, data = regression(size=400)
+    for batch_size in (32, 100):
+        result = estimate_llc(model, data, SamplerSettings(num_samples=300, batch_size=batch_size, **QUICK), loss="mse", device="cpu")
+        assert result.nbeta == pytest.approx(300 / math.log(300)) and result.nbeta_rule == "data"
+        assert result.settings["nbeta"] == "data"  # the settings as asked
+    whole = estimate_llc(model, data, SamplerSettings(batch_size=32, **QUICK), loss="mse", device="cpu")
+    assert whole.nbeta == pytest.approx(400 / math.log(400))  # the whole training split
+
+
+def test_the_batch_rule_is_devinterps_and_a_number_is_set():
+    model, data = regression(size=400)
+    batch = estimate_llc(model, data, SamplerSettings(nbeta="batch", batch_size=32, **QUICK), loss="mse", device="cpu")
+    assert batch.nbeta == pytest.approx(32 / math.log(32)) and batch.nbeta_rule == "batch"
+    capped = estimate_llc(model, data, SamplerSettings(nbeta="batch", batch_size=1000, **QUICK), loss="mse", device="cpu")
+    assert capped.nbeta == pytest.approx(400 / math.log(400))  # the minibatch is capped at the data
+    fixed = estimate_llc(model, data, SamplerSettings(nbeta=7.5, batch_size=32, **QUICK), loss="mse", device="cpu")
+    assert fixed.nbeta == 7.5 and fixed.nbeta_rule == "set"
+
+
+def test_resolve_nbeta_applies_each_rule():
+    from llcv.sampling import batch_nbeta, data_nbeta, default_nbeta, resolve_nbeta
+
+    assert resolve_nbeta("data", 1438, 256) == data_nbeta(1438) == pytest.approx(197.8, abs=0.05)
+    assert resolve_nbeta("batch", 1438, 256) == batch_nbeta(256) == default_nbeta(256) == pytest.approx(256 / math.log(256))
+    assert resolve_nbeta("batch", 100, 256) == batch_nbeta(100) and resolve_nbeta(3.0, 100, 256) == 3.0
+    assert data_nbeta(1) == batch_nbeta(1) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "steps", "rule"),
+    [
+        (dict(epsilon=1e-3, gamma=10.0, num_draws=100), 200, "auto"),  # 2 / (epsilon * gamma), under the cap of 400
+        (dict(epsilon=1e-3, gamma=10.0, num_draws=20), 80, "auto-capped"),  # needs 200: 4 x 20 draws
+        (dict(epsilon=1e-3, gamma=10.0, num_draws=20, num_steps_bw_draws=5), 200, "auto"),  # the cap counts the draws' steps
+        (dict(gamma=0.0, num_draws=30), 120, "auto-capped"),  # nothing pulls the chains back: the cap
+        (dict(epsilon=1e-3, gamma=10.0, num_draws=20, num_burnin_steps=7), 7, "set"),
+    ],
+)
+def test_the_automatic_burn_in_is_the_relaxation_up_to_its_cap(changes, steps, rule):
+    from llcv.langevin import AUTO_BURNIN_DRAW_FACTOR
+    from llcv.sampling import resolve_burnin
+
+    assert AUTO_BURNIN_DRAW_FACTOR == 4
+    burnin = resolve_burnin(SamplerSettings(**changes))
+    assert (burnin.steps, burnin.rule) == (steps, rule)
+
+
+def test_an_estimate_runs_the_automatic_burn_in_and_records_it():
+    model, data = regression(size=100)
+    settings = SamplerSettings(num_chains=2, num_draws=10, epsilon=0.05, gamma=4.0, batch_size=50)  # relaxes in 10 steps
+    result = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    assert (result.burnin_steps, result.burnin_rule) == (10, "auto")
+    assert [len(chain) for chain in result.burnin_loss_trace] == [10, 10] and result.settings["num_burnin_steps"] == "auto"
+    set_outright = estimate_llc(model, data, settings.model_copy(update={"num_burnin_steps": 3}), loss="mse", device="cpu")
+    assert (set_outright.burnin_steps, set_outright.burnin_rule, len(set_outright.burnin_loss_trace[0])) == (3, "set", 3)
+    from llcv.cli_render import burnin_text, nbeta_text
+
+    assert burnin_text(result) == "10 (auto: 2/(epsilon*gamma))" and burnin_text(set_outright) == "3 (set)"
+    assert nbeta_text(result) == f"{100 / math.log(100):.4g} (n/ln n of 100 samples)"
 
 
 def two_part_regression(size: int = 400) -> tuple[nn.Module, TensorDataset]:
