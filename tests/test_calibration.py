@@ -14,9 +14,8 @@ from torch.utils.data import TensorDataset
 
 from llcv import SamplerSettings, SweepResult, calibrate_sweep, recommend_settings
 from llcv import calibration, sampling
-from llcv.calibration import recommend
 from llcv.calibration import apply_rule, chains_from_result, curve_from_result, parse_grid, save_sweep
-from llcv.errors import EstimationError, SettingsError
+from llcv.errors import SettingsError
 from llcv.health import trace_evidence
 from llcv.langevin import RELAXATION_EFOLDS, relaxation_steps
 from llcv.plotting import plot_chains, plot_curve, plot_sweep_heatmap, plot_sweep_traces
@@ -267,13 +266,20 @@ def test_sweep_on_a_trained_model_flags_a_huge_epsilon_and_recommends_a_healthy_
     assert result.recommended is not None, result.rows
     chosen = result.rows[result.recommended_index]
     assert not chosen["diverged"] and chosen["qualifies"] and result.recommended.epsilon == chosen["epsilon"]
-    assert result.recommended.nbeta == pytest.approx(64 / math.log(64))  # the default, resolved
+    assert result.recommended.nbeta == pytest.approx(128 / math.log(128))  # the default, n / ln n of the sampled data, resolved
     assert (result.recommended.num_chains, result.recommended.num_draws) == (2, 12)  # the rest is the base
     # the rows measured MALA acceptance; the recommendation keeps the base's choice (off: it costs)
     assert chosen["mala_acceptance"] is not None and result.recommended.mala is False
     # each row burned in for 2 / (epsilon * gamma) steps, and the pick carries its own
     assert [r["num_burnin_steps"] for r in result.rows] == [20, 2, 1]
     assert result.recommended.num_burnin_steps == chosen["num_burnin_steps"]
+
+
+def test_a_sweep_without_nbetas_runs_at_the_samplers_temperature_resolved_on_its_data(linear):
+    model, data = linear  # 200 samples
+    for nbeta, expected in (("data", 200 / math.log(200)), ("batch", 50 / math.log(50)), (7.0, 7.0)):
+        base = TINY.model_copy(update={"nbeta": nbeta, "batch_size": 50, "num_draws": 4, "num_burnin_steps": 0})
+        assert calibrate_sweep(model, data, [1e-3], [1.0], base=base, loss="mse", device="cpu").rows[0]["nbeta"] == pytest.approx(expected)
 
 
 def test_sweep_rows_are_built_from_the_estimates(linear):
@@ -318,6 +324,18 @@ def test_each_row_burns_in_until_its_chains_have_relaxed_and_the_pick_keeps_its_
     assert "where at most 96" in result.burnin_label
     fixed = calibrate_sweep(model, data, [1e-3], [1000.0], base=TINY, loss="mse", device="cpu")
     assert fixed.rows[0]["num_burnin_steps"] == TINY.num_burnin_steps and fixed.burnin_label == "8 burn-in"
+
+
+def test_a_base_with_the_automatic_burn_in_gives_each_row_the_number_it_resolves_to(linear):
+    model, data = linear
+    automatic = TINY.model_copy(update={"num_burnin_steps": "auto"})
+    result = calibrate_sweep(
+        model, data, [1e-3], [1.0, 1000.0], base=automatic, loss="mse", device="cpu", target_acceptance=0.5, max_drift_z=100.0, max_r_hat=2.0,
+    )
+    # 2 / (epsilon * gamma): 2000 steps at gamma 1, cut to its cap of 4 x 24 draws; 2 at gamma 1000
+    assert [row_["num_burnin_steps"] for row_ in result.rows] == [96, 2]
+    assert result.rows[0]["reason"] == "burn-in < 2/(epsilon*gamma)"
+    assert result.burnin_label == "burn-in 2/(epsilon*gamma) capped at 96"
 
 
 def test_a_row_is_judged_after_its_chains_relax_not_on_the_transient_from_the_checkpoint():
@@ -476,118 +494,14 @@ def test_saved_sweep_files(linear, tmp_path):
     assert json.loads((tmp_path / "sweep.json").read_text())["recommended"] is None
 
 
-# recommend_settings on models with a known learning coefficient.
-
-
-def test_recommend_settings_returns_complete_settings_that_recover_a_regular_model(linear):
-    model, data = linear
-    settings = recommend_settings(model, data, loss="mse", device="cpu")
-    assert isinstance(settings, SamplerSettings)
-    assert settings.num_chains == recommend.FINAL_NUM_CHAINS
-    # the burn-in covers the relaxation of a direction only the localization holds
-    assert settings.num_burnin_steps >= max(200, relaxation_steps(settings.epsilon, settings.gamma))
-    assert settings.num_burnin_steps <= settings.num_draws <= max(2000, settings.num_burnin_steps)
-    assert settings.batch_size == 200 and settings.nbeta == pytest.approx(200 / math.log(200))
-    result = estimate_llc(model, data, settings, loss="mse", device="cpu")
-    assert abs(result.llc_mean - 2.0) <= 3.5 * result.llc_std  # d/2 for d = 4
-
-
 def test_relaxation_steps_cover_the_e_folds_of_the_localization_alone():
     assert relaxation_steps(1e-3, 10.0) == math.ceil(RELAXATION_EFOLDS / 1e-2)
     assert relaxation_steps(1e-4, 10.0) == 10 * relaxation_steps(1e-3, 10.0)
     assert relaxation_steps(1e-3, 0.0) == math.inf  # without localization no burn-in is enough
 
 
-def test_recommend_settings_raises_when_nothing_qualifies(linear, monkeypatch):
-    model, data = linear
-    monkeypatch.setattr(recommend, "RECOMMEND_EPSILON_FACTORS", (50.0,))  # always diverges
-    monkeypatch.setattr(recommend, "RECOMMEND_WIDER_EPSILON_FACTORS", (60.0,))
-    with pytest.raises(EstimationError, match="no usable SGLD settings.*'diverged' failed most"):
-        recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
-
-
-def test_recommend_settings_skips_a_gamma_whose_chains_cannot_relax_within_the_budget(linear, monkeypatch):
-    model, data = linear
-    monkeypatch.setattr(recommend, "RECOMMEND_EPSILON_FACTORS", (1e-3,))
-    monkeypatch.setattr(recommend, "MAX_RELAXATION_STEPS", 10)
-    with pytest.raises(EstimationError, match="no epsilon lets the chains relax within 10 steps.*within 20 steps"):
-        recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
-
-
-def test_recommend_settings_repeats_an_unmixed_gamma_with_twice_the_draws(linear, monkeypatch):
-    """The first sweep at the first gamma is made to fail on drift alone; diverged sweeps are not repeated."""
-    model, data = linear
-    real_sweep = calibration.calibrate_sweep
-    calls = []
-
-    def sweep(model, data, epsilons, gammas, nbetas, base, **kwargs):
-        calls.append((gammas[0], base.num_draws))
-        result = real_sweep(model, data, epsilons, gammas, nbetas, base=base, **kwargs)
-        if len(calls) == 1:
-            unmixed = [{**row, "qualifies": False, "reason": "|drift_z| > 3"} for row in result.rows]
-            return result.model_copy(update={"rows": unmixed, "recommended": None, "reason": "no combination qualifies"})
-        return result
-
-    monkeypatch.setattr(recommend, "calibrate_sweep", sweep)
-    settings = recommend_settings(model, data, loss="mse", device="cpu", num_draws=60)
-    gamma, first_draws = calls[0]
-    assert first_draws >= 60 and calls[1] == (gamma, 2 * first_draws)
-    assert (settings.gamma, settings.num_burnin_steps) in calls[1:]  # what qualified, with its sweep's length
-
-    calls.clear()
-    monkeypatch.setattr(recommend, "RECOMMEND_EPSILON_FACTORS", (50.0,))  # every chain diverges
-
-    def recording_sweep(model, data, epsilons, gammas, nbetas, base, **kwargs):
-        calls.append((epsilons, gammas[0], base.num_draws, base.num_burnin_steps))
-        return real_sweep(model, data, epsilons, gammas, nbetas, base=base, **kwargs)
-
-    monkeypatch.setattr(recommend, "calibrate_sweep", recording_sweep)
-    monkeypatch.setattr(recommend, "RECOMMEND_WIDER_EPSILON_FACTORS", (60.0,))
-    with pytest.raises(EstimationError, match="'diverged' failed most"):
-        recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
-    # each round once per gamma, the second widened (more gammas) with chains twice as long
-    first_round = len(recommend.RECOMMEND_GAMMA_FACTORS)
-    second_round = len({*recommend.RECOMMEND_GAMMA_FACTORS, *recommend.RECOMMEND_WIDER_GAMMA_FACTORS})
-    assert len(calls) == first_round + second_round
-    for position, (epsilons, gamma, draws, burnin) in enumerate(calls):
-        round_index = int(position >= first_round)
-        assert draws == burnin == max(16 * 2**round_index, relaxation_steps(min(epsilons), gamma))
-        assert all(relaxation_steps(epsilon, gamma) <= recommend.MAX_RELAXATION_STEPS * 2**round_index for epsilon in epsilons)
-
-
-@pytest.mark.parametrize("first_failure", ["diverged", "llc_mean < 0"])
-def test_recommend_settings_tries_one_smaller_epsilon_past_the_budget_only_when_steps_were_too_large(linear, monkeypatch, first_failure):
-    """Only epsilon 50 / s relaxes within the budget; 0.05 / s needs 400 steps. When 50 / s fails for
-    its step size the search sweeps 0.05 / s alone at the same gamma, with its own relaxation, and
-    recommends it; when it fails for another reason, a smaller step is not what is missing."""
-    model, data = linear
-    monkeypatch.setattr(recommend, "RECOMMEND_EPSILON_FACTORS", (0.05, 50.0))
-    monkeypatch.setattr(recommend, "RECOMMEND_GAMMA_FACTORS", (0.1,))
-    monkeypatch.setattr(recommend, "MAX_RELAXATION_STEPS", 100)
-    monkeypatch.setattr(recommend, "RECOMMEND_ROUNDS", 1)
-    real_sweep = calibration.calibrate_sweep
-    calls = []
-
-    def sweep(model, data, epsilons, gammas, nbetas, base, **kwargs):
-        calls.append((epsilons, gammas[0], base.num_burnin_steps))
-        result = real_sweep(model, data, epsilons, gammas, nbetas, base=base, **kwargs)
-        if len(calls) == 1:  # 50 / s diverges anyway; the reason is set for the other case
-            failed = [{**row, "qualifies": False, "reason": first_failure} for row in result.rows]
-            return result.model_copy(update={"rows": failed, "recommended": None, "reason": "no combination qualifies"})
-        return result
-
-    monkeypatch.setattr(recommend, "calibrate_sweep", sweep)
-    if first_failure == "diverged":
-        settings = recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
-        (large,), gamma, _ = calls[0]
-        (small,), same_gamma, burnin = calls[1]
-        assert small == pytest.approx(large * 0.05 / 50, rel=1e-2) and same_gamma == gamma
-        assert burnin == relaxation_steps(small, gamma) > recommend.MAX_RELAXATION_STEPS
-        assert (settings.epsilon, settings.gamma, settings.num_burnin_steps) == (small, gamma, burnin)
-    else:
-        with pytest.raises(EstimationError, match="no usable SGLD settings"):
-            recommend_settings(model, data, loss="mse", device="cpu", num_draws=16)
-        assert len(calls) == 1
+# recommend_settings (calibrate_auto's pick) on models with a known learning coefficient; its
+# search's rules are tested in test_calibrate_auto.py.
 
 
 @pytest.mark.slow

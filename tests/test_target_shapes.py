@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from llcv.calibration import recommend_settings
+from llcv.calibration import Budget, recommend_settings
 from llcv.data import dataset_targets, subset
 from llcv.errors import DataError, EstimationError
 from llcv.sampling_data import SamplingData
@@ -217,16 +217,20 @@ def test_sampling_data_with_classes_on_regression_data_is_a_data_error():
         SamplingData(_dataset("float_2d"), settings, torch.device("cpu"))
 
 
-def test_recommend_settings_on_2d_regression_data_does_not_fail_on_labels():
+def test_recommend_settings_on_2d_regression_data_does_not_fail_on_labels(monkeypatch):
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(SIZE, 4, generator=generator)
     targets = inputs @ torch.randn(4, 3, generator=generator) + 0.1 * torch.randn(SIZE, 3, generator=generator)
     model = nn.Linear(4, 3, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.linalg.lstsq(inputs, targets).solution.T)
+    # A seeded subset of the 5000 samples (the path that once read the targets as labels), in
+    # full batches, and a search of a few short trials.
+    monkeypatch.setattr("llcv.calibration.auto.FIRST_TRIAL_STEPS", 40)
+    base = SamplerSettings(num_samples=2048, batch_size=2048, nbeta=50.0, seed=0)
     try:
-        settings = recommend_settings(model, TensorDataset(inputs, targets), loss="mse", device="cpu", num_draws=20)
+        settings = recommend_settings(model, TensorDataset(inputs, targets), loss="mse", device="cpu", base=base, budget=Budget(chain_steps=2000))
     except EstimationError:
-        return  # whether anything qualifies in so short a sweep is not what this test is about
+        return  # whether a trial is healthy in so short a search is not what this test is about
     assert isinstance(settings, SamplerSettings)
     assert settings.num_samples == 2048 and settings.batch_size == 2048

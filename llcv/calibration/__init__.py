@@ -9,8 +9,9 @@ Three steps, as researchers do them by hand (docs/calibration.md):
    LLC-over-draws curve: stable, peaks or drift.
 3. ``calibrate_chains`` (``curves``) runs several chains and reports their agreement.
 
-``recommend_settings`` (``recommend``) does step 1 on a grid sized to the model and data and
-returns settings for a final estimate. Library functions here return results and write files
+``calibrate_auto`` (``auto``) needs no grid: it runs trial estimates (``trials``) and decides
+epsilon, gamma and the burn-in by how the estimate responds to them, within a budget, and
+reports the pick's sensitivity; ``recommend_settings`` returns just its settings. Library functions here return results and write files
 only where asked (``sweep_file`` and the ``save_*`` functions); the terminal belongs to ``llcv.cli``.
 """
 
@@ -25,7 +26,9 @@ from llcv.calibration.curves import (
     save_chains,
     save_curve,
 )
-from llcv.calibration.recommend import recommend_settings, top_hessian_eigenvalue
+from llcv.calibration.auto import AutoCalibration, Budget, Sensitivity, calibrate_auto, recommend_settings
+from llcv.calibration.curvature import top_hessian_eigenvalue
+from llcv.calibration.trials import Trial
 from llcv.calibration.rule import RULE_FIELDS, apply_rule, recommended_row, rule_thresholds
 from llcv.calibration.sweep import (
     ROW_FIELDS,
@@ -41,6 +44,7 @@ from llcv.calibration.sweep import (
 )
 
 __all__ = [
+    "AutoCalibration", "Budget", "Sensitivity", "Trial", "calibrate_auto",
     "CHAINS_DEFAULT_NUM_CHAINS", "ROW_FIELDS", "RULE_FIELDS", "SWEEP_FORMAT", "ChainsResult", "CurveResult", "SweepResult",
     "apply_rule", "calibrate_chains", "calibrate_curve", "calibrate_sweep", "chains_from_result", "curve_from_result",
     "output_dir", "parse_grid", "recommend_settings", "recommended_row", "row_burnin_steps", "rule_thresholds", "save_chains", "save_curve",

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from llcv import sampling
 from llcv.calibration.rule import RULE_DEFAULTS
-from llcv.calibration.sweep import FINAL_FRACTION, figure_title, trace_array
+from llcv.calibration.sweep import FINAL_FRACTION, burnin_words, figure_title, trace_array
 from llcv.diagnostics import trace_drift
 from llcv.fileio import atomic_write_json, finite_or_none
 from llcv.llc_result import LLCResult
@@ -113,7 +113,7 @@ def curve_from_result(
     peak_score, peak_draw = _peak(llc)
     tail = finite[-max(1, math.ceil(FINAL_FRACTION * len(finite))) :] if len(finite) else finite
     every = settings.num_steps_bw_draws
-    draw_steps = [settings.num_burnin_steps + (draw + 1) * every for draw in range(len(llc))]
+    draw_steps = [len(burnin) + (draw + 1) * every for draw in range(len(llc))]  # burnin: one value per burn-in step
 
     drift_text = "undefined" if drift is None else f"{drift:+.1%}"
     peak_text = "undefined" if peak_score is None else f"{peak_score:.1f}"
@@ -169,7 +169,7 @@ def _peak(trace: np.ndarray) -> tuple[float | None, int | None]:
 def save_curve(curve: CurveResult, directory: Path, fmt: str = "png") -> list[Path]:
     """Write ``curve.json`` and ``curve.<fmt>``; returns the files written."""
     directory = Path(directory)
-    title = figure_title("LLC curve", curve.checkpoint, curve.settings, grid=False)
+    title = figure_title("LLC curve", curve.checkpoint, curve.settings, nbeta=curve.nbeta, burnin=burnin_words(curve.settings, len(curve.burnin_llc)))
     return [
         atomic_write_json(directory / "curve.json", curve.to_dict()),
         save_figure(plot_curve(curve, title), directory / f"curve.{fmt}"),
@@ -251,7 +251,8 @@ def chains_from_result(result: LLCResult, *, checkpoint: str | None = None) -> C
 def save_chains(chains: ChainsResult, directory: Path, fmt: str = "png") -> list[Path]:
     """Write ``chains.json`` and ``chains.<fmt>``; returns the files written."""
     directory = Path(directory)
-    title = figure_title("LLC chains", chains.checkpoint, chains.settings, grid=False)
+    result = chains.result
+    title = figure_title("LLC chains", chains.checkpoint, chains.settings, nbeta=result.nbeta, burnin=burnin_words(chains.settings, result.burnin_steps))
     return [
         atomic_write_json(directory / "chains.json", chains.to_dict()),
         save_figure(plot_chains(chains, title), directory / f"chains.{fmt}"),

@@ -6,9 +6,7 @@ drawn as a heatmap and traces by ``save_sweep``.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import warnings
@@ -26,14 +24,14 @@ from llcv.calibration.rule import RULE_DEFAULTS, apply_rule, recommended_row
 from llcv.devices import resolve_device
 from llcv.diagnostics import trace_drift
 from llcv.errors import SettingsError
-from llcv.fileio import atomic_write_json, atomic_write_text, finite_or_none
-from llcv.langevin import relaxation_steps
+from llcv.fileio import atomic_write_json, atomic_write_text, csv_text, finite_or_none
+from llcv.langevin import AUTO_BURNIN_DRAW_FACTOR, relaxation_steps
 from llcv.llc_result import LLCResult
 from llcv.losses import LossSpec
 from llcv.plotting import plot_sweep_heatmap, plot_sweep_traces, save_figure
 from llcv.progress import SILENT, Reporter
 from llcv.results import checkpoint_stem
-from llcv.sampling import default_nbeta
+from llcv.sampling import resolve_burnin, resolve_nbeta
 from llcv.sampling_data import SamplingData
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
@@ -42,10 +40,6 @@ SWEEP_FORMAT = "llcv-sweep"  # sweep.json's "format"
 # 4: llc_se per row (llcv 0.9)
 SWEEP_FORMAT_VERSION = 4
 MAX_GRID_VALUES = 1000  # per grid flag; every combination is a full LLC estimate
-# A row's own burn-in (``relax_burnin``) is at most this many times its draws, so that no row
-# costs more than five times its draws. A row whose chains need longer to relax runs without
-# burn-in: the rule rejects it either way, so burn-in is spent only where it can let a row qualify.
-MAX_BURNIN_PER_DRAW = 4
 # The columns of a sweep row, in table order (docs/formats.md).
 ROW_FIELDS = (
     "epsilon",
@@ -115,11 +109,14 @@ def sweep_base(sampler: SamplerSettings, calibrate: CalibrateSettings) -> Sample
 
 
 def row_burnin_steps(epsilon: float, gamma: float, num_draws: int) -> int:
-    """A row's own burn-in: until its chains have relaxed from the checkpoint
-    (``llcv.langevin.relaxation_steps``) where that takes at most ``MAX_BURNIN_PER_DRAW`` times its
-    draws, else none (gamma 0: none)."""
+    """A row's own burn-in (``relax_burnin``): until its chains have relaxed from the checkpoint
+    (``llcv.langevin.relaxation_steps``) where that takes at most ``AUTO_BURNIN_DRAW_FACTOR`` times
+    its draws, the automatic burn-in's cap, so that no row costs more than five times its draws;
+    else none (gamma 0: none). Unlike an estimate's automatic burn-in, a row that cannot relax
+    within the cap is not burnt in to it: the rule rejects it either way, so burn-in is spent only
+    where it can let a row qualify."""
     needed = relaxation_steps(epsilon, gamma)
-    return int(needed) if needed <= MAX_BURNIN_PER_DRAW * num_draws else 0
+    return int(needed) if needed <= AUTO_BURNIN_DRAW_FACTOR * num_draws else 0
 
 
 def output_dir(results_dir: Path, checkpoint: Path) -> Path:
@@ -159,8 +156,8 @@ class SweepResult(BaseModel):
     def burnin_label(self) -> str:
         """The rows' burn-in in words: the shared number, or each row's own (``relax_burnin``)."""
         if self.fingerprint.get("relax_burnin"):
-            return f"burn-in 2/(epsilon*gamma) where at most {MAX_BURNIN_PER_DRAW * self.base.num_draws}"
-        return f"{self.base.num_burnin_steps} burn-in"
+            return f"burn-in 2/(epsilon*gamma) where at most {AUTO_BURNIN_DRAW_FACTOR * self.base.num_draws}"
+        return burnin_words(self.base)
 
     @property
     def recommended_index(self) -> int | None:
@@ -216,10 +213,11 @@ def calibrate_sweep(
         model: the model at the checkpoint; never modified.
         data: the training data (read once for the whole grid).
         epsilons, gammas: the step sizes and localization strengths to try.
-        nbetas: the inverse temperatures to try; None: ``base.nbeta``, or its default
-            ``batch_size / ln(batch_size)`` (the resolved number is what rows record).
+        nbetas: the inverse temperatures to try; None: ``base.nbeta`` resolved on the data
+            (``llcv.sampling.resolve_nbeta``: n / ln n by default; the number is what rows record).
         base: everything else: chains, draws, burn-in, batch size, seed, sampler. MALA
-            acceptance is always computed, since the rule needs it.
+            acceptance is always computed, since the rule needs it. An ``"auto"`` burn-in is
+            resolved per row (``llcv.sampling.resolve_burnin``), and rows record the number.
         loss, device: as for ``estimate_llc``.
         target_acceptance, max_negative_fraction, max_drift_z, max_r_hat: the rule's thresholds.
         relax_burnin: each row burns in for ``row_burnin_steps(epsilon, gamma, num_draws)``
@@ -242,7 +240,7 @@ def calibrate_sweep(
     base = base.model_copy(update={"mala": True})
     prepared = data if isinstance(data, SamplingData) else SamplingData(data, base, device)
     if nbetas is None:
-        nbetas = [base.nbeta if base.nbeta is not None else default_nbeta(prepared.batch_size)]
+        nbetas = [resolve_nbeta(base.nbeta, prepared.num_samples, prepared.batch_size)]
     combinations = _grid(epsilons, gammas, nbetas)
     rule = {
         "target_acceptance": target_acceptance,
@@ -259,7 +257,9 @@ def calibrate_sweep(
     }
 
     def burnin(epsilon: float, gamma: float) -> int:
-        return row_burnin_steps(epsilon, gamma, base.num_draws) if relax_burnin else base.num_burnin_steps
+        if relax_burnin:
+            return row_burnin_steps(epsilon, gamma, base.num_draws)
+        return resolve_burnin(base.model_copy(update={"epsilon": epsilon, "gamma": gamma})).steps
 
     done = _stored_rows(sweep_file, fingerprint, reporter)
     # a stored row is reused only if it ran the burn-in this sweep would give it
@@ -382,7 +382,7 @@ def sweep_row(result: LLCResult) -> tuple[dict[str, Any], list[float | None]]:
         "epsilon": settings["epsilon"],
         "gamma": settings["gamma"],
         "nbeta": result.nbeta,
-        "num_burnin_steps": settings["num_burnin_steps"],
+        "num_burnin_steps": settings["num_burnin_steps"],  # a number: calibrate_sweep resolves "auto" per row
         "mala_acceptance": result.mala_acceptance,
         "llc_mean": result.llc_mean,
         "llc_std": result.llc_std,
@@ -417,12 +417,7 @@ def save_sweep(result: SweepResult, directory: Path, fmt: str = "png") -> list[P
     """
     directory = Path(directory)
     written = [atomic_write_json(directory / "sweep.json", result.to_dict())]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in result.rows:
-        writer.writerow({field: "" if row[field] is None else row[field] for field in ROW_FIELDS})
-    written.append(atomic_write_text(directory / "sweep.csv", buffer.getvalue()))
+    written.append(atomic_write_text(directory / "sweep.csv", csv_text(ROW_FIELDS, result.rows)))
     title = figure_title("sweep", result.checkpoint, result.base, burnin=result.burnin_label)
     written.append(save_figure(plot_sweep_heatmap(result.rows, title, result.recommended_index), directory / f"sweep_heatmap.{fmt}"))
     written.append(save_figure(plot_sweep_traces(result.rows, result.traces, title), directory / f"sweep_traces.{fmt}"))
@@ -434,14 +429,31 @@ def save_sweep(result: SweepResult, directory: Path, fmt: str = "png") -> list[P
     return written
 
 
-def figure_title(what: str, checkpoint: str | None, settings: SamplerSettings, *, grid: bool = True, burnin: str | None = None) -> str:
+def burnin_words(settings: SamplerSettings, steps: int | None = None) -> str:
+    """``settings``' burn-in for a figure's title: ``200 burn-in``, or the automatic one's rule, with
+    the ``steps`` it resolved to where known (``burn-in 200 (auto, 2/(epsilon*gamma) capped at 800)``)."""
+    if settings.num_burnin_steps != "auto":
+        return f"{settings.num_burnin_steps} burn-in"
+    rule = f"2/(epsilon*gamma) capped at {AUTO_BURNIN_DRAW_FACTOR * settings.num_draws * settings.num_steps_bw_draws}"
+    return f"burn-in {rule}" if steps is None else f"burn-in {steps} (auto, {rule})"
+
+
+def figure_title(
+    what: str, checkpoint: str | None, settings: SamplerSettings, *, nbeta: float | None = None, burnin: str | None = None
+) -> str:
+    """A calibration figure's title: what, of which checkpoint, and the settings it ran.
+
+    Args:
+        nbeta: the temperature of a figure of one setting (a curve, chains), shown with its
+            epsilon and gamma; None for a sweep, whose grid varies them.
+        burnin: the burn-in in words; None: ``burnin_words(settings)``.
+    """
     where = Path(checkpoint).name if checkpoint else "model"
     head = f"{what} of {where}"
-    if not grid:
-        nbeta = "default" if settings.nbeta is None else f"{settings.nbeta:.4g}"
-        head += f": epsilon={settings.epsilon:g}, gamma={settings.gamma:g}, nbeta={nbeta}"
+    if nbeta is not None:
+        head += f": epsilon={settings.epsilon:g}, gamma={settings.gamma:g}, nbeta={nbeta:.4g}"
     detail = (
         f"{settings.num_chains} chain{'s' if settings.num_chains != 1 else ''} x {settings.num_draws} draws, "
-        f"{burnin or f'{settings.num_burnin_steps} burn-in'}, batch {settings.batch_size}, {settings.sampler}, seed {settings.seed}"
+        f"{burnin or burnin_words(settings)}, batch {settings.batch_size}, {settings.sampler}, seed {settings.seed}"
     )
     return f"{head}\n{detail}"

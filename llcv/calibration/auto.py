@@ -1,0 +1,582 @@
+"""``calibrate_auto``: settings for an estimate of the model's LLC, found by measuring how the
+estimate responds to the sampler's settings, within a stated budget (docs/calibration.md).
+
+The search runs short trial estimates (``llcv.calibration.trials``) and follows rules read off
+the chains rather than thresholds fitted to cases:
+
+1. **epsilon by its plateau.** SGLD's step-size bias (discretisation, and the extra heat of
+   minibatch gradients) grows with epsilon. From a step scaled to the posterior's stiffest
+   curvature, epsilon is halved while halving it moves the estimate by more than its noise; a
+   trial whose chains diverge quarters it.
+2. **gamma by its sensitivity.** The localization squeezes the posterior and biases the LLC down.
+   From a strong gamma, it is halved while halving it moves the estimate by more than its noise
+   and by less than the halving before did, and while the chains stay healthy at the weaker
+   gamma. Where the moves grow again the chains have begun to wander along the loss's flat
+   valleys, and the last gamma halved from, where the estimate depends least on gamma, is the
+   pick. Epsilon's plateau is then checked again at that gamma, and settled anew if it moved.
+3. **burn-in by measurement.** Each trial's burn-in is where its own chains stop drifting; the
+   estimate's is measured on a last trial rerun from the checkpoint at the pick.
+
+The trials form one continued run: each starts where the previous one's chains stood, so a trial
+pays only for re-settling after its change, not for relaxing from the checkpoint. Each runs until
+it has settled and its standard error can resolve a move of ``RESOLUTION`` of the LLC, within its
+share of the budget.
+
+The comparisons at the pick are its sensitivity: how far the estimate moves when gamma is halved,
+when epsilon is halved, and when the sampling batch size doubles (n fixed), each with its standard
+error. A move of more than ``SETTINGS_DEPENDENT`` of the LLC beyond two standard errors flags the
+pick as settings-dependent, naming the knob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from llcv import sampling
+from llcv.calibration.curvature import top_hessian_eigenvalue
+from llcv.calibration.trials import NEGLIGIBLE_DRIFT, Trial, summarise_trial
+from llcv.chains import ChainState
+from llcv.devices import resolve_device
+from llcv.errors import EstimationError
+from llcv.fileio import atomic_write_json, finite_or_none
+from llcv.losses import LossSpec
+from llcv.progress import SILENT, Reporter
+from llcv.sampling_data import SamplingData
+from llcv.settings import DEFAULT_BUDGET_STEPS, SamplerSettings
+
+AUTO_FORMAT = "llcv-calibrate-auto"
+AUTO_FORMAT_VERSION = 1
+# Chains per trial: as many as the estimate runs, so that the chains' spread, which carries the
+# slow wander the MCSE misses, is measured as the estimate will see it.
+TRIAL_CHAINS = 4
+# The first trial's steps per chain; later trials scale the steps their neighbours needed.
+FIRST_TRIAL_STEPS = 1000
+# The search resolves moves of this share of the LLC: trials run until two standard errors of a
+# difference between two of them, 2 * sqrt(2) * se, is at most this share (or the budget ends).
+RESOLUTION = 0.05
+# A move smaller than this share of the LLC is not chased further, however small its noise: the
+# bias left past a halving that moves less is a few times this at most (docs/calibration.md).
+NEGLIGIBLE_MOVE = NEGLIGIBLE_DRIFT
+# A pick whose estimate moves by more than this share beyond two standard errors is flagged.
+SETTINGS_DEPENDENT = 0.1
+# The first epsilon, in units of 1 / (the posterior's stiffest curvature): SGLD is stable for
+# epsilon * curvature < 2. RMSProp-SGLD multiplies the step by up to 1 / RMSPROP_EPS = 10 where
+# gradients are small (at the checkpoint, everywhere), so it starts ten times lower.
+FIRST_EPSILON = {"sgld": 0.05, "rmsprop_sgld": 0.005}
+# The first gamma, in units of the stiffest curvature: strong enough that the search starts on the
+# squeezed side of gamma's plateau (it only weakens gamma), weak enough that the stiffer directions
+# already keep most of their share: the plateaus seen so far lay at 0.003-0.01 of it.
+FIRST_GAMMA = 0.05
+# Chains that settle below the checkpoint's loss get a gamma four times stronger, up to this many
+# times the stiffest curvature (beyond it the localization, not the loss, shapes every direction).
+MAX_GAMMA = 10.0
+# A trial that did not settle is rerun this many times longer, up to MAX_TRIAL_GROWTH times the
+# steps first planned for it.
+TRIAL_GROWTH = 2
+MAX_TRIAL_GROWTH = 16
+# A search takes about six trials; no one trial may take more than this share of the budget, so
+# that one slowly mixing trial cannot leave nothing for the comparisons that decide.
+MAX_TRIAL_SHARE = 1 / 6
+# The shortest run worth starting: a trial the budget cannot give this many more steps per chain ends.
+MIN_SEGMENT_STEPS = 50
+# The final estimate aims for this many effective samples, as many draws as the pick's trial at least.
+TARGET_ESS = 400
+# Seeds per trial: a trial's k-th segment runs with seed base + SEGMENT_SEEDS * (trials before it) + k.
+SEGMENT_SEEDS = 1000
+
+
+class Budget(BaseModel):
+    """How much a search may spend: gradient evaluations (steps x chains) and/or seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chain_steps: int | None = DEFAULT_BUDGET_STEPS
+    seconds: float | None = None
+
+
+class Sensitivity(BaseModel):
+    """How far the pick's estimate moves when one setting changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    knob: Literal["gamma", "epsilon", "batch_size"]
+    value: float
+    changed_to: float
+    llc: float | None
+    llc_changed: float | None
+    move: float | None  # llc_changed - llc
+    move_se: float | None
+    relative: float | None  # move / llc
+    settings_dependent: bool | None  # None: not measured (the changed trial is unhealthy or was not run)
+    note: str = ""
+
+
+class Spent(BaseModel):
+    """What a search cost."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trials: int
+    chain_steps: int
+    seconds: float
+    budget: Budget
+    exhausted: bool
+
+
+class AutoCalibration(BaseModel):
+    """The outcome of ``calibrate_auto``: the recommended settings, why, and everything measured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    recommended: SamplerSettings | None
+    reason: str
+    nbeta: float
+    stiffness: float
+    trials: list[Trial]
+    pick: int | None  # index into trials
+    sensitivity: list[Sensitivity]
+    spent: Spent
+    checkpoint: str | None = None
+    fingerprint: dict[str, Any] = {}
+
+    @property
+    def settings_dependent(self) -> list[str]:
+        """The knobs that move the pick's estimate by more than ``SETTINGS_DEPENDENT`` beyond two standard errors."""
+        return [entry.knob for entry in self.sensitivity if entry.settings_dependent]
+
+
+def calibrate_auto(
+    model: nn.Module,
+    data: Dataset | DataLoader | SamplingData,
+    loss: LossSpec = "cross_entropy",
+    device: str | torch.device = "auto",
+    *,
+    base: SamplerSettings = SamplerSettings(),
+    budget: Budget = Budget(),
+    store: Path | None = None,
+    checkpoint: str | None = None,
+    reporter: Reporter = SILENT,
+) -> AutoCalibration:
+    """Find (epsilon, gamma) and the burn-in for an estimate of the model's LLC (module docstring).
+
+    Args:
+        base: the estimate's other settings: nbeta (its rule or number), batch size, samples,
+            sampler, seed; its epsilon, gamma, burn-in and length are what the search decides.
+        budget: the most the search may spend; it stops with the best it has when that runs out.
+        store: a JSON file that keeps every trial as it finishes; a rerun with the same model,
+            data and base settings reuses them instead of sampling again.
+
+    Raises:
+        EstimationError: no trial was healthy within the budget.
+    """
+    search = _Search(model, data, loss, resolve_device(device), base, budget, store, checkpoint, reporter)
+    return search.run()
+
+
+def recommend_settings(
+    model: nn.Module,
+    data: Dataset | DataLoader | SamplingData,
+    loss: LossSpec = "cross_entropy",
+    device: str | torch.device = "auto",
+    *,
+    base: SamplerSettings = SamplerSettings(),
+    budget: Budget = Budget(),
+    reporter: Reporter = SILENT,
+) -> SamplerSettings:
+    """The settings ``calibrate_auto`` recommends, for code that needs nothing else of it.
+
+    Raises:
+        EstimationError: no trial was healthy within the budget.
+    """
+    return calibrate_auto(model, data, loss, device, base=base, budget=budget, reporter=reporter).recommended
+
+
+class _Search:
+    def __init__(self, model, data, loss, device, base, budget, store, checkpoint, reporter):
+        self.model, self.loss, self.device, self.budget, self.store, self.checkpoint, self.reporter = (
+            model, loss, device, budget, store, checkpoint, reporter,
+        )  # fmt: skip
+        self.base = base.model_copy(update={"num_chains": TRIAL_CHAINS, "mala": False, "num_burnin_steps": 0})
+        self.data = data if isinstance(data, SamplingData) else SamplingData(data, self.base, device)
+        self.nbeta = sampling.resolve_nbeta(self.base.nbeta, self.data.num_samples, self.data.batch_size)
+        self.fingerprint = _fingerprint(model, self.data, loss, self.base)
+        self.trials: list[Trial] = []
+        self.current: dict[tuple[float, float, int], Trial] = {}
+        self.started = time.perf_counter()
+        self.spent_seconds = 0.0
+        self.stiffness = 0.0
+        self.pending_chain_steps = 0  # the running trial's, until it is kept
+        self.budget_refused = False  # whether the budget has cut a trial short or refused one
+        self.states: list[ChainState] | None = None  # where the chains stand: the next trial goes on from there
+        self._restore()
+
+    # --- budget and storage -------------------------------------------------------------------
+
+    @property
+    def chain_steps(self) -> int:
+        return sum(trial.chain_steps for trial in self.trials)
+
+    def _restore(self) -> None:
+        if self.store is None or not Path(self.store).exists():
+            return
+        try:
+            stored = json.loads(Path(self.store).read_text())
+            if stored.get("format") != AUTO_FORMAT or stored.get("format_version") != AUTO_FORMAT_VERSION:
+                raise ValueError("not a calibration of this version")
+            if stored.get("fingerprint") != json.loads(json.dumps(self.fingerprint)):
+                self.reporter.note(f"{self.store} was made with a different model, data or settings; calibrating afresh")
+                return
+            self.stiffness = float(stored["stiffness"])
+            self.spent_seconds = float(stored["spent"]["seconds"])
+            for payload in stored["trials"]:
+                self._keep(Trial.model_validate(payload))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            self.reporter.note(f"{self.store} is not a readable calibration ({error}); calibrating afresh")
+            self.trials, self.current, self.spent_seconds = [], {}, 0.0
+            return
+        self.reporter.note(f"resuming the calibration: {len(self.trials)} trials already run")
+        self.started = time.perf_counter()
+
+    def _keep(self, trial: Trial) -> None:
+        self.trials.append(trial)
+        key = _key(trial.epsilon, trial.gamma, trial.batch_size)
+        # A second trial at the same settings is the one rerun from the checkpoint to time its relaxation.
+        self.current[(*key, "from checkpoint") if key in self.current and trial.from_checkpoint else key] = trial
+
+    def _save(self, result: AutoCalibration | None = None) -> None:
+        if self.store is None:
+            return
+        payload = result if result is not None else self._outcome(None, "in progress", None, [])
+        atomic_write_json(self.store, payload_dict(payload, complete=result is not None))
+
+    # --- trials ---------------------------------------------------------------------------------
+
+    def trial(self, epsilon: float, gamma: float, batch_size: int | None = None, from_checkpoint: bool = False) -> Trial | None:
+        """The trial at these settings: reused when already run, else run on from where the chains
+        stand (continued while it has not settled or cannot resolve ``RESOLUTION``); None when the
+        budget cannot pay for it. ``from_checkpoint``: a second trial at settings already tried,
+        started at the checkpoint, to measure how long the chains take to relax from it."""
+        batch_size = batch_size or self.data.batch_size
+        key = _key(epsilon, gamma, batch_size)
+        if from_checkpoint:
+            earlier = self.current.get(key)
+            if earlier is not None and earlier.from_checkpoint:
+                return earlier
+            key = (*key, "from checkpoint")
+            self.states = None
+        if key in self.current:
+            return self.current[key]
+        planned = self._planned_steps(epsilon, batch_size)
+        trace = np.empty((TRIAL_CHAINS, 0))
+        trial, seconds, steps, segments = None, 0.0, planned, 0
+        from_checkpoint = self.states is None
+        settings = self.base.model_copy(update={"epsilon": epsilon, "gamma": gamma, "nbeta": self.nbeta, "batch_size": batch_size})
+        data = self.data if batch_size == self.data.batch_size else SamplingData(self.data.dataset, settings, self.device)
+        self.reporter.note(f"trial epsilon={epsilon:.3g}, gamma={gamma:.3g}, batch {batch_size}" + (" (from the checkpoint)" if self.states is None else ""))
+        cap = self._trial_cap(planned)
+        while trial is None or self._worth_extending(trial, planned):
+            segment = max(min(steps, cap) - trace.shape[1], MIN_SEGMENT_STEPS)
+            affordable = self._affordable_steps()
+            if segment > affordable:
+                # Run what the budget still pays for, if that is worth starting.
+                self.budget_refused = True
+                if affordable < MIN_SEGMENT_STEPS:
+                    break
+                segment = affordable
+            started = time.perf_counter()
+            # Each segment draws fresh noise and batches: the same seed would repeat the last one's.
+            run = settings.model_copy(update={"num_draws": segment, "seed": self.base.seed + SEGMENT_SEEDS * len(self.trials) + segments})
+            result, states = sampling.estimate_llc_states(
+                self.model, data, run, loss=self.loss, device=self.device, reporter=self.reporter, start=self.states
+            )
+            segments += 1
+            seconds += time.perf_counter() - started
+            self.pending_chain_steps += segment * TRIAL_CHAINS
+            self.reporter.advance("calibrate", segment * TRIAL_CHAINS)
+            trace = np.concatenate([trace, _llc_trace(result)], axis=1)
+            diverged = np.array([value is None for value in result.llc_per_chain])
+            trial = summarise_trial(trace, diverged, epsilon, gamma, batch_size, seconds, from_checkpoint)
+            # Chains that left the basin or settled below the checkpoint are no place to start from.
+            self.states = None if trial.status in ("diverged", "escaped") else states
+            steps = self._extended_steps(trial)
+        self.pending_chain_steps = 0
+        if trial is not None:
+            self._keep(trial)
+            self._save()
+            shown = "undefined" if trial.llc is None else f"{trial.llc:.4g} ± {trial.se:.2g}"
+            self.reporter.note(f"   {trial.steps} steps: LLC {shown}, burn-in {trial.burnin}, {trial.status}")
+        return trial
+
+    def _trial_cap(self, planned: int) -> int:
+        """The most steps a trial planned at ``planned`` may run: ``MAX_TRIAL_GROWTH`` times that,
+        and ``MAX_TRIAL_SHARE`` of the budget."""
+        cap = MAX_TRIAL_GROWTH * planned
+        if self.budget.chain_steps is not None:
+            cap = min(cap, max(MIN_SEGMENT_STEPS, int(MAX_TRIAL_SHARE * self.budget.chain_steps) // TRIAL_CHAINS))
+        return cap
+
+    def _affordable_steps(self) -> int:
+        """Steps per chain left in the budget (none once its seconds are spent)."""
+        if self.budget.seconds is not None and self.spent_seconds + time.perf_counter() - self.started >= self.budget.seconds:
+            return 0
+        if self.budget.chain_steps is None:
+            return 2**62
+        return max(0, self.budget.chain_steps - self.chain_steps - self.pending_chain_steps) // TRIAL_CHAINS
+
+    def _worth_extending(self, trial: Trial, planned: int) -> bool:
+        if trial.steps >= self._trial_cap(planned) or trial.status in ("diverged", "escaped"):
+            return False
+        if trial.status in ("unrelaxed", "unmixed"):
+            return True
+        return trial.se is not None and trial.se > _target_se(trial.llc)
+
+    def _extended_steps(self, trial: Trial) -> int:
+        if not trial.ok:
+            return TRIAL_GROWTH * trial.steps
+        needed = trial.burnin + trial.draws_for(_target_se(trial.llc))
+        return min(max(needed, trial.steps + 1), TRIAL_GROWTH * 2 * trial.steps)
+
+    def _planned_steps(self, epsilon: float, batch_size: int) -> int:
+        """Steps for a trial at ``epsilon``: what the nearest settled trial needed, scaled by the
+        ratio of the step sizes (relaxation and mixing take a number of steps proportional to
+        1 / epsilon)."""
+        settled = [trial for trial in self.current.values() if trial.ok and trial.batch_size == batch_size]
+        if not settled:
+            return FIRST_TRIAL_STEPS
+        nearest = min(settled, key=lambda trial: abs(math.log(trial.epsilon / epsilon)))
+        needed = nearest.burnin + (nearest.draws_for(_target_se(nearest.llc)) or nearest.steps - nearest.burnin)
+        steps = max(FIRST_TRIAL_STEPS // 2, math.ceil(needed * nearest.epsilon / epsilon))
+        return steps
+
+    # --- the search ---------------------------------------------------------------------------
+
+    def run(self) -> AutoCalibration:
+        total = self.budget.chain_steps
+        self.reporter.start("calibrate", f"Calibration (budget {total:,} steps)" if total else "Calibration", total)
+        self.reporter.advance("calibrate", self.chain_steps)
+        try:
+            if not self.stiffness:
+                curvature = top_hessian_eigenvalue(self.model, self.data, self.loss, self.base)
+                self.stiffness = self.nbeta * curvature
+            outcome = self._search()
+        finally:
+            self.reporter.finish("calibrate")
+        self._save(outcome)
+        return outcome
+
+    def _search(self) -> AutoCalibration:
+        epsilon = _rounded(FIRST_EPSILON[self.base.sampler] / self.stiffness)
+        gamma = _rounded(FIRST_GAMMA * self.stiffness)
+        pick, epsilon = self._settle_epsilon(epsilon, gamma)
+        if pick is None:
+            return self._give_up(f"no epsilon gave healthy chains at gamma={gamma:g} within the budget")
+        while True:
+            pick, weaker, stop = self._weaken_gamma(pick)
+            smaller_step = self.trial(_rounded(pick.epsilon / 2), pick.gamma)
+            if smaller_step is None or not smaller_step.ok or not _moves(pick, smaller_step):
+                break
+            # The step was too large at this gamma (the chains reach stiffer regions where gamma is
+            # weaker): settle epsilon here, then see whether gamma can still weaken.
+            settled, _ = self._settle_epsilon(smaller_step.epsilon, pick.gamma)
+            if settled is None:
+                break
+            pick = settled
+        doubled = 2 * self.data.batch_size
+        larger_batch = self.trial(pick.epsilon, pick.gamma, doubled) if doubled <= self.data.num_samples else None
+        # The estimate starts at the checkpoint: time the chains' relaxation from there at the pick.
+        self.trial(pick.epsilon, pick.gamma, from_checkpoint=True)
+        sensitivity = [
+            _sensitivity("gamma", pick.gamma, pick.gamma / 2, pick, weaker),
+            _sensitivity("epsilon", pick.epsilon, pick.epsilon / 2, pick, smaller_step),
+            _sensitivity("batch_size", self.data.batch_size, doubled, pick, larger_batch),
+        ]
+        return self._outcome(pick, self._reason(pick, sensitivity, stop), self._recommended(pick), sensitivity)
+
+    def _settle_epsilon(self, epsilon: float, gamma: float) -> tuple[Trial | None, float]:
+        """Epsilon's plateau at ``gamma``: the trial at the largest epsilon (from ``epsilon`` down)
+        whose half moves the LLC by no more than its noise. A diverged trial quarters the step."""
+        while True:
+            pick = self.trial(epsilon, gamma)
+            if pick is None:
+                return None, epsilon
+            if pick.status == "diverged":
+                epsilon = _rounded(epsilon / 4)
+                continue
+            if pick.status == "escaped" and gamma < MAX_GAMMA * self.stiffness:
+                # The chains found lower loss than the checkpoint: hold them closer to it.
+                gamma = _rounded(gamma * 4)
+                continue
+            if not pick.ok:
+                return None, epsilon
+            smaller_step = self.trial(_rounded(epsilon / 2), gamma)
+            if smaller_step is None or not smaller_step.ok or not _moves(pick, smaller_step):
+                return pick, epsilon
+            epsilon = _rounded(epsilon / 2)
+
+    def _weaken_gamma(self, pick: Trial) -> tuple[Trial, Trial | None, str]:
+        """Halve gamma from ``pick`` while halving moves the LLC by more than its noise and by less
+        than the halving before did. Returns the pick (the last gamma halved from: the weaker end of
+        the least sensitive halving), its half-gamma trial, and why it stopped.
+
+        Localization squeezes the posterior: weakening it raises the LLC by less and less until the
+        directions the loss constrains keep their share (a plateau). Weakened further, the chains
+        wander along the loss's flat valleys to where the model is less degenerate, and the moves
+        grow again. The pick is where the estimate depends least on gamma, the principle of minimal
+        sensitivity for a result that depends on a parameter of the method only (Stevenson 1981).
+        At finite nbeta a singular model may show no plateau at all: then this is the best the
+        estimator can say, and the pick's sensitivity says how much that is."""
+        previous_move = math.inf
+        while True:
+            weaker = self.trial(pick.epsilon, _rounded(pick.gamma / 2))
+            if weaker is None:
+                return pick, None, "the budget ran out"
+            if not weaker.ok:
+                return pick, weaker, f"at half the gamma the chains were {weaker.status}"
+            if not _moves(pick, weaker):
+                return pick, weaker, "halving it moves the LLC by no more than its noise"
+            move = abs(weaker.llc - pick.llc)
+            if move >= previous_move:
+                # Past the least sensitive halving: its weaker end is the pick, with less of the
+                # localization's squeeze, and this growing move is the pick's sensitivity.
+                return pick, weaker, "halving it moved the LLC no less than the halving before did"
+            previous_move, pick = move, weaker
+
+    def _recommended(self, pick: Trial) -> SamplerSettings:
+        draws = pick.steps - pick.burnin
+        ess_per_draw = (pick.ess or 0.0) / (TRIAL_CHAINS * draws)
+        needed = math.ceil(TARGET_ESS / (TRIAL_CHAINS * ess_per_draw)) if ess_per_draw > 0 else draws
+        return self.base.model_copy(
+            update={
+                "epsilon": pick.epsilon, "gamma": pick.gamma, "nbeta": self.base.nbeta,
+                "num_burnin_steps": self._burnin_from_checkpoint(pick), "num_draws": max(draws, needed),
+                "num_chains": TRIAL_CHAINS, "mala": False,
+            }
+        )  # fmt: skip
+
+    def _burnin_from_checkpoint(self, pick: Trial) -> int:
+        """The burn-in an estimate at the pick needs from the checkpoint: what the chains of the
+        trial rerun from the checkpoint at the pick's settings took to settle. Where the budget left
+        no room for that trial, the longest relaxation measured on other trials that started at the
+        checkpoint, scaled to the pick's settings: a relaxation takes a number of steps
+        proportional to 1 / epsilon, and along directions only the localization holds to
+        1 / (epsilon * gamma); which of the two a model's loss feels is not known, so the larger
+        scaling is taken."""
+        key = _key(pick.epsilon, pick.gamma, pick.batch_size)
+        timed = self.current.get((*key, "from checkpoint")) or (pick if pick.from_checkpoint else None)
+        if timed is not None and timed.ok:
+            return timed.burnin
+        measured = [
+            trial.burnin * trial.epsilon / pick.epsilon * max(1.0, trial.gamma / pick.gamma)
+            for trial in self.trials if trial.from_checkpoint and trial.ok
+        ]  # fmt: skip
+        return math.ceil(max(measured, default=pick.burnin))
+
+    def _reason(self, pick: Trial, sensitivity: list[Sensitivity], stop: str) -> str:
+        """The pick in words: what decided gamma and epsilon, as measured, and the burn-in."""
+        by_knob = {entry.knob: entry for entry in sensitivity}
+        words = [f"epsilon={pick.epsilon:g}, gamma={pick.gamma:g}: LLC {pick.llc:.4g} ± {pick.se:.2g}"]
+        words.append(f"gamma: {stop}" if stop else "gamma: halving it moves the LLC by no more than its noise")
+        step = by_knob["epsilon"]
+        if step.move is None:
+            words.append(f"epsilon: its plateau was not checked ({step.note})")
+        else:
+            words.append(f"epsilon: halving it moves the LLC by {step.move:+.3g} ± {step.move_se:.2g}")
+        words.append(f"burn-in {self._burnin_from_checkpoint(pick)} steps, from the relaxation measured on the chains")
+        dependent = [entry.knob for entry in sensitivity if entry.settings_dependent]
+        if dependent:
+            words.append("settings-dependent: " + ", ".join(dependent))
+        return "; ".join(words)
+
+    def _give_up(self, why: str) -> AutoCalibration:
+        outcome = self._outcome(None, why, None, [])
+        self._save(outcome)
+        raise EstimationError(f"calibrate auto found no usable settings: {why}")
+
+    def _outcome(self, pick: Trial | None, reason: str, recommended: SamplerSettings | None, sensitivity: list[Sensitivity]) -> AutoCalibration:
+        seconds = self.spent_seconds + time.perf_counter() - self.started
+        exhausted = self.budget_refused or self._affordable_steps() < MIN_SEGMENT_STEPS
+        return AutoCalibration(
+            recommended=recommended,
+            reason=reason,
+            nbeta=self.nbeta,
+            stiffness=self.stiffness,
+            trials=list(self.trials),
+            pick=None if pick is None else self.trials.index(pick),
+            sensitivity=sensitivity,
+            spent=Spent(trials=len(self.trials), chain_steps=self.chain_steps, seconds=seconds, budget=self.budget, exhausted=exhausted),
+            checkpoint=self.checkpoint,
+            fingerprint=self.fingerprint,
+        )
+
+
+def payload_dict(result: AutoCalibration, complete: bool = True) -> dict[str, Any]:
+    """The content of ``calibration.json`` (docs/formats.md)."""
+    return finite_or_none(
+        {"format": AUTO_FORMAT, "format_version": AUTO_FORMAT_VERSION, "complete": complete, **result.model_dump(mode="json")}
+    )
+
+
+def _moves(reference: Trial, changed: Trial) -> bool:
+    """Whether ``changed``'s LLC differs from ``reference``'s by more than two standard errors of the
+    difference and by more than ``NEGLIGIBLE_MOVE`` of the LLC."""
+    move = abs(changed.llc - reference.llc)
+    return move > 2 * math.hypot(reference.se, changed.se) and move > NEGLIGIBLE_MOVE * abs(reference.llc)
+
+
+def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Trial | None) -> Sensitivity:
+    if changed is None:
+        return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=None, move=None,
+                           move_se=None, relative=None, settings_dependent=None, note="not run: the budget or the data ran out")  # fmt: skip
+    if not changed.ok:
+        return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=None,
+                           move_se=None, relative=None, settings_dependent=None, note=f"the changed trial is {changed.status}")  # fmt: skip
+    move = changed.llc - pick.llc
+    move_se = math.hypot(pick.se, changed.se)
+    relative = move / pick.llc if pick.llc else None
+    dependent = abs(move) - 2 * move_se > SETTINGS_DEPENDENT * abs(pick.llc)
+    return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=move,
+                       move_se=move_se, relative=relative, settings_dependent=dependent)  # fmt: skip
+
+
+def _target_se(llc: float | None) -> float:
+    """The standard error a trial aims for: two standard errors of a difference of two trials,
+    2 * sqrt(2) * se, resolve ``RESOLUTION`` of the LLC (of at least 0.1, for LLCs near 0)."""
+    return RESOLUTION * max(abs(llc or 0.0), 0.1) / (2 * math.sqrt(2))
+
+
+def _key(epsilon: float, gamma: float, batch_size: int) -> tuple[float, float, int]:
+    return (_rounded(epsilon), _rounded(gamma), int(batch_size))
+
+
+def _rounded(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def _fingerprint(model: nn.Module, data: SamplingData, loss: LossSpec, base: SamplerSettings) -> dict[str, Any]:
+    digest = hashlib.sha256(repr(model).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    loss_name = loss if isinstance(loss, str) else f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', repr(loss))}"
+    return {
+        "model_sha256": digest.hexdigest(),
+        "num_samples": data.num_samples,
+        "loss": loss_name,
+        "base": base.model_dump(mode="json", exclude={"epsilon", "gamma", "num_draws", "num_burnin_steps"}),
+        "version": AUTO_FORMAT_VERSION,
+    }
+
+
+def _llc_trace(result) -> np.ndarray:
+    return np.array([[np.nan if value is None else value for value in row] for row in result.llc_trace], dtype=float)

@@ -1,0 +1,166 @@
+"""One trial of the automatic calibration: a short estimate at (epsilon, gamma, batch size), its
+burn-in measured on its own chains, summarised as a ``Trial``.
+
+A trial runs its chains from the checkpoint with no burn-in and records every step. Where the
+transient ends is then read off the chains (``measured_burnin``) instead of assumed: the
+smallest of a few candidate burn-ins after which the draws no longer drift (Geweke). The trial's
+LLC, its standard error and its health are those of the draws after that burn-in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from llcv.diagnostics import GEWEKE_FIRST, GEWEKE_LAST, effective_sample_size, geweke_z, mcse_of_mean, split_r_hat
+
+# Candidate burn-ins, as shares of a trial's steps: the smallest after which the draws pass the
+# drift test is the trial's measured burn-in. At most 30%: a drift test sees a slow transient only
+# in a trace a few times longer than it, so a trial that needs more is continued instead.
+BURNIN_SHARES = (0.1, 0.2, 0.3)
+# A candidate burn-in qualifies when the rest of the trace drifts by at most this many standard
+# errors (Geweke: the first fifth of the draws against the last half). Stricter than the 3 of an
+# estimate's health check because the smallest of five candidates is taken: each extra look is
+# another chance for a drifting trace to pass by noise.
+MAX_BURNIN_DRIFT_Z = 2.0
+# A drift this small a share of the LLC does not hold a trial back, however many standard errors it
+# is: the search does not resolve moves below this either (llcv.calibration.auto.NEGLIGIBLE_MOVE).
+NEGLIGIBLE_DRIFT = 0.025
+MAX_R_HAT = 1.1
+# A trial keeps its chain-mean trace at most this long (thinned by block means) for the figures.
+TRACE_POINTS = 400
+# A mean LLC this many standard errors below 0 (or a chain's) means the chains found lower loss
+# than the checkpoint: the localization let them escape (llcv.health.SIGNIFICANCE).
+SIGNIFICANCE = 2.0
+
+
+class Trial(BaseModel):
+    """One trial estimate of the search and what was measured on it (docs/calibration.md).
+
+    Attributes:
+        epsilon, gamma, batch_size: the settings tried (nbeta, sampler and chains are the search's).
+        steps: SGLD steps each chain ran, burn-in included.
+        burnin: the measured burn-in (steps), or None when no candidate let the draws settle.
+        llc: the mean LLC of the draws after ``burnin`` (after the largest candidate when unrelaxed).
+        se: its standard error from the chains alone: the larger of the MCSE and the chains'
+            spread over sqrt(chains). Trials of one search share their initial loss, whose error
+            cancels from their differences, so it is left out.
+        ess, r_hat, drift_z: of the draws after the burn-in.
+        status: "ok"; "diverged" (a chain left the basin); "escaped" (the chains settle below
+            the checkpoint's loss); "unrelaxed" (the draws still drift after every candidate
+            burn-in); "unmixed" (R-hat above ``MAX_R_HAT``).
+        from_checkpoint: whether the chains started at the checkpoint (else where the previous
+            trial left them, so the burn-in measured is a re-settling, not the relaxation).
+        chain_steps: steps times chains: what the trial cost in gradient evaluations.
+        seconds: its wall time.
+        trace: the chains' mean per-draw LLC over all steps, in at most ``TRACE_POINTS`` block means.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epsilon: float
+    gamma: float
+    batch_size: int
+    steps: int
+    burnin: int | None
+    llc: float | None
+    se: float | None
+    ess: float | None
+    r_hat: float | None
+    drift_z: float | None
+    status: str
+    from_checkpoint: bool
+    chain_steps: int
+    seconds: float
+    trace: list[float | None]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the trial's LLC can be compared with another's."""
+        return self.status == "ok"
+
+    def draws_for(self, standard_error: float) -> int | None:
+        """The draws after the burn-in that would bring the standard error down to ``standard_error``
+        at this trial's rate of mixing (standard errors fall as one over the square root of the draws)."""
+        if self.se is None or self.burnin is None or standard_error <= 0:
+            return None
+        draws = self.steps - self.burnin
+        return math.ceil(draws * (self.se / standard_error) ** 2)
+
+
+def summarise_trial(
+    trace: np.ndarray, diverged: np.ndarray, epsilon: float, gamma: float, batch_size: int, seconds: float, from_checkpoint: bool
+) -> Trial:
+    """The trial of a chains x steps per-draw LLC trace (NaN after a chain diverged), with its
+    burn-in measured on the trace itself."""
+    chains, steps = trace.shape
+    common = dict(epsilon=epsilon, gamma=gamma, batch_size=batch_size, steps=steps, chain_steps=steps * chains, seconds=seconds,
+                  from_checkpoint=from_checkpoint)
+    if diverged.any() or not np.isfinite(trace).all():
+        shown = trace[~diverged] if (~diverged).any() else trace
+        return Trial(**common, burnin=None, llc=None, se=None, ess=None, r_hat=None, drift_z=None, status="diverged", trace=_thinned(shown))
+    burnin = measured_burnin(trace)
+    draws = trace[:, (burnin if burnin is not None else int(round(BURNIN_SHARES[-1] * steps))) :]
+    llc, se = float(draws.mean()), chains_standard_error(draws)
+    r_hat = split_r_hat(draws)
+    status = "ok"
+    chain_means = draws.mean(axis=1)
+    chain_errors = [mcse_of_mean(chain[None, :]) or 0.0 for chain in draws]
+    if llc + SIGNIFICANCE * se < 0 or any(mean + SIGNIFICANCE * error < 0 for mean, error in zip(chain_means, chain_errors)):
+        status = "escaped"
+    elif burnin is None:
+        status = "unrelaxed"
+    elif r_hat is not None and r_hat > MAX_R_HAT:
+        status = "unmixed"
+    return Trial(
+        **common, burnin=burnin, llc=llc, se=se, ess=effective_sample_size(draws), r_hat=r_hat, drift_z=geweke_z(draws),
+        status=status, trace=_thinned(trace),
+    )  # fmt: skip
+
+
+def measured_burnin(trace: np.ndarray) -> int | None:
+    """The smallest of ``BURNIN_SHARES`` of the steps after which a chains x steps LLC trace has
+    settled (``settled``), in steps; None when none has."""
+    steps = trace.shape[1]
+    for share in BURNIN_SHARES:
+        burnin = int(round(share * steps))
+        if settled(trace[:, burnin:]):
+            return burnin
+    return None
+
+
+def settled(draws: np.ndarray) -> bool:
+    """Whether a chains x draws LLC trace no longer drifts: its late draws (the last half) differ
+    from its early ones (the first fifth) by at most ``MAX_BURNIN_DRIFT_Z`` standard errors
+    (Geweke), or by at most ``NEGLIGIBLE_DRIFT`` of the LLC. The second clause stops a long trace,
+    whose small standard errors resolve ever slower creeps, from never counting as settled over
+    a drift too small to matter."""
+    z = geweke_z(draws)
+    if z is None:
+        return False
+    if abs(z) <= MAX_BURNIN_DRIFT_Z:
+        return True
+    length = draws.shape[1]
+    early = draws[:, : int(round(GEWEKE_FIRST * length))].mean()
+    late = draws[:, length - int(round(GEWEKE_LAST * length)) :].mean()
+    return abs(late - early) <= NEGLIGIBLE_DRIFT * abs(draws.mean())
+
+
+def chains_standard_error(draws: np.ndarray) -> float:
+    """The larger of the MCSE and the spread of the chains' means over sqrt(chains)
+    (``llcv.health.trace_evidence``: independent chains show the slow wander the MCSE misses)."""
+    mcse = mcse_of_mean(draws) or 0.0
+    spread = float(draws.mean(axis=1).std(ddof=1)) / math.sqrt(len(draws)) if len(draws) > 1 else 0.0
+    return max(mcse, spread)
+
+
+def _thinned(trace: np.ndarray) -> list[float | None]:
+    if not trace.size:
+        return []
+    mean = np.nanmean(trace, axis=0) if np.isfinite(trace).any() else trace[0]
+    block = max(1, math.ceil(len(mean) / TRACE_POINTS))
+    usable = len(mean) // block * block
+    values = mean[:usable].reshape(-1, block).mean(axis=1) if usable else mean
+    return [float(value) if np.isfinite(value) else None for value in values]

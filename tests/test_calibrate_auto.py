@@ -1,0 +1,589 @@
+"""``calibrate_auto``'s rules and its trials' measurements (docs/calibration.md).
+
+The trial measurements (``llcv.calibration.trials``) are checked on synthetic chains x steps
+traces. The search (``llcv.calibration.auto``) runs on ``FakeChains``: each trial's chains read an
+LLC defined here as a function of (epsilon, gamma, batch size), plus white noise, so each rule of
+the search is checked against a response whose right answer is known; no sampling. One real
+search on a linear regression closes the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from llcv import sampling
+from llcv.calibration import auto
+from llcv.calibration.auto import (
+    FIRST_EPSILON,
+    FIRST_GAMMA,
+    MAX_GAMMA,
+    MAX_TRIAL_GROWTH,
+    MIN_SEGMENT_STEPS,
+    NEGLIGIBLE_MOVE,
+    SETTINGS_DEPENDENT,
+    TARGET_ESS,
+    TRIAL_CHAINS,
+    TRIAL_GROWTH,
+    Budget,
+    _Search,
+    _sensitivity,
+    calibrate_auto,
+)
+from llcv.calibration.trials import (
+    BURNIN_SHARES,
+    MAX_BURNIN_DRIFT_Z,
+    MAX_R_HAT,
+    NEGLIGIBLE_DRIFT,
+    TRACE_POINTS,
+    Trial,
+    chains_standard_error,
+    measured_burnin,
+    settled,
+    summarise_trial,
+)
+from llcv.diagnostics import GEWEKE_FIRST, GEWEKE_LAST, geweke_z, mcse_of_mean
+from llcv.errors import EstimationError
+from llcv.sampling import estimate_llc
+from llcv.settings import SamplerSettings
+
+# --- the trials' measurements, on synthetic traces -------------------------------------------------
+
+STEPS = 2000
+
+
+def noise(chains: int = 4, steps: int = STEPS, scale: float = 0.1, seed: int = 0) -> np.ndarray:
+    return scale * np.random.default_rng(seed).standard_normal((chains, steps))
+
+
+def relaxing(tau: float, level: float = 2.0, seed: int = 0) -> np.ndarray:
+    """Chains that start at the checkpoint (LLC 0) and relax to ``level`` with time constant ``tau``."""
+    return level * (1 - np.exp(-np.arange(STEPS) / tau)) + noise(seed=seed)
+
+
+def make_trial(**changes) -> Trial:
+    fields = dict(
+        epsilon=1e-3, gamma=1.0, batch_size=32, steps=1000, burnin=100, llc=5.0, se=0.1, ess=400.0, r_hat=1.0,
+        drift_z=0.0, status="ok", from_checkpoint=True, chain_steps=4000, seconds=1.0, trace=[],
+    )  # fmt: skip
+    return Trial(**{**fields, **changes})
+
+
+@pytest.mark.parametrize(("tau", "share"), [(STEPS / 40, BURNIN_SHARES[0]), (STEPS / 20, BURNIN_SHARES[1]), (STEPS / 13, BURNIN_SHARES[2])])
+def test_measured_burnin_is_the_smallest_candidate_after_which_the_transient_has_ended(tau, share):
+    assert measured_burnin(relaxing(tau)) == int(round(share * STEPS))
+
+
+def test_measured_burnin_of_a_trace_that_keeps_rising_is_none():
+    rising = np.linspace(0.0, 5.0, STEPS) + noise()
+    assert measured_burnin(rising) is None
+    # ... and of one whose transient outlasts every candidate
+    assert measured_burnin(relaxing(STEPS / 4)) is None
+
+
+def _ramp(relative_drift: float, level: float = 5.0, steps: int = 20_000) -> np.ndarray:
+    """A long trace at ``level`` whose late draws (the last GEWEKE_LAST) lie ``relative_drift *
+    level`` above its early ones (the first GEWEKE_FIRST), plus noise."""
+    centres = 1 - GEWEKE_LAST / 2 - GEWEKE_FIRST / 2  # a line's late-window mean less its early-window mean, per unit of rise
+    rise = relative_drift * level / centres
+    return level - rise / 2 + rise * np.linspace(0, 1, steps) + noise(steps=steps, scale=0.1)
+
+
+def test_settled_forgives_a_negligible_drift_however_significant_and_rejects_a_large_one():
+    tiny = _ramp(NEGLIGIBLE_DRIFT / 2)
+    assert geweke_z(tiny) > 3 * MAX_BURNIN_DRIFT_Z  # resolved by the long trace: the z-test alone would reject it
+    assert settled(tiny)
+    large = _ramp(4 * NEGLIGIBLE_DRIFT)
+    assert not settled(large)
+    assert settled(5.0 + noise())  # no drift at all
+
+
+def test_summarise_trial_of_steady_chains_is_ok_with_the_draws_after_the_smallest_burnin():
+    trace = 5.0 + noise()
+    trial = summarise_trial(trace, np.zeros(4, bool), 1e-3, 2.0, 32, 1.5, True)
+    burnin = int(round(BURNIN_SHARES[0] * STEPS))
+    assert trial.status == "ok" and trial.ok and trial.burnin == burnin
+    assert trial.llc == pytest.approx(trace[:, burnin:].mean())
+    assert trial.se == pytest.approx(chains_standard_error(trace[:, burnin:]))
+    assert (trial.steps, trial.chain_steps, trial.epsilon, trial.gamma, trial.batch_size) == (STEPS, 4 * STEPS, 1e-3, 2.0, 32)
+    assert trial.from_checkpoint and trial.seconds == 1.5
+    assert 0 < len(trial.trace) <= TRACE_POINTS and np.mean(trial.trace) == pytest.approx(trace.mean(), abs=1e-3)
+    assert trial.ess > 1000 and trial.r_hat < MAX_R_HAT
+
+
+def test_summarise_trial_of_a_relaxing_trace_keeps_only_the_draws_after_its_transient():
+    trace = relaxing(STEPS / 20)
+    trial = summarise_trial(trace, np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True)
+    assert trial.status == "ok" and trial.burnin == int(round(BURNIN_SHARES[1] * STEPS))
+    assert trial.llc == pytest.approx(2.0, abs=0.01)  # the transient, all of it below 2, is left out
+
+
+def test_summarise_trial_status_diverged():
+    trace = 5.0 + noise()
+    trace[1, 700:] = np.nan
+    trial = summarise_trial(trace, np.array([False, True, False, False]), 1e-3, 2.0, 32, 1.0, True)
+    assert trial.status == "diverged" and not trial.ok
+    assert trial.llc is trial.se is trial.burnin is None
+    assert all(value is not None for value in trial.trace)  # the trace shown is the healthy chains'
+
+
+def test_summarise_trial_status_escaped_for_the_mean_or_one_chain_significantly_below_zero():
+    assert summarise_trial(-0.5 + noise(), np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True).status == "escaped"
+    one_chain = 5.0 + noise()
+    one_chain[2] -= 10.0  # the mean is still 2.5 above 0
+    assert summarise_trial(one_chain, np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True).status == "escaped"
+    # within noise of 0 is a small LLC, not an escape
+    assert summarise_trial(0.0 + noise(), np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True).status == "ok"
+
+
+def test_summarise_trial_status_unrelaxed_measures_after_the_largest_candidate():
+    rising = np.linspace(0.0, 5.0, STEPS) + noise()
+    trial = summarise_trial(rising, np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True)
+    assert trial.status == "unrelaxed" and trial.burnin is None
+    assert trial.llc == pytest.approx(rising[:, int(round(BURNIN_SHARES[-1] * STEPS)) :].mean())
+    assert trial.draws_for(0.01) is None  # no burn-in, no rate to extrapolate from
+
+
+def test_summarise_trial_status_unmixed_when_chains_sit_at_different_levels():
+    trace = np.array([[4.0], [4.5], [5.0], [5.5]]) + noise()
+    trial = summarise_trial(trace, np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True)
+    assert trial.r_hat > MAX_R_HAT and trial.status == "unmixed" and trial.burnin is not None
+
+
+def test_chains_standard_error_is_at_least_the_spread_of_chain_means_and_the_mcse():
+    # chains a little apart (0.01 between neighbours, against a noise of 0.1 a draw): the MCSE misses it
+    separated = np.array([[-0.015], [-0.005], [0.005], [0.015]]) + 5.0 + noise()
+    spread = separated.mean(axis=1).std(ddof=1) / math.sqrt(4)
+    assert spread > 3 * mcse_of_mean(separated)
+    assert chains_standard_error(separated) == pytest.approx(spread)
+    steady = 5.0 + noise()
+    assert chains_standard_error(steady) >= mcse_of_mean(steady) >= steady.mean(axis=1).std(ddof=1) / 4 > 0
+    assert chains_standard_error(steady[:1]) == pytest.approx(mcse_of_mean(steady[:1]))  # one chain: no spread
+
+
+def test_draws_for_scales_the_draws_with_the_squared_ratio_of_standard_errors():
+    trial = make_trial(steps=1000, burnin=200, se=0.2)
+    assert trial.draws_for(0.1) == 4 * 800
+    assert trial.draws_for(0.2) == 800
+    assert trial.draws_for(0.3) == math.ceil(800 * (0.2 / 0.3) ** 2)
+    assert trial.draws_for(0.0) is None
+    assert make_trial(se=None).draws_for(0.1) is None
+    assert make_trial(burnin=None).draws_for(0.1) is None
+
+
+# --- the search, on synthetic chains ---------------------------------------------------------------
+
+CURVATURE = 10.0  # top_hessian_eigenvalue, faked
+NBETA = 10.0
+STIFFNESS = NBETA * CURVATURE
+EPSILON = auto._rounded(FIRST_EPSILON["sgld"] / STIFFNESS)  # the search's first epsilon
+GAMMA = auto._rounded(FIRST_GAMMA * STIFFNESS)  # and gamma
+BATCH = 32
+SAMPLES = 64  # the doubled batch of the sensitivity check fits the data
+FIRST_STEPS = 100
+TRUE_LLC = 5.0
+Level = Callable[[float, float, int], "float | None"]  # LLC at (epsilon, gamma, batch size); None: a chain diverges
+
+
+def halvings(value: float, first: float) -> int:
+    """How many times ``first`` was halved to give ``value`` (negative: doubled)."""
+    return round(math.log2(first / value))
+
+
+class FakeChains:
+    """Stands in for ``llcv.sampling`` in ``llcv.calibration.auto``: ``estimate_llc_states`` returns
+    chains whose per-draw LLC is ``level(epsilon, gamma, batch_size)`` plus each chain's offset plus
+    white noise (one chain turning NaN half way when the level is None), and stand-in chain
+    states, so that a trial after a healthy one goes on from them. Every other name is the real one.
+
+    It records each call, and with ``store`` the number of trials that file held at the call.
+    """
+
+    def __init__(self, level: Level, noise: float = 0.05, store=None, offsets=(0.0,) * TRIAL_CHAINS):
+        self.level, self.noise, self.store, self.offsets = level, noise, store, np.asarray(offsets)[:, None]
+        self.calls: list[tuple[float, float, int, int, bool]] = []
+        self.stored: list[int] = []
+
+    def estimate_llc_states(self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None):
+        self.calls.append((settings.epsilon, settings.gamma, settings.batch_size, settings.num_draws, start is None))
+        if self.store is not None:
+            self.stored.append(len(json.loads(self.store.read_text())["trials"]) if self.store.exists() else 0)
+        assert settings.nbeta == NBETA and settings.num_chains == TRIAL_CHAINS and settings.num_burnin_steps == 0
+        value = self.level(settings.epsilon, settings.gamma, settings.batch_size)
+        trace = self.noise * np.random.default_rng(settings.seed).standard_normal((settings.num_chains, settings.num_draws))
+        per_chain: list[float | None]
+        if value is None:
+            trace[0, settings.num_draws // 2 :] = np.nan
+            per_chain = [None] + list(trace[1:].mean(axis=1))
+        else:
+            trace += value + self.offsets
+            per_chain = list(trace.mean(axis=1))
+        return SimpleNamespace(llc_trace=trace.tolist(), llc_per_chain=per_chain), ["state"] * settings.num_chains
+
+    def __getattr__(self, name):
+        return getattr(sampling, name)
+
+
+def fake_search(monkeypatch, level: Level, *, noise: float = 0.05, store=None, offsets=(0.0,) * TRIAL_CHAINS) -> FakeChains:
+    fake = FakeChains(level, noise, store, offsets)
+    monkeypatch.setattr(auto, "sampling", fake)
+    monkeypatch.setattr(auto, "top_hessian_eigenvalue", lambda *args, **kwargs: CURVATURE)
+    monkeypatch.setattr(auto, "FIRST_TRIAL_STEPS", FIRST_STEPS)
+    return fake
+
+
+def tiny_problem(seed: int = 0) -> tuple[nn.Module, TensorDataset]:
+    """A model and data the fake chains never look at, the same for the same seed (so is the store's fingerprint)."""
+    generator = torch.Generator().manual_seed(seed)
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return model, TensorDataset(torch.randn(SAMPLES, 2, generator=generator), torch.randn(SAMPLES, 1, generator=generator))
+
+
+BASE = SamplerSettings(nbeta=NBETA, batch_size=BATCH, seed=0)
+
+
+def search(budget: Budget = Budget(), store=None, base: SamplerSettings = BASE, problem=None):
+    model, data = problem or tiny_problem()
+    return calibrate_auto(model, data, loss="mse", device="cpu", base=base, budget=budget, store=store)
+
+
+def pick_of(result):
+    return result.trials[result.pick]
+
+
+def tried(result, batch: int = BATCH) -> list[tuple[int, int]]:
+    """The trials run, as (halvings of epsilon, halvings of gamma) from the first ones, in order."""
+    return [(halvings(t.epsilon, EPSILON), halvings(t.gamma, GAMMA)) for t in result.trials if t.batch_size == batch]
+
+
+def entry(result, knob: str):
+    return next(item for item in result.sensitivity if item.knob == knob)
+
+
+def test_epsilon_is_halved_while_halving_moves_the_llc_and_stops_at_its_plateau(monkeypatch):
+    # A step-size bias linear in epsilon: halving from epsilon0 / 2**k moves the LLC by
+    # 6 * NEGLIGIBLE_MOVE * TRUE_LLC / 2**k, so by more than NEGLIGIBLE_MOVE of it for k <= 2 only.
+    bias = 12 * NEGLIGIBLE_MOVE * TRUE_LLC
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC + bias * epsilon / EPSILON)
+    result = search()
+    pick = pick_of(result)
+    assert halvings(pick.epsilon, EPSILON) == 3 and pick.gamma == GAMMA
+    assert tried(result)[:5] == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0)]  # down the plateau, at the first gamma
+    assert result.recommended.epsilon == pick.epsilon and result.recommended.gamma == GAMMA
+    assert entry(result, "epsilon").settings_dependent is False and entry(result, "epsilon").changed_to == pick.epsilon / 2
+    assert result.recommended.nbeta == NBETA and result.nbeta == NBETA and result.stiffness == STIFFNESS
+
+
+def test_a_diverged_trial_quarters_epsilon_and_the_next_starts_from_the_checkpoint(monkeypatch):
+    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: None if epsilon > EPSILON / 2 else TRUE_LLC)
+    result = search()
+    assert result.trials[0].status == "diverged" and halvings(result.trials[1].epsilon, EPSILON) == 2
+    assert all(halvings(t.epsilon, EPSILON) != 1 for t in result.trials)  # epsilon / 2 was never tried
+    assert halvings(pick_of(result).epsilon, EPSILON) == 2
+    # chains that diverged are no place to go on from; chains that did not are
+    assert [t.from_checkpoint for t in result.trials[:3]] == [True, True, False]
+    assert [call[4] for call in fake.calls[:3]] == [True, True, False]
+
+
+def test_an_escaped_first_trial_quadruples_gamma_and_an_unhealthy_weaker_gamma_stops_the_descent(monkeypatch):
+    # The chains escape below the checkpoint's loss unless gamma is at least 3 times the first one.
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: -TRUE_LLC if gamma < 3 * GAMMA else TRUE_LLC)
+    result = search()
+    assert result.trials[0].status == "escaped"
+    assert tried(result)[:3] == [(0, 0), (0, -2), (1, -2)]  # gamma quadrupled, then epsilon's plateau there
+    pick = pick_of(result)
+    assert (halvings(pick.epsilon, EPSILON), halvings(pick.gamma, GAMMA)) == (0, -2)
+    assert (0, -1) in tried(result)  # half the gamma was tried, and escaped
+    assert "at half the gamma the chains were escaped" in result.reason
+    gamma = entry(result, "gamma")
+    assert gamma.settings_dependent is None and gamma.move is None and gamma.note == "the changed trial is escaped"
+
+
+def test_chains_that_escape_at_every_gamma_up_to_the_cap_raise(monkeypatch, tmp_path):
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: -TRUE_LLC)
+    store = tmp_path / "calibration.json"
+    with pytest.raises(EstimationError, match="no epsilon gave healthy chains"):
+        search(store=store)
+    stored = json.loads(store.read_text())
+    gammas = [trial["gamma"] for trial in stored["trials"]]
+    assert [trial["status"] for trial in stored["trials"]] == ["escaped"] * len(gammas)
+    assert gammas == [auto._rounded(GAMMA * 4**k) for k in range(len(gammas))]
+    assert gammas[-2] < MAX_GAMMA * STIFFNESS <= gammas[-1]
+    assert stored["complete"] is True and stored["recommended"] is None and stored["pick"] is None
+
+
+def test_gamma_is_halved_while_the_moves_are_significant_and_shrinking(monkeypatch):
+    # The localization's bias, linear in gamma: halving from gamma0 / 2**k moves the LLC by
+    # 6 * NEGLIGIBLE_MOVE * TRUE_LLC / 2**k: significant for k <= 2 only.
+    squeeze = 12 * NEGLIGIBLE_MOVE * TRUE_LLC
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC - squeeze * gamma / GAMMA)
+    result = search()
+    pick = pick_of(result)
+    assert (halvings(pick.epsilon, EPSILON), halvings(pick.gamma, GAMMA)) == (0, 3)
+    # the last is the pick's rerun from the checkpoint, timing its relaxation
+    assert [g for e, g in tried(result) if e == 0] == [0, 1, 2, 3, 4, 3]
+    assert result.trials[-1].from_checkpoint and "gamma: halving it moves the LLC by no more than its noise" in result.reason
+    gamma = entry(result, "gamma")
+    assert gamma.changed_to == pick.gamma / 2 and gamma.move == pytest.approx(squeeze / 16, rel=0.1)
+    assert gamma.settings_dependent is False
+
+
+def test_the_descent_picks_the_weaker_end_of_the_least_sensitive_halving(monkeypatch):
+    """The LLC against gamma rises, flattens, then rises again (the chains wander off along the
+    flat valleys): the pick is the last gamma halved from, and the growing move is its sensitivity."""
+    unit = 4 * NEGLIGIBLE_MOVE * TRUE_LLC  # every move is several times what counts as one
+    llc_by_halvings = {0: 3.0, 1: 3.0 + 2 * unit, 2: 3.0 + 3 * unit, 3: 3.0 + 3.6 * unit, 4: 3.0 + 4.8 * unit, 5: 3.0 + 8 * unit}
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: llc_by_halvings[halvings(gamma, GAMMA)])
+    result = search()
+    pick = pick_of(result)
+    assert halvings(pick.gamma, GAMMA) == 3  # moves 2, 1, 0.6 units, then 1.2: 0.6 was the smallest
+    assert max(g for _, g in tried(result)) == 4  # the descent went no further than the growing move
+    assert "halving it moved the LLC no less than the halving before did" in result.reason
+    gamma = entry(result, "gamma")
+    assert gamma.move == pytest.approx(1.2 * unit, rel=0.05)
+    assert 1.2 * unit > SETTINGS_DEPENDENT * pick.llc and gamma.settings_dependent is True
+
+
+def test_a_smaller_step_that_still_moves_after_the_descent_settles_epsilon_again_at_that_gamma(monkeypatch):
+    """At gamma0 / 4 and weaker the first epsilon is too large (the chains reach stiffer regions):
+    the descent, at epsilon0, stops there; halving epsilon then moves the LLC, so epsilon's
+    plateau is found again at that gamma and the descent goes on from it."""
+    jump = 8 * NEGLIGIBLE_MOVE * TRUE_LLC
+
+    def level(epsilon, gamma, batch):
+        squeeze = {0: 3.0, 1: 4.0}.get(halvings(gamma, GAMMA), 4.5 - jump)
+        return squeeze + (jump if halvings(gamma, GAMMA) >= 2 and halvings(epsilon, EPSILON) == 0 else 0.0)
+
+    fake_search(monkeypatch, level)
+    result = search()
+    steps = tried(result)
+    assert steps[: steps.index((0, 3)) + 1] == [(0, 0), (1, 0), (0, 1), (0, 2), (0, 3)]  # the descent at epsilon0
+    assert steps[steps.index((0, 3)) + 1 :][:2] == [(1, 2), (2, 2)]  # then epsilon's plateau at gamma0 / 4
+    pick = pick_of(result)
+    assert (halvings(pick.epsilon, EPSILON), halvings(pick.gamma, GAMMA)) == (1, 2)
+    assert (1, 3) in steps  # the descent went on from the new pick
+    assert halvings(entry(result, "gamma").changed_to, GAMMA) == 3 and entry(result, "epsilon").settings_dependent is False
+
+
+def test_sensitivity_entries_measure_each_knob_at_the_pick(monkeypatch):
+    shift = 2 * SETTINGS_DEPENDENT * TRUE_LLC  # doubling the batch moves the LLC by twice what is flagged
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC + (shift if batch == 2 * BATCH else 0.0))
+    result = search()
+    pick = pick_of(result)
+    assert (halvings(pick.epsilon, EPSILON), halvings(pick.gamma, GAMMA)) == (0, 0)
+    assert [item.knob for item in result.sensitivity] == ["gamma", "epsilon", "batch_size"]
+    changed = {
+        "gamma": next(t for t in result.trials if t.gamma == auto._rounded(GAMMA / 2)),
+        "epsilon": next(t for t in result.trials if t.epsilon == auto._rounded(EPSILON / 2)),
+        "batch_size": next(t for t in result.trials if t.batch_size == 2 * BATCH),
+    }
+    for item in result.sensitivity:
+        trial = changed[item.knob]
+        assert (item.llc, item.llc_changed) == (pick.llc, trial.llc)
+        assert item.move == pytest.approx(trial.llc - pick.llc)
+        assert item.move_se == pytest.approx(math.hypot(pick.se, trial.se))
+        assert item.relative == pytest.approx(item.move / pick.llc)
+        assert item.settings_dependent is (abs(item.move) - 2 * item.move_se > SETTINGS_DEPENDENT * abs(pick.llc))
+    assert (entry(result, "batch_size").value, entry(result, "batch_size").changed_to) == (BATCH, 2 * BATCH)
+    assert entry(result, "batch_size").move == pytest.approx(shift, rel=0.05)
+    assert result.settings_dependent == ["batch_size"] and "settings-dependent: batch_size" in result.reason
+    assert result.recommended.batch_size == BATCH  # the base's batch size is not the search's to change
+
+
+def test_settings_dependent_needs_the_move_beyond_two_standard_errors():
+    pick = make_trial(llc=5.0, se=0.1)
+    limit = SETTINGS_DEPENDENT * 5.0
+    within_noise = _sensitivity("gamma", 1.0, 0.5, pick, make_trial(llc=5.0 + limit + 0.1, se=0.1))
+    assert within_noise.relative > SETTINGS_DEPENDENT and within_noise.settings_dependent is False
+    beyond = _sensitivity("gamma", 1.0, 0.5, pick, make_trial(llc=5.0 - limit - 0.3, se=0.1))
+    assert beyond.move == pytest.approx(-limit - 0.3) and beyond.settings_dependent is True
+    not_run = _sensitivity("epsilon", 1e-3, 5e-4, pick, None)
+    assert not_run.settings_dependent is None and not_run.move is None and "not run" in not_run.note
+    unhealthy = _sensitivity("epsilon", 1e-3, 5e-4, pick, make_trial(status="diverged", llc=None, se=None))
+    assert unhealthy.settings_dependent is None and unhealthy.note == "the changed trial is diverged"
+
+
+def test_knobs_the_budget_or_the_data_could_not_pay_for_are_noted_not_run(monkeypatch):
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)
+    full = search()
+    assert [item.settings_dependent for item in full.sensitivity] == [False, False, False]
+    # a budget that pays for about the first trial and its half step only
+    budget = Budget(chain_steps=sum(trial.chain_steps for trial in full.trials[:2]))
+    short = search(budget)
+    assert short.spent.exhausted and short.spent.chain_steps <= budget.chain_steps
+    unmeasured = [item for item in short.sensitivity if item.settings_dependent is None]
+    assert unmeasured and all("not run" in item.note for item in unmeasured)
+    assert short.recommended is not None  # the best it has
+    # full batches: no larger batch to try
+    whole = search(base=BASE.model_copy(update={"batch_size": SAMPLES}))
+    assert all(trial.batch_size == SAMPLES for trial in whole.trials)
+    assert entry(whole, "batch_size").settings_dependent is None and "not run" in entry(whole, "batch_size").note
+
+
+def test_an_exhausted_budget_before_the_first_trial_raises(monkeypatch):
+    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)
+    with pytest.raises(EstimationError, match="no epsilon gave healthy chains"):
+        search(Budget(chain_steps=MIN_SEGMENT_STEPS * TRIAL_CHAINS - 1))
+    with pytest.raises(EstimationError):
+        search(Budget(chain_steps=None, seconds=0.0))
+    assert fake.calls == []
+
+
+def test_the_recommended_burnin_scales_the_cold_trials_relaxation_to_the_pick():
+    pick = make_trial(epsilon=2.5e-4, gamma=1.0, burnin=30, from_checkpoint=False)
+    cold = make_trial(epsilon=1e-3, gamma=4.0, burnin=100, from_checkpoint=True)
+    search = SimpleNamespace(trials=[cold, pick], current={})
+    # 4 times the step and 4 times the gamma: 16 times the steps at the pick
+    assert _Search._burnin_from_checkpoint(search, pick) == 100 * 4 * 4
+    # a cold trial at a weaker gamma than the pick's scales with epsilon only
+    weaker = make_trial(epsilon=5e-4, gamma=0.5, burnin=300, from_checkpoint=True)
+    assert _Search._burnin_from_checkpoint(SimpleNamespace(trials=[weaker, pick], current={}), pick) == 300 * 2
+    # the longest counts; warm and unhealthy trials do not
+    ignored = [make_trial(burnin=10**6, from_checkpoint=False), make_trial(burnin=10**6, status="unmixed")]
+    assert _Search._burnin_from_checkpoint(SimpleNamespace(trials=[cold, weaker, *ignored, pick], current={}), pick) == 1600
+    # no cold trial: the pick's own
+    assert _Search._burnin_from_checkpoint(SimpleNamespace(trials=[pick], current={}), pick) == 30
+    # a rerun from the checkpoint at the pick's settings is what counts
+    rerun = make_trial(epsilon=2.5e-4, gamma=1.0, burnin=700, from_checkpoint=True)
+    current = {(2.5e-4, 1.0, rerun.batch_size, "from checkpoint"): rerun}
+    assert _Search._burnin_from_checkpoint(SimpleNamespace(trials=[cold, pick, rerun], current=current), pick) == 700
+
+
+def test_the_recommended_draws_follow_the_picks_effective_samples_per_draw():
+    base = SamplerSettings(nbeta="data", num_chains=TRIAL_CHAINS, num_burnin_steps=0, mala=False)
+    search = SimpleNamespace(base=base, _burnin_from_checkpoint=lambda pick: 123)
+    slow = make_trial(steps=1000, burnin=200, ess=80.0)  # 80 effective samples in 4 x 800 draws
+    settings = _Search._recommended(search, slow)
+    per_draw = 80.0 / (TRIAL_CHAINS * 800)
+    assert settings.num_draws == math.ceil(TARGET_ESS / (TRIAL_CHAINS * per_draw)) > 800
+    assert (settings.epsilon, settings.gamma, settings.num_burnin_steps, settings.num_chains) == (slow.epsilon, slow.gamma, 123, TRIAL_CHAINS)
+    assert settings.nbeta == "data"  # the rule, as the base has it
+    fast = make_trial(steps=1000, burnin=200, ess=100 * TARGET_ESS)  # more than enough: at least the trial's draws
+    assert _Search._recommended(search, fast).num_draws == 800
+    assert _Search._recommended(search, make_trial(steps=1000, burnin=200, ess=None)).num_draws == 800
+
+
+def test_the_search_recommends_the_burnin_and_draws_of_its_rules(monkeypatch):
+    # The plateau of the first test: the pick is at epsilon0 / 8; the first trial and the pick's
+    # rerun started at the checkpoint, and the rerun's relaxation is the burn-in.
+    bias = 12 * NEGLIGIBLE_MOVE * TRUE_LLC
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC + bias * epsilon / EPSILON, noise=1.0)
+    result = search()
+    pick = pick_of(result)
+    cold = [trial for trial in result.trials if trial.from_checkpoint]
+    assert [trial.epsilon for trial in cold] == [EPSILON, pick.epsilon] and cold[1].gamma == pick.gamma
+    assert result.recommended.num_burnin_steps == cold[1].burnin > 0
+    per_draw = pick.ess / (TRIAL_CHAINS * (pick.steps - pick.burnin))
+    assert result.recommended.num_draws == max(pick.steps - pick.burnin, math.ceil(TARGET_ESS / (TRIAL_CHAINS * per_draw)))
+    assert result.recommended.num_chains == TRIAL_CHAINS and result.recommended.mala is False
+
+
+UNMIXED = (-0.75, -0.25, 0.25, 0.75)  # chains that keep to their own levels: R-hat far above MAX_R_HAT
+
+
+def test_a_trial_that_has_not_mixed_is_run_on_longer_up_to_its_cap_then_the_search_gives_up(monkeypatch):
+    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC, offsets=UNMIXED)
+    with pytest.raises(EstimationError, match="no epsilon gave healthy chains"):
+        search()
+    steps = np.cumsum([call[3] for call in fake.calls])  # one trial, run on segment by segment
+    assert steps[0] == FIRST_STEPS and all(later == TRIAL_GROWTH * earlier for earlier, later in zip(steps, steps[1:]))
+    assert steps[-2] < MAX_TRIAL_GROWTH * FIRST_STEPS <= steps[-1]
+    assert [call[4] for call in fake.calls] == [True] + [False] * (len(fake.calls) - 1)  # each segment goes on from the last
+
+
+def test_a_search_never_spends_more_than_its_budget(monkeypatch):
+    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC, offsets=UNMIXED)
+    budget = Budget(chain_steps=2 * FIRST_STEPS * TRIAL_CHAINS)
+    with pytest.raises(EstimationError):
+        search(budget)
+    assert sum(call[3] for call in fake.calls) * TRIAL_CHAINS <= budget.chain_steps
+
+
+def test_the_store_is_written_after_each_trial_and_a_rerun_reuses_it(monkeypatch, tmp_path):
+    store = tmp_path / "calibration.json"
+    level = lambda epsilon, gamma, batch: TRUE_LLC + (0.5 if gamma == GAMMA else 0.0)  # noqa: E731
+    first = fake_search(monkeypatch, level, store=store)
+    result = search(store=store)
+    # each call (one per trial: steady chains need no second segment) saw every trial before it stored
+    assert first.stored == list(range(len(result.trials))) and len(first.calls) == len(result.trials) > 3
+    stored = json.loads(store.read_text())
+    assert stored["complete"] is True and stored["pick"] == result.pick and len(stored["trials"]) == len(result.trials)
+
+    again = fake_search(monkeypatch, level, store=store)
+    rerun = search(store=store)
+    assert again.calls == []
+    assert rerun.recommended == result.recommended and rerun.trials == result.trials
+
+    # other weights: another fingerprint, so the search runs afresh and replaces the store
+    fresh = fake_search(monkeypatch, level, store=store)
+    model, data = tiny_problem()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    search(store=store, problem=(model, data))
+    assert len(fresh.calls) == len(result.trials)
+
+
+def test_an_interrupted_search_resumes_with_the_trials_it_had_not_run(monkeypatch, tmp_path):
+    store = tmp_path / "calibration.json"
+    level = lambda epsilon, gamma, batch: TRUE_LLC - 2.0 * gamma / GAMMA  # noqa: E731
+    whole = fake_search(monkeypatch, level)
+    expected = search()
+
+    class Interrupted(Exception):
+        pass
+
+    stop = fake_search(monkeypatch, level, store=store)
+    real = stop.estimate_llc_states
+
+    def interrupt_at_the_fourth(*args, **kwargs):
+        if len(stop.calls) == 3:
+            raise Interrupted
+        return real(*args, **kwargs)
+
+    stop.estimate_llc_states = interrupt_at_the_fourth
+    with pytest.raises(Interrupted):
+        search(store=store)
+    assert json.loads(store.read_text())["complete"] is False and len(json.loads(store.read_text())["trials"]) == 3
+    rest = fake_search(monkeypatch, level, store=store)
+    resumed = search(store=store)
+    assert [call[:3] for call in rest.calls] == [call[:3] for call in whole.calls[3:]]
+    assert resumed.recommended == expected.recommended
+
+
+# --- one real search -------------------------------------------------------------------------------
+
+
+def test_a_real_search_on_a_linear_regression_recovers_half_its_dimension(monkeypatch):
+    """A regular model of d = 8 weights: its LLC is d / 2 where gamma is small against nbeta times
+    the loss's curvature. The inputs are whitened so that the mse's Hessian is the identity:
+    nbeta 50 against a first gamma of FIRST_GAMMA * 50, a 5% squeeze. Short first trials and a
+    budget for a few: the search compares the first gamma with its half."""
+    monkeypatch.setattr(auto, "FIRST_TRIAL_STEPS", 200)
+    dim, size, nbeta = 8, 200, 50.0
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.linalg.qr(torch.randn(size, dim, generator=generator))[0] * math.sqrt(size / 2)  # 2 X^T X / n = I
+    targets = inputs @ torch.randn(dim, 1, generator=generator) + 0.1 * torch.randn(size, 1, generator=generator)
+    model = nn.Linear(dim, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(inputs, targets).solution.T)
+    data = TensorDataset(inputs, targets)
+    base = SamplerSettings(nbeta=nbeta, batch_size=size, seed=0)
+    result = calibrate_auto(model, data, loss="mse", device="cpu", base=base, budget=Budget(chain_steps=60_000))
+    assert result.stiffness == pytest.approx(nbeta, rel=1e-3)
+    settings = result.recommended
+    assert settings is not None and settings.batch_size == size and settings.nbeta == nbeta
+    assert settings.gamma <= auto._rounded(FIRST_GAMMA * result.stiffness) and settings.epsilon * result.stiffness < 2  # a weak gamma, a stable step
+    assert settings.num_burnin_steps > 0 and settings.num_draws >= TARGET_ESS / TRIAL_CHAINS
+    estimate = estimate_llc(model, data, settings, loss="mse", device="cpu")
+    assert abs(estimate.llc_mean / (dim / 2) - 1) < 0.2
