@@ -69,6 +69,7 @@ class DatasetSpec(BaseModel):
     name: str
     data_dir: str | None = None
     seed: int = 0
+    image_size: int | None = None  # as trained, when [data] image_size set it; None: the dataset's default
 
 
 class CheckpointInfo(BaseModel):

@@ -14,12 +14,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from llcv import calibration, cli_render, console, demo, estimation, report, runs, sampling, selftest, targets, training
+from llcv import calibration, cli_render, console, demo, estimation, report, run_calibration, runs, sampling, selftest, targets, training
+from llcv.calibration import Budget, auto_files
 from llcv.cli_options import (
     CHAINS_DEFAULTS,
     CURVE_DEFAULTS,
     RESULTS_READ,
     AxesFlags,
+    BudgetFlags,
     CalibrateOutputFlags,
     CalibrationOpt,
     CheckpointOpt,
@@ -38,12 +40,13 @@ from llcv.cli_options import (
     StepFlags,
     SweepLengthFlags,
     TargetFlags,
+    TemperatureFlags,
     TrainFlags,
     flag_groups,
     merge,
 )
 from llcv.console import RichReporter, Verbosity, command_boundary
-from llcv.settings import SettingsBundle, load_settings
+from llcv.settings import DEFAULT_BUDGET_STEPS, SettingsBundle, load_settings
 from llcv.version import __version__
 
 app = typer.Typer(
@@ -62,6 +65,8 @@ app = typer.Typer(
 # The sections a command that loads a checkpoint resolves besides its own: [data] for data_dir
 # and [model] for allow_version_mismatch (TargetFlags).
 TARGET_SECTIONS = ("data", "model")
+# estimate-all reads [calibrate] for --calibrate alone: the budget and the figures' format.
+ESTIMATE_ALL_READ = {**TargetFlags.READ, "calibrate": ("budget_steps", "budget_seconds", "format")}
 
 
 def _version(value: bool) -> None:
@@ -162,7 +167,9 @@ def estimate_command(
         "Every GPU of this machine, one worker each: llcv estimate-all --checkpoints-dir CKPTS --devices all  (see docs/cluster.md)\n\n"
         "On a Ray cluster: llcv estimate-all --checkpoints-dir CKPTS --executor ray --ray-address auto  (see docs/cluster.md)\n\n"
         "Refined LLCs, one per block and one per class beside the whole model: "
-        "llcv estimate-all --checkpoints-dir checkpoints/digits --per-layer --per-class  (see docs/guide.md)"
+        "llcv estimate-all --checkpoints-dir checkpoints/digits --per-layer --per-class  (see docs/guide.md)\n\n"
+        "Calibrated once on the run's last checkpoint, then every checkpoint with those settings: "
+        "llcv estimate-all --checkpoints-dir checkpoints/digits --calibrate  (see docs/calibration.md)"
     ),
 )
 @flag_groups
@@ -172,6 +179,7 @@ def estimate_all_command(
     from_calibration: CalibrationOpt = None,
     *,
     options: EstimateFlags,
+    budget: BudgetFlags,
     step: StepFlags,
     length: LengthFlags,
     sampler_flags: SamplerFlags,
@@ -182,11 +190,25 @@ def estimate_all_command(
 
     With --per-layer and/or --per-class, each checkpoint also gets one refined LLC per block or
     class, each in its own result file in the same settings folder as the whole model's.
+
+    With --calibrate, the run is first calibrated once (calibrate auto, within --budget-steps /
+    --budget-seconds) on its last checkpoint or --calibrate-on's, and its recommended.json then
+    sets the sampler as --from-calibration would; a rerun reuses the calibration.
     """
     with command_boundary():
-        flags = merge(options.overrides(), step.overrides(), length.overrides(), sampler_flags.overrides(), target.overrides())
-        settings = load_settings(("sampler", "estimate", *TARGET_SECTIONS), config=config, calibration=from_calibration, overrides=flags)
-        cli_render.show_settings(settings, read=TargetFlags.READ)
+        flags = merge(options.overrides(), budget.overrides(), step.overrides(), length.overrides(), sampler_flags.overrides(), target.overrides())
+        sections = ("sampler", "estimate", "calibrate", *TARGET_SECTIONS)
+        # Resolved twice with --calibrate: first the base the calibration starts from, then with the
+        # recommended.json it wrote in --from-calibration's place, so that flags still come last.
+        settings = load_settings(sections, config=config, overrides=flags)
+        calibrated = None
+        if settings.estimate.calibrate:
+            run_calibration.check_calibrate_request(from_calibration, flags["sampler"])
+            cli_render.show_settings(settings, read=ESTIMATE_ALL_READ)
+            calibrated = _calibrate_run(checkpoints_dir, settings, target, json_output)
+            from_calibration = calibrated.recommended_file
+        settings = load_settings(sections, config=config, calibration=from_calibration, overrides=flags)
+        cli_render.show_settings(settings, read=ESTIMATE_ALL_READ)
         folder = estimation.results_folder(settings.sampler, settings.estimate)
         console.info(f"results: {folder} (settings {folder.name})")
         _quiet_for_json(json_output)
@@ -194,7 +216,8 @@ def estimate_all_command(
             with RichReporter() as reporter:
                 summary = estimation.estimate_all(
                     checkpoints_dir, settings.sampler, settings.estimate, **target.arguments(), data_dir=settings.data.data_dir,
-                    allow_version_mismatch=settings.model.allow_version_mismatch, reporter=reporter,
+                    allow_version_mismatch=settings.model.allow_version_mismatch,
+                    calibration=calibrated.settings_entry() if calibrated else None, reporter=reporter,
                 )  # fmt: skip
         except (KeyboardInterrupt, console.Terminated) as stop:
             partial = getattr(stop, "estimate_summary", None)  # estimate_all's summary so far
@@ -204,6 +227,21 @@ def estimate_all_command(
         cli_render.render_estimate_summary(summary, json_output)
         if not summary.ok:
             raise typer.Exit(console.EXIT_FAILED)
+
+
+def _calibrate_run(
+    checkpoints_dir: Path, settings: SettingsBundle, target: TargetFlags, json_output: bool
+) -> run_calibration.RunCalibration:
+    """estimate-all --calibrate: calibrate the run once, on its reference checkpoint, and say what was chosen."""
+    _quiet_for_json(json_output)
+    with RichReporter() as reporter:
+        calibrated = run_calibration.calibrate_run(
+            checkpoints_dir, settings.sampler, settings.estimate, budget=auto_files.auto_budget(settings.calibrate),
+            figure_format=settings.calibrate.format, **target.arguments(), data_dir=settings.data.data_dir,
+            allow_version_mismatch=settings.model.allow_version_mismatch, reporter=reporter,
+        )  # fmt: skip
+    cli_render.render_run_calibration(calibrated)
+    return calibrated
 
 
 @app.command(
@@ -250,7 +288,7 @@ def plot_command(
 def report_command(
     results_dir: RunsDirOpt = None,
     label: RunLabelOpt = None,
-    calibration_dir: Annotated[Optional[Path], typer.Option("--calibration", "--calibration-dir", help="A calibrate sweep folder, or the folder above several (default: the 'calibration' folder beside the results, left out if absent).", file_okay=False)] = None,
+    calibration_dir: Annotated[Optional[Path], typer.Option("--calibration", "--calibration-dir", help="A calibrate auto or sweep folder, or the folder above several (default: the 'calibration' folders beside and inside the results, left out if absent).", file_okay=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="The HTML page to write.", dir_okay=False)] = Path("results/report.html"),
     settings_hash: RunSettingsOpt = None,
     *,
@@ -269,12 +307,12 @@ def report_command(
         cli_render.render_report(result, calibration_dir)
 
 
-# `llcv calibrate sweep | curve | chains`: pick SGLD settings by a stated rule (docs/calibration.md).
+# `llcv calibrate auto | sweep | curve | chains`: pick SGLD settings by a stated rule (docs/calibration.md).
 calibrate = typer.Typer(
     help=(
-        "Choose SGLD settings for a checkpoint: sweep a grid of (epsilon, gamma, nbeta), inspect one LLC curve, "
-        "compare several chains. Outputs go to <results-dir>/<checkpoint-stem>/.\n\n"
-        "Example: llcv calibrate sweep --checkpoint checkpoints/digits/step_00000036.pt"
+        "Choose SGLD settings for a checkpoint: search them automatically within a budget, sweep a grid of "
+        "(epsilon, gamma, nbeta), inspect one LLC curve, compare several chains. Outputs go to <results-dir>/<checkpoint-stem>/.\n\n"
+        "Example: llcv calibrate auto --checkpoint checkpoints/digits/step_00000036.pt"
     ),
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -299,6 +337,49 @@ def _calibration_start(
     loaded = _load_target(checkpoint, target, settings)
     _quiet_for_json(json_output)
     return settings, loaded, calibration.output_dir(settings.calibrate.results_dir, checkpoint)
+
+
+@calibrate.command(
+    "auto",
+    epilog=(
+        "Example: llcv calibrate auto --checkpoint checkpoints/digits/step_00000036.pt --budget-steps 200000\n\n"
+        "Then: llcv estimate-all --checkpoints-dir checkpoints/digits "
+        "--from-calibration results/calibration/step_00000036/recommended.json  "
+        "(or, in one command for a whole run: llcv estimate-all --checkpoints-dir checkpoints/digits --calibrate)"
+    ),
+)
+@flag_groups
+def calibrate_auto_command(
+    checkpoint: CheckpointOpt,
+    config: ConfigOpt = None,
+    *,
+    temperature: TemperatureFlags,
+    budget: BudgetFlags,
+    sampler_flags: SamplerFlags,
+    output: CalibrateOutputFlags,
+    target: TargetFlags,
+    json_output: JsonOpt = False,
+) -> None:
+    """Find epsilon, gamma and the burn-in by short trial estimates within a budget, and measure how the pick's LLC depends on them.
+
+    Every trial runs 4 chains on the [sampler] settings (batch size, nbeta, samples, sampler,
+    seed, ...); the search halves epsilon and gamma while that moves the LLC by more than its
+    noise. The pick's sensitivity (halving gamma, halving epsilon, doubling the batch) is
+    printed with a verdict per knob. recommended.json carries the decided sampler fields;
+    calibration.json keeps every trial, so an interrupted run resumes.
+    """
+    with command_boundary():
+        flags = merge(temperature.overrides(), budget.overrides(), sampler_flags.overrides(), output.overrides(), target.overrides())
+        settings, loaded, out = _calibration_start(checkpoint, config, None, flags, target, json_output)
+        options = settings.calibrate
+        with RichReporter() as reporter:
+            result = auto_files.calibrate_and_save(
+                out, loaded.model, loaded.dataset, device=options.device, base=settings.sampler, budget=auto_files.auto_budget(options),
+                checkpoint=str(checkpoint), figure_format=options.format, reporter=reporter,
+            )  # fmt: skip
+        cli_render.render_auto_outcome(result, checkpoint, out, json_output)
+        if result.recommended is None:
+            raise typer.Exit(console.EXIT_FAILED)
 
 
 @calibrate.command(
@@ -430,27 +511,37 @@ def calibrate_chains_command(
 @app.command(
     "selftest",
     epilog="Example: llcv selftest --quick\n\nFull size on a GPU: llcv selftest --device cuda\n\n"
+    "Generated suites, errors per family: llcv selftest --families dln,rrr,polynomial,classifier --per-family 8 --seed 1\n\n"
     "Side by side with devinterp 1.3 (pip install 'llcv[reference]'): llcv selftest --against devinterp",
 )
 def selftest_command(
     device: DeviceOpt = None,
     quick: Annotated[bool, typer.Option("--quick", help="CI size: fewer draws; goal is the truth within 3 standard errors.")] = False,
     precision: Annotated[str, typer.Option("--precision", help="fp32 | bf16 (forward/backward under bf16 autocast) | auto (the faster, timed on each case); fp32 is what the known values validate.")] = "fp32",
-    auto: Annotated[bool, typer.Option("--auto", help="Also calibrate each case with recommend_settings and judge that estimate; both are shown.")] = False,
+    auto: Annotated[bool, typer.Option("--auto", help="Also calibrate each case with calibrate auto (full batches, the case's nbeta) and judge that estimate; both are shown.")] = False,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="With --auto: sgld | rmsprop_sgld, the sampler the calibration and its estimate use (default: [sampler]'s default).")] = None,
+    budget_steps: Annotated[int, typer.Option("--budget-steps", min=1, help="With --auto: chain-steps each case's calibration may spend.")] = DEFAULT_BUDGET_STEPS,
     against: Annotated[Optional[str], typer.Option("--against", help="devinterp: also run each case through devinterp 1.3's sampler at the same settings and show both (time, error); needs llcv[reference].")] = None,
+    families: Annotated[Optional[str], typer.Option("--families", help="Instead of the hand-listed cases, cases drawn at random shapes from --seed: a comma-separated list of dln, rrr, polynomial, classifier, or all. Generated cases run at their builders' uncalibrated rules of thumb.")] = None,
+    per_family: Annotated[int, typer.Option("--per-family", min=1, help="With --families: cases drawn per family.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="With --families or --scale: the seed every shape, rank and dataset is drawn from; the same seed gives the same cases.")] = 0,
+    scale: Annotated[bool, typer.Option("--scale", help="Add deep linear networks of about 10^4 and 10^5 weights (for a GPU: tens of minutes on a CPU); alone, run only those.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Estimate models with known learning coefficients and print true vs estimated values."""
+    """Estimate models with known learning coefficients and print true vs estimated values, and the errors per family."""
     with command_boundary():
-        settings = load_settings(("sampler", "estimate"), overrides={"sampler": {"precision": precision}, "estimate": {"device": device}})
+        settings = load_settings(
+            ("sampler", "estimate"), overrides={"sampler": {"precision": precision, "sampler": sampler}, "estimate": {"device": device}}
+        )
         cli_render.show_settings(settings)
         _quiet_for_json(json_output)
+        check = selftest.AutoCheck(settings.sampler.sampler, Budget(chain_steps=budget_steps)) if auto else None
         with RichReporter() as reporter:
             rows = selftest.run_selftest(
-                quick=quick, device=settings.estimate.device, precision=settings.sampler.precision, reporter=reporter, auto=auto,
-                against=against,
+                quick=quick, device=settings.estimate.device, precision=settings.sampler.precision, reporter=reporter, auto=check,
+                against=against, families=families, per_family=per_family, seed=seed, scale=scale,
             )  # fmt: skip
-        cli_render.render_selftest(rows, quick, auto, against, json_output)
+        cli_render.render_selftest(rows, quick, check, against, json_output, families=selftest.family_summary(rows))
         if not all(row.passed for row in rows):
             raise typer.Exit(console.EXIT_FAILED)
 

@@ -26,11 +26,13 @@ from typing import Annotated, Any, Callable, ClassVar, Mapping, Optional, get_ty
 import typer
 
 from llcv.calibration import CHAINS_DEFAULT_NUM_CHAINS, parse_grid
+from llcv.langevin import AUTO_BURNIN_DRAW_FACTOR
+from llcv.settings import DEFAULT_BUDGET_STEPS
 
 # --- options on their own ------------------------------------------------------------------------
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML experiment file (see configs/).", dir_okay=False)]
-CalibrationOpt = Annotated[Optional[Path], typer.Option("--from-calibration", help="recommended.json from `llcv calibrate sweep` (sets epsilon, gamma, nbeta, sampler).", dir_okay=False)]
+CalibrationOpt = Annotated[Optional[Path], typer.Option("--from-calibration", help="recommended.json from `llcv calibrate sweep` (sets epsilon, gamma, nbeta, sampler and num_burnin_steps) or `llcv calibrate auto` (also batch_size, num_draws and num_chains).", dir_okay=False)]
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file (llcv or foreign).", dir_okay=False)]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, then MPS, then CPU).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout and nothing else.")]
@@ -40,7 +42,9 @@ DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="digits | c
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the dataset lives (default depends on the dataset).", file_okay=False)]
 AllowVersionMismatchOpt = Annotated[Optional[bool], typer.Option("--allow-model-version-mismatch", help="Load checkpoints saved with another version of their model (same weight shapes, different function); see docs/formats.md.")]
 NumDrawsOpt = Annotated[Optional[int], typer.Option("--num-draws", help="Draws per chain (after burn-in).")]
-NumBurninOpt = Annotated[Optional[int], typer.Option("--num-burnin-steps", help="Steps discarded before the draws.")]
+NumBurninOpt = Annotated[Optional[str], typer.Option("--num-burnin-steps", metavar="<auto|int>", help=f"Steps discarded before the draws, or auto (the default): until the chains have relaxed from the checkpoint, 2/(epsilon*gamma) steps, at most {AUTO_BURNIN_DRAW_FACTOR} times the draws' steps (an estimate cut short by that cap is unhealthy).")]
+NbetaOpt = Annotated[Optional[str], typer.Option("--nbeta", metavar="<data|batch|float>", help="Inverse temperature n*beta: data (the default, n/ln(n) of the n sampled samples), batch (devinterp's batch_size/ln(batch_size)) or a number.")]
+SweepBurninOpt = Annotated[Optional[int], typer.Option("--num-burnin-steps", help=f"Steps every grid point discards before its draws (default: each row its own, 2/(epsilon*gamma) where that is at most {AUTO_BURNIN_DRAW_FACTOR} times its draws, else none).")]
 
 # `plot` and `report`: the runs they read.
 RunsDirOpt = Annotated[Optional[list[Path]], typer.Option("--results-dir", help="A folder written by estimate-all; repeat it to compare runs (default: [estimate] results_dir of --config, else results/llc_estimations).", file_okay=False)]
@@ -127,10 +131,29 @@ class StepFlags(FlagGroup):
 
     epsilon: Annotated[Optional[float], typer.Option("--epsilon", help="SGLD step size (devinterp's lr).")] = None
     gamma: Annotated[Optional[float], typer.Option("--gamma", help="Localization strength, pull toward the checkpoint (devinterp's localization).")] = None
-    nbeta: Annotated[Optional[float], typer.Option("--nbeta", help="Inverse temperature n*beta (default batch_size/ln(batch_size)).")] = None
+    nbeta: NbetaOpt = None
     mala: Annotated[Optional[bool], typer.Option("--mala/--no-mala", help="Compute MALA acceptance (one more forward and backward pass per measured minibatch step).")] = None
 
     SETTINGS: ClassVar = {"epsilon": "sampler.epsilon", "gamma": "sampler.gamma", "nbeta": "sampler.nbeta", "mala": "sampler.mala"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TemperatureFlags(FlagGroup):
+    """The inverse temperature alone, in [sampler]: for `calibrate auto`, whose search decides the step and the localization."""
+
+    nbeta: NbetaOpt = None
+
+    SETTINGS: ClassVar = {"nbeta": "sampler.nbeta"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetFlags(FlagGroup):
+    """The most an automatic calibration may spend, in [calibrate]: for `calibrate auto` and `estimate-all --calibrate`."""
+
+    budget_steps: Annotated[Optional[int], typer.Option("--budget-steps", help=f"Chain-steps (SGLD steps x chains) the calibration may spend (default {DEFAULT_BUDGET_STEPS:,}).")] = None
+    budget_seconds: Annotated[Optional[float], typer.Option("--budget-seconds", help="Seconds the calibration may spend (default: no limit).")] = None
+
+    SETTINGS: ClassVar = {"budget_steps": "calibrate.budget_steps", "budget_seconds": "calibrate.budget_seconds"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +184,8 @@ class SweepLengthFlags(LengthFlags):
     A sweep replaces [sampler]'s chains, draws and burn-in with [calibrate]'s
     (``llcv.calibration.sweep_base``), so these are the fields that a sweep reads.
     """
+
+    num_burnin_steps: SweepBurninOpt = None
 
     SETTINGS: ClassVar = {"num_chains": "calibrate.num_chains", "num_draws": "calibrate.num_draws", "num_burnin_steps": "calibrate.num_burnin_steps"}
 
@@ -233,12 +258,15 @@ class EstimateFlags(FlagGroup):
     claim_timeout_seconds: Annotated[Optional[float], typer.Option("--claim-timeout-seconds", help="Take over a claim whose heartbeat is older than this.")] = None
     per_layer: Annotated[Optional[bool], typer.Option("--per-layer", help="Also one LLC per block of the model (only its weights sampled, the rest frozen), e.g. scope layer3.")] = None
     per_class: Annotated[Optional[bool], typer.Option("--per-class", help="Also one LLC per class (the loss on its samples only), scope class=7.")] = None
+    calibrate: Annotated[Optional[bool], typer.Option("--calibrate/--no-calibrate", help="Calibrate once (calibrate auto) on a reference checkpoint and estimate every checkpoint with its settings; files in <results-dir>/calibration/<checkpoint-stem>/.")] = None
+    calibrate_on: Annotated[Optional[str], typer.Option("--calibrate-on", metavar="<STEP|FILE>", help="With --calibrate: the reference checkpoint, by its training step or file (default: the run's last).")] = None
 
     SETTINGS: ClassVar = {
         "results_dir": "estimate.results_dir", "every_nth": "estimate.every_nth", "steps": "estimate.steps", "force": "estimate.force",
         "device": "estimate.device", "devices": "estimate.devices", "shard": "estimate.shard", "executor": "estimate.executor",
         "ray_address": "estimate.ray_address", "cpus_per_task": "estimate.cpus_per_task",
         "claim_timeout_seconds": "estimate.claim_timeout_seconds", "per_layer": "estimate.per_layer", "per_class": "estimate.per_class",
+        "calibrate": "estimate.calibrate", "calibrate_on": "estimate.calibrate_on",
     }  # fmt: skip
     CONVERT: ClassVar = {"steps": comma_list}
 
@@ -252,7 +280,7 @@ class TrainFlags(FlagGroup):
     dataset: DatasetOpt = None
     data_dir: DataDirOpt = None
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download CIFAR-10 where the internet is reachable.")] = None
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size for folder/imagenet1k.")] = None
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size for folder, imagenet1k and digits (8: the digits' own pixels, 32 by default).")] = None
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="DataLoader workers, capped at the CPUs available (resume stays bit-exact with any number).")] = None
     data_seed: Annotated[Optional[int], typer.Option("--data-seed", help="Seed of the train/validation split.")] = None
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Number of epochs.")] = None

@@ -20,7 +20,10 @@ from rich.panel import Panel
 from rich.table import Table
 
 from llcv import console
+from llcv.calibration import auto_files
+from llcv.calibration.auto import SETTINGS_DEPENDENT, TRIAL_CHAINS, payload_dict
 from llcv.health import short_reason
+from llcv.langevin import relaxation_steps
 from llcv.models import model_version
 from llcv.records import ran_in
 from llcv.results import health_label
@@ -86,6 +89,30 @@ def standard_error_text(result) -> str:
     return f"{diagnostics.llc_se:.2g}: chains {chains:.2g} (MCSE {number(diagnostics.llc_mcse, '.2g')}), {initial_part}"
 
 
+def nbeta_text(result) -> str:
+    """The temperature and how it was chosen: ``197.8 (n/ln n of 1,438 samples)``; the number alone
+    for results before llcv 0.10, which did not record it."""
+    how = {
+        "data": f" (n/ln n of {result.num_samples_used:,} samples)",
+        "batch": " (batch/ln batch, devinterp's)",
+        "set": " (set)",
+        None: "",
+    }[result.nbeta_rule]
+    return number(result.nbeta, ".4g") + how
+
+
+def burnin_text(result) -> str:
+    """The burn-in and how it was chosen: ``200 (auto: 2/(epsilon*gamma))``, ``800 (auto, cut short
+    by its cap; needs 2,000)``, ``100 (set)``; the setting for results before llcv 0.10."""
+    if result.burnin_rule is None:
+        return str(result.settings.get("num_burnin_steps"))
+    if result.burnin_rule == "auto-capped":
+        needed = relaxation_steps(result.settings["epsilon"], result.settings["gamma"])
+        needs = "no burn-in is enough at gamma 0" if math.isinf(needed) else f"needs {needed:,}"
+        return f"{result.burnin_steps:,} (auto, cut short by its cap; {needs})"
+    return f"{result.burnin_steps:,} " + ("(auto: 2/(epsilon*gamma))" if result.burnin_rule == "auto" else "(set)")
+
+
 def render_llc_result(result, title: str) -> None:
     """The end-of-estimate table: LLC mean +- std, its standard error, per chain, MALA, R-hat, ESS, warnings."""
     table = Table(title=escape(title), show_header=False, title_justify="left")
@@ -107,7 +134,8 @@ def render_llc_result(result, title: str) -> None:
     table.add_row("init loss", number(result.init_loss, ".5g"))
     if result.batchnorm_statistics not in (None, "none"):
         table.add_row("BatchNorm", BATCHNORM_WORDS[result.batchnorm_statistics].format(samples=result.batchnorm_samples))
-    table.add_row("nbeta", number(result.nbeta, ".4g"))
+    table.add_row("nbeta", nbeta_text(result))
+    table.add_row("burn-in", burnin_text(result))
     table.add_row("sampled parameters", f"{result.num_parameters:,}")
     table.add_row("samples", f"{result.num_samples_used:,}")
     table.add_row("time", escape(f"{result.elapsed_seconds:.1f} s on {result.device} ({result.num_threads} threads)"))
@@ -196,6 +224,84 @@ def render_sweep_outcome(result, checkpoint: Path, out: Path, json_output: bool)
     console.info(f"wrote {out / 'recommended.json'} (use it with --from-calibration), sweep.json, sweep.csv and figures in {out}")
 
 
+def auto_trials_table(result, title: str) -> Table:
+    """An automatic calibration's trials, in the order they ran, the pick starred (the drift z is in trials.csv)."""
+    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_edge=False)
+    for column in ("#", "epsilon", "gamma", "batch", "steps", "burn-in", "LLC", "± se", "ESS", "R-hat"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("status", min_width=8, overflow="fold")
+    for index, trial in enumerate(result.trials):
+        picked = index == result.pick
+        status = "★ pick" if picked else escape(trial.status) + ("" if trial.from_checkpoint else " (continued)")
+        table.add_row(
+            str(index + 1), f"{trial.epsilon:.3g}", f"{trial.gamma:.3g}", str(trial.batch_size), f"{trial.steps:,}",
+            number(trial.burnin, ","), number(trial.llc, ".4g"), number(trial.se, ".2g"), number(trial.ess, ".0f"),
+            number(trial.r_hat, ".2f"), status, style="bold green" if picked else None if trial.ok else "dim",
+        )  # fmt: skip
+    return table
+
+
+def sensitivity_table(sensitivity, title: str) -> Table:
+    """How the pick's LLC moves when each knob changes: the LLC after the change, the move with its
+    standard error and relative to the LLC, and the verdict (the pick's LLC, the same on every row, is
+    left to the title, so the table fits an 80-column terminal)."""
+    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_edge=False)
+    for column in ("knob", "value → changed", "LLC", "move ± se", "relative"):
+        table.add_column(column, justify="left" if column == "knob" else "right", no_wrap=True)
+    table.add_column("verdict", min_width=len("settings-dependent"), overflow="fold")
+    for entry in sensitivity:
+        spec = ".0f" if entry.knob == "batch_size" else ".2g"
+        move = "—" if entry.move is None else f"{entry.move:+.2g} ± {number(entry.move_se, '.2g')}"
+        relative = "—" if entry.relative is None else auto_files.percent_words(entry.relative, signed=True)
+        verdict = auto_files.sensitivity_verdict(entry)
+        style = {"settings-dependent": "bold red", "holds": "green"}.get(verdict, "yellow")
+        table.add_row(
+            auto_files.KNOB_NAMES.get(entry.knob, entry.knob), f"{entry.value:{spec}} → {entry.changed_to:{spec}}",
+            number(entry.llc_changed, ".4g"), move, relative, f"[{style}]{escape(verdict)}[/]",
+        )  # fmt: skip
+    return table
+
+
+def recommended_words(settings) -> str:
+    """The sampler fields a calibration decided, in one line."""
+    return (
+        f"epsilon={settings.epsilon:g}, gamma={settings.gamma:g}, nbeta={settings.nbeta}, {settings.sampler}, "
+        f"burn-in {settings.num_burnin_steps:,} steps, {settings.num_chains} chains x {settings.num_draws:,} draws, batch {settings.batch_size}"
+    )
+
+
+def render_auto_outcome(result, checkpoint: Path, out: Path, json_output: bool) -> None:
+    """`calibrate auto`: the trials, the sensitivity, what was spent, and the recommendation or why there is none (or JSON)."""
+    if json_output:
+        emit_json(payload_dict(result))
+    else:
+        console.stdout.print(auto_trials_table(result, f"Trials on {checkpoint.name} (nbeta {result.nbeta:.4g}, {TRIAL_CHAINS} chains each)"))
+        if result.sensitivity and result.pick is not None:
+            pick = result.trials[result.pick]
+            criterion = f"settings-dependent: it moves by more than {SETTINGS_DEPENDENT:.0%} of the LLC beyond 2 standard errors"
+            title = f"Sensitivity of the pick's LLC, {number(pick.llc, '.4g')} ± {number(pick.se, '.2g')} ({criterion})"
+            console.stdout.print(sensitivity_table(result.sensitivity, title))
+        console.stdout.print(f"spent: {escape(auto_files.spent_words(result.spent))}", highlight=False)
+    if result.recommended is None:
+        console.stderr.print(f"[bold red]error:[/] calibrate auto found no usable settings: {escape(result.reason)}", highlight=False)
+        console.info(f"trials and figures in {out}; no recommended.json written")
+        return
+    console.info(f"recommended: {recommended_words(result.recommended)}")
+    console.info(f"why: {result.reason}")
+    console.info(
+        f"wrote {out / auto_files.RECOMMENDED_FILE} (use it with --from-calibration), calibration.json, trials.csv and figures in {out}"
+    )
+
+
+def render_run_calibration(calibrated) -> None:
+    """`estimate-all --calibrate`: the settings the run's calibration chose, how they hold, and where its files are."""
+    result = calibrated.calibration
+    console.info(f"calibrated on {calibrated.checkpoint.name} ({auto_files.spent_words(result.spent)})")
+    console.info(f"recommended for every checkpoint (flags still override): {recommended_words(result.recommended)}")
+    console.info(f"sensitivity: {auto_files.sensitivity_sentence(result.sensitivity)}")
+    console.info(f"calibration files in {calibrated.directory}")
+
+
 def render_curve(curve, out: Path, figure_format: str, json_output: bool) -> None:
     """`calibrate curve`: the verdict and its numbers (or JSON), and where the files are."""
     if json_output:
@@ -262,7 +368,7 @@ def render_plot(result, mark_transitions: bool) -> None:
 
 
 def render_report(result, calibration: Path | None) -> None:
-    """`report`: each run in one line, the calibration sweeps shown, and the page written."""
+    """`report`: each run in one line, the calibrations shown, and the page written."""
     for run in result.runs:
         if run.missing is None:
             missing = "missing checkpoints unknown (checkpoints folder not reachable)"
@@ -273,19 +379,39 @@ def render_report(result, calibration: Path | None) -> None:
             f"{len(run.unhealthy)} unhealthy or failed, {missing}"
         )
     absent = f"none readable in {calibration}" if calibration else "none found beside the results (name a folder with --calibration)"
-    console.info(f"calibration sweeps: {', '.join(str(folder) for folder in result.sweeps) or absent}")
+    shown = [f"{folder} (sweep)" for folder in result.sweeps] + [f"{folder} (auto)" for folder in result.autos]
+    console.info(f"calibrations: {', '.join(shown) or absent}")
     console.info(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB); open it in a browser")
 
 
-def render_selftest(rows, quick: bool, auto: bool = False, against: str | None = None, json_output: bool = False) -> None:
-    """The selftest table: true vs estimated LLC, each estimate "mean ± standard error (relative error)", and the verdict per case.
+def family_table(families, auto: bool = False) -> Table:
+    """The selftest's errors per family: cases, how many within 15%, and the median, 90th percentile and
+    worst of the absolute relative errors (the worst shown with its sign)."""
+    settings = "calibrated" if auto else "stored"
+    table = Table(title=f"errors per family ({settings} settings; |relative error|)", title_justify="left")
+    for column in ("family", "cases", "within 15%", "median", "90th pct", "worst"):
+        table.add_column(column, justify="left" if column == "family" else "right")
+    for summary in families:
+        missing = f" ({summary.no_estimate} no estimate)" if summary.no_estimate else ""
+        table.add_row(
+            escape(summary.family), str(summary.count), f"{summary.within_tolerance}{missing}", number(summary.median, ".1%"),
+            number(summary.p90, ".1%"), number(summary.worst_signed, "+.1%"),
+        )  # fmt: skip
+    return table
 
-    With ``auto``, the estimate with calibrated settings sits beside the stored settings' one,
-    and the verdict is the calibrated estimate's. With ``against``, the reference
+
+def render_selftest(rows, quick: bool, auto=None, against: str | None = None, json_output: bool = False, families: Sequence = ()) -> None:
+    """The selftest table: true vs estimated LLC, each estimate "mean ± standard error (relative error)", and the verdict per case;
+    under it, ``families``, the errors per family (``llcv.selftest.family_summary`` of the rows).
+
+    With ``auto`` (the ``llcv.selftest.AutoCheck`` the cases were calibrated with), the estimate
+    with calibrated settings sits beside the stored settings' one, and the verdict is the
+    calibrated estimate's; a calibration that found its pick settings-dependent is marked. With ``against``, the reference
     implementation's estimate at the stored settings and its time sit beside llcv's.
+    --json prints ``{"cases": [one object per row], "families": [one object per family]}``.
     """
     if json_output:
-        emit_json([dataclasses.asdict(row) for row in rows])
+        emit_json({"cases": [dataclasses.asdict(row) for row in rows], "families": [dataclasses.asdict(f) for f in families]})
         return
 
     def estimate(mean, standard_error, relative_error) -> str:
@@ -297,7 +423,7 @@ def render_selftest(rows, quick: bool, auto: bool = False, against: str | None =
         return f"mean absolute error {sum(errors) / len(errors):.1%}, worst {max(errors):.1%}"
 
     goal = "truth within 3 standard errors" if quick else "within 15% of the truth"
-    judged = "; verdict on the calibrated settings" if auto else ""
+    judged = f"; verdict on the settings calibrated with {auto.sampler}" if auto else ""
     table = Table(title=f"llcv selftest ({'quick' if quick else 'full size'}; goal: {goal}{judged})", title_justify="left")
     table.add_column("case", no_wrap=True, min_width=max((len(row.name) for row in rows), default=4))
     columns = ["true LLC", "stored settings"]
@@ -312,7 +438,9 @@ def render_selftest(rows, quick: bool, auto: bool = False, against: str | None =
         cells = [escape(row.name), f"{row.true_llc:.3f}", estimate(row.llc_mean, row.standard_error, row.relative_error)]
         if auto:
             found = row.auto
-            chosen = "none qualified" if found.epsilon is None else f"{found.epsilon:.3g}, {found.gamma:.3g}"
+            chosen = "none found" if found.epsilon is None else f"{found.epsilon:.3g}, {found.gamma:.3g}"
+            if found.settings_dependent:
+                chosen += f" (depends on {', '.join(found.settings_dependent)})"
             cells += [chosen, estimate(found.llc_mean, found.standard_error, found.relative_error)]
         cells.append(f"{row.seconds + (row.auto.seconds if row.auto else 0.0):.1f} s")
         if against:
@@ -321,6 +449,8 @@ def render_selftest(rows, quick: bool, auto: bool = False, against: str | None =
         table.add_row(*cells, "[green]pass[/]" if row.passed else "[red]FAIL[/]")
     out = console.stdout
     out.print(table)
+    if families:
+        out.print(family_table(families, auto))
     stored = [abs(row.relative_error) for row in rows if row.relative_error is not None]
     if against and stored:
         ours, theirs = sum(row.seconds for row in rows), sum(row.reference.seconds for row in rows)
@@ -330,7 +460,12 @@ def render_selftest(rows, quick: bool, auto: bool = False, against: str | None =
     if auto:
         errors = [abs(row.auto.relative_error) for row in rows if row.auto.relative_error is not None]
         if errors:
-            out.print(f"calibrated: {summary(errors)}", highlight=False, markup=False)
+            seconds, steps = sum(row.auto.seconds for row in rows), sum(row.auto.chain_steps for row in rows)
+            out.print(
+                f"calibrated ({auto.sampler}, budget {auto.budget.chain_steps:,} chain-steps a case): {summary(errors)}; "
+                f"calibrations and estimates {steps:,} chain-steps, {seconds:.0f} s",
+                highlight=False, markup=False,
+            )
     failed = sum(not row.passed for row in rows)
     out.print(f"{len(rows) - failed} passed, {failed} failed", highlight=False, markup=False)
 
@@ -339,7 +474,7 @@ def render_demo(result) -> None:
     """Where the demo's outputs are, and the paragraph that reads its figure."""
     lines = [
         f"checkpoints        {result.checkpoints_dir}",
-        f"calibration        {result.calibration_dir}  (sweep.json, sweep.csv, figures, recommended.json)",
+        f"calibration        {result.calibration_dir}  (calibration.json, trials.csv, figures, recommended.json)",
         f"LLC estimates      {result.estimates_dir}  (one JSON per checkpoint, summary.csv)",
         f"figure             {result.figure}",
         f"report             {result.report}  (one page: the run, every estimate, calibration, traces; open it in a browser)",

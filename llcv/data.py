@@ -50,7 +50,8 @@ from llcv.errors import DataError
 logger = logging.getLogger(__name__)
 
 DIGITS_VALIDATION_FRACTION = 0.2
-DIGITS_IMAGE_SIZE = 32
+DIGITS_IMAGE_SIZE = 32  # digits' default size: upsampled, so the models built for 32x32 inputs apply
+DIGITS_NATIVE_SIZE = 8
 
 SYNTHETIC_NUM_CLASSES = 4
 SYNTHETIC_IMAGE_SIZE = 16
@@ -200,8 +201,9 @@ def load_dataset(
             fixed splits.
         augment: use training augmentation on the train split.
         download: fetch CIFAR-10 into ``data_dir`` if it is not there (cifar10 only).
-        image_size: side of the square images for imagenet1k and folder (default 224). The
-            other datasets have one native size, and accept only that.
+        image_size: side of the square images for imagenet1k and folder (default 224) and digits
+            (default 32, upsampled from their own 8). The other datasets have one native size,
+            and accept only that.
 
     Returns:
         ``(train split, validation split, info)``.
@@ -358,13 +360,15 @@ def _refuse_download(request: _LoadRequest) -> None:
 
 
 def _load_digits(request: _LoadRequest) -> _Splits:
-    """scikit-learn's 1,797 8x8 digits, upsampled to 32x32 RGB; a seeded 80/20 split."""
+    """scikit-learn's 1,797 8x8 digits as RGB, upsampled to 32x32 unless ``image_size`` says
+    otherwise (8 keeps their own pixels, for a model that must sample fast); a seeded 80/20 split."""
     from sklearn.datasets import load_digits
 
-    _check_native_size(request, DIGITS_IMAGE_SIZE)
+    size = request.image_size or DIGITS_IMAGE_SIZE
     digits = load_digits()
     pixels = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # values are 0..16
-    pixels = F.interpolate(pixels, size=DIGITS_IMAGE_SIZE, mode="bilinear", align_corners=False)
+    if size != DIGITS_NATIVE_SIZE:
+        pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
     # Statistics over all images, not the train split, so every seed normalises identically.
     pixels = (pixels - pixels.mean()) / pixels.std()
     images = pixels.repeat(1, 3, 1, 1)  # grey replicated, so models built for RGB apply unchanged
@@ -380,7 +384,7 @@ def _load_digits(request: _LoadRequest) -> _Splits:
         name="digits",
         num_classes=10,
         in_channels=3,
-        image_size=DIGITS_IMAGE_SIZE,
+        image_size=size,
         num_train=len(train),
         num_val=len(val),
         data_dir=None,

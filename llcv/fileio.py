@@ -8,12 +8,14 @@ the temporary file and leaves any previous version of the target untouched.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterable, Mapping, Sequence
 
 from llcv.errors import LLCVError
 
@@ -96,3 +98,13 @@ def finite_or_none(value: Any) -> Any:
 def atomic_write_json(path: Path, payload: Any) -> Path:
     """Atomically write JSON (indented, non-finite floats refused so files stay standard JSON)."""
     return atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+
+
+def csv_text(fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    """A CSV table of ``rows`` in the column order ``fields``, header first; an empty cell for None."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({field: "" if row[field] is None else row[field] for field in fields})
+    return buffer.getvalue()

@@ -3,19 +3,24 @@
 Nothing here reads result folders or prints; callers pass the data in. Figures are built as
 ``matplotlib.figure.Figure`` objects, never through pyplot, so they render on headless machines
 without choosing a backend, and importing llcv leaves a notebook's backend alone.
+
+Why one module: every figure of llcv, the calibration's and the run's, shares the encoding and
+save helpers and one set of conventions (hollow marks an unhealthy estimate, ★ a recommendation),
+and the report draws from all of them.
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from matplotlib.figure import Figure
 
 from llcv.errors import SettingsError
 from llcv.fileio import atomic_write
 from llcv.health import short_reason
-from llcv.records import LLCRecord, RecordResult
+from llcv.records import NBETA_RULE_WORDS, LLCRecord, RecordResult
 from llcv.results import find_transitions
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
@@ -43,7 +48,7 @@ def figure_bytes(figure: Figure, fmt: str = "png", dpi: float = 150) -> bytes:
     return buffer.getvalue()
 
 
-# Calibration figures (llcv calibrate sweep | curve | chains).
+# Calibration figures (llcv calibrate sweep | auto | curve | chains).
 
 
 def _grid_edges(values: list[float]) -> tuple[list[float], bool]:
@@ -191,6 +196,118 @@ def plot_sweep_traces(rows: list[dict], traces: list[list[float | None]], title:
             if j == 0:
                 axis.set_ylabel("per-draw LLC" + (" (symmetric log scale)" if symlog else ""))
     figure.suptitle(title + "\nper-draw LLC = nbeta (L(w) - L(w*)), mean over chains; ✓: qualifies", fontsize=10)
+    return figure
+
+
+def plot_calibration_trials(trials: Sequence[Mapping[str, Any]], title: str, pick: int | None = None) -> Figure:
+    """Each trial of an automatic calibration: its LLC with a ±2 standard-error bar against epsilon.
+
+    Epsilon is on a log axis and each gamma has its colour. A trial at another batch size than
+    the first trial's (the sensitivity check's doubled batch) is a square, slightly to the right;
+    the trial at index ``pick`` is ringed; unhealthy trials are hollow and labelled with their
+    status, and those without an LLC (diverged) are a cross at the foot of the axis.
+
+    Args:
+        trials: ``llcv.calibration.trials.Trial`` fields as mappings, in the order they ran.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+
+    figure = Figure(figsize=(8.5, 4.8), layout="constrained")
+    axis = figure.subplots()
+    gammas = sorted({trial["gamma"] for trial in trials})
+    colors = {gamma: f"C{index % 10}" for index, gamma in enumerate(gammas)}
+    first_batch = trials[0]["batch_size"] if trials else None
+    foot = blended_transform_factory(axis.transData, axis.transAxes)
+    for index, trial in enumerate(trials):
+        color, other_batch = colors[trial["gamma"]], trial["batch_size"] != first_batch
+        epsilon = trial["epsilon"] * (1.04 if other_batch else 1.0)  # beside the same epsilon at the first batch
+        if trial["llc"] is None:
+            axis.plot(epsilon, 0.04, "x", color=color, markersize=8, transform=foot, clip_on=False)
+            axis.annotate(trial["status"], (epsilon, 0.04), xycoords=foot, xytext=(5, 3), textcoords="offset points", fontsize=7, color=color)
+            continue
+        healthy = trial["status"] == "ok"
+        bar = None if trial["se"] is None else 2 * trial["se"]
+        axis.errorbar(epsilon, trial["llc"], yerr=bar, fmt="s" if other_batch else "o", color=color, markersize=7, capsize=3,
+                      markerfacecolor=color if healthy else "white", markeredgewidth=1.5)  # fmt: skip
+        if not healthy:
+            axis.annotate(trial["status"], (epsilon, trial["llc"]), xytext=(6, -3), textcoords="offset points", fontsize=7, color=color)
+        if index == pick:
+            axis.plot(epsilon, trial["llc"], "o", markersize=17, markerfacecolor="none", markeredgecolor="black", markeredgewidth=1.5)
+    axis.set_xscale("log")
+    axis.axhline(0.0, color="0.5", linewidth=0.8)
+    axis.set_xlabel("epsilon (step size)")
+    axis.set_ylabel("LLC ± 2 standard errors")
+    handles = [Line2D([], [], marker="o", linestyle="", color=colors[gamma], label=f"gamma {gamma:.3g}") for gamma in gammas]
+    other_batches = sorted({trial["batch_size"] for trial in trials} - {first_batch})
+    if other_batches:
+        handles.append(Line2D([], [], marker="s", linestyle="", color="0.4", label=f"batch {', '.join(map(str, other_batches))} (not {first_batch})"))
+    if any(trial["status"] != "ok" for trial in trials):
+        handles.append(Line2D([], [], marker="o", linestyle="", color="0.4", markerfacecolor="white", label="unhealthy: hollow, status beside it"))
+    if pick is not None:
+        handles.append(Line2D([], [], marker="o", linestyle="", markersize=12, markerfacecolor="none", markeredgecolor="black", label="the pick"))
+    if handles:
+        axis.legend(handles=handles, fontsize=8, loc="best")
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def plot_calibration_traces(trials: Sequence[Mapping[str, Any]], title: str, pick: int | None = None) -> Figure:
+    """Each trial's chain-mean per-draw LLC over its steps, one panel per trial, the measured burn-in shaded.
+
+    A trace that still climbs or falls after its burn-in has not settled; the dotted line is the
+    trial's LLC (the mean after the burn-in). The y range follows the middle 98% of a trace, so a
+    diverging chain does not flatten the rest.
+
+    Args:
+        trials: ``llcv.calibration.trials.Trial`` fields as mappings; ``trace`` holds block means
+            over the trial's ``steps``.
+        pick: the index of the recommended trial, starred.
+    """
+    import math
+
+    import numpy as np
+
+    columns = min(3, max(len(trials), 1))
+    rows = max(1, math.ceil(len(trials) / columns))
+    figure = Figure(figsize=(max(3.8 * columns + 0.4, 8.0), 2.5 * rows + 1.1), layout="constrained")  # wide enough for the title
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for index, (axis, trial) in enumerate(zip(axes.flat, trials)):
+        trace = np.array([np.nan if value is None else value for value in trial["trace"]], dtype=float)
+        if trace.size:
+            width = trial["steps"] / trace.size  # each point is the mean of a block of steps
+            axis.plot((np.arange(trace.size) + 0.5) * width, trace, color="tab:blue", linewidth=1.0)
+            finite = trace[np.isfinite(trace)]
+            if finite.size:
+                low, high = np.percentile(finite, [1, 99])
+                if trial["llc"] is not None:
+                    low, high = min(low, trial["llc"]), max(high, trial["llc"])
+                margin = 0.08 * (high - low or abs(high) or 1.0)
+                axis.set_ylim(low - margin, high + margin)
+        if trial["burnin"] is not None:
+            axis.axvspan(0, trial["burnin"], color="0.88")
+        if trial["llc"] is not None:
+            axis.axhline(trial["llc"], color="black", linestyle=":", linewidth=1.0)
+        burnin = "no burn-in settled" if trial["burnin"] is None else f"burn-in {trial['burnin']:,}"
+        axis.set_title(
+            f"{'★ ' if index == pick else ''}#{index + 1}: epsilon {trial['epsilon']:.3g}, gamma {trial['gamma']:.3g}, "
+            f"batch {trial['batch_size']}\n{trial['status']}, {burnin} of {trial['steps']:,} steps"
+            + ("" if trial["from_checkpoint"] else ", continued"),
+            fontsize=8,
+        )
+        axis.tick_params(labelsize=7)
+        axis.set_xlabel("step", fontsize=8)
+        axis.set_ylabel("chain-mean LLC", fontsize=8)
+    for axis in list(axes.flat)[len(trials) :]:
+        axis.set_visible(False)
+    if not trials:
+        axes[0][0].set_visible(True)
+        axes[0][0].text(0.5, 0.5, "no trial ran", ha="center", va="center", transform=axes[0][0].transAxes)
+    continued = "; continued: from where the trial before left the chains" if any(not trial["from_checkpoint"] for trial in trials) else ""
+    figure.suptitle(
+        f"{title}\nthe chains' mean per-draw LLC; shaded: the burn-in measured on them; dotted: the trial's LLC; ★ the pick{continued}",
+        fontsize=9,
+    )
     return figure
 
 
@@ -460,10 +577,13 @@ def _settings_line(records: list[LLCRecord]) -> str | None:
     for record in records:
         settings = record.sampler_settings  # a plain dict: the sampler settings of the llcv that wrote it
         if settings:
-            nbeta = record.result.nbeta
+            result = record.result
+            nbeta = "unknown" if result.nbeta is None else format(result.nbeta, ".3g")
+            if result.nbeta_rule in ("data", "batch"):  # results before llcv 0.10 did not record it
+                nbeta += f" ({NBETA_RULE_WORDS[result.nbeta_rule]})"
             return (
                 f"{settings.get('sampler', 'sgld')} ε={settings.get('epsilon'):g}, γ={settings.get('gamma'):g}, "
-                f"nβ={'default' if nbeta is None else format(nbeta, '.3g')}, {settings.get('num_chains')} chains × "
+                f"nβ={nbeta}, {settings.get('num_chains')} chains × "
                 f"{settings.get('num_draws')} draws, seed {settings.get('seed')} · settings {record.settings_hash}"
             )
     return None

@@ -1,12 +1,16 @@
 """The run report: one self-contained HTML page that tells the story of a run (``llcv report``).
 
-The page is built from files only: the folders ``estimate-all`` writes, the sweeps of ``llcv
-calibrate sweep``, and, for the model and dataset, the run's last checkpoint where it can be
-reached. Figures come from ``llcv.plotting`` as base64 PNG, the styles sit in the page and
+The page is built from files only: the folders ``estimate-all`` writes, the calibrations of ``llcv
+calibrate sweep`` and ``llcv calibrate auto``, and, for the model and dataset, the run's last
+checkpoint where it can be reached. Figures come from ``llcv.plotting`` as base64 PNG, the styles sit in the page and
 nothing refers to the network, so the file opens from disk or as a mail attachment. The
 template (``llcv/templates/report.html.j2``) escapes every value it is given, so a checkpoint
 name or an error message read from a file cannot inject markup. ``read_figure`` writes the
 paragraph that reads the LLC figure, on the page and at the end of ``llcv demo``.
+
+Why one module: the page is one template, and each of its sections (the run, every checkpoint,
+the calibrations, the chains, provenance) needs its own view of the files; the views share the
+formatting helpers here.
 """
 
 from __future__ import annotations
@@ -25,12 +29,31 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from PIL import Image
 
 from llcv.calibration import SWEEP_FORMAT, recommended_row
+from llcv.calibration.auto import SETTINGS_DEPENDENT, AutoCalibration
+from llcv.calibration.auto_files import (
+    CALIBRATION_FILE,
+    KNOB_CHANGES,
+    figure_title,
+    read_auto,
+    relative_move_words,
+    sensitivity_sentence,
+    sensitivity_verdict,
+    spent_words,
+)
 from llcv.checkpoints import read_checkpoint
 from llcv.errors import LLCVError, SettingsError
 from llcv.fileio import atomic_write_text
-from llcv.plotting import figure_bytes, llc_figure, plot_sweep_heatmap, plot_sweep_traces, plot_trace_thumbnail
+from llcv.plotting import (
+    figure_bytes,
+    llc_figure,
+    plot_calibration_traces,
+    plot_calibration_trials,
+    plot_sweep_heatmap,
+    plot_sweep_traces,
+    plot_trace_thumbnail,
+)
 from llcv.progress import SILENT, Reporter
-from llcv.records import LLCRecord, RecordResult
+from llcv.records import NBETA_RULE_WORDS, LLCRecord, RecordResult
 from llcv.results import Transition, find_transitions, health_label, missing_checkpoints, run_labels, summary_row
 from llcv.runs import read_settings_folder
 from llcv.settings import PlotSettings
@@ -41,9 +64,10 @@ logger = logging.getLogger("llcv")
 DEFAULT_OUT = Path("results/report.html")
 TEMPLATE = "report.html.j2"
 SWEEP_FILE = "sweep.json"
-# Where a results folder's calibration sweeps are looked for when none is named: beside it, as
-# `llcv demo` (results/demo/llc_estimations, results/demo/calibration) and the defaults of
-# estimate-all and calibrate (results/llc_estimations, results/calibration) lay them out.
+# Where a results folder's calibrations are looked for when none is named: beside it, as the
+# defaults of estimate-all and calibrate lay them out (results/llc_estimations, results/calibration),
+# and inside it, where `estimate-all --calibrate` and `llcv demo` put theirs
+# (results/llc_estimations/calibration; llcv.run_calibration.CALIBRATION_FOLDER).
 CALIBRATION_FOLDER = "calibration"
 FIGURE_DPI = 110
 THUMBNAIL_DPI = 130
@@ -93,12 +117,14 @@ class RunReport:
 
 @dataclass(frozen=True)
 class ReportResult:
-    """What ``write_report`` wrote: the page, the runs it covers and the sweeps it shows."""
+    """What ``write_report`` wrote: the page, the runs it covers and the calibration folders it shows
+    (``sweeps`` of ``calibrate sweep``, ``autos`` of ``calibrate auto``)."""
 
     path: Path
     size_bytes: int
     runs: list[RunReport]
     sweeps: list[Path] = field(default_factory=list)
+    autos: list[Path] = field(default_factory=list)
 
 
 def load_run(results_dir: Path, label: str, settings_hash: str | None = None, x: str = "step") -> RunReport:
@@ -165,14 +191,28 @@ def _origin_words(origin: Mapping[str, Any] | None) -> dict[str, str | None]:
     }
 
 
-def find_sweeps(folder: Path) -> list[Path]:
-    """The calibration folders under ``folder`` (or ``folder`` itself) that hold a sweep.json."""
+def _is_calibration(folder: Path) -> bool:
+    return (folder / SWEEP_FILE).is_file() or (folder / CALIBRATION_FILE).is_file()
+
+
+def find_calibrations(folder: Path) -> list[Path]:
+    """The calibration folders under ``folder`` (or ``folder`` itself) that hold a sweep.json or a calibration.json."""
     folder = Path(folder)
-    if (folder / SWEEP_FILE).is_file():
+    if _is_calibration(folder):
         return [folder]
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.iterdir() if (path / SWEEP_FILE).is_file())
+    return sorted(path for path in folder.iterdir() if _is_calibration(path))
+
+
+def read_auto_folder(folder: Path) -> tuple[AutoCalibration, bool] | None:
+    """A folder's calibration.json and whether its search finished, or None when it is unreadable (said in the log)."""
+    path = Path(folder) / CALIBRATION_FILE
+    try:
+        return read_auto(path)
+    except (OSError, ValueError) as error:
+        logger.warning("leaving out the calibration %s: %s", path, error)
+        return None
 
 
 def read_sweep(folder: Path) -> dict[str, Any] | None:
@@ -208,17 +248,17 @@ def write_report(
         settings_hash: which settings to read in every folder (a unique prefix); None: each
             folder's most recently used.
         calibration_dir: a calibration folder (``<results-dir>/<checkpoint-stem>/`` of ``llcv
-            calibrate sweep``, or the results dir above several); None: the ``calibration``
-            folder beside each results folder, left out when there is none.
+            calibrate sweep`` or ``auto``, or the results dir above several); None: the
+            ``calibration`` folders beside and inside each results folder, left out when there is none.
         plot: the LLC figure's ``x``, ``log_x`` and ``per_parameter`` (``[plot]``, as for ``llcv
             plot``); its ``out`` is not used, and candidate transitions are always marked.
 
     Returns:
-        The page written, the runs and the calibration sweeps it shows.
+        The page written, the runs and the calibrations it shows.
 
     Raises:
         SettingsError: no results, an unknown settings hash, labels that do not match the folders,
-            a named calibration folder without a sweep, or ``out`` not ending in ``.html``.
+            a named calibration folder without a calibration, or ``out`` not ending in ``.html``.
         WriteError: the page could not be written.
     """
     out = Path(out)
@@ -229,29 +269,41 @@ def write_report(
     plot = plot or PlotSettings()
     runs = [load_run(folder, name, settings_hash, plot.x) for folder, name in zip(results_dirs, run_labels(results_dirs, labels))]
     if calibration_dir is not None:
-        sweep_folders = find_sweeps(calibration_dir)
-        if not sweep_folders:
-            raise SettingsError(f"calibration folder {calibration_dir} holds no {SWEEP_FILE} (written by llcv calibrate sweep)")
+        folders = find_calibrations(calibration_dir)
+        if not folders:
+            raise SettingsError(
+                f"calibration folder {calibration_dir} holds no {SWEEP_FILE} or {CALIBRATION_FILE} (written by llcv calibrate sweep or auto)"
+            )
     else:
-        beside = dict.fromkeys(run.folder.parent.parent / CALIBRATION_FOLDER for run in runs)
-        sweep_folders = [path for folder in beside for path in find_sweeps(folder)]
-    sweeps = [(folder, sweep) for folder in sweep_folders if (sweep := read_sweep(folder)) is not None]
-    html = render_report(runs, sweeps, plot=plot, reporter=reporter)
+        around = dict.fromkeys(place for run in runs for place in (run.folder.parent.parent, run.folder.parent))
+        folders = list(dict.fromkeys(path for place in around for path in find_calibrations(place / CALIBRATION_FOLDER)))
+    sweeps = [(folder, sweep) for folder in folders if (folder / SWEEP_FILE).is_file() and (sweep := read_sweep(folder)) is not None]
+    autos = [(folder, *auto) for folder in folders if (folder / CALIBRATION_FILE).is_file() and (auto := read_auto_folder(folder)) is not None]
+    html = render_report(runs, sweeps, autos=autos, plot=plot, reporter=reporter)
     atomic_write_text(out, html)
-    return ReportResult(path=out, size_bytes=out.stat().st_size, runs=runs, sweeps=[folder for folder, _ in sweeps])
+    return ReportResult(
+        path=out, size_bytes=out.stat().st_size, runs=runs, sweeps=[folder for folder, _ in sweeps], autos=[folder for folder, *_ in autos]
+    )
 
 
 def render_report(
     runs: Sequence[RunReport],
     sweeps: Sequence[tuple[Path, dict[str, Any]]] = (),
     *,
+    autos: Sequence[tuple[Path, AutoCalibration, bool]] = (),
     plot: PlotSettings | None = None,
     reporter: Reporter = SILENT,
 ) -> str:
-    """The page's HTML: the template filled with the runs, the sweeps and their figures (``plot``: see ``write_report``)."""
+    """The page's HTML: the template filled with the runs, the calibrations and their figures.
+
+    Args:
+        sweeps: (folder, sweep.json) of each ``calibrate sweep`` shown.
+        autos: (folder, calibration, whether its search finished) of each ``calibrate auto`` shown.
+        plot: see ``write_report``.
+    """
     plot = plot or PlotSettings()
     thumbnails = sum(1 for run in runs for record in run.whole if _has_trace(record))
-    reporter.start("report", "drawing the report's figures", 1 + 2 * len(sweeps) + thumbnails)
+    reporter.start("report", "drawing the report's figures", 1 + 2 * len(sweeps) + 2 * len(autos) + thumbnails)
     try:
         figure = _png(llc_figure(
             {run.label: run.records for run in runs}, x=plot.x, log_x=plot.log_x, per_parameter=plot.per_parameter,
@@ -261,11 +313,13 @@ def render_report(
         reporter.advance("report")
         run_views = [_run_view(index, run, reporter) for index, run in enumerate(runs)]
         sweep_views = [_sweep_view(folder, sweep, reporter) for folder, sweep in sweeps]
+        auto_views = [_auto_view(folder, calibration, complete, reporter) for folder, calibration, complete in autos]
     finally:
         reporter.finish("report")
     return _environment().get_template(TEMPLATE).render(
         runs=run_views,
         sweeps=sweep_views,
+        autos=auto_views,
         figure=figure,
         title=_title(run_views),
         written=_when(datetime.datetime.now(datetime.timezone.utc).isoformat()),
@@ -361,7 +415,11 @@ def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
     epochs = [record.epoch for record in whole if record.epoch is not None]
     finished = sorted(record.finished for record in run.records if record.finished)
     sampler = run.settings.get("sampler") or {}
-    nbetas = _distinct(record.result.nbeta for record in whole if record.result is not None)
+    whole_results = [record.result for record in whole if record.result is not None]
+    nbetas = _distinct(result.nbeta for result in whole_results)
+    asked_nbeta = sampler.get("nbeta")
+    # settings.json from before llcv 0.10 says null for the batch rule, then the default
+    nbeta_rule = "batch" if asked_nbeta is None else asked_nbeta if isinstance(asked_nbeta, str) else "set"
     return {
         "anchor": f"run-{index + 1}",
         "label": run.label,
@@ -374,10 +432,13 @@ def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
         "epochs": (min(epochs), max(epochs)) if epochs else None,
         "finished": (finished[0], finished[-1]) if finished else None,
         "sampler": sampler,
-        "nbeta": sampler.get("nbeta") if sampler.get("nbeta") is not None else (nbetas[0] if len(nbetas) == 1 else None),
+        "nbeta": asked_nbeta if isinstance(asked_nbeta, (int, float)) else (nbetas[0] if len(nbetas) == 1 else None),
+        "nbeta_rule": NBETA_RULE_WORDS[nbeta_rule],
+        "burnin": _burnin_words(sampler.get("num_burnin_steps"), whole_results),
         "hashed": run.settings.get("hashed") or {},
         "loss": run.settings.get("loss"),
-        "reading": read_figure(run.records),
+        "calibration": _calibration_entry(run.settings.get("calibration")),
+        "reading": " ".join(filter(None, [read_figure(run.records), calibration_reading(run.settings.get("calibration"))])),
         "rows": rows,
         "estimated": [row for row in rows if row["llc_mean"] is not None],
         "num_healthy": sum(record.health[0] is True for record in whole),
@@ -399,11 +460,27 @@ def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
             "threads": _distinct(result.num_threads for result in results),
             "chains run": _distinct(result.chain_execution for result in results),
             "BatchNorm statistics": _distinct(result.batchnorm_statistics for result in results),
+            "nβ": _distinct(
+                format(result.nbeta, ".4g") + (f" ({NBETA_RULE_WORDS[result.nbeta_rule]})" if result.nbeta_rule else "")
+                for result in results if result.nbeta is not None
+            ),
+            "burn-in steps": _distinct(f"{result.burnin_steps} ({result.burnin_rule})" for result in results if result.burnin_rule),
             "sampled parameters (whole model)": _distinct(record.num_parameters for record in whole),
             "hosts": _distinct(record.worker.host for record in run.records if record.worker is not None),
             "executor": _distinct(record.worker.executor for record in run.records if record.worker is not None),
         },
     }
+
+
+def _burnin_words(asked: Any, results: Sequence[RecordResult]) -> str:
+    """The run's burn-in in words: ``100 burn-in steps``, or the automatic one's steps and rule."""
+    if asked != "auto":
+        return f"{asked} burn-in steps"
+    steps = _distinct(result.burnin_steps for result in results)
+    capped = ", cut short by its cap" if any(result.burnin_rule == "auto-capped" for result in results) else ""
+    if len(steps) == 1:
+        return f"{steps[0]:,} burn-in steps (automatic, 2 / (ε γ){capped})"
+    return f"an automatic burn-in of 2 / (ε γ) steps{capped}"
 
 
 def _refined_tables(records: Sequence[LLCRecord]) -> list[dict[str, Any]]:
@@ -427,6 +504,63 @@ def _refined_tables(records: Sequence[LLCRecord]) -> list[dict[str, Any]]:
             "rows": [{"scope": scope, "cells": [by_checkpoint.get(name) for name in columns]} for scope, by_checkpoint in cells.items()],
         })  # fmt: skip
     return tables
+
+
+def _calibration_entry(entry: Any) -> dict[str, Any] | None:
+    """settings.json's ``calibration`` entry for the provenance: the checkpoint's name, the file, why, how it holds."""
+    if not isinstance(entry, Mapping):
+        return None
+    return {
+        "checkpoint": Path(str(entry.get("checkpoint") or "")).name or "an unnamed checkpoint",
+        "recommended": entry.get("recommended"),
+        "reason": entry.get("reason") or "",
+        "settings_dependent": list(entry.get("settings_dependent") or []),
+    }
+
+
+def calibration_reading(entry: Mapping[str, Any] | None) -> str | None:
+    """A sentence on where a run's settings came from and how its LLC depends on them, from
+    settings.json's ``calibration`` entry (``llcv.run_calibration``); None without one."""
+    if not isinstance(entry, Mapping):
+        return None
+    checkpoint = Path(str(entry.get("checkpoint") or "")).name or "a reference checkpoint"
+    try:
+        sensitivity = sensitivity_sentence(entry.get("sensitivity") or [])
+    except (ValueError, TypeError):  # an entry edited by hand, or from a newer llcv
+        return f"The settings came from llcv calibrate auto on {checkpoint}."
+    return f"The settings came from llcv calibrate auto on {checkpoint}: {sensitivity}."
+
+
+def _auto_view(folder: Path, calibration: AutoCalibration, complete: bool, reporter: Reporter) -> dict[str, Any]:
+    """An automatic calibration: its spending, recommendation, sensitivity, trials and figures."""
+    trials = [trial.model_dump(mode="json") for trial in calibration.trials]
+    title = figure_title(calibration)
+    trials_figure = traces_figure = None
+    if trials:
+        trials_figure = _png(plot_calibration_trials(trials, title, calibration.pick), FIGURE_DPI)
+        reporter.advance("report")
+        traces_figure = _png(plot_calibration_traces(trials, title, calibration.pick), FIGURE_DPI)
+        reporter.advance("report")
+    sensitivity = [
+        {**entry.model_dump(mode="json"), "change": KNOB_CHANGES.get(entry.knob, entry.knob), "relative_words": relative_move_words(entry),
+         "verdict": sensitivity_verdict(entry)}
+        for entry in calibration.sensitivity
+    ]  # fmt: skip
+    return {
+        "folder": str(folder),
+        "checkpoint": Path(calibration.checkpoint or folder.name).name,
+        "complete": complete,
+        "recommended": calibration.recommended.model_dump(mode="json") if calibration.recommended is not None else None,
+        "nbeta": calibration.nbeta,
+        "reason": calibration.reason,
+        "spent": spent_words(calibration.spent),
+        "sensitivity": sensitivity,
+        "sentence": sensitivity_sentence(calibration.sensitivity) if sensitivity else None,
+        "dependent_share": SETTINGS_DEPENDENT,
+        "trials": [{**trial, "number": index + 1, "pick": index == calibration.pick} for index, trial in enumerate(trials)],
+        "trials_figure": trials_figure,
+        "traces_figure": traces_figure,
+    }
 
 
 def _sweep_view(folder: Path, sweep: Mapping[str, Any], reporter: Reporter) -> dict[str, Any]:

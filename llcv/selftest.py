@@ -1,21 +1,26 @@
 """Self-test: estimate models with known learning coefficients and report how close llcv gets.
 
 ``llcv selftest`` runs this on the user's own machine and device, so they can trust the
-estimator where they run it. The cases come from ``llcv.known_models``.
+estimator where they run it. The cases come from ``llcv.known_models`` (the hand-listed suite)
+or ``llcv.known_families`` (suites generated from a seed); :func:`family_summary` reads the
+errors as a distribution per family.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-import torch.nn.functional as F
-
-from llcv.calibration import recommend_settings
+from llcv.calibration import Budget, calibrate_auto
 from llcv.devices import resolve_device
 from llcv.errors import EstimationError, SettingsError
+from llcv.known_families import family_cases, parse_families, quick_case, scale_cases
 from llcv.known_models import KnownCase, known_cases
+from llcv.losses import resolve_loss
 from llcv.progress import SILENT, Reporter
 from llcv.reference import devinterp_estimate
 from llcv.sampling import estimate_llc
@@ -44,12 +49,44 @@ class SelftestRow:
     seconds: float  # the estimate at the stored settings; the calibrated one's time is in ``auto``
     auto: "AutoRow | None" = None
     reference: "ReferenceRow | None" = None
+    family: str = ""  # the case's family ("dln", "rrr", ...); "" where unknown
+
+
+@dataclass(frozen=True)
+class FamilyErrors:
+    """The distribution of one family's absolute relative errors (the verdicts' estimates).
+
+    ``count`` counts every case, ``no_estimate`` those with no healthy chain; the statistics are
+    over the others (None where there are none). ``p90`` interpolates linearly between order
+    statistics (numpy's default). ``worst_signed`` is the error of largest size with its sign.
+    """
+
+    family: str
+    count: int
+    within_tolerance: int
+    no_estimate: int
+    median: float | None
+    p90: float | None
+    worst: float | None
+    worst_signed: float | None
+
+
+@dataclass(frozen=True)
+class AutoCheck:
+    """How ``--auto`` calibrates each case: with which sampler, within which budget."""
+
+    sampler: Literal["sgld", "rmsprop_sgld"] = SamplerSettings().sampler
+    budget: Budget = Budget()
 
 
 @dataclass(frozen=True)
 class AutoRow:
-    """The same case with settings from ``recommend_settings`` instead of its stored ones."""
+    """The same case with settings from ``calibrate_auto`` instead of its stored ones.
 
+    ``seconds`` and ``chain_steps`` cover the calibration and the estimate together: what the
+    calibrated number cost."""
+
+    sampler: str
     epsilon: float | None
     gamma: float | None
     llc_mean: float | None
@@ -57,6 +94,8 @@ class AutoRow:
     relative_error: float | None
     passed: bool
     seconds: float
+    chain_steps: int = 0
+    settings_dependent: tuple[str, ...] = ()
     error: str | None = None
 
 
@@ -100,30 +139,37 @@ def _judge(case: KnownCase, result, quick: bool) -> tuple[float | None, float | 
     return standard_error, relative_error, passed
 
 
-def check_auto(case: KnownCase, quick: bool, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT) -> AutoRow:
-    """Calibrate the case with ``recommend_settings`` (full batches, the case's nbeta), then estimate it."""
+def check_auto(
+    case: KnownCase, quick: bool, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT, check: AutoCheck = AutoCheck()
+) -> AutoRow:
+    """Calibrate the case with ``calibrate_auto`` (full batches, the case's nbeta, ``check``'s
+    sampler and budget), then estimate it with the recommended settings."""
     started = time.perf_counter()
     size = len(case.dataset)
-    base = SamplerSettings(batch_size=size, num_samples=size, nbeta=case.nbeta, precision=precision)
+    base = SamplerSettings(batch_size=size, num_samples=size, nbeta=case.nbeta, precision=precision, sampler=check.sampler)
     try:
-        settings = recommend_settings(case.model, case.dataset, loss="mse", device=device, base=base, reporter=reporter)
+        calibration = calibrate_auto(case.model, case.dataset, loss=case.loss, device=device, base=base, budget=check.budget, reporter=reporter)
     except EstimationError as error:
-        return AutoRow(None, None, None, None, None, False, time.perf_counter() - started, error=str(error))
-    result = estimate_llc(case.model, case.dataset, settings, loss="mse", device=device, reporter=reporter)
+        return AutoRow(check.sampler, None, None, None, None, None, False, time.perf_counter() - started, error=str(error))
+    settings = calibration.recommended
+    result = estimate_llc(case.model, case.dataset, settings, loss=case.loss, device=device, reporter=reporter)
     standard_error, relative_error, passed = _judge(case, result, quick)
-    return AutoRow(settings.epsilon, settings.gamma, result.llc_mean, standard_error, relative_error, passed, time.perf_counter() - started)
+    estimate_steps = settings.num_chains * (result.burnin_steps + settings.num_draws * settings.num_steps_bw_draws)
+    return AutoRow(
+        check.sampler, settings.epsilon, settings.gamma, result.llc_mean, standard_error, relative_error, passed,
+        time.perf_counter() - started, calibration.spent.chain_steps + estimate_steps, tuple(calibration.settings_dependent),
+    )  # fmt: skip
 
 
 def check_reference(case: KnownCase, device: str = "auto", against: str = "devinterp") -> ReferenceRow:
     """The case through devinterp 1.3's own sampler at its stored settings (fp32, its own initial loss)."""
     settings = case_settings(case)
-    reference = devinterp_estimate(case.model, case.dataset, settings, _mse, device=resolve_device(device))
+    # llcv's named losses are (model, batch) -> mean loss, devinterp's ``evaluate``: F.mse_loss, or
+    # F.cross_entropy against the soft labels.
+    evaluate = resolve_loss(case.loss)
+    reference = devinterp_estimate(case.model, case.dataset, settings, evaluate, device=resolve_device(device))
     relative_error = (reference.llc_mean - case.true_llc) / case.true_llc
     return ReferenceRow(against, reference.llc_mean, reference.standard_error, relative_error, reference.seconds)
-
-
-def _mse(model, batch):
-    return F.mse_loss(model(batch[0]), batch[1])
 
 
 def check_case(
@@ -132,17 +178,17 @@ def check_case(
     device: str = "auto",
     precision: str = "fp32",
     reporter: Reporter = SILENT,
-    auto: bool = False,
+    auto: AutoCheck | None = None,
     against: str | None = None,
 ) -> SelftestRow:
     """Estimate one known case with its stored settings (and, with ``auto``, calibrated ones) and
     judge it; with ``against``, also through that reference implementation, for comparison only."""
     started = time.perf_counter()
-    result = estimate_llc(case.model, case.dataset, case_settings(case, precision), loss="mse", device=device, reporter=reporter)
+    result = estimate_llc(case.model, case.dataset, case_settings(case, precision), loss=case.loss, device=device, reporter=reporter)
     seconds = time.perf_counter() - started
     mean, std = result.llc_mean, result.llc_std
     standard_error, relative_error, passed = _judge(case, result, quick)
-    calibrated = check_auto(case, quick, device, precision, reporter) if auto else None
+    calibrated = check_auto(case, quick, device, precision, reporter, auto) if auto is not None else None
     return SelftestRow(
         name=case.name,
         description=case.description,
@@ -155,7 +201,30 @@ def check_case(
         seconds=seconds,
         auto=calibrated,
         reference=check_reference(case, device, against) if against else None,
+        family=case.family,
     )
+
+
+def selftest_cases(
+    quick: bool = False, families: Sequence[str] | str | None = None, per_family: int = 8, seed: int = 0, scale: bool = False
+) -> list[KnownCase]:
+    """The cases a selftest runs: the hand-listed suite, or generated families and/or the scale cases.
+
+    Raises:
+        SettingsError: an unknown family, or ``per_family`` below 1.
+    """
+    if families is None and not scale:
+        return known_cases(quick=quick)
+    try:
+        names = parse_families(families) if families is not None else ()
+    except ValueError as error:
+        raise SettingsError(f"--families: {error}") from None
+    if per_family < 1:
+        raise SettingsError(f"--per-family must be at least 1, got {per_family}")
+    cases = [case for name in names for case in family_cases(name, per_family, seed)]
+    if scale:
+        cases += scale_cases(seed=seed)
+    return [quick_case(case) for case in cases] if quick else cases
 
 
 def run_selftest(
@@ -163,22 +232,33 @@ def run_selftest(
     device: str = "auto",
     precision: str = "fp32",
     reporter: Reporter = SILENT,
-    auto: bool = False,
+    auto: AutoCheck | None = None,
     against: str | None = None,
+    families: Sequence[str] | str | None = None,
+    per_family: int = 8,
+    seed: int = 0,
+    scale: bool = False,
 ) -> list[SelftestRow]:
     """Estimate every known case; full size by default, CI size with ``quick``.
 
-    With ``auto`` each case is also calibrated by ``recommend_settings`` and estimated with those
-    settings; its verdict is then the calibrated estimate's, and both are reported. With
+    The suite is the hand-listed one of ``llcv.known_models.known_cases`` unless ``families``
+    (names from ``llcv.known_families.FAMILIES``, a comma-separated string, or ``"all"``) asks
+    for ``per_family`` cases of each drawn from ``seed``, or ``scale`` adds the deep linear
+    networks of about 10^4 and 10^5 weights (``llcv.known_families.scale_cases``).
+
+    With ``auto`` each case is also calibrated by ``calibrate_auto`` (its sampler and budget) and
+    estimated with those settings; its verdict is then the calibrated estimate's, and both are
+    reported. With
     ``against="devinterp"`` each case also runs through devinterp 1.3's sampler at the stored
     settings, so both are shown side by side (time and error); it does not change the verdict.
 
     Raises:
-        SettingsError: an unknown ``against``, or its package is not installed.
+        SettingsError: an unknown ``against`` (or its package is not installed), an unknown
+            family, or ``per_family`` below 1; all before any sampling.
     """
     if against is not None and against not in REFERENCES:
         raise SettingsError(f"--against {against!r}: the reference implementations are {', '.join(REFERENCES)}")
-    cases = known_cases(quick=quick)
+    cases = selftest_cases(quick, families, per_family, seed, scale)
     reporter.start("selftest", "Known cases", len(cases))
     rows = []
     try:
@@ -188,3 +268,45 @@ def run_selftest(
     finally:
         reporter.finish("selftest")
     return rows
+
+
+def _judged_error(row: SelftestRow) -> float | None:
+    return row.auto.relative_error if row.auto is not None else row.relative_error
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    # Linear interpolation between order statistics, numpy's default ("linear").
+    position = fraction * (len(ordered) - 1)
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (position - below) * (ordered[above] - ordered[below])
+
+
+def family_summary(rows: Sequence[SelftestRow], tolerance: float = FULL_SIZE_TOLERANCE) -> list[FamilyErrors]:
+    """Per family, in order of first appearance: how many cases, how many within ``tolerance``,
+    and the median, 90th percentile and worst of the absolute relative errors (the worst signed too).
+
+    The error of a row is its verdict's: the calibrated estimate's where the row has one
+    (``--auto``), the stored settings' otherwise.
+    """
+    groups: dict[str, list[SelftestRow]] = {}
+    for row in rows:
+        groups.setdefault(row.family or "other", []).append(row)
+    summaries = []
+    for family, members in groups.items():
+        errors = [error for error in map(_judged_error, members) if error is not None]
+        ordered = sorted(abs(error) for error in errors)
+        worst_signed = max(errors, key=abs) if errors else None
+        summaries.append(
+            FamilyErrors(
+                family=family,
+                count=len(members),
+                within_tolerance=sum(abs(error) <= tolerance for error in errors),
+                no_estimate=len(members) - len(errors),
+                median=statistics.median(ordered) if ordered else None,
+                p90=_percentile(ordered, 0.9) if ordered else None,
+                worst=ordered[-1] if ordered else None,
+                worst_signed=worst_signed,
+            )
+        )
+    return summaries

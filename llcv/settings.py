@@ -11,6 +11,7 @@ command. Precedence, lowest first (docs/conventions.md):
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -92,7 +93,7 @@ class DataSettings(_Section):
     dataset: str = "digits"  # a name from llcv.data.list_datasets()
     data_dir: Path | None = None  # None: the dataset's documented default folder
     download: bool = False  # fetch CIFAR-10 where the internet is reachable
-    image_size: PositiveInt | None = None  # folder/imagenet1k only; None: the dataset's default
+    image_size: PositiveInt | None = None  # folder, imagenet1k and digits (8: their own pixels); None: the dataset's default
     num_workers: NonNegativeInt = 0  # DataLoader workers, capped at the CPUs; resume stays bit-exact with any number
     seed: NonNegativeInt = 0  # the train/validation split
 
@@ -154,15 +155,23 @@ class SamplerSettings(_Section):
 
     ``epsilon`` is the step size and ``gamma`` the localization strength; devinterp calls them
     ``lr`` and ``localization`` (translated in one place, ``llcv.sampling``). ``nbeta`` is n*beta,
-    the inverse temperature; None resolves to devinterp's default ``batch_size / ln(batch_size)``.
+    the inverse temperature: ``"data"``, Watanabe's ``n / ln(n)`` over the n samples the chains
+    draw from; ``"batch"``, devinterp's default ``batch_size / ln(batch_size)``; or a number
+    (``llcv.sampling.resolve_nbeta``). ``num_burnin_steps`` ``"auto"`` burns in until the chains
+    have relaxed from the checkpoint, at most a few times the draws' steps
+    (``llcv.sampling.resolve_burnin``).
     """
 
     epsilon: PositiveFloat = 1e-4
     gamma: NonNegativeFloat = 100.0
-    nbeta: PositiveFloat | None = None
+    # The temperature belongs to the data, not to the minibatch: with "batch" an estimate changes
+    # whenever only the batch size does (docs/calibration.md, "The temperature").
+    nbeta: PositiveFloat | Literal["data", "batch"] = "data"
     num_chains: PositiveInt = 4
     num_draws: PositiveInt = 200
-    num_burnin_steps: NonNegativeInt = 0
+    # "auto": 2 / (epsilon * gamma) steps, the chains' relaxation from the checkpoint, capped at
+    # AUTO_BURNIN_DRAW_FACTOR times the draws' steps (llcv.langevin.auto_burnin_steps).
+    num_burnin_steps: NonNegativeInt | Literal["auto"] = "auto"
     num_steps_bw_draws: PositiveInt = 1
     batch_size: PositiveInt = 256
     num_samples: PositiveInt | None = None  # None: the whole training split
@@ -194,6 +203,37 @@ class SamplerSettings(_Section):
     params: list[str] | None = None  # glob patterns over parameter names; others stay frozen (weight-refined LLC)
     classes: list[NonNegativeInt] | None = None  # only samples with these labels (data-refined LLC)
 
+    # Both fields are a number or a word: checked before pydantic's union, whose error would
+    # list every member's complaint instead of saying what the field takes.
+    @field_validator("nbeta", mode="before")
+    @classmethod
+    def _check_nbeta(cls, value: Any) -> Any:
+        # Settings written before llcv 0.10 (settings.json, result records) say null for the
+        # temperature that was then the default: devinterp's batch rule.
+        if value is None:
+            return "batch"
+        if value in ("data", "batch"):
+            return value
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if 0 < number < math.inf:
+                return value
+        raise ValueError("must be data, batch or a positive number")
+
+    @field_validator("num_burnin_steps", mode="before")
+    @classmethod
+    def _check_burnin(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        if isinstance(value, str) and value.isdecimal():
+            return int(value)
+        if isinstance(value, float) and value.is_integer() and value >= 0:
+            return int(value)
+        raise ValueError("must be auto or a whole number of steps, 0 or more")
+
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     """``"K/N"`` or ``(K, N)`` as ``(K, N)``, with 0 <= K < N: the one parser of shards:
@@ -223,8 +263,14 @@ def _check_shard(value: str | None) -> str | None:
     return value
 
 
+# The automatic calibration's budget when none is given, in chain-steps (steps x chains); here,
+# not in llcv.calibration.auto, because settings cannot import the calibration, which imports them.
+DEFAULT_BUDGET_STEPS = 400_000
+
+
 class CalibrateSettings(_Section):
-    """``[calibrate]``: the (epsilon, gamma, nbeta) grid and the rule that picks from it."""
+    """``[calibrate]``: the (epsilon, gamma, nbeta) grid and the rule that picks from it, and the
+    automatic calibration's budget."""
 
     epsilons: list[PositiveFloat] = [1e-6, 1e-5, 1e-4, 1e-3]
     gammas: list[NonNegativeFloat] = [1.0, 10.0, 100.0, 1000.0]
@@ -244,6 +290,10 @@ class CalibrateSettings(_Section):
     results_dir: FolderPath = Path("results/calibration")
     format: Literal["png", "pdf", "svg"] = "png"
     device: DeviceName = "auto"
+    # `calibrate auto` (and `estimate-all --calibrate`): the most its search may spend, in
+    # chain-steps (SGLD steps x chains) and/or seconds; None: no limit of that kind.
+    budget_steps: PositiveInt | None = DEFAULT_BUDGET_STEPS
+    budget_seconds: PositiveFloat | None = None
 
 
 def _split_devices(value: Any) -> Any:
@@ -286,6 +336,16 @@ class EstimateSettings(_Section):
     claim_timeout_seconds: PositiveFloat = 600.0  # a claim whose heartbeat is older is taken over
     per_layer: bool = False  # also one LLC per block of the model (weight-refined), beside the whole model
     per_class: bool = False  # also one LLC per class (data-refined); [sampler] classes then picks which classes
+    # Calibrate once (`calibrate auto`) on a reference checkpoint and estimate every checkpoint
+    # with its settings; calibrate_on: that checkpoint's training step or file (None: the run's last).
+    calibrate: bool = False
+    calibrate_on: NonNegativeInt | Path | None = None
+
+    @field_validator("calibrate_on", mode="before")
+    @classmethod
+    def _step_or_file(cls, value: Any) -> Any:
+        # `--calibrate-on 1000` arrives as text: a whole number is a step, anything else a file
+        return int(value) if isinstance(value, str) and value.isdecimal() else value
 
 
 class PlotSettings(_Section):
@@ -330,6 +390,10 @@ SECTION_MODELS: dict[str, type[_Section]] = {
 # the burn-in its sweep row qualified with. Files written before llcv 0.7 lack the burn-in.
 CALIBRATION_FIELDS = ("epsilon", "gamma", "nbeta", "sampler", "num_burnin_steps")
 LEGACY_CALIBRATION_FIELDS = ("epsilon", "gamma", "nbeta", "sampler")
+# `calibrate auto` also decides the estimate's length, and says why beside the fields: its
+# annotations, which `--from-calibration` leaves out of the settings.
+AUTO_CALIBRATION_FIELDS = (*CALIBRATION_FIELDS, "batch_size", "num_draws", "num_chains")
+AUTO_CALIBRATION_ANNOTATIONS = ("source", "reason", "sensitivity", "settings_dependent", "checkpoint")
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -361,11 +425,15 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def read_calibration(path: Path) -> dict[str, Any]:
-    """Read a ``recommended.json`` written by ``llcv calibrate sweep``.
+    """Read a ``recommended.json`` written by ``llcv calibrate sweep`` or ``llcv calibrate auto``.
+
+    Returns:
+        The sampler fields it sets: ``CALIBRATION_FIELDS`` (the ``LEGACY_CALIBRATION_FIELDS`` of an
+        older sweep's file), or ``AUTO_CALIBRATION_FIELDS`` without the auto file's annotations.
 
     Raises:
-        SettingsError: the file is missing, not JSON, or does not hold exactly ``CALIBRATION_FIELDS``
-            (or the ``LEGACY_CALIBRATION_FIELDS`` of an older file).
+        SettingsError: the file is missing, not JSON, or holds neither a sweep's exact fields nor
+            the auto fields with nothing but ``AUTO_CALIBRATION_ANNOTATIONS`` beside them.
     """
     try:
         raw = json.loads(Path(path).read_text())
@@ -373,12 +441,16 @@ def read_calibration(path: Path) -> dict[str, Any]:
         raise SettingsError(f"calibration file {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SettingsError(f"calibration file {path} is not readable JSON: {error}") from None
-    if not isinstance(raw, dict) or set(raw) not in (set(CALIBRATION_FIELDS), set(LEGACY_CALIBRATION_FIELDS)):
-        found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise SettingsError(
-            f"calibration file {path} must hold exactly {', '.join(CALIBRATION_FIELDS)}; found {found}"
-        )
-    return raw
+    if isinstance(raw, dict) and set(raw) in (set(CALIBRATION_FIELDS), set(LEGACY_CALIBRATION_FIELDS)):
+        return raw
+    if isinstance(raw, dict) and set(AUTO_CALIBRATION_FIELDS) <= set(raw) <= {*AUTO_CALIBRATION_FIELDS, *AUTO_CALIBRATION_ANNOTATIONS}:
+        return {field: raw[field] for field in AUTO_CALIBRATION_FIELDS}
+    found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+    raise SettingsError(
+        f"calibration file {path} must hold exactly {', '.join(CALIBRATION_FIELDS)} (from calibrate sweep), or those "
+        f"with {', '.join(AUTO_CALIBRATION_FIELDS[len(CALIBRATION_FIELDS):])} and the notes {', '.join(AUTO_CALIBRATION_ANNOTATIONS)} "
+        f"(from calibrate auto); found {found}"
+    )
 
 
 def format_validation_error(error: ValidationError, section: str) -> str:
@@ -421,7 +493,7 @@ def load_settings(
         sections: the sections this command uses, e.g. ``("data", "model", "train")``.
         config: a TOML experiment file; sections not named in ``sections`` are ignored.
         overrides: per-section values from the command line; None values mean "not given".
-        calibration: a ``recommended.json``; it sets the sampler's ``CALIBRATION_FIELDS``.
+        calibration: a ``recommended.json``; it sets the sampler fields it holds (``read_calibration``).
         base: values beneath the config file, e.g. the settings stored in a checkpoint being resumed.
 
     Raises:

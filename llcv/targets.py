@@ -68,6 +68,8 @@ def load_target(
     name = dataset or (recorded.name if recorded else DEFAULT_FOREIGN_DATASET)
     directory = data_dir if data_dir is not None else (recorded.data_dir if recorded and recorded.name == name else None)
     seed = recorded.seed if recorded else 0
+    if image_size is None and recorded and recorded.name == name:
+        image_size = recorded.image_size  # the model was trained on images of this size
     split, dataset_info = training_split(name, str(directory) if directory is not None else None, seed, image_size)
     if info.model.num_classes is not None and dataset_info.num_classes != info.model.num_classes:
         raise CheckpointError(

@@ -281,7 +281,7 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
         "stem": stem,
         "version": model_version(model_settings.name),
     }
-    dataset_spec = {"name": info.name, "data_dir": info.data_dir, "seed": data_settings.seed}
+    dataset_spec = {"name": info.name, "data_dir": info.data_dir, "seed": data_settings.seed, "image_size": data_settings.image_size}
 
     num_workers = min(data_settings.num_workers, _available_cpus())
     if num_workers < data_settings.num_workers:

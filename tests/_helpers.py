@@ -12,9 +12,10 @@ from llcv.settings import SamplerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A few dozen SGLD steps on 128 samples: under a second per checkpoint on one CPU thread.
-FAST = dict(num_chains=2, num_draws=12, batch_size=64, num_samples=128)
-FAST_FLAGS = ["--num-chains", "2", "--num-draws", "12", "--batch-size", "64", "--num-samples", "128", "--device", "cpu"]
+# A few dozen SGLD steps on 128 samples: under a second per checkpoint on one CPU thread. No
+# burn-in: the automatic one would quintuple the steps (and be cut short by its cap at 12 draws).
+FAST = dict(num_chains=2, num_draws=12, num_burnin_steps=0, batch_size=64, num_samples=128)
+FAST_FLAGS = ["--num-chains", "2", "--num-draws", "12", "--num-burnin-steps", "0", "--batch-size", "64", "--num-samples", "128", "--device", "cpu"]
 
 
 def unwrapped(output: str) -> str:
@@ -158,3 +159,43 @@ def write_fake_run(
             store.write_record(record)
     store.rebuild_summary()
     return results
+
+
+class SteadyTrials:
+    """Stands in for the sampling of ``calibrate_auto``'s trials (``llcv.calibration.auto``'s
+    ``estimate_llc_states``): each chain's per-draw LLC is ``level(settings)`` plus white noise,
+    so every trial settles at once and the search's own logic decides; no sampling. Every other
+    name of ``llcv.sampling`` is the real one.
+
+    Args:
+        level: the LLC a trial at these settings reads (default 5 everywhere: every knob holds).
+    """
+
+    def __init__(self, level: Callable[[SamplerSettings], float] = lambda settings: 5.0, noise: float = 0.05):
+        self.level, self.noise = level, noise
+        self.calls: list[SamplerSettings] = []
+
+    def estimate_llc_states(self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None):
+        from types import SimpleNamespace
+
+        import numpy as np
+
+        self.calls.append(settings)
+        noise = np.random.default_rng(settings.seed).standard_normal((settings.num_chains, settings.num_draws))
+        trace = self.level(settings) + self.noise * noise
+        return SimpleNamespace(llc_trace=trace.tolist(), llc_per_chain=trace.mean(axis=1).tolist()), None
+
+    def __getattr__(self, name: str) -> Any:
+        from llcv import sampling
+
+        return getattr(sampling, name)
+
+
+def use_steady_trials(monkeypatch, first_trial_steps: int = 100, **options: Any) -> SteadyTrials:
+    """Make ``calibrate_auto`` fast and certain: steady trials (``SteadyTrials``) of ``first_trial_steps``
+    steps at first, on a stiffness of 1 instead of the measured curvature."""
+    fake = SteadyTrials(**options)
+    monkeypatch.setattr("llcv.calibration.auto.sampling", fake)
+    monkeypatch.setattr("llcv.calibration.auto.top_hessian_eigenvalue", lambda *args, **kwargs: 1.0)
+    monkeypatch.setattr("llcv.calibration.auto.FIRST_TRIAL_STEPS", first_trial_steps)
+    return fake

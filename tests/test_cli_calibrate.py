@@ -50,7 +50,8 @@ class FakeEstimate:
         diverged = settings.epsilon >= self.diverge_from
         trace = 5.0 + 0.01 * np.random.default_rng(len(self.calls)).standard_normal((chains, draws))
         per_chain = [None if diverged else float(value) for value in trace.mean(axis=1)]
-        nbeta = settings.nbeta or 10.0
+        nbeta = 10.0 if isinstance(settings.nbeta, str) else settings.nbeta  # a rule: 10 stands for what it resolves to
+        burnin = sampling.resolve_burnin(settings)
         return self.template.model_copy(
             update={
                 "llc_mean": None if diverged else float(trace.mean()),
@@ -58,9 +59,12 @@ class FakeEstimate:
                 "llc_per_chain": per_chain,
                 "llc_trace": trace.tolist(),
                 "loss_trace": (trace / nbeta).tolist(),
-                "burnin_loss_trace": [[0.0] * settings.num_burnin_steps for _ in range(chains)],
+                "burnin_loss_trace": [[0.0] * burnin.steps for _ in range(chains)],
+                "burnin_steps": burnin.steps,
+                "burnin_rule": burnin.rule,
                 "init_loss": 0.0,
                 "nbeta": nbeta,
+                "nbeta_rule": sampling.nbeta_rule(settings.nbeta),
                 "mala_acceptance": None if diverged else self.mala,
                 "mala_acceptance_per_chain": [None if diverged else self.mala] * chains,
                 "diagnostics": self.template.diagnostics.model_copy(

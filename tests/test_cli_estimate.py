@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -27,6 +28,29 @@ def test_estimate_prints_the_table(final_checkpoint):
     for label in ("LLC", "standard error", "per chain", "MALA acceptance", "R-hat", "ESS"):
         assert label in outcome.stdout
     assert re.search(r"precision\W+(fp32|bf16)", outcome.stdout)  # what ran, when the settings say auto
+
+
+def test_the_table_says_how_nbeta_and_the_burn_in_were_chosen(final_checkpoint):
+    # 8 draws cap the automatic burn-in at 32 steps; the default epsilon and gamma need 2 / (1e-4 * 100) = 200
+    outcome = runner.invoke(app, ["estimate", "--checkpoint", str(final_checkpoint), *QUICK, "--num-samples", "100"])
+    assert outcome.exit_code == 0, outcome.output
+    shown = " ".join(outcome.stdout.replace("│", " ").split())  # the table's rows, without its borders
+    assert f"nbeta {100 / math.log(100):.4g} (n/ln n of 100 samples)" in shown
+    assert "burn-in 32 (auto, cut short by its cap; needs 200)" in shown
+    assert "the burn-in was cut short by its cap: 32 steps" in shown  # and the estimate is unhealthy for it
+    flagged = runner.invoke(
+        app, ["estimate", "--checkpoint", str(final_checkpoint), *QUICK, "--nbeta", "batch", "--num-burnin-steps", "5", "--json"]
+    )
+    result = LLCResult.from_dict(json.loads(flagged.stdout))
+    assert (result.nbeta, result.nbeta_rule, result.burnin_steps, result.burnin_rule) == (pytest.approx(32 / math.log(32)), "batch", 5, "set")
+    assert not any("burn-in" in reason for reason in result.health_reasons)
+
+
+def test_bad_nbeta_or_burn_in_flags_exit_2_saying_what_they_take(final_checkpoint):
+    for flag, value, message in (("--nbeta", "wbic", "must be data, batch or a positive number"),
+                                 ("--num-burnin-steps", "soon", "must be auto or a whole number of steps")):  # fmt: skip
+        outcome = runner.invoke(app, ["estimate", "--checkpoint", str(final_checkpoint), flag, value, "--device", "cpu"])
+        assert outcome.exit_code == 2 and message in outcome.output and "Traceback" not in outcome.output
 
 
 def test_estimate_json_is_the_result_and_nothing_else(final_checkpoint):
@@ -88,10 +112,14 @@ def test_selftest_json_reports_each_case(monkeypatch):
     case = known_cases(quick=True)[0]  # regression with d = 10, at its calibrated settings
     monkeypatch.setattr(selftest, "known_cases", lambda quick: [case])
     outcome = runner.invoke(app, ["selftest", "--quick", "--device", "cpu", "--json"])
-    rows = json.loads(outcome.stdout)
+    payload = json.loads(outcome.stdout)
+    rows = payload["cases"]
     assert [row["name"] for row in rows] == ["regression-d10"]
-    assert rows[0]["true_llc"] == 5.0 and rows[0]["passed"]
+    assert rows[0]["true_llc"] == 5.0 and rows[0]["passed"] and rows[0]["family"] == "regression"
     assert abs(rows[0]["relative_error"]) < 0.15
+    (family,) = payload["families"]
+    assert (family["family"], family["count"], family["within_tolerance"]) == ("regression", 1, 1)
+    assert family["worst"] == abs(rows[0]["relative_error"])
     assert outcome.exit_code == 0
 
 
@@ -105,7 +133,7 @@ def test_selftest_exits_1_when_a_case_misses_its_goal(monkeypatch):
     frozen = dataclasses.replace(known_cases(quick=True)[0], epsilon=1e-9, num_draws=50, num_burnin_steps=0)
     monkeypatch.setattr(selftest, "known_cases", lambda quick: [frozen])
     outcome = runner.invoke(app, ["selftest", "--device", "cpu", "--json"])
-    rows = json.loads(outcome.stdout)
+    rows = json.loads(outcome.stdout)["cases"]
     assert not rows[0]["passed"]
     assert outcome.exit_code == 1
 
@@ -120,7 +148,7 @@ def test_selftest_auto_calibrates_each_case_and_reports_both(monkeypatch):
     frozen = dataclasses.replace(known_cases(quick=True)[0], epsilon=1e-9, num_draws=50, num_burnin_steps=0)
     monkeypatch.setattr(selftest, "known_cases", lambda quick: [frozen])
     outcome = runner.invoke(app, ["selftest", "--quick", "--auto", "--device", "cpu", "--json"])
-    (row,) = json.loads(outcome.stdout)
+    (row,) = json.loads(outcome.stdout)["cases"]
     assert abs(row["relative_error"]) > 0.5  # the stored settings' estimate, reported beside
     calibrated = row["auto"]
     assert calibrated["epsilon"] > 1e-9 and calibrated["passed"] and row["passed"]

@@ -113,6 +113,7 @@ def calls(monkeypatch) -> dict:
     monkeypatch.setattr("llcv.sampling.estimate_llc", stop("estimate_llc"))
     for command in ("sweep", "curve", "chains"):
         monkeypatch.setattr(f"llcv.calibration.calibrate_{command}", stop(command))
+    monkeypatch.setattr("llcv.calibration.auto_files.calibrate_and_save", stop("auto"))
     return calls
 
 
@@ -158,6 +159,19 @@ def test_every_sampler_flag_of_estimate_reaches_the_settings(calls, tmp_path):
     _check_target(calls["load_target"])
 
 
+def test_nbeta_and_the_burn_in_flags_take_their_words(calls, tmp_path):
+    args = ["estimate", "--checkpoint", str(tmp_path / "step_00000001.pt"), "--device", "cpu"]
+    assert runner.invoke(app, [*args, "--nbeta", "batch", "--num-burnin-steps", "auto"]).exit_code == 0
+    settings = calls["estimate_llc"][0][2]
+    assert (settings.nbeta, settings.num_burnin_steps) == ("batch", "auto")
+    assert runner.invoke(app, args).exit_code == 0
+    settings = calls["estimate_llc"][0][2]
+    assert (settings.nbeta, settings.num_burnin_steps) == ("data", "auto")  # the defaults
+    # a sweep's rows each burn in on their own unless given a number: no word there
+    sweep = ["calibrate", "sweep", "--checkpoint", str(tmp_path / "step_00000001.pt"), "--device", "cpu", "--num-burnin-steps", "auto"]
+    assert runner.invoke(app, sweep).exit_code == 2
+
+
 def test_calibrate_sweep_budget_flags_set_calibrate_and_the_rest_sampler(calls, tmp_path):
     args = ["calibrate", "sweep", "--checkpoint", str(tmp_path / "step_00000001.pt"), "--epsilons", "1e-5,1e-4", "--gammas", "0,10",
             "--nbetas", "3", "--target-acceptance", "0.8", "--results-dir", str(tmp_path / "cal"), "--format", "svg", "--device", "cpu",
@@ -169,6 +183,21 @@ def test_calibrate_sweep_budget_flags_set_calibrate_and_the_rest_sampler(calls, 
     assert kwargs["target_acceptance"] == 0.8 and kwargs["device"] == "cpu"
     _check(kwargs["base"], SAMPLER_FLAGS, LENGTH_FLAGS)  # [calibrate]'s budget, laid over [sampler] by sweep_base
     _check_target(calls["load_target"])
+
+
+def test_calibrate_auto_takes_the_sampler_flags_as_its_base_and_its_budget_in_calibrate(calls, tmp_path):
+    args = ["calibrate", "auto", "--checkpoint", str(tmp_path / "step_00000001.pt"), "--nbeta", "7", "--budget-steps", "5000",
+            "--budget-seconds", "60", "--results-dir", str(tmp_path / "cal"), "--format", "pdf", "--device", "cpu", *TARGET_FLAGS]  # fmt: skip
+    result = runner.invoke(app, [*args, *_args(SAMPLER_FLAGS)])
+    assert result.exit_code == 0, result.output
+    (directory, model, data), kwargs = calls["auto"]
+    _check(kwargs["base"], SAMPLER_FLAGS, {"--nbeta": STEP_FLAGS["--nbeta"]})
+    assert (kwargs["budget"].chain_steps, kwargs["budget"].seconds) == (5000, 60.0)
+    assert kwargs["device"] == "cpu" and kwargs["figure_format"] == "pdf" and directory == tmp_path / "cal" / "step_00000001"
+    _check_target(calls["load_target"])
+    # the search decides the step, the localization and the length
+    for flag in ("--epsilon", "--gamma", "--num-draws", "--num-chains", "--num-burnin-steps"):
+        assert runner.invoke(app, [*args, flag, "1"]).exit_code == 2, flag
 
 
 def test_calibrate_chains_runs_5_chains_with_mala_unless_told_otherwise(calls, tmp_path):

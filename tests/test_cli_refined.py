@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from _helpers import FAST_FLAGS, copy_checkpoints, unwrapped
+from _helpers import FAST_FLAGS, copy_checkpoints, fast_settings, unwrapped
 from llcv.cli import app
 from llcv.estimation import EstimateSummary
 from llcv.results import load_results, settings_hash
@@ -58,7 +58,7 @@ def test_params_and_classes_restrict_every_estimate_of_a_plain_run(received, tmp
     assert result.exit_code == 0, result.output
     assert received["settings"].params == ["layer3.*", "fc.*"] and received["settings"].classes == [7]
     assert received["per_layer"] is False and received["per_class"] is False
-    assert settings_hash(received["settings"]) != settings_hash(SamplerSettings(num_chains=2, num_draws=12, batch_size=64, num_samples=128))
+    assert settings_hash(received["settings"]) != settings_hash(fast_settings())  # FAST_FLAGS without them
 
 
 def test_per_layer_with_params_exits_2_before_any_work(checkpoints, tmp_path):

@@ -74,7 +74,34 @@ def test_digits_batches_collate_to_long_labels():
 
 def test_fixed_size_dataset_refuses_another_image_size():
     with pytest.raises(DataError, match="image_size"):
-        load_dataset("digits", image_size=64)
+        load_dataset("synthetic", image_size=64)
+
+
+def test_digits_come_at_their_own_8x8_pixels_or_upsampled():
+    native, _, info = load_dataset("digits", image_size=8)
+    from sklearn.datasets import load_digits
+
+    raw = torch.as_tensor(load_digits().images, dtype=torch.float32)
+    assert native.images.shape[1:] == (3, 8, 8) and info.image_size == 8
+    # the same 8x8 values, standardised, not resampled: each image correlates perfectly with its raw pixels
+    image = native.images[0, 0].flatten()
+    assert any(torch.corrcoef(torch.stack([image, candidate.flatten()]))[0, 1] > 0.9999 for candidate in raw)
+    upsampled, _, info = load_dataset("digits", image_size=16)
+    assert upsampled.images.shape[1:] == (3, 16, 16) and info.image_size == 16
+    assert load_dataset("digits")[2].image_size == 32
+
+
+def test_a_checkpoint_is_estimated_on_images_of_the_size_it_was_trained_on(tmp_path):
+    from llcv.settings import load_settings
+    from llcv.targets import load_target
+    from llcv.training import train
+
+    settings = load_settings(
+        ("data", "model", "train"),
+        overrides={"data": {"image_size": 8}, "train": {"epochs": 1, "checkpoints_dir": tmp_path, "device": "cpu"}},
+    )
+    checkpoint = train(settings).checkpoints[-1]
+    assert load_target(checkpoint).dataset[0][0].shape == (3, 8, 8)
 
 
 # synthetic

@@ -23,7 +23,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from _helpers import copy_checkpoints
+from _helpers import copy_checkpoints, use_steady_trials
 from conftest import write_cifar10
 from llcv.cli import app
 
@@ -49,11 +49,16 @@ REDUCED_FLAGS: dict[tuple[str, ...], list[str]] = {
                     "--batch-size", "40", "--device", "cpu"],
     ("estimate-all",): ["--num-chains", "2", "--num-draws", "5", "--num-burnin-steps", "2", "--num-samples", "40",
                         "--batch-size", "40", "--device", "cpu"],
+    # and the trials' chains are stand-ins, see _helpers.use_steady_trials
+    ("calibrate", "auto"): ["--budget-steps", "4000", "--num-samples", "40", "--batch-size", "40", "--device", "cpu"],
     ("plot",): [],
     ("demo",): ["--tiny", "--device", "cpu"],
     # and `known_cases` is patched to one small regression case, see _one_known_case
     ("selftest",): ["--device", "cpu"],
 }
+# `estimate-all --calibrate`: the calibration sets the burn-in, so the reduction gives none.
+REDUCED_CALIBRATED = ["--num-chains", "2", "--num-draws", "5", "--budget-steps", "4000", "--num-samples", "40", "--batch-size", "40",
+                      "--device", "cpu"]  # fmt: skip
 # A sweep this small may find no qualifying pair (exit 1, no recommended.json): later commands
 # then run without their `--from-calibration FILE`.
 MAY_EXIT_1 = {("calibrate", "sweep")}
@@ -153,7 +158,7 @@ def _reduce(argv: list[str], walk: _Walk) -> list[str]:
         reduced = [CHECKPOINT_NAME.sub(walk.final_checkpoint, token) for token in reduced]
     if walk.calibration_failed:
         reduced = _without_option(reduced, "--from-calibration")
-    return reduced + REDUCED_FLAGS[path]
+    return reduced + (REDUCED_CALIBRATED if path == ("estimate-all",) and "--calibrate" in reduced else REDUCED_FLAGS[path])
 
 
 def _check_outputs(argv: list[str], exit_code: int, output: str, walk: _Walk) -> None:
@@ -165,16 +170,20 @@ def _check_outputs(argv: list[str], exit_code: int, output: str, walk: _Walk) ->
         walk.final_checkpoint = checkpoints[-1].stem
     elif path[0] == "calibrate":
         folder = Path(_option(argv, "--results-dir", "results/calibration")) / Path(_option(argv, "--checkpoint")).stem
-        produced = {"sweep": "sweep.json", "curve": "curve.json", "chains": "chains.json"}[path[1]]
+        produced = {"auto": "calibration.json", "sweep": "sweep.json", "curve": "curve.json", "chains": "chains.json"}[path[1]]
         assert (folder / produced).is_file(), f"no {produced} in {folder}"
         if path == ("calibrate", "sweep"):
             assert (folder / "recommended.json").is_file() == (exit_code == 0)
             walk.calibration_failed = exit_code == 1
     elif path == ("estimate-all",):
         checkpoints = sorted(Path(_option(argv, "--checkpoints-dir")).glob("step_*.pt"))
-        (folder,) = [p for p in Path(_option(argv, "--results-dir", "results/llc_estimations")).iterdir() if p.is_dir()]
+        results = Path(_option(argv, "--results-dir", "results/llc_estimations"))
+        (folder,) = [p for p in results.iterdir() if (p / "settings.json").is_file()]
         assert (folder / "summary.csv").is_file()
         assert sorted(p.name for p in folder.glob("step_*.json")) == [c.stem + ".json" for c in checkpoints]
+        if "--calibrate" in argv:  # calibrated on the run's last checkpoint, and the settings say so
+            assert (results / "calibration" / checkpoints[-1].stem / "recommended.json").is_file()
+            assert "calibration" in json.loads((folder / "settings.json").read_text())
     elif path == ("plot",):
         figure = Path(_option(argv, "--out", "results/llc_plots/llc.png"))
         assert figure.read_bytes().startswith(b"\x89PNG"), figure
@@ -203,6 +212,7 @@ def test_every_documented_command_runs_in_reduced_form(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "data" / "cifar10-python")  # where configs/cifar10-*.toml look
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("llcv.selftest.known_cases", _one_known_case)
+    use_steady_trials(monkeypatch)  # calibrate auto's search runs (estimate-all --calibrate, demo); its trials' chains are stand-ins
     runner, walk = CliRunner(), _Walk()
     for document, argv in _all_documented_commands():
         reduced = _reduce(argv, walk)
@@ -238,8 +248,8 @@ def test_cli_md_matches_the_app(tmp_path):
 
 # --json (docs/conventions.md): on every command whose output is data, stdout is one JSON
 # document and nothing else. train and demo write files and prose, not data.
-DATA_COMMANDS = {("estimate",), ("estimate-all",), ("calibrate", "sweep"), ("calibrate", "curve"), ("calibrate", "chains"),
-                 ("plot",), ("selftest",)}
+DATA_COMMANDS = {("estimate",), ("estimate-all",), ("calibrate", "auto"), ("calibrate", "sweep"), ("calibrate", "curve"),
+                 ("calibrate", "chains"), ("plot",), ("selftest",)}
 
 
 def test_exactly_the_data_commands_have_json():
@@ -260,19 +270,22 @@ def test_json_output_is_only_json(trained_run, tmp_path, monkeypatch):
     final = str(checkpoints / "step_00000016.pt")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("llcv.selftest.known_cases", _one_known_case)
+    use_steady_trials(monkeypatch)
     sample = ["--num-draws", "5", "--num-burnin-steps", "2", "--num-samples", "64", "--batch-size", "64", "--device", "cpu"]
     one_point = ["--epsilon", "1e-5", "--gamma", "1000"]
     commands = {
         ("estimate",): ["estimate", "--checkpoint", final, *one_point, "--num-chains", "2", *sample],
         ("estimate-all",): ["estimate-all", "--checkpoints-dir", str(checkpoints), *one_point, "--num-chains", "2", *sample],
         ("plot",): ["plot", "--out", "llc.png"],
+        ("calibrate", "auto"): ["calibrate", "auto", "--checkpoint", final, "--budget-steps", "4000", "--num-samples", "64",
+                                "--batch-size", "32", "--device", "cpu"],
         ("calibrate", "sweep"): ["calibrate", "sweep", "--checkpoint", final, "--epsilons", "1e-5", "--gammas", "1000",
                                  "--num-chains", "1", *sample],
         ("calibrate", "curve"): ["calibrate", "curve", "--checkpoint", final, *one_point, *sample],
         ("calibrate", "chains"): ["calibrate", "chains", "--checkpoint", final, *one_point, "--num-chains", "2", *sample],
         ("selftest",): ["selftest", "--device", "cpu"],
     }
-    expected_key = {("estimate",): "llc_mean", ("estimate-all",): "computed", ("plot",): "figure",
+    expected_key = {("estimate",): "llc_mean", ("estimate-all",): "computed", ("plot",): "figure", ("calibrate", "auto"): "trials",
                     ("calibrate", "sweep"): "rows", ("calibrate", "curve"): "verdict", ("calibrate", "chains"): "running_mean"}
     assert set(commands) == DATA_COMMANDS
     for path, argv in commands.items():
@@ -281,7 +294,7 @@ def test_json_output_is_only_json(trained_run, tmp_path, monkeypatch):
         assert outcome.exit_code in allowed, f"llcv {shlex.join(argv)} --json\n{outcome.output}"
         payload = json.loads(outcome.stdout)  # fails unless stdout is exactly one JSON document
         if path == ("selftest",):
-            assert payload[0]["name"] == "regression-d10"
+            assert payload["cases"][0]["name"] == "regression-d10" and payload["families"][0]["family"] == "regression"
         else:
             assert expected_key[path] in payload, (path, sorted(payload))
     plotted = json.loads(CliRunner().invoke(app, ["plot", "--out", "llc.png", "--json"]).stdout)
@@ -306,6 +319,7 @@ def test_verbose_shows_the_resolved_settings_of_every_command(tmp_path, monkeypa
     missing = ["--checkpoint", "missing.pt"]
     commands = {
         ("train",): ["train"], ("estimate",): ["estimate", *missing], ("estimate-all",): ["estimate-all", "--checkpoints-dir", "missing"],
+        ("calibrate", "auto"): ["calibrate", "auto", *missing],
         ("calibrate", "sweep"): ["calibrate", "sweep", *missing], ("calibrate", "curve"): ["calibrate", "curve", *missing],
         ("calibrate", "chains"): ["calibrate", "chains", *missing], ("plot",): ["plot"], ("report",): ["report"], ("selftest",): ["selftest"], ("demo",): ["demo"],
     }  # fmt: skip

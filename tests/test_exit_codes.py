@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
-from _helpers import fake_record
+from _helpers import fake_record, use_steady_trials
 from llcv import LLCResult, SamplerSettings, cli_render, console, estimate_llc
 from llcv.checkpoints import CheckpointInfo, ModelSpec
 from llcv.cli import app
@@ -34,6 +34,7 @@ from llcv.estimation import EstimateSummary
 from llcv.fileio import WriteError
 from llcv.records import RecordError
 from llcv.results import ResultsStore
+from llcv.sampling import nbeta_rule, resolve_burnin
 from llcv.selftest import SelftestRow
 from llcv.training import TrainResult
 
@@ -54,6 +55,7 @@ def steady(template: LLCResult, settings: SamplerSettings, healthy: bool = True)
     """An LLCResult shaped by ``settings``: a steady LLC near 5 with MALA 0.95, or every chain diverged."""
     chains, draws = settings.num_chains, settings.num_draws
     trace = 5.0 + 0.01 * np.random.default_rng(0).standard_normal((chains, draws))
+    burnin = resolve_burnin(settings)
     return template.model_copy(
         update={
             "llc_mean": float(trace.mean()) if healthy else None,
@@ -61,9 +63,12 @@ def steady(template: LLCResult, settings: SamplerSettings, healthy: bool = True)
             "llc_per_chain": [float(value) if healthy else None for value in trace.mean(axis=1)],
             "llc_trace": trace.tolist(),
             "loss_trace": (trace / 10.0).tolist(),
-            "burnin_loss_trace": [[0.0] * settings.num_burnin_steps for _ in range(chains)],
+            "burnin_loss_trace": [[0.0] * burnin.steps for _ in range(chains)],
+            "burnin_steps": burnin.steps,
+            "burnin_rule": burnin.rule,
             "init_loss": 0.0,
-            "nbeta": settings.nbeta or 10.0,
+            "nbeta": 10.0 if isinstance(settings.nbeta, str) else settings.nbeta,  # a rule: 10 stands for what it resolves to
+            "nbeta_rule": nbeta_rule(settings.nbeta),
             "mala_acceptance": 0.95 if healthy else None,
             "mala_acceptance_per_chain": [0.95 if healthy else None] * chains,
             "diagnostics": template.diagnostics.model_copy(
@@ -130,6 +135,10 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
         row = SelftestRow("case", "a known case", 1.0, 1.0 if passed else 3.0, 0.1, 0.1, 0.0 if passed else 2.0, passed, 0.1)
         return lambda **kwargs: [row]
 
+    def auto_fakes(mp, level=5.0):
+        mp.setattr("llcv.targets.load_target", _tiny_target)
+        use_steady_trials(mp, level=lambda settings: level)  # below 0: every trial escapes, and no settings are found
+
     calibrate_args = ["--checkpoint", str(checkpoint), "--device", "cpu", "--num-draws", "8", "--results-dir", str(tmp / "cal")]
     commands = [
         Command(
@@ -159,6 +168,10 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
             "llcv.calibration.calibrate_sweep", calibrate_fakes, lambda mp: calibrate_fakes(mp, healthy=False),
         ),
         Command(
+            "calibrate-auto", ["calibrate", "auto", *calibrate_args[:4], "--results-dir", str(tmp / "cal"), "--budget-steps", "1200"],
+            "llcv.calibration.auto_files.calibrate_and_save", auto_fakes, lambda mp: auto_fakes(mp, level=-5.0),
+        ),
+        Command(
             "calibrate-curve", ["calibrate", "curve", *calibrate_args], "llcv.calibration.calibrate_curve",
             calibrate_fakes, lambda mp: calibrate_fakes(mp, healthy=False),
         ),
@@ -183,7 +196,10 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
     return {command.name: command for command in commands}
 
 
-COMMANDS = ["train", "estimate", "estimate-all", "plot", "report", "calibrate-sweep", "calibrate-curve", "calibrate-chains", "selftest", "demo"]
+COMMANDS = [
+    "train", "estimate", "estimate-all", "plot", "report", "calibrate-sweep", "calibrate-auto", "calibrate-curve", "calibrate-chains",
+    "selftest", "demo",
+]  # fmt: skip
 
 
 @pytest.fixture

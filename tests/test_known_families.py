@@ -175,7 +175,7 @@ def test_selftest_cases_choose_the_suite():
 def _row(family: str, relative_error: float | None, auto_error: float | None = None) -> SelftestRow:
     from llcv.selftest import AutoRow
 
-    auto = None if auto_error is None else AutoRow(0.1, 1.0, 1.0, 0.1, auto_error, True, 1.0)
+    auto = None if auto_error is None else AutoRow("sgld", 0.1, 1.0, 1.0, 0.1, auto_error, True, 1.0)
     mean = None if relative_error is None else 1.0 + relative_error
     return SelftestRow("case", "", 1.0, mean, 0.1, 0.1, relative_error, True, 1.0, auto=auto, family=family)
 

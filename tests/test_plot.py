@@ -97,6 +97,14 @@ def test_settings_chooses_a_hash_and_bad_requests_exit_2(tmp_path):
     assert missing.exit_code == 2 and "does not exist" in unwrapped(missing.output)
 
 
+def test_the_title_says_how_the_temperature_was_chosen(tmp_path):
+    records = load_results(fake_run(tmp_path))
+    for rule, shown in (("data", "nβ=11.5 (n/ln n),"), ("batch", "nβ=11.5 (batch/ln batch),"), ("set", "nβ=11.5,")):
+        ruled = [record.model_copy(update={"result": record.result.model_copy(update={"nbeta_rule": rule})}) if record.result else record
+                 for record in records]  # fmt: skip
+        assert shown in llc_figure({"run": ruled})._suptitle.get_text()
+
+
 def test_the_figure_marks_failures_divergence_and_transitions(tmp_path):
     records = load_results(fake_run(tmp_path))
     runs = {"run": records}
@@ -107,6 +115,7 @@ def test_the_figure_marks_failures_divergence_and_transitions(tmp_path):
     assert legend == ["run", "failed (no estimate)", UNHEALTHY_LABEL, "candidate transition"]
     assert "partial results: 2 checkpoint(s) not estimated yet" in figure._suptitle.get_text()
     assert "settings abcdef012345" in figure._suptitle.get_text()
+    assert "nβ=11.5," in figure._suptitle.get_text()  # records before llcv 0.10 do not say how it was chosen
     assert figure.axes[1].get_xscale() == "symlog"
     # the API accepts one run's records or several runs with labels
     assert plot_llc(records, tmp_path / "one.png").is_file()
@@ -134,3 +143,49 @@ def test_plot_reads_the_results_dir_of_the_config_unless_the_flag_names_one(tmp_
     missing.write_text(f"[estimate]\nresults_dir = {str(tmp_path / 'nothing')!r}\n")
     outcome = _invoke("plot", "--config", str(missing), "--out", str(out))
     assert outcome.exit_code == 2 and "does not exist" in unwrapped(outcome.output)
+
+
+# `calibrate auto`'s figures (llcv.calibration.auto_files draws them with these).
+
+
+def _trial(epsilon: float, gamma: float, llc: float | None, *, status: str = "ok", batch_size: int = 64) -> dict:
+    return {
+        "epsilon": epsilon, "gamma": gamma, "batch_size": batch_size, "steps": 400, "burnin": None if llc is None else 40,
+        "llc": llc, "se": None if llc is None else 0.1, "ess": 200.0, "r_hat": 1.01, "drift_z": 0.3, "status": status,
+        "from_checkpoint": True, "chain_steps": 1600, "seconds": 2.0, "trace": [] if llc is None else [llc] * 100,
+    }  # fmt: skip
+
+
+def test_the_trials_figure_marks_gammas_the_doubled_batch_the_pick_and_unhealthy_trials():
+    from matplotlib.colors import to_rgba
+
+    from llcv.plotting import plot_calibration_trials
+
+    trials = [
+        _trial(1e-3, 10.0, 5.0), _trial(5e-4, 10.0, 5.1), _trial(1e-3, 5.0, 5.3), _trial(1e-3, 2.5, -1.0, status="escaped"),
+        _trial(2e-3, 10.0, None, status="diverged"), _trial(1e-3, 10.0, 5.2, batch_size=128),
+    ]  # fmt: skip
+    figure = plot_calibration_trials(trials, "calibrate auto of step_16.pt", pick=0)
+    (axis,) = figure.axes
+    assert axis.get_xscale() == "log" and axis.get_ylabel() == "LLC ± 2 standard errors"
+    assert len(axis.containers) == 5  # an error bar per trial with an LLC; the diverged one is a cross at the foot
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert labels == ["gamma 2.5", "gamma 5", "gamma 10", "batch 128 (not 64)", "unhealthy: hollow, status beside it", "the pick"]
+    marks = {container.lines[0].get_marker(): container.lines[0] for container in axis.containers}
+    assert set(marks) == {"o", "s"}  # the doubled batch is a square
+    hollow = [container.lines[0] for container in axis.containers if to_rgba(container.lines[0].get_markerfacecolor()) == to_rgba("white")]
+    assert [line.get_ydata()[0] for line in hollow] == [-1.0]  # the escaped trial
+    assert {text.get_text() for text in axis.texts} == {"escaped", "diverged"}
+    assert "step_16.pt" in figure.get_suptitle()
+
+
+def test_the_traces_figure_has_a_panel_per_trial_with_its_burn_in():
+    from llcv.plotting import plot_calibration_traces
+
+    figure = plot_calibration_traces([_trial(1e-3, 10.0, 5.0), _trial(5e-4, 10.0, 5.1), _trial(2e-3, 10.0, None, status="diverged")], "t", pick=1)
+    shown = [axis for axis in figure.axes if axis.get_visible()]
+    assert len(shown) == 3 and shown[1].get_title().startswith("★ #2")
+    assert len(shown[0].patches) == 1 and not shown[2].patches  # the burn-in shaded where one settled
+    assert shown[0].lines[0].get_xdata()[-1] == pytest.approx(398.0)  # block means placed over the trial's 400 steps
+    empty = plot_calibration_traces([], "t")
+    assert [text.get_text() for axis in empty.axes for text in axis.texts] == ["no trial ran"]

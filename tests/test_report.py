@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -14,14 +15,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped, write_fake_run
+from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped, use_steady_trials, write_fake_run
 from llcv import LLCRecord
 from llcv.calibration import calibrate_sweep, output_dir, save_sweep
 from llcv.cli import app
 from llcv.estimation import estimate_all
 from llcv.report import write_report
 from llcv.results import ResultsStore
-from llcv.settings import EstimateSettings
+from llcv.run_calibration import calibrate_run
+from llcv.settings import EstimateSettings, SamplerSettings
 from llcv.targets import load_target
 
 runner = CliRunner()
@@ -180,7 +182,52 @@ def test_report_of_real_estimates_and_calibration(trained_run, tmp_path):
     records = [json.loads(path.read_text()) for path in (tmp_path / "llc_estimations").glob("*/step_*.json")]
     ran_in = {record["result"]["precision"] for record in records}
     assert ran_in <= {"fp32", "bf16"} and all(precision in html for precision in ran_in)  # what the chains ran in (provenance)
-    assert "2 chains × 12 draws" in html  # the sampler settings
+    assert "2 chains × 12 draws after 0 burn-in steps" in html  # the sampler settings
+    nbeta = format(128 / math.log(128), ".4g")  # fast_settings' default temperature: n / ln n of its 128 samples
+    assert f"nβ = {nbeta} (n/ln n)" in html and f"{nbeta} (n/ln n)</dd>" in html  # the run's line, and its provenance
+    assert "0 (set)</dd>" in html  # the burn-in each estimate ran, and how it was chosen
+
+
+def test_the_report_shows_an_automatic_calibration_and_where_the_settings_came_from(trained_run, tmp_path, monkeypatch):
+    _, run = trained_run
+    use_steady_trials(monkeypatch, level=lambda settings: 5.0 if settings.batch_size == 64 else 7.0)  # the batch moves the LLC
+    results = fake_run(tmp_path)
+    calibrated = calibrate_run(run.checkpoints_dir, SamplerSettings(batch_size=64, num_samples=256), EstimateSettings(results_dir=results))
+    ResultsStore(results, "abcdef012345").write_settings(SamplerSettings(num_draws=12), calibration=calibrated.settings_entry())
+
+    result = write_report([results], tmp_path / "report.html")  # the calibration inside the results dir is found by default
+
+    assert result.autos == [results / "calibration" / "step_00000016"] and result.sweeps == []
+    page = check_page(result.path)
+    assert len(page.images) == 1 + 2 + 5  # the LLC figure, the trials and their traces, a thumbnail per estimate
+    sensitivity, trials = page.rows["calibration"][:3], page.rows["calibration"][3:]
+    assert [row[0] for row in sensitivity] == ["halving gamma", "halving epsilon", "doubling the batch"]
+    assert [row[-1] for row in sensitivity] == ["holds", "holds", "settings-dependent"] and sensitivity[2][1] == "64 → 128"
+    assert len(trials) == len(calibrated.calibration.trials) and [row[-1] for row in trials].count("★ recommended") == 1
+    html = " ".join(result.path.read_text().split())
+    assert 'chosen by <code>llcv calibrate auto</code> on <span class="mono">step_00000016.pt</span> (<strong>settings-dependent: batch_size</strong>)' in html
+    assert "<dt>settings chosen by</dt>" in html and "<dt>settings-dependent</dt><dd><strong>batch_size</strong></dd>" in html
+    assert "The settings came from llcv calibrate auto on step_00000016.pt: halving gamma moves the LLC by" in html  # the reading
+    assert "doubling the batch by +40% ± 0.1%; settings-dependent: batch_size" in html
+
+
+def test_the_run_says_how_its_temperature_and_burn_in_were_chosen(tmp_path):
+    from llcv.records import RecordResult
+    from llcv.report import _burnin_words
+
+    automatic = RecordResult(burnin_steps=200, burnin_rule="auto")
+    assert _burnin_words("auto", [automatic, automatic]) == "200 burn-in steps (automatic, 2 / (ε γ))"
+    capped = RecordResult(burnin_steps=800, burnin_rule="auto-capped")
+    assert _burnin_words("auto", [capped]) == "800 burn-in steps (automatic, 2 / (ε γ), cut short by its cap)"
+    assert _burnin_words(100, [RecordResult(burnin_steps=100, burnin_rule="set")]) == "100 burn-in steps"
+    # a folder from before llcv 0.10: nbeta null in its settings.json is the batch rule it ran
+    results = fake_run(tmp_path)
+    settings_file = next(results.glob("*/settings.json"))
+    stored = json.loads(settings_file.read_text())
+    stored["sampler"].update(nbeta=None, num_burnin_steps=0)
+    settings_file.write_text(json.dumps(stored))
+    html = " ".join(write_report([results], tmp_path / "old.html").path.read_text().split())
+    assert "nβ = 11.5 (batch/ln batch)" in html and "draws after 0 burn-in steps" in html
 
 
 def test_partial_results_name_what_is_missing(tmp_path):
@@ -258,7 +305,7 @@ def test_cli_writes_the_report_and_bad_input_exits_2(tmp_path):
         (["--results-dir", str(results), "--settings", "cccc"], "has no settings 'cccc'"),
         (["--results-dir", str(results), "--out", str(tmp_path / "report.png")], "ending in .html"),
         (["--results-dir", str(results), "--label", "a", "--label", "b"], "2 --label for 1 --results-dir"),
-        (["--results-dir", str(results), "--calibration", str(tmp_path / "checkpoints")], "holds no sweep.json"),
+        (["--results-dir", str(results), "--calibration", str(tmp_path / "checkpoints")], "holds no sweep.json or calibration.json"),
     ]:
         bad = runner.invoke(app, ["report", *args, *([] if "--out" in args else ["--out", str(out)])])
         assert bad.exit_code == 2, bad.output

@@ -14,10 +14,14 @@ import pytest
 
 from llcv.errors import SettingsError
 from llcv.settings import (
+    AUTO_CALIBRATION_FIELDS,
     CALIBRATION_FIELDS,
+    CalibrateSettings,
     DataSettings,
+    SamplerSettings,
     TrainSettings,
     load_settings,
+    read_calibration,
     read_config,
     validate_section,
 )
@@ -40,7 +44,37 @@ def test_no_config_gives_the_documented_defaults():
     assert (settings.data.dataset, settings.data.num_workers, settings.data.seed) == ("digits", 0, 0)
     assert settings.model.name == "smallcnn" and settings.model.stem is None
     assert settings.train.epochs == 10 and settings.train.checkpoints_dir == Path("checkpoints")
-    assert settings.sampler.epsilon == 1e-4 and settings.sampler.nbeta is None
+    assert settings.sampler.epsilon == 1e-4 and settings.sampler.nbeta == "data" and settings.sampler.num_burnin_steps == "auto"
+
+
+def test_an_unset_nbeta_from_before_the_data_rule_reads_as_the_batch_rule():
+    # settings.json, records and recommended.json before llcv 0.10 wrote null for devinterp's default
+    assert SamplerSettings(nbeta=None).nbeta == "batch"
+    assert SamplerSettings.model_validate_json('{"nbeta": null}').nbeta == "batch"
+    assert SamplerSettings(nbeta="data").nbeta == "data" and SamplerSettings(nbeta=12).nbeta == 12.0
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [("nbeta", "2.5", 2.5), ("nbeta", "batch", "batch"), ("num_burnin_steps", "auto", "auto"), ("num_burnin_steps", "30", 30)],
+)
+def test_nbeta_and_the_burn_in_take_a_word_or_a_number_as_flags_give_them(field, value, expected):
+    assert load_settings(("sampler",), overrides={"sampler": {field: value}}).sampler.model_dump()[field] == expected
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("nbeta", "wbic", "sampler.nbeta: must be data, batch or a positive number (got 'wbic')"),
+        ("nbeta", 0, "sampler.nbeta: must be data, batch or a positive number (got 0)"),
+        ("num_burnin_steps", "soon", "sampler.num_burnin_steps: must be auto or a whole number of steps, 0 or more (got 'soon')"),
+        ("num_burnin_steps", -3, "sampler.num_burnin_steps: must be auto or a whole number of steps, 0 or more (got -3)"),
+    ],
+)
+def test_a_bad_nbeta_or_burn_in_gets_one_line_saying_what_it_takes(field, value, message):
+    with pytest.raises(SettingsError) as raised:
+        validate_section("sampler", {field: value})
+    assert str(raised.value) == message
 
 
 def test_only_the_requested_sections_are_resolved(tmp_path):
@@ -103,9 +137,9 @@ def test_calibration_only_touches_the_sampler(tmp_path):
     assert settings.train == TrainSettings()
 
 
-def test_calibration_may_leave_nbeta_to_the_default(tmp_path):
+def test_a_calibration_that_left_nbeta_unset_keeps_the_batch_rule_it_meant(tmp_path):
     calibration = _calibration(tmp_path / "recommended.json", nbeta=None)
-    assert load_settings(("sampler",), calibration=calibration).sampler.nbeta is None
+    assert load_settings(("sampler",), calibration=calibration).sampler.nbeta == "batch"
 
 
 @pytest.mark.parametrize(
@@ -124,6 +158,46 @@ def test_calibration_must_hold_exactly_its_fields(tmp_path, content):
         load_settings(("sampler",), calibration=path)
     message = str(raised.value)
     assert str(path) in message and all(field in message for field in CALIBRATION_FIELDS)
+
+
+# recommended.json of `calibrate auto`: the sampler fields its search decided, and notes on why.
+AUTO_RECOMMENDED = {
+    "epsilon": 2e-5, "gamma": 40.0, "nbeta": "data", "sampler": "sgld", "num_burnin_steps": 120, "batch_size": 64,
+    "num_draws": 300, "num_chains": 4, "source": "calibrate auto", "reason": "epsilon=2e-05, gamma=40: ...",
+    "sensitivity": [{"knob": "gamma", "value": 40.0, "changed_to": 20.0}], "settings_dependent": [], "checkpoint": "step_00000016.pt",
+}  # fmt: skip
+
+
+def test_an_auto_calibration_sets_its_sampler_fields_and_leaves_its_notes_out(tmp_path):
+    path = tmp_path / "recommended.json"
+    path.write_text(json.dumps(AUTO_RECOMMENDED))
+    assert read_calibration(path) == {field: AUTO_RECOMMENDED[field] for field in AUTO_CALIBRATION_FIELDS}
+    config = _write(tmp_path / "c.toml", "[sampler]\nnum_draws = 50\nseed = 3\nbatch_size = 32\n")
+    sampler = load_settings(("sampler",), config=config, calibration=path, overrides={"sampler": {"num_chains": 2}}).sampler
+    assert (sampler.epsilon, sampler.gamma, sampler.nbeta, sampler.num_burnin_steps) == (2e-5, 40.0, "data", 120)
+    assert (sampler.batch_size, sampler.num_draws, sampler.num_chains, sampler.seed) == (64, 300, 2, 3)  # the flag wins, the config keeps the rest
+    notes = {field: AUTO_RECOMMENDED[field] for field in AUTO_CALIBRATION_FIELDS}  # the notes are optional
+    path.write_text(json.dumps(notes))
+    assert read_calibration(path) == notes
+
+
+@pytest.mark.parametrize("extra", [{"seed": 1}, {"notes": "hand-written"}], ids=["another-sampler-field", "unknown-key"])
+def test_an_auto_calibration_with_any_other_key_is_refused(tmp_path, extra):
+    path = tmp_path / "recommended.json"
+    path.write_text(json.dumps({**AUTO_RECOMMENDED, **extra}))
+    with pytest.raises(SettingsError) as raised:
+        load_settings(("sampler",), calibration=path)
+    message = str(raised.value)
+    assert str(path) in message and "calibrate auto" in message and next(iter(extra)) in message
+
+
+def test_the_automatic_budget_defaults_to_the_searchs(tmp_path):
+    from llcv.calibration.auto import DEFAULT_BUDGET_STEPS
+
+    assert CalibrateSettings().budget_steps == DEFAULT_BUDGET_STEPS and CalibrateSettings().budget_seconds is None
+    estimate = validate_section("estimate", {"calibrate": True, "calibrate_on": "1000"})
+    assert estimate.calibrate is True and estimate.calibrate_on == 1000  # a step, as the flag's text gives it
+    assert validate_section("estimate", {"calibrate_on": "ckpts/step_00000016.pt"}).calibrate_on == Path("ckpts/step_00000016.pt")
 
 
 def test_unreadable_calibration_files_are_named(tmp_path):
