@@ -148,8 +148,20 @@ class SmallCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         hidden = torch.max_pool2d(torch.relu(self.conv1(images)), 2)
         hidden = torch.max_pool2d(torch.relu(self.conv2(hidden)), 2)
-        hidden = self.pool(hidden).flatten(1)
-        return self.fc2(torch.relu(self.fc1(hidden)))
+        return self.fc2(torch.relu(self.fc1(_pooled(hidden, self.pool).flatten(1))))
+
+
+def _pooled(hidden: torch.Tensor, pool: nn.AdaptiveAvgPool2d) -> torch.Tensor:
+    """``pool(hidden)``, computed as a repeat where the map is smaller than the pool's output and
+    divides it: adaptive average pooling then copies each cell into a block, and torch's kernel
+    for that took a third of a sampling step on 8x8 digits (it is the same function, so
+    checkpoints keep their model version)."""
+    size = pool.output_size if isinstance(pool.output_size, int) else None
+    height, width = hidden.shape[-2:]
+    if size is None or height != width or height >= size or size % height:
+        return pool(hidden)
+    factor = size // height
+    return hidden.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
 # Version 1: the stride-2 first convolution above. Its stride changed once before models had

@@ -125,3 +125,13 @@ def test_register_model_adds_a_name(monkeypatch):
     from llcv.settings import validate_section
 
     assert validate_section("model", {"name": "tiny-test"}).name == "tiny-test"
+
+
+@pytest.mark.parametrize("size", [8, 12, 16, 32])
+def test_smallcnn_pools_as_adaptive_average_pooling_does_at_every_input_size(size):
+    from llcv.models import SmallCNN, _pooled
+
+    model = SmallCNN(10, 3)
+    images = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(size))
+    hidden = torch.max_pool2d(torch.relu(model.conv2(torch.max_pool2d(torch.relu(model.conv1(images)), 2))), 2)
+    assert torch.equal(_pooled(hidden, model.pool), model.pool(hidden))
