@@ -512,6 +512,8 @@ def calibrate_chains_command(
     "selftest",
     epilog="Example: llcv selftest --quick\n\nFull size on a GPU: llcv selftest --device cuda\n\n"
     "Generated suites, errors per family: llcv selftest --families dln,rrr,polynomial,classifier --per-family 8 --seed 1\n\n"
+    "The automatic calibration on them, with each sampler: llcv selftest --auto --families all --per-family 5 --sampler sgld\n\n"
+    "At 10^4 and 10^5 weights: llcv selftest --auto --scale --batch-size 256\n\n"
     "Side by side with devinterp 1.3 (pip install 'llcv[reference]'): llcv selftest --against devinterp",
 )
 def selftest_command(
@@ -521,6 +523,7 @@ def selftest_command(
     auto: Annotated[bool, typer.Option("--auto", help="Also calibrate each case with calibrate auto (full batches, the case's nbeta) and judge that estimate; both are shown.")] = False,
     sampler: Annotated[Optional[str], typer.Option("--sampler", help="With --auto: sgld | rmsprop_sgld, the sampler the calibration and its estimate use (default: [sampler]'s default).")] = None,
     budget_steps: Annotated[int, typer.Option("--budget-steps", min=1, help="With --auto: chain-steps each case's calibration may spend.")] = DEFAULT_BUDGET_STEPS,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="With --auto: the minibatch the calibration and its estimate sample with (default: full batches; e.g. 256 for --scale).")] = None,
     against: Annotated[Optional[str], typer.Option("--against", help="devinterp: also run each case through devinterp 1.3's sampler at the same settings and show both (time, error); needs llcv[reference].")] = None,
     families: Annotated[Optional[str], typer.Option("--families", help="Instead of the hand-listed cases, cases drawn at random shapes from --seed: a comma-separated list of dln, rrr, polynomial, classifier, or all. Generated cases run at their builders' uncalibrated rules of thumb.")] = None,
     per_family: Annotated[int, typer.Option("--per-family", min=1, help="With --families: cases drawn per family.")] = 8,
@@ -535,7 +538,7 @@ def selftest_command(
         )
         cli_render.show_settings(settings)
         _quiet_for_json(json_output)
-        check = selftest.AutoCheck(settings.sampler.sampler, Budget(chain_steps=budget_steps)) if auto else None
+        check = selftest.AutoCheck(settings.sampler.sampler, Budget(chain_steps=budget_steps), batch_size) if auto else None
         with RichReporter() as reporter:
             rows = selftest.run_selftest(
                 quick=quick, device=settings.estimate.device, precision=settings.sampler.precision, reporter=reporter, auto=check,

@@ -385,17 +385,17 @@ def render_report(result, calibration: Path | None) -> None:
 
 
 def family_table(families, auto: bool = False) -> Table:
-    """The selftest's errors per family: cases, how many within 15%, and the median, 90th percentile and
-    worst of the absolute relative errors (the worst shown with its sign)."""
+    """The selftest's errors per family: cases, how many within 15%, the median, 90th percentile and
+    worst of the absolute relative errors (the worst shown with its sign), and what they cost."""
     settings = "calibrated" if auto else "stored"
     table = Table(title=f"errors per family ({settings} settings; |relative error|)", title_justify="left")
-    for column in ("family", "cases", "within 15%", "median", "90th pct", "worst"):
+    for column in ("family", "cases", "within 15%", "median", "90th pct", "worst", "time"):
         table.add_column(column, justify="left" if column == "family" else "right")
     for summary in families:
         missing = f" ({summary.no_estimate} no estimate)" if summary.no_estimate else ""
         table.add_row(
             escape(summary.family), str(summary.count), f"{summary.within_tolerance}{missing}", number(summary.median, ".1%"),
-            number(summary.p90, ".1%"), number(summary.worst_signed, "+.1%"),
+            number(summary.p90, ".1%"), number(summary.worst_signed, "+.1%"), f"{summary.seconds:.0f} s",
         )  # fmt: skip
     return table
 

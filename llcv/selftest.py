@@ -58,7 +58,8 @@ class FamilyErrors:
 
     ``count`` counts every case, ``no_estimate`` those with no healthy chain; the statistics are
     over the others (None where there are none). ``p90`` interpolates linearly between order
-    statistics (numpy's default). ``worst_signed`` is the error of largest size with its sign.
+    statistics (numpy's default). ``worst_signed`` is the error of largest size with its sign. ``seconds``:
+    what the verdicts' estimates cost together (with ``--auto``, calibrations included).
     """
 
     family: str
@@ -69,6 +70,7 @@ class FamilyErrors:
     p90: float | None
     worst: float | None
     worst_signed: float | None
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class AutoCheck:
 
     sampler: Literal["sgld", "rmsprop_sgld"] = SamplerSettings().sampler
     budget: Budget = Budget()
+    batch_size: int | None = None  # None: full batches, as the stored settings use
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,12 @@ def _judge(case: KnownCase, result, quick: bool) -> tuple[float | None, float | 
 def check_auto(
     case: KnownCase, quick: bool, device: str = "auto", precision: str = "fp32", reporter: Reporter = SILENT, check: AutoCheck = AutoCheck()
 ) -> AutoRow:
-    """Calibrate the case with ``calibrate_auto`` (full batches, the case's nbeta, ``check``'s
-    sampler and budget), then estimate it with the recommended settings."""
+    """Calibrate the case with ``calibrate_auto`` (the case's nbeta; ``check``'s sampler, budget and
+    batch size, full batches by default), then estimate it with the recommended settings."""
     started = time.perf_counter()
     size = len(case.dataset)
-    base = SamplerSettings(batch_size=size, num_samples=size, nbeta=case.nbeta, precision=precision, sampler=check.sampler)
+    batch_size = min(check.batch_size or size, size)
+    base = SamplerSettings(batch_size=batch_size, num_samples=size, nbeta=case.nbeta, precision=precision, sampler=check.sampler)
     try:
         calibration = calibrate_auto(case.model, case.dataset, loss=case.loss, device=device, base=base, budget=check.budget, reporter=reporter)
     except EstimationError as error:
@@ -307,6 +311,7 @@ def family_summary(rows: Sequence[SelftestRow], tolerance: float = FULL_SIZE_TOL
                 p90=_percentile(ordered, 0.9) if ordered else None,
                 worst=ordered[-1] if ordered else None,
                 worst_signed=worst_signed,
+                seconds=sum(row.auto.seconds if row.auto is not None else row.seconds for row in members),
             )
         )
     return summaries

@@ -144,6 +144,19 @@ def test_summarise_trial_status_escaped_for_the_mean_or_one_chain_significantly_
     assert summarise_trial(0.0 + noise(), np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True).status == "ok"
 
 
+def test_chains_that_barely_leave_a_degenerate_checkpoint_have_not_escaped_however_small_their_errors():
+    """Near 0 an LLC's sign is noise: a chain below 0 by many of its tiny standard errors, but by
+    less than NEGLIGIBLE_DRIFT of the LLC's scale (at least LLC_SCALE_FLOOR), has not escaped."""
+    from llcv.calibration.trials import LLC_SCALE_FLOOR
+
+    still = 0.001 * noise()
+    still[1] -= 0.5 * NEGLIGIBLE_DRIFT * LLC_SCALE_FLOOR  # dozens of its MCSEs below 0, immaterially
+    assert still[1].mean() + 10 * mcse_of_mean(still[1][None, :]) < 0
+    assert summarise_trial(still, np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True).status == "unmixed"  # not "escaped"
+    still[1] -= 2 * NEGLIGIBLE_DRIFT * LLC_SCALE_FLOOR
+    assert summarise_trial(still, np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True).status == "escaped"
+
+
 def test_summarise_trial_status_unrelaxed_measures_after_the_largest_candidate():
     rising = np.linspace(0.0, 5.0, STEPS) + noise()
     trial = summarise_trial(rising, np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True)

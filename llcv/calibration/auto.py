@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from llcv import sampling
 from llcv.calibration.curvature import top_hessian_eigenvalue
-from llcv.calibration.trials import NEGLIGIBLE_DRIFT, Trial, summarise_trial
+from llcv.calibration.trials import LLC_SCALE_FLOOR, NEGLIGIBLE_DRIFT, Trial, summarise_trial
 from llcv.chains import ChainState
 from llcv.devices import resolve_device
 from llcv.errors import EstimationError
@@ -552,7 +552,7 @@ def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Tr
 def _target_se(llc: float | None) -> float:
     """The standard error a trial aims for: two standard errors of a difference of two trials,
     2 * sqrt(2) * se, resolve ``RESOLUTION`` of the LLC (of at least 0.1, for LLCs near 0)."""
-    return RESOLUTION * max(abs(llc or 0.0), 0.1) / (2 * math.sqrt(2))
+    return RESOLUTION * max(abs(llc or 0.0), LLC_SCALE_FLOOR) / (2 * math.sqrt(2))
 
 
 def _key(epsilon: float, gamma: float, batch_size: int) -> tuple[float, float, int]:

@@ -29,6 +29,8 @@ MAX_BURNIN_DRIFT_Z = 2.0
 # is: the search does not resolve moves below this either (llcv.calibration.auto.NEGLIGIBLE_MOVE).
 NEGLIGIBLE_DRIFT = 0.025
 MAX_R_HAT = 1.1
+# An LLC's scale is its size, but at least this: near 0 a share of the LLC is no yardstick.
+LLC_SCALE_FLOOR = 0.1
 # A trial keeps its chain-mean trace at most this long (thinned by block means) for the figures.
 TRACE_POINTS = 400
 # A mean LLC this many standard errors below 0 (or a chain's) means the chains found lower loss
@@ -106,9 +108,7 @@ def summarise_trial(
     llc, se = float(draws.mean()), chains_standard_error(draws)
     r_hat = split_r_hat(draws)
     status = "ok"
-    chain_means = draws.mean(axis=1)
-    chain_errors = [mcse_of_mean(chain[None, :]) or 0.0 for chain in draws]
-    if llc + SIGNIFICANCE * se < 0 or any(mean + SIGNIFICANCE * error < 0 for mean, error in zip(chain_means, chain_errors)):
+    if _escaped(draws, llc, se):
         status = "escaped"
     elif burnin is None:
         status = "unrelaxed"
@@ -118,6 +118,18 @@ def summarise_trial(
         **common, burnin=burnin, llc=llc, se=se, ess=effective_sample_size(draws), r_hat=r_hat, drift_z=geweke_z(draws),
         status=status, trace=_thinned(trace),
     )  # fmt: skip
+
+
+def _escaped(draws: np.ndarray, llc: float, se: float) -> bool:
+    """Whether the chains found materially lower loss than the checkpoint: the LLC, or a chain's
+    own mean, lies more than ``SIGNIFICANCE`` standard errors below 0 and by more than
+    ``NEGLIGIBLE_DRIFT`` of the LLC's scale (its size, at least ``LLC_SCALE_FLOOR``). Chains that
+    barely move from a degenerate checkpoint read LLCs of nearly 0 with tiny errors, whose sign
+    is noise."""
+    material = NEGLIGIBLE_DRIFT * max(abs(llc), LLC_SCALE_FLOOR)
+    chain_errors = [mcse_of_mean(chain[None, :]) or 0.0 for chain in draws]
+    values = [(llc, se), *zip(draws.mean(axis=1), chain_errors)]
+    return any(value + SIGNIFICANCE * error < 0 and value < -material for value, error in values)
 
 
 def measured_burnin(trace: np.ndarray) -> int | None:
