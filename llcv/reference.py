@@ -77,7 +77,7 @@ def devinterp_estimate(
             model,
             loader,
             evaluate=evaluate,
-            sampling_method=SGMCMC.sgld,
+            sampling_method=SGMCMC.rmsprop_sgld if settings.sampler == "rmsprop_sgld" else SGMCMC.sgld,
             optimizer_kwargs=devinterp_sgld_kwargs(settings, sampled),
             num_chains=settings.num_chains,
             num_draws=settings.num_draws,

@@ -64,7 +64,7 @@ def test_every_checkpoint_opens_with_weights_only_and_has_every_documented_key(t
         assert path.name == checkpoint_name(payload["step"])
         assert payload["epoch"] == payload["step"] / 8  # 8 steps per epoch
         assert payload["model"] == {"name": "smallcnn", "num_classes": 4, "in_channels": 3, "stem": "cifar", "version": 1}
-        assert payload["dataset"] == {"name": "synthetic", "data_dir": None, "seed": 0}
+        assert payload["dataset"] == {"name": "synthetic", "data_dir": None, "seed": 0, "image_size": None}
         assert set(payload["metrics"]) == {"train_loss", "val_loss", "val_acc"}
         assert (payload["metrics"]["train_loss"] is None) == (payload["step"] == 0)
         assert 0.0 <= payload["metrics"]["val_acc"] <= 1.0
