@@ -18,8 +18,9 @@ runner = CliRunner()
 
 
 def quick_rrr():
-    """A reduced-rank regression (true LLC 4.5) at CI size."""
-    return dataclasses.replace(rrr_case(M=5, H=3, N=5, r=1), num_draws=500)
+    """A reduced-rank regression (true LLC 4.5) at CI size: 4 chains, since devinterp's loop runs
+    them one after another."""
+    return dataclasses.replace(rrr_case(M=5, H=3, N=5, r=1), num_chains=4, num_draws=500)
 
 
 def test_a_known_case_through_devinterp_lands_near_the_truth_beside_llcv():
