@@ -1,7 +1,8 @@
 """Whether an LLC is the model's or the sampler's: the demo's last checkpoint estimated at the
 settings a reader would suspect, with llcv 0.9's demo pick (before) and ``calibrate auto``'s (after).
 
-Run: ``python -m benchmarks settings_sensitivity [--checkpoint CK] [--budget-steps N] [--only before|after]``.
+Run: ``python -m benchmarks settings_sensitivity [--checkpoint CK] [--budget-steps N] [--only before|after]
+[--store calibration.json]``.
 
 Without ``--checkpoint`` it trains the demo's model as ``llcv demo`` does (``llcv.demo.FULL``) into
 a temporary folder. It then times ``calibrate auto`` on the last checkpoint beside one fixed
@@ -9,7 +10,9 @@ a temporary folder. It then times ``calibrate auto`` on the last checkpoint besi
 most 30 of them), and estimates each pick and its variations with 4 chains: the pick itself,
 batch 32 and batch 256 (n, and so the data's nbeta, unchanged), gamma halved and epsilon halved
 (with twice the burn-in and draws, since a chain relaxes and mixes in a number of steps
-proportional to 1 / (epsilon gamma)). Each row prints the LLC with its standard error and health,
+proportional to 1 / (epsilon gamma)). ``--store`` keeps the calibration's trials in that file and
+reuses those already there (``llcv calibrate auto --batch-size 64`` writes one); the time is the
+calibration's own, stored with its trials. Each row prints the LLC with its standard error and health,
 and its move from the pick with the move's standard error; "moves" marks a move of more than 10%
 of the pick's LLC beyond two standard errors. About 25 minutes on 2 CPU cores.
 """
@@ -96,6 +99,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--checkpoint", type=Path, help="default: train the demo's model and take its last checkpoint")
     parser.add_argument("--budget-steps", type=int, default=DEFAULT_BUDGET_STEPS)
     parser.add_argument("--only", choices=("before", "after"))
+    parser.add_argument("--store", type=Path, help="calibration.json to keep the trials in and resume from")
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = options.checkpoint or demo_checkpoint(Path(folder))
@@ -109,10 +113,10 @@ def main(argv: list[str]) -> None:
         started = time.perf_counter()
         estimate_llc(target.model, target.dataset, yardstick, device="cpu")
         one_estimate = time.perf_counter() - started
-        started = time.perf_counter()
         base = SamplerSettings(batch_size=SAMPLER_BATCH_SIZE)
-        calibration = calibrate_auto(target.model, target.dataset, device="cpu", base=base, budget=Budget(chain_steps=options.budget_steps))
-        seconds = time.perf_counter() - started
+        budget = Budget(chain_steps=options.budget_steps)
+        calibration = calibrate_auto(target.model, target.dataset, device="cpu", base=base, budget=budget, store=options.store)
+        seconds = calibration.spent.seconds
         print(
             f"calibrate auto: {seconds:.0f} s = {seconds / one_estimate:.1f} x a 4 x 200 estimate at batch 256 ({one_estimate:.1f} s); "
             f"{calibration.spent.trials} trials, {calibration.spent.chain_steps:,} chain-steps",

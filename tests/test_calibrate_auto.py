@@ -35,6 +35,7 @@ from llcv.calibration.auto import (
     TRIAL_GROWTH,
     Budget,
     _Search,
+    _key,
     _sensitivity,
     calibrate_auto,
 )
@@ -485,7 +486,7 @@ def test_the_recommended_burnin_scales_the_cold_trials_relaxation_to_the_pick():
 
 def test_the_recommended_draws_follow_the_picks_effective_samples_per_draw():
     base = SamplerSettings(nbeta="data", num_chains=TRIAL_CHAINS, num_burnin_steps=0, mala=False)
-    search = SimpleNamespace(base=base, _burnin_from_checkpoint=lambda pick: 123)
+    search = SimpleNamespace(base=base, _burnin_from_checkpoint=lambda pick: 123, current={})
     slow = make_trial(steps=1000, burnin=200, ess=80.0)  # 80 effective samples in 4 x 800 draws
     settings = _Search._recommended(search, slow)
     per_draw = 80.0 / (TRIAL_CHAINS * 800)
@@ -495,6 +496,21 @@ def test_the_recommended_draws_follow_the_picks_effective_samples_per_draw():
     fast = make_trial(steps=1000, burnin=200, ess=100 * TARGET_ESS)  # more than enough: at least the trial's draws
     assert _Search._recommended(search, fast).num_draws == 800
     assert _Search._recommended(search, make_trial(steps=1000, burnin=200, ess=None)).num_draws == 800
+
+
+def test_the_estimate_draws_at_least_as_long_as_the_trial_its_burnin_was_measured_on():
+    # A burn-in measured over 4,800 draws from the checkpoint holds for windows that long, not for
+    # the pick's 800 right after it.
+    base = SamplerSettings(nbeta="data", num_chains=TRIAL_CHAINS, num_burnin_steps=0, mala=False)
+    fast = make_trial(steps=1000, burnin=200, ess=100 * TARGET_ESS)
+    timed = make_trial(steps=6000, burnin=1200, from_checkpoint=True)
+    current = {(*_key(fast.epsilon, fast.gamma, fast.batch_size), "from checkpoint"): timed}
+    search = SimpleNamespace(base=base, _burnin_from_checkpoint=lambda pick: 1200, current=current)
+    assert _Search._recommended(search, fast).num_draws == 4800
+    # an unhealthy rerun, or none: the pick's own length
+    current[next(iter(current))] = make_trial(steps=6000, burnin=1200, from_checkpoint=True, status="unrelaxed")
+    assert _Search._recommended(search, fast).num_draws == 800
+    assert _Search._recommended(SimpleNamespace(base=base, _burnin_from_checkpoint=lambda pick: 1200, current={}), fast).num_draws == 800
 
 
 def test_the_search_recommends_the_burnin_and_draws_of_its_rules(monkeypatch):
@@ -508,7 +524,8 @@ def test_the_search_recommends_the_burnin_and_draws_of_its_rules(monkeypatch):
     assert [trial.epsilon for trial in cold] == [EPSILON, pick.epsilon] and cold[1].gamma == pick.gamma
     assert result.recommended.num_burnin_steps == cold[1].burnin > 0
     per_draw = pick.ess / (TRIAL_CHAINS * (pick.steps - pick.burnin))
-    assert result.recommended.num_draws == max(pick.steps - pick.burnin, math.ceil(TARGET_ESS / (TRIAL_CHAINS * per_draw)))
+    needed = math.ceil(TARGET_ESS / (TRIAL_CHAINS * per_draw))
+    assert result.recommended.num_draws == max(pick.steps - pick.burnin, needed, cold[1].steps - cold[1].burnin)
     assert result.recommended.num_chains == TRIAL_CHAINS and result.recommended.mala is False
 
 
