@@ -464,6 +464,28 @@ def test_an_exhausted_budget_before_the_first_trial_raises(monkeypatch):
     assert fake.calls == []
 
 
+def test_a_budget_in_seconds_stops_a_trial_near_the_limit_instead_of_running_it_past(monkeypatch):
+    # Chains at 1 ms per chain-step on a fake clock: a search that only checked the clock between
+    # segments would overshoot by a whole trial; converting the seconds left into steps at the
+    # rate measured so far stops within one minimal segment of the limit.
+    clock = SimpleNamespace(now=0.0)
+    # noisy enough that the first trial is extended in ever longer segments
+    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC, noise=20.0)
+    real_states = fake.estimate_llc_states
+
+    def timed_states(model, data, settings, *args, **kwargs):
+        clock.now += 1e-3 * settings.num_chains * settings.num_draws
+        return real_states(model, data, settings, *args, **kwargs)
+
+    monkeypatch.setattr(fake, "estimate_llc_states", timed_states, raising=False)
+    monkeypatch.setattr(auto, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    limit = 2.5 * 1e-3 * TRIAL_CHAINS * FIRST_STEPS  # two and a half first trials' worth
+    result = search(Budget(chain_steps=None, seconds=limit))
+    assert result.spent.exhausted
+    assert result.spent.chain_steps * 1e-3 <= limit + 1e-3 * TRIAL_CHAINS * MIN_SEGMENT_STEPS
+    assert result.spent.chain_steps * 1e-3 >= limit - 1e-3 * TRIAL_CHAINS * MIN_SEGMENT_STEPS
+
+
 def test_the_recommended_burnin_scales_the_cold_trials_relaxation_to_the_pick():
     pick = make_trial(epsilon=2.5e-4, gamma=1.0, burnin=30, from_checkpoint=False)
     cold = make_trial(epsilon=1e-3, gamma=4.0, burnin=100, from_checkpoint=True)

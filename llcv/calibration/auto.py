@@ -327,12 +327,20 @@ class _Search:
         return cap
 
     def _affordable_steps(self) -> int:
-        """Steps per chain left in the budget (none once its seconds are spent)."""
-        if self.budget.seconds is not None and self.spent_seconds + time.perf_counter() - self.started >= self.budget.seconds:
-            return 0
-        if self.budget.chain_steps is None:
-            return 2**62
-        return max(0, self.budget.chain_steps - self.chain_steps - self.pending_chain_steps) // TRIAL_CHAINS
+        """Steps per chain left in the budget. Seconds left are turned into steps at the rate the
+        search has run so far (its overheads included), so that a trial stops near the time limit
+        instead of running past it."""
+        spent_steps = self.chain_steps + self.pending_chain_steps
+        affordable = 2**62
+        if self.budget.seconds is not None:
+            elapsed = self.spent_seconds + time.perf_counter() - self.started
+            if elapsed >= self.budget.seconds:
+                return 0
+            if spent_steps:
+                affordable = int((self.budget.seconds - elapsed) * spent_steps / elapsed) // TRIAL_CHAINS
+        if self.budget.chain_steps is not None:
+            affordable = min(affordable, max(0, self.budget.chain_steps - spent_steps) // TRIAL_CHAINS)
+        return affordable
 
     def _worth_extending(self, trial: Trial, planned: int) -> bool:
         if trial.steps >= self._trial_cap(planned) or trial.status in ("diverged", "escaped"):
