@@ -353,16 +353,6 @@ def test_gamma_is_halved_while_the_moves_are_significant_and_shrinking(monkeypat
     assert gamma.settings_dependent is False
 
 
-def test_moves_that_grow_before_any_has_shrunk_do_not_stop_the_descent(monkeypatch):
-    """Weakened from a gamma that squeezes the posterior to almost nothing, the LLC first rises by
-    more and more: that growth is not the wandering past a plateau, and the descent goes on."""
-    unit = 4 * NEGLIGIBLE_MOVE * TRUE_LLC
-    rises = [0.0, 0.5, 1.5, 3.0, 4.0, 4.5, 4.7, 4.7, 4.7]  # moves 0.5, 1, 1.5, then 1, 0.5, 0.2, 0, 0 units
-    fake_search(monkeypatch, lambda epsilon, gamma, batch: 0.2 + rises[min(halvings(gamma, GAMMA), 8)] * unit)
-    pick = pick_of(search())
-    assert halvings(pick.gamma, GAMMA) >= 5
-
-
 def test_the_descent_picks_the_weaker_end_of_the_least_sensitive_halving(monkeypatch):
     """The LLC against gamma rises, flattens, then rises again (the chains wander off along the
     flat valleys): the pick is the last gamma halved from, and the growing move is its sensitivity."""

@@ -433,34 +433,31 @@ class _Search:
             epsilon = _rounded(epsilon / 2)
 
     def _weaken_gamma(self, pick: Trial) -> tuple[Trial, Trial | None, str]:
-        """Halve gamma from ``pick`` while halving moves the LLC by more than its noise, until its
-        moves, having shrunk, grow again. Returns the pick (the last gamma halved from: the weaker
-        end of the least sensitive halving), its half-gamma trial, and why it stopped.
+        """Halve gamma from ``pick`` while halving moves the LLC by more than its noise and by less
+        than the halving before did. Returns the pick (the last gamma halved from: the weaker end of
+        the least sensitive halving), its half-gamma trial, and why it stopped.
 
-        Localization squeezes the posterior: weakened from very strong, the LLC rises by more and
-        more, then by less and less as the directions the loss constrains keep their share (a
-        plateau). Weakened further, the chains wander along the loss's flat valleys to where the
-        model is less degenerate, and the moves grow again. The pick is where the estimate depends
-        least on gamma, the principle of minimal sensitivity for a result that depends on a
-        parameter of the method only (Stevenson 1981). At finite nbeta a singular model may show
-        no plateau at all: then this is the best the estimator can say, and the pick's sensitivity
-        says how much that is. A move within the noise of trials that could not resolve
-        ``RESOLUTION`` (the budget cut them short) decides nothing, and the descent goes on."""
-        previous_move, shrinking = math.inf, False
+        Localization squeezes the posterior: weakening it raises the LLC by less and less until the
+        directions the loss constrains keep their share (a plateau). Weakened further, the chains
+        wander along the loss's flat valleys to where the model is less degenerate, and the moves
+        grow again. The pick is where the estimate depends least on gamma, the principle of minimal
+        sensitivity for a result that depends on a parameter of the method only (Stevenson 1981).
+        At finite nbeta a singular model may show no plateau at all: then this is the best the
+        estimator can say, and the pick's sensitivity says how much that is."""
+        previous_move = math.inf
         while True:
             weaker = self.trial(pick.epsilon, _rounded(pick.gamma / 2))
             if weaker is None:
                 return pick, None, "the budget ran out"
             if not weaker.ok:
                 return pick, weaker, f"at half the gamma the chains were {weaker.status}"
-            move = abs(weaker.llc - pick.llc)
-            if not _moves(pick, weaker) and _resolved(pick) and _resolved(weaker):
+            if not _moves(pick, weaker):
                 return pick, weaker, "halving it moves the LLC by no more than its noise"
-            if shrinking and move >= previous_move:
+            move = abs(weaker.llc - pick.llc)
+            if move >= previous_move:
                 # Past the least sensitive halving: its weaker end is the pick, with less of the
                 # localization's squeeze, and this growing move is the pick's sensitivity.
                 return pick, weaker, "halving it moved the LLC no less than the halving before did"
-            shrinking = shrinking or move < previous_move < math.inf
             previous_move, pick = move, weaker
 
     def _recommended(self, pick: Trial) -> SamplerSettings:
@@ -563,11 +560,6 @@ def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Tr
     dependent = abs(move) - 2 * move_se > SETTINGS_DEPENDENT * abs(pick.llc)
     return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=move,
                        move_se=move_se, relative=relative, settings_dependent=dependent)  # fmt: skip
-
-
-def _resolved(trial: Trial) -> bool:
-    """Whether a trial's standard error reached what resolves ``RESOLUTION`` of its LLC."""
-    return trial.se is not None and trial.se <= _target_se(trial.llc)
 
 
 def _target_se(llc: float | None) -> float:
