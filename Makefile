@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.llcv-installed
 
-.PHONY: install demo test bench docs clean
+.PHONY: install demo test test-all bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/llcv demo
 
+# One pytest worker per core (pytest-xdist): the tests pin torch to one thread each, so on
+# 2 cores two workers halve the suite's time. worksteal: idle workers take queued tests, so one
+# slow file does not hold the run up.
 test: $(STAMP)
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n auto --dist worksteal --durations=15
+
+# The default tier plus the heavier checks marked `slow` (full-size known cases, Ray scopes,
+# kill -9 of device workers, the calibration's end-to-end recoveries).
+test-all: $(STAMP)
+	$(PY) -m pytest -n auto --dist worksteal -m "not gpu" --durations=15
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -528,11 +528,12 @@ def _wait_for(process: multiprocessing.Process, ready, log: Path, timeout: float
         time.sleep(0.01)
 
 
-def _stop(process: multiprocessing.Process, how: signal.Signals) -> int:
+def _stop(process: multiprocessing.Process, how: signal.Signals, expected: int, log: Path) -> None:
+    """Send ``how``, wait for the process to end, and check that it exited with ``expected``."""
     os.kill(process.pid, how)
     process.join(timeout=60)
     assert not process.is_alive(), "did not stop"
-    return process.exitcode
+    assert process.exitcode == expected, f"exit code {process.exitcode}, expected {expected}; its output:\n{log.read_text()}"
 
 
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -signal.SIGKILL)]
@@ -545,7 +546,7 @@ def test_a_signal_during_training_leaves_only_complete_checkpoints(how, code, tm
     train = ["-q", "train", "--dataset", "synthetic", "--epochs", "400", "--batch-size", "64", "--device", "cpu", "--checkpoints-dir", out]
     process = _start(train, log)
     _wait_for(process, lambda: len(list(out.glob("step_*.pt"))) >= 3, log)
-    assert _stop(process, how) == code, log.read_text()
+    _stop(process, how, code, log)
     if how != signal.SIGKILL:
         assert "stopped cleanly; rerun the same command to continue" in unwrapped(log.read_text())
         _no_temporaries(out)  # kill -9 may leave a hidden temporary, which nothing reads
@@ -566,7 +567,7 @@ def test_a_signal_during_a_sweep_leaves_a_complete_sweep_json(how, code, final_c
              "--gammas", "100", "--num-chains", "1", "--num-draws", "8", "--num-samples", "64", "--batch-size", "64", "--device", "cpu"]  # fmt: skip
     process = _start(sweep, log)
     _wait_for(process, sweep_file.exists, log)
-    assert _stop(process, how) == code, log.read_text()
+    _stop(process, how, code, log)
     stored = json.loads(sweep_file.read_text())
     assert stored["format"] == "llcv-sweep" and stored["complete"] is False
     assert 1 <= len(stored["rows"]) < 100 and len(stored["traces"]) == len(stored["rows"])
@@ -582,7 +583,7 @@ def test_ctrl_c_during_estimate_all_leaves_complete_records_and_exit_130(trained
     folder = results / settings_hash(fast_settings())
     process = _start(["estimate-all", "--checkpoints-dir", checkpoints, "--results-dir", results, *FAST_FLAGS], log)
     _wait_for(process, lambda: bool(list(folder.glob("step_*.json"))), log)
-    assert _stop(process, signal.SIGINT) == 130, log.read_text()
+    _stop(process, signal.SIGINT, 130, log)
     output = unwrapped(log.read_text())
     assert "estimate-all stopped" in output and "interrupted: stopped cleanly" in output
     for path in folder.glob("*.json"):
