@@ -441,6 +441,8 @@ def render_selftest(rows, quick: bool, auto=None, against: str | None = None, js
             chosen = "none found" if found.epsilon is None else f"{found.epsilon:.3g}, {found.gamma:.3g}"
             if found.settings_dependent:
                 chosen += f" (depends on {', '.join(found.settings_dependent)})"
+            if found.unresolved:
+                chosen += f" (unresolved: {', '.join(found.unresolved)})"
             cells += [chosen, estimate(found.llc_mean, found.standard_error, found.relative_error)]
         cells.append(f"{row.seconds + (row.auto.seconds if row.auto else 0.0):.1f} s")
         if against:

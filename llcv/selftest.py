@@ -100,6 +100,7 @@ class AutoRow:
     chain_steps: int = 0
     settings_dependent: tuple[str, ...] = ()
     error: str | None = None
+    unresolved: tuple[str, ...] = ()  # knobs whose move was too noisy to rule out a settings-dependent one
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def check_auto(
     return AutoRow(
         check.sampler, settings.epsilon, settings.gamma, result.llc_mean, standard_error, relative_error, passed,
         time.perf_counter() - started, calibration.spent.chain_steps + estimate_steps, tuple(calibration.settings_dependent),
+        unresolved=tuple(calibration.unresolved),
     )  # fmt: skip
 
 

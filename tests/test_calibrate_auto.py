@@ -428,6 +428,23 @@ def test_settings_dependent_needs_the_move_beyond_two_standard_errors():
     assert unhealthy.settings_dependent is None and unhealthy.note == "the changed trial is diverged"
 
 
+def test_a_move_too_noisy_to_rule_out_a_settings_dependent_one_is_unresolved_not_holding():
+    from llcv.calibration.auto_files import sensitivity_sentence, sensitivity_verdict
+
+    pick = make_trial(llc=0.1, se=0.015)  # a polynomial's trial: its noise is 15% of its LLC
+    noisy = _sensitivity("gamma", 3.6, 1.8, pick, make_trial(llc=0.12, se=0.015))
+    assert noisy.settings_dependent is False and noisy.unresolved
+    assert sensitivity_verdict(noisy) == "unresolved"
+    precise = _sensitivity("gamma", 3.6, 1.8, pick.model_copy(update={"se": 0.001}), make_trial(llc=0.105, se=0.001))
+    assert not precise.unresolved and sensitivity_verdict(precise) == "holds"
+    dependent = _sensitivity("gamma", 3.6, 1.8, pick, make_trial(llc=0.3, se=0.015))
+    assert dependent.settings_dependent and not dependent.unresolved
+    sentence = sensitivity_sentence([noisy])
+    assert "none is settings-dependent, but the move of gamma is unresolved" in sentence
+    # recomputed from the stored numbers: a calibration.json written before the verdict existed
+    assert sensitivity_verdict(noisy.model_dump(mode="json")) == "unresolved"
+
+
 def test_knobs_the_budget_or_the_data_could_not_pay_for_are_noted_not_run(monkeypatch):
     fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)
     full = search()

@@ -121,6 +121,16 @@ class Sensitivity(BaseModel):
     settings_dependent: bool | None  # None: not measured (the changed trial is unhealthy or was not run)
     note: str = ""
 
+    @property
+    def unresolved(self) -> bool:
+        """Whether the move was measured too noisily to call the knob harmless: not
+        settings-dependent, yet two standard errors of the move exceed ``SETTINGS_DEPENDENT`` of the
+        LLC, so a settings-dependent move could hide in its noise. Derived from the stored numbers,
+        so calibrations written before this verdict existed get it too."""
+        if self.settings_dependent is not False or self.move_se is None or self.llc is None:
+            return False
+        return 2 * self.move_se > SETTINGS_DEPENDENT * abs(self.llc)
+
 
 class Spent(BaseModel):
     """What a search cost."""
@@ -154,6 +164,11 @@ class AutoCalibration(BaseModel):
     def settings_dependent(self) -> list[str]:
         """The knobs that move the pick's estimate by more than ``SETTINGS_DEPENDENT`` beyond two standard errors."""
         return [entry.knob for entry in self.sensitivity if entry.settings_dependent]
+
+    @property
+    def unresolved(self) -> list[str]:
+        """The knobs whose move was measured too noisily to rule out a settings-dependent one."""
+        return [entry.knob for entry in self.sensitivity if entry.unresolved]
 
 
 def calibrate_auto(
@@ -509,6 +524,9 @@ class _Search:
         dependent = [entry.knob for entry in sensitivity if entry.settings_dependent]
         if dependent:
             words.append("settings-dependent: " + ", ".join(dependent))
+        unresolved = [entry.knob for entry in sensitivity if entry.unresolved]
+        if unresolved:
+            words.append("unresolved (too noisy to rule out a settings-dependent move): " + ", ".join(unresolved))
         return "; ".join(words)
 
     def _give_up(self, why: str) -> AutoCalibration:

@@ -240,11 +240,14 @@ def relative_move_words(entry: Sensitivity | Mapping[str, Any]) -> str:
 
 
 def sensitivity_verdict(entry: Sensitivity | Mapping[str, Any]) -> str:
-    """``settings-dependent``, ``holds``, or ``not measured: <why>``."""
+    """``settings-dependent``, ``holds``, ``unresolved`` (its noise could hide a settings-dependent
+    move), or ``not measured: <why>``."""
     entry = _as_sensitivity(entry)
     if entry.settings_dependent is None:
         return f"not measured: {entry.note}" if entry.note else "not measured"
-    return "settings-dependent" if entry.settings_dependent else "holds"
+    if entry.settings_dependent:
+        return "settings-dependent"
+    return "unresolved" if entry.unresolved else "holds"
 
 
 def sensitivity_sentence(sensitivity: Sequence[Sensitivity | Mapping[str, Any]]) -> str:
@@ -269,4 +272,10 @@ def sensitivity_sentence(sensitivity: Sequence[Sensitivity | Mapping[str, Any]])
         )
     else:
         verdict = "none is settings-dependent" if all(entry.settings_dependent is not None for entry in entries) else "none measured is settings-dependent"
+    unresolved = [entry.knob for entry in entries if entry.unresolved]
+    if unresolved:
+        verdict += (
+            f", but the move of {', '.join(unresolved)} is unresolved (two standard errors of it exceed "
+            f"{SETTINGS_DEPENDENT:.0%} of the LLC, so a settings-dependent move could hide in its noise)"
+        )
     return f"{', '.join(clauses)}; {verdict}"
