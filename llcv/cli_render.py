@@ -468,6 +468,15 @@ def render_selftest(rows, quick: bool, auto=None, against: str | None = None, js
                 f"calibrations and estimates {steps:,} chain-steps, {seconds:.0f} s",
                 highlight=False, markup=False,
             )
+        for row in rows:
+            found = row.auto
+            if found.localized_llc is not None and found.llc_mean is not None:
+                out.print(
+                    f"{row.name}: an exact sampler reads {found.localized_llc:.4g} at the calibrated gamma {found.gamma:.3g} "
+                    f"({found.localized_llc / row.true_llc - 1:+.1%} from the truth); the estimate is "
+                    f"{found.llc_mean / found.localized_llc - 1:+.1%} from that, the rest of its error is the localization's",
+                    highlight=False, markup=False,
+                )  # fmt: skip
     failed = sum(not row.passed for row in rows)
     out.print(f"{len(rows) - failed} passed, {failed} failed", highlight=False, markup=False)
 

@@ -37,8 +37,9 @@ generates them) they follow the same rules of thumb but are not calibrated.
 """
 
 import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +54,7 @@ from llcv.learning_coefficients import (  # noqa: F401
     classifier_reduced_widths,
     deep_linear_classifier_learning_coefficient,
     dln_learning_coefficient,
+    polynomial_localized_llc,
     rrr_learning_coefficient,
     softmax_regression_learning_coefficient,
 )
@@ -86,6 +88,9 @@ class KnownCase:
             ``llcv.known_families.scale_cases``); the selftest summarises errors per family.
         loss: The loss the truth holds for, a named loss of ``llcv.losses``: ``"mse"``, or
             ``"cross_entropy"`` against soft labels (targets are float rows of probabilities).
+        localized_llc: Where known, ``(nbeta, gamma) -> value`` an exact sampler reads at those
+            settings (the polynomials': :func:`polynomial_localized_llc`), which separates a
+            calibrated estimate's sampling error from its localization's.
     """
 
     name: str
@@ -102,6 +107,7 @@ class KnownCase:
     batch_size: int
     family: str
     loss: Literal["mse", "cross_entropy"] = "mse"
+    localized_llc: Callable[[float, float], float] | None = None
 
 
 
@@ -381,6 +387,7 @@ def polynomial_case(powers: Sequence[int] = (1, 2), num_samples: int = 1000, see
         num_burnin_steps=1000,
         batch_size=num_samples,
         family="polynomial",
+        localized_llc=functools.partial(polynomial_localized_llc, powers),
     )
 
 

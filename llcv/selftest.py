@@ -101,6 +101,10 @@ class AutoRow:
     settings_dependent: tuple[str, ...] = ()
     error: str | None = None
     unresolved: tuple[str, ...] = ()  # knobs whose move was too noisy to rule out a settings-dependent one
+    # What an exact sampler reads at the calibrated nbeta and gamma, where the case knows
+    # (``KnownCase.localized_llc``): the estimate's distance from it is the sampler's error, its
+    # distance from the truth the localization's.
+    localized_llc: float | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ def check_auto(
         check.sampler, settings.epsilon, settings.gamma, result.llc_mean, standard_error, relative_error, passed,
         time.perf_counter() - started, calibration.spent.chain_steps + estimate_steps, tuple(calibration.settings_dependent),
         unresolved=tuple(calibration.unresolved),
+        localized_llc=case.localized_llc(calibration.nbeta, settings.gamma) if case.localized_llc is not None else None,
     )  # fmt: skip
 
 

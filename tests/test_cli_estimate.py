@@ -145,7 +145,10 @@ def test_selftest_auto_calibrates_each_case_and_reports_both(monkeypatch):
     from llcv.known_models import known_cases
 
     # The stored settings are frozen (epsilon far too small), so only the calibrated estimate can pass.
-    frozen = dataclasses.replace(known_cases(quick=True)[0], epsilon=1e-9, num_draws=50, num_burnin_steps=0)
+    # localized_llc: a stand-in for what an exact sampler reads, to see it evaluated at the pick
+    frozen = dataclasses.replace(
+        known_cases(quick=True)[0], epsilon=1e-9, num_draws=50, num_burnin_steps=0, localized_llc=lambda nbeta, gamma: nbeta / gamma
+    )
     monkeypatch.setattr(selftest, "known_cases", lambda quick: [frozen])
     outcome = runner.invoke(app, ["selftest", "--quick", "--auto", "--device", "cpu", "--json"])
     (row,) = json.loads(outcome.stdout)["cases"]
@@ -153,4 +156,17 @@ def test_selftest_auto_calibrates_each_case_and_reports_both(monkeypatch):
     calibrated = row["auto"]
     assert calibrated["epsilon"] > 1e-9 and calibrated["passed"] and row["passed"]
     assert abs(calibrated["relative_error"]) < 0.15
+    assert calibrated["localized_llc"] == pytest.approx(frozen.nbeta / calibrated["gamma"])
     assert outcome.exit_code == 0
+
+
+def test_selftest_splits_a_calibrated_error_into_the_samplers_and_the_localizations(capsys):
+    from llcv import cli_render
+    from llcv.selftest import AutoCheck, AutoRow, SelftestRow
+
+    calibrated = AutoRow("sgld", 1e-3, 3.62, 0.039, 0.004, 0.039 / 0.125 - 1, False, 80.0, localized_llc=0.0418)
+    row = SelftestRow("polynomial-2-4", "", 0.125, 0.12, 0.01, 0.003, -0.04, False, 5.0, auto=calibrated, family="polynomial")
+    cli_render.render_selftest([row], False, AutoCheck(), None, False, families=[])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "polynomial-2-4: an exact sampler reads 0.0418 at the calibrated gamma 3.62 (-66.6% from the truth)" in printed
+    assert "the estimate is -6.7% from that, the rest of its error is the localization's" in printed

@@ -25,6 +25,7 @@ from llcv.known_models import (
     dln_learning_coefficient,
     known_cases,
     polynomial_case,
+    polynomial_localized_llc,
     regression_case,
     rrr_case,
     rrr_learning_coefficient,
@@ -523,3 +524,33 @@ def test_soft_labels_are_probability_rows():
         assert labels.dtype == torch.float32 and labels.shape == (len(case.dataset), case.model(case.dataset.tensors[0][:1]).shape[1])
         assert torch.allclose(labels.sum(dim=1), torch.ones(len(labels)), atol=1e-5)
         assert labels.min() > 0 and labels.max() < 0.99
+
+
+# What an exact sampler reads on a normal-crossing polynomial at finite nbeta and gamma.
+
+
+def test_the_localized_value_of_a_regular_direction_is_the_gaussian_closed_form():
+    # K = w^2: the posterior is N(0, 1 / (2 nbeta + gamma)), so nbeta E[K] = nbeta / (2 nbeta + gamma)
+    for nbeta, gamma in [(144.8, 0.3), (10.0, 5.0), (1000.0, 1e-3)]:
+        assert polynomial_localized_llc((1,), nbeta, gamma) == pytest.approx(nbeta / (2 * nbeta + gamma), rel=1e-6)
+
+
+def test_the_localized_value_depends_only_on_nbeta_over_gamma_to_the_total_power():
+    # w = u / sqrt(gamma) turns exp(-nbeta K - gamma |w|^2 / 2) into exp(-nbeta / gamma^(sum p) K(u) - |u|^2 / 2)
+    for powers in [(1, 2), (2, 0, 3), (1, 1, 2)]:
+        total = sum(powers)
+        assert polynomial_localized_llc(powers, 145.0 * 2.0**total, 0.6) == pytest.approx(polynomial_localized_llc(powers, 145.0, 0.3), rel=1e-4)
+
+
+@pytest.mark.parametrize("powers", [(1, 2), (0, 1, 4), (2, 3)])
+def test_the_localized_value_rises_to_the_learning_coefficient_as_gamma_weakens(powers):
+    truth = 1 / (2 * max(powers))
+    values = [polynomial_localized_llc(powers, 144.8, gamma) for gamma in (3.6, 1.0, 0.3, 0.1, 1e-3, 1e-6)]
+    assert values == sorted(values) and values[0] < 0.7 * truth  # strong localization squeezes it
+    assert values[-1] == pytest.approx(truth, rel=0.02)
+
+
+def test_the_localized_value_refuses_shapes_it_cannot_integrate():
+    for powers, nbeta, gamma in [((0, 0), 1.0, 1.0), ((1, 1, 1, 1), 1.0, 1.0), ((1, -1), 1.0, 1.0), ((1,), 0.0, 1.0), ((1,), 1.0, 0.0)]:
+        with pytest.raises(ValueError, match="positive powers"):
+            polynomial_localized_llc(powers, nbeta, gamma)

@@ -10,6 +10,7 @@ LLC, its standard error and its health are those of the draws after that burn-in
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -171,7 +172,13 @@ def chains_standard_error(draws: np.ndarray) -> float:
 def _thinned(trace: np.ndarray) -> list[float | None]:
     if not trace.size:
         return []
-    mean = np.nanmean(trace, axis=0) if np.isfinite(trace).any() else trace[0]
+    if np.isfinite(trace).any():
+        with warnings.catch_warnings():
+            # a step after every chain diverged has no finite value: NaN there is the answer
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(trace, axis=0)
+    else:
+        mean = trace[0]
     block = max(1, math.ceil(len(mean) / TRACE_POINTS))
     usable = len(mean) // block * block
     values = mean[:usable].reshape(-1, block).mean(axis=1) if usable else mean
