@@ -39,6 +39,7 @@ from llcv.devices import resolve_device
 from llcv.errors import DataError, LLCVError, SettingsError
 from llcv.executors import make_executor
 from llcv.health import brief_reasons
+from llcv.job_spec import JobSpec
 from llcv.losses import LossSpec
 from llcv.models import list_models, model_version
 from llcv.precision import PrecisionChoice
@@ -84,28 +85,6 @@ class EstimateJob:
     @property
     def label(self) -> str:
         return self.checkpoint.name if self.scope == DEFAULT_SCOPE else f"{self.checkpoint.name} [{self.scope}]"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What every job of one ``estimate_all`` call shares; sent once to each device or Ray worker."""
-
-    settings: SamplerSettings
-    settings_hash: str
-    loss: LossSpec = DEFAULT_LOSS
-    device: str = "auto"
-    model_factory: Callable[[], nn.Module] | None = None
-    dataset: Dataset | str | None = None
-    model_name: str | None = None
-    stem: str | None = None
-    data_dir: str | None = None
-    # Load llcv checkpoints saved with another version of their model (load_checkpoint's keyword).
-    allow_version_mismatch: bool = False
-    executor: str = "local"
-    # With precision "auto": the run's precision, from its earlier records or decided once before
-    # several device workers start, so every checkpoint of a run samples alike; None: each
-    # process decides at its first estimate.
-    precision: PrecisionChoice | None = None
 
 
 # SamplingData per process: the dataset is read and moved to the device once, then reused for

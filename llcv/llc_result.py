@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,7 +28,32 @@ from llcv.version import __version__
 if TYPE_CHECKING:
     from llcv.chains import _GroupTraces
     from llcv.execution import _ExecutionPlan
-    from llcv.sampling import BurnIn, InitialLoss, NbetaRule
+
+
+NbetaRule = Literal["data", "batch", "set"]
+BurninRule = Literal["auto", "auto-capped", "set"]
+
+
+@dataclass(frozen=True)
+class BurnIn:
+    """The burn-in an estimate runs, and how it was chosen (``resolve_burnin``)."""
+
+    steps: int
+    rule: BurninRule
+    # "auto" and "auto-capped": what the automatic burn-in aims for, the chains' relaxation from
+    # the checkpoint (llcv.langevin.relaxation_steps; infinite at gamma 0). None when set.
+    relaxation_steps: int | float | None = None
+
+
+@dataclass(frozen=True)
+class InitialLoss:
+    """The loss at the checkpoint, ``L(w*)``, as the estimate measured it."""
+
+    value: float
+    batch_spread: float  # standard deviation of its losses over the chains' minibatches (0 for a single batch)
+    # Its standard error as an estimate of the loss over all the sampled data: 0 when every sample
+    # counted, None when one minibatch of a larger set gives no spread to judge it by.
+    standard_error: float | None
 
 
 class LLCDiagnostics(BaseModel):

@@ -31,8 +31,6 @@ import copy
 import fnmatch
 import math
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -52,15 +50,12 @@ from llcv.errors import SettingsError
 from llcv.execution import _execution_plan
 from llcv.langevin import auto_burnin_steps, relaxation_steps
 from llcv.llc_result import LLCResult, _summarise
+from llcv.llc_result import BurnIn, InitialLoss, NbetaRule
 from llcv.losses import LossFunction, LossSpec, resolve_loss
 from llcv.precision import Precision, PrecisionChoice
 from llcv.progress import SILENT, Reporter
 from llcv.sampling_data import SamplingData
 from llcv.settings import SamplerSettings
-
-
-NbetaRule = Literal["data", "batch", "set"]
-BurninRule = Literal["auto", "auto-capped", "set"]
 
 
 def data_nbeta(num_samples: int) -> float:
@@ -95,17 +90,6 @@ def resolve_nbeta(nbeta: float | str, num_samples: int, batch_size: int) -> floa
     return float(nbeta)
 
 
-@dataclass(frozen=True)
-class BurnIn:
-    """The burn-in an estimate runs, and how it was chosen (``resolve_burnin``)."""
-
-    steps: int
-    rule: BurninRule
-    # "auto" and "auto-capped": what the automatic burn-in aims for, the chains' relaxation from
-    # the checkpoint (llcv.langevin.relaxation_steps; infinite at gamma 0). None when set.
-    relaxation_steps: int | float | None = None
-
-
 def resolve_burnin(settings: SamplerSettings) -> BurnIn:
     """The burn-in ``settings`` ask for: a number as it is (``"set"``); ``"auto"``, until the chains
     have relaxed from the checkpoint, 2 / (epsilon * gamma) steps, held to its cap of
@@ -137,17 +121,6 @@ def _chain_seeds(seed: int, num_chains: int) -> list[int]:
 # A subset's initial loss is measured in at least this many minibatches, whose spread gives its
 # standard error (with 16, that error is itself known to within about 20%).
 MIN_INIT_LOSS_PIECES = 16
-
-
-@dataclass(frozen=True)
-class InitialLoss:
-    """The loss at the checkpoint, ``L(w*)``, as the estimate measured it."""
-
-    value: float
-    batch_spread: float  # standard deviation of its losses over the chains' minibatches (0 for a single batch)
-    # Its standard error as an estimate of the loss over all the sampled data: 0 when every sample
-    # counted, None when one minibatch of a larger set gives no spread to judge it by.
-    standard_error: float | None
 
 
 def _initial_loss(

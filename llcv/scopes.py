@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,14 +21,12 @@ from torch.utils.data import Dataset
 
 from llcv.checkpoints import CheckpointInfo
 from llcv.errors import LLCVError, SettingsError
+from llcv.job_spec import JobSpec
 from llcv.llc_result import LLCResult
 from llcv.records import LLCRecord
 from llcv.results import DEFAULT_SCOPE, check_scope
 from llcv.sampling import nbeta_rule, resolve_nbeta, select_parameters
 from llcv.settings import SamplerSettings
-
-if TYPE_CHECKING:  # for annotations only: llcv.estimation imports this module
-    from llcv.estimation import JobSpec
 
 
 @dataclass(frozen=True)
