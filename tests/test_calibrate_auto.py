@@ -204,6 +204,7 @@ BATCH = 32
 SAMPLES = 64  # the doubled batch of the sensitivity check fits the data
 FIRST_STEPS = 100
 TRUE_LLC = 5.0
+SHARED_NOISE = 0.9  # the correlation of the fake noise of two runs with one seed
 Level = Callable[[float, float, int], "float | None"]  # LLC at (epsilon, gamma, batch size); None: a chain diverges
 
 
@@ -232,7 +233,12 @@ class FakeChains:
             self.stored.append(len(json.loads(self.store.read_text())["trials"]) if self.store.exists() else 0)
         assert settings.nbeta == NBETA and settings.num_chains == TRIAL_CHAINS and settings.num_burnin_steps == 0
         value = self.level(settings.epsilon, settings.gamma, settings.batch_size)
-        trace = self.noise * np.random.default_rng(settings.seed).standard_normal((settings.num_chains, settings.num_draws))
+        # Runs with the same seed share most of their noise (the SGLD noise and minibatches they
+        # have in common), as paired trials do; the rest is the run's own.
+        shape = (settings.num_chains, settings.num_draws)
+        shared = np.random.default_rng(settings.seed).standard_normal(shape)
+        own = np.random.default_rng([settings.seed, round(settings.gamma * 1e9), settings.batch_size]).standard_normal(shape)
+        trace = self.noise * (SHARED_NOISE * shared + math.sqrt(1 - SHARED_NOISE**2) * own)
         per_chain: list[float | None]
         if value is None:
             trace[0, settings.num_draws // 2 :] = np.nan
@@ -279,6 +285,11 @@ def pick_of(result):
 def tried(result, batch: int = BATCH) -> list[tuple[int, int]]:
     """The trials run, as (halvings of epsilon, halvings of gamma) from the first ones, in order."""
     return [(halvings(t.epsilon, EPSILON), halvings(t.gamma, GAMMA)) for t in result.trials if t.batch_size == batch]
+
+
+def _runs(trial) -> int:
+    """The sampler calls a one-segment trial made: two when it ran paired with a reference."""
+    return 1 if trial.paired_gamma is None else 2
 
 
 def entry(result, knob: str):
@@ -405,8 +416,13 @@ def test_sensitivity_entries_measure_each_knob_at_the_pick(monkeypatch):
     for item in result.sensitivity:
         trial = changed[item.knob]
         assert (item.llc, item.llc_changed) == (pick.llc, trial.llc)
-        assert item.move == pytest.approx(trial.llc - pick.llc)
-        assert item.move_se == pytest.approx(math.hypot(pick.se, trial.se))
+        if item.knob == "gamma":  # run paired with the pick: the move is the runs' difference
+            assert trial.paired_gamma == pick.gamma and (item.move, item.move_se) == (trial.paired_move, trial.paired_move_se)
+            assert item.move_se < math.hypot(pick.se, trial.se) / 2  # the shared noise cancels
+        else:
+            assert trial.paired_move is None
+            assert item.move == pytest.approx(trial.llc - pick.llc)
+            assert item.move_se == pytest.approx(math.hypot(pick.se, trial.se))
         assert item.relative == pytest.approx(item.move / pick.llc)
         assert item.settings_dependent is (abs(item.move) - 2 * item.move_se > SETTINGS_DEPENDENT * abs(pick.llc))
     assert (entry(result, "batch_size").value, entry(result, "batch_size").changed_to) == (BATCH, 2 * BATCH)
@@ -443,6 +459,33 @@ def test_a_move_too_noisy_to_rule_out_a_settings_dependent_one_is_unresolved_not
     assert "none is settings-dependent, but the move of gamma is unresolved" in sentence
     # recomputed from the stored numbers: a calibration.json written before the verdict existed
     assert sensitivity_verdict(noisy.model_dump(mode="json")) == "unresolved"
+
+
+def test_a_paired_move_is_read_after_the_difference_of_the_runs_has_settled():
+    rng = np.random.default_rng(0)
+    steps = 2000
+    # the noise both runs see: slow (correlated over ~100 steps), so each run's own drift test is lenient
+    shared = np.empty((TRIAL_CHAINS, steps))
+    shared[:, 0] = rng.standard_normal(TRIAL_CHAINS)
+    for step in range(1, steps):
+        shared[:, step] = 0.99 * shared[:, step - 1] + 0.14 * rng.standard_normal(TRIAL_CHAINS)
+    shared += 5.0
+    own = 0.01 * rng.standard_normal((TRIAL_CHAINS, steps))
+    healthy = np.zeros(TRIAL_CHAINS, bool)
+
+    relaxing = 0.3 * (1 - np.exp(-np.arange(steps) / 150.0))  # the half-gamma run parts over ~150 steps
+    trace = shared + relaxing + own
+    paired = auto._paired(summarise_trial(trace, healthy, 1e-3, 0.5, BATCH, 1.0, False), trace, shared, 1.0)
+    assert paired.ok and paired.paired_gamma == 1.0
+    assert paired.paired_move == pytest.approx(0.3, abs=0.01) and paired.paired_move_se < 0.005
+
+    # still parting at the end: the half-gamma run's own trace passes its drift test in the slow
+    # noise, the difference does not, so the pair has not relaxed and says so
+    drifting = shared + 0.3 * np.arange(steps) / steps + own
+    alone = summarise_trial(drifting, healthy, 1e-3, 0.5, BATCH, 1.0, False)
+    assert alone.ok
+    still = auto._paired(alone, drifting, shared, 1.0)
+    assert still.status == "unrelaxed" and not still.ok and still.chain_steps == 2 * alone.chain_steps
 
 
 def test_knobs_the_budget_or_the_data_could_not_pay_for_are_noted_not_run(monkeypatch):
@@ -584,8 +627,10 @@ def test_the_store_is_written_after_each_trial_and_a_rerun_reuses_it(monkeypatch
     level = lambda epsilon, gamma, batch: TRUE_LLC + (0.5 if gamma == GAMMA else 0.0)  # noqa: E731
     first = fake_search(monkeypatch, level, store=store)
     result = search(store=store)
-    # each call (one per trial: steady chains need no second segment) saw every trial before it stored
-    assert first.stored == list(range(len(result.trials))) and len(first.calls) == len(result.trials) > 3
+    # each call (one per trial, two for a paired one: steady chains need no second segment) saw
+    # every trial before it stored
+    assert first.stored == [index for index, trial in enumerate(result.trials) for _ in range(_runs(trial))]
+    assert len(result.trials) > 3 and any(trial.paired_gamma is not None for trial in result.trials)
     stored = json.loads(store.read_text())
     assert stored["complete"] is True and stored["pick"] == result.pick and len(stored["trials"]) == len(result.trials)
 
@@ -600,7 +645,7 @@ def test_the_store_is_written_after_each_trial_and_a_rerun_reuses_it(monkeypatch
     with torch.no_grad():
         model.weight.add_(1.0)
     search(store=store, problem=(model, data))
-    assert len(fresh.calls) == len(result.trials)
+    assert len(fresh.calls) == sum(_runs(trial) for trial in result.trials)
 
 
 def test_an_interrupted_search_resumes_with_the_trials_it_had_not_run(monkeypatch, tmp_path):
@@ -615,18 +660,19 @@ def test_an_interrupted_search_resumes_with_the_trials_it_had_not_run(monkeypatc
     stop = fake_search(monkeypatch, level, store=store)
     real = stop.estimate_llc_states
 
-    def interrupt_at_the_fourth(*args, **kwargs):
-        if len(stop.calls) == 3:
+    def interrupt_the_fourth_trial(*args, **kwargs):
+        if store.exists() and len(json.loads(store.read_text())["trials"]) == 3:
             raise Interrupted
         return real(*args, **kwargs)
 
-    stop.estimate_llc_states = interrupt_at_the_fourth
+    stop.estimate_llc_states = interrupt_the_fourth_trial
     with pytest.raises(Interrupted):
         search(store=store)
     assert json.loads(store.read_text())["complete"] is False and len(json.loads(store.read_text())["trials"]) == 3
     rest = fake_search(monkeypatch, level, store=store)
     resumed = search(store=store)
-    assert [call[:3] for call in rest.calls] == [call[:3] for call in whole.calls[3:]]
+    done = sum(_runs(trial) for trial in expected.trials[:3])
+    assert [call[:3] for call in rest.calls] == [call[:3] for call in whole.calls[done:]]
     assert resumed.recommended == expected.recommended
 
 
@@ -656,3 +702,10 @@ def test_a_real_search_on_a_linear_regression_recovers_half_its_dimension(monkey
     assert settings.num_burnin_steps > 0 and settings.num_draws >= TARGET_ESS / TRIAL_CHAINS
     estimate = estimate_llc(model, data, settings, loss="mse", device="cpu")
     assert abs(estimate.llc_mean / (dim / 2) - 1) < 0.2
+    # the half-gamma trials ran paired with their references: on real chains the shared noise
+    # cancels from the move, which is then known better than two independent trials would know it
+    paired = [trial for trial in result.trials if trial.paired_gamma is not None and trial.ok]
+    assert paired
+    for trial in paired:
+        reference = next(t for t in result.trials if (t.epsilon, t.gamma, t.batch_size) == (trial.epsilon, trial.paired_gamma, trial.batch_size))
+        assert trial.paired_move_se < math.hypot(reference.se, trial.se) / 2

@@ -14,6 +14,9 @@ the chains rather than thresholds fitted to cases:
    gamma. Where the moves grow again the chains have begun to wander along the loss's flat
    valleys, and the last gamma halved from, where the estimate depends least on gamma, is the
    pick. Epsilon's plateau is then checked again at that gamma, and settled anew if it moved.
+   Each half-gamma trial runs paired with its reference, from the same states with the same noise
+   and minibatches, and its move is measured on the two runs' difference (common random numbers:
+   the noise both share cancels, so a move is resolved in fewer steps).
 3. **burn-in by measurement.** Each trial's burn-in is where its own chains stop drifting; the
    estimate's is measured on a last trial rerun from the checkpoint at the pick.
 
@@ -45,7 +48,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from llcv import sampling
 from llcv.calibration.curvature import top_hessian_eigenvalue
-from llcv.calibration.trials import LLC_SCALE_FLOOR, NEGLIGIBLE_DRIFT, Trial, summarise_trial
+from llcv.calibration.trials import (
+    BURNIN_SHARES,
+    LLC_SCALE_FLOOR,
+    NEGLIGIBLE_DRIFT,
+    Trial,
+    chains_standard_error,
+    measured_burnin,
+    summarise_trial,
+)
 from llcv.chains import ChainState
 from llcv.devices import resolve_device
 from llcv.errors import EstimationError
@@ -277,11 +288,16 @@ class _Search:
 
     # --- trials ---------------------------------------------------------------------------------
 
-    def trial(self, epsilon: float, gamma: float, batch_size: int | None = None, from_checkpoint: bool = False) -> Trial | None:
+    def trial(
+        self, epsilon: float, gamma: float, batch_size: int | None = None, from_checkpoint: bool = False, paired_with: Trial | None = None
+    ) -> Trial | None:
         """The trial at these settings: reused when already run, else run on from where the chains
         stand (continued while it has not settled or cannot resolve ``RESOLUTION``); None when the
         budget cannot pay for it. ``from_checkpoint``: a second trial at settings already tried,
-        started at the checkpoint, to measure how long the chains take to relax from it."""
+        started at the checkpoint, to measure how long the chains take to relax from it.
+        ``paired_with``: a trial at the same epsilon and batch size whose settings are run beside
+        this one, from the same states with the same noise and minibatches, so that the move
+        between them is measured on the difference of the two runs (``_paired_move``)."""
         batch_size = batch_size or self.data.batch_size
         key = _key(epsilon, gamma, batch_size)
         if from_checkpoint:
@@ -300,9 +316,12 @@ class _Search:
         data = self.data if batch_size == self.data.batch_size else SamplingData(self.data.dataset, settings, self.device)
         self.reporter.note(f"trial epsilon={epsilon:.3g}, gamma={gamma:.3g}, batch {batch_size}" + (" (from the checkpoint)" if self.states is None else ""))
         cap = self._trial_cap(planned)
+        runs = 1 if paired_with is None else 2
+        reference_settings = None if paired_with is None else settings.model_copy(update={"gamma": paired_with.gamma})
+        reference_states, reference_trace = self.states, np.empty((TRIAL_CHAINS, 0))
         while trial is None or self._worth_extending(trial, planned):
             segment = max(min(steps, cap) - trace.shape[1], MIN_SEGMENT_STEPS)
-            affordable = self._affordable_steps()
+            affordable = self._affordable_steps() // runs
             if segment > affordable:
                 # Run what the budget still pays for, if that is worth starting.
                 self.budget_refused = True
@@ -315,13 +334,23 @@ class _Search:
             result, states = sampling.estimate_llc_states(
                 self.model, data, run, loss=self.loss, device=self.device, reporter=self.reporter, start=self.states
             )
+            diverged = np.array([value is None for value in result.llc_per_chain])
+            if reference_settings is not None:
+                # The same seed: the same SGLD noise and minibatches as the run above.
+                reference_run = reference_settings.model_copy(update={"num_draws": segment, "seed": run.seed})
+                reference, reference_states = sampling.estimate_llc_states(
+                    self.model, data, reference_run, loss=self.loss, device=self.device, reporter=self.reporter, start=reference_states
+                )
+                reference_trace = np.concatenate([reference_trace, _llc_trace(reference)], axis=1)
+                diverged |= np.array([value is None for value in reference.llc_per_chain])
             segments += 1
             seconds += time.perf_counter() - started
-            self.pending_chain_steps += segment * TRIAL_CHAINS
-            self.reporter.advance("calibrate", segment * TRIAL_CHAINS)
+            self.pending_chain_steps += segment * TRIAL_CHAINS * runs
+            self.reporter.advance("calibrate", segment * TRIAL_CHAINS * runs)
             trace = np.concatenate([trace, _llc_trace(result)], axis=1)
-            diverged = np.array([value is None for value in result.llc_per_chain])
             trial = summarise_trial(trace, diverged, epsilon, gamma, batch_size, seconds, from_checkpoint)
+            if paired_with is not None:
+                trial = _paired(trial, trace, reference_trace, paired_with.gamma)
             # Chains that left the basin or settled below the checkpoint are no place to start from.
             self.states = None if trial.status in ("diverged", "escaped") else states
             steps = self._extended_steps(trial)
@@ -362,12 +391,14 @@ class _Search:
             return False
         if trial.status in ("unrelaxed", "unmixed"):
             return True
-        return trial.se is not None and trial.se > _target_se(trial.llc)
+        error, target = _resolving(trial)
+        return error is not None and error > target
 
     def _extended_steps(self, trial: Trial) -> int:
         if not trial.ok:
             return TRIAL_GROWTH * trial.steps
-        needed = trial.burnin + trial.draws_for(_target_se(trial.llc))
+        error, target = _resolving(trial)
+        needed = trial.burnin + math.ceil((trial.steps - trial.burnin) * (error / target) ** 2)
         return min(max(needed, trial.steps + 1), TRIAL_GROWTH * 2 * trial.steps)
 
     def _planned_steps(self, epsilon: float, batch_size: int) -> int:
@@ -461,14 +492,14 @@ class _Search:
         estimator can say, and the pick's sensitivity says how much that is."""
         previous_move = math.inf
         while True:
-            weaker = self.trial(pick.epsilon, _rounded(pick.gamma / 2))
+            weaker = self.trial(pick.epsilon, _rounded(pick.gamma / 2), paired_with=pick)
             if weaker is None:
                 return pick, None, "the budget ran out"
             if not weaker.ok:
                 return pick, weaker, f"at half the gamma the chains were {weaker.status}"
             if not _moves(pick, weaker):
                 return pick, weaker, "halving it moves the LLC by no more than its noise"
-            move = abs(weaker.llc - pick.llc)
+            move = abs(_move(pick, weaker)[0])
             if move >= previous_move:
                 # Past the least sensitive halving: its weaker end is the pick, with less of the
                 # localization's squeeze, and this growing move is the pick's sensitivity.
@@ -558,11 +589,55 @@ def payload_dict(result: AutoCalibration, complete: bool = True) -> dict[str, An
     )
 
 
+def _move(reference: Trial, changed: Trial) -> tuple[float, float]:
+    """How far ``changed``'s LLC lies from ``reference``'s, with its standard error: measured on the
+    paired runs' difference when ``changed`` was run paired with ``reference``'s settings, else
+    the difference of the two trials' LLCs, whose errors add."""
+    paired = changed.paired_move is not None and changed.paired_gamma == reference.gamma and (
+        (changed.epsilon, changed.batch_size) == (reference.epsilon, reference.batch_size)
+    )
+    if paired:
+        return changed.paired_move, changed.paired_move_se
+    return changed.llc - reference.llc, math.hypot(reference.se, changed.se)
+
+
 def _moves(reference: Trial, changed: Trial) -> bool:
     """Whether ``changed``'s LLC differs from ``reference``'s by more than two standard errors of the
-    difference and by more than ``NEGLIGIBLE_MOVE`` of the LLC."""
-    move = abs(changed.llc - reference.llc)
-    return move > 2 * math.hypot(reference.se, changed.se) and move > NEGLIGIBLE_MOVE * abs(reference.llc)
+    move and by more than ``NEGLIGIBLE_MOVE`` of the LLC."""
+    move, move_se = _move(reference, changed)
+    return abs(move) > 2 * move_se and abs(move) > NEGLIGIBLE_MOVE * abs(reference.llc)
+
+
+def _paired(trial: Trial, trace: np.ndarray, reference_trace: np.ndarray, reference_gamma: float) -> Trial:
+    """``trial`` (run beside a reference from the same states with the same noise and minibatches)
+    with the move from the reference measured on the two runs' difference after ``trial``'s burn-in.
+
+    Common random numbers: the chains of both runs see the same minibatch at each step, so the
+    minibatch's noise and the excursions both runs make together cancel from the difference,
+    which keeps only what the changed setting does. Measured on a normal-crossing polynomial its
+    variance was 12-16 times smaller than that of the difference of two independent trials, on
+    a deep linear network about 3 times (docs/calibration.md); the pair costs twice the steps."""
+    update: dict[str, Any] = {"chain_steps": 2 * trial.chain_steps, "paired_gamma": reference_gamma}
+    if trial.llc is not None:
+        difference = trace - reference_trace
+        # The two runs part as the changed one relaxes to its own setting. Without their shared
+        # noise the difference shows that relaxation where the changed run's own trace hides it
+        # in its noise, so the move waits until the difference has settled as well.
+        settled_at = measured_burnin(difference, scale=max(abs(trial.llc), LLC_SCALE_FLOOR))
+        if settled_at is None and trial.ok:
+            update["status"] = "unrelaxed"
+        start = max(trial.burnin or 0, settled_at or 0) or int(round(BURNIN_SHARES[-1] * trace.shape[1]))
+        update.update(paired_move=float(difference[:, start:].mean()), paired_move_se=chains_standard_error(difference[:, start:]))
+    return trial.model_copy(update=update)
+
+
+def _resolving(trial: Trial) -> tuple[float | None, float]:
+    """The standard error that decides whether ``trial`` resolves ``RESOLUTION`` of the LLC, and the
+    most it may be: the move's for a paired trial (two of them resolve it), else the trial's own
+    (as one side of an unpaired difference, ``_target_se``)."""
+    if trial.paired_move_se is not None:
+        return trial.paired_move_se, RESOLUTION * max(abs(trial.llc or 0.0), LLC_SCALE_FLOOR) / 2
+    return trial.se, _target_se(trial.llc)
 
 
 def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Trial | None) -> Sensitivity:
@@ -572,8 +647,7 @@ def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Tr
     if not changed.ok:
         return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=None,
                            move_se=None, relative=None, settings_dependent=None, note=f"the changed trial is {changed.status}")  # fmt: skip
-    move = changed.llc - pick.llc
-    move_se = math.hypot(pick.se, changed.se)
+    move, move_se = _move(pick, changed)
     relative = move / pick.llc if pick.llc else None
     dependent = abs(move) - 2 * move_se > SETTINGS_DEPENDENT * abs(pick.llc)
     return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=move,

@@ -59,6 +59,11 @@ class Trial(BaseModel):
         chain_steps: steps times chains: what the trial cost in gradient evaluations.
         seconds: its wall time.
         trace: the chains' mean per-draw LLC over all steps, in at most ``TRACE_POINTS`` block means.
+        paired_gamma, paired_move, paired_move_se: for a trial run paired with a reference (the
+            search's half-gamma trials): the reference's gamma, and the move of the LLC from the
+            reference measured on the difference of the two runs, which shared their start, noise
+            and minibatches, with its standard error; None otherwise. ``chain_steps`` then counts
+            both runs.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -78,6 +83,9 @@ class Trial(BaseModel):
     chain_steps: int
     seconds: float
     trace: list[float | None]
+    paired_gamma: float | None = None
+    paired_move: float | None = None
+    paired_move_se: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -133,23 +141,24 @@ def _escaped(draws: np.ndarray, llc: float, se: float) -> bool:
     return any(value + SIGNIFICANCE * error < 0 and value < -material for value, error in values)
 
 
-def measured_burnin(trace: np.ndarray) -> int | None:
+def measured_burnin(trace: np.ndarray, scale: float | None = None) -> int | None:
     """The smallest of ``BURNIN_SHARES`` of the steps after which a chains x steps LLC trace has
-    settled (``settled``), in steps; None when none has."""
+    settled (``settled``, with ``scale``), in steps; None when none has."""
     steps = trace.shape[1]
     for share in BURNIN_SHARES:
         burnin = int(round(share * steps))
-        if settled(trace[:, burnin:]):
+        if settled(trace[:, burnin:], scale):
             return burnin
     return None
 
 
-def settled(draws: np.ndarray) -> bool:
+def settled(draws: np.ndarray, scale: float | None = None) -> bool:
     """Whether a chains x draws LLC trace no longer drifts: its late draws (the last half) differ
     from its early ones (the first fifth) by at most ``MAX_BURNIN_DRIFT_Z`` standard errors
-    (Geweke), or by at most ``NEGLIGIBLE_DRIFT`` of the LLC. The second clause stops a long trace,
-    whose small standard errors resolve ever slower creeps, from never counting as settled over
-    a drift too small to matter."""
+    (Geweke), or by at most ``NEGLIGIBLE_DRIFT`` of ``scale`` (by default the trace's mean, the
+    LLC; for a difference of two runs, the LLC they differ about). The second clause stops a long
+    trace, whose small standard errors resolve ever slower creeps, from never counting as settled
+    over a drift too small to matter."""
     z = geweke_z(draws)
     if z is None:
         return False
@@ -158,7 +167,7 @@ def settled(draws: np.ndarray) -> bool:
     length = draws.shape[1]
     early = draws[:, : int(round(GEWEKE_FIRST * length))].mean()
     late = draws[:, length - int(round(GEWEKE_LAST * length)) :].mean()
-    return abs(late - early) <= NEGLIGIBLE_DRIFT * abs(draws.mean())
+    return abs(late - early) <= NEGLIGIBLE_DRIFT * abs(draws.mean() if scale is None else scale)
 
 
 def chains_standard_error(draws: np.ndarray) -> float:
