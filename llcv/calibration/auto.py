@@ -297,7 +297,7 @@ class _Search:
         started at the checkpoint, to measure how long the chains take to relax from it.
         ``paired_with``: a trial at the same epsilon and batch size whose settings are run beside
         this one, from the same states with the same noise and minibatches, so that the move
-        between them is measured on the difference of the two runs (``_paired_move``)."""
+        between them is measured on the difference of the two runs (``_paired``)."""
         batch_size = batch_size or self.data.batch_size
         key = _key(epsilon, gamma, batch_size)
         if from_checkpoint:
