@@ -610,13 +610,13 @@ def _moves(reference: Trial, changed: Trial) -> bool:
 
 def _paired(trial: Trial, trace: np.ndarray, reference_trace: np.ndarray, reference_gamma: float) -> Trial:
     """``trial`` (run beside a reference from the same states with the same noise and minibatches)
-    with the move from the reference measured on the two runs' difference after ``trial``'s burn-in.
+    with the move from the reference measured on the two runs' difference once both have settled.
 
     Common random numbers: the chains of both runs see the same minibatch at each step, so the
     minibatch's noise and the excursions both runs make together cancel from the difference,
     which keeps only what the changed setting does. Measured on a normal-crossing polynomial its
     variance was 12-16 times smaller than that of the difference of two independent trials, on
-    a deep linear network about 3 times (docs/calibration.md); the pair costs twice the steps."""
+    a deep linear network about 4 times (docs/calibration.md); the pair costs twice the steps."""
     update: dict[str, Any] = {"chain_steps": 2 * trial.chain_steps, "paired_gamma": reference_gamma}
     if trial.llc is not None:
         difference = trace - reference_trace
