@@ -225,6 +225,7 @@ class FakeChains:
     def __init__(self, level: Level, noise: float = 0.05, store=None, offsets=(0.0,) * TRIAL_CHAINS):
         self.level, self.noise, self.store, self.offsets = level, noise, store, np.asarray(offsets)[:, None]
         self.calls: list[tuple[float, float, int, int, bool]] = []
+        self.starts: list[str | None] = []  # each call's first chain state (None: from the checkpoint)
         self.stored: list[int] = []
 
     def estimate_llc_states(self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None):
@@ -246,7 +247,9 @@ class FakeChains:
         else:
             trace += value + self.offsets
             per_chain = list(trace.mean(axis=1))
-        return SimpleNamespace(llc_trace=trace.tolist(), llc_per_chain=per_chain), ["state"] * settings.num_chains
+        self.starts.append(None if start is None else start[0])
+        # a chain's state says at which gamma it last ran
+        return SimpleNamespace(llc_trace=trace.tolist(), llc_per_chain=per_chain), [f"gamma {settings.gamma:g}"] * settings.num_chains
 
     def __getattr__(self, name):
         return getattr(sampling, name)
@@ -459,6 +462,21 @@ def test_a_move_too_noisy_to_rule_out_a_settings_dependent_one_is_unresolved_not
     assert "none is settings-dependent, but the move of gamma is unresolved" in sentence
     # recomputed from the stored numbers: a calibration.json written before the verdict existed
     assert sensitivity_verdict(noisy.model_dump(mode="json")) == "unresolved"
+
+
+def test_after_the_descent_stops_the_next_trial_goes_on_from_the_reference_runs_chains(monkeypatch):
+    # gamma's first halving moves the LLC by 1 (paired, resolved), the second by nothing: the
+    # descent stops with the pick at GAMMA / 2, and its half-epsilon check runs next
+    level = lambda epsilon, gamma, batch: TRUE_LLC - (1.0 if gamma >= GAMMA else 0.0)  # noqa: E731
+    fake = fake_search(monkeypatch, level)
+    result = search()
+    pick = pick_of(result)
+    assert halvings(pick.gamma, GAMMA) == 1 and halvings(pick.epsilon, EPSILON) == 0
+    half_step = next(index for index, call in enumerate(fake.calls) if call[:2] == (auto._rounded(EPSILON / 2), pick.gamma))
+    # the call before it was the reference run of the last pair (at the pick's gamma); the chains
+    # go on from there, not from the half gamma's run before that
+    assert fake.calls[half_step - 2][1] == auto._rounded(pick.gamma / 2) and fake.calls[half_step - 1][1] == pick.gamma
+    assert fake.starts[half_step] == f"gamma {pick.gamma:g}"
 
 
 def test_a_paired_move_is_read_after_the_difference_of_the_runs_has_settled():

@@ -245,6 +245,8 @@ class _Search:
         self.pending_chain_steps = 0  # the running trial's, until it is kept
         self.budget_refused = False  # whether the budget has cut a trial short or refused one
         self.states: list[ChainState] | None = None  # where the chains stand: the next trial goes on from there
+        # Where the reference run of the last paired trial left its chains: at the reference's settings.
+        self.reference_states: list[ChainState] | None = None
         self._restore()
 
     # --- budget and storage -------------------------------------------------------------------
@@ -353,6 +355,7 @@ class _Search:
                 trial = _paired(trial, trace, reference_trace, paired_with.gamma)
             # Chains that left the basin or settled below the checkpoint are no place to start from.
             self.states = None if trial.status in ("diverged", "escaped") else states
+            self.reference_states = None if trial.status in ("diverged", "escaped") else reference_states
             steps = self._extended_steps(trial)
         self.pending_chain_steps = 0
         if trial is not None:
@@ -495,16 +498,22 @@ class _Search:
             weaker = self.trial(pick.epsilon, _rounded(pick.gamma / 2), paired_with=pick)
             if weaker is None:
                 return pick, None, "the budget ran out"
+            stop = None
             if not weaker.ok:
-                return pick, weaker, f"at half the gamma the chains were {weaker.status}"
-            if not _moves(pick, weaker):
-                return pick, weaker, "halving it moves the LLC by no more than its noise"
-            move = abs(_move(pick, weaker)[0])
-            if move >= previous_move:
+                stop = f"at half the gamma the chains were {weaker.status}"
+            elif not _moves(pick, weaker):
+                stop = "halving it moves the LLC by no more than its noise"
+            elif abs(_move(pick, weaker)[0]) >= previous_move:
                 # Past the least sensitive halving: its weaker end is the pick, with less of the
                 # localization's squeeze, and this growing move is the pick's sensitivity.
-                return pick, weaker, "halving it moved the LLC no less than the halving before did"
-            previous_move, pick = move, weaker
+                stop = "halving it moved the LLC no less than the halving before did"
+            if stop is not None:
+                # The next trials are at the pick's settings: go on from the chains of the pair's
+                # reference run, which ran there, rather than re-settle from the half gamma's.
+                if self.reference_states is not None:
+                    self.states = self.reference_states
+                return pick, weaker, stop
+            previous_move, pick = abs(_move(pick, weaker)[0]), weaker
 
     def _recommended(self, pick: Trial) -> SamplerSettings:
         draws = pick.steps - pick.burnin
