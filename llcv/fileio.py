@@ -13,9 +13,11 @@ import io
 import json
 import math
 import os
+import signal
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Mapping, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from llcv.errors import LLCVError
 
@@ -34,18 +36,25 @@ class WriteError(LLCVError):
     exit_code = 1
 
 
-def write_temporary(folder: Path, prefix: str, write: Callable[[IO[bytes]], Any]) -> Path:
+def write_temporary(folder: Path, prefix: str, write: Callable[[IO[bytes]], Any], created: list[Path] | None = None) -> Path:
     """A complete, fsynced new file ``folder/<prefix><random>.tmp`` written through ``write(handle)``.
 
     The building block of ``atomic_write``, for callers that put the file in place themselves
     (``llcv.claims`` links it, which fails when the target exists, where a rename would replace it).
+    ``created``: a list the temporary's path is appended to the moment it exists, so that a caller
+    interrupted before this function returns can still remove it.
 
     Raises:
         OSError: the file could not be written; no temporary file is left behind.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    with _signals_held():
+        # Ctrl-C or SIGTERM between creating the file and recording it would orphan it.
+        descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+        temporary = Path(name)
+        if created is not None:
+            created.append(temporary)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             os.chmod(temporary, _FILE_MODE)
@@ -53,9 +62,9 @@ def write_temporary(folder: Path, prefix: str, write: Callable[[IO[bytes]], Any]
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-    return Path(temporary)
+    return temporary
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -65,18 +74,31 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
         WriteError: the folder or the disk refused the write; names the file and the reason.
     """
     path = Path(path)
-    temporary = None
+    created: list[Path] = []
     try:
-        temporary = write_temporary(path.parent, f".{path.name}.", write)
-        os.replace(temporary, path)
-        temporary = None
+        os.replace(write_temporary(path.parent, f".{path.name}.", write, created), path)
     except OSError as error:
         reason = error.strerror or str(error)
         raise WriteError(f"could not write {path}: {reason}; any previous version of it is intact") from None
     finally:
-        if temporary is not None:
+        # Once renamed, the temporary's name is gone; before, whatever stopped us leaves it here.
+        for temporary in created:
             temporary.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the few instructions inside (they arrive right after)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to hold them with
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

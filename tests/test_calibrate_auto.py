@@ -28,7 +28,6 @@ from llcv.calibration.auto import (
     MAX_GAMMA,
     MAX_TRIAL_GROWTH,
     MIN_SEGMENT_STEPS,
-    NEGLIGIBLE_MOVE,
     SETTINGS_DEPENDENT,
     TARGET_ESS,
     TRIAL_CHAINS,
@@ -39,6 +38,7 @@ from llcv.calibration.auto import (
     _sensitivity,
     calibrate_auto,
 )
+from llcv.calibration.comparisons import NEGLIGIBLE_MOVE, with_paired_move
 from llcv.calibration.trials import (
     BURNIN_SHARES,
     MAX_BURNIN_DRIFT_Z,
@@ -493,7 +493,7 @@ def test_a_paired_move_is_read_after_the_difference_of_the_runs_has_settled():
 
     relaxing = 0.3 * (1 - np.exp(-np.arange(steps) / 150.0))  # the half-gamma run parts over ~150 steps
     trace = shared + relaxing + own
-    paired = auto._paired(summarise_trial(trace, healthy, 1e-3, 0.5, BATCH, 1.0, False), trace, shared, 1.0)
+    paired = with_paired_move(summarise_trial(trace, healthy, 1e-3, 0.5, BATCH, 1.0, False), trace, shared, 1.0)
     assert paired.ok and paired.paired_gamma == 1.0
     assert paired.paired_move == pytest.approx(0.3, abs=0.01) and paired.paired_move_se < 0.005
 
@@ -502,7 +502,7 @@ def test_a_paired_move_is_read_after_the_difference_of_the_runs_has_settled():
     drifting = shared + 0.3 * np.arange(steps) / steps + own
     alone = summarise_trial(drifting, healthy, 1e-3, 0.5, BATCH, 1.0, False)
     assert alone.ok
-    still = auto._paired(alone, drifting, shared, 1.0)
+    still = with_paired_move(alone, drifting, shared, 1.0)
     assert still.status == "unrelaxed" and not still.ok and still.chain_steps == 2 * alone.chain_steps
 
 

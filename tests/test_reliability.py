@@ -33,7 +33,7 @@ from llcv.calibration import calibrate_sweep
 from llcv.checkpoints import checkpoint_name, list_checkpoints, read_checkpoint, save_checkpoint
 from llcv.cli import app
 from llcv.estimation import estimate_all
-from llcv.fileio import WriteError
+from llcv.fileio import WriteError, atomic_write_text, write_temporary
 from llcv.models import build_model
 from llcv.plotting import save_figure
 from llcv.progress import Reporter
@@ -657,3 +657,24 @@ def test_every_test_named_in_docs_reliability_exists():
             tree = ast.parse((REPO / file).read_text())
             defined[file] = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
         assert test in defined[file], f"docs/reliability.md names {file}::{test}, which does not exist"
+
+
+def test_an_interrupt_at_any_point_of_an_atomic_write_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "summary.csv"
+    target.write_text("the old table")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    # after the temporary is complete, before it is renamed: the old file stays, the temporary goes
+    monkeypatch.setattr("llcv.fileio.os.replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(target, "the new table")
+    monkeypatch.undo()
+    assert target.read_text() == "the old table" and sorted(path.name for path in tmp_path.iterdir()) == ["summary.csv"]
+
+    # while writing: the temporary is recorded the moment it exists, and removed
+    created: list = []
+    with pytest.raises(KeyboardInterrupt):
+        write_temporary(tmp_path, ".summary.csv.", lambda handle: interrupted(), created)
+    assert len(created) == 1 and created[0].parent == tmp_path and not created[0].exists()

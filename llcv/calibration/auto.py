@@ -47,14 +47,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from llcv import sampling
+from llcv.calibration.comparisons import differs, measured_move, resolving_error, target_se, with_paired_move
 from llcv.calibration.curvature import top_hessian_eigenvalue
 from llcv.calibration.trials import (
-    BURNIN_SHARES,
-    LLC_SCALE_FLOOR,
-    NEGLIGIBLE_DRIFT,
     Trial,
-    chains_standard_error,
-    measured_burnin,
     summarise_trial,
 )
 from llcv.chains import ChainState
@@ -73,12 +69,6 @@ AUTO_FORMAT_VERSION = 1
 TRIAL_CHAINS = 4
 # The first trial's steps per chain; later trials scale the steps their neighbours needed.
 FIRST_TRIAL_STEPS = 1000
-# The search resolves moves of this share of the LLC: trials run until two standard errors of a
-# difference between two of them, 2 * sqrt(2) * se, is at most this share (or the budget ends).
-RESOLUTION = 0.05
-# A move smaller than this share of the LLC is not chased further, however small its noise: the
-# bias left past a halving that moves less is a few times this at most (docs/calibration.md).
-NEGLIGIBLE_MOVE = NEGLIGIBLE_DRIFT
 # A pick whose estimate moves by more than this share beyond two standard errors is flagged.
 SETTINGS_DEPENDENT = 0.1
 # The first epsilon, in units of 1 / (the posterior's stiffest curvature): SGLD is stable for
@@ -352,7 +342,7 @@ class _Search:
             trace = np.concatenate([trace, _llc_trace(result)], axis=1)
             trial = summarise_trial(trace, diverged, epsilon, gamma, batch_size, seconds, from_checkpoint)
             if paired_with is not None:
-                trial = _paired(trial, trace, reference_trace, paired_with.gamma)
+                trial = with_paired_move(trial, trace, reference_trace, paired_with.gamma)
             # Chains that left the basin or settled below the checkpoint are no place to start from.
             self.states = None if trial.status in ("diverged", "escaped") else states
             self.reference_states = None if trial.status in ("diverged", "escaped") else reference_states
@@ -394,13 +384,13 @@ class _Search:
             return False
         if trial.status in ("unrelaxed", "unmixed"):
             return True
-        error, target = _resolving(trial)
+        error, target = resolving_error(trial)
         return error is not None and error > target
 
     def _extended_steps(self, trial: Trial) -> int:
         if not trial.ok:
             return TRIAL_GROWTH * trial.steps
-        error, target = _resolving(trial)
+        error, target = resolving_error(trial)
         needed = trial.burnin + math.ceil((trial.steps - trial.burnin) * (error / target) ** 2)
         return min(max(needed, trial.steps + 1), TRIAL_GROWTH * 2 * trial.steps)
 
@@ -412,7 +402,7 @@ class _Search:
         if not settled:
             return FIRST_TRIAL_STEPS
         nearest = min(settled, key=lambda trial: abs(math.log(trial.epsilon / epsilon)))
-        needed = nearest.burnin + (nearest.draws_for(_target_se(nearest.llc)) or nearest.steps - nearest.burnin)
+        needed = nearest.burnin + (nearest.draws_for(target_se(nearest.llc)) or nearest.steps - nearest.burnin)
         steps = max(FIRST_TRIAL_STEPS // 2, math.ceil(needed * nearest.epsilon / epsilon))
         return steps
 
@@ -441,7 +431,7 @@ class _Search:
         while True:
             pick, weaker, stop = self._weaken_gamma(pick)
             smaller_step = self.trial(_rounded(pick.epsilon / 2), pick.gamma)
-            if smaller_step is None or not smaller_step.ok or not _moves(pick, smaller_step):
+            if smaller_step is None or not smaller_step.ok or not differs(pick, smaller_step):
                 break
             # The step was too large at this gamma (the chains reach stiffer regions where gamma is
             # weaker): settle epsilon here, then see whether gamma can still weaken.
@@ -477,7 +467,7 @@ class _Search:
             if not pick.ok:
                 return None, epsilon
             smaller_step = self.trial(_rounded(epsilon / 2), gamma)
-            if smaller_step is None or not smaller_step.ok or not _moves(pick, smaller_step):
+            if smaller_step is None or not smaller_step.ok or not differs(pick, smaller_step):
                 return pick, epsilon
             epsilon = _rounded(epsilon / 2)
 
@@ -501,9 +491,9 @@ class _Search:
             stop = None
             if not weaker.ok:
                 stop = f"at half the gamma the chains were {weaker.status}"
-            elif not _moves(pick, weaker):
+            elif not differs(pick, weaker):
                 stop = "halving it moves the LLC by no more than its noise"
-            elif abs(_move(pick, weaker)[0]) >= previous_move:
+            elif abs(measured_move(pick, weaker)[0]) >= previous_move:
                 # Past the least sensitive halving: its weaker end is the pick, with less of the
                 # localization's squeeze, and this growing move is the pick's sensitivity.
                 stop = "halving it moved the LLC no less than the halving before did"
@@ -513,7 +503,7 @@ class _Search:
                 if self.reference_states is not None:
                     self.states = self.reference_states
                 return pick, weaker, stop
-            previous_move, pick = abs(_move(pick, weaker)[0]), weaker
+            previous_move, pick = abs(measured_move(pick, weaker)[0]), weaker
 
     def _recommended(self, pick: Trial) -> SamplerSettings:
         draws = pick.steps - pick.burnin
@@ -598,57 +588,6 @@ def payload_dict(result: AutoCalibration, complete: bool = True) -> dict[str, An
     )
 
 
-def _move(reference: Trial, changed: Trial) -> tuple[float, float]:
-    """How far ``changed``'s LLC lies from ``reference``'s, with its standard error: measured on the
-    paired runs' difference when ``changed`` was run paired with ``reference``'s settings, else
-    the difference of the two trials' LLCs, whose errors add."""
-    paired = changed.paired_move is not None and changed.paired_gamma == reference.gamma and (
-        (changed.epsilon, changed.batch_size) == (reference.epsilon, reference.batch_size)
-    )
-    if paired:
-        return changed.paired_move, changed.paired_move_se
-    return changed.llc - reference.llc, math.hypot(reference.se, changed.se)
-
-
-def _moves(reference: Trial, changed: Trial) -> bool:
-    """Whether ``changed``'s LLC differs from ``reference``'s by more than two standard errors of the
-    move and by more than ``NEGLIGIBLE_MOVE`` of the LLC."""
-    move, move_se = _move(reference, changed)
-    return abs(move) > 2 * move_se and abs(move) > NEGLIGIBLE_MOVE * abs(reference.llc)
-
-
-def _paired(trial: Trial, trace: np.ndarray, reference_trace: np.ndarray, reference_gamma: float) -> Trial:
-    """``trial`` (run beside a reference from the same states with the same noise and minibatches)
-    with the move from the reference measured on the two runs' difference once both have settled.
-
-    Common random numbers: the chains of both runs see the same minibatch at each step, so the
-    minibatch's noise and the excursions both runs make together cancel from the difference,
-    which keeps only what the changed setting does. Measured on a normal-crossing polynomial its
-    variance was 12-16 times smaller than that of the difference of two independent trials, on
-    a deep linear network about 4 times (docs/calibration.md); the pair costs twice the steps."""
-    update: dict[str, Any] = {"chain_steps": 2 * trial.chain_steps, "paired_gamma": reference_gamma}
-    if trial.llc is not None:
-        difference = trace - reference_trace
-        # The two runs part as the changed one relaxes to its own setting. Without their shared
-        # noise the difference shows that relaxation where the changed run's own trace hides it
-        # in its noise, so the move waits until the difference has settled as well.
-        settled_at = measured_burnin(difference, scale=max(abs(trial.llc), LLC_SCALE_FLOOR))
-        if settled_at is None and trial.ok:
-            update["status"] = "unrelaxed"
-        start = max(trial.burnin or 0, settled_at or 0) or int(round(BURNIN_SHARES[-1] * trace.shape[1]))
-        update.update(paired_move=float(difference[:, start:].mean()), paired_move_se=chains_standard_error(difference[:, start:]))
-    return trial.model_copy(update=update)
-
-
-def _resolving(trial: Trial) -> tuple[float | None, float]:
-    """The standard error that decides whether ``trial`` resolves ``RESOLUTION`` of the LLC, and the
-    most it may be: the move's for a paired trial (two of them resolve it), else the trial's own
-    (as one side of an unpaired difference, ``_target_se``)."""
-    if trial.paired_move_se is not None:
-        return trial.paired_move_se, RESOLUTION * max(abs(trial.llc or 0.0), LLC_SCALE_FLOOR) / 2
-    return trial.se, _target_se(trial.llc)
-
-
 def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Trial | None) -> Sensitivity:
     if changed is None:
         return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=None, move=None,
@@ -656,17 +595,11 @@ def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Tr
     if not changed.ok:
         return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=None,
                            move_se=None, relative=None, settings_dependent=None, note=f"the changed trial is {changed.status}")  # fmt: skip
-    move, move_se = _move(pick, changed)
+    move, move_se = measured_move(pick, changed)
     relative = move / pick.llc if pick.llc else None
     dependent = abs(move) - 2 * move_se > SETTINGS_DEPENDENT * abs(pick.llc)
     return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=move,
                        move_se=move_se, relative=relative, settings_dependent=dependent)  # fmt: skip
-
-
-def _target_se(llc: float | None) -> float:
-    """The standard error a trial aims for: two standard errors of a difference of two trials,
-    2 * sqrt(2) * se, resolve ``RESOLUTION`` of the LLC (of at least 0.1, for LLCs near 0)."""
-    return RESOLUTION * max(abs(llc or 0.0), LLC_SCALE_FLOOR) / (2 * math.sqrt(2))
 
 
 def _timed_from_checkpoint(current: dict, pick: Trial) -> Trial | None:
