@@ -471,10 +471,13 @@ def render_selftest(rows, quick: bool, auto=None, against: str | None = None, js
         for row in rows:
             found = row.auto
             if found.localized_llc is not None and found.llc_mean is not None:
+                split = (
+                    f"the estimate is {found.llc_mean / found.localized_llc - 1:+.1%} from that, the rest of its error is the localization's"
+                    if found.healthy is not False else "the estimate is unhealthy, so its error cannot be split"
+                )
                 out.print(
                     f"{row.name}: an exact sampler reads {found.localized_llc:.4g} at the calibrated gamma {found.gamma:.3g} "
-                    f"({found.localized_llc / row.true_llc - 1:+.1%} from the truth); the estimate is "
-                    f"{found.llc_mean / found.localized_llc - 1:+.1%} from that, the rest of its error is the localization's",
+                    f"({found.localized_llc / row.true_llc - 1:+.1%} from the truth); {split}",
                     highlight=False, markup=False,
                 )  # fmt: skip
     failed = sum(not row.passed for row in rows)

@@ -43,8 +43,8 @@ class DemoSize:
     image_size: int = 8
 
 
-# The calibration gets a third of the default budget: the full search on this CNN takes about 12
-# minutes on 2 cores (docs/calibration.md), so the demo's pick says which sensitivities it left
+# The calibration gets a third of the default budget: the full search on this CNN took about 12
+# minutes on 2 cores before half-gamma trials were paired (docs/calibration.md), so the demo's pick says which sensitivities it left
 # unmeasured. A budget in steps, not seconds, so that the pick, and with it every estimate, is the
 # same on a busy machine as on an idle one.
 FULL = DemoSize(epochs=12, log_checkpoints=5, budget_steps=DEFAULT_BUDGET_STEPS // 3)

@@ -105,6 +105,7 @@ class AutoRow:
     # (``KnownCase.localized_llc``): the estimate's distance from it is the sampler's error, its
     # distance from the truth the localization's.
     localized_llc: float | None = None
+    healthy: bool | None = None  # the calibrated estimate's health (llcv.health)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def check_auto(
         time.perf_counter() - started, calibration.spent.chain_steps + estimate_steps, tuple(calibration.settings_dependent),
         unresolved=tuple(calibration.unresolved),
         localized_llc=case.localized_llc(calibration.nbeta, settings.gamma) if case.localized_llc is not None else None,
+        healthy=result.healthy,
     )  # fmt: skip
 
 

@@ -235,8 +235,9 @@ class _Search:
         self.pending_chain_steps = 0  # the running trial's, until it is kept
         self.budget_refused = False  # whether the budget has cut a trial short or refused one
         self.states: list[ChainState] | None = None  # where the chains stand: the next trial goes on from there
-        # Where the reference run of the last paired trial left its chains: at the reference's settings.
-        self.reference_states: list[ChainState] | None = None
+        # The last paired trial run here, and where its reference run left its chains (at the
+        # reference's settings); None when that trial diverged or escaped.
+        self.reference_states: tuple[Trial, list[ChainState]] | None = None
         self._restore()
 
     # --- budget and storage -------------------------------------------------------------------
@@ -345,10 +346,11 @@ class _Search:
                 trial = with_paired_move(trial, trace, reference_trace, paired_with.gamma)
             # Chains that left the basin or settled below the checkpoint are no place to start from.
             self.states = None if trial.status in ("diverged", "escaped") else states
-            self.reference_states = None if trial.status in ("diverged", "escaped") else reference_states
             steps = self._extended_steps(trial)
         self.pending_chain_steps = 0
         if trial is not None:
+            if paired_with is not None:
+                self.reference_states = None if self.states is None else (trial, reference_states)
             self._keep(trial)
             self._save()
             shown = "undefined" if trial.llc is None else f"{trial.llc:.4g} ± {trial.se:.2g}"
@@ -488,22 +490,24 @@ class _Search:
             weaker = self.trial(pick.epsilon, _rounded(pick.gamma / 2), paired_with=pick)
             if weaker is None:
                 return pick, None, "the budget ran out"
+            move = abs(measured_move(pick, weaker)[0]) if weaker.ok else None
             stop = None
             if not weaker.ok:
                 stop = f"at half the gamma the chains were {weaker.status}"
             elif not differs(pick, weaker):
                 stop = "halving it moves the LLC by no more than its noise"
-            elif abs(measured_move(pick, weaker)[0]) >= previous_move:
+            elif move >= previous_move:
                 # Past the least sensitive halving: its weaker end is the pick, with less of the
                 # localization's squeeze, and this growing move is the pick's sensitivity.
                 stop = "halving it moved the LLC no less than the halving before did"
             if stop is not None:
-                # The next trials are at the pick's settings: go on from the chains of the pair's
-                # reference run, which ran there, rather than re-settle from the half gamma's.
-                if self.reference_states is not None:
-                    self.states = self.reference_states
+                # The next trials are at the pick's settings: go on from the chains of this pair's
+                # reference run, which ran there, rather than re-settle from the half gamma's
+                # (only when the pair just ran: a trial reused from the store has no chains).
+                if self.reference_states is not None and self.reference_states[0] is weaker:
+                    self.states = self.reference_states[1]
                 return pick, weaker, stop
-            previous_move, pick = abs(measured_move(pick, weaker)[0]), weaker
+            previous_move, pick = move, weaker
 
     def _recommended(self, pick: Trial) -> SamplerSettings:
         draws = pick.steps - pick.burnin

@@ -64,10 +64,10 @@ def with_paired_move(trial: Trial, trace: np.ndarray, reference_trace: np.ndarra
 
 def resolving_error(trial: Trial) -> tuple[float | None, float]:
     """The standard error that decides whether ``trial`` resolves ``RESOLUTION`` of the LLC, and the
-    most it may be: the move's for a paired trial (two of them resolve it), else the trial's own
-    (as one side of an unpaired difference, ``_target_se``)."""
+    most it may be: the move's for a paired trial (two of them resolve it: sqrt(2) times
+    ``target_se``, which is one side of an unpaired difference), else the trial's own."""
     if trial.paired_move_se is not None:
-        return trial.paired_move_se, RESOLUTION * max(abs(trial.llc or 0.0), LLC_SCALE_FLOOR) / 2
+        return trial.paired_move_se, math.sqrt(2) * target_se(trial.llc)
     return trial.se, target_se(trial.llc)
 
 
