@@ -24,7 +24,7 @@ import torch
 
 from llcv import SamplerSettings, estimate_llc, list_checkpoints
 from llcv.estimation import estimate_all
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 from llcv.settings import EstimateSettings, load_settings
 from llcv.targets import load_target
 from llcv.training import train

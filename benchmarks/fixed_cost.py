@@ -29,11 +29,11 @@ from torch.utils.data import TensorDataset
 from llcv import SamplerSettings, build_model, estimate_llc, sampling
 from llcv.devices import resolve_device
 from llcv.progress import Reporter
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 
 TARGET_STEPS = 5.0
 # The parts of an estimate's set-up, as llcv.sampling names them: estimate_llc looks each up
-# there (llcv.execution's _execution_plan included), so that is where they are wrapped.
+# there (llcv.sampling.execution's _execution_plan included), so that is where they are wrapped.
 PARTS = {
     "_copy_in_mode": "copy the model",
     "_execution_plan": "decide execution (precision, layout)",

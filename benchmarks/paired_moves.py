@@ -26,7 +26,7 @@ from llcv.calibration.auto import _llc_trace
 from llcv.calibration.trials import BURNIN_SHARES, LLC_SCALE_FLOOR, chains_standard_error, measured_burnin
 from llcv.known_models import KnownCase, dln_case, polynomial_case
 from llcv.sampling import estimate_llc_states
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 
 CASES = {  # name: (case, epsilon, gamma, batch size or None for full batches)
     "polynomial-2-4, gamma 3.6": (lambda: polynomial_case((2, 4), seed=3), 3.45e-4, 3.62, None),

@@ -40,11 +40,11 @@ from llcv.devices import resolve_device
 from llcv.fileio import atomic_write_json
 from llcv.health import brief_reasons
 from llcv.known_models import rrr_case
-from llcv.llc_result import LLCResult
+from llcv.sampling import LLCResult
 from llcv.progress import Reporter
 from llcv.records import ran_in
 from llcv.reference import devinterp_estimate, devinterp_sgld_kwargs
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 
 
 def _llcv_llc(model, dataset, settings: SamplerSettings, loss, device) -> tuple[float, LLCResult]:

@@ -10,12 +10,12 @@ from llcv.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
 from llcv.data import DatasetInfo, load_dataset
 from llcv.errors import CheckpointError, DataError, LLCVError, SettingsError
 from llcv.estimation import EstimateSummary, estimate_all
-from llcv.llc_result import LLCDiagnostics, LLCResult
+from llcv.sampling import LLCDiagnostics, LLCResult
 from llcv.models import build_model, list_models, model_blocks, register_model
 from llcv.records import LLCRecord
 from llcv.results import load_results, results_dataframe, settings_hash
 from llcv.sampling import estimate_llc
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 from llcv.settings import DataSettings, EstimateSettings, ModelSettings, SamplerSettings, TrainSettings, load_settings
 
 __all__ = [

@@ -33,7 +33,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
-class _CifarTransform:
+class CifarTransform:
     """uint8 ``3 x 32 x 32`` -> normalised float, with optional random crop and flip.
 
     The randomness comes from torch's default CPU generator, as torchvision's transforms' does,
@@ -114,7 +114,7 @@ def _read_cifar_pickle(path: Path) -> Any:
         ) from error
 
 
-def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch file -> (uint8 ``N x 3 x 32 x 32`` images, ``N`` labels)."""
     batch = _read_cifar_pickle(path)
     expected = "a dict with b'data' (N x 3072 uint8 array) and b'labels' (N ints from 0 to 9)"
@@ -150,7 +150,7 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, targets
 
 
-def _read_cifar_label_names(path: Path) -> list[str]:
+def read_cifar_label_names(path: Path) -> list[str]:
     meta = _read_cifar_pickle(path)
     names = meta.get(b"label_names") if isinstance(meta, dict) else None
     if not isinstance(names, list) or len(names) != 10:
@@ -160,7 +160,7 @@ def _read_cifar_label_names(path: Path) -> list[str]:
     return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
 
 
-def _find_cifar_dir(data_dir: Path) -> tuple[Path, list[str]]:
+def find_cifar_dir(data_dir: Path) -> tuple[Path, list[str]]:
     """The folder holding the batches (``data_dir`` or the archive's subfolder) and what it lacks."""
     needed = [*CIFAR10_TRAIN_FILES, CIFAR10_VAL_FILE, CIFAR10_META_FILE]
     candidates = []
@@ -170,7 +170,7 @@ def _find_cifar_dir(data_dir: Path) -> tuple[Path, list[str]]:
     return min(candidates, key=lambda candidate: len(candidate[1]))
 
 
-def _download_cifar10(data_dir: Path) -> None:
+def download_cifar10(data_dir: Path) -> None:
     from torchvision import datasets
 
     logger.info("Downloading CIFAR-10 into %s", data_dir)

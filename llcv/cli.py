@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from llcv import calibration, cli_render, console, demo, estimation, report, run_calibration, runs, sampling, selftest, targets, training
-from llcv.calibration import Budget, auto_files
+from llcv.calibration import Budget
 from llcv.cli_options import (
     CHAINS_DEFAULTS,
     CURVE_DEFAULTS,
@@ -236,7 +236,7 @@ def _calibrate_run(
     _quiet_for_json(json_output)
     with RichReporter() as reporter:
         calibrated = run_calibration.calibrate_run(
-            checkpoints_dir, settings.sampler, settings.estimate, budget=auto_files.auto_budget(settings.calibrate),
+            checkpoints_dir, settings.sampler, settings.estimate, budget=calibration.auto_budget(settings.calibrate),
             figure_format=settings.calibrate.format, **target.arguments(), data_dir=settings.data.data_dir,
             allow_version_mismatch=settings.model.allow_version_mismatch, reporter=reporter,
         )  # fmt: skip
@@ -373,8 +373,8 @@ def calibrate_auto_command(
         settings, loaded, out = _calibration_start(checkpoint, config, None, flags, target, json_output)
         options = settings.calibrate
         with RichReporter() as reporter:
-            result = auto_files.calibrate_and_save(
-                out, loaded.model, loaded.dataset, device=options.device, base=settings.sampler, budget=auto_files.auto_budget(options),
+            result = calibration.calibrate_and_save(
+                out, loaded.model, loaded.dataset, device=options.device, base=settings.sampler, budget=calibration.auto_budget(options),
                 checkpoint=str(checkpoint), figure_format=options.format, reporter=reporter,
             )  # fmt: skip
         cli_render.render_auto_outcome(result, checkpoint, out, json_output)

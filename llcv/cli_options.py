@@ -26,7 +26,7 @@ from typing import Annotated, Any, Callable, ClassVar, Mapping, Optional, get_ty
 import typer
 
 from llcv.calibration import CHAINS_DEFAULT_NUM_CHAINS, parse_grid
-from llcv.langevin import AUTO_BURNIN_DRAW_FACTOR
+from llcv.relaxation import AUTO_BURNIN_DRAW_FACTOR
 from llcv.settings import DEFAULT_BUDGET_STEPS
 
 # --- options on their own ------------------------------------------------------------------------

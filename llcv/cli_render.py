@@ -20,10 +20,19 @@ from rich.panel import Panel
 from rich.table import Table
 
 from llcv import console
-from llcv.calibration import auto_files
-from llcv.calibration.auto import SETTINGS_DEPENDENT, TRIAL_CHAINS, payload_dict
+from llcv.calibration import (
+    KNOB_NAMES,
+    RECOMMENDED_FILE,
+    SETTINGS_DEPENDENT,
+    TRIAL_CHAINS,
+    payload_dict,
+    percent_words,
+    sensitivity_sentence,
+    sensitivity_verdict,
+    spent_words,
+)
 from llcv.health import short_reason
-from llcv.langevin import relaxation_steps
+from llcv.relaxation import relaxation_steps
 from llcv.models import model_version
 from llcv.records import ran_in
 from llcv.results import health_label
@@ -252,11 +261,11 @@ def sensitivity_table(sensitivity, title: str) -> Table:
     for entry in sensitivity:
         spec = ".0f" if entry.knob == "batch_size" else ".2g"
         move = "—" if entry.move is None else f"{entry.move:+.2g} ± {number(entry.move_se, '.2g')}"
-        relative = "—" if entry.relative is None else auto_files.percent_words(entry.relative, signed=True)
-        verdict = auto_files.sensitivity_verdict(entry)
+        relative = "—" if entry.relative is None else percent_words(entry.relative, signed=True)
+        verdict = sensitivity_verdict(entry)
         style = {"settings-dependent": "bold red", "holds": "green"}.get(verdict, "yellow")
         table.add_row(
-            auto_files.KNOB_NAMES.get(entry.knob, entry.knob), f"{entry.value:{spec}} → {entry.changed_to:{spec}}",
+            KNOB_NAMES.get(entry.knob, entry.knob), f"{entry.value:{spec}} → {entry.changed_to:{spec}}",
             number(entry.llc_changed, ".4g"), move, relative, f"[{style}]{escape(verdict)}[/]",
         )  # fmt: skip
     return table
@@ -281,7 +290,7 @@ def render_auto_outcome(result, checkpoint: Path, out: Path, json_output: bool) 
             criterion = f"settings-dependent: it moves by more than {SETTINGS_DEPENDENT:.0%} of the LLC beyond 2 standard errors"
             title = f"Sensitivity of the pick's LLC, {number(pick.llc, '.4g')} ± {number(pick.se, '.2g')} ({criterion})"
             console.stdout.print(sensitivity_table(result.sensitivity, title))
-        console.stdout.print(f"spent: {escape(auto_files.spent_words(result.spent))}", highlight=False)
+        console.stdout.print(f"spent: {escape(spent_words(result.spent))}", highlight=False)
     if result.recommended is None:
         console.stderr.print(f"[bold red]error:[/] calibrate auto found no usable settings: {escape(result.reason)}", highlight=False)
         console.info(f"trials and figures in {out}; no recommended.json written")
@@ -289,16 +298,16 @@ def render_auto_outcome(result, checkpoint: Path, out: Path, json_output: bool) 
     console.info(f"recommended: {recommended_words(result.recommended)}")
     console.info(f"why: {result.reason}")
     console.info(
-        f"wrote {out / auto_files.RECOMMENDED_FILE} (use it with --from-calibration), calibration.json, trials.csv and figures in {out}"
+        f"wrote {out / RECOMMENDED_FILE} (use it with --from-calibration), calibration.json, trials.csv and figures in {out}"
     )
 
 
 def render_run_calibration(calibrated) -> None:
     """`estimate-all --calibrate`: the settings the run's calibration chose, how they hold, and where its files are."""
     result = calibrated.calibration
-    console.info(f"calibrated on {calibrated.checkpoint.name} ({auto_files.spent_words(result.spent)})")
+    console.info(f"calibrated on {calibrated.checkpoint.name} ({spent_words(result.spent)})")
     console.info(f"recommended for every checkpoint (flags still override): {recommended_words(result.recommended)}")
-    console.info(f"sensitivity: {auto_files.sensitivity_sentence(result.sensitivity)}")
+    console.info(f"sensitivity: {sensitivity_sentence(result.sensitivity)}")
     console.info(f"calibration files in {calibrated.directory}")
 
 

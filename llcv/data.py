@@ -39,11 +39,11 @@ from llcv.cifar import (
     CIFAR10_TRAIN_FILES,
     CIFAR10_URL,
     CIFAR10_VAL_FILE,
-    _CifarTransform,
-    _download_cifar10,
-    _find_cifar_dir,
-    _read_cifar_batch,
-    _read_cifar_label_names,
+    CifarTransform,
+    download_cifar10,
+    find_cifar_dir,
+    read_cifar_batch,
+    read_cifar_label_names,
 )
 from llcv.errors import DataError
 
@@ -424,10 +424,10 @@ def _load_cifar10(request: _LoadRequest) -> _Splits:
     """The CIFAR-10 python batches: train = data_batch_1..5, validation = test_batch."""
     _check_native_size(request, CIFAR10_IMAGE_SIZE)
     data_dir = request.data_dir if request.data_dir is not None else CIFAR10_DEFAULT_DIR
-    folder, missing = _find_cifar_dir(data_dir)
+    folder, missing = find_cifar_dir(data_dir)
     if missing and request.download:
-        _download_cifar10(data_dir)
-        folder, missing = _find_cifar_dir(data_dir)
+        download_cifar10(data_dir)
+        folder, missing = find_cifar_dir(data_dir)
     if missing:
         problem = f"incomplete in {folder}: missing {', '.join(missing)}" if data_dir.is_dir() else "not found"
         raise DataError(
@@ -437,15 +437,15 @@ def _load_cifar10(request: _LoadRequest) -> _Splits:
             f"{CIFAR10_URL} and extract it there, or rerun with --download."
         )
 
-    train_batches = [_read_cifar_batch(folder / file) for file in CIFAR10_TRAIN_FILES]
+    train_batches = [read_cifar_batch(folder / file) for file in CIFAR10_TRAIN_FILES]
     train_images = torch.cat([images for images, _ in train_batches])
     train_targets = torch.cat([targets for _, targets in train_batches])
-    val_images, val_targets = _read_cifar_batch(folder / CIFAR10_VAL_FILE)
-    class_names = _read_cifar_label_names(folder / CIFAR10_META_FILE)
+    val_images, val_targets = read_cifar_batch(folder / CIFAR10_VAL_FILE)
+    class_names = read_cifar_label_names(folder / CIFAR10_META_FILE)
 
-    train_transform = _CifarTransform(augment=request.augment)
+    train_transform = CifarTransform(augment=request.augment)
     train = TensorImageDataset(train_images, train_targets, transform=train_transform)
-    val = TensorImageDataset(val_images, val_targets, transform=_CifarTransform(augment=False))
+    val = TensorImageDataset(val_images, val_targets, transform=CifarTransform(augment=False))
     info = DatasetInfo(
         name="cifar10",
         num_classes=len(class_names),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llcv.calibration.auto import Budget
+from llcv.calibration import Budget
 from llcv.estimation import estimate_all
 from llcv.progress import SILENT, Reporter
 from llcv.report import calibration_reading, read_figure, write_report

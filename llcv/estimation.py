@@ -40,9 +40,9 @@ from llcv.errors import DataError, LLCVError, SettingsError
 from llcv.executors import make_executor
 from llcv.health import brief_reasons
 from llcv.job_spec import JobSpec
-from llcv.losses import LossSpec
+from llcv.sampling import LossSpec
 from llcv.models import list_models, model_version
-from llcv.precision import PrecisionChoice
+from llcv.sampling import PrecisionChoice
 from llcv.progress import SILENT, Reporter
 from llcv.records import DEFAULT_SCOPE, RECORD_FORMAT, RECORD_FORMAT_VERSION, LLCRecord, RecordResult
 from llcv.results import (
@@ -56,7 +56,7 @@ from llcv.results import (
     step_from_name,
 )
 from llcv.sampling import estimate_llc
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 from llcv.scopes import WHOLE_MODEL, Scope, class_refinement, run_scopes, same_refinement, scope_result, scope_settings
 from llcv.selection import parse_shard, select_checkpoints, shard_name, shard_of
 from llcv.settings import EstimateSettings, SamplerSettings

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 
 from llcv.errors import EstimationError, SettingsError
-from llcv.precision import PrecisionChoice
+from llcv.sampling import PrecisionChoice
 from llcv.progress import SILENT, ForwardingReporter, Reporter, replay
 from llcv.records import LLCRecord
 

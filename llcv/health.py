@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from llcv.diagnostics import geweke_z, mcse_of_mean
-from llcv.langevin import AUTO_BURNIN_DRAW_FACTOR
+from llcv.relaxation import AUTO_BURNIN_DRAW_FACTOR
 
 # A mean below 0 by more than this many standard errors is below the checkpoint's loss, not noise around 0.
 SIGNIFICANCE = 2.0
@@ -52,11 +52,11 @@ class Evidence:
     ess: float | None
     mala_acceptance: float | None
     # The burn-in the chains ran and the steps they need to relax from the checkpoint
-    # (llcv.langevin.relaxation_steps; infinite at gamma 0): sweep rows, and estimates whose
+    # (llcv.relaxation.relaxation_steps; infinite at gamma 0): sweep rows, and estimates whose
     # burn-in was automatic. None: not checked.
     burnin_steps: int | None = None
     relaxation_steps: float | None = None
-    # The burn-in was the automatic one, held to its cap (llcv.langevin.auto_burnin_steps).
+    # The burn-in was the automatic one, held to its cap (llcv.relaxation.auto_burnin_steps).
     burnin_capped: bool = False
     # The standard error of llc_mean (trace_evidence); None (sweep rows before llcv 0.9): the MCSE stands in.
     llc_se: float | None = None

@@ -10,8 +10,8 @@ from typing import Callable
 from torch import nn
 from torch.utils.data import Dataset
 
-from llcv.losses import LossSpec
-from llcv.precision import PrecisionChoice
+from llcv.sampling import LossSpec
+from llcv.sampling import PrecisionChoice
 from llcv.results import DEFAULT_LOSS
 from llcv.settings import SamplerSettings
 

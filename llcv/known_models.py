@@ -86,7 +86,7 @@ class KnownCase:
         family: The kind of model: ``"regression"``, ``"rrr"``, ``"polynomial"``, ``"dln"``,
             ``"classifier"`` (cross-entropy), or ``"scale"`` (the large deep linear networks of
             ``llcv.known_families.scale_cases``); the selftest summarises errors per family.
-        loss: The loss the truth holds for, a named loss of ``llcv.losses``: ``"mse"``, or
+        loss: The loss the truth holds for, a named loss of ``llcv.sampling.losses``: ``"mse"``, or
             ``"cross_entropy"`` against soft labels (targets are float rows of probabilities).
         localized_llc: Where known, ``(nbeta, gamma) -> value`` an exact sampler reads at those
             settings (the polynomials': :func:`polynomial_localized_llc`), which separates a

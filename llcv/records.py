@@ -105,7 +105,7 @@ class WorkerInfo(_Part):
 
 
 class RecordDiagnostics(_Part):
-    """A result's ``diagnostics`` (``llcv.llc_result.LLCDiagnostics`` as stored)."""
+    """A result's ``diagnostics`` (``llcv.sampling.result.LLCDiagnostics`` as stored)."""
 
     r_hat: float | None = None
     ess: float | None = None
@@ -127,7 +127,7 @@ def ran_in(precision: str | None, choice: dict[str, Any] | None) -> str | None:
 
 
 class PrecisionChoiceInfo(_Part):
-    """A result's ``precision_choice`` (``llcv.precision.PrecisionChoice.provenance()``; since llcv 0.5)."""
+    """A result's ``precision_choice`` (``llcv.sampling.precision.PrecisionChoice.provenance()``; since llcv 0.5)."""
 
     precision: Literal["fp32", "bf16"]
     reason: str = ""
@@ -139,7 +139,7 @@ class PrecisionChoiceInfo(_Part):
 class RecordResult(_Part):
     """A record's ``result``: the ``LLCResult`` as stored (``LLCResult.to_dict()``).
 
-    Unlike ``llcv.llc_result.LLCResult``, which is what an estimate returns now, every field may
+    Unlike ``llcv.sampling.result.LLCResult``, which is what an estimate returns now, every field may
     be missing here, as in results written before it existed. Absent fields read as None (or
     empty) and stay absent on disk.
     """

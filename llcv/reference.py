@@ -1,6 +1,6 @@
 """devinterp 1.3, the reference implementation llcv is checked against.
 
-llcv runs devinterp 1.3's SGLD update (fused, ``llcv.langevin``) but never imports devinterp to
+llcv runs devinterp 1.3's SGLD update (fused, ``llcv.sampling.langevin``) but never imports devinterp to
 estimate. This module runs devinterp's own ``estimate_learning_coeff_with_summary`` at llcv's
 settings, for ``llcv selftest --against devinterp`` and the benchmarks, so a user can put both
 side by side on their machine. devinterp is the optional extra ``llcv[reference]``.

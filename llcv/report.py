@@ -28,13 +28,15 @@ from typing import Any, Mapping, Sequence
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from PIL import Image
 
-from llcv.calibration import SWEEP_FORMAT, recommended_row
-from llcv.calibration.auto import SETTINGS_DEPENDENT, AutoCalibration
-from llcv.calibration.auto_files import (
+from llcv.calibration import (
     CALIBRATION_FILE,
+    SETTINGS_DEPENDENT,
+    SWEEP_FORMAT,
     KNOB_CHANGES,
+    AutoCalibration,
     figure_title,
     read_auto,
+    recommended_row,
     relative_move_words,
     sensitivity_sentence,
     sensitivity_verdict,

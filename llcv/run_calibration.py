@@ -21,13 +21,11 @@ from typing import Any, Iterator, Mapping
 
 from filelock import FileLock, Timeout
 
-from llcv.calibration.auto import AutoCalibration, Budget
-from llcv.calibration.auto_files import AUTO_SOURCE, RECOMMENDED_FILE, calibrate_and_save
-from llcv.calibration.sweep import output_dir
+from llcv.calibration import AUTO_SOURCE, RECOMMENDED_FILE, AutoCalibration, Budget, calibrate_and_save, output_dir
 from llcv.checkpoints import list_checkpoints
 from llcv.errors import EstimationError, SettingsError
 from llcv.fileio import WriteError
-from llcv.losses import LossSpec
+from llcv.sampling import LossSpec
 from llcv.progress import SILENT, Reporter
 from llcv.results import DEFAULT_LOSS
 from llcv.selection import select_checkpoints

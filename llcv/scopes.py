@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from llcv.checkpoints import CheckpointInfo
 from llcv.errors import LLCVError, SettingsError
 from llcv.job_spec import JobSpec
-from llcv.llc_result import LLCResult
+from llcv.sampling import LLCResult
 from llcv.records import LLCRecord
 from llcv.results import DEFAULT_SCOPE, check_scope
 from llcv.sampling import nbeta_rule, resolve_nbeta, select_parameters

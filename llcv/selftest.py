@@ -20,7 +20,7 @@ from llcv.devices import resolve_device
 from llcv.errors import EstimationError, SettingsError
 from llcv.known_families import family_cases, parse_families, quick_case, scale_cases
 from llcv.known_models import KnownCase, known_cases
-from llcv.losses import resolve_loss
+from llcv.sampling import resolve_loss
 from llcv.progress import SILENT, Reporter
 from llcv.reference import devinterp_estimate
 from llcv.sampling import estimate_llc

@@ -170,7 +170,7 @@ class SamplerSettings(_Section):
     num_chains: PositiveInt = 4
     num_draws: PositiveInt = 200
     # "auto": 2 / (epsilon * gamma) steps, the chains' relaxation from the checkpoint, capped at
-    # AUTO_BURNIN_DRAW_FACTOR times the draws' steps (llcv.langevin.auto_burnin_steps).
+    # AUTO_BURNIN_DRAW_FACTOR times the draws' steps (llcv.relaxation.auto_burnin_steps).
     num_burnin_steps: NonNegativeInt | Literal["auto"] = "auto"
     num_steps_bw_draws: PositiveInt = 1
     batch_size: PositiveInt = 256
@@ -194,7 +194,7 @@ class SamplerSettings(_Section):
     seed: NonNegativeInt = 0  # numpy SeedSequence takes non-negative integers only
     # bf16: forward/backward under autocast; weights, noise, update stay fp32. auto: bf16 where the
     # device has it natively and a timed trial on the run's model finds it clearly faster, and for
-    # convolutional chains run one at a time the faster memory layout as well (llcv.precision).
+    # convolutional chains run one at a time the faster memory layout as well (llcv.sampling.precision).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     chain_mode: Literal["auto", "batched", "sequential"] = "auto"  # auto: batched (vmap) for small models that allow it
     # The initial loss is measured on at most this many samples (a seeded subset, the same at every

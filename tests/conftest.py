@@ -34,7 +34,7 @@ SHARED_RUN_STEPS = [0, 1, 2, 3, 5, 7, 8, 11, 16]
 def fresh_execution_plans():
     """Each test decides how its chains run (batched, precision) anew, as a new process would:
     the per-process cache of those decisions would otherwise carry one test's into the next."""
-    from llcv import execution
+    from llcv.sampling import execution
 
     execution._PLANS.clear()
     yield

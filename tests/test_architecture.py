@@ -74,6 +74,47 @@ def test_no_import_cycle_between_llcv_modules():
             visit(module)
 
 
+PACKAGES = {module for module, path in MODULES.items() if path.name == "__init__.py" and module != "llcv"}
+
+
+def package_of(module: str) -> str:
+    """The package ``module`` belongs to: its sub-package of llcv, or, for a module directly in
+    llcv, the module itself (a package of one)."""
+    owners = [package for package in PACKAGES if module == package or module.startswith(package + ".")]
+    return max(owners, key=len) if owners else module
+
+
+def test_other_packages_import_only_a_packages_face():
+    """A package's modules are internal: from outside it, only its ``__init__`` is imported, so
+    what other code may rely on is the short list there."""
+    reaching_in = sorted(
+        f"{module} imports {imported}"
+        for module in MODULES
+        for imported in imports_of(module)
+        if package_of(imported) in PACKAGES and imported != package_of(imported) and package_of(module) != package_of(imported)
+    )
+    assert not reaching_in, "imports past a package's face: " + "; ".join(reaching_in)
+
+
+def private_imports(module: str, source: str | None = None) -> list[str]:
+    """``from llcv.x import _name`` statements of ``module`` (or of ``source`` read as that
+    module) whose ``llcv.x`` lies in another package."""
+    found = []
+    for node in ast.walk(ast.parse(source if source is not None else MODULES[module].read_text())):
+        if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("llcv"):
+            continue
+        for alias in node.names:
+            private = alias.name.startswith("_") and not alias.name.startswith("__")
+            if private and package_of(node.module) != package_of(module):
+                found.append(f"{module} imports {alias.name} from {node.module}")
+    return found
+
+
+def test_no_module_imports_another_packages_private_names():
+    crossing = [statement for module in MODULES for statement in private_imports(module)]
+    assert not crossing, "private names imported across packages: " + "; ".join(crossing)
+
+
 def test_the_cli_maps_flags_to_settings_without_locals():
     source = (PACKAGE / "cli.py").read_text()
     calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call) and ast.unparse(node.func) == "locals"]
@@ -96,3 +137,16 @@ def test_the_parser_sees_imports_inside_functions():
     node = tree.body[0].body[0]
     assert _imported_modules(node, "llcv.plotting") == ["llcv.results"]
     assert "llcv.settings" in imports_of("llcv.results")
+
+
+def test_the_package_rules_see_what_they_forbid():
+    """Reaching into a package and importing a private name are both seen, and a package's own
+    modules may use each other's internals."""
+    assert package_of("llcv.sampling.chains") == "llcv.sampling"
+    assert package_of("llcv.fileio") == "llcv.fileio"
+    tree = ast.parse("from llcv.sampling.chains import ChainState\n")
+    assert _imported_modules(tree.body[0], "llcv.report") == ["llcv.sampling.chains"]
+    assert package_of("llcv.sampling.chains") != package_of("llcv.report")
+    reaching = "from llcv.sampling.chains import _ChainGroup, ChainState\nfrom llcv.sampling import __all__\n"
+    assert private_imports("llcv.report", reaching) == ["llcv.report imports _ChainGroup from llcv.sampling.chains"]
+    assert private_imports("llcv.sampling.estimate", reaching) == []

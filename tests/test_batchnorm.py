@@ -18,12 +18,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from llcv import SamplerSettings
-from llcv.batchnorm import batchnorm_layers, recompute_batchnorm_statistics
-from llcv.losses import resolve_loss
+from llcv.sampling.batchnorm import batchnorm_layers, recompute_batchnorm_statistics
+from llcv.sampling import resolve_loss
 from llcv.models import build_model
 from llcv.results import hashed_settings, settings_hash
 from llcv.sampling import estimate_llc, working_copy
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 
 SETTINGS = SamplerSettings(num_chains=2, num_draws=4, batch_size=16, epsilon=1e-5, gamma=1000.0, bn_mode="eval")
 

@@ -17,7 +17,7 @@ from llcv import calibration, sampling
 from llcv.calibration import apply_rule, chains_from_result, curve_from_result, parse_grid, save_sweep
 from llcv.errors import SettingsError
 from llcv.health import trace_evidence
-from llcv.langevin import RELAXATION_EFOLDS, relaxation_steps
+from llcv.relaxation import RELAXATION_EFOLDS, relaxation_steps
 from llcv.plotting import plot_chains, plot_curve, plot_sweep_heatmap, plot_sweep_traces
 from llcv.progress import Reporter
 from llcv.sampling import estimate_llc

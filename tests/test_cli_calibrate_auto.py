@@ -125,7 +125,7 @@ def test_the_budget_comes_from_the_config_and_its_flags(checkpoint, tmp_path, mo
         received.update(kwargs, directory=directory, device=device)
         raise KeyboardInterrupt  # stop here: the settings are what this test reads
 
-    monkeypatch.setattr("llcv.calibration.auto_files.calibrate_and_save", fake)
+    monkeypatch.setattr("llcv.calibration.calibrate_and_save", fake)
     config = tmp_path / "experiment.toml"
     config.write_text("[sampler]\nseed = 3\n\n[calibrate]\nbudget_steps = 9000\nbudget_seconds = 60\n")
     outcome = _auto(checkpoint, tmp_path, "--config", str(config), "--budget-seconds", "30", "--nbeta", "batch", "--format", "svg")

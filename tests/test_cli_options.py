@@ -113,7 +113,7 @@ def calls(monkeypatch) -> dict:
     monkeypatch.setattr("llcv.sampling.estimate_llc", stop("estimate_llc"))
     for command in ("sweep", "curve", "chains"):
         monkeypatch.setattr(f"llcv.calibration.calibrate_{command}", stop(command))
-    monkeypatch.setattr("llcv.calibration.auto_files.calibrate_and_save", stop("auto"))
+    monkeypatch.setattr("llcv.calibration.calibrate_and_save", stop("auto"))
     return calls
 
 

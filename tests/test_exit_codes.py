@@ -169,7 +169,7 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
         ),
         Command(
             "calibrate-auto", ["calibrate", "auto", *calibrate_args[:4], "--results-dir", str(tmp / "cal"), "--budget-steps", "1200"],
-            "llcv.calibration.auto_files.calibrate_and_save", auto_fakes, lambda mp: auto_fakes(mp, level=-5.0),
+            "llcv.calibration.calibrate_and_save", auto_fakes, lambda mp: auto_fakes(mp, level=-5.0),
         ),
         Command(
             "calibrate-curve", ["calibrate", "curve", *calibrate_args], "llcv.calibration.calibrate_curve",

@@ -32,7 +32,7 @@ from llcv.known_models import (
     softmax_regression_case,
     softmax_regression_learning_coefficient,
 )
-from llcv.losses import resolve_loss
+from llcv.sampling import resolve_loss
 
 # Small reduced-rank regression shapes, every valid true rank included.
 SMALL_RRR_SHAPES = [

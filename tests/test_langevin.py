@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from llcv.langevin import GaussianNoise, LangevinUpdate
+from llcv.sampling.langevin import GaussianNoise, LangevinUpdate
 
 SHAPES = [(5, 3), (3,), (2, 2, 3, 3)]
 
@@ -76,7 +76,7 @@ DOCUMENTED_CHUNK = 1 << 18
 
 
 def documented_stream(seed: int, size: int, draws: int = 1) -> list[torch.Tensor]:
-    """The noise llcv/langevin.py promises: per draw, chunk k of 2^18 elements is ``normal_`` from
+    """The noise llcv/sampling/langevin.py promises: per draw, chunk k of 2^18 elements is ``normal_`` from
     its own generator, seeded with the k-th state of ``SeedSequence(seed)``."""
     sizes = [min(DOCUMENTED_CHUNK, size - start) for start in range(0, size, DOCUMENTED_CHUNK)]
     states = np.random.SeedSequence(seed).generate_state(len(sizes))

@@ -62,7 +62,7 @@ def test_measuring_every_kth_draw_scores_only_those_draws(monkeypatch):
     model, data = linear_gaussian(size=400)
     settings = SamplerSettings(epsilon=3e-4, gamma=1.0, num_chains=1, num_draws=40, batch_size=20, mala=True, mala_every=4)
     calls = []
-    from llcv import chains
+    from llcv.sampling import chains
 
     original = chains._mala_acceptance
 

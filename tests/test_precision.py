@@ -12,7 +12,7 @@ from _helpers import copy_checkpoints, fast_settings
 from llcv import SamplerSettings, estimate_llc, execution, precision
 from llcv.estimation import estimate_all
 from llcv.models import build_model
-from llcv.precision import PrecisionChoice, choose_precision, native_bf16
+from llcv.sampling.precision import PrecisionChoice, choose_precision, native_bf16
 from llcv.results import settings_hash
 from llcv.settings import EstimateSettings
 
@@ -233,9 +233,9 @@ def test_a_layout_auto_measured_faster_is_the_one_the_chains_run_in(monkeypatch)
 
 
 def test_the_initial_loss_runs_in_the_chains_layout():
-    from llcv.losses import resolve_loss
-    from llcv.sampling import _initial_loss
-    from llcv.sampling_data import SamplingData
+    from llcv.sampling import resolve_loss
+    from llcv.sampling.estimate import _initial_loss
+    from llcv.sampling import SamplingData
 
     model, data, settings = one_chain_cnn()
     prepared = SamplingData(data, settings, torch.device("cpu"))

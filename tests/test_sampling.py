@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from llcv import LLCResult, SamplerSettings, build_model, estimate_llc
-from llcv.chains import _mala_acceptance, _Point
-from llcv.sampling import default_divergence_bound
+from llcv.sampling.chains import _mala_acceptance, _Point
+from llcv.sampling.estimate import default_divergence_bound
 
 
 class Quadratic(nn.Module):
@@ -80,13 +80,13 @@ def test_mala_matches_an_independent_replay_of_the_chain():
     """Replay the chain's exact trajectory outside llcv and recompute each acceptance with devinterp."""
     from devinterp.slt.mala import mala_acceptance_probability
 
-    from llcv.sampling import _chain_seeds
+    from llcv.sampling.estimate import _chain_seeds
 
     dim, epsilon, nbeta = 6, 0.3, 2.0
     settings = SamplerSettings(epsilon=epsilon, gamma=0.0, nbeta=nbeta, num_chains=1, num_draws=40, num_burnin_steps=0, batch_size=8, mala=True)
     result = estimate_llc(Quadratic(dim), dummy_data(), settings, loss=quadratic_loss, device="cpu")
 
-    # llcv's documented noise stream (llcv/langevin.py); 6 weights are one chunk, so one generator.
+    # llcv's documented noise stream (llcv/sampling/langevin.py); 6 weights are one chunk, so one generator.
     state = np.random.SeedSequence(_chain_seeds(settings.seed, 1)[0]).generate_state(1)[0]
     noise_generator = torch.Generator().manual_seed(int(state))
     weights = torch.zeros(1, dim)
@@ -110,7 +110,7 @@ def test_mala_matches_an_independent_replay_of_the_chain():
 def test_reused_update_buffers_give_the_same_chain_as_fresh_ones(monkeypatch, sampler, every):
     """The update and MALA write into buffers kept across steps; the chain and every acceptance
     must be what fresh tensors at every step give (the pre-buffer code)."""
-    from llcv.langevin import LangevinUpdate
+    from llcv.sampling.langevin import LangevinUpdate
 
     settings = SamplerSettings(
         epsilon=0.05, gamma=3.0, nbeta=2.0, num_chains=2, num_draws=30, num_steps_bw_draws=every, batch_size=8,
@@ -300,7 +300,7 @@ def test_the_batch_rule_is_devinterps_and_a_number_is_set():
 
 
 def test_resolve_nbeta_applies_each_rule():
-    from llcv.sampling import batch_nbeta, data_nbeta, default_nbeta, resolve_nbeta
+    from llcv.sampling.estimate import batch_nbeta, data_nbeta, default_nbeta, resolve_nbeta
 
     assert resolve_nbeta("data", 1438, 256) == data_nbeta(1438) == pytest.approx(197.8, abs=0.05)
     assert resolve_nbeta("batch", 1438, 256) == batch_nbeta(256) == default_nbeta(256) == pytest.approx(256 / math.log(256))
@@ -319,7 +319,7 @@ def test_resolve_nbeta_applies_each_rule():
     ],
 )
 def test_the_automatic_burn_in_is_the_relaxation_up_to_its_cap(changes, steps, rule):
-    from llcv.langevin import AUTO_BURNIN_DRAW_FACTOR
+    from llcv.relaxation import AUTO_BURNIN_DRAW_FACTOR
     from llcv.sampling import resolve_burnin
 
     assert AUTO_BURNIN_DRAW_FACTOR == 4
@@ -367,7 +367,7 @@ def test_weight_refined_llc_counts_only_the_sampled_parameters(patterns, dimensi
 
 
 def test_frozen_parameters_are_bit_for_bit_unchanged(monkeypatch):
-    from llcv import sampling
+    from llcv.sampling import estimate as sampling
 
     model, data = two_part_regression()
     seen = {}
@@ -445,7 +445,7 @@ def test_chains_fall_back_to_one_at_a_time_where_vmap_cannot_run_the_model():
 
 
 def test_large_models_run_chains_one_at_a_time_by_default():
-    from llcv.execution import BATCHED_MAX_PARAMETERS
+    from llcv.sampling.execution import BATCHED_MAX_PARAMETERS
 
     model = nn.Linear(BATCHED_MAX_PARAMETERS, 1)
     data = TensorDataset(torch.randn(4, BATCHED_MAX_PARAMETERS), torch.randn(4, 1))
@@ -479,9 +479,9 @@ def test_a_subsets_initial_loss_reports_the_error_it_has():
     """The initial loss of a subset misses the whole data's by as much as its standard error says
     (over 60 seeded subsets); a full pass has none; a subset of less than one batch is measured
     in pieces so that its error is known, except where batches must keep the chains' size."""
-    from llcv.losses import resolve_loss
-    from llcv.sampling import _initial_loss
-    from llcv.sampling_data import SamplingData
+    from llcv.sampling import resolve_loss
+    from llcv.sampling.estimate import _initial_loss
+    from llcv.sampling import SamplingData
 
     model, data = regression(size=4000)
     settings = SamplerSettings(num_chains=1, num_draws=1, batch_size=64, epsilon=1e-8, gamma=0.0, nbeta=1.0)
@@ -538,8 +538,8 @@ def test_fallback_to_one_chain_at_a_time_is_said_in_verbose_output(caplog):
 
 @pytest.mark.parametrize("precision, channels_last", [("bf16", True), ("fp32", True), ("fp32", False)])
 def test_channels_last_chains_keep_convolution_weights_in_the_inputs_layout(precision, channels_last):
-    from llcv.chains import _ChainGroup, _LossModule
-    from llcv.losses import resolve_loss
+    from llcv.sampling.chains import _ChainGroup, _LossModule
+    from llcv.sampling import resolve_loss
 
     model = small_batchnorm_model()
     model(torch.randn(2, 3, 6, 6))

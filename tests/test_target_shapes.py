@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from llcv.calibration import Budget, recommend_settings
 from llcv.data import dataset_targets, subset
 from llcv.errors import DataError, EstimationError
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 from llcv.settings import SamplerSettings
 
 SIZE = 5000  # above every 4096-sample cap in the sampler settings

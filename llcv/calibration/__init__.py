@@ -26,7 +26,32 @@ from llcv.calibration.curves import (
     save_chains,
     save_curve,
 )
-from llcv.calibration.auto import AutoCalibration, Budget, Sensitivity, calibrate_auto, recommend_settings
+from llcv.calibration.auto import (
+    SETTINGS_DEPENDENT,
+    TRIAL_CHAINS,
+    AutoCalibration,
+    Budget,
+    Sensitivity,
+    calibrate_auto,
+    payload_dict,
+    recommend_settings,
+)
+from llcv.calibration.auto_files import (
+    AUTO_SOURCE,
+    CALIBRATION_FILE,
+    KNOB_CHANGES,
+    KNOB_NAMES,
+    RECOMMENDED_FILE,
+    auto_budget,
+    calibrate_and_save,
+    figure_title,
+    percent_words,
+    read_auto,
+    relative_move_words,
+    sensitivity_sentence,
+    sensitivity_verdict,
+    spent_words,
+)
 from llcv.calibration.curvature import top_hessian_eigenvalue
 from llcv.calibration.trials import Trial
 from llcv.calibration.rule import RULE_FIELDS, apply_rule, recommended_row, rule_thresholds
@@ -44,7 +69,9 @@ from llcv.calibration.sweep import (
 )
 
 __all__ = [
-    "AutoCalibration", "Budget", "Sensitivity", "Trial", "calibrate_auto",
+    "AutoCalibration", "Budget", "Sensitivity", "Trial", "calibrate_auto", "SETTINGS_DEPENDENT", "TRIAL_CHAINS", "payload_dict",
+    "AUTO_SOURCE", "CALIBRATION_FILE", "KNOB_CHANGES", "KNOB_NAMES", "RECOMMENDED_FILE", "auto_budget", "calibrate_and_save",
+    "figure_title", "percent_words", "read_auto", "relative_move_words", "sensitivity_sentence", "sensitivity_verdict", "spent_words",
     "CHAINS_DEFAULT_NUM_CHAINS", "ROW_FIELDS", "RULE_FIELDS", "SWEEP_FORMAT", "ChainsResult", "CurveResult", "SweepResult",
     "apply_rule", "calibrate_chains", "calibrate_curve", "calibrate_sweep", "chains_from_result", "curve_from_result",
     "output_dir", "parse_grid", "recommend_settings", "recommended_row", "row_burnin_steps", "rule_thresholds", "save_chains", "save_curve",

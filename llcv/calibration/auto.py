@@ -53,13 +53,13 @@ from llcv.calibration.trials import (
     Trial,
     summarise_trial,
 )
-from llcv.chains import ChainState
+from llcv.sampling import ChainState
 from llcv.devices import resolve_device
 from llcv.errors import EstimationError
 from llcv.fileio import atomic_write_json, finite_or_none
-from llcv.losses import LossSpec
+from llcv.sampling import LossSpec
 from llcv.progress import SILENT, Reporter
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 from llcv.settings import DEFAULT_BUDGET_STEPS, SamplerSettings
 
 AUTO_FORMAT = "llcv-calibrate-auto"

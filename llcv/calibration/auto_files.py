@@ -40,10 +40,10 @@ from llcv.calibration.auto import (
 from llcv.calibration.trials import Trial
 from llcv.errors import EstimationError
 from llcv.fileio import atomic_write_json, atomic_write_text, csv_text, finite_or_none
-from llcv.losses import LossSpec
+from llcv.sampling import LossSpec
 from llcv.plotting import plot_calibration_traces, plot_calibration_trials, save_figure
 from llcv.progress import SILENT, Reporter
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 from llcv.settings import AUTO_CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
 CALIBRATION_FILE = "calibration.json"

@@ -12,9 +12,9 @@ import math
 import torch
 from torch import nn
 
-from llcv.losses import LossSpec, resolve_loss
+from llcv.sampling import LossSpec, resolve_loss
 from llcv.sampling import working_copy
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 from llcv.settings import SamplerSettings
 
 

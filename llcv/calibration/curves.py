@@ -18,11 +18,11 @@ from llcv.calibration.rule import RULE_DEFAULTS
 from llcv.calibration.sweep import FINAL_FRACTION, burnin_words, figure_title, trace_array
 from llcv.diagnostics import trace_drift
 from llcv.fileio import atomic_write_json, finite_or_none
-from llcv.llc_result import LLCResult
-from llcv.losses import LossSpec
+from llcv.sampling import LLCResult
+from llcv.sampling import LossSpec
 from llcv.plotting import plot_chains, plot_curve, save_figure
 from llcv.progress import SILENT, Reporter
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 from llcv.settings import SamplerSettings
 
 # A per-draw LLC more than this many robust standard deviations above the median is a peak.

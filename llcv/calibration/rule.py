@@ -10,7 +10,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from llcv.health import CHECKS, Evidence, HealthThresholds, failed_checks
-from llcv.langevin import relaxation_steps
+from llcv.relaxation import relaxation_steps
 from llcv.settings import CalibrateSettings
 
 # The thresholds of the rule; their defaults are CalibrateSettings' defaults.
@@ -69,7 +69,7 @@ def apply_rule(
 
     A row qualifies if it passes the health checks of ``llcv.health``, in this order: it did not
     diverge; its chains had relaxed from the checkpoint, ``num_burnin_steps >= 2 / (epsilon * gamma)``
-    (``llcv.langevin.relaxation_steps``; never at gamma 0; unchecked in a row without
+    (``llcv.relaxation.relaxation_steps``; never at gamma 0; unchecked in a row without
     ``num_burnin_steps``); ``llc_mean`` is not below 0 by more than 2 standard errors (``llc_se``,
     ``llcv.health.trace_evidence``; the MCSE in rows from before llcv 0.9); at most ``max_negative_fraction``
     of its chains have a mean significantly below 0; ``|drift_z| <= max_drift_z`` (Geweke);

@@ -25,14 +25,14 @@ from llcv.devices import resolve_device
 from llcv.diagnostics import trace_drift
 from llcv.errors import SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text, csv_text, finite_or_none
-from llcv.langevin import AUTO_BURNIN_DRAW_FACTOR, relaxation_steps
-from llcv.llc_result import LLCResult
-from llcv.losses import LossSpec
+from llcv.relaxation import AUTO_BURNIN_DRAW_FACTOR, relaxation_steps
+from llcv.sampling import LLCResult
+from llcv.sampling import LossSpec
 from llcv.plotting import plot_sweep_heatmap, plot_sweep_traces, save_figure
 from llcv.progress import SILENT, Reporter
 from llcv.results import checkpoint_stem
 from llcv.sampling import resolve_burnin, resolve_nbeta
-from llcv.sampling_data import SamplingData
+from llcv.sampling import SamplingData
 from llcv.settings import CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
 
 SWEEP_FORMAT = "llcv-sweep"  # sweep.json's "format"
@@ -110,7 +110,7 @@ def sweep_base(sampler: SamplerSettings, calibrate: CalibrateSettings) -> Sample
 
 def row_burnin_steps(epsilon: float, gamma: float, num_draws: int) -> int:
     """A row's own burn-in (``relax_burnin``): until its chains have relaxed from the checkpoint
-    (``llcv.langevin.relaxation_steps``) where that takes at most ``AUTO_BURNIN_DRAW_FACTOR`` times
+    (``llcv.relaxation.relaxation_steps``) where that takes at most ``AUTO_BURNIN_DRAW_FACTOR`` times
     its draws, the automatic burn-in's cap, so that no row costs more than five times its draws;
     else none (gamma 0: none). Unlike an estimate's automatic burn-in, a row that cannot relax
     within the cap is not burnt in to it: the rule rejects it either way, so burn-in is spent only

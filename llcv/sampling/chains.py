@@ -13,10 +13,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from llcv.langevin import GaussianNoise, LangevinUpdate
-from llcv.losses import LossFunction
+from llcv.sampling.langevin import GaussianNoise, LangevinUpdate
+from llcv.sampling.losses import LossFunction
 from llcv.progress import Reporter
-from llcv.sampling_data import SamplingData
+from llcv.sampling.data import SamplingData
 from llcv.settings import SamplerSettings
 
 # The loop looks at its losses (a host synchronisation) once per this many steps.

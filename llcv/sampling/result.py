@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from llcv.batchnorm import BatchNormProvenance
+from llcv.sampling.batchnorm import BatchNormProvenance
 from llcv.diagnostics import effective_sample_size, split_r_hat
 from llcv.fileio import finite_or_none
 from llcv.health import Check, Evidence, HealthThresholds, failed_checks, trace_evidence
@@ -26,8 +26,8 @@ from llcv.settings import SamplerSettings
 from llcv.version import __version__
 
 if TYPE_CHECKING:
-    from llcv.chains import _GroupTraces
-    from llcv.execution import _ExecutionPlan
+    from llcv.sampling.chains import _GroupTraces
+    from llcv.sampling.execution import _ExecutionPlan
 
 
 NbetaRule = Literal["data", "batch", "set"]
@@ -41,7 +41,7 @@ class BurnIn:
     steps: int
     rule: BurninRule
     # "auto" and "auto-capped": what the automatic burn-in aims for, the chains' relaxation from
-    # the checkpoint (llcv.langevin.relaxation_steps; infinite at gamma 0). None when set.
+    # the checkpoint (llcv.relaxation.relaxation_steps; infinite at gamma 0). None when set.
     relaxation_steps: int | float | None = None
 
 
@@ -117,7 +117,7 @@ class LLCResult(BaseModel):
     num_samples_used: int
     chain_execution: Literal["batched", "sequential"]
     # What the chains ran in (``settings.precision`` may say "auto") and how that was chosen
-    # (llcv.precision.PrecisionChoice); None in results written before llcv 0.5.
+    # (llcv.sampling.precision.PrecisionChoice); None in results written before llcv 0.5.
     precision: Literal["fp32", "bf16"] | None = None
     precision_choice: dict[str, Any] | None = None
     elapsed_seconds: float

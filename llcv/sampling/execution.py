@@ -13,11 +13,11 @@ from typing import Callable
 
 import torch
 
-from llcv.chains import _ChainGroup, _group_batches, _LossModule
+from llcv.sampling.chains import _ChainGroup, _group_batches, _LossModule
 from llcv.errors import SettingsError
-from llcv.precision import Precision, PrecisionChoice, choose_precision
+from llcv.sampling.precision import Precision, PrecisionChoice, choose_precision
 from llcv.progress import logger
-from llcv.sampling_data import SamplingData
+from llcv.sampling.data import SamplingData
 from llcv.settings import SamplerSettings
 
 # chain_mode="auto" batches the chains of models up to this many sampled parameters.

@@ -11,18 +11,18 @@ expectation is over the tempered, localized posterior
 ``exp(-nbeta * L(w) - gamma/2 * |w - w*|^2)``, sampled with SGLD of step size ``epsilon``
 after a burn-in that by default lasts until the chains have relaxed from the checkpoint
 (``resolve_burnin``). devinterp calls ``epsilon`` ``lr`` and ``gamma`` ``localization``; the
-update itself is devinterp 1.3's, fused (``llcv.langevin``).
+update itself is devinterp 1.3's, fused (``llcv.sampling.langevin``).
 
 Reproducibility: chain ``c`` draws its minibatch order from a seed derived from
 ``(settings.seed, c)``, and so does its Gaussian noise when chains run one at a time; chains run
-as one batch draw their noise together from the first one's seed (``llcv.langevin.GaussianNoise``).
+as one batch draw their noise together from the first one's seed (``llcv.sampling.langevin.GaussianNoise``).
 Estimating every checkpoint of a run with one seed therefore uses common random numbers: the
 same batches and the same noise at every checkpoint, so differences between checkpoints reflect
 the models, not the sampling noise.
 
-The parts live beside this module: ``llcv.sampling_data`` (the minibatches), ``llcv.chains``
-(the SGLD steps and MALA), ``llcv.execution`` (batched or one at a time, fp32 or bf16),
-``llcv.llc_result`` (the result and its summary of the traces) and ``llcv.losses``.
+The parts live beside this module: ``llcv.sampling.data`` (the minibatches), ``llcv.sampling.chains``
+(the SGLD steps and MALA), ``llcv.sampling.execution`` (batched or one at a time, fp32 or bf16),
+``llcv.sampling.result`` (the result and its summary of the traces) and ``llcv.sampling.losses``.
 """
 
 from __future__ import annotations
@@ -37,24 +37,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from llcv.batchnorm import (
+from llcv.sampling.batchnorm import (
     BatchNormProvenance,
     batchnorm_layers,
     has_batchnorm,
     recompute_batchnorm_statistics,
     use_batch_statistics,
 )
-from llcv.chains import ChainState, _ChainGroup, _GroupTraces, _LossModule, _group_batches, _run_group, channels_last_inputs
+from llcv.sampling.chains import ChainState, _ChainGroup, _GroupTraces, _LossModule, _group_batches, _run_group, channels_last_inputs
 from llcv.devices import resolve_device
 from llcv.errors import SettingsError
-from llcv.execution import _execution_plan
-from llcv.langevin import auto_burnin_steps, relaxation_steps
-from llcv.llc_result import LLCResult, _summarise
-from llcv.llc_result import BurnIn, InitialLoss, NbetaRule
-from llcv.losses import LossFunction, LossSpec, resolve_loss
-from llcv.precision import Precision, PrecisionChoice
+from llcv.sampling.execution import _execution_plan
+from llcv.relaxation import auto_burnin_steps, relaxation_steps
+from llcv.sampling.result import LLCResult, _summarise
+from llcv.sampling.result import BurnIn, InitialLoss, NbetaRule
+from llcv.sampling.losses import LossFunction, LossSpec, resolve_loss
+from llcv.sampling.precision import Precision, PrecisionChoice
 from llcv.progress import SILENT, Reporter
-from llcv.sampling_data import SamplingData
+from llcv.sampling.data import SamplingData
 from llcv.settings import SamplerSettings
 
 
@@ -93,7 +93,7 @@ def resolve_nbeta(nbeta: float | str, num_samples: int, batch_size: int) -> floa
 def resolve_burnin(settings: SamplerSettings) -> BurnIn:
     """The burn-in ``settings`` ask for: a number as it is (``"set"``); ``"auto"``, until the chains
     have relaxed from the checkpoint, 2 / (epsilon * gamma) steps, held to its cap of
-    ``AUTO_BURNIN_DRAW_FACTOR`` times the draws' steps (``llcv.langevin.auto_burnin_steps``):
+    ``AUTO_BURNIN_DRAW_FACTOR`` times the draws' steps (``llcv.relaxation.auto_burnin_steps``):
     ``"auto-capped"`` where the cap cut it short, which makes the estimate unhealthy."""
     if settings.num_burnin_steps != "auto":
         return BurnIn(settings.num_burnin_steps, "set")
@@ -316,7 +316,7 @@ def working_copy(
     """A copy of ``model`` on the data's device in the chains' BatchNorm mode.
 
     In eval mode with ``bn_stats="recompute"`` its BatchNorm running statistics are first
-    recomputed for the checkpoint's weights (``llcv.batchnorm``) on a seeded subset of
+    recomputed for the checkpoint's weights (``llcv.sampling.batchnorm``) on a seeded subset of
     ``bn_samples`` training samples, the same subset at every checkpoint of a run. The caller's
     model is never changed.
     """
