@@ -26,7 +26,7 @@ from llcv import SamplerSettings, estimate_llc, list_checkpoints
 from llcv.estimation import estimate_all
 from llcv.sampling import SamplingData
 from llcv.settings import EstimateSettings, load_settings
-from llcv.targets import load_target
+from llcv.targets import Target
 from llcv.training import train
 
 _PEAK_SCRIPT = """
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
         print(f"smallcnn on digits, {len(paths)} checkpoints, 4 chains x {options.draws} draws, batch 32, "
               f"{torch.get_num_threads()} threads")
 
-        target = load_target(paths[-1])
+        target = Target(paths[-1]).load()
         data = SamplingData(target.dataset, settings, torch.device("cpu"))
         estimate_llc(target.model, data, settings.model_copy(update={"num_draws": 2}), device="cpu")
         started = time.perf_counter()

@@ -30,7 +30,7 @@ from llcv.calibration import Budget, calibrate_auto
 from llcv.calibration.auto import SETTINGS_DEPENDENT
 from llcv.demo import FULL, SAMPLER_BATCH_SIZE
 from llcv.settings import DEFAULT_BUDGET_STEPS, load_settings
-from llcv.targets import load_target
+from llcv.targets import Target
 from llcv.training import train
 
 # llcv 0.9's demo pick (docs/calibration.md): devinterp's temperature at batch 32 (nbeta 9.23), a
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> None:
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = options.checkpoint or demo_checkpoint(Path(folder))
-        target = load_target(checkpoint)
+        target = Target(checkpoint).load()
         print(f"checkpoint {checkpoint}: {len(target.dataset)} samples", flush=True)
         if options.only != "after":
             estimate_rows("before", target, BEFORE)

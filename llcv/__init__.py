@@ -17,6 +17,7 @@ from llcv.results import load_results, results_dataframe, settings_hash
 from llcv.sampling import estimate_llc
 from llcv.sampling import SamplingData
 from llcv.settings import DataSettings, EstimateSettings, ModelSettings, SamplerSettings, TrainSettings, load_settings
+from llcv.targets import Target
 
 __all__ = [
     "CheckpointError",
@@ -35,6 +36,7 @@ __all__ = [
     "SamplingData",
     "SettingsError",
     "SweepResult",
+    "Target",
     "TrainSettings",
     "__version__",
     "build_model",

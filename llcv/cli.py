@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llcv import calibration, cli_render, console, demo, estimation, report, run_calibration, runs, sampling, selftest, targets, training
+from llcv import calibration, cli_render, console, demo, estimation, report, runs, sampling, selftest, targets, training
 from llcv.calibration import Budget
 from llcv.cli_options import (
     CHAINS_DEFAULTS,
@@ -92,11 +92,17 @@ def _quiet_for_json(json_output: bool) -> None:
         Verbosity.level = 0
 
 
-def _load_target(checkpoint: Path, target: TargetFlags, settings: SettingsBundle) -> targets.EstimationTarget:
-    """The checkpoint's model and training split; [data] data_dir may relocate the data."""
-    loaded = targets.load_target(
-        checkpoint, **target.arguments(), data_dir=settings.data.data_dir, allow_version_mismatch=settings.model.allow_version_mismatch
+def _target(target: TargetFlags, settings: SettingsBundle) -> targets.Target:
+    """What the command estimates, built once from --model/--stem/--dataset and [data] data_dir
+    (which may relocate the data) and [model] allow_version_mismatch."""
+    return targets.Target(
+        **target.arguments(), data_dir=settings.data.data_dir, allow_version_mismatch=settings.model.allow_version_mismatch
     )
+
+
+def _load_target(checkpoint: Path, target: TargetFlags, settings: SettingsBundle) -> targets.LoadedTarget:
+    """The checkpoint's model and training split."""
+    loaded = _target(target, settings).at(checkpoint).load()
     if loaded.checkpoint.model_version_overridden:
         cli_render.render_version_override(checkpoint, loaded.checkpoint)
     return loaded
@@ -201,11 +207,12 @@ def estimate_all_command(
         # Resolved twice with --calibrate: first the base the calibration starts from, then with the
         # recommended.json it wrote in --from-calibration's place, so that flags still come last.
         settings = load_settings(sections, config=config, overrides=flags)
+        what = _target(target, settings)  # a calibration's recommended.json sets [sampler] fields only
         calibrated = None
         if settings.estimate.calibrate:
-            run_calibration.check_calibrate_request(from_calibration, flags["sampler"])
+            estimation.check_calibrate_request(from_calibration, flags["sampler"])
             cli_render.show_settings(settings, read=ESTIMATE_ALL_READ)
-            calibrated = _calibrate_run(checkpoints_dir, settings, target, json_output)
+            calibrated = _calibrate_run(checkpoints_dir, settings, what, json_output)
             from_calibration = calibrated.recommended_file
         settings = load_settings(sections, config=config, calibration=from_calibration, overrides=flags)
         cli_render.show_settings(settings, read=ESTIMATE_ALL_READ)
@@ -215,8 +222,7 @@ def estimate_all_command(
         try:
             with RichReporter() as reporter:
                 summary = estimation.estimate_all(
-                    checkpoints_dir, settings.sampler, settings.estimate, **target.arguments(), data_dir=settings.data.data_dir,
-                    allow_version_mismatch=settings.model.allow_version_mismatch,
+                    checkpoints_dir, settings.sampler, settings.estimate, target=what,
                     calibration=calibrated.settings_entry() if calibrated else None, reporter=reporter,
                 )  # fmt: skip
         except (KeyboardInterrupt, console.Terminated) as stop:
@@ -230,15 +236,14 @@ def estimate_all_command(
 
 
 def _calibrate_run(
-    checkpoints_dir: Path, settings: SettingsBundle, target: TargetFlags, json_output: bool
-) -> run_calibration.RunCalibration:
+    checkpoints_dir: Path, settings: SettingsBundle, target: targets.Target, json_output: bool
+) -> estimation.RunCalibration:
     """estimate-all --calibrate: calibrate the run once, on its reference checkpoint, and say what was chosen."""
     _quiet_for_json(json_output)
     with RichReporter() as reporter:
-        calibrated = run_calibration.calibrate_run(
+        calibrated = estimation.calibrate_run(
             checkpoints_dir, settings.sampler, settings.estimate, budget=calibration.auto_budget(settings.calibrate),
-            figure_format=settings.calibrate.format, **target.arguments(), data_dir=settings.data.data_dir,
-            allow_version_mismatch=settings.model.allow_version_mismatch, reporter=reporter,
+            figure_format=settings.calibrate.format, target=target, reporter=reporter,
         )  # fmt: skip
     cli_render.render_run_calibration(calibrated)
     return calibrated
@@ -323,7 +328,7 @@ app.add_typer(calibrate, name="calibrate")
 def _calibration_start(
     checkpoint: Path, config: Path | None, from_calibration: Path | None, flags: dict, target: TargetFlags, json_output: bool,
     defaults: dict | None = None,
-) -> tuple[SettingsBundle, targets.EstimationTarget, Path]:
+) -> tuple[SettingsBundle, targets.LoadedTarget, Path]:
     """What every calibrate command does first: resolve and show its settings, load the checkpoint, name the output folder.
 
     Returns:

@@ -196,7 +196,7 @@ class TargetFlags(FlagGroup):
 
     ``--data-dir`` and ``--allow-model-version-mismatch`` set [data] data_dir and [model]
     allow_version_mismatch, the only fields of those sections these commands read; ``--model``,
-    ``--stem`` and ``--dataset`` describe a foreign checkpoint and go to ``load_target`` as they are.
+    ``--stem`` and ``--dataset`` describe a foreign checkpoint and go into the command's ``llcv.targets.Target`` as they are.
     """
 
     model: ModelOpt = None

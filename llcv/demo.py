@@ -1,7 +1,7 @@
 """The demo: the whole pipeline on the embedded digits data, offline, on a CPU.
 
 Train a small CNN with log-spaced checkpoints, calibrate the sampler once on the final
-checkpoint (``llcv.run_calibration.calibrate_run``, what ``estimate-all --calibrate`` runs),
+checkpoint (``llcv.estimation.calibrate_run``, what ``estimate-all --calibrate`` runs),
 estimate the LLC at every checkpoint with the calibrated settings, plot it over training, read
 the figure and the settings' sensitivity in a paragraph (``llcv.report.read_figure``,
 ``llcv.report.calibration_reading``) and write the run's report page. Everything lands under
@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llcv.calibration import Budget
-from llcv.estimation import estimate_all
+from llcv.estimation import calibrate_run, estimate_all
 from llcv.progress import SILENT, Reporter
 from llcv.report import calibration_reading, read_figure, write_report
 from llcv.results import load_results
-from llcv.run_calibration import calibrate_run
 from llcv.settings import DEFAULT_BUDGET_STEPS, EstimateSettings, PlotSettings, SamplerSettings, load_settings
 from llcv.training import train
 

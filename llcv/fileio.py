@@ -40,7 +40,7 @@ def write_temporary(folder: Path, prefix: str, write: Callable[[IO[bytes]], Any]
     """A complete, fsynced new file ``folder/<prefix><random>.tmp`` written through ``write(handle)``.
 
     The building block of ``atomic_write``, for callers that put the file in place themselves
-    (``llcv.claims`` links it, which fails when the target exists, where a rename would replace it).
+    (``llcv.estimation.claims`` links it, which fails when the target exists, where a rename would replace it).
     ``created``: a list the temporary's path is appended to the moment it exists, so that a caller
     interrupted before this function returns can still remove it.
 

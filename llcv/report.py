@@ -69,7 +69,7 @@ SWEEP_FILE = "sweep.json"
 # Where a results folder's calibrations are looked for when none is named: beside it, as the
 # defaults of estimate-all and calibrate lay them out (results/llc_estimations, results/calibration),
 # and inside it, where `estimate-all --calibrate` and `llcv demo` put theirs
-# (results/llc_estimations/calibration; llcv.run_calibration.CALIBRATION_FOLDER).
+# (results/llc_estimations/calibration; llcv.estimation.run_calibration.CALIBRATION_FOLDER).
 CALIBRATION_FOLDER = "calibration"
 FIGURE_DPI = 110
 THUMBNAIL_DPI = 130
@@ -522,7 +522,7 @@ def _calibration_entry(entry: Any) -> dict[str, Any] | None:
 
 def calibration_reading(entry: Mapping[str, Any] | None) -> str | None:
     """A sentence on where a run's settings came from and how its LLC depends on them, from
-    settings.json's ``calibration`` entry (``llcv.run_calibration``); None without one."""
+    settings.json's ``calibration`` entry (``llcv.estimation.run_calibration``); None without one."""
     if not isinstance(entry, Mapping):
         return None
     checkpoint = Path(str(entry.get("checkpoint") or "")).name or "a reference checkpoint"

@@ -6,7 +6,7 @@ Layout (docs/formats.md, "LLC results")::
     <results-dir>/<settings-hash>/<checkpoint-stem>.json            scope "model"
     <results-dir>/<settings-hash>/<checkpoint-stem>__<scope>.json   any other scope
     <results-dir>/<settings-hash>/summary.csv                       one row per record, rebuilt
-    <results-dir>/<settings-hash>/.claims/                          workers' claims (llcv.claims)
+    <results-dir>/<settings-hash>/.claims/                          workers' claims (llcv.estimation.claims)
 
 Every file is written atomically, so readers (``load_results``, ``llcv plot``, a notebook) may
 run while workers write. Records are ``llcv.records.LLCRecord`` objects; a file that is not a
@@ -289,7 +289,7 @@ class ResultsStore:
 
         Args:
             calibration: how the settings were chosen, its ``calibration`` entry
-                (``llcv.run_calibration.RunCalibration.settings_entry``); an existing file gains
+                (``llcv.estimation.RunCalibration.settings_entry``); an existing file gains
                 it, or has it replaced, when it differs; None keeps what the file says.
 
         Raises:

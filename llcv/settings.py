@@ -237,7 +237,7 @@ class SamplerSettings(_Section):
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     """``"K/N"`` or ``(K, N)`` as ``(K, N)``, with 0 <= K < N: the one parser of shards:
-    ``EstimateSettings.shard`` validates with it and ``llcv.selection`` splits checkpoints by it.
+    ``EstimateSettings.shard`` validates with it and ``llcv.estimation.selection`` splits checkpoints by it.
 
     Raises:
         SettingsError: malformed, or K outside 0..N-1.

@@ -21,7 +21,7 @@ from llcv.relaxation import RELAXATION_EFOLDS, relaxation_steps
 from llcv.plotting import plot_chains, plot_curve, plot_sweep_heatmap, plot_sweep_traces
 from llcv.progress import Reporter
 from llcv.sampling import estimate_llc
-from llcv.targets import load_target
+from llcv.targets import Target
 
 # Full batches: the MALA acceptance then measures the step size alone (docs/calibration.md).
 TINY = SamplerSettings(num_chains=2, num_draws=24, num_burnin_steps=8, batch_size=200, seed=0)
@@ -251,7 +251,7 @@ def test_output_folder_is_named_after_the_checkpoint(tmp_path):
 
 def test_sweep_on_a_trained_model_flags_a_huge_epsilon_and_recommends_a_healthy_pair(trained_run):
     _, run = trained_run
-    target = load_target(run.checkpoints[-1])
+    target = Target(run.checkpoints[-1]).load()
     base = SamplerSettings(num_chains=2, num_draws=12, batch_size=64, num_samples=128)
     # Short chains on minibatches: the thresholds are loosened so that the healthy pairs can pass.
     result = calibrate_sweep(

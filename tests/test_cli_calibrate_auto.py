@@ -21,7 +21,7 @@ from _helpers import copy_checkpoints, unwrapped, use_steady_trials
 from llcv.calibration.auto_files import TRIAL_FIELDS, calibrate_and_save
 from llcv.cli import app
 from llcv.progress import Reporter
-from llcv.run_calibration import LOCK_FILE, calibrate_run, reference_checkpoint
+from llcv.estimation.run_calibration import LOCK_FILE, calibrate_run, reference_checkpoint
 from llcv.settings import AUTO_CALIBRATION_ANNOTATIONS, AUTO_CALIBRATION_FIELDS, EstimateSettings, SamplerSettings
 
 runner = CliRunner()
@@ -254,10 +254,10 @@ def test_a_calibration_that_finds_nothing_stops_the_run_with_its_reason(run, tmp
 
 def test_calibrate_and_save_returns_a_failed_search_with_its_reason(checkpoint, tmp_path, monkeypatch):
     from llcv.calibration.auto import Budget
-    from llcv.targets import load_target
+    from llcv.targets import Target
 
     use_steady_trials(monkeypatch, level=lambda settings: -5.0)
-    target = load_target(checkpoint)
+    target = Target(checkpoint).load()
     result = calibrate_and_save(
         tmp_path, target.model, target.dataset, device="cpu", base=SamplerSettings(batch_size=64, num_samples=256),
         budget=Budget(chain_steps=800),

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from _helpers import FAST_FLAGS, copy_checkpoints, fast_settings, llcv_command, subprocess_env, unwrapped
 from llcv.cli import app
-from llcv.estimation import EstimateSummary
+from llcv.estimation.run import EstimateSummary
 from llcv.results import settings_hash
 
 runner = CliRunner()

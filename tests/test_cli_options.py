@@ -88,20 +88,23 @@ def test_an_option_no_table_maps_is_refused_when_the_command_is_declared():
         cli_options.flag_groups(command)
 
 
+TARGET_FIELDS = ("model_name", "stem", "dataset", "data_dir", "allow_version_mismatch")
+
+
 def _tiny_target(calls: dict):
-    def load_target(checkpoint, **kwargs):
-        calls["load_target"] = kwargs
-        info = CheckpointInfo(path=str(checkpoint), format="state_dict", model=ModelSpec(name="Linear", num_classes=3, in_channels=None))
+    def load(target):
+        calls["target"] = {field: getattr(target, field) for field in TARGET_FIELDS}
+        info = CheckpointInfo(path=str(target.checkpoint), format="state_dict", model=ModelSpec(name="Linear", num_classes=3, in_channels=None))
         return SimpleNamespace(model=nn.Linear(2, 3), dataset=TensorDataset(torch.randn(8, 2), torch.randint(3, (8,))), checkpoint=info)
 
-    return load_target
+    return load
 
 
 @pytest.fixture
 def calls(monkeypatch) -> dict:
-    """load_target and the library entry points replaced; each records what it received and stops the command."""
+    """Target.load and the library entry points replaced; each records what it received and stops the command."""
     calls: dict = {}
-    monkeypatch.setattr("llcv.targets.load_target", _tiny_target(calls))
+    monkeypatch.setattr("llcv.targets.Target.load", _tiny_target(calls))
 
     def stop(name: str):
         def fake(*args, **kwargs):
@@ -142,7 +145,7 @@ def _check(settings: SamplerSettings, *tables: dict) -> None:
 
 
 def _check_target(received: dict) -> None:
-    """--model, --stem and --dataset go to load_target as they are; --data-dir and the mismatch through [data] and [model]."""
+    """--model, --stem and --dataset go to the Target as they are; --data-dir and the mismatch through [data] and [model]."""
     assert {key: value for key, value in received.items() if key != "data_dir"} == dict(
         model_name="smallcnn", stem="imagenet", dataset="synthetic", allow_version_mismatch=True
     )
@@ -156,7 +159,7 @@ def test_every_sampler_flag_of_estimate_reaches_the_settings(calls, tmp_path):
     (model, data, settings), kwargs = calls["estimate_llc"]
     _check(settings, SAMPLER_FLAGS, STEP_FLAGS, LENGTH_FLAGS)
     assert settings.mala is True and kwargs["device"] == "cpu"
-    _check_target(calls["load_target"])
+    _check_target(calls["target"])
 
 
 def test_nbeta_and_the_burn_in_flags_take_their_words(calls, tmp_path):
@@ -182,7 +185,7 @@ def test_calibrate_sweep_budget_flags_set_calibrate_and_the_rest_sampler(calls, 
     assert (epsilons, gammas, nbetas) == ([1e-5, 1e-4], [0.0, 10.0], [3.0])
     assert kwargs["target_acceptance"] == 0.8 and kwargs["device"] == "cpu"
     _check(kwargs["base"], SAMPLER_FLAGS, LENGTH_FLAGS)  # [calibrate]'s budget, laid over [sampler] by sweep_base
-    _check_target(calls["load_target"])
+    _check_target(calls["target"])
 
 
 def test_calibrate_auto_takes_the_sampler_flags_as_its_base_and_its_budget_in_calibrate(calls, tmp_path):
@@ -194,7 +197,7 @@ def test_calibrate_auto_takes_the_sampler_flags_as_its_base_and_its_budget_in_ca
     _check(kwargs["base"], SAMPLER_FLAGS, {"--nbeta": STEP_FLAGS["--nbeta"]})
     assert (kwargs["budget"].chain_steps, kwargs["budget"].seconds) == (5000, 60.0)
     assert kwargs["device"] == "cpu" and kwargs["figure_format"] == "pdf" and directory == tmp_path / "cal" / "step_00000001"
-    _check_target(calls["load_target"])
+    _check_target(calls["target"])
     # the search decides the step, the localization and the length
     for flag in ("--epsilon", "--gamma", "--num-draws", "--num-chains", "--num-burnin-steps"):
         assert runner.invoke(app, [*args, flag, "1"]).exit_code == 2, flag
@@ -230,7 +233,7 @@ def test_calibrate_curve_takes_draws_and_burn_in_but_no_chain_count(calls, tmp_p
 
 def test_a_reason_with_square_brackets_prints_as_written(monkeypatch, tmp_path):
     """The sweep's reason comes from data; Rich markup must neither eat nor style its brackets."""
-    monkeypatch.setattr("llcv.targets.load_target", _tiny_target({}))
+    monkeypatch.setattr("llcv.targets.Target.load", _tiny_target({}))
     reason = "no combination qualified: [bold]MALA[/bold] below [calibrate] target_acceptance"
     row = dict.fromkeys(ROW_FIELDS) | dict(epsilon=1e-4, gamma=100.0, nbeta=10.0, diverged=False, qualifies=False, reason="[red]x[/red]")
     sweep = SweepResult(rows=[row], traces=[[None]], recommended=None, reason=reason, base=SamplerSettings(), rule={})

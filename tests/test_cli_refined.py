@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from _helpers import FAST_FLAGS, copy_checkpoints, fast_settings, unwrapped
 from llcv.cli import app
-from llcv.estimation import EstimateSummary
+from llcv.estimation.run import EstimateSummary
 from llcv.results import load_results, settings_hash
 from llcv.settings import SamplerSettings
 
@@ -98,9 +98,9 @@ def test_per_class_then_plot_draws_the_class_curves(checkpoints, tmp_path):
 
 
 def test_classes_name_the_refined_classes_only_with_per_class(tmp_path):
-    """llcv.scopes.class_refinement, which estimate_all and results_folder run the settings through."""
-    from llcv.estimation import results_folder
-    from llcv.scopes import class_refinement
+    """llcv.estimation.scopes.class_refinement, which estimate_all and results_folder run the settings through."""
+    from llcv.estimation.run import results_folder
+    from llcv.estimation.scopes import class_refinement
     from llcv.settings import load_settings
 
     restricted = SamplerSettings(classes=[0, 3])

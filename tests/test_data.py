@@ -93,7 +93,7 @@ def test_digits_come_at_their_own_8x8_pixels_or_upsampled():
 
 def test_a_checkpoint_is_estimated_on_images_of_the_size_it_was_trained_on(tmp_path):
     from llcv.settings import load_settings
-    from llcv.targets import load_target
+    from llcv.targets import Target
     from llcv.training import train
 
     settings = load_settings(
@@ -101,7 +101,7 @@ def test_a_checkpoint_is_estimated_on_images_of_the_size_it_was_trained_on(tmp_p
         overrides={"data": {"image_size": 8}, "train": {"epochs": 1, "checkpoints_dir": tmp_path, "device": "cpu"}},
     )
     checkpoint = train(settings).checkpoints[-1]
-    assert load_target(checkpoint).dataset[0][0].shape == (3, 8, 8)
+    assert Target(checkpoint).load().dataset[0][0].shape == (3, 8, 8)
 
 
 # synthetic

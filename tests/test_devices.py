@@ -24,11 +24,12 @@ from typer.testing import CliRunner
 from _helpers import FAST_FLAGS, copy_checkpoints, fast_settings, llcv_command, subprocess_env, unwrapped
 from llcv.cli import app
 from llcv.errors import EstimationError, SettingsError
-from llcv.estimation import estimate_all
-from llcv.executors import _ctrl_c_held_back, resolve_devices
+from llcv.estimation.run import estimate_all
+from llcv.estimation.executors import _ctrl_c_held_back, resolve_devices
 from llcv.progress import ForwardingReporter, Reporter, replay
 from llcv.results import load_results, settings_hash
 from llcv.settings import EstimateSettings
+from llcv.targets import Target
 
 runner = CliRunner()
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -157,10 +158,7 @@ def test_an_unpicklable_model_factory_is_a_settings_error(checkpoints, tmp_path)
     from llcv.models import build_model
 
     with pytest.raises(SettingsError, match="picklable"):
-        estimate_all(
-            checkpoints, fast_settings(), EstimateSettings(results_dir=tmp_path / "r", devices=["cpu", "cpu"]), dataset="synthetic",
-            model_factory=lambda: build_model("smallcnn", num_classes=4, in_channels=3),
-        )  # fmt: skip
+        estimate_all(checkpoints, fast_settings(), EstimateSettings(results_dir=tmp_path / "r", devices=["cpu", "cpu"]), target=Target(dataset="synthetic", model_factory=lambda: build_model("smallcnn", num_classes=4, in_channels=3)))  # fmt: skip
 
 
 # --- the command line -----------------------------------------------------------------------------

@@ -15,13 +15,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 from _helpers import copy_checkpoints, fast_settings
-from llcv.claims import Claims, WorkerIdentity
+from llcv.estimation.claims import Claims, WorkerIdentity
 from llcv.errors import SettingsError
-from llcv.estimation import estimate_all
+from llcv.estimation.run import estimate_all
 from llcv.progress import Reporter
 from llcv.results import ResultsStore, load_results, settings_hash
-from llcv.selection import select_checkpoints, shard_of
+from llcv.estimation.selection import select_checkpoints, shard_of
 from llcv.settings import EstimateSettings, validate_section
+from llcv.targets import Target
 
 
 @pytest.fixture
@@ -171,7 +172,7 @@ def test_foreign_checkpoints_with_a_model_factory_and_a_dataset(tmp_path):
         torch.save(my_model().state_dict(), folder / f"checkpoint_epoch_{epoch}.pth")
     data = TensorDataset(torch.randn(64, 1, 4, 4), torch.randint(3, (64,)))
     options = EstimateSettings(results_dir=tmp_path / "results", device="cpu")
-    summary = estimate_all(folder, fast_settings(num_samples=None), options, model_factory=my_model, dataset=data)
+    summary = estimate_all(folder, fast_settings(num_samples=None), options, target=Target(model_factory=my_model, dataset=data))
     assert summary.ok and summary.computed == ["checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth"]
     records = load_results(tmp_path / "results")
     assert [(record.step, record.epoch) for record in records] == [(None, 1.0), (None, 2.0)]

@@ -30,7 +30,7 @@ from llcv.cli import app
 from llcv.health import trace_evidence
 from llcv.report import ReportResult
 from llcv.errors import CheckpointError, DataError, EstimationError, LLCVError, SettingsError
-from llcv.estimation import EstimateSummary
+from llcv.estimation.run import EstimateSummary
 from llcv.fileio import WriteError
 from llcv.records import RecordError
 from llcv.results import ResultsStore
@@ -89,9 +89,9 @@ class Command:
         self.name, self.args, self.entry, self.succeed, self.natural_failure = name, args, entry, succeed, natural_failure
 
 
-def _tiny_target(checkpoint, **kwargs):
+def _tiny_target(target):
     torch.manual_seed(0)
-    info = CheckpointInfo(path=str(checkpoint), format="state_dict", model=ModelSpec(name="Linear", num_classes=3, in_channels=None))
+    info = CheckpointInfo(path=str(target.checkpoint), format="state_dict", model=ModelSpec(name="Linear", num_classes=3, in_channels=None))
     return SimpleNamespace(model=nn.Linear(2, 3), dataset=TensorDataset(torch.randn(32, 2), torch.randint(3, (32,))), checkpoint=info)
 
 
@@ -106,20 +106,20 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
     from llcv import calibration
 
     checkpoint = tmp / "step_00000001.pt"
-    checkpoint.write_bytes(b"never read: load_target is replaced")
+    checkpoint.write_bytes(b"never read: Target.load is replaced")
     results = tmp / "results"
     store = ResultsStore(results, "abcdef012345")
     store.write_settings(SamplerSettings())
     store.write_record(fake_record(checkpoint, 1, 2.0, settings_hash="abcdef012345"))
 
     def calibrate_fakes(mp, healthy=True):
-        mp.setattr("llcv.targets.load_target", _tiny_target)
+        mp.setattr("llcv.targets.Target.load", _tiny_target)
         mp.setattr("llcv.sampling.estimate_llc", _fake_estimate(template, healthy))
         for save in ("save_sweep", "save_curve", "save_chains"):
             mp.setattr(calibration, save, lambda *args, **kwargs: [])
 
     def estimate_fakes(mp, healthy=True):
-        mp.setattr("llcv.targets.load_target", _tiny_target)
+        mp.setattr("llcv.targets.Target.load", _tiny_target)
         mp.setattr("llcv.sampling.estimate_llc", _fake_estimate(template, healthy))
 
     def summary(failed: bool):
@@ -136,7 +136,7 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
         return lambda **kwargs: [row]
 
     def auto_fakes(mp, level=5.0):
-        mp.setattr("llcv.targets.load_target", _tiny_target)
+        mp.setattr("llcv.targets.Target.load", _tiny_target)
         use_steady_trials(mp, level=lambda settings: level)  # below 0: every trial escapes, and no settings are found
 
     calibrate_args = ["--checkpoint", str(checkpoint), "--device", "cpu", "--num-draws", "8", "--results-dir", str(tmp / "cal")]

@@ -16,7 +16,7 @@ from _helpers import copy_checkpoints, fake_record, fast_settings
 from test_sampling import regression  # a linear model at its least-squares fit: LLC = 2
 from llcv import SamplerSettings, estimate_llc
 from llcv.diagnostics import geweke_z, mcse_of_mean
-from llcv.estimation import estimate_all
+from llcv.estimation.run import estimate_all
 from llcv.health import Evidence, HealthThresholds, failed_checks, trace_evidence
 from llcv.progress import Reporter
 from llcv.results import SUMMARY_FILE, find_transitions, settings_hash

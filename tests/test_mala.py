@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 from llcv import SamplerSettings, calibrate_sweep
 from llcv.sampling import estimate_llc
 from llcv.settings import load_settings
-from llcv.targets import load_target
+from llcv.targets import Target
 from llcv.training import train
 
 EPSILONS = [1e-6, 1e-5, 1e-4, 3e-4, 1e-3]
@@ -103,7 +103,7 @@ def digits_checkpoint(tmp_path_factory):
 
 
 def test_minibatch_sweep_on_trained_digits_falls_monotonically_with_epsilon(digits_checkpoint):
-    target = load_target(digits_checkpoint)
+    target = Target(digits_checkpoint).load()
     base = SamplerSettings(num_chains=2, num_draws=40, batch_size=32)
     sweep = calibrate_sweep(target.model, target.dataset, [1e-6, 1e-5, 1e-4, 1e-3], [100.0], base=base, device="cpu")
     accepted = [row["mala_acceptance"] for row in sweep.rows]

@@ -23,7 +23,7 @@ from llcv.cli import app
 from llcv.errors import CheckpointError, SettingsError
 from llcv.models import model_version, register_model
 from llcv.results import list_settings, load_results
-from llcv.targets import load_target
+from llcv.targets import Target
 
 runner = CliRunner()
 QUICK = ["--num-chains", "1", "--num-draws", "4", "--batch-size", "32", "--num-samples", "64", "--device", "cpu"]
@@ -95,9 +95,9 @@ def test_the_override_loads_it_and_says_so(final_checkpoint, bumped):
     assert info.model.version == 1 and info.model_version_overridden is True
     stored = read_checkpoint(final_checkpoint)["state_dict"]
     assert all(torch.equal(model.state_dict()[key], stored[key]) for key in stored)
-    assert load_target(final_checkpoint, allow_version_mismatch=True).checkpoint.model_version_overridden is True
+    assert Target(final_checkpoint, allow_version_mismatch=True).load().checkpoint.model_version_overridden is True
     with pytest.raises(CheckpointError, match="version 1.*now version 2"):
-        load_target(final_checkpoint)
+        Target(final_checkpoint).load()
 
 
 def test_a_checkpoint_without_a_version_loads_as_the_current_version(final_checkpoint, tmp_path, bumped):

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped, write_fake_run
 from llcv.cli import app
-from llcv.estimation import estimate_all
+from llcv.estimation.run import estimate_all
 from llcv.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
 from llcv.results import find_transitions, load_results
 from llcv.settings import EstimateSettings

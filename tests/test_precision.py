@@ -10,7 +10,7 @@ from torch import nn
 
 from _helpers import copy_checkpoints, fast_settings
 from llcv import SamplerSettings, estimate_llc, execution, precision
-from llcv.estimation import estimate_all
+from llcv.estimation.run import estimate_all
 from llcv.models import build_model
 from llcv.sampling.precision import PrecisionChoice, choose_precision, native_bf16
 from llcv.results import settings_hash
@@ -252,11 +252,11 @@ def test_the_initial_loss_runs_in_the_chains_layout():
 
 def test_channels_last_chains_estimate_what_the_default_layout_does_within_sampling_error(trained_run, monkeypatch):
     """The layout changes the order of summation and of the noise, not what is estimated."""
-    from llcv.targets import load_target
+    from llcv.targets import Target
 
     monkeypatch.setattr(precision, "time_passes", lambda passes, device, undecided: {"fp32": 2.0, CL: 1.0, "bf16": 4.0})
     _, run = trained_run
-    target = load_target(run.checkpoints[-1])
+    target = Target(run.checkpoints[-1]).load()
     settings = SamplerSettings(
         num_chains=4, num_draws=80, num_burnin_steps=20, batch_size=64, epsilon=1e-3, gamma=100.0, chain_mode="sequential"
     )

@@ -30,7 +30,7 @@ from llcv.calibration import ROW_FIELDS, SweepResult, parse_grid
 from llcv.checkpoints import CheckpointInfo, ModelSpec
 from llcv.cli import app
 from llcv.errors import SettingsError
-from llcv.estimation import EstimateSummary
+from llcv.estimation.run import EstimateSummary
 from llcv.results import ResultsStore
 from llcv.settings import SECTION_MODELS, EstimateSettings, load_settings, parse_shard, read_config, validate_section
 from llcv.training import TrainResult
@@ -274,7 +274,7 @@ def _install(command: str, tmp: Path, template: LLCResult, monkeypatch) -> tuple
     info = CheckpointInfo(path=str(checkpoint), format="state_dict", model=ModelSpec(name="Linear", num_classes=3, in_channels=None))
     target = SimpleNamespace(model=nn.Linear(2, 3), dataset=TensorDataset(torch.randn(8, 2), torch.randint(3, (8,))), checkpoint=info)
     if command in ("estimate", "calibrate-sweep"):
-        monkeypatch.setattr("llcv.targets.load_target", lambda *args, **kwargs: target)
+        monkeypatch.setattr("llcv.targets.Target.load", lambda self: target)
     if command == "estimate":
         monkeypatch.setattr("llcv.sampling.estimate_llc", record(template))
         return ["estimate", "--checkpoint", str(checkpoint)], calls

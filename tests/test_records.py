@@ -26,12 +26,12 @@ from typer.testing import CliRunner
 from llcv import LLCRecord
 from llcv.checkpoints import CheckpointInfo, ModelSpec
 from llcv.cli import app
-from llcv.estimation import EstimateJob, JobSpec, failure_record, make_record
+from llcv.estimation.run import EstimateJob, JobSpec, failure_record, make_record
 from llcv.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
 from llcv.records import RECORD_FORMAT_VERSION, RecordError, RecordResult
 from llcv.report import read_figure
 from llcv.results import ResultsStore, find_transitions, load_results, results_dataframe, settings_hash
-from llcv.scopes import Scope
+from llcv.estimation.scopes import Scope
 from llcv.settings import SamplerSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -45,7 +45,7 @@ def _copy(name: str, tmp_path: Path) -> Path:
 
 
 def _fixed_provenance(monkeypatch) -> None:
-    from llcv import estimation
+    from llcv.estimation import run as estimation
 
     monkeypatch.setattr(estimation, "_now", lambda: "2024-05-01T12:00:00.000000+00:00")
     monkeypatch.setattr(estimation.socket, "gethostname", lambda: "fixture-host")

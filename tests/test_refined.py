@@ -18,14 +18,15 @@ from _helpers import copy_checkpoints, fast_settings
 from conftest import make_train_settings
 from llcv.data import dataset_targets
 from llcv.errors import SettingsError
-from llcv.estimation import EstimateJob, estimate_all
+from llcv.estimation.run import EstimateJob, estimate_all
 from llcv.models import SmallCNN, model_blocks
 from llcv.plotting import llc_figure, plot_llc
 from llcv.results import load_results, results_dataframe, settings_hash
 from llcv.sampling import data_nbeta
-from llcv.scopes import Scope, refined_scopes
+from llcv.estimation.scopes import Scope, refined_scopes
 from llcv.settings import EstimateSettings, SamplerSettings
 from llcv.targets import training_split
+from llcv.targets import Target
 
 RESNET_BLOCKS = ["stem", "layer1", "layer2", "layer3", "layer4", "fc"]
 # One chain of two draws on 16 images, no burn-in: the records' shape is under test, not the numbers.
@@ -168,7 +169,7 @@ def test_a_model_factory_brings_its_own_blocks_and_redeclared_blocks_are_redone(
 
     def run(blocks):
         options = EstimateSettings(results_dir=tmp_path / "results", device="cpu", steps=[16], per_layer=True)
-        return estimate_all(smallcnn_checkpoints, settings, options, model_factory=lambda: SmallCNN(4, 3), dataset=train, blocks=blocks)
+        return estimate_all(smallcnn_checkpoints, settings, options, blocks=blocks, target=Target(model_factory=lambda: SmallCNN(4, 3), dataset=train))
 
     first = run({"features": ["conv*"], "head": ["fc2.*"]})
     assert first.ok and first.scopes == ["model", "features", "head"]
@@ -180,7 +181,7 @@ def test_a_model_factory_brings_its_own_blocks_and_redeclared_blocks_are_redone(
 
     per_layer = EstimateSettings(results_dir=tmp_path / "r", device="cpu", steps=[16], per_layer=True)
     with pytest.raises(SettingsError, match="blocks="):
-        estimate_all(smallcnn_checkpoints, settings, per_layer, model_factory=lambda: SmallCNN(4, 3), dataset=train)
+        estimate_all(smallcnn_checkpoints, settings, per_layer, target=Target(model_factory=lambda: SmallCNN(4, 3), dataset=train))
     with pytest.raises(SettingsError, match="block 'head' \\(decoder.\\*\\).*conv1, conv2, fc1, fc2"):
         run({"head": ["decoder.*"]})
     with pytest.raises(SettingsError, match="unknown block\\(s\\) layer9; the model's blocks are conv1, conv2, fc1, fc2"):
@@ -249,7 +250,7 @@ def test_a_class_scope_keeps_the_whole_models_temperature_by_either_rule(nbeta, 
     """Each class holds 100 of the 300 samples: its own n / ln n would be another temperature."""
     from torch.utils.data import TensorDataset
 
-    from llcv.scopes import scope_settings
+    from llcv.estimation.scopes import scope_settings
 
     dataset = TensorDataset(torch.zeros(300, 1), torch.arange(300) % 3)
     settings = SamplerSettings(nbeta=nbeta, batch_size=64)

@@ -32,7 +32,7 @@ from llcv import SamplerSettings, estimate_llc
 from llcv.calibration import calibrate_sweep
 from llcv.checkpoints import checkpoint_name, list_checkpoints, read_checkpoint, save_checkpoint
 from llcv.cli import app
-from llcv.estimation import estimate_all
+from llcv.estimation.run import estimate_all
 from llcv.fileio import WriteError, atomic_write_text, write_temporary
 from llcv.models import build_model
 from llcv.plotting import save_figure

@@ -19,12 +19,12 @@ from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped, us
 from llcv import LLCRecord
 from llcv.calibration import calibrate_sweep, output_dir, save_sweep
 from llcv.cli import app
-from llcv.estimation import estimate_all
+from llcv.estimation.run import estimate_all
 from llcv.report import write_report
 from llcv.results import ResultsStore
-from llcv.run_calibration import calibrate_run
+from llcv.estimation.run_calibration import calibrate_run
 from llcv.settings import EstimateSettings, SamplerSettings
-from llcv.targets import load_target
+from llcv.targets import Target
 
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -147,7 +147,7 @@ def fake_run(
 
 def write_sweep(checkpoint: Path, calibration_root: Path) -> Path:
     """A real `calibrate sweep` folder for ``checkpoint``: two step sizes, short chains."""
-    target = load_target(checkpoint)
+    target = Target(checkpoint).load()
     sweep = calibrate_sweep(
         target.model, target.dataset, [1e-5, 1e-4], [1000.0], base=fast_settings(), device="cpu", checkpoint=checkpoint.name,
     )  # fmt: skip

@@ -415,10 +415,10 @@ def test_data_refined_llc_uses_only_the_chosen_classes():
 
 def test_bf16_estimate_agrees_with_fp32_within_sampling_error(trained_run):
     """bf16 autocast changes only the forward/backward precision, not what is estimated."""
-    from llcv.targets import load_target
+    from llcv.targets import Target
 
     _, run = trained_run
-    target = load_target(run.checkpoints[-1])
+    target = Target(run.checkpoints[-1]).load()
     settings = SamplerSettings(num_chains=4, num_draws=80, num_burnin_steps=20, batch_size=64, epsilon=1e-3, gamma=100.0)
     fp32 = estimate_llc(target.model, target.dataset, settings, device="cpu")
     bf16 = estimate_llc(target.model, target.dataset, settings.model_copy(update={"precision": "bf16"}), device="cpu")

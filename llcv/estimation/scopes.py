@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from llcv.checkpoints import CheckpointInfo
 from llcv.errors import LLCVError, SettingsError
-from llcv.job_spec import JobSpec
+from llcv.estimation.job_spec import JobSpec
 from llcv.sampling import LLCResult
 from llcv.records import LLCRecord
 from llcv.results import DEFAULT_SCOPE, check_scope
@@ -189,15 +189,10 @@ def run_scopes(
 
 def _first_model(paths: Sequence[Path], spec: JobSpec) -> tuple[nn.Module, CheckpointInfo]:
     """The model of the first checkpoint that loads (raises the first one's error if none does)."""
-    from llcv.checkpoints import load_checkpoint
-
     first_error: LLCVError | None = None
     for path in paths:
         try:
-            factory_model = spec.model_factory() if spec.model_factory is not None else None
-            return load_checkpoint(
-                path, model=factory_model, model_name=spec.model_name, stem=spec.stem, allow_version_mismatch=spec.allow_version_mismatch
-            )
+            return spec.target.at(path).load_model()
         except LLCVError as problem:
             first_error = first_error or problem
     if first_error is not None:
@@ -208,7 +203,7 @@ def _first_model(paths: Sequence[Path], spec: JobSpec) -> tuple[nn.Module, Check
 def _declared_blocks(model_name: str, spec: JobSpec) -> dict[str, Sequence[str]]:
     from llcv.models import list_models, model_blocks
 
-    if spec.model_factory is not None or model_name not in list_models():
+    if spec.target.model_factory is not None or model_name not in list_models():
         raise SettingsError(
             "per-layer estimates need the model's blocks: pass blocks={'name': ['pattern.*'], ...}, "
             "or register the model with register_model(name, blocks=...)"
@@ -221,10 +216,10 @@ def _declared_blocks(model_name: str, spec: JobSpec) -> dict[str, Sequence[str]]
 
 def _class_labels(info: CheckpointInfo, spec: JobSpec) -> list[int]:
     """The labels of the given dataset, else 0..C-1 for the checkpoint's C outputs."""
-    if isinstance(spec.dataset, Dataset):
+    if isinstance(spec.target.dataset, Dataset):
         from llcv.data import dataset_targets
 
-        return sorted(set(dataset_targets(spec.dataset).tolist()))
+        return sorted(set(dataset_targets(spec.target.dataset).tolist()))
     if info.model.num_classes is None:
         raise SettingsError(f"cannot tell the classes of {info.path}: pass the dataset to choose per-class scopes from")
     return list(range(info.model.num_classes))

@@ -28,9 +28,9 @@ from llcv.fileio import WriteError
 from llcv.sampling import LossSpec
 from llcv.progress import SILENT, Reporter
 from llcv.results import DEFAULT_LOSS
-from llcv.selection import select_checkpoints
+from llcv.estimation.selection import select_checkpoints
 from llcv.settings import AUTO_CALIBRATION_FIELDS, EstimateSettings, SamplerSettings
-from llcv.targets import load_target
+from llcv.targets import Target
 
 # Where a run's calibrations go, inside its results folder.
 CALIBRATION_FOLDER = "calibration"
@@ -123,12 +123,8 @@ def calibrate_run(
     *,
     budget: Budget = Budget(),
     figure_format: str = "png",
+    target: Target = Target(),
     loss: LossSpec = DEFAULT_LOSS,
-    model_name: str | None = None,
-    stem: str | None = None,
-    dataset: str | None = None,
-    data_dir: Path | str | None = None,
-    allow_version_mismatch: bool = False,
     reporter: Reporter = SILENT,
 ) -> RunCalibration:
     """Calibrate a run once, on its reference checkpoint, for ``estimate_all`` to use at every checkpoint.
@@ -142,7 +138,7 @@ def calibrate_run(
             ``calibrate_on`` (``reference_checkpoint``), and ``device`` (or the first of ``devices``).
         budget: the most the search may spend.
         figure_format: png, pdf or svg.
-        loss, model_name, stem, dataset, data_dir, allow_version_mismatch: as for ``estimate_all``.
+        target, loss: as for ``estimate_all``.
         reporter: the search's progress ("calibrate") and notes.
 
     Returns:
@@ -161,11 +157,9 @@ def calibrate_run(
     device = options.devices[0] if options.devices and options.devices != ["all"] else options.device
     reporter.note(f"calibrating on {reference.name} -> {directory}")
     with _calibration_lock(directory, reporter):
-        target = load_target(
-            reference, model_name=model_name, stem=stem, dataset=dataset, data_dir=data_dir, allow_version_mismatch=allow_version_mismatch
-        )
+        loaded = target.at(reference).load()
         result = calibrate_and_save(
-            directory, target.model, target.dataset, loss, device, base=sampler, budget=budget, checkpoint=str(reference),
+            directory, loaded.model, loaded.dataset, loss, device, base=sampler, budget=budget, checkpoint=str(reference),
             figure_format=figure_format, reporter=reporter,
         )  # fmt: skip
     if result.recommended is None:

@@ -3,18 +3,18 @@
 For each selected checkpoint (and scope) a worker
 
 1. skips it when a ``done`` record made from this very file exists (``--force`` redoes it);
-2. claims it (``llcv.claims``): a claim file created exclusively in ``<hash>/.claims/`` holding
+2. claims it (``llcv.estimation.claims``): a claim file created exclusively in ``<hash>/.claims/`` holding
    the worker's host, pid and a heartbeat that a background thread refreshes. A claim whose
    heartbeat is older than ``claim_timeout_seconds``, or whose process is gone from this host,
    is taken over;
 3. estimates it with ``run_job`` (``llcv.sampling.estimate_llc``; the model rebuilt per
    checkpoint, the data prepared once per process), in this process, a device worker or a Ray
-   task (``llcv.executors``), and writes the record atomically, then releases the claim.
+   task (``llcv.estimation.executors``), and writes the record atomically, then releases the claim.
 
 Records are whole files renamed into place, so a ``kill -9`` at any moment leaves only complete
 records and, at worst, a claim that the next run takes over. Ctrl-C and SIGTERM release the
 claims on the way out. Which checkpoints a worker takes (every K-th, steps, shards) is
-``llcv.selection``; what a refined record measures (a block, a class) is ``llcv.scopes``.
+``llcv.estimation.selection``; what a refined record measures (a block, a class) is ``llcv.estimation.scopes``.
 ``estimate_all`` takes the ``[sampler]`` and ``[estimate]`` settings, as ``llcv estimate-all`` resolves them.
 """
 
@@ -27,26 +27,24 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from llcv.checkpoints import CheckpointInfo, list_checkpoints
-from llcv.claims import Claims
+from llcv.estimation.claims import Claims
 from llcv.devices import resolve_device
-from llcv.errors import DataError, LLCVError, SettingsError
-from llcv.executors import make_executor
+from llcv.errors import LLCVError, SettingsError
+from llcv.estimation.executors import make_executor
 from llcv.health import brief_reasons
-from llcv.job_spec import JobSpec
+from llcv.estimation.job_spec import JobSpec
 from llcv.sampling import LossSpec
 from llcv.models import list_models, model_version
 from llcv.sampling import PrecisionChoice
 from llcv.progress import SILENT, Reporter
 from llcv.records import DEFAULT_SCOPE, RECORD_FORMAT, RECORD_FORMAT_VERSION, LLCRecord, RecordResult
 from llcv.results import (
-    CLAIMS_FOLDER,
     DEFAULT_LOSS,
     ResultsStore,
     fingerprint,
@@ -57,9 +55,10 @@ from llcv.results import (
 )
 from llcv.sampling import estimate_llc
 from llcv.sampling import SamplingData
-from llcv.scopes import WHOLE_MODEL, Scope, class_refinement, run_scopes, same_refinement, scope_result, scope_settings
-from llcv.selection import parse_shard, select_checkpoints, shard_name, shard_of
+from llcv.estimation.scopes import WHOLE_MODEL, Scope, class_refinement, run_scopes, same_refinement, scope_result, scope_settings
+from llcv.estimation.selection import parse_shard, select_checkpoints, shard_name, shard_of
 from llcv.settings import EstimateSettings, SamplerSettings
+from llcv.targets import Target
 
 logger = logging.getLogger("llcv")
 
@@ -105,32 +104,6 @@ def _sampling_data(dataset: Dataset, settings: SamplerSettings, device: torch.de
     return data
 
 
-def _load(job: EstimateJob, spec: JobSpec) -> tuple[nn.Module, CheckpointInfo, Dataset]:
-    """The checkpoint's model and the training split it is measured on."""
-    from llcv.checkpoints import load_checkpoint
-    from llcv.targets import DEFAULT_FOREIGN_DATASET, load_target, training_split
-
-    if spec.model_factory is None and not isinstance(spec.dataset, Dataset):
-        target = load_target(
-            job.checkpoint, model_name=spec.model_name, stem=spec.stem, dataset=spec.dataset, data_dir=spec.data_dir,
-            allow_version_mismatch=spec.allow_version_mismatch,
-        )  # fmt: skip
-        return target.model, target.checkpoint, target.dataset
-    if spec.model_factory is not None:
-        model, info = load_checkpoint(job.checkpoint, model=spec.model_factory())
-    else:
-        model, info = load_checkpoint(
-            job.checkpoint, model_name=spec.model_name, stem=spec.stem, allow_version_mismatch=spec.allow_version_mismatch
-        )
-    if isinstance(spec.dataset, Dataset):
-        return model, info, spec.dataset
-    recorded = info.dataset
-    name = spec.dataset or (recorded.name if recorded else DEFAULT_FOREIGN_DATASET)
-    directory = spec.data_dir if spec.data_dir is not None else (recorded.data_dir if recorded and recorded.name == name else None)
-    split, _ = training_split(name, str(directory) if directory is not None else None, recorded.seed if recorded else 0)
-    return model, info, split
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -142,7 +115,7 @@ def _model_provenance(spec: JobSpec, info: CheckpointInfo | None) -> dict[str, A
     if info is None:
         return None
     name = info.model.name
-    registered = spec.model_factory is None and name in list_models()
+    registered = spec.target.model_factory is None and name in list_models()
     return {
         "name": name,
         "version": model_version(name) if registered else None,
@@ -213,7 +186,9 @@ def run_job(job: EstimateJob, spec: JobSpec, reporter: Reporter = SILENT) -> LLC
     info, stamp = None, None
     try:
         stamp = fingerprint(job.checkpoint)
-        model, info, dataset = _load(job, spec)
+        loaded = spec.target.at(job.checkpoint).load()
+        model, info, dataset = loaded.model, loaded.checkpoint, loaded.dataset
+        del loaded
         device = resolve_device(spec.device)
         settings = scope_settings(spec.settings, job.part, dataset)
         data = _sampling_data(dataset, settings, device)
@@ -271,14 +246,9 @@ def estimate_all(
     sampler: SamplerSettings,
     options: EstimateSettings | None = None,
     *,
-    model_factory: Callable[[], nn.Module] | None = None,
-    dataset: Dataset | str | None = None,
+    target: Target | None = None,
     loss: LossSpec = DEFAULT_LOSS,
-    model_name: str | None = None,
-    stem: str | None = None,
-    data_dir: Path | str | None = None,
     blocks: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
-    allow_version_mismatch: bool = False,
     calibration: Mapping[str, Any] | None = None,
     reporter: Reporter = SILENT,
 ) -> EstimateSummary:
@@ -295,7 +265,7 @@ def estimate_all(
             ``results_dir`` (where ``<settings-hash>/`` goes); ``device`` (``auto``, ``cpu``,
             ``cuda``, ``cuda:N`` or ``mps``), or ``devices`` (one worker process per device of
             this machine, e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu", "cpu"]``; ``["all"]``: every
-            CUDA GPU here; local executor only, ``llcv.executors.DevicesExecutor``);
+            CUDA GPU here; local executor only, ``llcv.estimation.executors.DevicesExecutor``);
             ``every_nth`` and ``steps`` (a subset, see ``select_checkpoints``); ``shard``
             (``"K/N"``: only share K of N, by a stable hash of the file name); ``executor``
             (``"local"``: this process, one checkpoint at a time; ``"ray"``: one task per
@@ -308,21 +278,22 @@ def estimate_all(
             parameters with the rest frozen; ``per_class``: also a data-refined LLC per class
             (scope ``class=7``), each measuring the loss on that class's samples only, for the
             classes in ``sampler.classes`` (every class when None), while the whole model, and
-            the settings hash, keep all the data (``llcv.scopes.class_refinement``).
-        model_factory: ``() -> nn.Module`` to load foreign weights into (your own architecture).
-        dataset: the training data as a Dataset, or a dataset name; None: the one in the checkpoint.
+            the settings hash, keep all the data (``llcv.estimation.scopes.class_refinement``).
+        target: what the checkpoints hold and are measured on (``llcv.targets.Target``, its
+            ``checkpoint`` unset): the model of foreign weights (``model_name``/``stem``, or
+            ``model_factory`` for your own architecture), the data (a dataset name or a Dataset,
+            ``data_dir``; None: the one each checkpoint records) and ``allow_version_mismatch``
+            (load llcv checkpoints saved with another version of their model, in every executor;
+            each record's ``model.version_overridden`` says whether it was; without it such a
+            checkpoint gets a ``failed`` record naming both versions; it does not change the
+            settings hash). None: ``Target()``, everything as the checkpoints record it.
         loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(model, batch) -> loss``.
-        model_name, stem, data_dir: for foreign checkpoints, as in ``llcv.targets.load_target``.
         blocks: with ``per_layer``, which blocks: None for every block of the model's
             registration (``register_model(name, blocks=...)``), a list of their names for
             some, or {block name: parameter-name glob patterns} in the order to plot them
             (needed with ``model_factory``, a model llcv has no registration for).
-        allow_version_mismatch: load llcv checkpoints saved with another version of their model
-            (``load_checkpoint``), in every executor; each record's ``model.version_overridden``
-            says whether it was. Without it such a checkpoint gets a ``failed`` record naming
-            both versions. It does not change the settings hash.
         calibration: how ``sampler`` was chosen, recorded as settings.json's ``calibration``
-            entry (``llcv.run_calibration.RunCalibration.settings_entry()``, ``estimate-all --calibrate``).
+            entry (``llcv.estimation.RunCalibration.settings_entry()``, ``estimate-all --calibrate``).
         reporter: progress: ``checkpoints`` overall and one loop per chain (local executor and
             ``devices``, whose loops are keyed and labelled by device: ``cuda:1/chains-0``).
 
@@ -343,53 +314,116 @@ def estimate_all(
             device or executor when it is made: ``llcv.settings.validate_section("estimate",
             {...})`` raises those as ``SettingsError`` too.)
         CheckpointError: the checkpoints folder does not exist.
-        DataError: an unknown ``dataset`` name, or ``data_dir`` does not exist (local executor).
+        DataError: an unknown dataset name, or the target's ``data_dir`` does not exist (local executor).
         WriteError: the results folder cannot be written.
         EstimationError: with ``devices``, no device's worker could start.
     """
+    _refuse_the_old_signature(sampler, options)
+    options = options if options is not None else EstimateSettings()
+    started = time.perf_counter()
+    runner = make_executor(
+        options.executor, ray_address=options.ray_address, cpus_per_task=options.cpus_per_task, device=options.device, devices=options.devices
+    )  # fmt: skip
+    plan = plan_run(checkpoints_dir, sampler, options, target if target is not None else Target(), loss, blocks)
+    store = ResultsStore(Path(options.results_dir), plan.spec.settings_hash)
+    store.write_settings(plan.spec.settings, loss, calibration)
+    summary = EstimateSummary(
+        settings_hash=store.settings_hash, folder=store.folder, selected=[job.label for job in plan.jobs], scopes=[scope.name for scope in plan.scopes]
+    )  # fmt: skip
+    claims = Claims(store.claims_folder, options.claim_timeout_seconds)
+    worker = _Worker(store, claims, summary, force=options.force, reporter=reporter)
+    worker.set_aside_done(plan.jobs)
+    spec = replace(plan.spec, precision=_run_precision(store)) if plan.spec.settings.precision == "auto" else plan.spec
+    reporter.start("checkpoints", f"Checkpoints ({len(summary.already_done)} already done)", len(worker.todo))
+    try:
+        with claims:
+            runner.run(worker.claimed_jobs(), spec, worker.on_result, reporter, job_function=run_job, failure_record=failure_record)
+    except BaseException as error:
+        if not isinstance(error, Exception):  # KeyboardInterrupt, console.Terminated, SystemExit
+            error.estimate_summary = worker.interrupted(time.perf_counter() - started)  # type: ignore[attr-defined]
+        raise
+    finally:
+        reporter.finish("checkpoints")
+    summary.elapsed_seconds = time.perf_counter() - started
+    return summary
+
+
+def _refuse_the_old_signature(sampler: Any, options: Any) -> None:
     if not isinstance(sampler, SamplerSettings) or not isinstance(options, (EstimateSettings, type(None))):
         raise TypeError(  # most likely a call written for the earlier estimate_all(checkpoints_dir, results_dir, settings, device=...)
             "estimate_all(checkpoints_dir, sampler: SamplerSettings, options: EstimateSettings | None = None, ...): "
             "results_dir, device and the run's other options are fields of llcv.settings.EstimateSettings"
         )
-    options = options if options is not None else EstimateSettings()
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one ``estimate_all`` call is to do: what its jobs share, the scopes, and this worker's jobs."""
+
+    spec: JobSpec
+    scopes: list[Scope]
+    jobs: list[EstimateJob]  # the whole-model curve first, then each refined scope; this worker's shard
+
+
+def plan_run(
+    checkpoints_dir: Path | str,
+    sampler: SamplerSettings,
+    options: EstimateSettings,
+    target: Target,
+    loss: LossSpec = DEFAULT_LOSS,
+    blocks: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+) -> RunPlan:
+    """Check the request and list the jobs, before anything is written: a bad device, name,
+    selection or refinement fails here rather than once per checkpoint.
+
+    Raises:
+        SettingsError, CheckpointError, DataError: as ``estimate_all``.
+    """
     settings, per_class = class_refinement(sampler, options.per_class)
-    executor, device, devices = options.executor, options.device, options.devices
-    started = time.perf_counter()
-    runner = make_executor(executor, ray_address=options.ray_address, cpus_per_task=options.cpus_per_task, device=device, devices=devices)
-    if executor == "local":
-        if devices is None:  # make_executor checked the devices
-            resolve_device(device)  # a bad --device fails now, not once per checkpoint
-        if data_dir is not None and not Path(data_dir).is_dir():  # likewise (Ray workers may see other folders)
-            raise DataError(f"data directory {data_dir} does not exist or is not a folder")
-    _check_names(dataset, model_name, stem)
+    local = options.executor == "local"
+    if local and options.devices is None:  # make_executor checked the devices
+        resolve_device(options.device)
+    target.check(data_dir_here=local)  # Ray workers may see other folders
     all_paths = list_checkpoints(Path(checkpoints_dir))
     if not all_paths:
         raise SettingsError(f"checkpoints directory {checkpoints_dir} holds no checkpoint files (.pt, .pth, .pth.tar, .ckpt)")
     paths = select_checkpoints(all_paths, every_nth=options.every_nth, steps=options.steps)
     spec = JobSpec(
-        settings=settings, settings_hash=settings_hash(settings, loss), loss=loss, device=device,
-        model_factory=model_factory, dataset=dataset, model_name=model_name, stem=stem,
-        data_dir=str(data_dir) if data_dir is not None else None, executor=executor,
-        allow_version_mismatch=bool(allow_version_mismatch),
+        settings=settings, settings_hash=settings_hash(settings, loss), loss=loss, device=options.device, target=target, executor=options.executor
     )  # fmt: skip
     scopes = run_scopes(paths, spec, options.per_layer, per_class, blocks)
-    jobs = [EstimateJob(path, scope) for scope in scopes for path in paths]  # the whole-model curve first
-    parsed = parse_shard(options.shard)
-    if parsed is not None:  # by (checkpoint, scope): the whole model's share is its file name's
-        jobs = [job for job in jobs if shard_of(shard_name(job.checkpoint.name, job.scope), parsed[1]) == parsed[0]]
+    jobs = [EstimateJob(path, scope) for scope in scopes for path in paths]
+    shard = parse_shard(options.shard)
+    if shard is not None:  # by (checkpoint, scope): the whole model's share is its file name's
+        jobs = [job for job in jobs if shard_of(shard_name(job.checkpoint.name, job.scope), shard[1]) == shard[0]]
     _check_unique_keys(jobs)
+    return RunPlan(spec, scopes, jobs)
 
-    digest = spec.settings_hash  # of the run's settings: a scope's own params/classes never enter it
-    store = ResultsStore(Path(options.results_dir), digest)
-    store.write_settings(settings, loss, calibration)
-    summary = EstimateSummary(
-        settings_hash=digest, folder=store.folder, selected=[job.label for job in jobs], scopes=[scope.name for scope in scopes]
-    )
-    run_started = _now()
 
-    def done_already(job: EstimateJob, announce: bool = False) -> bool:
-        record = store.read_record(job.checkpoint.name, job.scope)
+class _Worker:
+    """This worker's pass over a run's jobs: set aside what is done, claim just in time, write
+    each record as it comes back, and keep the summary and the ETA."""
+
+    def __init__(self, store: ResultsStore, claims: Claims, summary: EstimateSummary, *, force: bool, reporter: Reporter):
+        self.store, self.claims, self.summary, self.force, self.reporter = store, claims, summary, force, reporter
+        self.started_at = _now()  # --force redoes records from before this call only
+        self.todo: list[EstimateJob] = []
+        self.finished: set[str] = set()
+        self.first_handed_out: float | None = None  # for the ETA
+        self.done_before = 0
+
+    def set_aside_done(self, jobs: list[EstimateJob]) -> None:
+        """Split ``jobs`` into those already done and ``todo``."""
+        for job in jobs:
+            if self.done_already(job, announce=True):
+                self.summary.already_done.append(job.label)
+            else:
+                self.todo.append(job)
+        self.done_before = len(self.summary.already_done)
+
+    def done_already(self, job: EstimateJob, announce: bool = False) -> bool:
+        """Whether ``job`` has a done record made from this very file, for this scope's refinement."""
+        record = self.store.read_record(job.checkpoint.name, job.scope)
         if record is None:
             return False
         try:
@@ -398,96 +432,82 @@ def estimate_all(
             return False
         if not is_done(record, current):
             if announce and record.is_done:
-                reporter.note(f"{job.label} changed since its record was written (or comes from another run); redoing it")
+                self.reporter.note(f"{job.label} changed since its record was written (or comes from another run); redoing it")
             return False
         if not same_refinement(record, job.part):
             if announce:
-                reporter.note(f"{job.label} was estimated with other parameters or classes for this scope; redoing it")
+                self.reporter.note(f"{job.label} was estimated with other parameters or classes for this scope; redoing it")
             return False
         # --force redoes records from before this call, not those other forced workers just wrote
-        return not options.force or (record.finished or "") >= run_started
+        return not self.force or (record.finished or "") >= self.started_at
 
-    todo: list[EstimateJob] = []
-    for job in jobs:
-        if done_already(job, announce=True):
-            summary.already_done.append(job.label)
-        else:
-            todo.append(job)
-    finished: set[str] = set()
-    first_started: list[float] = []  # when the first job was handed out, for the ETA
-    done_before = len(summary.already_done)
-
-    def on_result(job: EstimateJob, record: LLCRecord) -> None:
-        store.write_record(record)
-        claims.release(job.key)
-        store.rebuild_summary()
-        finished.add(job.label)
-        if record.is_done:
-            summary.computed.append(job.label)
-            std, standard_error = record.llc_std, record.llc_se
-            healthy, reasons = record.health
-            verdict = "" if healthy is not False else f", unhealthy: {brief_reasons(reasons)}"
-            reporter.note(
-                f"{job.label}: LLC {record.llc_mean:.4g} ± {'—' if std is None else format(std, '.2g')} "
-                f"(standard error {'—' if standard_error is None else format(standard_error, '.2g')}; "
-                f"{record.elapsed_seconds or 0.0:.1f} s{verdict})"
-            )
-        else:
-            summary.failed[job.label] = str(record.error)
-            reporter.note(f"{job.label}: failed: {record.error}")
-        # the ETA from the measured time per checkpoint (progress bars estimate speed over a
-        # short window, too short for checkpoints that take minutes)
-        each = (time.perf_counter() - first_started[0]) / len(finished)
-        done_meanwhile = len(summary.already_done) - done_before  # by other workers
-        unfinished = len(todo) - len(finished) - len(summary.elsewhere) - done_meanwhile
-        reporter.advance("checkpoints", 1, each=f"{each:.1f} s", left=_duration(each * max(unfinished, 0)))
-
-    def claimed_jobs() -> Iterator[EstimateJob]:
-        """Claim just in time, so a worker holds only what it is working on."""
+    def claimed_jobs(self) -> Iterator[EstimateJob]:
+        """The jobs to run, each claimed as it is handed out, so a worker holds only what it is
+        working on; jobs another worker holds are retried once at the end."""
         busy = []
-        for attempt, queue in enumerate((todo, busy)):
+        for attempt, queue in enumerate((self.todo, busy)):
             for job in queue:
-                if not claims.try_claim(job.key):
+                if not self.claims.try_claim(job.key):
                     if attempt == 0:
                         busy.append(job)
                     else:
-                        summary.elsewhere.append(job.label)
-                        reporter.advance("checkpoints", 1)
+                        self.summary.elsewhere.append(job.label)
+                        self.reporter.advance("checkpoints", 1)
                     continue
-                if done_already(job):  # finished by another worker since we looked
-                    claims.release(job.key)
-                    summary.already_done.append(job.label)
-                    reporter.advance("checkpoints", 1)
+                if self.done_already(job):  # finished by another worker since we looked
+                    self.claims.release(job.key)
+                    self.summary.already_done.append(job.label)
+                    self.reporter.advance("checkpoints", 1)
                     continue
-                if not first_started:
-                    first_started.append(time.perf_counter())
+                if self.first_handed_out is None:
+                    self.first_handed_out = time.perf_counter()
                 yield job
 
-    if settings.precision == "auto":
-        spec = replace(spec, precision=_run_precision(store))
-    reporter.start("checkpoints", f"Checkpoints ({len(summary.already_done)} already done)", len(todo))
-    try:
-        with Claims(store.folder / CLAIMS_FOLDER, options.claim_timeout_seconds) as claims:
-            runner.run(claimed_jobs(), spec, on_result, reporter, job_function=run_job, failure_record=failure_record)
-    except BaseException as error:
-        if not isinstance(error, Exception):  # KeyboardInterrupt, console.Terminated, SystemExit
-            summary.interrupted = True
-            reachable = {*summary.already_done, *summary.elsewhere, *finished}
-            summary.left = [job.label for job in todo if job.label not in reachable]
-            summary.elapsed_seconds = time.perf_counter() - started
-            error.estimate_summary = summary  # type: ignore[attr-defined]
-        raise
-    finally:
-        reporter.finish("checkpoints")
-    summary.elapsed_seconds = time.perf_counter() - started
-    return summary
+    def on_result(self, job: EstimateJob, record: LLCRecord) -> None:
+        """Write ``record``, release its claim, and say how it went."""
+        self.store.write_record(record)
+        self.claims.release(job.key)
+        self.store.rebuild_summary()
+        self.finished.add(job.label)
+        if record.is_done:
+            self.summary.computed.append(job.label)
+            self.reporter.note(_result_line(job, record))
+        else:
+            self.summary.failed[job.label] = str(record.error)
+            self.reporter.note(f"{job.label}: failed: {record.error}")
+        # the ETA from the measured time per checkpoint (progress bars estimate speed over a
+        # short window, too short for checkpoints that take minutes)
+        each = (time.perf_counter() - (self.first_handed_out or time.perf_counter())) / len(self.finished)
+        done_meanwhile = len(self.summary.already_done) - self.done_before  # by other workers
+        unfinished = len(self.todo) - len(self.finished) - len(self.summary.elsewhere) - done_meanwhile
+        self.reporter.advance("checkpoints", 1, each=f"{each:.1f} s", left=_duration(each * max(unfinished, 0)))
+
+    def interrupted(self, elapsed_seconds: float) -> EstimateSummary:
+        """The summary of a run stopped by Ctrl-C or SIGTERM: what was left unreached."""
+        summary = self.summary
+        summary.interrupted = True
+        reachable = {*summary.already_done, *summary.elsewhere, *self.finished}
+        summary.left = [job.label for job in self.todo if job.label not in reachable]
+        summary.elapsed_seconds = elapsed_seconds
+        return summary
+
+
+def _result_line(job: EstimateJob, record: LLCRecord) -> str:
+    std, standard_error = record.llc_std, record.llc_se
+    healthy, reasons = record.health
+    verdict = "" if healthy is not False else f", unhealthy: {brief_reasons(reasons)}"
+    return (
+        f"{job.label}: LLC {record.llc_mean:.4g} ± {'—' if std is None else format(std, '.2g')} "
+        f"(standard error {'—' if standard_error is None else format(standard_error, '.2g')}; "
+        f"{record.elapsed_seconds or 0.0:.1f} s{verdict})"
+    )
 
 
 def results_folder(sampler: SamplerSettings, options: EstimateSettings | None = None, loss: LossSpec = DEFAULT_LOSS) -> Path:
     """The settings-hash folder ``estimate_all(checkpoints_dir, sampler, options, loss=loss)`` writes into."""
     options = options if options is not None else EstimateSettings()
     settings, _ = class_refinement(sampler, options.per_class)
-    return Path(options.results_dir) / settings_hash(settings, loss)
+    return ResultsStore(Path(options.results_dir), settings_hash(settings, loss)).folder
 
 
 def _run_precision(store: ResultsStore) -> PrecisionChoice | None:
@@ -499,21 +519,6 @@ def _run_precision(store: ResultsStore) -> PrecisionChoice | None:
         if choice:
             return PrecisionChoice.kept_from(choice)
     return None
-
-
-def _check_names(dataset: Dataset | str | None, model_name: str | None, stem: str | None) -> None:
-    """An unknown --dataset, --model or --stem fails before any work, not once per checkpoint."""
-    from typing import get_args
-
-    from llcv.data import list_datasets
-    from llcv.models import Stem, list_models
-
-    if isinstance(dataset, str) and dataset not in list_datasets():
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(list_datasets())}")
-    if model_name is not None and model_name not in list_models():
-        raise SettingsError(f"unknown model {model_name!r}; choose one of {', '.join(list_models())}")
-    if stem is not None and stem not in get_args(Stem):
-        raise SettingsError(f"stem {stem!r}: use {' or '.join(get_args(Stem))}")
 
 
 def _duration(seconds: float) -> str:
