@@ -1,6 +1,8 @@
 """The layout rules of docs/architecture.md, checked on the source: no import cycle between llcv's
-modules (imports inside functions and type-only imports included, where a cycle would otherwise hide), no ``locals()``
-in the CLI, and no module past about 600 lines without saying at its top why."""
+modules (imports inside functions and type-only imports included, where a cycle would otherwise
+hide), other packages import only a package's face and no private name crosses a package, no
+``locals()`` in the CLI, no module past about 600 lines without saying at its top why, and no
+function past 100 lines of code without saying why in its docstring."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "llcv"
 LONG_MODULE_LINES = 650  # "about 600": a module past this states why at its top
 LENGTH_REASON = "Why one module:"
+LONG_FUNCTION_LINES = 100  # code lines, docstring left out: a function past this states why in its docstring
+FUNCTION_LENGTH_REASON = "Why one function:"
 
 
 def module_name(path: Path) -> str:
@@ -129,6 +133,40 @@ def test_long_modules_say_why_at_their_top():
         if lines > LONG_MODULE_LINES and LENGTH_REASON not in docstring:
             unexplained.append(f"{module} ({lines} lines)")
     assert not unexplained, f"modules past {LONG_MODULE_LINES} lines without '{LENGTH_REASON} ...' in their docstring: {unexplained}"
+
+
+def code_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's lines without its docstring: what a reader must hold in mind at once."""
+    lines = function.end_lineno - function.lineno + 1
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        lines -= body[0].end_lineno - body[0].lineno + 1
+    return lines
+
+
+def long_functions(source: str, module: str) -> list[str]:
+    """The functions of ``source`` past ``LONG_FUNCTION_LINES`` code lines whose docstring does not say why."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and code_lines(node) > LONG_FUNCTION_LINES:
+            if FUNCTION_LENGTH_REASON not in (ast.get_docstring(node) or ""):
+                found.append(f"{module}.{node.name} ({code_lines(node)} lines)")
+    return found
+
+
+def test_long_functions_say_why_in_their_docstring():
+    unexplained = [name for module, path in MODULES.items() for name in long_functions(path.read_text(), module)]
+    assert not unexplained, f"functions past {LONG_FUNCTION_LINES} lines without '{FUNCTION_LENGTH_REASON} ...' in their docstring: {unexplained}"
+
+
+def test_the_function_rule_counts_code_not_docstrings():
+    docstring = '    """' + "\n" * 150 + '    """\n'
+    long_docstring = "def f():\n" + docstring + "    return 1\n"
+    long_body = "def g():\n" + "    x = 1\n" * 101
+    explained = 'def h():\n    """Why one function: a table of cases."""\n' + "    x = 1\n" * 101
+    assert long_functions(long_docstring, "m") == []
+    assert long_functions(long_body, "m") == ["m.g (102 lines)"]
+    assert long_functions(explained, "m") == []
 
 
 def test_the_parser_sees_imports_inside_functions():
