@@ -195,27 +195,39 @@ def _measured_draw(step: int, settings: SamplerSettings) -> int | None:
     return draw if (draw + 1) % settings.mala_every == 0 and draw < settings.num_draws else None
 
 
+@dataclass(frozen=True)
+class _ChainRun:
+    """What every group of one estimate's chains runs with."""
+
+    settings: SamplerSettings  # with the burn-in resolved to a number of steps
+    nbeta: float
+    loss_limit: float  # a chain whose minibatch loss reaches this has diverged
+
+
 def _run_group(
     group: _ChainGroup,
-    noise_seed: int,
-    batches: Iterator,
-    shared_batch: bool,
-    full_batch: bool,
-    settings: SamplerSettings,
-    nbeta: float,
-    loss_limit: float,
+    data: SamplingData,
+    seeds: list[int],
+    run: _ChainRun,
     reporter: Reporter,
     key: str,
     start: list[ChainState] | None = None,
 ) -> _GroupTraces:
     """Run one group of chains for the settings' burn-in and draws, from the checkpoint or, with
-    ``start`` (one state per chain of the group), from where earlier chains stopped."""
+    ``start`` (one state per chain of the group), from where earlier chains stopped.
+
+    ``seeds`` are the group's chains' own: each draws its minibatches from its seed, and the
+    group's noise comes from the first (``llcv.langevin.GaussianNoise``).
+    """
+    settings = run.settings
     device = group.parameters[0].device
     chains = group.num_chains
-    update = LangevinUpdate(group.parameters, group.initial, settings.sampler, settings.epsilon, settings.gamma, nbeta)
+    batches, shared_batch = _group_batches(data, seeds)
+    full_batch = data.is_full_batch
+    update = LangevinUpdate(group.parameters, group.initial, settings.sampler, settings.epsilon, settings.gamma, run.nbeta)
     if start is not None:
         _restore_states(group, update, start)
-    noise = GaussianNoise(group.parameters, noise_seed)
+    noise = GaussianNoise(group.parameters, seeds[0])
     burnin, every = settings.num_burnin_steps, settings.num_steps_bw_draws
     num_steps = burnin + settings.num_draws * every
     traces = _GroupTraces(
@@ -264,7 +276,7 @@ def _run_group(
                 dim=1,
             )
             checked_burnin, checked_draws = min(step + 1, burnin), draws_done
-            traces.diverged |= ~(torch.isfinite(recent) & (recent < loss_limit)).all(dim=1)
+            traces.diverged |= ~(torch.isfinite(recent) & (recent < run.loss_limit)).all(dim=1)
             if bool(traces.diverged.all()):
                 reporter.advance(key, num_steps - step - 1)
                 break

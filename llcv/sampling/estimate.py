@@ -31,6 +31,7 @@ import copy
 import fnmatch
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,13 +45,12 @@ from llcv.sampling.batchnorm import (
     recompute_batchnorm_statistics,
     use_batch_statistics,
 )
-from llcv.sampling.chains import ChainState, _ChainGroup, _GroupTraces, _LossModule, _group_batches, _run_group, channels_last_inputs
+from llcv.sampling.chains import ChainState, _ChainGroup, _ChainRun, _GroupTraces, _LossModule, _run_group, channels_last_inputs
 from llcv.devices import resolve_device
 from llcv.errors import SettingsError
-from llcv.sampling.execution import _execution_plan
+from llcv.sampling.execution import _ExecutionPlan, _execution_plan
 from llcv.relaxation import auto_burnin_steps, relaxation_steps
-from llcv.sampling.result import LLCResult, _summarise
-from llcv.sampling.result import BurnIn, InitialLoss, NbetaRule
+from llcv.sampling.result import BurnIn, InitialLoss, LLCResult, NbetaRule, _EstimateSetup, _summarise
 from llcv.sampling.losses import LossFunction, LossSpec, resolve_loss
 from llcv.sampling.precision import Precision, PrecisionChoice
 from llcv.progress import SILENT, Reporter
@@ -247,67 +247,105 @@ def estimate_llc_states(
     nbeta = resolve_nbeta(settings.nbeta, data.num_samples, data.batch_size)
     burnin = resolve_burnin(settings)
     # The chains read a number of burn-in steps; the result keeps the settings as asked.
-    requested, settings = settings, settings.model_copy(update={"num_burnin_steps": burnin.steps})
+    chain_settings = settings.model_copy(update={"num_burnin_steps": burnin.steps})
+    chains = _prepare_chains(model, data, loss_function, chain_settings, precision)
+    initial_loss = _initial_loss(
+        chains.work, data, loss_function, chain_settings, chains.precision, chains.normalisation.statistics == "batch",
+        chains.plan.precision.channels_last,
+    )  # fmt: skip
+    bound = chain_settings.divergence_bound or default_divergence_bound(
+        chains.num_parameters, nbeta, initial_loss.value, initial_loss.batch_spread
+    )
+    run = _ChainRun(chain_settings, nbeta, loss_limit=initial_loss.value + bound / nbeta)
+    traces = _run_chains(chains, data, run, device, reporter, start)
+    setup = _EstimateSetup(
+        settings, nbeta, nbeta_rule(settings.nbeta), burnin, initial_loss, bound, chains.num_parameters, data.num_samples, device,
+        chains.plan, chains.normalisation,
+    )  # fmt: skip
+    result = _summarise(traces, setup, time.perf_counter() - started)
+    return result, [state for group in traces for state in group.final]
 
+
+@dataclass(frozen=True)
+class _PreparedChains:
+    """An estimate's chains before they run: the model's working copy at the checkpoint, its
+    sampled parameters, and how the chains execute."""
+
+    loss_module: _LossModule  # the working copy with the loss, which the chains call with their weights
+    names: list[str]  # the sampled parameters; the others stay frozen at the checkpoint
+    initial: list[torch.Tensor]  # the sampled parameters' values at the checkpoint
+    plan: _ExecutionPlan
+    normalisation: BatchNormProvenance
+    checkpoint_state: dict[str, torch.Tensor]  # every group of chains starts from the copy in this state
+
+    @property
+    def work(self) -> nn.Module:
+        """The working copy of the model."""
+        return self.loss_module.model
+
+    @property
+    def precision(self) -> Precision:
+        return self.plan.precision.precision
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(tensor.numel() for tensor in self.initial)
+
+
+def _prepare_chains(
+    model: nn.Module, data: SamplingData, loss_function: LossFunction, settings: SamplerSettings, pinned: PrecisionChoice | None
+) -> _PreparedChains:
+    """A working copy of ``model`` in the chains' BatchNorm mode with only the sampled parameters
+    to move, the chains' execution plan (``pinned``: the run's precision, see ``estimate_llc``),
+    and its BatchNorm statistics normalised as the settings ask."""
     work = _copy_in_mode(model, data.device, settings.bn_mode)
     named = select_parameters(work, settings.params)
     names = [name for name, _ in named]
     initial = [parameter.detach().clone() for _, parameter in named]
     for parameter in work.parameters():
         parameter.requires_grad_(False)  # frozen ones stay at the checkpoint; the chains' copies carry gradients
-    num_parameters = sum(tensor.numel() for tensor in initial)
     loss_module = _LossModule(work, loss_function)
-    plan = _execution_plan(settings, loss_module, names, initial, data, precision)
-    precision = plan.precision.precision
-    normalisation = _normalise_batchnorm(work, data, loss_function, settings, precision)
+    plan = _execution_plan(settings, loss_module, names, initial, data, pinned)
+    normalisation = _normalise_batchnorm(work, data, loss_function, settings, plan.precision.precision)
     checkpoint_state = {key: value.detach().clone() for key, value in work.state_dict().items()}
+    return _PreparedChains(loss_module, names, initial, plan, normalisation, checkpoint_state)
 
-    initial_loss = _initial_loss(
-        work, data, loss_function, settings, precision, normalisation.statistics == "batch", plan.precision.channels_last
-    )
-    bound = settings.divergence_bound or default_divergence_bound(num_parameters, nbeta, initial_loss.value, initial_loss.batch_spread)
-    loss_limit = initial_loss.value + bound / nbeta
+
+def _run_chains(
+    chains: _PreparedChains,
+    data: SamplingData,
+    run: _ChainRun,
+    device: torch.device,
+    reporter: Reporter,
+    start: list[ChainState] | None,
+) -> list[_GroupTraces]:
+    """Run every chain from the checkpoint (or ``start``), all as one group when the plan batches
+    them, else one at a time, each group reporting its progress."""
+    settings = run.settings
     seeds = _chain_seeds(settings.seed, settings.num_chains)
-    groups = [list(range(settings.num_chains))] if plan.batched else [[chain] for chain in range(settings.num_chains)]
+    groups = [list(range(settings.num_chains))] if chains.plan.batched else [[chain] for chain in range(settings.num_chains)]
     steps_per_chain = settings.num_burnin_steps + settings.num_draws * settings.num_steps_bw_draws
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     traces: list[_GroupTraces] = []
-    for chains in groups:
-        work.load_state_dict(checkpoint_state)
-        key = f"chains-{chains[0]}"
-        label = f"Chain {chains[0] + 1}/{settings.num_chains}" if len(chains) == 1 else f"Chains 1-{len(chains)} (batched)"
+    for members in groups:
+        chains.work.load_state_dict(chains.checkpoint_state)
+        key = f"chains-{members[0]}"
+        label = f"Chain {members[0] + 1}/{settings.num_chains}" if len(members) == 1 else f"Chains 1-{len(members)} (batched)"
         reporter.start(key, label, steps_per_chain)
-        group = _ChainGroup(loss_module, names, initial, len(chains), plan.batched, precision, plan.precision.channels_last)
-        batches, shared = _group_batches(data, [seeds[chain] for chain in chains])
+        group = _ChainGroup(
+            chains.loss_module, chains.names, chains.initial, len(members), chains.plan.batched, chains.precision,
+            chains.plan.precision.channels_last,
+        )  # fmt: skip
         # The SGLD noise has its own generator (GaussianNoise); the global one, forked so the caller's
         # stream is untouched, seeds only randomness inside the model, such as dropout.
         with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(seeds[chains[0]])
+            torch.manual_seed(seeds[members[0]])
             try:
-                traces.append(
-                    _run_group(
-                        group, seeds[chains[0]], batches, shared, data.is_full_batch, settings, nbeta, loss_limit, reporter, key,
-                        None if start is None else [start[chain] for chain in chains],
-                    )
-                )
+                group_start = None if start is None else [start[chain] for chain in members]
+                traces.append(_run_group(group, data, [seeds[chain] for chain in members], run, reporter, key, group_start))
             finally:
                 reporter.finish(key)
-    result = _summarise(
-        traces,
-        requested,
-        nbeta,
-        nbeta_rule(requested.nbeta),
-        burnin,
-        initial_loss,
-        bound,
-        num_parameters,
-        data.num_samples,
-        device,
-        plan,
-        normalisation,
-        time.perf_counter() - started,
-    )
-    return result, [state for group in traces for state in group.final]
+    return traces
 
 
 def working_copy(

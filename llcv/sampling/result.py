@@ -135,83 +135,97 @@ class LLCResult(BaseModel):
         return cls.model_validate(payload)
 
 
-def _summarise(
-    traces: list[_GroupTraces],
-    settings: SamplerSettings,
-    nbeta: float,
-    nbeta_rule: NbetaRule,
-    burnin: BurnIn,
-    initial_loss: InitialLoss,
-    bound: float,
-    num_parameters: int,
-    num_samples: int,
-    device: torch.device,
-    plan: _ExecutionPlan,
-    normalisation: BatchNormProvenance,
-    elapsed: float,
-) -> LLCResult:
-    losses = torch.cat([group.losses for group in traces]).cpu().double().numpy()
-    burnin_losses = torch.cat([group.burnin_losses for group in traces]).cpu().double().numpy()
-    diverged = torch.cat([group.diverged for group in traces]).cpu().numpy()
-    # A diverged chain stops counting from the check that caught it; its later values are noise.
-    losses[diverged] = np.where(np.isfinite(losses[diverged]), losses[diverged], np.nan)
-    init_loss = initial_loss.value
-    llc_trace = nbeta * (losses - init_loss)
-    init_loss_error = None if initial_loss.standard_error is None else nbeta * initial_loss.standard_error
+@dataclass(frozen=True)
+class _EstimateSetup:
+    """What an estimate resolved before its chains ran, which its result reports beside the traces."""
+
+    settings: SamplerSettings  # as asked for ("auto" burn-in, "data" nbeta)
+    nbeta: float
+    nbeta_rule: NbetaRule
+    burnin: BurnIn
+    initial_loss: InitialLoss
+    divergence_bound: float  # the per-draw LLC above which a chain counts as diverged
+    num_parameters: int
+    num_samples: int
+    device: torch.device
+    plan: _ExecutionPlan
+    normalisation: BatchNormProvenance
+
+
+def _summarise(traces: list[_GroupTraces], setup: _EstimateSetup, elapsed: float) -> LLCResult:
+    """The estimate from its chains' loss traces: the LLC, its diagnostics, health and provenance."""
+    losses, burnin_losses, diverged = _pooled_losses(traces)
+    initial_loss, nbeta = setup.initial_loss, setup.nbeta
+    llc_trace = nbeta * (losses - initial_loss.value)
     per_chain = [None if bad else float(trace.mean()) for bad, trace in zip(diverged, llc_trace)]
     healthy = [value for value in per_chain if value is not None]
     llc_mean = float(np.mean(healthy)) if healthy else None
-    llc_std = float(np.std(healthy, ddof=1)) if len(healthy) > 1 else None
-    healthy_losses = losses[~diverged]
-
-    mala_mean, mala_per_chain = None, None
-    if settings.mala:
-        mala = torch.cat([group.mala for group in traces]).cpu().double().numpy()
-        mala_per_chain = [
-            None if bad or not np.isfinite(row).any() else float(np.nanmean(row)) for bad, row in zip(diverged, mala)
-        ]
-        defined = [value for value in mala_per_chain if value is not None]
-        mala_mean = float(np.mean(defined)) if defined else None
-
-    diagnostics = LLCDiagnostics(
-        r_hat=split_r_hat(healthy_losses),
-        ess=effective_sample_size(healthy_losses) if len(healthy_losses) else None,
-        **trace_evidence(llc_trace, ~diverged, init_loss_error),
-        diverged_chains=int(diverged.sum()),
-        nonfinite=bool(not np.isfinite(losses[~diverged]).all() or not np.isfinite(init_loss)),
-    )
-    failed = failed_checks(result_evidence(diagnostics, len(per_chain), llc_mean, mala_mean, burnin), HealthThresholds())
-    diagnostics.warnings = _warnings(failed, bound)
+    mala_mean, mala_per_chain = _mala_acceptance(traces, diverged) if setup.settings.mala else (None, None)
+    diagnostics = _diagnostics(losses, llc_trace, diverged, setup)
+    failed = failed_checks(result_evidence(diagnostics, len(per_chain), llc_mean, mala_mean, setup.burnin), HealthThresholds())
+    diagnostics.warnings = _warnings(failed, setup.divergence_bound)
     return LLCResult(
         llc_mean=llc_mean,
-        llc_std=llc_std,
+        llc_std=float(np.std(healthy, ddof=1)) if len(healthy) > 1 else None,
         llc_per_chain=per_chain,
         loss_trace=losses.tolist(),
         burnin_loss_trace=burnin_losses.tolist(),
         llc_trace=llc_trace.tolist(),
-        init_loss=init_loss,
+        init_loss=initial_loss.value,
         init_loss_se=initial_loss.standard_error,
         nbeta=nbeta,
-        nbeta_rule=nbeta_rule,
-        burnin_steps=burnin.steps,
-        burnin_rule=burnin.rule,
-        batchnorm_statistics=normalisation.statistics,
-        batchnorm_samples=normalisation.samples,
+        nbeta_rule=setup.nbeta_rule,
+        burnin_steps=setup.burnin.steps,
+        burnin_rule=setup.burnin.rule,
+        batchnorm_statistics=setup.normalisation.statistics,
+        batchnorm_samples=setup.normalisation.samples,
         mala_acceptance=mala_mean,
         mala_acceptance_per_chain=mala_per_chain,
         diagnostics=diagnostics,
         healthy=not failed,
         health_reasons=[message for _, message in failed],
-        settings=settings.model_dump(mode="json"),
-        num_parameters=num_parameters,
-        num_samples_used=num_samples,
-        chain_execution="batched" if plan.batched else "sequential",
-        precision=plan.precision.precision,
-        precision_choice=plan.precision.provenance(),
+        settings=setup.settings.model_dump(mode="json"),
+        num_parameters=setup.num_parameters,
+        num_samples_used=setup.num_samples,
+        chain_execution="batched" if setup.plan.batched else "sequential",
+        precision=setup.plan.precision.precision,
+        precision_choice=setup.plan.precision.provenance(),
         elapsed_seconds=elapsed,
-        device=str(device),
+        device=str(setup.device),
         num_threads=torch.get_num_threads(),
         versions=_versions(),
+    )
+
+
+def _pooled_losses(traces: list[_GroupTraces]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every chain's draws' and burn-in's losses (chains x steps) and whether it diverged (chains)."""
+    losses = torch.cat([group.losses for group in traces]).cpu().double().numpy()
+    burnin_losses = torch.cat([group.burnin_losses for group in traces]).cpu().double().numpy()
+    diverged = torch.cat([group.diverged for group in traces]).cpu().numpy()
+    # A diverged chain stops counting from the check that caught it; its later values are noise.
+    losses[diverged] = np.where(np.isfinite(losses[diverged]), losses[diverged], np.nan)
+    return losses, burnin_losses, diverged
+
+
+def _mala_acceptance(traces: list[_GroupTraces], diverged: np.ndarray) -> tuple[float | None, list[float | None]]:
+    """The mean MALA acceptance over the chains that did not diverge, and each chain's (None where undefined)."""
+    mala = torch.cat([group.mala for group in traces]).cpu().double().numpy()
+    per_chain = [None if bad or not np.isfinite(row).any() else float(np.nanmean(row)) for bad, row in zip(diverged, mala)]
+    defined = [value for value in per_chain if value is not None]
+    return (float(np.mean(defined)) if defined else None), per_chain
+
+
+def _diagnostics(losses: np.ndarray, llc_trace: np.ndarray, diverged: np.ndarray, setup: _EstimateSetup) -> LLCDiagnostics:
+    """Convergence and error of the chains that did not diverge (warnings are added once judged)."""
+    initial_loss = setup.initial_loss
+    init_loss_error = None if initial_loss.standard_error is None else setup.nbeta * initial_loss.standard_error
+    healthy_losses = losses[~diverged]
+    return LLCDiagnostics(
+        r_hat=split_r_hat(healthy_losses),
+        ess=effective_sample_size(healthy_losses) if len(healthy_losses) else None,
+        **trace_evidence(llc_trace, ~diverged, init_loss_error),
+        diverged_chains=int(diverged.sum()),
+        nonfinite=bool(not np.isfinite(losses[~diverged]).all() or not np.isfinite(initial_loss.value)),
     )
 
 
