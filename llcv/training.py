@@ -252,6 +252,68 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
     Raises:
         SettingsError, DataError, CheckpointError: bad settings, data, or resume checkpoint.
     """
+    run = _start_run(settings, reporter)
+    try:
+        if settings.train.resume_from_checkpoint is not None:
+            step = _resume(run, reporter)
+            reporter.note(f"resuming from step {step} of {run.num_steps}")
+        else:
+            step = 0
+            run.save(0, None)
+        _train_epochs(run, step, reporter)
+    finally:
+        reporter.finish("batches")
+        reporter.finish("epochs")
+        # Persistent workers stop when their loader is freed. An exception's traceback keeps this
+        # frame, and so the run and its loaders, alive for as long as the caller holds it: free them now.
+        run.train_loader = run.val_loader = None
+    return run.result
+
+
+@dataclass
+class _Run:
+    """One training run, set up: the model, its optimiser and schedule, its loaders, and what
+    each checkpoint records of the model and the data."""
+
+    settings: SettingsBundle
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch.optim.lr_scheduler, stepped once per optimisation step
+    num_train_samples: int
+    steps_per_epoch: int
+    num_steps: int
+    schedule: set[int]  # the steps that save a checkpoint (checkpoint_steps)
+    model_spec: dict[str, Any]
+    dataset_spec: dict[str, Any]
+    batch_sampler: _EpochBatches
+    train_loader: DataLoader | None
+    val_loader: DataLoader | None
+    result: TrainResult
+
+    def save(self, step: int, train_loss: float | None) -> None:
+        """Validate, then save the checkpoint of ``step`` with everything a resume needs."""
+        metrics = {"train_loss": train_loss, **evaluate(self.model, self.val_loader, self.device)}
+        payload = {
+            "step": step,
+            "epoch": step / self.steps_per_epoch,
+            "model": self.model_spec,
+            "dataset": self.dataset_spec,
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(self.device),
+            "metrics": metrics,
+            "settings": self.settings.to_json_dict(),
+        }
+        self.result.checkpoints.append(save_checkpoint(self.result.checkpoints_dir / checkpoint_name(step), payload))
+        self.result.final_metrics = metrics
+        self.result.metrics_step = step
+
+
+def _start_run(settings: SettingsBundle, reporter: Reporter) -> _Run:
+    """Load the data, build the model (initialised from ``[train] seed``), its optimiser and
+    schedule, and the run's one training and one validation loader."""
     data_settings, model_settings, train_settings = settings.data, settings.model, settings.train
     device = resolve_device(train_settings.device)
     train_set, val_set, info = load_dataset(
@@ -269,11 +331,6 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
     optimizer = _optimizer(model, train_settings)
     steps_per_epoch = math.ceil(len(train_set) / train_settings.batch_size)
     num_steps = train_settings.epochs * steps_per_epoch
-    scheduler = _scheduler(optimizer, train_settings, num_steps, steps_per_epoch)
-    schedule = set(
-        checkpoint_steps(num_steps, steps_per_epoch, train_settings.log_checkpoints, train_settings.checkpoint_every_epochs)
-    )
-    result = TrainResult(Path(train_settings.checkpoints_dir), num_steps=num_steps, steps_per_epoch=steps_per_epoch)
     model_spec = {
         "name": model_settings.name,
         "num_classes": info.num_classes,
@@ -282,101 +339,121 @@ def train(settings: SettingsBundle, reporter: Reporter = SILENT) -> TrainResult:
         "version": model_version(model_settings.name),
     }
     dataset_spec = {"name": info.name, "data_dir": info.data_dir, "seed": data_settings.seed, "image_size": data_settings.image_size}
+    num_workers = _worker_count(data_settings.num_workers, reporter)
+    batch_sampler = _EpochBatches()
+    return _Run(
+        settings=settings,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        scheduler=_scheduler(optimizer, train_settings, num_steps, steps_per_epoch),
+        num_train_samples=len(train_set),
+        steps_per_epoch=steps_per_epoch,
+        num_steps=num_steps,
+        schedule=set(
+            checkpoint_steps(num_steps, steps_per_epoch, train_settings.log_checkpoints, train_settings.checkpoint_every_epochs)
+        ),
+        model_spec=model_spec,
+        dataset_spec=dataset_spec,
+        batch_sampler=batch_sampler,
+        train_loader=_loader(_SeededSamples(train_set), batch_sampler, num_workers),
+        val_loader=_eval_loader(val_set, num_workers),
+        result=TrainResult(Path(train_settings.checkpoints_dir), num_steps=num_steps, steps_per_epoch=steps_per_epoch),
+    )
 
-    num_workers = min(data_settings.num_workers, _available_cpus())
-    if num_workers < data_settings.num_workers:
+
+def _worker_count(requested: int, reporter: Reporter) -> int:
+    """``[data] num_workers``, capped at the CPUs available to this process."""
+    num_workers = min(requested, _available_cpus())
+    if num_workers < requested:
         # Said once here: torch would otherwise warn at every loader it builds with too many workers.
         reporter.note(
             f"DataLoader workers capped at {num_workers} (the CPUs available to this process); "
-            f"[data] num_workers asked for {data_settings.num_workers}"
+            f"[data] num_workers asked for {requested}"
         )
-    batch_sampler = _EpochBatches()
-    train_loader = _loader(_SeededSamples(train_set), batch_sampler, num_workers)
-    val_loader = _eval_loader(val_set, num_workers)
+    return num_workers
 
-    def save(step: int, train_loss: float | None) -> None:
-        metrics = {"train_loss": train_loss, **evaluate(model, val_loader, device)}
-        payload = {
-            "step": step,
-            "epoch": step / steps_per_epoch,
-            "model": model_spec,
-            "dataset": dataset_spec,
-            "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(device),
-            "metrics": metrics,
-            "settings": settings.to_json_dict(),
-        }
-        result.checkpoints.append(save_checkpoint(result.checkpoints_dir / checkpoint_name(step), payload))
-        result.final_metrics = metrics
-        result.metrics_step = step
 
-    try:
-        step = 0
-        if train_settings.resume_from_checkpoint is not None:
-            step = _resume(
-                train_settings.resume_from_checkpoint, model, optimizer, scheduler, model_spec, num_steps, device,
-                allow_version_mismatch=model_settings.allow_version_mismatch, reporter=reporter,
-            )
-            reporter.note(f"resuming from step {step} of {num_steps}")
-        else:
-            save(0, None)
+def _train_epochs(run: _Run, step: int, reporter: Reporter) -> None:
+    """Train from ``step`` to the end of the run, saving the scheduled checkpoints."""
+    epochs = run.settings.train.epochs
+    run.model.train()
+    since_checkpoint = _RunningLoss(run.device)
+    reporter.start("epochs", "Epochs", epochs)
+    reporter.advance("epochs", step // run.steps_per_epoch)
+    for epoch in range(step // run.steps_per_epoch, epochs):
+        step, totals = _train_epoch(run, epoch, step, since_checkpoint, reporter)
+        reporter.advance("epochs", 1)
+        last = run.result.final_metrics
+        # Validation runs only at checkpoints, so say which step its numbers are from.
+        validation = (
+            f"val loss {last['val_loss']:.4f}, val acc {last['val_acc']:.3f} at step {run.result.metrics_step}"
+            if last
+            else "no validation yet"
+        )
+        reporter.note(
+            f"epoch {epoch + 1}/{epochs} (step {step}): train loss "
+            f"{totals.loss.item() / max(totals.count, 1):.4f}, train acc {totals.correct.item() / max(totals.count, 1):.3f}; "
+            f"{validation}"
+        )
 
-        model.train()
-        loss_since_checkpoint, batches_since_checkpoint = torch.zeros((), device=device), 0
-        reporter.start("epochs", "Epochs", train_settings.epochs)
-        reporter.advance("epochs", step // steps_per_epoch)
-        for epoch in range(step // steps_per_epoch, train_settings.epochs):
-            order = epoch_order(len(train_set), train_settings.seed, epoch).tolist()
-            batches = [order[start : start + train_settings.batch_size] for start in range(0, len(order), train_settings.batch_size)]
-            seeds = sample_seeds(len(train_set), train_settings.seed, epoch)
-            batch_sampler.set_epoch(batches[step - epoch * steps_per_epoch :], seeds)
-            epoch_loss, epoch_correct, epoch_count = torch.zeros((), device=device), torch.zeros((), device=device), 0
-            reporter.start("batches", f"Epoch {epoch + 1}", steps_per_epoch)
-            reporter.advance("batches", steps_per_epoch - len(batch_sampler))
-            for images, labels in train_loader:
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                batch_loss = loss.detach() * len(labels)
-                epoch_loss += batch_loss
-                epoch_correct += (logits.argmax(dim=1) == labels).sum()
-                epoch_count += len(labels)
-                loss_since_checkpoint += loss.detach()
-                batches_since_checkpoint += 1
-                reporter.advance("batches", 1, loss=_LazyRatio(epoch_loss, epoch_count), acc=_LazyRatio(epoch_correct, epoch_count))
-                if step in schedule:
-                    save(step, (loss_since_checkpoint / batches_since_checkpoint).item())
-                    loss_since_checkpoint.zero_()
-                    batches_since_checkpoint = 0
-            reporter.finish("batches")
-            reporter.advance("epochs", 1)
-            last = result.final_metrics
-            # Validation runs only at checkpoints, so say which step its numbers are from.
-            validation = (
-                f"val loss {last['val_loss']:.4f}, val acc {last['val_acc']:.3f} at step {result.metrics_step}"
-                if last
-                else "no validation yet"
-            )
-            reporter.note(
-                f"epoch {epoch + 1}/{train_settings.epochs} (step {step}): train loss "
-                f"{epoch_loss.item() / max(epoch_count, 1):.4f}, train acc {epoch_correct.item() / max(epoch_count, 1):.3f}; "
-                f"{validation}"
-            )
-    finally:
-        reporter.finish("batches")
-        reporter.finish("epochs")
-        # Persistent workers stop when their loader is freed. An exception's traceback keeps this
-        # frame, and so the loaders, alive for as long as the caller holds it: free them now
-        # (rebound rather than deleted, since ``save`` closes over ``val_loader``).
-        train_loader = val_loader = None
-    return result
+
+def _train_epoch(run: _Run, epoch: int, step: int, since_checkpoint: _RunningLoss, reporter: Reporter) -> tuple[int, _EpochTotals]:
+    """Train the rest of ``epoch`` from ``step`` (a resumed run starts mid-epoch); returns the step
+    reached and the epoch's totals over the batches this call trained."""
+    settings = run.settings.train
+    order = epoch_order(run.num_train_samples, settings.seed, epoch).tolist()
+    batches = [order[start : start + settings.batch_size] for start in range(0, len(order), settings.batch_size)]
+    seeds = sample_seeds(run.num_train_samples, settings.seed, epoch)
+    run.batch_sampler.set_epoch(batches[step - epoch * run.steps_per_epoch :], seeds)
+    totals = _EpochTotals(torch.zeros((), device=run.device), torch.zeros((), device=run.device), 0)
+    reporter.start("batches", f"Epoch {epoch + 1}", run.steps_per_epoch)
+    reporter.advance("batches", run.steps_per_epoch - len(run.batch_sampler))
+    for images, labels in run.train_loader:
+        images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+        logits = run.model(images)
+        loss = F.cross_entropy(logits, labels)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        step += 1
+        totals.loss += loss.detach() * len(labels)
+        totals.correct += (logits.argmax(dim=1) == labels).sum()
+        totals.count += len(labels)
+        since_checkpoint.add(loss)
+        reporter.advance("batches", 1, loss=_LazyRatio(totals.loss, totals.count), acc=_LazyRatio(totals.correct, totals.count))
+        if step in run.schedule:
+            run.save(step, since_checkpoint.take_mean())
+    reporter.finish("batches")
+    return step, totals
+
+
+@dataclass
+class _EpochTotals:
+    """An epoch's summed loss and correct predictions (device scalars) over ``count`` samples."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    count: int
+
+
+class _RunningLoss:
+    """The training loss summed over the batches since the last checkpoint, on the device."""
+
+    def __init__(self, device: torch.device):
+        self.total, self.batches = torch.zeros((), device=device), 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss.detach()
+        self.batches += 1
+
+    def take_mean(self) -> float:
+        """The mean batch loss since the last checkpoint (a host synchronisation), and start afresh."""
+        mean = (self.total / self.batches).item()
+        self.total.zero_()
+        self.batches = 0
+        return mean
 
 
 class _LazyRatio:
@@ -393,18 +470,14 @@ class _LazyRatio:
         return format(self.total.item() / max(self.count, 1), spec)
 
 
-def _resume(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    model_spec: dict,
-    num_steps: int,
-    device: torch.device,
-    *,
-    allow_version_mismatch: bool = False,
-    reporter: Reporter = SILENT,
-) -> int:
+def _resume(run: _Run, reporter: Reporter) -> int:
+    """Load ``[train] resume_from_checkpoint`` into the run's model, optimiser, schedule and RNG; returns its step.
+
+    Raises:
+        SettingsError: not an llcv training checkpoint, another model, or past this run's steps.
+        CheckpointError: the checkpoint records another version of the model, not allowed.
+    """
+    path, model_spec, num_steps = run.settings.train.resume_from_checkpoint, run.model_spec, run.num_steps
     payload = read_checkpoint(path)
     if payload.get("format") != "llcv-checkpoint" or "optimizer" not in payload:
         raise SettingsError(f"--resume-from-checkpoint {path}: only llcv training checkpoints can be resumed")
@@ -415,7 +488,7 @@ def _resume(
             f"--resume-from-checkpoint {path}: the checkpoint's model {payload['model']} differs from the settings' {model_spec}"
         )
     recorded = stored_model.get("version")
-    if check_model_version(model_spec["name"], recorded, path=path, allow=allow_version_mismatch):
+    if check_model_version(model_spec["name"], recorded, path=path, allow=run.settings.model.allow_version_mismatch):
         reporter.note(
             f"resuming a checkpoint of {model_spec['name']!r} version {recorded} as version {model_spec['version']} "
             "(the mismatch was allowed); the checkpoints written from now on record version "
@@ -423,8 +496,8 @@ def _resume(
         )
     if payload["step"] > num_steps:
         raise SettingsError(f"--resume-from-checkpoint {path}: step {payload['step']} is past this run's {num_steps} steps")
-    model.load_state_dict(payload["state_dict"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    _restore_rng_state(payload["rng"], device)
+    run.model.load_state_dict(payload["state_dict"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    run.scheduler.load_state_dict(payload["scheduler"])
+    _restore_rng_state(payload["rng"], run.device)
     return int(payload["step"])
