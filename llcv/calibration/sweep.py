@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,6 +65,8 @@ ROW_FIELDS = (
 )
 # llc_final is the mean of this last share of the draws.
 FINAL_FRACTION = 0.1
+_Combination = tuple[float, float, float]  # (epsilon, gamma, nbeta)
+_Row = tuple[dict[str, Any], list[float | None]]  # a sweep row and its mean LLC trace (sweep_row)
 
 
 def parse_grid(text: str, flag: str, *, allow_zero: bool = False) -> list[float]:
@@ -236,85 +239,135 @@ def calibrate_sweep(
     device = resolve_device(device)
     # the rule needs the acceptance, but the recommendation keeps the caller's choice: minibatch
     # MALA costs an estimate about half as much again (docs/performance.md)
-    requested_mala = base.mala
-    base = base.model_copy(update={"mala": True})
-    prepared = data if isinstance(data, SamplingData) else SamplingData(data, base, device)
+    measured = base.model_copy(update={"mala": True})
+    prepared = data if isinstance(data, SamplingData) else SamplingData(data, measured, device)
     if nbetas is None:
-        nbetas = [resolve_nbeta(base.nbeta, prepared.num_samples, prepared.batch_size)]
-    combinations = _grid(epsilons, gammas, nbetas)
-    rule = {
-        "target_acceptance": target_acceptance,
-        "max_negative_fraction": max_negative_fraction,
-        "max_drift_z": max_drift_z,
-        "max_r_hat": max_r_hat,
-    }
-    fingerprint = {
-        "model_sha256": _model_sha256(model),
-        "num_samples": prepared.num_samples,
-        "loss": loss if isinstance(loss, str) else f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', repr(loss))}",
-        "base": base.model_dump(mode="json", exclude={"epsilon", "gamma", "nbeta"}),
-        "relax_burnin": relax_burnin,
-    }
-
-    def burnin(epsilon: float, gamma: float) -> int:
-        if relax_burnin:
-            return row_burnin_steps(epsilon, gamma, base.num_draws)
-        return resolve_burnin(base.model_copy(update={"epsilon": epsilon, "gamma": gamma})).steps
-
-    done = _stored_rows(sweep_file, fingerprint, reporter)
-    # a stored row is reused only if it ran the burn-in this sweep would give it
-    finished = {key: done[key] for key in combinations if key in done and done[key][0]["num_burnin_steps"] == burnin(*key[:2])}
-    if finished:
-        reporter.note(f"resuming the sweep: {len(finished)} of {len(combinations)} combinations already done")
-
-    def snapshot(complete: bool) -> SweepResult:
-        ordered = [key for key in combinations if key in finished]
-        rows, index, reason = apply_rule([finished[key][0] for key in ordered], **rule)
-        if not complete:
-            index, reason = None, f"in progress: {len(ordered)} of {len(combinations)} combinations done"
-        recommended = None
-        if index is not None:
-            epsilon, gamma, nbeta = ordered[index]
-            recommended = base.model_copy(
-                update={
-                    "epsilon": epsilon, "gamma": gamma, "nbeta": nbeta,
-                    "num_burnin_steps": rows[index]["num_burnin_steps"], "mala": requested_mala,
-                }
-            )
-        return SweepResult(
-            rows=rows,
-            traces=[finished[key][1] for key in ordered],
-            recommended=recommended,
-            reason=reason,
-            base=base,
-            rule=rule,
-            fingerprint=fingerprint,
-            checkpoint=checkpoint,
-        )
-
-    reporter.start("sweep", f"Sweep ({len(combinations)} combinations)", len(combinations))
-    reporter.advance("sweep", len(finished))
-    try:
-        for epsilon, gamma, nbeta in combinations:
-            if (epsilon, gamma, nbeta) in finished:
-                continue
-            settings = SamplerSettings.model_validate(
-                {**base.model_dump(), "epsilon": epsilon, "gamma": gamma, "nbeta": nbeta, "num_burnin_steps": burnin(epsilon, gamma)}
-            )
-            result = sampling.estimate_llc(model, prepared, settings, loss=loss, device=device, reporter=reporter)
-            finished[(epsilon, gamma, nbeta)] = sweep_row(result)
-            if sweep_file is not None:
-                atomic_write_json(sweep_file, snapshot(complete=False).to_dict(complete=False))
-            reporter.advance("sweep", 1, epsilon=f"{epsilon:g}", gamma=f"{gamma:g}")
-    finally:
-        reporter.finish("sweep")
-    result = snapshot(complete=True)
+        nbetas = [resolve_nbeta(measured.nbeta, prepared.num_samples, prepared.batch_size)]
+    sweep = _Sweep(
+        base=measured,
+        requested_mala=base.mala,
+        combinations=_grid(epsilons, gammas, nbetas),
+        rule={
+            "target_acceptance": target_acceptance,
+            "max_negative_fraction": max_negative_fraction,
+            "max_drift_z": max_drift_z,
+            "max_r_hat": max_r_hat,
+        },
+        fingerprint=_fingerprint(model, prepared, loss, measured, relax_burnin),
+        relax_burnin=relax_burnin,
+        checkpoint=checkpoint,
+    )
+    sweep.reuse(_stored_rows(sweep_file, sweep.fingerprint, reporter), reporter)
+    _run_rows(sweep, model, prepared, loss, device, sweep_file, reporter)
+    result = sweep.result(complete=True)
     if sweep_file is not None:
         atomic_write_json(sweep_file, result.to_dict())
     return result
 
 
-def _grid(epsilons: Sequence[float], gammas: Sequence[float], nbetas: Sequence[float]) -> list[tuple[float, float, float]]:
+@dataclass
+class _Sweep:
+    """A sweep under way: its grid, what every row shares, and the rows finished so far."""
+
+    base: SamplerSettings  # MALA on: the rule needs the acceptance
+    requested_mala: bool  # the caller's MALA, which the recommendation keeps
+    combinations: list[_Combination]  # in grid order
+    rule: dict[str, float]
+    fingerprint: dict[str, Any]
+    relax_burnin: bool
+    checkpoint: str | None
+    finished: dict[_Combination, _Row] = field(default_factory=dict)
+
+    def burnin(self, epsilon: float, gamma: float) -> int:
+        """A row's burn-in: its own relaxation (``row_burnin_steps``) or the base's, resolved."""
+        if self.relax_burnin:
+            return row_burnin_steps(epsilon, gamma, self.base.num_draws)
+        return resolve_burnin(self.base.model_copy(update={"epsilon": epsilon, "gamma": gamma})).steps
+
+    def row_settings(self, epsilon: float, gamma: float, nbeta: float) -> SamplerSettings:
+        """What one combination's estimate runs."""
+        return SamplerSettings.model_validate(
+            {**self.base.model_dump(), "epsilon": epsilon, "gamma": gamma, "nbeta": nbeta, "num_burnin_steps": self.burnin(epsilon, gamma)}
+        )
+
+    def reuse(self, stored: dict[_Combination, _Row], reporter: Reporter) -> None:
+        """Take the rows of an earlier run of this sweep as finished."""
+        # a stored row is reused only if it ran the burn-in this sweep would give it
+        self.finished = {
+            key: stored[key] for key in self.combinations if key in stored and stored[key][0]["num_burnin_steps"] == self.burnin(*key[:2])
+        }
+        if self.finished:
+            reporter.note(f"resuming the sweep: {len(self.finished)} of {len(self.combinations)} combinations already done")
+
+    def result(self, complete: bool) -> SweepResult:
+        """The finished rows in grid order, judged by the rule, and its recommendation: none
+        while the sweep is ``complete`` False, whose reason says how far it has come."""
+        ordered = [key for key in self.combinations if key in self.finished]
+        rows, index, reason = apply_rule([self.finished[key][0] for key in ordered], **self.rule)
+        if not complete:
+            index, reason = None, f"in progress: {len(ordered)} of {len(self.combinations)} combinations done"
+        recommended = None
+        if index is not None:
+            epsilon, gamma, nbeta = ordered[index]
+            recommended = self.base.model_copy(
+                update={
+                    "epsilon": epsilon, "gamma": gamma, "nbeta": nbeta,
+                    "num_burnin_steps": rows[index]["num_burnin_steps"], "mala": self.requested_mala,
+                }
+            )
+        return SweepResult(
+            rows=rows,
+            traces=[self.finished[key][1] for key in ordered],
+            recommended=recommended,
+            reason=reason,
+            base=self.base,
+            rule=self.rule,
+            fingerprint=self.fingerprint,
+            checkpoint=self.checkpoint,
+        )
+
+
+def _run_rows(
+    sweep: _Sweep,
+    model: nn.Module,
+    data: SamplingData,
+    loss: LossSpec,
+    device: torch.device,
+    sweep_file: Path | None,
+    reporter: Reporter,
+) -> None:
+    """Estimate every combination not yet finished, in grid order, keeping the sweep so far in
+    ``sweep_file`` after each."""
+    total = len(sweep.combinations)
+    reporter.start("sweep", f"Sweep ({total} combinations)", total)
+    reporter.advance("sweep", len(sweep.finished))
+    try:
+        for epsilon, gamma, nbeta in sweep.combinations:
+            if (epsilon, gamma, nbeta) in sweep.finished:
+                continue
+            settings = sweep.row_settings(epsilon, gamma, nbeta)
+            result = sampling.estimate_llc(model, data, settings, loss=loss, device=device, reporter=reporter)
+            sweep.finished[(epsilon, gamma, nbeta)] = sweep_row(result)
+            if sweep_file is not None:
+                atomic_write_json(sweep_file, sweep.result(complete=False).to_dict(complete=False))
+            reporter.advance("sweep", 1, epsilon=f"{epsilon:g}", gamma=f"{gamma:g}")
+    finally:
+        reporter.finish("sweep")
+
+
+def _fingerprint(model: nn.Module, data: SamplingData, loss: LossSpec, base: SamplerSettings, relax_burnin: bool) -> dict[str, Any]:
+    """What a stored row must have been made with to be reused: the same model weights, data
+    size, loss, base settings and burn-in rule."""
+    return {
+        "model_sha256": _model_sha256(model),
+        "num_samples": data.num_samples,
+        "loss": loss if isinstance(loss, str) else f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', repr(loss))}",
+        "base": base.model_dump(mode="json", exclude={"epsilon", "gamma", "nbeta"}),
+        "relax_burnin": relax_burnin,
+    }
+
+
+def _grid(epsilons: Sequence[float], gammas: Sequence[float], nbetas: Sequence[float]) -> list[_Combination]:
     for name, values in (("epsilons", epsilons), ("gammas", gammas), ("nbetas", nbetas)):
         if not values:
             raise SettingsError(f"calibrate.{name}: the grid needs at least one value")
@@ -331,9 +384,7 @@ def _model_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _stored_rows(
-    sweep_file: Path | None, fingerprint: dict[str, Any], reporter: Reporter
-) -> dict[tuple[float, float, float], tuple[dict[str, Any], list[float | None]]]:
+def _stored_rows(sweep_file: Path | None, fingerprint: dict[str, Any], reporter: Reporter) -> dict[_Combination, _Row]:
     """The finished rows of an earlier run of the same sweep, by (epsilon, gamma, nbeta)."""
     if sweep_file is None or not Path(sweep_file).exists():
         return {}
