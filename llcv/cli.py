@@ -546,8 +546,8 @@ def selftest_command(
         check = selftest.AutoCheck(settings.sampler.sampler, Budget(chain_steps=budget_steps), batch_size) if auto else None
         with RichReporter() as reporter:
             rows = selftest.run_selftest(
-                quick=quick, device=settings.estimate.device, precision=settings.sampler.precision, reporter=reporter, auto=check,
-                against=against, families=families, per_family=per_family, seed=seed, scale=scale,
+                suite=selftest.Suite(quick, families, per_family, seed, scale), device=settings.estimate.device,
+                precision=settings.sampler.precision, reporter=reporter, auto=check, against=against,
             )  # fmt: skip
         cli_render.render_selftest(rows, quick, check, against, json_output, families=selftest.family_summary(rows))
         if not all(row.passed for row in rows):

@@ -422,15 +422,25 @@ def render_selftest(rows, quick: bool, auto=None, against: str | None = None, js
     if json_output:
         emit_json({"cases": [dataclasses.asdict(row) for row in rows], "families": [dataclasses.asdict(f) for f in families]})
         return
+    out = console.stdout
+    out.print(_selftest_table(rows, quick, auto, against))
+    if families:
+        out.print(family_table(families, auto))
+    for line in [*_selftest_totals(rows, auto, against), *_localization_lines(rows, auto)]:
+        out.print(line, highlight=False, markup=False)
+    failed = sum(not row.passed for row in rows)
+    out.print(f"{len(rows) - failed} passed, {failed} failed", highlight=False, markup=False)
 
-    def estimate(mean, standard_error, relative_error) -> str:
-        if mean is None:
-            return "no healthy chain"
-        return f"{mean:.3f} ± {standard_error or 0:.3f} ({'—' if relative_error is None else format(relative_error, '+.1%')})"
 
-    def summary(errors: list[float]) -> str:
-        return f"mean absolute error {sum(errors) / len(errors):.1%}, worst {max(errors):.1%}"
+def _selftest_estimate(mean, standard_error, relative_error) -> str:
+    """One estimate as a selftest cell: "mean ± standard error (relative error)"."""
+    if mean is None:
+        return "no healthy chain"
+    return f"{mean:.3f} ± {standard_error or 0:.3f} ({'—' if relative_error is None else format(relative_error, '+.1%')})"
 
+
+def _selftest_table(rows, quick: bool, auto, against: str | None) -> Table:
+    """One row per case: the truth, each estimate, the time and the verdict."""
     goal = "truth within 3 standard errors" if quick else "within 15% of the truth"
     judged = f"; verdict on the settings calibrated with {auto.sampler}" if auto else ""
     table = Table(title=f"llcv selftest ({'quick' if quick else 'full size'}; goal: {goal}{judged})", title_justify="left")
@@ -444,7 +454,7 @@ def render_selftest(rows, quick: bool, auto=None, against: str | None = None, js
     for column in (*columns, "verdict"):
         table.add_column(column, justify="left" if column == "verdict" else "right")
     for row in rows:
-        cells = [escape(row.name), f"{row.true_llc:.3f}", estimate(row.llc_mean, row.standard_error, row.relative_error)]
+        cells = [escape(row.name), f"{row.true_llc:.3f}", _selftest_estimate(row.llc_mean, row.standard_error, row.relative_error)]
         if auto:
             found = row.auto
             chosen = "none found" if found.epsilon is None else f"{found.epsilon:.3g}, {found.gamma:.3g}"
@@ -452,45 +462,54 @@ def render_selftest(rows, quick: bool, auto=None, against: str | None = None, js
                 chosen += f" (depends on {', '.join(found.settings_dependent)})"
             if found.unresolved:
                 chosen += f" (unresolved: {', '.join(found.unresolved)})"
-            cells += [chosen, estimate(found.llc_mean, found.standard_error, found.relative_error)]
+            cells += [chosen, _selftest_estimate(found.llc_mean, found.standard_error, found.relative_error)]
         cells.append(f"{row.seconds + (row.auto.seconds if row.auto else 0.0):.1f} s")
         if against:
             reference = row.reference
-            cells += [estimate(reference.llc_mean, reference.standard_error, reference.relative_error), f"{reference.seconds:.1f} s"]
+            cells += [_selftest_estimate(reference.llc_mean, reference.standard_error, reference.relative_error), f"{reference.seconds:.1f} s"]
         table.add_row(*cells, "[green]pass[/]" if row.passed else "[red]FAIL[/]")
-    out = console.stdout
-    out.print(table)
-    if families:
-        out.print(family_table(families, auto))
+    return table
+
+
+def _selftest_totals(rows, auto, against: str | None) -> list[str]:
+    """The errors and time of each way of estimating, over every case (the reference's, the calibrated one's)."""
+
+    def summary(errors: list[float]) -> str:
+        return f"mean absolute error {sum(errors) / len(errors):.1%}, worst {max(errors):.1%}"
+
+    lines = []
     stored = [abs(row.relative_error) for row in rows if row.relative_error is not None]
     if against and stored:
         ours, theirs = sum(row.seconds for row in rows), sum(row.reference.seconds for row in rows)
         their_errors = [abs(row.reference.relative_error) for row in rows]
-        out.print(f"stored settings, llcv: {summary(stored)}, {ours:.1f} s", highlight=False, markup=False)
-        out.print(f"stored settings, {against}: {summary(their_errors)}, {theirs:.1f} s", highlight=False, markup=False)
-    if auto:
-        errors = [abs(row.auto.relative_error) for row in rows if row.auto.relative_error is not None]
-        if errors:
-            seconds, steps = sum(row.auto.seconds for row in rows), sum(row.auto.chain_steps for row in rows)
-            out.print(
-                f"calibrated ({auto.sampler}, budget {auto.budget.chain_steps:,} chain-steps a case): {summary(errors)}; "
-                f"calibrations and estimates {steps:,} chain-steps, {seconds:.0f} s",
-                highlight=False, markup=False,
+        lines.append(f"stored settings, llcv: {summary(stored)}, {ours:.1f} s")
+        lines.append(f"stored settings, {against}: {summary(their_errors)}, {theirs:.1f} s")
+    errors = [abs(row.auto.relative_error) for row in rows if row.auto.relative_error is not None] if auto else []
+    if errors:
+        seconds, steps = sum(row.auto.seconds for row in rows), sum(row.auto.chain_steps for row in rows)
+        lines.append(
+            f"calibrated ({auto.sampler}, budget {auto.budget.chain_steps:,} chain-steps a case): {summary(errors)}; "
+            f"calibrations and estimates {steps:,} chain-steps, {seconds:.0f} s"
+        )
+    return lines
+
+
+def _localization_lines(rows, auto) -> list[str]:
+    """Where a case knows what an exact sampler reads at the calibrated gamma: how much of the
+    calibrated estimate's error is the sampler's and how much the localization's."""
+    lines = []
+    for row in rows if auto else ():
+        found = row.auto
+        if found.localized_llc is not None and found.llc_mean is not None:
+            split = (
+                f"the estimate is {found.llc_mean / found.localized_llc - 1:+.1%} from that, the rest of its error is the localization's"
+                if found.healthy is not False else "the estimate is unhealthy, so its error cannot be split"
             )
-        for row in rows:
-            found = row.auto
-            if found.localized_llc is not None and found.llc_mean is not None:
-                split = (
-                    f"the estimate is {found.llc_mean / found.localized_llc - 1:+.1%} from that, the rest of its error is the localization's"
-                    if found.healthy is not False else "the estimate is unhealthy, so its error cannot be split"
-                )
-                out.print(
-                    f"{row.name}: an exact sampler reads {found.localized_llc:.4g} at the calibrated gamma {found.gamma:.3g} "
-                    f"({found.localized_llc / row.true_llc - 1:+.1%} from the truth); {split}",
-                    highlight=False, markup=False,
-                )  # fmt: skip
-    failed = sum(not row.passed for row in rows)
-    out.print(f"{len(rows) - failed} passed, {failed} failed", highlight=False, markup=False)
+            lines.append(
+                f"{row.name}: an exact sampler reads {found.localized_llc:.4g} at the calibrated gamma {found.gamma:.3g} "
+                f"({found.localized_llc / row.true_llc - 1:+.1%} from the truth); {split}"
+            )  # fmt: skip
+    return lines
 
 
 def render_demo(result) -> None:

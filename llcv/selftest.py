@@ -243,24 +243,31 @@ def selftest_cases(
     return [quick_case(case) for case in cases] if quick else cases
 
 
+@dataclass(frozen=True)
+class Suite:
+    """Which known cases a selftest runs (``selftest_cases``): by default the hand-listed suite at full size."""
+
+    quick: bool = False  # CI size; its goal is the truth within 3 standard errors
+    families: Sequence[str] | str | None = None  # generated families instead (names, a comma-separated string, or "all")
+    per_family: int = 8
+    seed: int = 0  # what the generated cases are drawn from
+    scale: bool = False  # add the deep linear networks of about 10^4 and 10^5 weights
+
+
 def run_selftest(
-    quick: bool = False,
+    suite: Suite = Suite(),
     device: str = "auto",
     precision: str = "fp32",
     reporter: Reporter = SILENT,
     auto: AutoCheck | None = None,
     against: str | None = None,
-    families: Sequence[str] | str | None = None,
-    per_family: int = 8,
-    seed: int = 0,
-    scale: bool = False,
 ) -> list[SelftestRow]:
-    """Estimate every known case; full size by default, CI size with ``quick``.
+    """Estimate every known case of ``suite``; full size by default, CI size with ``suite.quick``.
 
-    The suite is the hand-listed one of ``llcv.known_models.known_cases`` unless ``families``
+    The suite is the hand-listed one of ``llcv.known_models.known_cases`` unless ``suite.families``
     (names from ``llcv.known_families.FAMILIES``, a comma-separated string, or ``"all"``) asks
-    for ``per_family`` cases of each drawn from ``seed``, or ``scale`` adds the deep linear
-    networks of about 10^4 and 10^5 weights (``llcv.known_families.scale_cases``).
+    for ``suite.per_family`` cases of each drawn from ``suite.seed``, or ``suite.scale`` adds the
+    deep linear networks of about 10^4 and 10^5 weights (``llcv.known_families.scale_cases``).
 
     With ``auto`` each case is also calibrated by ``calibrate_auto`` (its sampler and budget) and
     estimated with those settings; its verdict is then the calibrated estimate's, and both are
@@ -274,12 +281,12 @@ def run_selftest(
     """
     if against is not None and against not in REFERENCES:
         raise SettingsError(f"--against {against!r}: the reference implementations are {', '.join(REFERENCES)}")
-    cases = selftest_cases(quick, families, per_family, seed, scale)
+    cases = selftest_cases(suite.quick, suite.families, suite.per_family, suite.seed, suite.scale)
     reporter.start("selftest", "Known cases", len(cases))
     rows = []
     try:
         for case in cases:
-            rows.append(check_case(case, quick, device, precision, reporter, auto=auto, against=against))
+            rows.append(check_case(case, suite.quick, device, precision, reporter, auto=auto, against=against))
             reporter.advance("selftest", 1)
     finally:
         reporter.finish("selftest")
