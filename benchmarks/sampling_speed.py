@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from llcv import SamplerSettings, build_model, estimate_llc, execution, load_dataset
+from llcv import SamplerSettings, build_model, estimate_llc, load_dataset
+from llcv.sampling import execution
 from llcv.devices import resolve_device
 from llcv.fileio import atomic_write_json
 from llcv.health import brief_reasons

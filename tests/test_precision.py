@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from _helpers import copy_checkpoints, fast_settings
-from llcv import SamplerSettings, estimate_llc, execution, precision
+from llcv import SamplerSettings, estimate_llc
+from llcv.sampling import execution, precision
 from llcv.estimation.run import estimate_all
 from llcv.models import build_model
 from llcv.sampling.precision import PrecisionChoice, choose_precision, native_bf16
