@@ -28,7 +28,7 @@ from llcv.calibration.curves import (
 )
 from llcv.calibration.auto import AutoCalibration, Budget, Sensitivity, calibrate_auto, recommend_settings
 from llcv.calibration.curvature import top_hessian_eigenvalue
-from llcv.calibration.trials import Trial
+from llcv.calibration.trials import Trial, TrialStatus
 from llcv.calibration.rule import RULE_FIELDS, apply_rule, recommended_row, rule_thresholds
 from llcv.calibration.sweep import (
     ROW_FIELDS,
@@ -44,7 +44,7 @@ from llcv.calibration.sweep import (
 )
 
 __all__ = [
-    "AutoCalibration", "Budget", "Sensitivity", "Trial", "calibrate_auto",
+    "AutoCalibration", "Budget", "Sensitivity", "Trial", "TrialStatus", "calibrate_auto",
     "CHAINS_DEFAULT_NUM_CHAINS", "ROW_FIELDS", "RULE_FIELDS", "SWEEP_FORMAT", "ChainsResult", "CurveResult", "SweepResult",
     "apply_rule", "calibrate_chains", "calibrate_curve", "calibrate_sweep", "chains_from_result", "curve_from_result",
     "output_dir", "parse_grid", "recommend_settings", "recommended_row", "row_burnin_steps", "rule_thresholds", "save_chains", "save_curve",
