@@ -38,7 +38,6 @@ from llcv.claims import Claims
 from llcv.devices import resolve_device
 from llcv.errors import DataError, LLCVError, SettingsError
 from llcv.executors import make_executor
-from llcv.health import brief_reasons
 from llcv.job_spec import JobSpec
 from llcv.losses import LossSpec
 from llcv.models import list_models, model_version
@@ -425,8 +424,8 @@ def estimate_all(
         if record.is_done:
             summary.computed.append(job.label)
             std, standard_error = record.llc_std, record.llc_se
-            healthy, reasons = record.health
-            verdict = "" if healthy is not False else f", unhealthy: {brief_reasons(reasons)}"
+            healthy, failures = record.health
+            verdict = "" if healthy is not False else f", unhealthy: {'; '.join(failure.brief for failure in failures)}"
             reporter.note(
                 f"{job.label}: LLC {record.llc_mean:.4g} ± {'—' if std is None else format(std, '.2g')} "
                 f"(standard error {'—' if standard_error is None else format(standard_error, '.2g')}; "
