@@ -39,7 +39,6 @@ from llcv import SamplerSettings, build_model, estimate_llc, load_dataset
 from llcv.sampling import execution
 from llcv.devices import resolve_device
 from llcv.fileio import atomic_write_json
-from llcv.health import brief_reasons
 from llcv.known_models import rrr_case
 from llcv.sampling import LLCResult
 from llcv.progress import Reporter
@@ -62,7 +61,7 @@ def _llc_with_health(result: LLCResult) -> str:
     """llcv's LLC as a row shows it: these are timing runs, so the number is only read with its health."""
     value = "none" if result.llc_mean is None else f"{result.llc_mean:.3f}"
     if result.healthy is False:
-        return f"{value} (unhealthy: {brief_reasons(result.health_reasons)})"
+        return f"{value} (unhealthy: {'; '.join(failure.brief for failure in result.health_failures)})"
     return f"{value} (healthy)"
 
 

@@ -85,7 +85,7 @@ def estimate_rows(label: str, target, pick: SamplerSettings) -> None:
         else:
             move = "no estimate"
         shown = "—" if result.llc_mean is None else f"{result.llc_mean:8.3f} ± {se:6.3f}"
-        health = "healthy" if result.healthy else "unhealthy: " + "; ".join(reason.split(":")[0] for reason in result.health_reasons)
+        health = "healthy" if result.healthy else "unhealthy: " + "; ".join(failure.brief for failure in result.health_failures)
         print(
             f"{label:6s} {name:12s} eps {settings.epsilon:8.3g} gamma {settings.gamma:7.3g} batch {settings.batch_size:4d} "
             f"nbeta {result.nbeta:7.2f}  LLC {shown}  {move:24s} R-hat {result.diagnostics.r_hat or math.nan:.3f} "

@@ -31,7 +31,7 @@ from llcv.calibration import (
     sensitivity_verdict,
     spent_words,
 )
-from llcv.health import short_reason
+from llcv.health import sweep_row_verdict
 from llcv.relaxation import relaxation_steps
 from llcv.models import model_version
 from llcv.records import ran_in
@@ -211,7 +211,7 @@ def render_sweep(result, title: str) -> None:
             table.add_column(column, justify="right", no_wrap=True)
     recommended = result.recommended_index
     for index, row in enumerate(result.rows):
-        verdict = "★ recommended" if index == recommended else "ok" if row["qualifies"] else escape(short_reason(row["reason"]))
+        verdict = "★ recommended" if index == recommended else "ok" if row["qualifies"] else escape(sweep_row_verdict(row, result.rule))
         cells = [f"{row['epsilon']:g}", f"{row['gamma']:g}", *([] if one_nbeta else [f"{row['nbeta']:.4g}"])]
         cells += [number(row["mala_acceptance"], ".2f"), number(row["llc_mean"], ".3g"), number(row["llc_mcse"], ".2g")]
         cells += [number(row["negative_chains"], ".2f"), number(row["drift_z"], "+.1f"), number(row["r_hat"], ".2f"), verdict]

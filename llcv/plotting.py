@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from llcv.errors import SettingsError
 from llcv.fileio import atomic_write
-from llcv.health import short_reason
+from llcv.health import sweep_row_verdict
 from llcv.records import NBETA_RULE_WORDS, LLCRecord, RecordResult
 from llcv.results import find_transitions
 
@@ -72,11 +72,12 @@ def _place(values: list[float], value: float, logarithmic: bool) -> float:
     return value if logarithmic else sorted(values).index(value)
 
 
-def plot_sweep_heatmap(rows: list[dict], title: str, recommended: int | None = None) -> Figure:
+def plot_sweep_heatmap(rows: list[dict], title: str, rule: Mapping[str, float], recommended: int | None = None) -> Figure:
     """MALA acceptance and LLC over epsilon x gamma, one pair of panels per nbeta.
 
     Cells show their value; diverged combinations are grey and say so, qualifying ones are
-    outlined, and the row at index ``recommended`` carries a star.
+    outlined, the others name the first rule they fail (judged by ``rule``'s thresholds, a
+    sweep's ``rule``), and the row at index ``recommended`` carries a star.
     """
     import numpy as np
     from matplotlib.colors import Normalize, SymLogNorm
@@ -116,8 +117,8 @@ def plot_sweep_heatmap(rows: list[dict], title: str, recommended: int | None = N
                     text = "n/a"
                 else:
                     text = f"{row[field]:.2f}" if field == "mala_acceptance" else f"{row[field]:.3g}"
-                    if row.get("reason"):
-                        text += f"\n✗ {short_reason(row['reason'])}"
+                    if failed := sweep_row_verdict(row, rule):
+                        text += f"\n✗ {failed}"
                 if row is recommended:
                     text = "★ " + text
                 axis.text(x, y, text, ha="center", va="center", fontsize=8, color="black",

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llcv.errors import LLCVError
 from llcv.fileio import finite_or_none
+from llcv.health import HealthFailure
 
 RECORD_FORMAT = "llcv-llc-record"
 RECORD_FORMAT_VERSION = 1  # the newest record format this llcv reads and the one it writes
@@ -163,6 +164,7 @@ class RecordResult(_Part):
     diagnostics: RecordDiagnostics = Field(default_factory=RecordDiagnostics)
     healthy: bool | None = None  # since llcv 0.4
     health_reasons: list[str] | None = None  # since llcv 0.4
+    health_failures: list[HealthFailure] | None = None  # since llcv 0.11: health_reasons with their check and brief form
     settings: dict[str, Any] = {}  # the sampler settings this estimate used
     num_parameters: int | None = None
     num_samples_used: int | None = None
@@ -335,24 +337,28 @@ class LLCRecord(_Part):
         return self.result.settings if self.result is not None else {}
 
     @property
-    def health(self) -> tuple[bool | None, list[str]]:
-        """Whether the LLC can be read at face value, and why not.
+    def health(self) -> tuple[bool | None, list[HealthFailure]]:
+        """Whether the LLC can be read at face value, and why not: the failed health checks.
 
         A failed record is unhealthy with its error as the reason. A record written before llcv
         0.4 carries no verdict and gives ``(None, [])``, except that one whose chains partly
-        diverged is unhealthy for that reason, the one check such records carry.
+        diverged is unhealthy for that reason, the one check such records carry. A result written
+        before llcv 0.11 recorded only each reason's sentence, read by ``HealthFailure.from_sentence``.
         """
         if self.is_failed:
-            return False, [str(self.error or "failed")]
+            return False, [HealthFailure.of_error(str(self.error or "failed"))]
         result = self.result or RecordResult()
         healthy = self.healthy if self.healthy is not None else result.healthy
+        if result.health_failures:
+            return healthy, list(result.health_failures)
         reasons = (self.health_reasons if self.health_reasons is not None else result.health_reasons) or []
         if healthy is None:
             diverged = result.diagnostics.diverged_chains
             if diverged:
                 chains = result.settings.get("num_chains") or len(result.llc_per_chain or [])
-                return False, [f"{diverged} of {chains} chains diverged" if chains else f"{diverged} chain(s) diverged"]
-        return healthy, list(reasons)
+                said = f"{diverged} of {chains} chains diverged" if chains else f"{diverged} chain(s) diverged"
+                return False, [HealthFailure("diverged", said, said)]
+        return healthy, [HealthFailure.from_sentence(reason) for reason in reasons]
 
     @property
     def is_unhealthy(self) -> bool:

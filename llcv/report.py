@@ -45,6 +45,7 @@ from llcv.calibration import (
 from llcv.checkpoints import read_checkpoint
 from llcv.errors import LLCVError, SettingsError
 from llcv.fileio import atomic_write_text
+from llcv.health import HealthFailure
 from llcv.plotting import (
     figure_bytes,
     llc_figure,
@@ -386,10 +387,10 @@ def _has_trace(record: LLCRecord) -> bool:
 
 
 def _health(record: LLCRecord) -> dict[str, Any]:
-    """``state`` (healthy, unhealthy, failed or unjudged) and the reasons, for a row or a cell."""
-    healthy, reasons = record.health
+    """``state`` (healthy, unhealthy, failed or unjudged) and the reasons in full, for a row or a cell."""
+    healthy, failures = record.health
     state = "failed" if record.is_failed else {True: "healthy", False: "unhealthy", None: "unjudged"}[healthy]
-    return {"state": state, "reasons": reasons}
+    return {"state": state, "reasons": [failure.sentence for failure in failures]}
 
 
 def _row(record: LLCRecord, transitions: Mapping[str, str]) -> dict[str, Any]:
@@ -576,7 +577,7 @@ def _sweep_view(folder: Path, sweep: Mapping[str, Any], reporter: Reporter) -> d
     title = f"sweep of {checkpoint}"
     heatmap = traces = None
     if rows:
-        heatmap = _png(plot_sweep_heatmap(rows, title, chosen), FIGURE_DPI)
+        heatmap = _png(plot_sweep_heatmap(rows, title, sweep.get("rule") or {}, chosen), FIGURE_DPI)
         reporter.advance("report")
         traces = sweep.get("traces") or []
         traces = _png(plot_sweep_traces(rows, traces, title), FIGURE_DPI) if len(traces) == len(rows) else None
@@ -609,15 +610,15 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _with_reasons(judged: list[tuple[LLCRecord, list[str]]]) -> str:
+def _with_reasons(judged: list[tuple[LLCRecord, list[HealthFailure]]]) -> str:
     """``step 12 (R-hat 1.42 > 1.1) and step 24 (2 of 4 chains diverged)``: each with its first reason."""
-    named = [health_label(record, reasons) for record, reasons in judged[:_LISTED]]
+    named = [health_label(record, failures) for record, failures in judged[:_LISTED]]
     if len(judged) > _LISTED:
         named.append(f"{len(judged) - _LISTED} more")
     return _and(named)
 
 
-def _not_read(unhealthy: list[tuple[LLCRecord, list[str]]], failed: list[LLCRecord]) -> list[str]:
+def _not_read(unhealthy: list[tuple[LLCRecord, list[HealthFailure]]], failed: list[LLCRecord]) -> list[str]:
     """The sentences naming the estimates the paragraph leaves out, and the checkpoints without one."""
     sentences = []
     if unhealthy:
@@ -627,7 +628,7 @@ def _not_read(unhealthy: list[tuple[LLCRecord, list[str]]], failed: list[LLCReco
             f"{'they are' if many else 'it is'} hollow in the figure."
         )
     if failed:
-        sentences.append(f"No estimate at {_with_reasons([(record, [str(record.error or 'failed')]) for record in failed])}.")
+        sentences.append(f"No estimate at {_with_reasons([(record, record.health[1]) for record in failed])}.")
     return sentences
 
 
@@ -648,7 +649,7 @@ def read_figure(records: Sequence[LLCRecord | Mapping[str, Any]]) -> str:
     failed = [record for record in whole if record.is_failed]
     judged = [(record, *record.health) for record in estimated]
     done = [record for record, healthy, _ in judged if healthy is not False]
-    unhealthy = [(record, reasons) for record, healthy, reasons in judged if healthy is False]
+    unhealthy = [(record, failures) for record, healthy, failures in judged if healthy is False]
     if len(done) < 2:
         if not unhealthy:
             return " ".join(["Too few checkpoints were estimated to read a trend.", *_not_read([], failed)])

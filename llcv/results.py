@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 from llcv.checkpoints import CHECKPOINT_SUFFIXES, list_checkpoints
 from llcv.errors import LLCVError, SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text
-from llcv.health import brief_reason
+from llcv.health import HealthFailure
 # The record's format constants live in llcv.records; importing them from here still works.
 from llcv.records import DEFAULT_SCOPE, RECORD_FORMAT, RECORD_FORMAT_VERSION, LLCRecord, RecordError, Status  # noqa: F401
 from llcv.settings import SamplerSettings
@@ -173,8 +173,8 @@ def record_order(record: LLCRecord | Mapping[str, Any]) -> tuple:
     return LLCRecord.coerce(record).training_order()
 
 
-def record_health(record: LLCRecord | Mapping[str, Any]) -> tuple[bool | None, list[str]]:
-    """Whether a record's LLC can be read at face value, and why not (``LLCRecord.health``).
+def record_health(record: LLCRecord | Mapping[str, Any]) -> tuple[bool | None, list[HealthFailure]]:
+    """Whether a record's LLC can be read at face value, and why not: its failed health checks (``LLCRecord.health``).
 
     A failed record is unhealthy with its error as the reason. A record written before llcv 0.4
     carries no verdict and gives ``(None, [])``, except that one whose chains partly diverged is
@@ -183,9 +183,9 @@ def record_health(record: LLCRecord | Mapping[str, Any]) -> tuple[bool | None, l
     return LLCRecord.coerce(record).health
 
 
-def health_label(record: LLCRecord | Mapping[str, Any], reasons: Sequence[str]) -> str:
-    """``step 12 (R-hat 1.422 > 1.1)``: where a record is, with its first reason cut to its numbers."""
-    return f"{LLCRecord.coerce(record).where} ({brief_reason(reasons[0]) if reasons else 'no reason recorded'})"
+def health_label(record: LLCRecord | Mapping[str, Any], failures: Sequence[HealthFailure]) -> str:
+    """``step 12 (R-hat 1.422 > 1.1)``: where a record is, with its first failed check in brief."""
+    return f"{LLCRecord.coerce(record).where} ({failures[0].brief if failures else 'no reason recorded'})"
 
 
 def summary_row(record: LLCRecord | Mapping[str, Any]) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def summary_row(record: LLCRecord | Mapping[str, Any]) -> dict[str, Any]:
     record = LLCRecord.coerce(record)
     result = record.result
     diagnostics = result.diagnostics if result is not None else None
-    healthy, reasons = record.health
+    healthy, failures = record.health
     return {
         "checkpoint": record.checkpoint,
         "step": record.step,
@@ -204,7 +204,7 @@ def summary_row(record: LLCRecord | Mapping[str, Any]) -> dict[str, Any]:
         "llc_std": record.llc_std,
         "llc_se": record.llc_se,
         "healthy": healthy,
-        "health_reasons": "; ".join(reasons),
+        "health_reasons": "; ".join(failure.sentence for failure in failures),
         "mala_acceptance": result.mala_acceptance if result is not None else None,
         "r_hat": diagnostics.r_hat if diagnostics is not None else None,
         "ess": diagnostics.ess if diagnostics is not None else None,

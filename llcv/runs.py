@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from llcv import plotting
+from llcv.health import HealthFailure
 from llcv.records import LLCRecord
 from llcv.results import (
     ResultsStore,
@@ -63,10 +64,10 @@ class PlottedRun:
         return sorted((record for record in self.records if record.is_whole_model), key=record_order)
 
     @property
-    def unhealthy(self) -> list[tuple[LLCRecord, list[str]]]:
-        """Whole-model records the figure marks as not to be read (failed ones included), with the reasons."""
+    def unhealthy(self) -> list[tuple[LLCRecord, list[HealthFailure]]]:
+        """Whole-model records the figure marks as not to be read (failed ones included), with their failed checks."""
         judged = [(record, *record_health(record)) for record in self.whole]
-        return [(record, reasons) for record, healthy, reasons in judged if healthy is False]
+        return [(record, failures) for record, healthy, failures in judged if healthy is False]
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,6 @@ def test_a_row_shows_llcvs_llc_with_its_health_and_survives_an_estimate_without_
     from torch.utils.data import TensorDataset
 
     from llcv import SamplerSettings, estimate_llc
-    from llcv.health import brief_reason
 
     generator = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(64, 3, generator=generator), torch.randn(64, 1, generator=generator))
@@ -82,7 +81,7 @@ def test_a_row_shows_llcvs_llc_with_its_health_and_survives_an_estimate_without_
     assert result.healthy is False  # five draws per chain cannot reach the effective sample size asked for
     row = sampling_speed._row("case", "label", 1.0, 2.0, 1.0, result, 0.5)
     shown = capsys.readouterr().out
-    assert f"LLC {result.llc_mean:.3f} (unhealthy: {brief_reason(result.health_reasons[0])}" in shown
+    assert f"LLC {result.llc_mean:.3f} (unhealthy: {'; '.join(failure.brief for failure in result.health_failures)})" in shown
     assert "devinterp's 0.500 (health not checked)" in shown
     assert (row["llc"], row["healthy"], row["health_reasons"]) == (result.llc_mean, False, result.health_reasons)
     sampling_speed._row("case", "label", 1.0, 2.0, 1.0, result.model_copy(update={"llc_mean": None}), 0.5)

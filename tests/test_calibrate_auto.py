@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -38,6 +39,7 @@ from llcv.calibration.auto import (
     _sensitivity,
     calibrate_auto,
 )
+from llcv.calibration.auto_files import trials_csv
 from llcv.calibration.comparisons import NEGLIGIBLE_MOVE, with_paired_move
 from llcv.calibration.trials import (
     BURNIN_SHARES,
@@ -46,6 +48,7 @@ from llcv.calibration.trials import (
     NEGLIGIBLE_DRIFT,
     TRACE_POINTS,
     Trial,
+    TrialStatus,
     chains_standard_error,
     measured_burnin,
     settled,
@@ -125,6 +128,17 @@ def test_summarise_trial_of_a_relaxing_trace_keeps_only_the_draws_after_its_tran
     trial = summarise_trial(trace, np.zeros(4, bool), 1e-3, 2.0, 32, 1.0, True)
     assert trial.status == "ok" and trial.burnin == int(round(BURNIN_SHARES[1] * STEPS))
     assert trial.llc == pytest.approx(2.0, abs=0.01)  # the transient, all of it below 2, is left out
+
+
+def test_a_trials_status_is_typed_and_its_files_keep_the_word():
+    trial = make_trial(status="unmixed")  # as calibration.json has it
+    assert trial.status is TrialStatus.UNMIXED and not trial.ok and not trial.status.left_the_basin
+    assert [status for status in TrialStatus if status.left_the_basin] == [TrialStatus.DIVERGED, TrialStatus.ESCAPED]
+    assert json.loads(json.dumps(trial.model_dump(mode="json")))["status"] == "unmixed"
+    header, line = trials_csv([trial]).splitlines()
+    assert dict(zip(header.split(","), line.split(",")))["status"] == "unmixed"
+    with pytest.raises(ValidationError):
+        make_trial(status="fine")  # not a status: a misspelt one is caught where the trial is made
 
 
 def test_summarise_trial_status_diverged():

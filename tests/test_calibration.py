@@ -14,13 +14,14 @@ from torch.utils.data import TensorDataset
 
 from llcv import SamplerSettings, SweepResult, calibrate_sweep, recommend_settings
 from llcv import calibration, sampling
-from llcv.calibration import apply_rule, chains_from_result, curve_from_result, parse_grid, save_sweep
+from llcv.calibration import apply_rule, chains_from_result, curve_from_result, parse_grid, rule_thresholds, save_sweep
 from llcv.errors import SettingsError
-from llcv.health import trace_evidence
+from llcv.health import sweep_row_verdict, trace_evidence
 from llcv.relaxation import RELAXATION_EFOLDS, relaxation_steps
 from llcv.plotting import plot_chains, plot_curve, plot_sweep_heatmap, plot_sweep_traces
 from llcv.progress import Reporter
 from llcv.sampling import estimate_llc
+from llcv.settings import CalibrateSettings
 from llcv.targets import Target
 
 # Full batches: the MALA acceptance then measures the step size alone (docs/calibration.md).
@@ -78,6 +79,8 @@ def shaped(template, llc_trace, *, burnin=None, diverged_chains=0, mala=0.95):
 
 # The rule, on hand-made rows.
 
+RULE = rule_thresholds(CalibrateSettings())  # the default thresholds, as a sweep records them
+
 
 def row(**changes):
     """A row that passes every rule; ``changes`` break one. Its chains burned in for just as long
@@ -101,29 +104,42 @@ def test_a_healthy_row_qualifies_and_is_recommended():
 
 
 @pytest.mark.parametrize(
-    ("changes", "failed"),
+    ("changes", "failed", "check", "shown"),
     [
-        (dict(diverged=True), "diverged"),
-        (dict(llc_mean=None, llc_std=None, mala_acceptance=None, diverged=True), "diverged"),
-        (dict(num_burnin_steps=199), "burn-in < 2/(epsilon*gamma)"),  # 2 / (1e-4 * 100) = 200
-        (dict(gamma=0.0, num_burnin_steps=10**6), "burn-in < 2/(epsilon*gamma)"),  # nothing pulls the chains back
-        (dict(llc_mean=-0.21), "llc_mean < 0"),
-        (dict(llc_mean=-2.0), "llc_mean < 0"),
-        (dict(negative_chains=0.5), "negative_chains > 0"),
-        (dict(drift_z=3.1), "|drift_z| > 3"),
-        (dict(drift_z=-3.1), "|drift_z| > 3"),
-        (dict(drift_z=None), "|drift_z| > 3"),
-        (dict(r_hat=1.11), "r_hat > 1.1"),
-        (dict(mala_acceptance=0.89), "mala_acceptance < 0.9"),
-        (dict(mala_acceptance=None), "mala_acceptance < 0.9"),
+        (dict(diverged=True), "diverged", "diverged", "diverged"),
+        (dict(llc_mean=None, llc_std=None, mala_acceptance=None, diverged=True), "diverged", "diverged", "diverged"),
+        (dict(num_burnin_steps=199), "burn-in < 2/(epsilon*gamma)", "relaxed", "not relaxed"),  # 2 / (1e-4 * 100) = 200
+        (dict(gamma=0.0, num_burnin_steps=10**6), "burn-in < 2/(epsilon*gamma)", "relaxed", "not relaxed"),  # nothing pulls the chains back
+        (dict(llc_mean=-0.21), "llc_mean < 0", "negative_llc", "LLC < 0"),
+        (dict(llc_mean=-2.0), "llc_mean < 0", "negative_llc", "LLC < 0"),
+        (dict(negative_chains=0.5), "negative_chains > 0", "negative_chains", "neg > 0"),
+        (dict(drift_z=3.1), "|drift_z| > 3", "drift", "drift z > 3"),
+        (dict(drift_z=-3.1), "|drift_z| > 3", "drift", "drift z > 3"),
+        (dict(drift_z=None), "|drift_z| > 3", "drift", "drift z > 3"),
+        (dict(r_hat=1.11), "r_hat > 1.1", "r_hat", "R-hat > 1.1"),
+        (dict(mala_acceptance=0.89), "mala_acceptance < 0.9", "mala_acceptance", "MALA < 0.9"),
+        (dict(mala_acceptance=None), "mala_acceptance < 0.9", "mala_acceptance", "MALA < 0.9"),
     ],
 )
-def test_each_rule_failing_alone_disqualifies_with_its_name(changes, failed):
+def test_each_rule_failing_alone_disqualifies_with_its_name(changes, failed, check, shown):
     rows, index, reason = apply_rule([row(**changes)])
     assert rows[0]["qualifies"] is False
-    assert rows[0]["reason"] == failed
+    assert rows[0]["reason"] == failed and rows[0]["failed_check"] == check
+    assert sweep_row_verdict(rows[0], RULE) == shown  # tables and figures show the rule abbreviated
     assert index is None
     assert f"'{failed}' failed most (1 of 1" in reason
+
+
+def test_a_sweep_row_written_before_failed_check_shows_its_rule_abbreviated():
+    """Rows before llcv 0.11 record only the rule's text: it names the rule under the sweep's own thresholds."""
+    strict = {**RULE, "max_r_hat": 1.05, "target_acceptance": 0.95}
+    assert sweep_row_verdict({"qualifies": False, "reason": "r_hat > 1.05"}, strict) == "R-hat > 1.05"
+    assert sweep_row_verdict({"qualifies": False, "reason": "mala_acceptance < 0.95"}, strict) == "MALA < 0.95"
+    assert sweep_row_verdict({"qualifies": False, "reason": "burn-in < 2/(epsilon*gamma)"}, strict) == "not relaxed"
+    assert sweep_row_verdict({"qualifies": False, "reason": "a rule of a newer llcv"}, strict) == "a rule of a newer llcv"
+    assert sweep_row_verdict({"qualifies": True, "reason": ""}, strict) == ""
+    # the check's name wins over the text where a row has both
+    assert sweep_row_verdict({"qualifies": False, "reason": "r_hat > 1.05", "failed_check": "drift"}, strict) == "drift z > 3"
 
 
 def test_noise_is_judged_by_its_standard_error():
@@ -132,7 +148,7 @@ def test_noise_is_judged_by_its_standard_error():
     assert [r["qualifies"] for r in rows] == [True, True]
     # the standard error with the initial loss's error is the yardstick where a row has it
     rows, _, _ = apply_rule([row(llc_mean=-0.5, llc_mcse=0.1, llc_se=0.3), row(llc_mean=-0.5, llc_mcse=0.1, llc_se=0.2)])
-    assert [r["reason"] for r in rows] == ["", "llc_mean < 0"]
+    assert [r["reason"] for r in rows] == ["", "llc_mean < 0"] and [r["failed_check"] for r in rows] == ["", "negative_llc"]
 
 
 def test_boundaries_pass_and_one_chain_needs_no_r_hat():
@@ -571,13 +587,25 @@ def _labels(figure: Figure) -> list[tuple[str, str, str, str]]:
 
 def test_heatmap_axes_are_logarithmic_only_where_the_grid_is():
     rows = apply_rule([row(epsilon=e, gamma=g, nbeta=n) for n in (10.0, 20.0) for g in (1.0, 100.0) for e in (1e-5, 1e-4)])[0]
-    figure = plot_sweep_heatmap(rows, "sweep of step_1.pt", recommended=3)
+    figure = plot_sweep_heatmap(rows, "sweep of step_1.pt", RULE, recommended=3)
     axes = _labels(figure)
     assert len(axes) == 4  # MALA and LLC for each nbeta
     assert all(a[:2] == ("epsilon (step size)", "gamma (localization)") and a[2:] == ("log", "log") for a in axes)
     assert "step_1.pt" in figure.get_suptitle()
     with_zero = apply_rule([row(gamma=0.0), row(gamma=10.0)])[0]
-    assert _labels(plot_sweep_heatmap(with_zero, "t"))[0][3] == "linear"
+    assert _labels(plot_sweep_heatmap(with_zero, "t", RULE))[0][3] == "linear"
+
+
+def _cell_texts(figure: Figure) -> list[str]:
+    return [text.get_text() for axis in figure.axes for text in axis.texts]
+
+
+def test_heatmap_cells_name_the_first_rule_failed_abbreviated_in_new_and_old_rows():
+    rows = apply_rule([row(epsilon=1e-5, r_hat=1.3), row(epsilon=1e-4, mala_acceptance=0.5)])[0]
+    assert [text.split("\n")[1] for text in _cell_texts(plot_sweep_heatmap(rows, "t", RULE))] == ["✗ R-hat > 1.1", "✗ MALA < 0.9"] * 2
+    # a sweep.json from before llcv 0.11: the rows have no failed_check
+    old = [{key: value for key, value in judged.items() if key != "failed_check"} for judged in rows]
+    assert _cell_texts(plot_sweep_heatmap(old, "t", RULE)) == _cell_texts(plot_sweep_heatmap(rows, "t", RULE))
 
 
 def test_trace_figure_has_a_panel_per_gamma_and_nbeta():

@@ -177,7 +177,11 @@ def test_sweep_with_nothing_qualifying_exits_1_and_leaves_no_recommendation(chec
     assert not (out / "recommended.json").exists()
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["recommended"] is None and [row["reason"] for row in sweep["rows"]][-1] == "diverged"
-    assert (out / "sweep_heatmap.png").exists() and (out / "sweep.csv").exists()
+    assert [row["failed_check"] for row in sweep["rows"]] == ["mala_acceptance", "mala_acceptance", "diverged"]
+    assert outcome.output.count("MALA < 0.9") == 2  # the table's verdicts, abbreviated
+    assert (out / "sweep_heatmap.png").exists()
+    header, *lines = (out / "sweep.csv").read_text().splitlines()
+    assert header.endswith(",qualifies,reason,failed_check") and lines[-1].endswith(",False,diverged,diverged")
 
 
 @pytest.mark.parametrize(

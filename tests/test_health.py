@@ -5,6 +5,7 @@ the estimate table, transitions), and that the demo never estimates with rejecte
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,8 @@ from test_sampling import regression  # a linear model at its least-squares fit:
 from llcv import SamplerSettings, estimate_llc
 from llcv.diagnostics import geweke_z, mcse_of_mean
 from llcv.estimation.run import estimate_all
-from llcv.health import Evidence, HealthThresholds, failed_checks, trace_evidence
+from llcv.sampling import LLCResult
+from llcv.health import CHECKS_BY_NAME, Evidence, HealthFailure, HealthThresholds, failed_checks, rule_texts, trace_evidence
 from llcv.progress import Reporter
 from llcv.results import SUMMARY_FILE, find_transitions, settings_hash
 from llcv.settings import EstimateSettings
@@ -72,8 +74,8 @@ def test_the_initial_losss_error_widens_the_sign_checks_but_not_the_drift():
     assert uncertain["llc_se"] == pytest.approx(math.hypot(exact["llc_se"], 0.5))
     assert uncertain["drift_z"] == exact["drift_z"]
     evidence = dict(num_chains=4, diverged_chains=0, llc_mean=-0.3, llc_mcse=exact["llc_mcse"], negative_chains=0.0, drift_z=0.0, r_hat=1.0, ess=500.0, mala_acceptance=None)
-    names = lambda **changes: [check.name for check, _ in failed_checks(Evidence(**{**evidence, **changes}), HealthThresholds())]  # noqa: E731
-    assert names() == ["llc_mean < 0"] == names(llc_se=exact["llc_se"])
+    names = lambda **changes: [failure.check for failure in failed_checks(Evidence(**{**evidence, **changes}), HealthThresholds())]  # noqa: E731
+    assert names() == ["negative_llc"] == names(llc_se=exact["llc_se"])
     assert names(llc_se=uncertain["llc_se"]) == []
 
 
@@ -114,6 +116,10 @@ def test_mixed_chains_are_healthy_and_chains_that_never_left_are_not():
     assert result.healthy is False
     assert any("drifts" in reason or "ESS" in reason for reason in result.health_reasons)
     assert len(result.diagnostics.warnings) == len(result.health_reasons)
+    # each failure in every form, in the result's JSON too
+    assert [failure.sentence for failure in result.health_failures] == result.health_reasons
+    assert {failure.check for failure in result.health_failures} <= set(CHECKS_BY_NAME)
+    assert LLCResult.from_dict(json.loads(json.dumps(result.to_dict()))).health_failures == result.health_failures
 
 
 def test_an_automatic_burn_in_cut_short_by_its_cap_is_unhealthy_but_a_short_one_set_outright_is_not():
@@ -125,6 +131,7 @@ def test_an_automatic_burn_in_cut_short_by_its_cap_is_unhealthy_but_a_short_one_
     reason = "the burn-in was cut short by its cap: 400 steps (4 x the draws' steps), the chains' relaxation 2 / (epsilon * gamma) needs 2,000"
     assert reason in result.health_reasons
     assert any(warning.startswith(reason) and "more draws, or set num_burnin_steps" in warning for warning in result.diagnostics.warnings)
+    assert "burn-in 400 < 2/(epsilon*gamma) = 2,000 (capped)" in [failure.brief for failure in result.health_failures]
     from llcv.cli_render import burnin_text
 
     assert burnin_text(result) == "400 (auto, cut short by its cap; needs 2,000)"
@@ -135,9 +142,56 @@ def test_an_automatic_burn_in_cut_short_by_its_cap_is_unhealthy_but_a_short_one_
 def test_a_sweep_rows_burn_in_reason_is_unchanged_by_the_cap_wording():
     row = dict(num_chains=2, diverged_chains=0, llc_mean=1.0, llc_mcse=0.1, negative_chains=0.0, drift_z=0.0, r_hat=1.0, ess=None,
                mala_acceptance=0.95, burnin_steps=0, relaxation_steps=2000)  # fmt: skip
-    ((check, reason),) = failed_checks(Evidence(**row), HealthThresholds(min_ess=None))
-    assert check.name == "relaxed"
-    assert reason == "the chains had not relaxed from the checkpoint: 0 burn-in steps, 2 / (epsilon * gamma) needs 2,000"
+    (failure,) = failed_checks(Evidence(**row), HealthThresholds(min_ess=None))
+    assert failure.check == "relaxed"
+    assert failure.sentence == "the chains had not relaxed from the checkpoint: 0 burn-in steps, 2 / (epsilon * gamma) needs 2,000"
+    assert failure.brief == "burn-in 0 < 2/(epsilon*gamma) = 2,000"
+
+
+def test_each_failed_check_carries_its_sentence_and_its_numbers_in_brief():
+    evidence = Evidence(num_chains=4, diverged_chains=0, llc_mean=-3.2, llc_mcse=0.5, negative_chains=0.5, drift_z=-4.04, r_hat=1.4221,
+                        ess=67.2, mala_acceptance=0.62, burnin_steps=400, relaxation_steps=2000.0, burnin_capped=True)  # fmt: skip
+    failed = failed_checks(evidence, HealthThresholds())
+    assert [(failure.check, failure.brief) for failure in failed] == [
+        ("relaxed", "burn-in 400 < 2/(epsilon*gamma) = 2,000 (capped)"),
+        ("negative_llc", "LLC -3.2 < -1 (-2 standard errors)"),
+        ("negative_chains", "chains below 0 50% > 0%"),
+        ("drift", "|drift z| 4.0 > 3"),
+        ("r_hat", "R-hat 1.422 > 1.1"),
+        ("ess", "ESS 67 < 100"),
+        ("mala_acceptance", "MALA acceptance 0.620 < 0.9"),
+    ]
+    assert [failure.sentence for failure in failed][3:] == [
+        "the LLC drifts: late draws differ from early ones by -4.0 standard errors (limit 3)",
+        "the chains disagree: R-hat 1.422 > 1.1",
+        "too few effective samples: ESS 67 < 100",
+        "MALA acceptance 0.620 < 0.9: epsilon is too large for the curvature",
+    ]
+    # a diverged estimate fails only that, its brief form the count itself
+    (diverged,) = failed_checks(dataclasses.replace(evidence, diverged_chains=2), HealthThresholds())
+    assert (diverged.check, diverged.sentence, diverged.brief) == ("diverged", "2 of 4 chains diverged", "2 of 4 chains diverged")
+    (unmeasured,) = [failure for failure in failed_checks(dataclasses.replace(evidence, mala_acceptance=None), HealthThresholds(), require_acceptance=True)
+                     if failure.check == "mala_acceptance"]  # fmt: skip
+    assert (unmeasured.sentence, unmeasured.brief) == ("MALA acceptance was not measured", "MALA acceptance not measured")
+
+
+def test_every_check_has_its_rule_text():
+    limits = HealthThresholds(max_r_hat=1.05, min_ess=50)
+    texts = rule_texts(limits)
+    assert list(texts) == list(CHECKS_BY_NAME)  # in the checks' order, none left out
+    assert (texts["r_hat"].reason, texts["r_hat"].short) == ("r_hat > 1.05", "R-hat > 1.05")
+    assert (texts["ess"].reason, texts["ess"].short) == ("ess < 50", "ESS < 50")
+
+
+def test_a_result_written_before_typed_failures_reads_its_reasons_from_their_sentences():
+    """Results before llcv 0.11 record only each reason's sentence: the brief form is cut from it."""
+    assert [HealthFailure.from_sentence(sentence).brief for sentence in (
+        "the chains disagree: R-hat 1.422 > 1.1",
+        "too few effective samples: ESS 82 < 100",
+        "MALA acceptance 0.620 < 0.9: epsilon is too large for the curvature",
+        "2 of 4 chains diverged",
+    )] == ["R-hat 1.422 > 1.1", "ESS 82 < 100", "MALA acceptance 0.620 < 0.9", "2 of 4 chains diverged"]  # fmt: skip
+    assert HealthFailure.from_sentence("2 of 4 chains diverged").check is None
 
 
 def test_records_summary_and_progress_lines_carry_the_verdict(trained_run, tmp_path):
@@ -165,6 +219,9 @@ def test_records_summary_and_progress_lines_carry_the_verdict(trained_run, tmp_p
         record = json.loads(path.read_text())
         assert float(by_name[path.stem]["llc_se"]) == pytest.approx(record["result"]["diagnostics"]["llc_se"])
     assert sum("unhealthy: " in note for note in notes) == 2
+    for path in records:  # each progress line lists the failed checks in brief, as the record has them
+        briefs = "; ".join(failure["brief"] for failure in json.loads(path.read_text())["result"]["health_failures"])
+        assert "ESS " in briefs and sum(f"unhealthy: {briefs})" in note for note in notes) == 1
     for path in records:  # each line: the LLC ± the chains' spread, then its standard error
         result = json.loads(path.read_text())["result"]
         line = f"LLC {result['llc_mean']:.4g} ± {result['llc_std']:.2g} (standard error {result['diagnostics']['llc_se']:.2g}; "

@@ -3,6 +3,8 @@ command, and the demo's paragraph, which reads only the healthy estimates and na
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from typer.testing import CliRunner
 from _helpers import fake_record, unwrapped
 from llcv.cli import app
 from llcv.demo import read_figure
-from llcv.health import brief_reason
+from llcv.health import HealthFailure
 from llcv.plotting import UNHEALTHY_LABEL, llc_figure
 from llcv.results import record_health as estimate_health
 from llcv.results import ResultsStore
@@ -25,6 +27,15 @@ LLC = [1.0, 1.1, 1.3, 2.0, 4.0, 4.6, 4.3, 3.2, 3.0]
 R_HAT = "the chains disagree: R-hat 1.422 > 1.1"
 ESS = "too few effective samples: ESS 82 < 100"
 MALA = "MALA acceptance 0.620 < 0.9: epsilon is too large for the curvature"
+# A failure as results since llcv 0.11 record it: its brief form is not in its sentence.
+DRIFT = HealthFailure("drift", "the LLC drifts: late draws differ from early ones by +4.0 standard errors (limit 3)", "|drift z| 4.0 > 3")
+
+
+def _with_failures(record: dict, failures: list[HealthFailure]) -> dict:
+    """``record`` as llcv 0.11 writes it: its result's failed checks in every form, beside their sentences."""
+    sentences = [failure.sentence for failure in failures]
+    result = {**record["result"], "health_reasons": sentences, "health_failures": [dataclasses.asdict(failure) for failure in failures]}
+    return {**record, "health_reasons": sentences, "result": result}
 
 
 def _record(folder: Path, step: int, llc: float | None, **kwargs) -> dict:
@@ -32,14 +43,15 @@ def _record(folder: Path, step: int, llc: float | None, **kwargs) -> dict:
 
 
 def mixed_records(folder: Path) -> list[dict]:
-    """Healthy records, two judged unhealthy (steps 8 and 64), one written before health verdicts
-    (step 1), one of those with a diverged chain (step 32), and a failure (step 4)."""
+    """Healthy records, two judged unhealthy (steps 8 and 64: 8's failures recorded in every form,
+    64's by their sentence only, as before llcv 0.11), one written before health verdicts (step 1),
+    one of those with a diverged chain (step 32), and a failure (step 4)."""
     records = []
     for step, llc in zip(STEPS, LLC):
         if step == 4:
             records.append(_record(folder, step, None, status="failed", error="every chain diverged"))
         elif step == 8:
-            records.append(_record(folder, step, llc, healthy=False, health_reasons=[R_HAT, ESS]))
+            records.append(_with_failures(_record(folder, step, llc, healthy=False), [DRIFT, HealthFailure.from_sentence(ESS)]))
         elif step == 64:
             records.append(_record(folder, step, llc, healthy=False, health_reasons=[MALA]))
         elif step == 32:
@@ -91,15 +103,16 @@ def legend_texts(axis) -> list[str]:
 
 def test_the_health_verdict_of_old_and_new_records():
     folder = Path("/nowhere")
-    assert estimate_health(_record(folder, 8, 4.0, healthy=False, health_reasons=[R_HAT])) == (False, [R_HAT])
+    assert estimate_health(_with_failures(_record(folder, 8, 4.0, healthy=False), [DRIFT])) == (False, [DRIFT])
+    # before llcv 0.11 only the sentences: the brief form is cut from them
+    assert estimate_health(_record(folder, 8, 4.0, healthy=False, health_reasons=[R_HAT, MALA])) == (False, [
+        HealthFailure(None, R_HAT, "R-hat 1.422 > 1.1"), HealthFailure(None, MALA, "MALA acceptance 0.620 < 0.9"),
+    ])  # fmt: skip
     assert estimate_health(_record(folder, 8, 4.0, healthy=True)) == (True, [])
     assert estimate_health(_record(folder, 8, 4.0)) == (None, [])  # written before verdicts: not judged
-    assert estimate_health(_record(folder, 8, 4.0, diverged_chains=1)) == (False, ["1 of 2 chains diverged"])
-    assert estimate_health(_record(folder, 8, None, status="failed", error="boom")) == (False, ["boom"])
-    assert brief_reason(R_HAT) == "R-hat 1.422 > 1.1"
-    assert brief_reason(ESS) == "ESS 82 < 100"
-    assert brief_reason(MALA) == "MALA acceptance 0.620 < 0.9"
-    assert brief_reason("2 of 4 chains diverged") == "2 of 4 chains diverged"
+    said = "1 of 2 chains diverged"
+    assert estimate_health(_record(folder, 8, 4.0, diverged_chains=1)) == (False, [HealthFailure("diverged", said, said)])
+    assert estimate_health(_record(folder, 8, None, status="failed", error="boom")) == (False, [HealthFailure(None, "boom", "boom")])
 
 
 def test_unhealthy_estimates_are_hollow_on_the_curve_and_in_the_legend(tmp_path):
@@ -148,9 +161,13 @@ def test_plot_says_how_many_checkpoints_are_unhealthy(tmp_path, isolated_cli):
     text = unwrapped(outcome.output)
     assert (
         "4 of 9 checkpoints are unhealthy (hollow markers; × where there is no estimate): step 4 (every chain diverged), "
-        "step 8 (R-hat 1.422 > 1.1), step 32 (1 of 2 chains diverged), step 64 (MALA acceptance 0.620 < 0.9); "
+        "step 8 (|drift z| 4.0 > 3), step 32 (1 of 2 chains diverged), step 64 (MALA acceptance 0.620 < 0.9); "
         "see health_reasons in summary.csv"
     ) in text
+    # summary.csv lists every reason in full, whichever form the record has them in
+    with open(next(results.glob("*/summary.csv"))) as handle:
+        reasons = {row["step"]: row["health_reasons"] for row in csv.DictReader(handle)}
+    assert reasons["8"] == f"{DRIFT.sentence}; {ESS}" and reasons["64"] == MALA
     # --json prints its document and nothing else
     as_json = CliRunner().invoke(app, ["plot", "--results-dir", str(results), "--out", str(out), "--json"], catch_exceptions=False)
     assert json.loads(as_json.stdout)["figure"] == str(out)
@@ -175,7 +192,7 @@ def test_the_paragraph_reads_only_healthy_estimates_and_names_the_others(tmp_pat
     # the trend and the largest change skip steps 8 and 32 (unhealthy) and 4 (failed)
     assert text.startswith("The LLC went from 1.00 at step 0 to 3.00 at step 128")
     assert "between steps 2 and 16 (+3.30)" in text
-    assert "Not read: step 8 (R-hat 1.422 > 1.1), step 32 (1 of 2 chains diverged) and step 64 (MALA acceptance 0.620 < 0.9), " \
+    assert "Not read: step 8 (|drift z| 4.0 > 3), step 32 (1 of 2 chains diverged) and step 64 (MALA acceptance 0.620 < 0.9), " \
            "whose estimates are unhealthy; they are hollow in the figure." in text  # fmt: skip
     assert "No estimate at step 4 (every chain diverged)." in text
     assert "4.30" not in text and "3.20" not in text  # their values are not read

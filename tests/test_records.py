@@ -27,6 +27,7 @@ from llcv import LLCRecord
 from llcv.checkpoints import CheckpointInfo, ModelSpec
 from llcv.cli import app
 from llcv.estimation.run import EstimateJob, JobSpec, failure_record, make_record
+from llcv.health import HealthFailure
 from llcv.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
 from llcv.records import RECORD_FORMAT_VERSION, RecordError, RecordResult
 from llcv.report import read_figure
@@ -83,7 +84,8 @@ def test_make_record_writes_the_same_file_as_before(monkeypatch, tmp_path):
         assert path.read_text() == (FIXTURES / "records" / f"{name}.json").read_text(), name  # byte for byte
         path.unlink()
     assert records["done"].is_done and records["done"].healthy is False and records["done"].kind == "model"
-    assert records["failed"].health == (False, ["the worker on cuda:1 died: killed by SIGKILL (out of memory?)"])
+    died = "the worker on cuda:1 died: killed by SIGKILL (out of memory?)"
+    assert records["failed"].health == (False, [HealthFailure(None, died, died)])  # its error, whole, in every form
     assert records["diverged"].is_failed and records["diverged"].result.diagnostics.r_hat is not None
 
 
@@ -141,7 +143,8 @@ def test_records_from_before_llcv_0_4_load_summarise_and_plot(tmp_path):
     assert first.result.precision is None and first.result.precision_choice is None and first.result.batchnorm_statistics is None
     assert first.result.diagnostics.llc_mcse is None and first.result.ran_in is None
     assert first.health == (None, [])  # not judged
-    assert last.health == (False, ["1 of 2 chains diverged"])  # the one check old records carry
+    said = "1 of 2 chains diverged"
+    assert last.health == (False, [HealthFailure("diverged", said, said)])  # the one check old records carry
     assert failed.is_failed and failed.health[0] is False and failed.llc_mean is None
     for record, name in zip((first, failed, last), ("step_00000000.json", "step_00000003.json", "step_00000008.json")):
         on_disk = json.loads((folder / name).read_text())
@@ -263,7 +266,7 @@ def test_properties_readers_use():
     assert done.where == "step 8" and done.position("step") == 8 and done.position("epoch") == 1.0
     assert done.num_parameters == 38180 and done.sampler_settings["num_draws"] == 4
     assert done.precision_choice == {**done.result.precision_choice.to_dict(), "reused": True}
-    assert done.is_unhealthy and done.health == (False, done.health_reasons)
+    assert done.is_unhealthy and done.health == (False, [HealthFailure.from_sentence(reason) for reason in done.health_reasons])
     block = done.model_copy(update={"scope": "layer3", "scope_kind": None, "scope_index": None})
     assert block.kind == "block" and block.scope_order() == (1, 3, "layer3")
     assert done.training_order() < block.training_order()

@@ -256,6 +256,28 @@ def test_health_failures_and_refined_scopes_are_shown(tmp_path):
     assert "calibration" not in page.section_ids and result.sweeps == []  # no calibration folder: left out
 
 
+def test_a_sweep_written_before_failed_check_still_renders(tmp_path):
+    """A sweep.json of llcv 0.10: its rows record the rule they failed as text only (no ``failed_check``)."""
+    common = dict(nbeta=10.0, num_burnin_steps=200, llc_std=0.1, llc_mcse=0.1, llc_se=0.1, llc_final=5.0, diverged=False,
+                  negative_fraction=0.0, negative_chains=0.0, trace_drift=0.01, drift_z=0.5, ess=100.0)  # fmt: skip
+    rows = [
+        {**common, "epsilon": 1e-5, "gamma": 1000.0, "mala_acceptance": 0.95, "llc_mean": 5.0, "r_hat": 1.3, "qualifies": False, "reason": "r_hat > 1.1"},
+        {**common, "epsilon": 1e-4, "gamma": 1000.0, "mala_acceptance": 0.5, "llc_mean": 5.2, "r_hat": 1.0, "qualifies": False,
+         "reason": "mala_acceptance < 0.9"},
+    ]  # fmt: skip
+    sweep = {"format": "llcv-sweep", "format_version": 4, "complete": True, "checkpoint": "step_00000016.pt", "fingerprint": {},
+             "rule": {"target_acceptance": 0.9, "max_negative_fraction": 0.0, "max_drift_z": 3.0, "max_r_hat": 1.1},
+             "rows": rows, "traces": [[5.0, 5.0], [5.2, 5.2]], "recommended": None, "reason": "no combination qualifies"}  # fmt: skip
+    folder = tmp_path / "calibration" / "step_00000016"
+    folder.mkdir(parents=True)
+    (folder / "sweep.json").write_text(json.dumps(sweep))
+    result = write_report([fake_run(tmp_path)], tmp_path / "report.html")
+    assert result.sweeps == [folder]
+    page = check_page(result.path)
+    assert [row[-1] for row in page.rows["calibration"]] == ["✗ r_hat > 1.1", "✗ mala_acceptance < 0.9"]
+    assert len(page.images) == 1 + 2 + 5  # the figure, the sweep's heatmap and traces, the thumbnails
+
+
 def test_two_runs_side_by_side(tmp_path):
     first, second = fake_run(tmp_path / "seed0"), fake_run(tmp_path / "seed1", scale=1.4, digest="bbbbbbbbbbbb")
     result = write_report([first, second], tmp_path / "seeds.html", labels=["seed 0", "seed 1"])

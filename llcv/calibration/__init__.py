@@ -53,7 +53,7 @@ from llcv.calibration.auto_files import (
     spent_words,
 )
 from llcv.calibration.curvature import top_hessian_eigenvalue
-from llcv.calibration.trials import Trial
+from llcv.calibration.trials import Trial, TrialStatus
 from llcv.calibration.rule import RULE_FIELDS, apply_rule, recommended_row, rule_thresholds
 from llcv.calibration.sweep import (
     ROW_FIELDS,
@@ -69,7 +69,7 @@ from llcv.calibration.sweep import (
 )
 
 __all__ = [
-    "AutoCalibration", "Budget", "Sensitivity", "Trial", "calibrate_auto", "SETTINGS_DEPENDENT", "TRIAL_CHAINS", "payload_dict",
+    "AutoCalibration", "Budget", "Sensitivity", "Trial", "TrialStatus", "calibrate_auto", "SETTINGS_DEPENDENT", "TRIAL_CHAINS", "payload_dict",
     "AUTO_SOURCE", "CALIBRATION_FILE", "KNOB_CHANGES", "KNOB_NAMES", "RECOMMENDED_FILE", "auto_budget", "calibrate_and_save",
     "figure_title", "percent_words", "read_auto", "relative_move_words", "sensitivity_sentence", "sensitivity_verdict", "spent_words",
     "CHAINS_DEFAULT_NUM_CHAINS", "ROW_FIELDS", "RULE_FIELDS", "SWEEP_FORMAT", "ChainsResult", "CurveResult", "SweepResult",

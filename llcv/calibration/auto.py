@@ -51,6 +51,7 @@ from llcv.calibration.comparisons import differs, measured_move, resolving_error
 from llcv.calibration.curvature import top_hessian_eigenvalue
 from llcv.calibration.trials import (
     Trial,
+    TrialStatus,
     summarise_trial,
 )
 from llcv.sampling import ChainState
@@ -345,7 +346,7 @@ class _Search:
             if paired_with is not None:
                 trial = with_paired_move(trial, trace, reference_trace, paired_with.gamma)
             # Chains that left the basin or settled below the checkpoint are no place to start from.
-            self.states = None if trial.status in ("diverged", "escaped") else states
+            self.states = None if trial.status.left_the_basin else states
             steps = self._extended_steps(trial)
         self.pending_chain_steps = 0
         if trial is not None:
@@ -382,9 +383,9 @@ class _Search:
         return affordable
 
     def _worth_extending(self, trial: Trial, planned: int) -> bool:
-        if trial.steps >= self._trial_cap(planned) or trial.status in ("diverged", "escaped"):
+        if trial.steps >= self._trial_cap(planned) or trial.status.left_the_basin:
             return False
-        if trial.status in ("unrelaxed", "unmixed"):
+        if trial.status in (TrialStatus.UNRELAXED, TrialStatus.UNMIXED):
             return True
         error, target = resolving_error(trial)
         return error is not None and error > target
@@ -459,10 +460,10 @@ class _Search:
             pick = self.trial(epsilon, gamma)
             if pick is None:
                 return None, epsilon
-            if pick.status == "diverged":
+            if pick.status is TrialStatus.DIVERGED:
                 epsilon = _rounded(epsilon / 4)
                 continue
-            if pick.status == "escaped" and gamma < MAX_GAMMA * self.stiffness:
+            if pick.status is TrialStatus.ESCAPED and gamma < MAX_GAMMA * self.stiffness:
                 # The chains found lower loss than the checkpoint: hold them closer to it.
                 gamma = _rounded(gamma * 4)
                 continue

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from llcv.calibration.trials import BURNIN_SHARES, LLC_SCALE_FLOOR, NEGLIGIBLE_DRIFT, Trial, chains_standard_error, measured_burnin
+from llcv.calibration.trials import BURNIN_SHARES, LLC_SCALE_FLOOR, NEGLIGIBLE_DRIFT, Trial, TrialStatus, chains_standard_error, measured_burnin
 
 # The search resolves moves of this share of the LLC: trials run until two standard errors of a
 # difference between two of them, 2 * sqrt(2) * se, is at most this share (or the budget ends).
@@ -56,7 +56,7 @@ def with_paired_move(trial: Trial, trace: np.ndarray, reference_trace: np.ndarra
         # in its noise, so the move waits until the difference has settled as well.
         settled_at = measured_burnin(difference, scale=max(abs(trial.llc), LLC_SCALE_FLOOR))
         if settled_at is None and trial.ok:
-            update["status"] = "unrelaxed"
+            update["status"] = TrialStatus.UNRELAXED
         start = max(trial.burnin or 0, settled_at or 0) or int(round(BURNIN_SHARES[-1] * trace.shape[1]))
         update.update(paired_move=float(difference[:, start:].mean()), paired_move_se=chains_standard_error(difference[:, start:]))
     return trial.model_copy(update=update)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from llcv.health import CHECKS, Evidence, HealthThresholds, failed_checks
+from llcv.health import CHECKS, Evidence, failed_checks, rule_limits, rule_texts
 from llcv.relaxation import relaxation_steps
 from llcv.settings import CalibrateSettings
 
@@ -23,20 +23,6 @@ RULE_DEFAULTS = CalibrateSettings()
 # comparison that cannot resolve one must not pass for a plateau.
 AGREEMENT = 2.0
 PLATEAU_TOLERANCE = 0.1
-
-
-def rule_labels(limits: HealthThresholds) -> dict[str, str]:
-    """Each check's name as a row's ``reason``: the rule it failed, with its threshold."""
-    return {
-        "diverged": "diverged",
-        "relaxed": "burn-in < 2/(epsilon*gamma)",
-        "llc_mean < 0": "llc_mean < 0",
-        "negative_chains": f"negative_chains > {limits.max_negative_fraction:g}",
-        "drift": f"|drift_z| > {limits.max_drift_z:g}",
-        "r_hat": f"r_hat > {limits.max_r_hat:g}",
-        "ess": f"ess < {limits.min_ess:g}" if limits.min_ess is not None else "ess",
-        "mala_acceptance": f"mala_acceptance < {limits.target_acceptance:g}",
-    }
 
 
 def row_evidence(row: dict[str, Any], num_chains: int = 2) -> Evidence:
@@ -86,25 +72,27 @@ def apply_rule(
     then the largest epsilon.
 
     Args:
-        rows: sweep rows (``ROW_FIELDS``); ``qualifies`` and ``reason`` are ignored.
+        rows: sweep rows (``ROW_FIELDS``); ``qualifies``, ``reason`` and ``failed_check`` are ignored.
 
     Returns:
-        New rows with ``qualifies`` and ``reason`` (the first rule failed, or ""), the index
+        New rows with ``qualifies``, ``reason`` (the first rule failed, as ``llcv.health.rule_texts``
+        states it, or "") and ``failed_check`` (that check's name, or ""), the index
         of the recommended row (None if none qualifies), and a sentence saying why: which
         row won and on what evidence, or which rule failed most and which way to move the grid.
         "Failed most" counts every rule a row fails, except that a diverged row counts only as diverged.
     """
-    limits = HealthThresholds(
-        max_negative_fraction=max_negative_fraction, max_drift_z=max_drift_z, max_r_hat=max_r_hat,
-        min_ess=None, target_acceptance=target_acceptance,
-    )  # fmt: skip
-    labels = rule_labels(limits)
+    limits = rule_limits({
+        "target_acceptance": target_acceptance, "max_negative_fraction": max_negative_fraction, "max_drift_z": max_drift_z,
+        "max_r_hat": max_r_hat,
+    })  # fmt: skip
+    texts = rule_texts(limits)
     judged, failures = [], {check.name: 0 for check in CHECKS}
     for row in rows:
         failed = failed_checks(row_evidence(row), limits, require_acceptance=True)
-        for check, _ in failed:
-            failures[check.name] += 1
-        judged.append({**row, "qualifies": not failed, "reason": labels[failed[0][0].name] if failed else ""})
+        for failure in failed:
+            failures[failure.check] += 1
+        first = failed[0].check if failed else ""
+        judged.append({**row, "qualifies": not failed, "reason": texts[first].reason if failed else "", "failed_check": first})
     qualifying = [index for index, row in enumerate(judged) if row["qualifies"]]
     if qualifying:
         best, why = _pick(judged, qualifying)
@@ -119,7 +107,7 @@ def apply_rule(
         return judged, None, "the grid is empty"
     worst = max(CHECKS, key=lambda check: failures[check.name])
     reason = (
-        f"no combination qualifies: '{labels[worst.name]}' failed most ({failures[worst.name]} of {len(judged)} "
+        f"no combination qualifies: '{texts[worst.name].reason}' failed most ({failures[worst.name]} of {len(judged)} "
         f"combinations); {worst.advice}"
     )
     return judged, None, reason

@@ -62,6 +62,7 @@ ROW_FIELDS = (
     "ess",
     "qualifies",
     "reason",
+    "failed_check",
 )
 # llc_final is the mean of this last share of the draws.
 FINAL_FRACTION = 0.1
@@ -470,7 +471,7 @@ def save_sweep(result: SweepResult, directory: Path, fmt: str = "png") -> list[P
     written = [atomic_write_json(directory / "sweep.json", result.to_dict())]
     written.append(atomic_write_text(directory / "sweep.csv", csv_text(ROW_FIELDS, result.rows)))
     title = figure_title("sweep", result.checkpoint, result.base, burnin=result.burnin_label)
-    written.append(save_figure(plot_sweep_heatmap(result.rows, title, result.recommended_index), directory / f"sweep_heatmap.{fmt}"))
+    written.append(save_figure(plot_sweep_heatmap(result.rows, title, result.rule, result.recommended_index), directory / f"sweep_heatmap.{fmt}"))
     written.append(save_figure(plot_sweep_traces(result.rows, result.traces, title), directory / f"sweep_traces.{fmt}"))
     recommended = directory / "recommended.json"
     if result.recommended is not None:

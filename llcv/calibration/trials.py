@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from enum import StrEnum
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -39,6 +40,24 @@ TRACE_POINTS = 400
 SIGNIFICANCE = 2.0
 
 
+class TrialStatus(StrEnum):
+    """A trial's health: whether its LLC can be compared with another's, and if not, why.
+
+    The values are what calibration.json and trials.csv record (docs/formats.md).
+    """
+
+    OK = "ok"
+    DIVERGED = "diverged"  # a chain left the basin
+    ESCAPED = "escaped"  # the chains settle below the checkpoint's loss
+    UNRELAXED = "unrelaxed"  # the draws still drift after every candidate burn-in
+    UNMIXED = "unmixed"  # R-hat above MAX_R_HAT
+
+    @property
+    def left_the_basin(self) -> bool:
+        """The chains ended where the next trial must not go on from: diverged, or below the checkpoint's loss."""
+        return self in (TrialStatus.DIVERGED, TrialStatus.ESCAPED)
+
+
 class Trial(BaseModel):
     """One trial estimate of the search and what was measured on it (docs/calibration.md).
 
@@ -51,9 +70,7 @@ class Trial(BaseModel):
             spread over sqrt(chains). Trials of one search share their initial loss, whose error
             cancels from their differences, so it is left out.
         ess, r_hat, drift_z: of the draws after the burn-in.
-        status: "ok"; "diverged" (a chain left the basin); "escaped" (the chains settle below
-            the checkpoint's loss); "unrelaxed" (the draws still drift after every candidate
-            burn-in); "unmixed" (R-hat above ``MAX_R_HAT``).
+        status: ``TrialStatus``: ok, or why the trial's LLC cannot be compared with another's.
         from_checkpoint: whether the chains started at the checkpoint (else where the previous
             trial left them, so the burn-in measured is a re-settling, not the relaxation).
         chain_steps: steps times chains: what the trial cost in gradient evaluations.
@@ -78,7 +95,7 @@ class Trial(BaseModel):
     ess: float | None
     r_hat: float | None
     drift_z: float | None
-    status: str
+    status: TrialStatus
     from_checkpoint: bool
     chain_steps: int
     seconds: float
@@ -90,7 +107,7 @@ class Trial(BaseModel):
     @property
     def ok(self) -> bool:
         """Whether the trial's LLC can be compared with another's."""
-        return self.status == "ok"
+        return self.status is TrialStatus.OK
 
     def draws_for(self, standard_error: float) -> int | None:
         """The draws after the burn-in that would bring the standard error down to ``standard_error``
@@ -111,18 +128,18 @@ def summarise_trial(
                   from_checkpoint=from_checkpoint)
     if diverged.any() or not np.isfinite(trace).all():
         shown = trace[~diverged] if (~diverged).any() else trace
-        return Trial(**common, burnin=None, llc=None, se=None, ess=None, r_hat=None, drift_z=None, status="diverged", trace=_thinned(shown))
+        return Trial(**common, burnin=None, llc=None, se=None, ess=None, r_hat=None, drift_z=None, status=TrialStatus.DIVERGED, trace=_thinned(shown))
     burnin = measured_burnin(trace)
     draws = trace[:, (burnin if burnin is not None else int(round(BURNIN_SHARES[-1] * steps))) :]
     llc, se = float(draws.mean()), chains_standard_error(draws)
     r_hat = split_r_hat(draws)
-    status = "ok"
+    status = TrialStatus.OK
     if _escaped(draws, llc, se):
-        status = "escaped"
+        status = TrialStatus.ESCAPED
     elif burnin is None:
-        status = "unrelaxed"
+        status = TrialStatus.UNRELAXED
     elif r_hat is not None and r_hat > MAX_R_HAT:
-        status = "unmixed"
+        status = TrialStatus.UNMIXED
     return Trial(
         **common, burnin=burnin, llc=llc, se=se, ess=effective_sample_size(draws), r_hat=r_hat, drift_z=geweke_z(draws),
         status=status, trace=_thinned(trace),

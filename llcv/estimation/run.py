@@ -37,7 +37,6 @@ from llcv.estimation.claims import Claims
 from llcv.devices import resolve_device
 from llcv.errors import LLCVError, SettingsError
 from llcv.estimation.executors import make_executor
-from llcv.health import brief_reasons
 from llcv.estimation.job_spec import JobSpec
 from llcv.sampling import LossSpec
 from llcv.models import list_models, model_version
@@ -494,8 +493,8 @@ class _Worker:
 
 def _result_line(job: EstimateJob, record: LLCRecord) -> str:
     std, standard_error = record.llc_std, record.llc_se
-    healthy, reasons = record.health
-    verdict = "" if healthy is not False else f", unhealthy: {brief_reasons(reasons)}"
+    healthy, failures = record.health
+    verdict = "" if healthy is not False else f", unhealthy: {'; '.join(failure.brief for failure in failures)}"
     return (
         f"{job.label}: LLC {record.llc_mean:.4g} ± {'—' if std is None else format(std, '.2g')} "
         f"(standard error {'—' if standard_error is None else format(standard_error, '.2g')}; "

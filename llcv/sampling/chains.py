@@ -217,7 +217,7 @@ def _run_group(
     ``start`` (one state per chain of the group), from where earlier chains stopped.
 
     ``seeds`` are the group's chains' own: each draws its minibatches from its seed, and the
-    group's noise comes from the first (``llcv.langevin.GaussianNoise``).
+    group's noise comes from the first (``llcv.sampling.langevin.GaussianNoise``).
     """
     settings = run.settings
     device = group.parameters[0].device

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from llcv.sampling.batchnorm import BatchNormProvenance
 from llcv.diagnostics import effective_sample_size, split_r_hat
 from llcv.fileio import finite_or_none
-from llcv.health import Check, Evidence, HealthThresholds, failed_checks, trace_evidence
+from llcv.health import CHECKS_BY_NAME, Evidence, HealthFailure, HealthThresholds, failed_checks, trace_evidence
 from llcv.settings import SamplerSettings
 from llcv.version import __version__
 
@@ -109,9 +109,11 @@ class LLCResult(BaseModel):
     mala_acceptance_per_chain: list[float | None] | None = None
     diagnostics: LLCDiagnostics
     # Whether the number can be read at face value, and why not (llcv.health); None in results
-    # written before llcv 0.4.
+    # written before llcv 0.4. health_failures holds the same failed checks, each in every form
+    # its readers show (its sentence is the health_reasons entry); empty in results before llcv 0.11.
     healthy: bool | None = None
     health_reasons: list[str] = []
+    health_failures: list[HealthFailure] = []
     settings: dict[str, Any]
     num_parameters: int
     num_samples_used: int
@@ -183,7 +185,8 @@ def _summarise(traces: list[_GroupTraces], setup: _EstimateSetup, elapsed: float
         mala_acceptance_per_chain=mala_per_chain,
         diagnostics=diagnostics,
         healthy=not failed,
-        health_reasons=[message for _, message in failed],
+        health_reasons=[failure.sentence for failure in failed],
+        health_failures=failed,
         settings=setup.settings.model_dump(mode="json"),
         num_parameters=setup.num_parameters,
         num_samples_used=setup.num_samples,
@@ -254,13 +257,14 @@ def result_evidence(
     )
 
 
-def _warnings(failed: list[tuple[Check, str]], bound: float) -> list[str]:
+def _warnings(failed: list[HealthFailure], bound: float) -> list[str]:
     """The failed health checks as sentences: what was seen, then what to try."""
     messages = []
-    for check, message in failed:
-        if check.name == "diverged":
+    for failure in failed:
+        message = failure.sentence
+        if failure.check == "diverged":
             message += f" (non-finite loss or a per-draw LLC above {bound:.4g}) and are left out"
-        messages.append(f"{message}; {check.advice}")
+        messages.append(f"{message}; {CHECKS_BY_NAME[failure.check].advice}")
     return messages
 
 
