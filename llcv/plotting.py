@@ -600,7 +600,7 @@ def llc_figure(
 ) -> Figure:
     """LLC mean ± std against training time per run, with loss and accuracy in a panel below.
 
-    Every estimate stays on its run's curve; unhealthy ones (``llcv.results.record_health``: diverged
+    Every estimate stays on its run's curve; unhealthy ones (``LLCRecord.health``: diverged
     chains, no mixing, drift, ...) are hollow, failed checkpoints a red × at the bottom.
 
     Refined records (``estimate-all --per-layer`` / ``--per-class``) get a panel per run and
