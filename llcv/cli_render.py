@@ -367,9 +367,9 @@ def render_plot(result, mark_transitions: bool) -> None:
         unhealthy = run.unhealthy
         if not unhealthy:
             continue
-        listed = ", ".join(health_label(record, reasons) for record, reasons in unhealthy[:5])
+        listed = ", ".join(health_label(record, record.health[1]) for record in unhealthy[:5])
         listed += f", and {len(unhealthy) - 5} more" if len(unhealthy) > 5 else ""
-        marks = "hollow markers" + ("; × where there is no estimate" if any(record.is_failed for record, _ in unhealthy) else "")
+        marks = "hollow markers" + ("; × where there is no estimate" if any(record.is_failed for record in unhealthy) else "")
         prefix = f"{run.label}: " if len(result.runs) > 1 else ""
         console.info(
             f"{prefix}{len(unhealthy)} of {len(run.whole)} checkpoints are unhealthy ({marks}): {listed}; see health_reasons in summary.csv"

@@ -601,7 +601,7 @@ def llc_figure(
 ) -> Figure:
     """LLC mean ± std against training time per run, with loss and accuracy in a panel below.
 
-    Every estimate stays on its run's curve; unhealthy ones (``llcv.results.record_health``: diverged
+    Every estimate stays on its run's curve; unhealthy ones (``LLCRecord.health``: diverged
     chains, no mixing, drift, ...) are hollow, failed checkpoints a red × at the bottom.
 
     Refined records (``estimate-all --per-layer`` / ``--per-class``) get a panel per run and
@@ -617,79 +617,117 @@ def llc_figure(
         transitions: {label: ``llcv.results.Transition`` list} to mark.
         missing: {label: number of checkpoints without a record yet (None: unknown)}.
     """
-    from matplotlib.lines import Line2D
-    from matplotlib.transforms import blended_transform_factory
-
     runs = _as_runs(runs)
     refined = {label: _refined(records) for label, records in runs.items()}
     runs = {label: _whole_model(records) for label, records in runs.items()}
+    transitions = transitions or {}
     field = _axis_field(runs, x)
     panels = [(label, kind, scopes) for label, kinds in refined.items() for kind, scopes in kinds.items()]
-    figure = Figure(figsize=(9 + (1.5 if panels else 0), 7 + 2.8 * len(panels)), layout="constrained")
-    axes = figure.subplots(2 + len(panels), 1, sharex=True, height_ratios=[3, *[2.6] * len(panels), 2])
-    top, refined_axes, bottom = axes[0], list(axes[1:-1]), axes[-1]
+    figure, top, refined_axes, bottom = _llc_axes(len(panels))
     for axis, (label, kind, scopes) in zip(refined_axes, panels):
-        plural = {"block": "blocks", "class": "classes"}[kind] if len(scopes) > 1 else kind
-        title = f"per {kind} ({len(scopes)} {plural})" + (f": {label}" if len(runs) > 1 else "")
+        title = _refined_title(kind, len(scopes), label if len(runs) > 1 else None)
         _draw_refined(axis, title, kind, scopes, runs[label], field, per_parameter)
     accuracy_axis = bottom.twinx()
-    colors = [f"C{index % 10}" for index in range(len(runs))]
-    failed_marks, unhealthy_marks, unplaced, has_zero = False, False, 0, False
-    positive = []
-
-    for (label, records), color in zip(runs.items(), colors):
+    hollow = failed = False
+    for (label, records), color in zip(runs.items(), [f"C{index % 10}" for index in range(len(runs))]):
         placed = [record for record in records if record.position(field) is not None]
-        unplaced += len(records) - len(placed)
-        done = [record for record in placed if record.has_estimate]
-        positive.extend(value for value in (record.position(field) for record in placed) if value > 0)
-        has_zero = has_zero or any(record.position(field) <= 0 for record in placed)
-        xs, means, stds, unhealthy = _llc_points(done, field, per_parameter)
-        # Unhealthy estimates stay on the curve, so its shape shows, but hollow: not to be read.
-        unhealthy_marks = _draw_points(top, xs, means, unhealthy, color, 3.5, linewidth=1.6, label=label) or unhealthy_marks
-        top.fill_between(xs, means - stds, means + stds, color=color, alpha=0.2, linewidth=0)
-        failed = [record for record in placed if record.is_failed]
-        if failed:
-            failed_marks = True
-            top.scatter([record.position(field) for record in failed], [0.03] * len(failed), marker="x", s=60,
-                        color=_FAILED_COLOR, transform=blended_transform_factory(top.transData, top.transAxes), zorder=5)  # fmt: skip
-        for metric, style in (("val_loss", "-"), ("train_loss", ":")):
-            points = [(record.position(field), getattr(record.metrics, metric)) for record in placed]
-            points = [(position, value) for position, value in points if value is not None]
-            if points:
-                bottom.plot(*zip(*points), color=color, linestyle=style, linewidth=1.3)
-        accuracy = [(record.position(field), record.metrics.val_acc) for record in placed]
-        accuracy = [(position, value) for position, value in accuracy if value is not None]
-        if accuracy:
-            accuracy_axis.plot(*zip(*accuracy), color=color, linestyle="--", linewidth=1.1, alpha=0.8)
-        for transition in (transitions or {}).get(label, []):
-            position = getattr(transition, field, None)
-            if position is None:
-                continue
-            for axis in (top, *refined_axes, bottom):
-                axis.axvline(position, color=color, linestyle=(0, (2, 3)), linewidth=0.9, alpha=0.7)
-            if not per_parameter:  # a transition's LLC is the whole model's, not per parameter
-                top.scatter([position], [transition.llc], marker="v", s=60, color=color, edgecolors="black", zorder=6)
+        hollow = _draw_whole_model(top, placed, label, color, field, per_parameter) or hollow
+        failed = failed or any(record.is_failed for record in placed)
+        _draw_training_metrics(bottom, accuracy_axis, placed, color, field)
+        _draw_transitions(top, [top, *refined_axes, bottom], transitions.get(label, []), color, field, per_parameter)
+    _label_whole_model(top, per_parameter, failed=failed, hollow=hollow, transitions=any(transitions.values()), titled=bool(panels))
+    _label_training_metrics(bottom, accuracy_axis)
+    positions = [record.position(field) for records in runs.values() for record in records]
+    _set_training_axis(bottom, [position for position in positions if position is not None], field, x, log_x)
+    figure.suptitle(_llc_title(runs, missing or {}, positions.count(None), field, per_parameter), fontsize=10)
+    return figure
 
-    handles, labels = top.get_legend_handles_labels()
-    if failed_marks:
+
+def _llc_axes(num_refined: int):
+    """The figure and its axes, sharing x: the whole model on top, a refined panel each, the training metrics below."""
+    figure = Figure(figsize=(9 + (1.5 if num_refined else 0), 7 + 2.8 * num_refined), layout="constrained")
+    axes = figure.subplots(2 + num_refined, 1, sharex=True, height_ratios=[3, *[2.6] * num_refined, 2])
+    return figure, axes[0], list(axes[1:-1]), axes[-1]
+
+
+def _refined_title(kind: str, count: int, label: str | None) -> str:
+    """``per block (6 blocks)``, with the run's label where several runs share the figure."""
+    plural = {"block": "blocks", "class": "classes"}[kind] if count > 1 else kind
+    return f"per {kind} ({count} {plural})" + (f": {label}" if label is not None else "")
+
+
+def _draw_whole_model(axis, placed: list[LLCRecord], label: str, color, field: str, per_parameter: bool) -> bool:
+    """One run's whole-model curve with its ± std band, and a red × at the foot for each failed
+    checkpoint. Returns whether any point is hollow."""
+    from matplotlib.transforms import blended_transform_factory
+
+    xs, means, stds, unhealthy = _llc_points(placed, field, per_parameter)
+    # Unhealthy estimates stay on the curve, so its shape shows, but hollow: not to be read.
+    hollow = _draw_points(axis, xs, means, unhealthy, color, 3.5, linewidth=1.6, label=label)
+    axis.fill_between(xs, means - stds, means + stds, color=color, alpha=0.2, linewidth=0)
+    failed = [record.position(field) for record in placed if record.is_failed]
+    if failed:
+        axis.scatter(failed, [0.03] * len(failed), marker="x", s=60, color=_FAILED_COLOR,
+                     transform=blended_transform_factory(axis.transData, axis.transAxes), zorder=5)  # fmt: skip
+    return hollow
+
+
+def _draw_training_metrics(loss_axis, accuracy_axis, placed: list[LLCRecord], color, field: str) -> None:
+    """One run's validation and train loss (solid, dotted) and validation accuracy (dashed, right axis)."""
+    for metric, style in (("val_loss", "-"), ("train_loss", ":")):
+        points = [(record.position(field), getattr(record.metrics, metric)) for record in placed]
+        points = [(position, value) for position, value in points if value is not None]
+        if points:
+            loss_axis.plot(*zip(*points), color=color, linestyle=style, linewidth=1.3)
+    accuracy = [(record.position(field), record.metrics.val_acc) for record in placed]
+    accuracy = [(position, value) for position, value in accuracy if value is not None]
+    if accuracy:
+        accuracy_axis.plot(*zip(*accuracy), color=color, linestyle="--", linewidth=1.1, alpha=0.8)
+
+
+def _draw_transitions(top, axes: list, transitions: list, color, field: str, per_parameter: bool) -> None:
+    """One run's candidate transitions: a dotted vertical line through every panel, and ▼ on its LLC on top."""
+    for transition in transitions:
+        position = getattr(transition, field, None)
+        if position is None:
+            continue
+        for axis in axes:
+            axis.axvline(position, color=color, linestyle=(0, (2, 3)), linewidth=0.9, alpha=0.7)
+        if not per_parameter:  # a transition's LLC is the whole model's, not per parameter
+            top.scatter([position], [transition.llc], marker="v", s=60, color=color, edgecolors="black", zorder=6)
+
+
+def _label_whole_model(axis, per_parameter: bool, *, failed: bool, hollow: bool, transitions: bool, titled: bool) -> None:
+    """The top panel's legend (the runs, then each kind of mark drawn: failed, hollow, transitions),
+    y label, title (when refined panels follow, to tell it from them) and grid."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = axis.get_legend_handles_labels()
+    if failed:
         handles.append(Line2D([], [], color=_FAILED_COLOR, marker="x", linestyle="none"))
         labels.append("failed (no estimate)")
-    if unhealthy_marks:
+    if hollow:
         handles.append(_unhealthy_handle())
         labels.append(UNHEALTHY_LABEL)
-    if any((transitions or {}).values()):
+    if transitions:
         handles.append(Line2D([], [], marker="v", color="0.4", markeredgecolor="black", linestyle="none"))
         labels.append("candidate transition")
-    top.legend(handles, labels, fontsize=8, loc="best")
-    top.set_ylabel("LLC / d (per sampled parameter)" if per_parameter else "LLC (mean ± std over chains)")
-    if panels:
-        top.set_title("whole model", fontsize=9, loc="left")
-    top.grid(alpha=0.3)
-    bottom.set_ylabel("loss of the model as trained")
+    axis.legend(handles, labels, fontsize=8, loc="best")
+    axis.set_ylabel("LLC / d (per sampled parameter)" if per_parameter else "LLC (mean ± std over chains)")
+    if titled:
+        axis.set_title("whole model", fontsize=9, loc="left")
+    axis.grid(alpha=0.3)
+
+
+def _label_training_metrics(loss_axis, accuracy_axis) -> None:
+    """The bottom panel's axis labels, accuracy range, grid and legend of line styles."""
+    from matplotlib.lines import Line2D
+
+    loss_axis.set_ylabel("loss of the model as trained")
     accuracy_axis.set_ylabel("validation accuracy")
     accuracy_axis.set_ylim(0, 1.02)
-    bottom.grid(alpha=0.3)
-    bottom.legend(
+    loss_axis.grid(alpha=0.3)
+    loss_axis.legend(
         [Line2D([], [], color="0.3", linestyle=style) for style in ("-", ":", "--")],
         # The training metrics evaluate the model as trained (its saved BatchNorm statistics),
         # not the recomputed statistics the LLC is sampled with, so the panel says which loss it is.
@@ -697,17 +735,28 @@ def llc_figure(
          "validation accuracy (right)"],
         fontsize=8, loc="best",
     )  # fmt: skip
-    bottom.set_xlabel(field if field == x else f"{field} ({x} unknown for some checkpoints)")
-    if log_x and positive:
-        from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
 
-        threshold = min(positive)
-        bottom.set_xscale("symlog", linthresh=threshold, linscale=0.3)
-        bottom.xaxis.set_major_locator(SymmetricalLogLocator(linthresh=threshold, base=10, subs=[1.0, 2.0, 5.0]))
-        bottom.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        smallest = 0.0 if has_zero else threshold / 1.3  # no empty negative half on a symlog axis
-        bottom.set_xlim(smallest, max(positive) * 1.3)
 
+def _set_training_axis(axis, positions: list[float], field: str, x: str, log_x: bool) -> None:
+    """The shared x axis: its label (saying when ``x`` gave way to the other field), and the
+    symmetric-log scale if asked, linear below the first positive position so step 0 stays on it."""
+    from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
+
+    axis.set_xlabel(field if field == x else f"{field} ({x} unknown for some checkpoints)")
+    positive = [position for position in positions if position > 0]
+    if not (log_x and positive):
+        return
+    threshold = min(positive)
+    axis.set_xscale("symlog", linthresh=threshold, linscale=0.3)
+    axis.xaxis.set_major_locator(SymmetricalLogLocator(linthresh=threshold, base=10, subs=[1.0, 2.0, 5.0]))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    smallest = 0.0 if any(position <= 0 for position in positions) else threshold / 1.3  # no empty negative half on a symlog axis
+    axis.set_xlim(smallest, max(positive) * 1.3)
+
+
+def _llc_title(runs: dict[str, list[LLCRecord]], missing: dict[str, int | None], unplaced: int, field: str, per_parameter: bool) -> str:
+    """``LLC over training`` and beneath it the sampler settings (once if the runs share them), the
+    checkpoints not estimated yet, the records without a position, and the per-parameter scaling."""
     subtitle = []
     settings_lines = {label: _settings_line(records) for label, records in runs.items()}
     distinct = {line for line in settings_lines.values() if line}
@@ -715,7 +764,7 @@ def llc_figure(
         subtitle.append(distinct.pop())
     else:
         subtitle.extend(f"{label}: {line}" for label, line in settings_lines.items() if line)
-    for label, count in (missing or {}).items():
+    for label, count in missing.items():
         prefix = f"{label}: " if len(runs) > 1 else ""
         if count is None:
             subtitle.append(f"{prefix}the checkpoints folder is not reachable, so missing checkpoints are unknown")
@@ -725,8 +774,7 @@ def llc_figure(
         subtitle.append(f"{unplaced} record(s) without a {field} are not drawn")
     if per_parameter:
         subtitle.append("each curve divided by its number of sampled parameters d")
-    figure.suptitle("LLC over training" + ("\n" + "\n".join(subtitle) if subtitle else ""), fontsize=10)
-    return figure
+    return "LLC over training" + ("\n" + "\n".join(subtitle) if subtitle else "")
 
 
 def plot_llc(

@@ -48,7 +48,6 @@ from llcv.fileio import atomic_write_text
 from llcv.health import HealthFailure
 from llcv.plotting import (
     figure_bytes,
-    llc_figure,
     plot_calibration_traces,
     plot_calibration_trials,
     plot_sweep_heatmap,
@@ -57,8 +56,8 @@ from llcv.plotting import (
 )
 from llcv.progress import SILENT, Reporter
 from llcv.records import NBETA_RULE_WORDS, LLCRecord, RecordResult
-from llcv.results import Transition, find_transitions, health_label, missing_checkpoints, run_labels, summary_row
-from llcv.runs import read_settings_folder
+from llcv.results import find_transitions, health_label, run_labels, summary_row
+from llcv.runs import Run, llc_figure_of, read_run
 from llcv.settings import PlotSettings
 from llcv.version import __version__
 
@@ -77,82 +76,15 @@ THUMBNAIL_DPI = 130
 
 
 @dataclass(frozen=True)
-class RunReport:
-    """One results folder as the report reads it.
-
-    Attributes:
-        label: the run's name on the page and in the figure's legend.
-        folder: the settings-hash folder read.
-        settings_hash: its hash; ``other_hashes`` are the folder's other settings, not shown.
-        settings: its settings.json.
-        records: every record, whole model and refined scopes, in training order.
-        missing: checkpoints without a whole-model record yet; None when their folder is not reachable.
-        transitions: candidate transitions on the whole-model curve.
-        origin: the last reachable checkpoint's ``model``, ``dataset``, ``settings`` and
-            ``created``; None when no checkpoint can be read here.
-    """
-
-    label: str
-    folder: Path
-    settings_hash: str
-    other_hashes: tuple[str, ...]
-    settings: dict[str, Any]
-    records: list[LLCRecord]
-    missing: list[str] | None
-    transitions: list[Transition]
-    origin: dict[str, Any] | None
-
-    @property
-    def whole(self) -> list[LLCRecord]:
-        """The whole-model records, in training order."""
-        return [record for record in self.records if record.is_whole_model]
-
-    @property
-    def failed(self) -> list[LLCRecord]:
-        """Every failed record, whole model and refined scopes."""
-        return [record for record in self.records if record.is_failed]
-
-    @property
-    def unhealthy(self) -> list[LLCRecord]:
-        """Whole-model records whose estimate is not to be read (failed ones included)."""
-        return [record for record in self.whole if record.is_unhealthy]
-
-
-@dataclass(frozen=True)
 class ReportResult:
     """What ``write_report`` wrote: the page, the runs it covers and the calibration folders it shows
     (``sweeps`` of ``calibrate sweep``, ``autos`` of ``calibrate auto``)."""
 
     path: Path
     size_bytes: int
-    runs: list[RunReport]
+    runs: list[Run]
     sweeps: list[Path] = field(default_factory=list)
     autos: list[Path] = field(default_factory=list)
-
-
-def load_run(results_dir: Path, label: str, settings_hash: str | None = None, x: str = "step") -> RunReport:
-    """Read one results folder for the report.
-
-    Args:
-        results_dir, settings_hash: as for ``llcv.results.load_results``.
-        label: the run's name on the page.
-        x: ``step`` or ``epoch``, for ``find_transitions``.
-
-    Raises:
-        SettingsError: the folder is missing, holds no results, or lacks ``settings_hash``.
-    """
-    chosen, others, records = read_settings_folder(results_dir, settings_hash)
-    return RunReport(
-        label=label,
-        folder=chosen.path,
-        settings_hash=chosen.settings_hash,
-        other_hashes=others,
-        settings=chosen.settings,
-        records=records,
-        missing=missing_checkpoints(records),
-        transitions=find_transitions(records, x),
-        origin=_origin(records),
-    )
 
 
 def _origin(records: Sequence[LLCRecord]) -> dict[str, Any] | None:
@@ -172,7 +104,7 @@ def _origin(records: Sequence[LLCRecord]) -> dict[str, Any] | None:
 
 
 def _origin_words(origin: Mapping[str, Any] | None) -> dict[str, str | None]:
-    """The model, the dataset and the training in words, from ``RunReport.origin``."""
+    """The model, the dataset and the training in words, from ``_origin``."""
     if not origin:
         return {"name": None, "model": None, "dataset": None, "training": None, "created": None}
     model, dataset = origin.get("model") or {}, origin.get("dataset") or {}
@@ -270,7 +202,7 @@ def write_report(
     if not results_dirs:
         raise SettingsError("no results folder given; name one with --results-dir")
     plot = plot or PlotSettings()
-    runs = [load_run(folder, name, settings_hash, plot.x) for folder, name in zip(results_dirs, run_labels(results_dirs, labels))]
+    runs = [read_run(folder, name, settings_hash, plot.x) for folder, name in zip(results_dirs, run_labels(results_dirs, labels))]
     if calibration_dir is not None:
         folders = find_calibrations(calibration_dir)
         if not folders:
@@ -290,7 +222,7 @@ def write_report(
 
 
 def render_report(
-    runs: Sequence[RunReport],
+    runs: Sequence[Run],
     sweeps: Sequence[tuple[Path, dict[str, Any]]] = (),
     *,
     autos: Sequence[tuple[Path, AutoCalibration, bool]] = (),
@@ -308,11 +240,7 @@ def render_report(
     thumbnails = sum(1 for run in runs for record in run.whole if _has_trace(record))
     reporter.start("report", "drawing the report's figures", 1 + 2 * len(sweeps) + 2 * len(autos) + thumbnails)
     try:
-        figure = _png(llc_figure(
-            {run.label: run.records for run in runs}, x=plot.x, log_x=plot.log_x, per_parameter=plot.per_parameter,
-            transitions={run.label: run.transitions for run in runs},
-            missing={run.label: None if run.missing is None else len(run.missing) for run in runs},
-        ), FIGURE_DPI)  # fmt: skip
+        figure = _png(llc_figure_of(runs, plot, mark_transitions=True), FIGURE_DPI)
         reporter.advance("report")
         run_views = [_run_view(index, run, reporter) for index, run in enumerate(runs)]
         sweep_views = [_sweep_view(folder, sweep, reporter) for folder, sweep in sweeps]
@@ -402,7 +330,7 @@ def _distinct(values) -> list[Any]:
     return list(dict.fromkeys(value for value in values if value not in (None, "")))
 
 
-def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
+def _run_view(index: int, run: Run, reporter: Reporter) -> dict[str, Any]:
     """Everything the template shows about one run, numbers still numbers, strings unescaped."""
     whole = run.whole
     results: list[RecordResult] = [record.result for record in run.records if record.result is not None]
@@ -429,7 +357,7 @@ def _run_view(index: int, run: RunReport, reporter: Reporter) -> dict[str, Any]:
         "folder": str(run.folder),
         "settings_hash": run.settings_hash,
         "other_hashes": list(run.other_hashes),
-        "origin": _origin_words(run.origin),
+        "origin": _origin_words(_origin(run.records)),
         "num_checkpoints": len(whole),
         "steps": (min(steps), max(steps)) if steps else None,
         "epochs": (min(epochs), max(epochs)) if epochs else None,

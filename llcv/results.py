@@ -173,16 +173,6 @@ def record_order(record: LLCRecord | Mapping[str, Any]) -> tuple:
     return LLCRecord.coerce(record).training_order()
 
 
-def record_health(record: LLCRecord | Mapping[str, Any]) -> tuple[bool | None, list[HealthFailure]]:
-    """Whether a record's LLC can be read at face value, and why not: its failed health checks (``LLCRecord.health``).
-
-    A failed record is unhealthy with its error as the reason. A record written before llcv 0.4
-    carries no verdict and gives ``(None, [])``, except that one whose chains partly diverged is
-    unhealthy for that reason, the one check such records carry.
-    """
-    return LLCRecord.coerce(record).health
-
-
 def health_label(record: LLCRecord | Mapping[str, Any], failures: Sequence[HealthFailure]) -> str:
     """``step 12 (R-hat 1.422 > 1.1)``: where a record is, with its first failed check in brief."""
     return f"{LLCRecord.coerce(record).where} ({failures[0].brief if failures else 'no reason recorded'})"
@@ -573,7 +563,7 @@ def find_transitions(records: Sequence[LLCRecord | Mapping[str, Any]], x: Litera
     candidate where the slope changes sign (an LLC peak or trough) or where its magnitude peaks
     (the fastest rise or fall in its neighbourhood). These are candidates to look at, not tests:
     sampling noise makes spurious ones, so read them with the ± std band. Unhealthy estimates
-    (``record_health``) are left out, so the figure, the command's list and the demo's paragraph
+    (``LLCRecord.health``) are left out, so the figure, the command's list and the demo's paragraph
     name the same candidates, none of them resting on an estimate that should not be read.
     """
     points = []

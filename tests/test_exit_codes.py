@@ -34,6 +34,7 @@ from llcv.estimation.run import EstimateSummary
 from llcv.fileio import WriteError
 from llcv.records import RecordError
 from llcv.results import ResultsStore
+from llcv.runs import PlotResult
 from llcv.sampling import nbeta_rule, resolve_burnin
 from llcv.selftest import SelftestRow
 from llcv.training import TrainResult
@@ -156,8 +157,8 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
             lambda mp: mp.setattr("llcv.estimation.estimate_all", summary(True)),
         ),
         Command(
-            "plot", ["plot", "--results-dir", str(results), "--out", str(tmp / "llc.png")], "llcv.plotting.plot_llc",
-            lambda mp: mp.setattr("llcv.plotting.plot_llc", lambda runs, out, **kwargs: Path(out)),
+            "plot", ["plot", "--results-dir", str(results), "--out", str(tmp / "llc.png")], "llcv.runs.plot_runs",
+            lambda mp: mp.setattr("llcv.runs.plot_runs", lambda *args, **kwargs: PlotResult(tmp / "llc.png", [])),
         ),
         Command(
             "report", ["report", "--results-dir", str(results), "--out", str(tmp / "report.html")], "llcv.report.write_report",

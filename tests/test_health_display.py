@@ -17,7 +17,7 @@ from llcv.cli import app
 from llcv.demo import read_figure
 from llcv.health import HealthFailure
 from llcv.plotting import UNHEALTHY_LABEL, llc_figure
-from llcv.results import record_health as estimate_health
+from llcv.records import LLCRecord
 from llcv.results import ResultsStore
 from llcv.settings import SamplerSettings
 
@@ -99,6 +99,10 @@ def filled_points(axis) -> list[tuple[float, float]]:
 
 def legend_texts(axis) -> list[str]:
     return [text.get_text() for text in axis.get_legend().get_texts()]
+
+
+def estimate_health(record: dict) -> tuple[bool | None, list[str]]:
+    return LLCRecord.coerce(record).health
 
 
 def test_the_health_verdict_of_old_and_new_records():
