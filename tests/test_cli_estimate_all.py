@@ -52,7 +52,7 @@ def test_flags_and_config_reach_estimate_all(monkeypatch, tmp_path):
     options = received["options"]
     assert options.steps == [0, 100, 1000] and options.shard == "1/4" and options.force is True
     assert options.device == "cpu" and options.claim_timeout_seconds == 30 and options.executor == "local"
-    assert options.results_dir == tmp_path / "out" and received["dataset"] == "digits"
+    assert options.results_dir == tmp_path / "out" and received["target"].dataset == "digits"
     assert f"settings {settings_hash(settings)}" in unwrapped(result.output)
     assert "1 of 1 checkpoint(s) done" in unwrapped(result.output)
 

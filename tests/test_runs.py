@@ -73,7 +73,7 @@ def test_a_run_holds_its_settings_folder_records_missing_checkpoints_and_transit
 
 def test_unhealthy_is_each_whole_model_records_own_verdict_failures_included(tmp_path):
     run = read_run(mixed_run(tmp_path), "run")
-    unhealthy = {record.step: record.health[1] for record in run.unhealthy}
+    unhealthy = {record.step: [failure.sentence for failure in record.health[1]] for record in run.unhealthy}
     # step 1 carries no verdict and is read; the block unhealthy at step 16 is not the whole model
     assert unhealthy == {4: ["every chain diverged"], 8: [R_HAT], 32: ["1 of 2 chains diverged"]}
 
@@ -116,7 +116,7 @@ def test_old_result_folders_load_plot_and_report(tmp_path, isolated_cli):
         results = Path(shutil.copytree(FIXTURES / name, tmp_path / name))
         run = read_run(results, name)
         assert [record.step for record in run.whole] == [0, 3, 8] and run.missing is None  # the checkpoints are not here
-        assert {record.step: record.health[1][0][: len(unhealthy[record.step])] for record in run.unhealthy} == unhealthy
+        assert {record.step: record.health[1][0].sentence[: len(unhealthy[record.step])] for record in run.unhealthy} == unhealthy
         assert plot_runs([results], PlotSettings(out=tmp_path / f"{name}.png")).path.is_file()
         page = write_report([results], tmp_path / f"{name}.html")
         assert page.runs[0].settings_hash == run.settings_hash and "Not to be read at face value" in page.path.read_text()
