@@ -35,6 +35,10 @@ from llcv.calibration import (
     KNOB_CHANGES,
     AutoCalibration,
     figure_title,
+    plot_calibration_traces,
+    plot_calibration_trials,
+    plot_sweep_heatmap,
+    plot_sweep_traces,
     read_auto,
     recommended_row,
     relative_move_words,
@@ -46,14 +50,8 @@ from llcv.checkpoints import read_checkpoint
 from llcv.errors import LLCVError, SettingsError
 from llcv.fileio import atomic_write_text
 from llcv.health import HealthFailure
-from llcv.plotting import (
-    figure_bytes,
-    plot_calibration_traces,
-    plot_calibration_trials,
-    plot_sweep_heatmap,
-    plot_sweep_traces,
-    plot_trace_thumbnail,
-)
+from llcv.figure_files import figure_bytes
+from llcv.plotting import plot_trace_thumbnail
 from llcv.progress import SILENT, Reporter
 from llcv.records import NBETA_RULE_WORDS, LLCRecord, RecordResult
 from llcv.results import find_transitions, health_label, run_labels, summary_row

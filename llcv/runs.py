@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from matplotlib.figure import Figure
 
 from llcv import plotting
+from llcv.figure_files import save_figure
 from llcv.records import LLCRecord
 from llcv.results import (
     ResultsStore,
@@ -155,5 +156,5 @@ def plot_runs(
     """
     names = run_labels(results_dirs, labels)
     runs = [read_run(folder, name, settings_hash, settings.x) for folder, name in zip(results_dirs, names)]
-    path = plotting.save_figure(llc_figure_of(runs, settings, mark_transitions=settings.mark_transitions), settings.out)
+    path = save_figure(llc_figure_of(runs, settings, mark_transitions=settings.mark_transitions), settings.out)
     return PlotResult(Path(path), runs)

@@ -18,7 +18,7 @@ from llcv.calibration import apply_rule, chains_from_result, curve_from_result, 
 from llcv.errors import SettingsError
 from llcv.health import sweep_row_verdict, trace_evidence
 from llcv.relaxation import RELAXATION_EFOLDS, relaxation_steps
-from llcv.plotting import plot_chains, plot_curve, plot_sweep_heatmap, plot_sweep_traces
+from llcv.calibration.figures import plot_chains, plot_curve, plot_sweep_heatmap, plot_sweep_traces
 from llcv.progress import Reporter
 from llcv.sampling import estimate_llc
 from llcv.settings import CalibrateSettings

@@ -159,7 +159,7 @@ def _trial(epsilon: float, gamma: float, llc: float | None, *, status: str = "ok
 def test_the_trials_figure_marks_gammas_the_doubled_batch_the_pick_and_unhealthy_trials():
     from matplotlib.colors import to_rgba
 
-    from llcv.plotting import plot_calibration_trials
+    from llcv.calibration.figures import plot_calibration_trials
 
     trials = [
         _trial(1e-3, 10.0, 5.0), _trial(5e-4, 10.0, 5.1), _trial(1e-3, 5.0, 5.3), _trial(1e-3, 2.5, -1.0, status="escaped"),
@@ -180,7 +180,7 @@ def test_the_trials_figure_marks_gammas_the_doubled_batch_the_pick_and_unhealthy
 
 
 def test_the_traces_figure_has_a_panel_per_trial_with_its_burn_in():
-    from llcv.plotting import plot_calibration_traces
+    from llcv.calibration.figures import plot_calibration_traces
 
     figure = plot_calibration_traces([_trial(1e-3, 10.0, 5.0), _trial(5e-4, 10.0, 5.1), _trial(2e-3, 10.0, None, status="diverged")], "t", pick=1)
     shown = [axis for axis in figure.axes if axis.get_visible()]

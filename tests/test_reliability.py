@@ -35,7 +35,7 @@ from llcv.cli import app
 from llcv.estimation.run import estimate_all
 from llcv.fileio import WriteError, atomic_write_text, write_temporary
 from llcv.models import build_model
-from llcv.plotting import save_figure
+from llcv.figure_files import save_figure
 from llcv.progress import Reporter
 from llcv.results import ResultsStore, load_results, settings_hash
 from llcv.settings import EstimateSettings

@@ -53,6 +53,14 @@ from llcv.calibration.auto_files import (
     spent_words,
 )
 from llcv.calibration.curvature import top_hessian_eigenvalue
+from llcv.calibration.figures import (
+    plot_calibration_traces,
+    plot_calibration_trials,
+    plot_chains,
+    plot_curve,
+    plot_sweep_heatmap,
+    plot_sweep_traces,
+)
 from llcv.calibration.trials import Trial, TrialStatus
 from llcv.calibration.rule import RULE_FIELDS, apply_rule, recommended_row, rule_thresholds
 from llcv.calibration.sweep import (
@@ -75,5 +83,6 @@ __all__ = [
     "CHAINS_DEFAULT_NUM_CHAINS", "ROW_FIELDS", "RULE_FIELDS", "SWEEP_FORMAT", "ChainsResult", "CurveResult", "SweepResult",
     "apply_rule", "calibrate_chains", "calibrate_curve", "calibrate_sweep", "chains_from_result", "curve_from_result",
     "output_dir", "parse_grid", "recommend_settings", "recommended_row", "row_burnin_steps", "rule_thresholds", "save_chains", "save_curve",
-    "save_sweep", "sweep_base", "sweep_row", "top_hessian_eigenvalue",
+    "save_sweep", "sweep_base", "sweep_row", "top_hessian_eigenvalue", "plot_calibration_traces", "plot_calibration_trials",
+    "plot_chains", "plot_curve", "plot_sweep_heatmap", "plot_sweep_traces",
 ]  # fmt: skip

@@ -41,7 +41,8 @@ from llcv.calibration.trials import Trial
 from llcv.errors import EstimationError
 from llcv.fileio import atomic_write_json, atomic_write_text, csv_text, finite_or_none
 from llcv.sampling import LossSpec
-from llcv.plotting import plot_calibration_traces, plot_calibration_trials, save_figure
+from llcv.calibration.figures import plot_calibration_traces, plot_calibration_trials
+from llcv.figure_files import save_figure
 from llcv.progress import SILENT, Reporter
 from llcv.sampling import SamplingData
 from llcv.settings import AUTO_CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings

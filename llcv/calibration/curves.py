@@ -20,7 +20,8 @@ from llcv.diagnostics import trace_drift
 from llcv.fileio import atomic_write_json, finite_or_none
 from llcv.sampling import LLCResult
 from llcv.sampling import LossSpec
-from llcv.plotting import plot_chains, plot_curve, save_figure
+from llcv.calibration.figures import plot_chains, plot_curve
+from llcv.figure_files import save_figure
 from llcv.progress import SILENT, Reporter
 from llcv.sampling import SamplingData
 from llcv.settings import SamplerSettings

@@ -29,7 +29,8 @@ from llcv.fileio import atomic_write_json, atomic_write_text, csv_text, finite_o
 from llcv.relaxation import AUTO_BURNIN_DRAW_FACTOR, relaxation_steps
 from llcv.sampling import LLCResult
 from llcv.sampling import LossSpec
-from llcv.plotting import plot_sweep_heatmap, plot_sweep_traces, save_figure
+from llcv.calibration.figures import plot_sweep_heatmap, plot_sweep_traces
+from llcv.figure_files import save_figure
 from llcv.progress import SILENT, Reporter
 from llcv.results import checkpoint_stem
 from llcv.sampling import resolve_burnin, resolve_nbeta
