@@ -42,7 +42,7 @@ from llcv.fileio import atomic_write_json
 from llcv.known_models import rrr_case
 from llcv.sampling import LLCResult
 from llcv.progress import Reporter
-from llcv.records import ran_in
+from llcv.results import ran_in
 from llcv.reference import devinterp_estimate, devinterp_sgld_kwargs
 from llcv.sampling import SamplingData
 

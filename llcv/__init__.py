@@ -12,7 +12,7 @@ from llcv.errors import CheckpointError, DataError, LLCVError, SettingsError
 from llcv.estimation import EstimateSummary, estimate_all
 from llcv.sampling import LLCDiagnostics, LLCResult
 from llcv.models import build_model, list_models, model_blocks, register_model
-from llcv.records import LLCRecord
+from llcv.results import LLCRecord
 from llcv.results import load_results, results_dataframe, settings_hash
 from llcv.sampling import estimate_llc
 from llcv.sampling import SamplingData
@@ -61,7 +61,7 @@ __all__ = [
 def __getattr__(name: str):
     # Figures need matplotlib, which is slow to import; load it on first use only.
     if name == "plot_llc":
-        from llcv.plotting import plot_llc
+        from llcv.figures import plot_llc
 
         return plot_llc
     raise AttributeError(f"module 'llcv' has no attribute {name!r}")

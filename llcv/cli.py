@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llcv import calibration, cli_render, console, demo, estimation, report, runs, sampling, selftest, targets, training
+from llcv import calibration, cli_render, console, demo, estimation, figures, sampling, selftest, targets, training
 from llcv.calibration import Budget
 from llcv.cli_options import (
     CHAINS_DEFAULTS,
@@ -274,7 +274,7 @@ def plot_command(
         cli_render.show_settings(settings, read=RESULTS_READ)
         _quiet_for_json(json_output)
         folders = results_dir or [settings.estimate.results_dir]  # the flag, else [estimate] results_dir (config, default)
-        result = runs.plot_runs(folders, settings.plot, labels=label, settings_hash=settings_hash)
+        result = figures.plot_runs(folders, settings.plot, labels=label, settings_hash=settings_hash)
         if json_output:
             cli_render.emit_json(result.to_dict())
         else:
@@ -306,7 +306,7 @@ def report_command(
         cli_render.show_settings(settings, read=RESULTS_READ)
         folders = results_dir or [settings.estimate.results_dir]  # the flag, else [estimate] results_dir (config, default)
         with RichReporter() as reporter:
-            result = report.write_report(
+            result = figures.write_report(
                 folders, out, labels=label, settings_hash=settings_hash, calibration_dir=calibration_dir, plot=settings.plot, reporter=reporter
             )
         cli_render.render_report(result, calibration_dir)

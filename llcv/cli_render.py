@@ -34,7 +34,7 @@ from llcv.calibration import (
 from llcv.health import sweep_row_verdict
 from llcv.relaxation import relaxation_steps
 from llcv.models import model_version
-from llcv.records import ran_in
+from llcv.results import ran_in
 from llcv.results import health_label
 
 

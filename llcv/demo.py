@@ -3,8 +3,8 @@
 Train a small CNN with log-spaced checkpoints, calibrate the sampler once on the final
 checkpoint (``llcv.estimation.calibrate_run``, what ``estimate-all --calibrate`` runs),
 estimate the LLC at every checkpoint with the calibrated settings, plot it over training, read
-the figure and the settings' sensitivity in a paragraph (``llcv.report.read_figure``,
-``llcv.report.calibration_reading``) and write the run's report page. Everything lands under
+the figure and the settings' sensitivity in a paragraph (``llcv.figures.report.read_figure``,
+``llcv.figures.report.calibration_reading``) and write the run's report page. Everything lands under
 one results folder.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from llcv.calibration import Budget
 from llcv.estimation import calibrate_run, estimate_all
 from llcv.progress import SILENT, Reporter
-from llcv.report import calibration_reading, read_figure, write_report
+from llcv.figures import calibration_reading, read_figure, write_report
 from llcv.results import load_results
 from llcv.settings import DEFAULT_BUDGET_STEPS, EstimateSettings, PlotSettings, SamplerSettings, load_settings
 from llcv.training import train
@@ -122,7 +122,7 @@ def run_demo(
     entry = calibrated.settings_entry()
     summary = estimate_all(checkpoints_dir, chosen, options, calibration=entry, reporter=reporter)
 
-    from llcv.plotting import plot_llc
+    from llcv.figures import plot_llc
 
     figure, report = results_dir / "llc.png", results_dir / "report.html"
     records = load_results(estimates_dir, summary.settings_hash)

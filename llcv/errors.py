@@ -9,7 +9,7 @@ Every ``LLCVError`` subclass, with its exit code:
 - ``SettingsError`` (2): bad usage or settings: an invalid value, an unknown key, a malformed config file.
 - ``DataError`` (2): a dataset that is missing, malformed or unknown.
 - ``CheckpointError`` (2): a checkpoint that cannot be read or does not fit the model.
-- ``llcv.records.RecordError`` (2): a file that is not a readable result record (kept beside
+- ``llcv.results.records.RecordError`` (2): a file that is not a readable result record (kept beside
   ``LLCRecord``, which raises it).
 - ``EstimationError`` (1): the estimate ran but produced no usable number.
 - ``llcv.fileio.WriteError`` (1): a file could not be written (kept beside ``atomic_write``).

@@ -173,8 +173,8 @@ def test_the_parser_sees_imports_inside_functions():
     """The rules above would catch what they forbid: the parser sees an import inside a function."""
     tree = ast.parse("def f():\n    from llcv.results import load_results\n")
     node = tree.body[0].body[0]
-    assert _imported_modules(node, "llcv.plotting") == ["llcv.results"]
-    assert "llcv.settings" in imports_of("llcv.results")
+    assert _imported_modules(node, "llcv.figures.plotting") == ["llcv.results"]
+    assert "llcv.settings" in imports_of("llcv.results.store")
 
 
 def test_the_package_rules_see_what_they_forbid():
@@ -183,8 +183,8 @@ def test_the_package_rules_see_what_they_forbid():
     assert package_of("llcv.sampling.chains") == "llcv.sampling"
     assert package_of("llcv.fileio") == "llcv.fileio"
     tree = ast.parse("from llcv.sampling.chains import ChainState\n")
-    assert _imported_modules(tree.body[0], "llcv.report") == ["llcv.sampling.chains"]
-    assert package_of("llcv.sampling.chains") != package_of("llcv.report")
+    assert _imported_modules(tree.body[0], "llcv.figures.report") == ["llcv.sampling.chains"]
+    assert package_of("llcv.sampling.chains") != package_of("llcv.figures.report")
     reaching = "from llcv.sampling.chains import _ChainGroup, ChainState\nfrom llcv.sampling import __all__\n"
-    assert private_imports("llcv.report", reaching) == ["llcv.report imports _ChainGroup from llcv.sampling.chains"]
+    assert private_imports("llcv.figures.report", reaching) == ["llcv.figures.report imports _ChainGroup from llcv.sampling.chains"]
     assert private_imports("llcv.sampling.estimate", reaching) == []

@@ -21,7 +21,7 @@ from llcv import SamplerSettings
 from llcv.sampling.batchnorm import batchnorm_layers, recompute_batchnorm_statistics
 from llcv.sampling import resolve_loss
 from llcv.models import build_model
-from llcv.results import hashed_settings, settings_hash
+from llcv.results.store import hashed_settings, settings_hash
 from llcv.sampling import estimate_llc, working_copy
 from llcv.sampling import SamplingData
 

@@ -28,13 +28,13 @@ from llcv import LLCResult, SamplerSettings, cli_render, console, estimate_llc
 from llcv.checkpoints import CheckpointInfo, ModelSpec
 from llcv.cli import app
 from llcv.health import trace_evidence
-from llcv.report import ReportResult
+from llcv.figures.report import ReportResult
 from llcv.errors import CheckpointError, DataError, EstimationError, LLCVError, SettingsError
 from llcv.estimation.run import EstimateSummary
 from llcv.fileio import WriteError
-from llcv.records import RecordError
+from llcv.results.records import RecordError
 from llcv.results import ResultsStore
-from llcv.runs import PlotResult
+from llcv.figures.runs import PlotResult
 from llcv.sampling import nbeta_rule, resolve_burnin
 from llcv.selftest import SelftestRow
 from llcv.training import TrainResult
@@ -157,12 +157,12 @@ def _commands(tmp: Path, template: LLCResult) -> dict[str, Command]:
             lambda mp: mp.setattr("llcv.estimation.estimate_all", summary(True)),
         ),
         Command(
-            "plot", ["plot", "--results-dir", str(results), "--out", str(tmp / "llc.png")], "llcv.runs.plot_runs",
-            lambda mp: mp.setattr("llcv.runs.plot_runs", lambda *args, **kwargs: PlotResult(tmp / "llc.png", [])),
+            "plot", ["plot", "--results-dir", str(results), "--out", str(tmp / "llc.png")], "llcv.figures.plot_runs",
+            lambda mp: mp.setattr("llcv.figures.plot_runs", lambda *args, **kwargs: PlotResult(tmp / "llc.png", [])),
         ),
         Command(
-            "report", ["report", "--results-dir", str(results), "--out", str(tmp / "report.html")], "llcv.report.write_report",
-            lambda mp: mp.setattr("llcv.report.write_report", lambda *args, **kwargs: ReportResult(tmp / "report.html", 1000, [])),
+            "report", ["report", "--results-dir", str(results), "--out", str(tmp / "report.html")], "llcv.figures.write_report",
+            lambda mp: mp.setattr("llcv.figures.write_report", lambda *args, **kwargs: ReportResult(tmp / "report.html", 1000, [])),
         ),
         Command(
             "calibrate-sweep", ["calibrate", "sweep", *calibrate_args, "--epsilons", "1e-5,1e-4", "--gammas", "10000"],

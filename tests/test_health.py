@@ -21,7 +21,7 @@ from llcv.estimation.run import estimate_all
 from llcv.sampling import LLCResult
 from llcv.health import CHECKS_BY_NAME, Evidence, HealthFailure, HealthThresholds, failed_checks, rule_texts, trace_evidence
 from llcv.progress import Reporter
-from llcv.results import SUMMARY_FILE, find_transitions, settings_hash
+from llcv.results.store import SUMMARY_FILE, find_transitions, settings_hash
 from llcv.settings import EstimateSettings
 
 

@@ -16,8 +16,8 @@ from _helpers import fake_record, unwrapped
 from llcv.cli import app
 from llcv.demo import read_figure
 from llcv.health import HealthFailure
-from llcv.plotting import UNHEALTHY_LABEL, llc_figure
-from llcv.records import LLCRecord
+from llcv.figures.plotting import UNHEALTHY_LABEL, llc_figure
+from llcv.results import LLCRecord
 from llcv.results import ResultsStore
 from llcv.settings import SamplerSettings
 

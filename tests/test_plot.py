@@ -1,4 +1,4 @@
-"""Tests for `llcv plot` and llcv.plotting.plot_llc: full, partial and overlaid runs, transitions, formats."""
+"""Tests for `llcv plot` and llcv.figures.plotting.plot_llc: full, partial and overlaid runs, transitions, formats."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped, write_fake_run
 from llcv.cli import app
 from llcv.estimation.run import estimate_all
-from llcv.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
+from llcv.figures.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
 from llcv.results import find_transitions, load_results
 from llcv.settings import EstimateSettings
 

@@ -293,8 +293,8 @@ def _install(command: str, tmp: Path, template: LLCResult, monkeypatch) -> tuple
         store = ResultsStore(tmp / "results", "abcdef012345")
         store.write_settings(SamplerSettings())
         store.write_record(fake_record(checkpoint, 1, 2.0, settings_hash="abcdef012345"))
-        monkeypatch.setattr("llcv.plotting.llc_figure", lambda *args, **kwargs: None)  # the flags are under test, not the drawing
-        monkeypatch.setattr("llcv.runs.save_figure", record(tmp / "llc.png"))
+        monkeypatch.setattr("llcv.figures.plotting.llc_figure", lambda *args, **kwargs: None)  # the flags are under test, not the drawing
+        monkeypatch.setattr("llcv.figures.runs.save_figure", record(tmp / "llc.png"))
         return ["plot", "--results-dir", str(tmp / "results")], calls
     raise AssertionError(command)
 

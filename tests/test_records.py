@@ -1,4 +1,4 @@
-"""Tests for llcv.records.LLCRecord: the same files as before the typed view, old and newer files, bad files.
+"""Tests for llcv.results.records.LLCRecord: the same files as before the typed view, old and newer files, bad files.
 
 The fixtures under tests/fixtures/ were written by llcv 0.5.0 before ``LLCRecord`` existed:
 
@@ -28,9 +28,9 @@ from llcv.checkpoints import CheckpointInfo, ModelSpec
 from llcv.cli import app
 from llcv.estimation.run import EstimateJob, JobSpec, failure_record, make_record
 from llcv.health import HealthFailure
-from llcv.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
-from llcv.records import RECORD_FORMAT_VERSION, RecordError, RecordResult
-from llcv.report import read_figure
+from llcv.figures.plotting import UNHEALTHY_LABEL, llc_figure, plot_llc
+from llcv.results.records import RECORD_FORMAT_VERSION, RecordError, RecordResult
+from llcv.figures import read_figure
 from llcv.results import ResultsStore, find_transitions, load_results, results_dataframe, settings_hash
 from llcv.estimation.scopes import Scope
 from llcv.settings import SamplerSettings

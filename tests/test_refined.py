@@ -20,7 +20,7 @@ from llcv.data import dataset_targets
 from llcv.errors import SettingsError
 from llcv.estimation.run import EstimateJob, estimate_all
 from llcv.models import SmallCNN, model_blocks
-from llcv.plotting import llc_figure, plot_llc
+from llcv.figures.plotting import llc_figure, plot_llc
 from llcv.results import load_results, results_dataframe, settings_hash
 from llcv.sampling import data_nbeta
 from llcv.estimation.scopes import Scope, refined_scopes

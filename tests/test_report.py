@@ -1,4 +1,4 @@
-"""Tests for `llcv report` and llcv.report: one self-contained, escaped HTML page per run or comparison."""
+"""Tests for `llcv report` and llcv.figures.report: one self-contained, escaped HTML page per run or comparison."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from llcv import LLCRecord
 from llcv.calibration import calibrate_sweep, output_dir, save_sweep
 from llcv.cli import app
 from llcv.estimation.run import estimate_all
-from llcv.report import write_report
+from llcv.figures import write_report
 from llcv.results import ResultsStore
 from llcv.estimation.run_calibration import calibrate_run
 from llcv.settings import EstimateSettings, SamplerSettings
@@ -212,8 +212,8 @@ def test_the_report_shows_an_automatic_calibration_and_where_the_settings_came_f
 
 
 def test_the_run_says_how_its_temperature_and_burn_in_were_chosen(tmp_path):
-    from llcv.records import RecordResult
-    from llcv.report import _burnin_words
+    from llcv.results import RecordResult
+    from llcv.figures.report import _burnin_words
 
     automatic = RecordResult(burnin_steps=200, burnin_rule="auto")
     assert _burnin_words("auto", [automatic, automatic]) == "200 burn-in steps (automatic, 2 / (ε γ))"

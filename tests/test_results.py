@@ -13,8 +13,8 @@ import pytest
 
 from _helpers import fake_record
 from llcv.errors import SettingsError
-from llcv.records import LLCRecord
-from llcv.results import (
+from llcv.results import LLCRecord
+from llcv.results.store import (
     SUMMARY_COLUMNS,
     ResultsStore,
     canonical_json,

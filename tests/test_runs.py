@@ -1,4 +1,4 @@
-"""Tests for llcv.runs: one run type read from a results folder, and the same verdicts in the plot and the report."""
+"""Tests for llcv.figures.runs: one run type read from a results folder, and the same verdicts in the plot and the report."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from _helpers import fake_record, unwrapped, write_fake_run
 from llcv.cli import app
-from llcv.report import write_report
+from llcv.figures import write_report
 from llcv.results import ResultsStore, find_transitions
-from llcv.runs import llc_figure_of, plot_runs, read_run
+from llcv.figures.runs import llc_figure_of, plot_runs, read_run
 from llcv.settings import PlotSettings, SamplerSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"

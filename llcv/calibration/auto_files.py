@@ -7,7 +7,7 @@ interrupted run resumes where it stopped, and ``save_auto`` writes beside the st
     calibration.json          the store: every trial, the pick, the sensitivity, what was spent
     recommended.json          the sampler fields the search decided, with its reason and sensitivity
     trials.csv                one row per trial (its fields but the trace)
-    calibration_trials.<fmt>  each trial's LLC against epsilon (``llcv.plotting``)
+    calibration_trials.<fmt>  each trial's LLC against epsilon (``llcv.figures.plotting``)
     calibration_traces.<fmt>  each trial's chain-mean LLC over its steps
 
 ``spent_words``, ``sensitivity_verdict``, ``relative_move_words`` and ``sensitivity_sentence``

@@ -10,8 +10,8 @@ the caller's ``failure_record`` instead.
 Both functions are given by the caller, so this module knows nothing of what a job is (and
 ``llcv.estimation`` can import it without a cycle). They must be picklable top-level functions:
 device workers are spawned processes and Ray tasks run elsewhere, and each receives them by
-reference. Records cross the process boundary as ``llcv.records.LLCRecord`` objects, pickled
-(pydantic models pickle, and ``llcv.records`` is importable in every worker), so what arrives is
+reference. Records cross the process boundary as ``llcv.results.records.LLCRecord`` objects, pickled
+(pydantic models pickle, and ``llcv.results.records`` is importable in every worker), so what arrives is
 already validated and typed.
 """
 
@@ -36,7 +36,7 @@ import torch
 from llcv.errors import EstimationError, SettingsError
 from llcv.sampling import PrecisionChoice
 from llcv.progress import SILENT, ForwardingReporter, Reporter, replay
-from llcv.records import LLCRecord
+from llcv.results import LLCRecord
 
 logger = logging.getLogger("llcv")
 

@@ -42,7 +42,7 @@ from llcv.sampling import LossSpec
 from llcv.models import list_models, model_version
 from llcv.sampling import PrecisionChoice
 from llcv.progress import SILENT, Reporter
-from llcv.records import DEFAULT_SCOPE, RECORD_FORMAT, RECORD_FORMAT_VERSION, LLCRecord, RecordResult
+from llcv.results import DEFAULT_SCOPE, RECORD_FORMAT, RECORD_FORMAT_VERSION, LLCRecord, RecordResult
 from llcv.results import (
     DEFAULT_LOSS,
     ResultsStore,

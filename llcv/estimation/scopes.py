@@ -23,7 +23,7 @@ from llcv.checkpoints import CheckpointInfo
 from llcv.errors import LLCVError, SettingsError
 from llcv.estimation.job_spec import JobSpec
 from llcv.sampling import LLCResult
-from llcv.records import LLCRecord
+from llcv.results import LLCRecord
 from llcv.results import DEFAULT_SCOPE, check_scope
 from llcv.sampling import nbeta_rule, resolve_nbeta, select_parameters
 from llcv.settings import SamplerSettings

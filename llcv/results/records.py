@@ -48,7 +48,7 @@ ScopeKind = Literal["model", "block", "class"]
 SCOPE_KINDS: tuple[str, ...] = ("model", "block", "class")
 
 
-# How a result's nbeta_rule reads beside its nbeta in a figure or a report (llcv.plotting, llcv.report).
+# How a result's nbeta_rule reads beside its nbeta in a figure or a report (llcv.figures.plotting, llcv.figures.report).
 NBETA_RULE_WORDS = {"data": "n/ln n", "batch": "batch/ln batch", "set": "set"}
 
 

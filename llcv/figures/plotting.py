@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from llcv.errors import SettingsError
 from llcv.figure_files import save_figure
-from llcv.records import NBETA_RULE_WORDS, LLCRecord, RecordResult
+from llcv.results import NBETA_RULE_WORDS, LLCRecord, RecordResult
 from llcv.results import find_transitions
 
 

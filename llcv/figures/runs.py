@@ -5,7 +5,7 @@ A ``Run`` is one results folder as ``llcv plot``, the LLC figure and ``llcv repo
 reads its records, lists the checkpoints that have no estimate yet and finds the candidate
 transitions. ``Run.unhealthy`` names the estimates not to read by each record's own verdict
 (``LLCRecord.health``), the one the figure draws hollow. ``llc_figure_of`` draws runs with
-``llcv.plotting.llc_figure`` for the plot and the report alike, and ``plot_runs`` is what ``llcv
+``llcv.figures.plotting.llc_figure`` for the plot and the report alike, and ``plot_runs`` is what ``llcv
 plot`` does. Nothing here prints; the commands render what is returned.
 """
 
@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 from matplotlib.figure import Figure
 
-from llcv import plotting
+from llcv.figures import plotting
 from llcv.figure_files import save_figure
-from llcv.records import LLCRecord
+from llcv.results import LLCRecord
 from llcv.results import (
     ResultsStore,
     Transition,
@@ -129,7 +129,7 @@ def read_run(results_dir: Path, label: str, settings_hash: str | None = None, x:
 
 
 def llc_figure_of(runs: Sequence[Run], settings: PlotSettings, *, mark_transitions: bool) -> Figure:
-    """The LLC-over-training figure of ``runs`` (``llcv.plotting.llc_figure``), with the axes of
+    """The LLC-over-training figure of ``runs`` (``llcv.figures.plotting.llc_figure``), with the axes of
     ``settings``, each run's missing checkpoints counted, and its transitions marked if asked."""
     return plotting.llc_figure(
         {run.label: run.records for run in runs}, x=settings.x, log_x=settings.log_x, per_parameter=settings.per_parameter,

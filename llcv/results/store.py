@@ -9,7 +9,7 @@ Layout (docs/formats.md, "LLC results")::
     <results-dir>/<settings-hash>/.claims/                          workers' claims (llcv.estimation.claims)
 
 Every file is written atomically, so readers (``load_results``, ``llcv plot``, a notebook) may
-run while workers write. Records are ``llcv.records.LLCRecord`` objects; a file that is not a
+run while workers write. Records are ``llcv.results.records.LLCRecord`` objects; a file that is not a
 readable record is skipped with one warning naming it. The settings hash names a folder by the sampler fields that change
 results, leaving out fields at their default value, so adding a setting with a default later
 does not orphan existing results.
@@ -33,8 +33,8 @@ from llcv.checkpoints import CHECKPOINT_SUFFIXES, list_checkpoints
 from llcv.errors import LLCVError, SettingsError
 from llcv.fileio import atomic_write_json, atomic_write_text
 from llcv.health import HealthFailure
-# The record's format constants live in llcv.records; importing them from here still works.
-from llcv.records import DEFAULT_SCOPE, RECORD_FORMAT, RECORD_FORMAT_VERSION, LLCRecord, RecordError, Status  # noqa: F401
+# The record's format constants live in llcv.results.records; importing them from here still works.
+from llcv.results.records import DEFAULT_SCOPE, RECORD_FORMAT, RECORD_FORMAT_VERSION, LLCRecord, RecordError, Status  # noqa: F401
 from llcv.settings import SamplerSettings
 
 logger = logging.getLogger("llcv")

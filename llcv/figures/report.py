@@ -2,7 +2,7 @@
 
 The page is built from files only: the folders ``estimate-all`` writes, the calibrations of ``llcv
 calibrate sweep`` and ``llcv calibrate auto``, and, for the model and dataset, the run's last
-checkpoint where it can be reached. Figures come from ``llcv.plotting`` as base64 PNG, the styles sit in the page and
+checkpoint where it can be reached. Figures come from ``llcv.figures.plotting`` as base64 PNG, the styles sit in the page and
 nothing refers to the network, so the file opens from disk or as a mail attachment. The
 template (``llcv/templates/report.html.j2``) escapes every value it is given, so a checkpoint
 name or an error message read from a file cannot inject markup. ``read_figure`` writes the
@@ -51,11 +51,11 @@ from llcv.errors import LLCVError, SettingsError
 from llcv.fileio import atomic_write_text
 from llcv.health import HealthFailure
 from llcv.figure_files import figure_bytes
-from llcv.plotting import plot_trace_thumbnail
+from llcv.figures.plotting import plot_trace_thumbnail
 from llcv.progress import SILENT, Reporter
-from llcv.records import NBETA_RULE_WORDS, LLCRecord, RecordResult
+from llcv.results import NBETA_RULE_WORDS, LLCRecord, RecordResult
 from llcv.results import find_transitions, health_label, run_labels, summary_row
-from llcv.runs import Run, llc_figure_of, read_run
+from llcv.figures.runs import Run, llc_figure_of, read_run
 from llcv.settings import PlotSettings
 from llcv.version import __version__
 
