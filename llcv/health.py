@@ -125,7 +125,7 @@ class HealthFailure:
 
     @classmethod
     def from_sentence(cls, sentence: str) -> "HealthFailure":
-        """The reason of a result written before llcv 0.11, which recorded only the sentence.
+        """The reason of a result written before llcv 0.12, which recorded only the sentence.
 
         The brief form is cut from the sentence: the part between ``": "`` separators that holds
         a comparison (``the chains disagree: R-hat 1.422 > 1.1`` -> ``R-hat 1.422 > 1.1``), else
@@ -306,7 +306,7 @@ def sweep_row_verdict(row: Mapping[str, Any], rule: Mapping[str, float]) -> str:
 
     Args:
         row: a row of ``llcv.calibration.apply_rule`` or of a sweep.json; its ``failed_check``
-            names the check. Rows written before llcv 0.11 lack it and record only the rule's text
+            names the check. Rows written before llcv 0.12 lack it and record only the rule's text
             (``reason``): the rule is the one that reads exactly so under the sweep's thresholds,
             and a text that none reads (a newer llcv's rule) is shown as it is.
         rule: the thresholds the row was judged by (sweep.json's ``rule``).

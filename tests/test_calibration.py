@@ -131,7 +131,7 @@ def test_each_rule_failing_alone_disqualifies_with_its_name(changes, failed, che
 
 
 def test_a_sweep_row_written_before_failed_check_shows_its_rule_abbreviated():
-    """Rows before llcv 0.11 record only the rule's text: it names the rule under the sweep's own thresholds."""
+    """Rows before llcv 0.12 record only the rule's text: it names the rule under the sweep's own thresholds."""
     strict = {**RULE, "max_r_hat": 1.05, "target_acceptance": 0.95}
     assert sweep_row_verdict({"qualifies": False, "reason": "r_hat > 1.05"}, strict) == "R-hat > 1.05"
     assert sweep_row_verdict({"qualifies": False, "reason": "mala_acceptance < 0.95"}, strict) == "MALA < 0.95"
@@ -603,7 +603,7 @@ def _cell_texts(figure: Figure) -> list[str]:
 def test_heatmap_cells_name_the_first_rule_failed_abbreviated_in_new_and_old_rows():
     rows = apply_rule([row(epsilon=1e-5, r_hat=1.3), row(epsilon=1e-4, mala_acceptance=0.5)])[0]
     assert [text.split("\n")[1] for text in _cell_texts(plot_sweep_heatmap(rows, "t", RULE))] == ["✗ R-hat > 1.1", "✗ MALA < 0.9"] * 2
-    # a sweep.json from before llcv 0.11: the rows have no failed_check
+    # a sweep.json from before llcv 0.12: the rows have no failed_check
     old = [{key: value for key, value in judged.items() if key != "failed_check"} for judged in rows]
     assert _cell_texts(plot_sweep_heatmap(old, "t", RULE)) == _cell_texts(plot_sweep_heatmap(rows, "t", RULE))
 

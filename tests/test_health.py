@@ -184,7 +184,7 @@ def test_every_check_has_its_rule_text():
 
 
 def test_a_result_written_before_typed_failures_reads_its_reasons_from_their_sentences():
-    """Results before llcv 0.11 record only each reason's sentence: the brief form is cut from it."""
+    """Results before llcv 0.12 record only each reason's sentence: the brief form is cut from it."""
     assert [HealthFailure.from_sentence(sentence).brief for sentence in (
         "the chains disagree: R-hat 1.422 > 1.1",
         "too few effective samples: ESS 82 < 100",

@@ -27,12 +27,12 @@ LLC = [1.0, 1.1, 1.3, 2.0, 4.0, 4.6, 4.3, 3.2, 3.0]
 R_HAT = "the chains disagree: R-hat 1.422 > 1.1"
 ESS = "too few effective samples: ESS 82 < 100"
 MALA = "MALA acceptance 0.620 < 0.9: epsilon is too large for the curvature"
-# A failure as results since llcv 0.11 record it: its brief form is not in its sentence.
+# A failure as results since llcv 0.12 record it: its brief form is not in its sentence.
 DRIFT = HealthFailure("drift", "the LLC drifts: late draws differ from early ones by +4.0 standard errors (limit 3)", "|drift z| 4.0 > 3")
 
 
 def _with_failures(record: dict, failures: list[HealthFailure]) -> dict:
-    """``record`` as llcv 0.11 writes it: its result's failed checks in every form, beside their sentences."""
+    """``record`` as llcv 0.12 writes it: its result's failed checks in every form, beside their sentences."""
     sentences = [failure.sentence for failure in failures]
     result = {**record["result"], "health_reasons": sentences, "health_failures": [dataclasses.asdict(failure) for failure in failures]}
     return {**record, "health_reasons": sentences, "result": result}
@@ -44,7 +44,7 @@ def _record(folder: Path, step: int, llc: float | None, **kwargs) -> dict:
 
 def mixed_records(folder: Path) -> list[dict]:
     """Healthy records, two judged unhealthy (steps 8 and 64: 8's failures recorded in every form,
-    64's by their sentence only, as before llcv 0.11), one written before health verdicts (step 1),
+    64's by their sentence only, as before llcv 0.12), one written before health verdicts (step 1),
     one of those with a diverged chain (step 32), and a failure (step 4)."""
     records = []
     for step, llc in zip(STEPS, LLC):
@@ -108,7 +108,7 @@ def estimate_health(record: dict) -> tuple[bool | None, list[str]]:
 def test_the_health_verdict_of_old_and_new_records():
     folder = Path("/nowhere")
     assert estimate_health(_with_failures(_record(folder, 8, 4.0, healthy=False), [DRIFT])) == (False, [DRIFT])
-    # before llcv 0.11 only the sentences: the brief form is cut from them
+    # before llcv 0.12 only the sentences: the brief form is cut from them
     assert estimate_health(_record(folder, 8, 4.0, healthy=False, health_reasons=[R_HAT, MALA])) == (False, [
         HealthFailure(None, R_HAT, "R-hat 1.422 > 1.1"), HealthFailure(None, MALA, "MALA acceptance 0.620 < 0.9"),
     ])  # fmt: skip

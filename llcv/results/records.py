@@ -164,7 +164,7 @@ class RecordResult(_Part):
     diagnostics: RecordDiagnostics = Field(default_factory=RecordDiagnostics)
     healthy: bool | None = None  # since llcv 0.4
     health_reasons: list[str] | None = None  # since llcv 0.4
-    health_failures: list[HealthFailure] | None = None  # since llcv 0.11: health_reasons with their check and brief form
+    health_failures: list[HealthFailure] | None = None  # since llcv 0.12: health_reasons with their check and brief form
     settings: dict[str, Any] = {}  # the sampler settings this estimate used
     num_parameters: int | None = None
     num_samples_used: int | None = None
@@ -343,7 +343,7 @@ class LLCRecord(_Part):
         A failed record is unhealthy with its error as the reason. A record written before llcv
         0.4 carries no verdict and gives ``(None, [])``, except that one whose chains partly
         diverged is unhealthy for that reason, the one check such records carry. A result written
-        before llcv 0.11 recorded only each reason's sentence, read by ``HealthFailure.from_sentence``.
+        before llcv 0.12 recorded only each reason's sentence, read by ``HealthFailure.from_sentence``.
         """
         if self.is_failed:
             return False, [HealthFailure.of_error(str(self.error or "failed"))]

@@ -110,7 +110,7 @@ class LLCResult(BaseModel):
     diagnostics: LLCDiagnostics
     # Whether the number can be read at face value, and why not (llcv.health); None in results
     # written before llcv 0.4. health_failures holds the same failed checks, each in every form
-    # its readers show (its sentence is the health_reasons entry); empty in results before llcv 0.11.
+    # its readers show (its sentence is the health_reasons entry); empty in results before llcv 0.12.
     healthy: bool | None = None
     health_reasons: list[str] = []
     health_failures: list[HealthFailure] = []
