@@ -5,7 +5,7 @@ The public Python API; everything here is importable as ``from llcv import ...``
 
 from llcv.version import __version__
 
-from llcv.calibration import SweepResult, calibrate_sweep, recommend_settings
+from llcv.calibration import SweepGrid, SweepResult, calibrate_sweep, recommend_settings
 from llcv.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
 from llcv.data import DatasetInfo, load_dataset
 from llcv.errors import CheckpointError, DataError, LLCVError, SettingsError
@@ -35,6 +35,7 @@ __all__ = [
     "SamplerSettings",
     "SamplingData",
     "SettingsError",
+    "SweepGrid",
     "SweepResult",
     "Target",
     "TrainSettings",

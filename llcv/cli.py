@@ -422,10 +422,9 @@ def calibrate_sweep_command(
         options = settings.calibrate
         with RichReporter() as reporter:
             result = calibration.calibrate_sweep(
-                loaded.model, loaded.dataset, options.epsilons, options.gammas, options.nbetas,
+                loaded.model, loaded.dataset, calibration.SweepGrid.from_settings(options),
                 base=calibration.sweep_base(settings.sampler, options), device=options.device,
-                relax_burnin=options.num_burnin_steps is None, sweep_file=out / "sweep.json", checkpoint=str(checkpoint), reporter=reporter,
-                **calibration.rule_thresholds(options),
+                sweep_file=out / "sweep.json", checkpoint=str(checkpoint), reporter=reporter,
             )  # fmt: skip
         calibration.save_sweep(result, out, options.format)
         cli_render.render_sweep_outcome(result, checkpoint, out, json_output)

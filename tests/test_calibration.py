@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import math
 
@@ -14,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 from llcv import SamplerSettings, SweepResult, calibrate_sweep, recommend_settings
 from llcv import calibration, sampling
-from llcv.calibration import apply_rule, chains_from_result, curve_from_result, parse_grid, rule_thresholds, save_sweep
+from llcv.calibration import SweepGrid, apply_rule, chains_from_result, curve_from_result, parse_grid, rule_thresholds, save_sweep
 from llcv.errors import SettingsError
 from llcv.health import sweep_row_verdict, trace_evidence
 from llcv.relaxation import RELAXATION_EFOLDS, relaxation_steps
@@ -270,10 +272,8 @@ def test_sweep_on_a_trained_model_flags_a_huge_epsilon_and_recommends_a_healthy_
     target = Target(run.checkpoints[-1]).load()
     base = SamplerSettings(num_chains=2, num_draws=12, batch_size=64, num_samples=128)
     # Short chains on minibatches: the thresholds are loosened so that the healthy pairs can pass.
-    result = calibrate_sweep(
-        target.model, target.dataset, [1e-5, 1e-4, 1e3], [1e4], base=base, device="cpu", relax_burnin=True,
-        target_acceptance=0.2, max_negative_fraction=0.5, max_drift_z=100.0, max_r_hat=3.0,
-    )
+    grid = SweepGrid([1e-5, 1e-4, 1e3], [1e4], relax_burnin=True, target_acceptance=0.2, max_negative_fraction=0.5, max_drift_z=100.0, max_r_hat=3.0)
+    result = calibrate_sweep(target.model, target.dataset, grid, base=base, device="cpu")
     assert isinstance(result, SweepResult)
     assert [(r["epsilon"], r["gamma"]) for r in result.rows] == [(1e-5, 1e4), (1e-4, 1e4), (1e3, 1e4)]
     assert set(result.rows[0]) == set(calibration.ROW_FIELDS)
@@ -295,12 +295,12 @@ def test_a_sweep_without_nbetas_runs_at_the_samplers_temperature_resolved_on_its
     model, data = linear  # 200 samples
     for nbeta, expected in (("data", 200 / math.log(200)), ("batch", 50 / math.log(50)), (7.0, 7.0)):
         base = TINY.model_copy(update={"nbeta": nbeta, "batch_size": 50, "num_draws": 4, "num_burnin_steps": 0})
-        assert calibrate_sweep(model, data, [1e-3], [1.0], base=base, loss="mse", device="cpu").rows[0]["nbeta"] == pytest.approx(expected)
+        assert calibrate_sweep(model, data, SweepGrid([1e-3], [1.0]), base=base, loss="mse", device="cpu").rows[0]["nbeta"] == pytest.approx(expected)
 
 
 def test_sweep_rows_are_built_from_the_estimates(linear):
     model, data = linear
-    result = calibrate_sweep(model, data, [1e-3], [1.0], [5.0, 20.0], base=TINY, loss="mse", device="cpu")
+    result = calibrate_sweep(model, data, SweepGrid([1e-3], [1.0], nbetas=[5.0, 20.0]), base=TINY, loss="mse", device="cpu")
     assert [r["nbeta"] for r in result.rows] == [5.0, 20.0]
     for row_, trace in zip(result.rows, result.traces):
         assert len(trace) == TINY.num_draws
@@ -313,22 +313,20 @@ def test_sweep_rows_are_built_from_the_estimates(linear):
 
 def test_sweep_forces_mala_on_since_the_rule_needs_it(linear):
     model, data = linear
-    result = calibrate_sweep(model, data, [1e-3], [1.0], base=TINY.model_copy(update={"mala": False}), loss="mse", device="cpu")
+    result = calibrate_sweep(model, data, SweepGrid([1e-3], [1.0]), base=TINY.model_copy(update={"mala": False}), loss="mse", device="cpu")
     assert result.rows[0]["mala_acceptance"] is not None
 
 
 def test_empty_grid_is_a_settings_error(linear):
     model, data = linear
     with pytest.raises(SettingsError, match="calibrate.gammas"):
-        calibrate_sweep(model, data, [1e-3], [], base=TINY, loss="mse", device="cpu")
+        calibrate_sweep(model, data, SweepGrid([1e-3], []), base=TINY, loss="mse", device="cpu")
 
 
 def test_each_row_burns_in_until_its_chains_have_relaxed_and_the_pick_keeps_its_burn_in(linear):
     model, data = linear
-    result = calibrate_sweep(
-        model, data, [1e-3, 1e-2], [1.0, 1000.0], base=TINY, loss="mse", device="cpu", relax_burnin=True,
-        target_acceptance=0.5, max_drift_z=100.0, max_r_hat=2.0,
-    )
+    grid = SweepGrid([1e-3, 1e-2], [1.0, 1000.0], relax_burnin=True, target_acceptance=0.5, max_drift_z=100.0, max_r_hat=2.0)
+    result = calibrate_sweep(model, data, grid, base=TINY, loss="mse", device="cpu")
     for row_ in result.rows:
         assert row_["num_burnin_steps"] == calibration.row_burnin_steps(row_["epsilon"], row_["gamma"], TINY.num_draws)
     # 2 / (epsilon * gamma) where that is at most 4 times the draws; none where it is more, since
@@ -338,16 +336,15 @@ def test_each_row_burns_in_until_its_chains_have_relaxed_and_the_pick_keeps_its_
     assert result.recommended.num_burnin_steps == result.rows[result.recommended_index]["num_burnin_steps"]
     assert result.recommended_dict()["num_burnin_steps"] == result.recommended.num_burnin_steps
     assert "where at most 96" in result.burnin_label
-    fixed = calibrate_sweep(model, data, [1e-3], [1000.0], base=TINY, loss="mse", device="cpu")
+    fixed = calibrate_sweep(model, data, SweepGrid([1e-3], [1000.0]), base=TINY, loss="mse", device="cpu")
     assert fixed.rows[0]["num_burnin_steps"] == TINY.num_burnin_steps and fixed.burnin_label == "8 burn-in"
 
 
 def test_a_base_with_the_automatic_burn_in_gives_each_row_the_number_it_resolves_to(linear):
     model, data = linear
     automatic = TINY.model_copy(update={"num_burnin_steps": "auto"})
-    result = calibrate_sweep(
-        model, data, [1e-3], [1.0, 1000.0], base=automatic, loss="mse", device="cpu", target_acceptance=0.5, max_drift_z=100.0, max_r_hat=2.0,
-    )
+    grid = SweepGrid([1e-3], [1.0, 1000.0], target_acceptance=0.5, max_drift_z=100.0, max_r_hat=2.0)
+    result = calibrate_sweep(model, data, grid, base=automatic, loss="mse", device="cpu")
     # 2 / (epsilon * gamma): 2000 steps at gamma 1, cut to its cap of 4 x 24 draws; 2 at gamma 1000
     assert [row_["num_burnin_steps"] for row_ in result.rows] == [96, 2]
     assert result.rows[0]["reason"] == "burn-in < 2/(epsilon*gamma)"
@@ -366,7 +363,7 @@ def test_a_row_is_judged_after_its_chains_relax_not_on_the_transient_from_the_ch
     exact = float((0.5 * nbeta * curvatures / (nbeta * curvatures + gamma)).sum())
     base = SamplerSettings(num_chains=2, num_draws=100, num_burnin_steps=0, batch_size=2000, nbeta=nbeta, seed=0)
     sweeps = [
-        calibrate_sweep(model, data, [0.05 / gamma], [gamma], base=base, loss="mse", device="cpu", relax_burnin=relax).rows[0]
+        calibrate_sweep(model, data, SweepGrid([0.05 / gamma], [gamma], relax_burnin=relax), base=base, loss="mse", device="cpu").rows[0]
         for relax in (False, True)
     ]
     transient, relaxed = sweeps
@@ -393,62 +390,62 @@ class _Interrupt:
 def test_interrupted_sweep_resumes_with_only_the_remaining_combinations(linear, tmp_path, monkeypatch):
     model, data = linear
     sweep_file = tmp_path / "sweep.json"
-    grid = dict(epsilons=[1e-4, 1e-3], gammas=[1.0, 10.0], base=TINY, loss="mse", device="cpu", sweep_file=sweep_file)
+    grid, run = SweepGrid([1e-4, 1e-3], [1.0, 10.0]), dict(base=TINY, loss="mse", device="cpu", sweep_file=sweep_file)
     first = _Interrupt(stop_at=3)
     monkeypatch.setattr(sampling, "estimate_llc", first)
     with pytest.raises(KeyboardInterrupt):
-        calibrate_sweep(model, data, **grid)
+        calibrate_sweep(model, data, grid, **run)
     assert len(first.calls) == 2
     stored = json.loads(sweep_file.read_text())
     assert stored["complete"] is False and len(stored["rows"]) == 2 and stored["recommended"] is None
 
     second = _Interrupt()
     monkeypatch.setattr(sampling, "estimate_llc", second)
-    resumed = calibrate_sweep(model, data, **grid)
+    resumed = calibrate_sweep(model, data, grid, **run)
     assert len(second.calls) == 2 and not set(second.calls) & set(first.calls)
     assert len(resumed.rows) == 4 and json.loads(sweep_file.read_text())["complete"] is True
 
     # Same seed, same numbers: the resumed sweep equals one that was never interrupted.
     monkeypatch.setattr(sampling, "estimate_llc", estimate_llc)
-    fresh = calibrate_sweep(model, data, **{**grid, "sweep_file": None})
+    fresh = calibrate_sweep(model, data, grid, **{**run, "sweep_file": None})
     assert resumed.rows == fresh.rows
 
     # A finished sweep is not redone, and new thresholds only re-judge the stored rows.
     third = _Interrupt()
     monkeypatch.setattr(sampling, "estimate_llc", third)
-    rejudged = calibrate_sweep(model, data, **grid, target_acceptance=1.0)
+    rejudged = calibrate_sweep(model, data, replace(grid, target_acceptance=1.0), **run)
     assert third.calls == [] and rejudged.recommended is None
 
 
 def test_resume_recomputes_rows_made_with_other_settings_or_weights(linear, tmp_path, monkeypatch):
     model, data = linear
     sweep_file = tmp_path / "sweep.json"
-    grid = dict(epsilons=[1e-4, 1e-3], gammas=[1.0], loss="mse", device="cpu", sweep_file=sweep_file)
-    calibrate_sweep(model, data, base=TINY, **grid)
+    grid, run = SweepGrid([1e-4, 1e-3], [1.0]), dict(loss="mse", device="cpu", sweep_file=sweep_file)
+    calibrate_sweep(model, data, grid, base=TINY, **run)
     counter = _Interrupt()
     monkeypatch.setattr(sampling, "estimate_llc", counter)
-    calibrate_sweep(model, data, base=TINY.model_copy(update={"num_draws": 16}), **grid)
+    calibrate_sweep(model, data, grid, base=TINY.model_copy(update={"num_draws": 16}), **run)
     assert len(counter.calls) == 2
     counter.calls.clear()
     changed = regression(seed=1)[0]
-    calibrate_sweep(changed, data, base=TINY.model_copy(update={"num_draws": 16}), **grid)
+    calibrate_sweep(changed, data, grid, base=TINY.model_copy(update={"num_draws": 16}), **run)
     assert len(counter.calls) == 2
     counter.calls.clear()
-    calibrate_sweep(changed, data, base=TINY.model_copy(update={"num_draws": 16}), **{**grid, "epsilons": [1e-4, 1e-3, 1e-2]})
+    calibrate_sweep(changed, data, replace(grid, epsilons=[1e-4, 1e-3, 1e-2]), base=TINY.model_copy(update={"num_draws": 16}), **run)
     assert counter.calls == [(1e-2, 1.0, pytest.approx(200 / math.log(200)))]
 
 
 def test_resume_recomputes_a_row_whose_stored_burn_in_differs_from_what_it_would_run_now(linear, tmp_path, monkeypatch):
     model, data = linear
     sweep_file = tmp_path / "sweep.json"
-    grid = dict(epsilons=[1e-3, 1e-2], gammas=[1000.0], loss="mse", device="cpu", sweep_file=sweep_file, relax_burnin=True)
-    calibrate_sweep(model, data, base=TINY, **grid)
+    grid, run = SweepGrid([1e-3, 1e-2], [1000.0], relax_burnin=True), dict(loss="mse", device="cpu", sweep_file=sweep_file)
+    calibrate_sweep(model, data, grid, base=TINY, **run)
     stored = json.loads(sweep_file.read_text())
     stored["rows"][0]["num_burnin_steps"] += 1  # as an llcv with another automatic burn-in would have written it
     sweep_file.write_text(json.dumps(stored))
     counter = _Interrupt()
     monkeypatch.setattr(sampling, "estimate_llc", counter)
-    result = calibrate_sweep(model, data, base=TINY, **grid)
+    result = calibrate_sweep(model, data, grid, base=TINY, **run)
     assert [call[0] for call in counter.calls] == [1e-3]
     assert result.rows[0]["num_burnin_steps"] == calibration.row_burnin_steps(1e-3, 1000.0, TINY.num_draws)
 
@@ -463,7 +460,7 @@ def test_an_unreadable_sweep_file_starts_afresh(linear, tmp_path):
         def note(self, message):
             notes.append(message)
 
-    result = calibrate_sweep(model, data, [1e-3], [1.0], base=TINY, loss="mse", device="cpu", sweep_file=sweep_file, reporter=Notes())
+    result = calibrate_sweep(model, data, SweepGrid([1e-3], [1.0]), base=TINY, loss="mse", device="cpu", sweep_file=sweep_file, reporter=Notes())
     assert len(result.rows) == 1 and any("not a readable sweep file" in note for note in notes)
 
 
@@ -479,7 +476,7 @@ def test_sweep_reports_grid_progress(linear):
             if key == "sweep":
                 events.append(("advance", key, amount))
 
-    calibrate_sweep(model, data, [1e-4, 1e-3], [1.0], base=TINY, loss="mse", device="cpu", reporter=Recorder())
+    calibrate_sweep(model, data, SweepGrid([1e-4, 1e-3], [1.0]), base=TINY, loss="mse", device="cpu", reporter=Recorder())
     assert ("start", "sweep", 2) in events
     assert [e for e in events if e[0] == "advance"] == [("advance", "sweep", 0), ("advance", "sweep", 1), ("advance", "sweep", 1)]
     assert any(e[0] == "start" and e[1] != "sweep" for e in events)  # the chains report too
@@ -487,10 +484,8 @@ def test_sweep_reports_grid_progress(linear):
 
 def test_saved_sweep_files(linear, tmp_path):
     model, data = linear
-    result = calibrate_sweep(
-        model, data, [1e-3, 1e-2, 10.0], [0.0, 1000.0], base=TINY, loss="mse", device="cpu", checkpoint="ck/step_1.pt",
-        target_acceptance=0.5, max_drift_z=100.0, max_r_hat=2.0,
-    )
+    grid = SweepGrid([1e-3, 1e-2, 10.0], [0.0, 1000.0], target_acceptance=0.5, max_drift_z=100.0, max_r_hat=2.0)
+    result = calibrate_sweep(model, data, grid, base=TINY, loss="mse", device="cpu", checkpoint="ck/step_1.pt")
     written = save_sweep(result, tmp_path, "svg")
     names = sorted(path.name for path in written)
     assert names == ["recommended.json", "sweep.csv", "sweep.json", "sweep_heatmap.svg", "sweep_traces.svg"]
@@ -623,3 +618,11 @@ def test_curve_and_chains_figures(template):
     assert axes == [("SGLD step", "LLC = nbeta (L(w) - L(w*))", "linear", "linear")]
     chains = chains_from_result(shaped(template, np.ones((3, 10))))
     assert _labels(plot_chains(chains, "chains")) == [("draw", "running LLC", "linear", "linear")]
+
+
+def test_a_sweep_grid_from_the_calibrate_section_relaxes_rows_unless_it_sets_their_burn_in():
+    options = CalibrateSettings(epsilons=[1e-4], gammas=[10.0], nbetas=[3.0], max_r_hat=1.2)
+    grid = SweepGrid.from_settings(options)
+    assert (grid.epsilons, grid.gammas, grid.nbetas, grid.relax_burnin) == ([1e-4], [10.0], [3.0], True)
+    assert grid.rule == {**RULE, "max_r_hat": 1.2}  # the thresholds as a sweep records them
+    assert SweepGrid.from_settings(options.model_copy(update={"num_burnin_steps": 5})).relax_burnin is False

@@ -181,9 +181,10 @@ def test_calibrate_sweep_budget_flags_set_calibrate_and_the_rest_sampler(calls, 
             *TARGET_FLAGS]  # fmt: skip
     result = runner.invoke(app, [*args, *_args(SAMPLER_FLAGS, LENGTH_FLAGS)])
     assert result.exit_code == 0, result.output
-    (model, data, epsilons, gammas, nbetas), kwargs = calls["sweep"]
-    assert (epsilons, gammas, nbetas) == ([1e-5, 1e-4], [0.0, 10.0], [3.0])
-    assert kwargs["target_acceptance"] == 0.8 and kwargs["device"] == "cpu"
+    (model, data, grid), kwargs = calls["sweep"]
+    assert (grid.epsilons, grid.gammas, grid.nbetas) == ([1e-5, 1e-4], [0.0, 10.0], [3.0])
+    assert grid.target_acceptance == 0.8 and kwargs["device"] == "cpu"
+    assert grid.relax_burnin is False  # --num-burnin-steps sets every row's burn-in
     _check(kwargs["base"], SAMPLER_FLAGS, LENGTH_FLAGS)  # [calibrate]'s budget, laid over [sampler] by sweep_base
     _check_target(calls["target"])
 

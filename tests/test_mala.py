@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from llcv import SamplerSettings, calibrate_sweep
+from llcv import SamplerSettings, SweepGrid, calibrate_sweep
 from llcv.sampling import estimate_llc
 from llcv.settings import load_settings
 from llcv.targets import Target
@@ -43,7 +43,7 @@ def acceptances(model, data, batch_size: int, nbeta: float, epsilons=EPSILONS, g
     # fp32 pinned: the ratio compares potentials at both ends of a step, and this test is about
     # the minibatch, not about bf16's rounding (auto would pick fp32 for a model this small anyway)
     base = SamplerSettings(num_chains=2, num_draws=100, num_burnin_steps=50, batch_size=batch_size, **{"precision": "fp32", **changes})
-    sweep = calibrate_sweep(model, data, epsilons, [gamma], [nbeta], base=base, loss="mse", device="cpu")
+    sweep = calibrate_sweep(model, data, SweepGrid(epsilons, [gamma], nbetas=[nbeta]), base=base, loss="mse", device="cpu")
     return [row["mala_acceptance"] for row in sweep.rows]
 
 
@@ -105,7 +105,7 @@ def digits_checkpoint(tmp_path_factory):
 def test_minibatch_sweep_on_trained_digits_falls_monotonically_with_epsilon(digits_checkpoint):
     target = Target(digits_checkpoint).load()
     base = SamplerSettings(num_chains=2, num_draws=40, batch_size=32)
-    sweep = calibrate_sweep(target.model, target.dataset, [1e-6, 1e-5, 1e-4, 1e-3], [100.0], base=base, device="cpu")
+    sweep = calibrate_sweep(target.model, target.dataset, SweepGrid([1e-6, 1e-5, 1e-4, 1e-3], [100.0]), base=base, device="cpu")
     accepted = [row["mala_acceptance"] for row in sweep.rows]
     assert accepted[0] >= 0.9, accepted
     assert all(later < earlier for earlier, later in zip(accepted, accepted[1:])), accepted

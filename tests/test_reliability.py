@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 from _helpers import FAST_FLAGS, REPO, copy_checkpoints, fake_record, fast_settings, unwrapped, without_whitespace
 from llcv import SamplerSettings, estimate_llc
-from llcv.calibration import calibrate_sweep
+from llcv.calibration import SweepGrid, calibrate_sweep
 from llcv.checkpoints import checkpoint_name, list_checkpoints, read_checkpoint, save_checkpoint
 from llcv.cli import app
 from llcv.estimation.run import estimate_all
@@ -396,7 +396,7 @@ def _linear_sweep(sweep_file: Path, epsilons: list[float]):
     torch.nn.init.zeros_(model.weight)
     torch.nn.init.zeros_(model.bias)
     return calibrate_sweep(
-        model, data, epsilons, [100.0], base=SamplerSettings(num_chains=1, num_draws=4, batch_size=32), loss="mse",
+        model, data, SweepGrid(epsilons, [100.0]), base=SamplerSettings(num_chains=1, num_draws=4, batch_size=32), loss="mse",
         device="cpu", sweep_file=sweep_file,
     )  # fmt: skip
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from _helpers import copy_checkpoints, fake_record, fast_settings, unwrapped, use_steady_trials, write_fake_run
 from llcv import LLCRecord
-from llcv.calibration import calibrate_sweep, output_dir, save_sweep
+from llcv.calibration import SweepGrid, calibrate_sweep, output_dir, save_sweep
 from llcv.cli import app
 from llcv.estimation.run import estimate_all
 from llcv.figures import write_report
@@ -149,7 +149,7 @@ def write_sweep(checkpoint: Path, calibration_root: Path) -> Path:
     """A real `calibrate sweep` folder for ``checkpoint``: two step sizes, short chains."""
     target = Target(checkpoint).load()
     sweep = calibrate_sweep(
-        target.model, target.dataset, [1e-5, 1e-4], [1000.0], base=fast_settings(), device="cpu", checkpoint=checkpoint.name,
+        target.model, target.dataset, SweepGrid([1e-5, 1e-4], [1000.0]), base=fast_settings(), device="cpu", checkpoint=checkpoint.name,
     )  # fmt: skip
     folder = output_dir(calibration_root, checkpoint)
     save_sweep(sweep, folder)

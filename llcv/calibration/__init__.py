@@ -66,6 +66,7 @@ from llcv.calibration.rule import RULE_FIELDS, apply_rule, recommended_row, rule
 from llcv.calibration.sweep import (
     ROW_FIELDS,
     SWEEP_FORMAT,
+    SweepGrid,
     SweepResult,
     calibrate_sweep,
     output_dir,
@@ -80,7 +81,7 @@ __all__ = [
     "AutoCalibration", "Budget", "Sensitivity", "Trial", "TrialStatus", "calibrate_auto", "SETTINGS_DEPENDENT", "TRIAL_CHAINS", "payload_dict",
     "AUTO_SOURCE", "CALIBRATION_FILE", "KNOB_CHANGES", "KNOB_NAMES", "RECOMMENDED_FILE", "auto_budget", "calibrate_and_save",
     "figure_title", "percent_words", "read_auto", "relative_move_words", "sensitivity_sentence", "sensitivity_verdict", "spent_words",
-    "CHAINS_DEFAULT_NUM_CHAINS", "ROW_FIELDS", "RULE_FIELDS", "SWEEP_FORMAT", "ChainsResult", "CurveResult", "SweepResult",
+    "CHAINS_DEFAULT_NUM_CHAINS", "ROW_FIELDS", "RULE_FIELDS", "SWEEP_FORMAT", "ChainsResult", "CurveResult", "SweepGrid", "SweepResult",
     "apply_rule", "calibrate_chains", "calibrate_curve", "calibrate_sweep", "chains_from_result", "curve_from_result",
     "output_dir", "parse_grid", "recommend_settings", "recommended_row", "row_burnin_steps", "rule_thresholds", "save_chains", "save_curve",
     "save_sweep", "sweep_base", "sweep_row", "top_hessian_eigenvalue", "plot_calibration_traces", "plot_calibration_trials",

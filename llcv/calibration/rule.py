@@ -160,8 +160,9 @@ def _pick(rows: list[dict[str, Any]], qualifying: list[int]) -> tuple[int, str]:
     return index, why
 
 
-def rule_thresholds(settings: CalibrateSettings) -> dict[str, float]:
-    """The rule's thresholds from the ``[calibrate]`` settings, as keyword arguments."""
+def rule_thresholds(settings: Any) -> dict[str, float]:
+    """The rule's thresholds by name, from anything that has them as fields: the ``[calibrate]``
+    settings or a ``SweepGrid``."""
     return {field: getattr(settings, field) for field in RULE_FIELDS}
 
 

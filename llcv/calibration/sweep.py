@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from llcv import sampling
-from llcv.calibration.rule import RULE_DEFAULTS, apply_rule, recommended_row
+from llcv.calibration.rule import RULE_DEFAULTS, apply_rule, recommended_row, rule_thresholds
 from llcv.devices import resolve_device
 from llcv.diagnostics import trace_drift
 from llcv.errors import SettingsError
@@ -193,21 +193,53 @@ class SweepResult(BaseModel):
         )
 
 
+@dataclass(frozen=True)
+class SweepGrid:
+    """What a sweep tries and how it judges the rows: the (epsilon, gamma, nbeta) grid, each
+    row's burn-in, and the rule's thresholds (``apply_rule``; their defaults are ``[calibrate]``'s).
+
+    Attributes:
+        epsilons, gammas: the step sizes and localization strengths to try.
+        nbetas: the inverse temperatures to try; None: the base settings' nbeta resolved on the
+            data (``llcv.sampling.resolve_nbeta``: n / ln n by default; rows record the number).
+        relax_burnin: each row burns in for ``row_burnin_steps(epsilon, gamma, num_draws)``
+            instead of the base settings' burn-in: chains start at the checkpoint, and a row
+            judged on chains still relaxing from it reads a transient (lower MALA acceptance,
+            R-hat and drift out of range) instead of the posterior.
+        target_acceptance, max_negative_fraction, max_drift_z, max_r_hat: the rule's thresholds.
+    """
+
+    epsilons: Sequence[float]
+    gammas: Sequence[float]
+    nbetas: Sequence[float] | None = None
+    relax_burnin: bool = False
+    target_acceptance: float = RULE_DEFAULTS.target_acceptance
+    max_negative_fraction: float = RULE_DEFAULTS.max_negative_fraction
+    max_drift_z: float = RULE_DEFAULTS.max_drift_z
+    max_r_hat: float = RULE_DEFAULTS.max_r_hat
+
+    @classmethod
+    def from_settings(cls, calibrate: CalibrateSettings) -> SweepGrid:
+        """The grid and rule of ``[calibrate]``, as ``llcv calibrate sweep`` runs them: rows relax
+        their own burn-in unless ``num_burnin_steps`` sets one (``sweep_base`` puts it in the base)."""
+        return cls(
+            calibrate.epsilons, calibrate.gammas, calibrate.nbetas, relax_burnin=calibrate.num_burnin_steps is None, **rule_thresholds(calibrate)
+        )
+
+    @property
+    def rule(self) -> dict[str, float]:
+        """The thresholds by name, as a sweep records them."""
+        return rule_thresholds(self)
+
+
 def calibrate_sweep(
     model: nn.Module,
     data: Dataset | DataLoader | SamplingData,
-    epsilons: Sequence[float],
-    gammas: Sequence[float],
-    nbetas: Sequence[float] | None = None,
+    grid: SweepGrid,
     base: SamplerSettings = SamplerSettings(num_chains=2, num_draws=200),
     loss: LossSpec = "cross_entropy",
     device: str | torch.device = "auto",
-    target_acceptance: float = RULE_DEFAULTS.target_acceptance,
     *,
-    max_negative_fraction: float = RULE_DEFAULTS.max_negative_fraction,
-    max_drift_z: float = RULE_DEFAULTS.max_drift_z,
-    max_r_hat: float = RULE_DEFAULTS.max_r_hat,
-    relax_burnin: bool = False,
     sweep_file: Path | None = None,
     checkpoint: str | None = None,
     reporter: Reporter = SILENT,
@@ -217,18 +249,12 @@ def calibrate_sweep(
     Args:
         model: the model at the checkpoint; never modified.
         data: the training data (read once for the whole grid).
-        epsilons, gammas: the step sizes and localization strengths to try.
-        nbetas: the inverse temperatures to try; None: ``base.nbeta`` resolved on the data
-            (``llcv.sampling.resolve_nbeta``: n / ln n by default; the number is what rows record).
+        grid: the grid, each row's burn-in and the rule's thresholds (``SweepGrid``;
+            ``SweepGrid.from_settings`` reads them from ``[calibrate]``).
         base: everything else: chains, draws, burn-in, batch size, seed, sampler. MALA
             acceptance is always computed, since the rule needs it. An ``"auto"`` burn-in is
             resolved per row (``llcv.sampling.resolve_burnin``), and rows record the number.
         loss, device: as for ``estimate_llc``.
-        target_acceptance, max_negative_fraction, max_drift_z, max_r_hat: the rule's thresholds.
-        relax_burnin: each row burns in for ``row_burnin_steps(epsilon, gamma, num_draws)``
-            instead of ``base.num_burnin_steps``: chains start at the checkpoint, and a row
-            judged on chains still relaxing from it reads a transient (lower MALA acceptance,
-            R-hat and drift out of range) instead of the posterior.
         sweep_file: a ``sweep.json`` to keep finished combinations in as they finish, and to
             resume from: a stored row made with the same model weights, data size, loss and
             base settings is reused instead of recomputed.
@@ -243,20 +269,14 @@ def calibrate_sweep(
     # MALA costs an estimate about half as much again (docs/performance.md)
     measured = base.model_copy(update={"mala": True})
     prepared = data if isinstance(data, SamplingData) else SamplingData(data, measured, device)
-    if nbetas is None:
-        nbetas = [resolve_nbeta(measured.nbeta, prepared.num_samples, prepared.batch_size)]
+    nbetas = grid.nbetas if grid.nbetas is not None else [resolve_nbeta(measured.nbeta, prepared.num_samples, prepared.batch_size)]
     sweep = _Sweep(
         base=measured,
         requested_mala=base.mala,
-        combinations=_grid(epsilons, gammas, nbetas),
-        rule={
-            "target_acceptance": target_acceptance,
-            "max_negative_fraction": max_negative_fraction,
-            "max_drift_z": max_drift_z,
-            "max_r_hat": max_r_hat,
-        },
-        fingerprint=_fingerprint(model, prepared, loss, measured, relax_burnin),
-        relax_burnin=relax_burnin,
+        combinations=_grid(grid.epsilons, grid.gammas, nbetas),
+        rule=grid.rule,
+        fingerprint=_fingerprint(model, prepared, loss, measured, grid.relax_burnin),
+        relax_burnin=grid.relax_burnin,
         checkpoint=checkpoint,
     )
     sweep.reuse(_stored_rows(sweep_file, sweep.fingerprint, reporter), reporter)
