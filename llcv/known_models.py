@@ -116,6 +116,18 @@ def _default_nbeta(num_samples: int) -> float:
     return num_samples / math.log(num_samples)
 
 
+def _deep_linear_teacher(
+    widths: Sequence[int], weights: list[torch.Tensor], num_samples: int, generator: torch.Generator
+) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    """The deep linear network with ``weights`` (one per layer of ``widths``, no biases), standard
+    normal inputs drawn from ``generator`` after the weights, and its outputs on them."""
+    inputs = torch.randn(num_samples, widths[0], generator=generator)
+    model = nn.Sequential(*(_skip_init_linear(into, out, weight) for into, out, weight in zip(widths, widths[1:], weights)))
+    with torch.no_grad():
+        outputs = model(inputs)
+    return model, inputs, outputs
+
+
 def _skip_init_linear(in_features: int, out_features: int, weight: torch.Tensor) -> nn.Linear:
     # skip_init avoids drawing a random initialisation we would overwrite anyway,
     # so building a case never advances the caller's global torch RNG.
@@ -281,12 +293,7 @@ def dln_case(widths: Sequence[int], r: int, num_samples: int = 400, seed: int = 
     # The rotations give the product r unit singular values in random directions, as in rrr_case.
     weights[0] = weights[0] @ _orthogonal(widths[0], generator)
     weights[-1] = _orthogonal(widths[-1], generator) @ weights[-1]
-    inputs = torch.randn(num_samples, widths[0], generator=generator)
-    model = nn.Sequential(
-        *(_skip_init_linear(into, out, weight) for into, out, weight in zip(widths, widths[1:], weights))
-    )
-    with torch.no_grad():
-        targets = model(inputs)
+    model, inputs, targets = _deep_linear_teacher(widths, weights, num_samples, generator)
     # With noise-free targets n only sets nbeta (67 at the default 400). Against n = 1000
     # (nbeta 145) the chains relax about twice as fast per step, a step costs half as much,
     # and the long-run estimates were as close (within 7% either way at both).
@@ -502,12 +509,7 @@ def deep_linear_classifier_case(
     weights = [block * _top_left_identity(out, into, r) for into, out in zip(reduced, reduced[1:])]
     weights[0] = weights[0] @ _orthogonal(widths[0], generator)
     weights[-1] = _ones_complement(widths[-1], generator) @ weights[-1]
-    inputs = torch.randn(num_samples, widths[0], generator=generator)
-    model = nn.Sequential(
-        *(_skip_init_linear(into, out, weight) for into, out, weight in zip(widths, widths[1:], weights))
-    )
-    with torch.no_grad():
-        logits = model(inputs)
+    model, inputs, logits = _deep_linear_teacher(widths, weights, num_samples, generator)
     nbeta = _default_nbeta(num_samples)
     shape = "-".join(map(str, widths))
     return KnownCase(
