@@ -10,10 +10,12 @@ one results folder.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llcv.calibration import Budget
+from llcv.devices import resolve_device
 from llcv.estimation import calibrate_run, estimate_all
 from llcv.progress import SILENT, Reporter
 from llcv.figures import calibration_reading, read_figure, write_report
@@ -53,6 +55,19 @@ TINY = DemoSize(epochs=2, log_checkpoints=4, budget_steps=20_000, num_chains=2, 
 # over the batch, so a larger batch samples the same posterior with larger, fewer steps; here 64
 # costs 1.4 times 32's step (measured, 8x8 digits).
 SAMPLER_BATCH_SIZE = 64
+# The checkpoints' estimates are independent, so on a CPU they run two at a time, one process
+# each: this CNN's steps are too small for torch's threads to share (one estimate at the demo's
+# pick took 24.8 s on one thread and 26.3 s on two; two at once, one thread each, 26.2 s each;
+# 2-core AMD EPYC), so a second process doubles the throughput where a second thread does not.
+CPU_WORKERS = 2
+
+
+def estimate_workers(device: str) -> list[str] | None:
+    """``CPU_WORKERS`` CPU processes for the estimates where the demo runs on a CPU with that many
+    cores; None (this process, on ``device``) otherwise."""
+    if resolve_device(device).type != "cpu" or (os.cpu_count() or 1) < CPU_WORKERS:
+        return None
+    return ["cpu"] * CPU_WORKERS
 
 
 @dataclass
@@ -110,7 +125,7 @@ def run_demo(
     )
 
     estimates_dir = results_dir / "llc_estimations"
-    options = EstimateSettings(results_dir=estimates_dir, device=device)
+    options = EstimateSettings(results_dir=estimates_dir, device=device, devices=estimate_workers(device))
     base = SamplerSettings(batch_size=SAMPLER_BATCH_SIZE)
     reporter.note(f"2/4 calibrating the sampler on {training.checkpoints[-1].name} (a budget of {size.budget_steps:,} steps)")
     calibrated = calibrate_run(checkpoints_dir, base, options, budget=Budget(chain_steps=size.budget_steps), reporter=reporter)

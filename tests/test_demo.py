@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 from typer.testing import CliRunner
 
 from _helpers import unwrapped, use_steady_trials, without_whitespace
+from llcv import demo
 from llcv.cli import app
 from test_report import check_page
 
@@ -28,6 +30,9 @@ def test_tiny_demo_runs_end_to_end_and_draws_its_figure(tmp_path, monkeypatch):
     assert json.loads((folder / "settings.json").read_text())["calibration"]["reason"] == stored["reason"]
     records = [json.loads(path.read_text()) for path in folder.glob("step_*.json")]
     assert len(records) == len(checkpoints) and all(record["status"] == "done" for record in records)
+    # on a CPU with two cores or more, two worker processes estimated the checkpoints
+    workers = demo.CPU_WORKERS if (os.cpu_count() or 1) >= demo.CPU_WORKERS else 1
+    assert len({record["worker"]["pid"] for record in records}) == workers
     assert {record["result"]["settings"]["epsilon"] for record in records} == {stored["recommended"]["epsilon"]}
     # The tiny demo's few draws usually leave every estimate unhealthy (ESS < 100), and then the
     # paragraph says it cannot read a trend instead of reading one (read_figure reads healthy points only).
@@ -43,3 +48,10 @@ def test_tiny_demo_runs_end_to_end_and_draws_its_figure(tmp_path, monkeypatch):
     page = check_page(report)
     assert [row[0] for row in page.rows["checkpoints"]] == [path.name for path in checkpoints]
     assert len(page.rows["calibration"]) == 3 + len(stored["trials"])  # the sensitivity, then the trials
+
+
+def test_the_demo_estimates_two_checkpoints_at_a_time_on_a_cpu_with_two_cores(monkeypatch):
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    assert demo.estimate_workers("cpu") == ["cpu", "cpu"]
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 1)
+    assert demo.estimate_workers("cpu") is None  # one core: this process, as before
