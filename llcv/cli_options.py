@@ -38,7 +38,7 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu |
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout and nothing else.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Architecture: smallcnn, resnet18, resnet34, resnet50, or a registered name.")]
 StemOpt = Annotated[Optional[str], typer.Option("--stem", help="cifar (3x3 conv, no max-pool) | imagenet; default: cifar for inputs <= 64 px.")]
-DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="digits | cifar10 | imagenet1k | folder | synthetic.")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="digits | cifar10 | cifar100 | mnist | fashionmnist | svhn | imagenet1k | folder | synthetic (files read from --data-dir; docs/guide.md).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the dataset lives (default depends on the dataset).", file_okay=False)]
 AllowVersionMismatchOpt = Annotated[Optional[bool], typer.Option("--allow-model-version-mismatch", help="Load checkpoints saved with another version of their model (same weight shapes, different function); see docs/formats.md.")]
 NumDrawsOpt = Annotated[Optional[int], typer.Option("--num-draws", help="Draws per chain (after burn-in).")]
@@ -279,7 +279,7 @@ class TrainFlags(FlagGroup):
     stem: StemOpt = None
     dataset: DatasetOpt = None
     data_dir: DataDirOpt = None
-    download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download CIFAR-10 where the internet is reachable.")] = None
+    download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download CIFAR-10 where the internet is reachable (the other datasets are never downloaded).")] = None
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size for folder, imagenet1k and digits (8: the digits' own pixels, 32 by default).")] = None
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="DataLoader workers, capped at the CPUs available (resume stays bit-exact with any number).")] = None
     data_seed: Annotated[Optional[int], typer.Option("--data-seed", help="Seed of the train/validation split.")] = None

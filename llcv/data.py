@@ -1,14 +1,23 @@
 """Datasets by name: each loader returns a train split, a validation split and a DatasetInfo.
 
-``load_dataset`` looks the name up in a registry of five loaders:
+``load_dataset`` looks the name up in a registry of nine loaders:
 
 - ``digits`` (default): scikit-learn's bundled 8x8 handwritten digits, upsampled to 32x32.
   Needs no files, so every command works offline out of the box.
 - ``synthetic``: seeded class prototypes plus noise; tiny and learnable in a few steps, for tests.
-- ``cifar10``: the "CIFAR-10 python version" pickle batches, read by a restricted unpickler
-  (``llcv.cifar``).
+- ``cifar10`` and ``cifar100``: the "CIFAR-10/100 python version" pickle batches, read by a
+  restricted unpickler (``llcv.cifar``); CIFAR-100 with its 100 fine labels.
+- ``mnist`` and ``fashionmnist``: the four official IDX files, gzipped or not (``llcv.idx``);
+  one channel, 28x28.
+- ``svhn``: the cropped digits' ``train_32x32.mat`` and ``test_32x32.mat`` (``llcv.svhn``).
 - ``imagenet1k`` and ``folder``: ImageFolder trees with ``train/`` and ``val/`` class folders,
   read lazily from disk.
+
+Every dataset read from files is read from a folder on disk (``data_dir``, or the dataset's
+default folder); only ``cifar10`` can be downloaded (``download=True``), the others say where
+to put their files. The in-memory ones (all but the ImageFolder trees) keep uint8 images and
+normalise them as they are read (``llcv.image_transforms``), with each dataset's standard
+training augmentation when asked for.
 
 Every dataset returned here (and every ``subset`` of one) exposes ``.targets``, a 1-D long
 tensor of labels, so per-class subsets never load an image. Items are ``(image, label)`` with
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,21 +41,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from llcv.cifar import (
-    CIFAR10_DEFAULT_DIR,
-    CIFAR10_EXTRACTED_FOLDER,
-    CIFAR10_IMAGE_SIZE,
-    CIFAR10_META_FILE,
-    CIFAR10_TRAIN_FILES,
-    CIFAR10_URL,
-    CIFAR10_VAL_FILE,
-    CifarTransform,
-    download_cifar10,
-    find_cifar_dir,
-    read_cifar_batch,
-    read_cifar_label_names,
-)
+from llcv.cifar import CIFAR10, CIFAR100, CIFAR_IMAGE_SIZE, CifarFormat, locate_cifar, read_cifar
 from llcv.errors import DataError
+from llcv.idx import FASHION_MNIST, MNIST, MNIST_IMAGE_SIZE, IdxFormat, locate_idx, read_idx_dataset
+from llcv.image_transforms import ImageTransform, PixelRecipe
+from llcv.svhn import SVHN_CLASS_NAMES, SVHN_IMAGE_SIZE, SVHN_PIXELS, locate_svhn, read_svhn
 
 logger = logging.getLogger(__name__)
 
@@ -187,16 +187,18 @@ def load_dataset(
     """Load a dataset's train and validation splits.
 
     ``augment=True`` applies the standard training augmentation to the train split where one
-    is standard (random crop and horizontal flip for cifar10, imagenet1k and folder; none for
-    digits, where a flip changes the digit, nor for synthetic). The validation split, and the
-    train split when ``augment=False``, always use the evaluation transforms; LLC estimation
-    uses those.
+    is standard: random crop and horizontal flip for cifar10, cifar100, fashionmnist, imagenet1k
+    and folder; a random crop only for mnist and svhn, where a flip changes the digit; none for
+    digits nor synthetic. The validation split, and the train split when ``augment=False``,
+    always use the evaluation transforms; LLC estimation uses those.
 
     Args:
         name: one of ``list_datasets()``.
         data_dir: where the files are; None uses the dataset's default folder (cifar10:
-            ``data/cifar10-python``; imagenet1k: ``data/imagenet``, else the older
-            ``data/imagenet1k``). Required for ``folder``; ignored by digits and synthetic.
+            ``data/cifar10-python``; cifar100: ``data/cifar100-python``; mnist: ``data/mnist``;
+            fashionmnist: ``data/fashion-mnist``; svhn: ``data/svhn``; imagenet1k:
+            ``data/imagenet``, else the older ``data/imagenet1k``). Required for ``folder``;
+            ignored by digits and synthetic.
         seed: fixes the digits split and the synthetic tensors; the other datasets come with
             fixed splits.
         augment: use training augmentation on the train split.
@@ -420,43 +422,58 @@ def _load_synthetic(request: _LoadRequest) -> _Splits:
     return train, val, info
 
 
-def _load_cifar10(request: _LoadRequest) -> _Splits:
-    """The CIFAR-10 python batches: train = data_batch_1..5, validation = test_batch."""
-    _check_native_size(request, CIFAR10_IMAGE_SIZE)
-    data_dir = request.data_dir if request.data_dir is not None else CIFAR10_DEFAULT_DIR
-    folder, missing = find_cifar_dir(data_dir)
-    if missing and request.download:
-        download_cifar10(data_dir)
-        folder, missing = find_cifar_dir(data_dir)
-    if missing:
-        problem = f"incomplete in {folder}: missing {', '.join(missing)}" if data_dir.is_dir() else "not found"
-        raise DataError(
-            f"CIFAR-10 is {problem}. Expected data_batch_1 "
-            f"to data_batch_5, test_batch and batches.meta in {data_dir} or "
-            f"{data_dir / CIFAR10_EXTRACTED_FOLDER}. Get the 'CIFAR-10 python version' from "
-            f"{CIFAR10_URL} and extract it there, or rerun with --download."
-        )
-
-    train_batches = [read_cifar_batch(folder / file) for file in CIFAR10_TRAIN_FILES]
-    train_images = torch.cat([images for images, _ in train_batches])
-    train_targets = torch.cat([targets for _, targets in train_batches])
-    val_images, val_targets = read_cifar_batch(folder / CIFAR10_VAL_FILE)
-    class_names = read_cifar_label_names(folder / CIFAR10_META_FILE)
-
-    train_transform = CifarTransform(augment=request.augment)
-    train = TensorImageDataset(train_images, train_targets, transform=train_transform)
-    val = TensorImageDataset(val_images, val_targets, transform=CifarTransform(augment=False))
+def _in_memory_splits(
+    request: _LoadRequest,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    pixels: PixelRecipe,
+    class_names: Sequence[str],
+    folder: Path,
+) -> _Splits:
+    """uint8 ``N x C x H x W`` images and their labels, per split -> datasets that normalise
+    (and, for the train split when ``request.augment``, augment) each image as it is read."""
+    train_set = TensorImageDataset(*train, transform=ImageTransform(pixels, augment=request.augment))
+    val_set = TensorImageDataset(*val, transform=ImageTransform(pixels, augment=False))
     info = DatasetInfo(
-        name="cifar10",
+        name=request.name,
         num_classes=len(class_names),
-        in_channels=3,
-        image_size=CIFAR10_IMAGE_SIZE,
-        num_train=len(train),
-        num_val=len(val),
+        in_channels=train[0].shape[1],
+        image_size=train[0].shape[-1],
+        num_train=len(train_set),
+        num_val=len(val_set),
         data_dir=str(folder),
-        class_names=class_names,
+        class_names=list(class_names),
     )
-    return train, val, info
+    return train_set, val_set, info
+
+
+def _load_cifar(request: _LoadRequest, cifar: CifarFormat) -> _Splits:
+    """A CIFAR python version: train = its training batches, validation = its test batch."""
+    _check_native_size(request, CIFAR_IMAGE_SIZE)
+    if cifar is not CIFAR10:
+        _refuse_download(request)
+    folder = locate_cifar(request.data_dir, cifar, download=request.download)
+    train, val, class_names = read_cifar(folder, cifar)
+    return _in_memory_splits(request, train, val, cifar.pixels, class_names, folder)
+
+
+def _load_idx(request: _LoadRequest, idx: IdxFormat) -> _Splits:
+    """MNIST or Fashion-MNIST: train = the 60,000 train-* images, validation = the 10,000 t10k-*."""
+    _check_native_size(request, MNIST_IMAGE_SIZE)
+    _refuse_download(request)
+    files = locate_idx(request.data_dir, idx)
+    train, val = read_idx_dataset(files, idx)
+    folder = next(iter(files.values())).parent
+    return _in_memory_splits(request, train, val, idx.pixels, idx.class_names, folder)
+
+
+def _load_svhn(request: _LoadRequest) -> _Splits:
+    """SVHN's cropped digits: train = train_32x32.mat, validation = test_32x32.mat."""
+    _check_native_size(request, SVHN_IMAGE_SIZE)
+    _refuse_download(request)
+    folder = locate_svhn(request.data_dir)
+    train, val = read_svhn(folder)
+    return _in_memory_splits(request, train, val, SVHN_PIXELS, SVHN_CLASS_NAMES, folder)
 
 
 def _load_rgb_image(path: str) -> Any:
@@ -558,9 +575,13 @@ def _load_folder(request: _LoadRequest) -> _Splits:
 
 
 _LOADERS: dict[str, Callable[[_LoadRequest], _Splits]] = {
-    "cifar10": _load_cifar10,
+    "cifar10": partial(_load_cifar, cifar=CIFAR10),
+    "cifar100": partial(_load_cifar, cifar=CIFAR100),
     "digits": _load_digits,
+    "fashionmnist": partial(_load_idx, idx=FASHION_MNIST),
     "folder": _load_folder,
     "imagenet1k": _load_imagenet1k,
+    "mnist": partial(_load_idx, idx=MNIST),
+    "svhn": _load_svhn,
     "synthetic": _load_synthetic,
 }

@@ -137,7 +137,7 @@ BAD_INPUTS = {
     "unknown-config-key": (lambda tmp: ["--config", _config(tmp, "[train]\nepochz = 3\n")], ["train.epochz", "unknown setting"]),
     "wrong-type": (lambda tmp: ["--config", _config(tmp, '[train]\nepochs = "ten"\n')], ["train.epochs", "'ten'"]),
     "unknown-model": (lambda tmp: ["--model", "vgg11"], ["model.name", "vgg11", "resnet18"]),
-    "unknown-dataset": (lambda tmp: ["--dataset", "mnist"], ["data.dataset", "mnist", "synthetic"]),
+    "unknown-dataset": (lambda tmp: ["--dataset", "imagenet21k"], ["data.dataset", "imagenet21k", "synthetic"]),
     "bad-device": (lambda tmp: ["--device", "gpu"], ["train.device", "'gpu'"]),
     "bad-stem": (lambda tmp: ["--stem", "wide"], ["model.stem"]),
     "missing-config": (lambda tmp: ["--config", str(tmp / "missing.toml")], ["missing.toml", "does not exist"]),

@@ -26,14 +26,16 @@ CIFAR_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "fr
 
 
 def test_list_datasets_is_sorted_and_complete():
-    assert list_datasets() == ["cifar10", "digits", "folder", "imagenet1k", "synthetic"]
+    assert list_datasets() == [
+        "cifar10", "cifar100", "digits", "fashionmnist", "folder", "imagenet1k", "mnist", "svhn", "synthetic"
+    ]
 
 
 def test_unknown_dataset_lists_the_valid_names():
     with pytest.raises(DataError) as raised:
-        load_dataset("mnist")
+        load_dataset("imagenet21k")
     message = str(raised.value)
-    assert "mnist" in message
+    assert "imagenet21k" in message
     assert all(name in message for name in list_datasets())
 
 

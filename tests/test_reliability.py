@@ -269,8 +269,8 @@ BAD_SETTINGS = {
         lambda tmp, file, ckpt: ["estimate-all", "--checkpoints-dir", ckpt.parent, "--results-dir", tmp / "results", "--stem", "wide"],
         ["stem 'wide': use cifar or imagenet"]),
     "unknown-dataset-estimate-all": (
-        lambda tmp, file, ckpt: ["estimate-all", "--checkpoints-dir", ckpt.parent, "--results-dir", tmp / "results", "--dataset", "mnist"],
-        ["unknown dataset 'mnist'", "synthetic"]),
+        lambda tmp, file, ckpt: ["estimate-all", "--checkpoints-dir", ckpt.parent, "--results-dir", tmp / "results", "--dataset", "imagenet21k"],
+        ["unknown dataset 'imagenet21k'", "synthetic"]),
     "unknown-model-estimate-all": (
         lambda tmp, file, ckpt: ["estimate-all", "--checkpoints-dir", ckpt.parent, "--results-dir", tmp / "results", "--model", "vgg11"],
         ["unknown model 'vgg11'", "smallcnn"]),

@@ -234,7 +234,7 @@ def test_every_invalid_field_is_reported_on_its_own_line(tmp_path):
 @pytest.mark.parametrize(
     "section, values, field",
     [
-        ("data", {"dataset": "mnist"}, "data.dataset"),
+        ("data", {"dataset": "imagenet21k"}, "data.dataset"),
         ("data", {"num_workers": -1}, "data.num_workers"),
         ("model", {"name": "vgg11"}, "model.name"),
         ("model", {"stem": "wide"}, "model.stem"),
@@ -259,7 +259,7 @@ def test_unknown_names_list_the_valid_ones():
         validate_section("model", {"name": "vgg11"})
     assert all(name in str(raised.value) for name in ("smallcnn", "resnet18", "resnet50"))
     with pytest.raises(SettingsError) as raised:
-        validate_section("data", {"dataset": "mnist"})
+        validate_section("data", {"dataset": "imagenet21k"})
     assert all(name in str(raised.value) for name in ("digits", "synthetic", "cifar10"))
 
 
