@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from llcv import SamplerSettings
-from llcv.calibration.auto import _llc_trace
+from llcv.calibration import trace_array
 from llcv.calibration.trials import BURNIN_SHARES, LLC_SCALE_FLOOR, chains_standard_error, measured_burnin
 from llcv.known_models import KnownCase, dln_case, polynomial_case
 from llcv.sampling import estimate_llc_states
@@ -44,7 +44,7 @@ def _run(case: KnownCase, epsilon: float, gamma: float, batch: int | None, steps
     )  # fmt: skip
     data = SamplingData(case.dataset, settings, torch.device("cpu"))
     result, states = estimate_llc_states(case.model, data, settings, loss=case.loss, device="cpu", start=start)
-    return _llc_trace(result), states
+    return trace_array(result.llc_trace), states
 
 
 def compare(name: str, steps: int) -> None:

@@ -61,7 +61,7 @@ from llcv.calibration.figures import (
     plot_sweep_heatmap,
     plot_sweep_traces,
 )
-from llcv.calibration.trials import Trial, TrialStatus
+from llcv.calibration.trials import Trial, TrialStatus, trace_array
 from llcv.calibration.rule import RULE_FIELDS, apply_rule, recommended_row, rule_thresholds
 from llcv.calibration.sweep import (
     ROW_FIELDS,
@@ -85,5 +85,5 @@ __all__ = [
     "apply_rule", "calibrate_chains", "calibrate_curve", "calibrate_sweep", "chains_from_result", "curve_from_result",
     "output_dir", "parse_grid", "recommend_settings", "recommended_row", "row_burnin_steps", "rule_thresholds", "save_chains", "save_curve",
     "save_sweep", "sweep_base", "sweep_row", "top_hessian_eigenvalue", "plot_calibration_traces", "plot_calibration_trials",
-    "plot_chains", "plot_curve", "plot_sweep_heatmap", "plot_sweep_traces",
+    "plot_chains", "plot_curve", "plot_sweep_heatmap", "plot_sweep_traces", "trace_array",
 ]  # fmt: skip

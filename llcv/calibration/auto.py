@@ -53,6 +53,7 @@ from llcv.calibration.trials import (
     Trial,
     TrialStatus,
     summarise_trial,
+    trace_array,
 )
 from llcv.sampling import ChainState
 from llcv.devices import resolve_device
@@ -335,13 +336,13 @@ class _Search:
                 reference, reference_states = sampling.estimate_llc_states(
                     self.model, data, reference_run, loss=self.loss, device=self.device, reporter=self.reporter, start=reference_states
                 )
-                reference_trace = np.concatenate([reference_trace, _llc_trace(reference)], axis=1)
+                reference_trace = np.concatenate([reference_trace, trace_array(reference.llc_trace)], axis=1)
                 diverged |= np.array([value is None for value in reference.llc_per_chain])
             segments += 1
             seconds += time.perf_counter() - started
             self.pending_chain_steps += segment * TRIAL_CHAINS * runs
             self.reporter.advance("calibrate", segment * TRIAL_CHAINS * runs)
-            trace = np.concatenate([trace, _llc_trace(result)], axis=1)
+            trace = np.concatenate([trace, trace_array(result.llc_trace)], axis=1)
             trial = summarise_trial(trace, diverged, epsilon, gamma, batch_size, seconds, from_checkpoint)
             if paired_with is not None:
                 trial = with_paired_move(trial, trace, reference_trace, paired_with.gamma)
@@ -635,7 +636,3 @@ def _fingerprint(model: nn.Module, data: SamplingData, loss: LossSpec, base: Sam
         "base": base.model_dump(mode="json", exclude={"epsilon", "gamma", "num_draws", "num_burnin_steps"}),
         "version": AUTO_FORMAT_VERSION,
     }
-
-
-def _llc_trace(result) -> np.ndarray:
-    return np.array([[np.nan if value is None else value for value in row] for row in result.llc_trace], dtype=float)

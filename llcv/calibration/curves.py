@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from llcv import sampling
 from llcv.calibration.rule import RULE_DEFAULTS
-from llcv.calibration.sweep import FINAL_FRACTION, burnin_words, figure_title, trace_array
+from llcv.calibration.sweep import FINAL_FRACTION, burnin_words, figure_title
+from llcv.calibration.trials import trace_array
 from llcv.diagnostics import trace_drift
 from llcv.fileio import atomic_write_json, finite_or_none
 from llcv.sampling import LLCResult

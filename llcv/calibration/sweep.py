@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from llcv import sampling
 from llcv.calibration.rule import RULE_DEFAULTS, apply_rule, recommended_row, rule_thresholds
+from llcv.calibration.trials import trace_array
 from llcv.devices import resolve_device
 from llcv.diagnostics import trace_drift
 from llcv.errors import SettingsError
@@ -471,12 +472,6 @@ def sweep_row(result: LLCResult) -> tuple[dict[str, Any], list[float | None]]:
         "ess": result.diagnostics.ess,
     }
     return finite_or_none(row), finite_or_none(trace.tolist())
-
-
-def trace_array(nested: Sequence[Sequence[float | None]]) -> np.ndarray:
-    return np.array([[np.nan if value is None else value for value in row] for row in nested], dtype=float).reshape(
-        len(nested), -1
-    )
 
 
 def save_sweep(result: SweepResult, directory: Path, fmt: str = "png") -> list[Path]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from enum import StrEnum
+from typing import Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -209,3 +210,11 @@ def _thinned(trace: np.ndarray) -> list[float | None]:
     usable = len(mean) // block * block
     values = mean[:usable].reshape(-1, block).mean(axis=1) if usable else mean
     return [float(value) if np.isfinite(value) else None for value in values]
+
+
+def trace_array(nested: Sequence[Sequence[float | None]]) -> np.ndarray:
+    """A result's per-chain trace (``LLCResult.llc_trace``: chains x draws, None where a draw is
+    missing) as a float array with NaN in those places."""
+    return np.array([[np.nan if value is None else value for value in row] for row in nested], dtype=float).reshape(
+        len(nested), -1
+    )
