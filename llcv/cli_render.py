@@ -462,7 +462,8 @@ def _selftest_table(rows, quick: bool, auto, against: str | None) -> Table:
                 chosen += f" (depends on {', '.join(found.settings_dependent)})"
             if found.unresolved:
                 chosen += f" (unresolved: {', '.join(found.unresolved)})"
-            cells += [chosen, _selftest_estimate(found.llc_mean, found.standard_error, found.relative_error)]
+            estimate = _selftest_estimate(found.llc_mean, found.standard_error, found.relative_error)
+            cells += [chosen, estimate + (", unhealthy" if found.healthy is False and found.llc_mean is not None else "")]
         cells.append(f"{row.seconds + (row.auto.seconds if row.auto else 0.0):.1f} s")
         if against:
             reference = row.reference
@@ -491,6 +492,9 @@ def _selftest_totals(rows, auto, against: str | None) -> list[str]:
             f"calibrated ({auto.sampler}, budget {auto.budget.chain_steps:,} chain-steps a case): {summary(errors)}; "
             f"calibrations and estimates {steps:,} chain-steps, {seconds:.0f} s"
         )
+        unhealthy = [row.name for row in rows if row.auto.healthy is False and row.auto.llc_mean is not None]
+        if unhealthy:
+            lines.append(f"calibrated estimates that are unhealthy (their errors are not the estimator's to quote): {', '.join(unhealthy)}")
     return lines
 
 

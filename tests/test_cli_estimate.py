@@ -172,9 +172,11 @@ def test_selftest_splits_a_calibrated_error_into_the_samplers_and_the_localizati
     printed = " ".join(capsys.readouterr().out.split())
     assert "polynomial-2-4: an exact sampler reads 0.0418 at the calibrated gamma 3.62 (-66.6% from the truth)" in printed
     assert "the estimate is -6.7% from that, the rest of its error is the localization's" in printed
+    assert "unhealthy" not in printed
 
     unhealthy = dataclasses.replace(row, auto=dataclasses.replace(calibrated, healthy=False))
     cli_render.render_selftest([unhealthy], False, AutoCheck(), None, False, families=[])
     printed = " ".join(capsys.readouterr().out.split())
     assert "(-66.6% from the truth); the estimate is unhealthy, so its error cannot be split" in printed
     assert "the rest of its error is the localization's" not in printed
+    assert "calibrated estimates that are unhealthy (their errors are not the estimator's to quote): polynomial-2-4" in printed
