@@ -170,6 +170,15 @@ def test_a_factory_trains_then_estimate_all_per_layer_reads_its_blocks_from_the_
     assert result.exit_code == 0, result.output
     scopes = {json.loads(path.read_text())["scope"] for path in results.glob("*/*.json") if path.name != "settings.json"}
     assert {"model", "features", "hidden", "head", "scale"} <= scopes
+    # and the other commands: report reads the records, calibrate loads the checkpoint with the factory
+    result = _invoke("report", "--results-dir", results, "--out", tmp_path / "report.html")
+    assert result.exit_code == 0 and (tmp_path / "report.html").is_file(), result.output
+    result = _invoke(
+        "calibrate", "chains", "--checkpoint", _last(folder), "--model-factory", "model_factories:tiny_net",
+        "--results-dir", tmp_path / "calibration", "--num-chains", "2", "--num-draws", "5", "--num-burnin-steps", "0",
+        "--num-samples", "64", "--batch-size", "64", "--device", "cpu", "--format", "svg", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
 
 
 def test_a_factory_checkpoint_without_the_flag_names_the_factory(tmp_path):
@@ -233,6 +242,13 @@ def test_module_blocks_are_the_parameter_owning_children_at_a_depth():
     assert list(module_blocks(wrapped)) == ["0.scale", "0.features", "0.hidden", "0.head"]
     with pytest.raises(SettingsError):
         module_blocks(model, 0)
+    vit = build_model("torchvision:VisionTransformer", 4, 3, arguments={
+        "image_size": 16, "patch_size": 8, "num_layers": 2, "num_heads": 1, "hidden_dim": 8, "mlp_dim": 8})  # fmt: skip
+    assert list(module_blocks(vit)) == ["class_token", "conv_proj", "encoder", "heads"]
+    assert list(module_blocks(vit, 3)) == [
+        "class_token", "conv_proj", "encoder.pos_embedding", "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1",
+        "encoder.ln", "heads.head",
+    ]  # fmt: skip
 
 
 def test_registered_models_keep_their_declared_blocks_unless_a_depth_is_given(tmp_path, trained_run):
