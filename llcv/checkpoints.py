@@ -5,9 +5,11 @@ An llcv checkpoint is a plain dict saved with ``torch.save`` (layout in docs/for
 checkpoints (a bare state dict, or the older research format ``checkpoint_..._epoch_39_...pth.tar``
 holding ``state_dict`` and ``epoch``) load too, given the model name.
 
-llcv checkpoints record the registered model's version (``model.version``); loading one whose
-version differs from the model registered now is an error unless the mismatch is allowed, by
-``allow_version_mismatch=True``.
+llcv checkpoints record the registered model's version (``model.version``), or for a
+``torchvision:`` / ``timm:`` model the library's (``model.library_version``); loading one whose
+version differs from the one here now is an error unless the mismatch is allowed, by
+``allow_version_mismatch=True``. A checkpoint of your own factory (``model.factory``) loads only
+when the caller passes a factory: importing one runs code, and a checkpoint never decides that.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 
 from llcv.errors import CheckpointError, SettingsError
 from llcv.fileio import atomic_write
+from llcv.model_sources import ImportedFactory, library_version, registry_of, same_release
 from llcv.models import Stem, build_model, model_version
 from llcv.version import __version__
 
@@ -48,17 +51,23 @@ _NUMPY_SCALAR_GLOBALS = [
 
 
 class ModelSpec(BaseModel):
-    """What ``build_model`` needs to rebuild the network."""
+    """What ``build_model`` (or the factory) needs to rebuild the network."""
 
     model_config = ConfigDict(frozen=True)
 
+    # A registered name (resnet18), a registry name as given (torchvision:vit_b_16), or a factory's import path.
     name: str
     num_classes: int | None  # None only for a foreign checkpoint loaded into a given model
     in_channels: int | None
-    stem: Stem | None = None
+    stem: Stem | None = None  # None where no stem applies (registry models but torchvision ResNets, factories)
     # The registered model's version when the file was saved; None when not recorded (foreign
     # checkpoints, llcv checkpoints written before model versions), which loads as the current one.
     version: int | None = None
+    # A torchvision: / timm: model's construction arguments (image_size, ...) and its library's
+    # version when saved; a factory's arguments.
+    arguments: dict[str, int | float | bool | str] = {}
+    library_version: str | None = None
+    factory: str | None = None  # package.module:function: your own architecture, imported only when asked
 
 
 class DatasetSpec(BaseModel):
@@ -184,6 +193,7 @@ def load_checkpoint(
     in_channels: int | None = None,
     stem: Stem | None = None,
     allow_version_mismatch: bool = False,
+    factory: ImportedFactory | None = None,
 ) -> tuple[nn.Module, CheckpointInfo]:
     """Load a checkpoint into a model, safely, and return the model with its metadata.
 
@@ -200,24 +210,86 @@ def load_checkpoint(
         model_name: the registered architecture of a foreign checkpoint.
         num_classes, in_channels, stem: override what is inferred for foreign checkpoints.
         allow_version_mismatch: load a checkpoint whose model version differs from the
-            registered one (``info.model_version_overridden`` then says so).
+            registered one, or whose torchvision/timm release differs from the installed one
+            (``info.model_version_overridden`` then says so).
+        factory: build the model with this factory (``--model-factory``), called with the class
+            count and channels the checkpoint records (inferred from the weights for foreign
+            files) and, where the checkpoint records a factory, its arguments. The caller
+            vouches for it: no version is checked. A checkpoint that records a factory needs one.
 
     Raises:
         CheckpointError: the file is unreadable, unsafe, does not fit the model, or records
             another version of the model (and the mismatch is not allowed).
-        SettingsError: ``stem`` is neither cifar nor imagenet, or the model is not registered.
+        SettingsError: ``stem`` is neither cifar nor imagenet, the model is not registered nor a
+            known registry model, or the checkpoint records a factory and none was given.
     """
     if stem is not None and stem not in get_args(Stem):  # else a pydantic error from ModelSpec, uncaught
         raise SettingsError(f"stem {stem!r}: use {' or '.join(get_args(Stem))}")
     payload = read_checkpoint(path)
-    info, state_dict = _describe(Path(path), payload, model, model_name, num_classes, in_channels, stem)
-    if model is None:
-        spec = info.model
-        if check_model_version(spec.name, spec.version, path=Path(path), allow=allow_version_mismatch):
+    described = (model, model_name) if factory is None else (model, factory.path)
+    info, state_dict = _describe(Path(path), payload, *described, num_classes, in_channels, stem, shapes_needed=model is None and factory is None)
+    spec = info.model
+    if model is None and factory is not None:
+        arguments = spec.arguments if spec.factory is not None else {}
+        model = factory(num_classes=spec.num_classes, in_channels=spec.in_channels, **arguments)
+    elif model is None:
+        if spec.factory is not None:
+            raise SettingsError(
+                f"checkpoint {path} holds a model built by the factory {spec.factory!r}; importing it runs its code, "
+                f"so llcv does that only when asked: pass --model-factory {spec.factory} (in a config file: "
+                f"[model] factory = {spec.factory!r}; in Python: Target(model_factory=import_factory({spec.factory!r})))"
+            )
+        if check_spec_version(spec, path=Path(path), allow=allow_version_mismatch):
             info = info.model_copy(update={"model_version_overridden": True})
-        model = build_model(spec.name, spec.num_classes, spec.in_channels, spec.stem)
+        model = build_model(spec.name, spec.num_classes, spec.in_channels, spec.stem, arguments=spec.arguments)
     _load_state_dict(model, state_dict, Path(path))
     return model, info
+
+
+def check_spec_version(spec: ModelSpec, *, path: Path | str, allow: bool = False) -> bool:
+    """``check_model_version`` for a registered model, ``check_library_version`` for a
+    ``torchvision:`` / ``timm:`` one; a factory's model is the caller's (no check).
+
+    Returns:
+        True when the versions differ and the mismatch was allowed, else False.
+
+    Raises:
+        CheckpointError: the versions differ and the mismatch is not allowed.
+        SettingsError: the model is neither registered nor a registry model (or timm is missing).
+    """
+    if spec.factory is not None:
+        return False
+    if registry_of(spec.name) is not None:
+        return check_library_version(spec.name, spec.library_version, path=path, allow=allow)
+    return check_model_version(spec.name, spec.version, path=path, allow=allow)
+
+
+def check_library_version(name: str, recorded: str | None, *, path: Path | str, allow: bool = False) -> bool:
+    """Compare the torchvision or timm release a checkpoint of ``name`` records with the installed one.
+
+    A library's models may change what they compute between releases, as a registered model's
+    version says for llcv's own; the local build tag (``+cu121``, ``+cpu``) does not count.
+
+    Returns:
+        True when the releases differ and the mismatch was allowed, else False (also when none is recorded).
+
+    Raises:
+        CheckpointError: the releases differ and the mismatch is not allowed.
+    """
+    registry = registry_of(name)
+    if recorded is None or registry is None:
+        return False
+    current = library_version(registry)
+    if same_release(recorded, current):
+        return False
+    if allow:
+        return True
+    raise CheckpointError(
+        f"checkpoint {path} was saved with model {name!r} from {registry} {recorded}, but {registry} {current} is "
+        f"installed: its {name!r} may compute a different function. Install {registry}=={recorded.split('+')[0]}, "
+        f"or, if the change does not matter to you, pass --allow-model-version-mismatch "
+        f"(in a config file: [model] allow_version_mismatch = true; in Python: allow_version_mismatch=True)"
+    )
 
 
 def check_model_version(name: str, recorded: int | None, *, path: Path | str, allow: bool = False) -> bool:
@@ -259,6 +331,8 @@ def _describe(
     num_classes: int | None,
     in_channels: int | None,
     stem: Stem | None,
+    *,
+    shapes_needed: bool,
 ) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
     if payload.get("format") == FORMAT:
         if payload.get("format_version", 0) > FORMAT_VERSION:
@@ -296,8 +370,8 @@ def _describe(
     state_dict = _strip_prefixes(state_dict)
     if model is None and model_name is None:
         raise CheckpointError(f"checkpoint {path} is a foreign checkpoint without llcv metadata: pass --model")
-    # With a model given, the shapes are the model's business; only a model to build needs them.
-    required = model is None
+    # With a model or a factory given, the shapes are its business; only a model to build needs them.
+    required = shapes_needed
     spec = ModelSpec(
         name=model_name or type(model).__name__,
         num_classes=num_classes or _infer_num_classes(state_dict, path, required),

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llcv import calibration, cli_render, console, demo, estimation, figures, sampling, selftest, targets, training
+from llcv import calibration, cli_render, console, demo, estimation, figures, model_sources, sampling, selftest, targets, training
 from llcv.calibration import Budget
 from llcv.cli_options import (
     CHAINS_DEFAULTS,
@@ -93,11 +93,14 @@ def _quiet_for_json(json_output: bool) -> None:
 
 
 def _target(target: TargetFlags, settings: SettingsBundle) -> targets.Target:
-    """What the command estimates, built once from --model/--stem/--dataset and [data] data_dir
-    (which may relocate the data) and [model] allow_version_mismatch."""
+    """What the command estimates, built once from --model/--stem/--dataset, [data] data_dir
+    (which may relocate the data), [model] allow_version_mismatch and [model] factory (imported
+    here, and only because a flag or the config names it)."""
+    factory = settings.model.factory
     return targets.Target(
-        **target.arguments(), data_dir=settings.data.data_dir, allow_version_mismatch=settings.model.allow_version_mismatch
-    )
+        **target.arguments(), model_factory=model_sources.import_factory(factory) if factory is not None else None,
+        data_dir=settings.data.data_dir, allow_version_mismatch=settings.model.allow_version_mismatch,
+    )  # fmt: skip
 
 
 def _load_target(checkpoint: Path, target: TargetFlags, settings: SettingsBundle) -> targets.LoadedTarget:
@@ -113,7 +116,11 @@ def _load_target(checkpoint: Path, target: TargetFlags, settings: SettingsBundle
     epilog=(
         "Example: llcv train --config configs/digits-smallcnn.toml --checkpoints-dir checkpoints/digits "
         "--log-checkpoints 8\n\n"
-        "Resume an interrupted run: llcv train --resume-from-checkpoint checkpoints/digits/step_00000120.pt"
+        "Resume an interrupted run: llcv train --resume-from-checkpoint checkpoints/digits/step_00000120.pt\n\n"
+        "Any torchvision or timm model, randomly initialised: llcv train --model torchvision:resnet18 --dataset cifar10 "
+        "--checkpoints-dir checkpoints/tv-resnet18  (or --model timm:vit_tiny_patch16_224 --model-arg patch_size=4, with llcv[timm])\n\n"
+        "Your own architecture: llcv train --model-factory mypackage.nets:build --dataset cifar10 --checkpoints-dir checkpoints/mine  "
+        "(estimating its checkpoints needs --model-factory again; see docs/api.md, \"Models\")"
     ),
 )
 @flag_groups
@@ -133,7 +140,8 @@ def train_command(config: ConfigOpt = None, *, flags: TrainFlags) -> None:
     epilog=(
         "Example: llcv estimate --checkpoint checkpoints/digits/step_00000450.pt --epsilon 1e-4 --gamma 100 "
         "--num-chains 4 --num-draws 200\n\n"
-        "With calibrated settings: llcv estimate --checkpoint CKPT --from-calibration results/calibration/step_00000450/recommended.json --json"
+        "With calibrated settings: llcv estimate --checkpoint CKPT --from-calibration results/calibration/step_00000450/recommended.json --json\n\n"
+        "A checkpoint of your own architecture (train --model-factory): llcv estimate --checkpoint CKPT --model-factory mypackage.nets:build"
     ),
 )
 @flag_groups
@@ -174,6 +182,8 @@ def estimate_command(
         "On a Ray cluster: llcv estimate-all --checkpoints-dir CKPTS --executor ray --ray-address auto  (see docs/cluster.md)\n\n"
         "Refined LLCs, one per block and one per class beside the whole model: "
         "llcv estimate-all --checkpoints-dir checkpoints/digits --per-layer --per-class  (see docs/guide.md)\n\n"
+        "Per-layer LLCs of any model, blocks two levels down its module tree: "
+        "llcv estimate-all --checkpoints-dir checkpoints/tv-vit --per-layer --block-depth 2\n\n"
         "Calibrated once on the run's last checkpoint, then every checkpoint with those settings: "
         "llcv estimate-all --checkpoints-dir checkpoints/digits --calibrate  (see docs/calibration.md)"
     ),

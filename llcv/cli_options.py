@@ -36,8 +36,9 @@ CalibrationOpt = Annotated[Optional[Path], typer.Option("--from-calibration", he
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file (llcv or foreign).", dir_okay=False)]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, then MPS, then CPU).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout and nothing else.")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Architecture: smallcnn, resnet18, resnet34, resnet50, or a registered name.")]
-StemOpt = Annotated[Optional[str], typer.Option("--stem", help="cifar (3x3 conv, no max-pool) | imagenet; default: cifar for inputs <= 64 px.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Architecture: smallcnn, resnet18, resnet34, resnet50 or another registered name; torchvision:NAME (any torchvision.models builder, e.g. torchvision:vit_b_16) or timm:NAME (needs llcv[timm]), with random weights.")]
+ModelFactoryOpt = Annotated[Optional[str], typer.Option("--model-factory", metavar="<package.module:function>", help="Your own architecture: a function returning an nn.Module, called with num_classes and in_channels where it takes them. Importing it runs its code, so it is never taken from a checkpoint: pass it again to estimate a checkpoint trained with it.")]
+StemOpt = Annotated[Optional[str], typer.Option("--stem", help="ResNets (llcv's and torchvision's): cifar (3x3 conv, no max-pool) | imagenet; default: cifar for inputs <= 64 px.")]
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="digits | cifar10 | cifar100 | mnist | fashionmnist | svhn | imagenet1k | folder | synthetic (files read from --data-dir; docs/guide.md).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the dataset lives (default depends on the dataset).", file_okay=False)]
 AllowVersionMismatchOpt = Annotated[Optional[bool], typer.Option("--allow-model-version-mismatch", help="Load checkpoints saved with another version of their model (same weight shapes, different function); see docs/formats.md.")]
@@ -52,6 +53,35 @@ RunLabelOpt = Annotated[Optional[list[str]], typer.Option("--label", help="The n
 RunSettingsOpt = Annotated[Optional[str], typer.Option("--settings", help="The settings hash to read (default: the most recently used).")]
 
 GRID_HELP = "A list (1e-6,1e-5,1e-4) or a log range start:stop:count (1e-6:1e-2:5)."
+
+
+def model_arguments(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``["image_size=32", "drop_rate=0.1", "global_pool=avg"]`` as a dict: each value a whole
+    number, a number, true/false, or else the text itself.
+
+    Raises:
+        typer.BadParameter: an item without ``=`` or with an empty key.
+    """
+    if pairs is None:
+        return None
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, equals, text = pair.partition("=")
+        if not equals or not key.strip():
+            raise typer.BadParameter(f"{pair!r}: use KEY=VALUE, e.g. image_size=32", param_hint="--model-arg")
+        values[key.strip()] = _literal(text.strip())
+    return values
+
+
+def _literal(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def comma_list(text: str | None) -> list[str] | None:
@@ -194,20 +224,24 @@ class SweepLengthFlags(LengthFlags):
 class TargetFlags(FlagGroup):
     """Which model and data a checkpoint is measured with: for the commands that load one.
 
-    ``--data-dir`` and ``--allow-model-version-mismatch`` set [data] data_dir and [model]
-    allow_version_mismatch, the only fields of those sections these commands read; ``--model``,
+    ``--data-dir``, ``--allow-model-version-mismatch`` and ``--model-factory`` set [data]
+    data_dir, [model] allow_version_mismatch and [model] factory, the only fields of those
+    sections these commands read; ``--model``,
     ``--stem`` and ``--dataset`` describe a foreign checkpoint and go into the command's ``llcv.targets.Target`` as they are.
     """
 
     model: ModelOpt = None
+    model_factory: ModelFactoryOpt = None
     stem: StemOpt = None
     dataset: DatasetOpt = None
     data_dir: DataDirOpt = None
     allow_model_version_mismatch: AllowVersionMismatchOpt = None
 
-    SETTINGS: ClassVar = {"data_dir": "data.data_dir", "allow_model_version_mismatch": "model.allow_version_mismatch"}
+    SETTINGS: ClassVar = {
+        "data_dir": "data.data_dir", "allow_model_version_mismatch": "model.allow_version_mismatch", "model_factory": "model.factory",
+    }  # fmt: skip
     ARGUMENTS: ClassVar = {"model": "model_name", "stem": "stem", "dataset": "dataset"}
-    READ: ClassVar = {"data": ("data_dir",), "model": ("allow_version_mismatch",)}  # what -v shows of those sections
+    READ: ClassVar = {"data": ("data_dir",), "model": ("allow_version_mismatch", "factory")}  # what -v shows of those sections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +291,7 @@ class EstimateFlags(FlagGroup):
     cpus_per_task: Annotated[Optional[int], typer.Option("--cpus-per-task", help="Ray: CPUs and torch threads per task (default 1, or CPUs per GPU).")] = None
     claim_timeout_seconds: Annotated[Optional[float], typer.Option("--claim-timeout-seconds", help="Take over a claim whose heartbeat is older than this.")] = None
     per_layer: Annotated[Optional[bool], typer.Option("--per-layer", help="Also one LLC per block of the model (only its weights sampled, the rest frozen), e.g. scope layer3.")] = None
+    block_depth: Annotated[Optional[int], typer.Option("--block-depth", help="With --per-layer: blocks from the model's module tree, this many levels down (1: its top-level children; default: a registered model's declared blocks, else 1).")] = None
     per_class: Annotated[Optional[bool], typer.Option("--per-class", help="Also one LLC per class (the loss on its samples only), scope class=7.")] = None
     calibrate: Annotated[Optional[bool], typer.Option("--calibrate/--no-calibrate", help="Calibrate once (calibrate auto) on a reference checkpoint and estimate every checkpoint with its settings; files in <results-dir>/calibration/<checkpoint-stem>/.")] = None
     calibrate_on: Annotated[Optional[str], typer.Option("--calibrate-on", metavar="<STEP|FILE>", help="With --calibrate: the reference checkpoint, by its training step or file (default: the run's last).")] = None
@@ -265,7 +300,7 @@ class EstimateFlags(FlagGroup):
         "results_dir": "estimate.results_dir", "every_nth": "estimate.every_nth", "steps": "estimate.steps", "force": "estimate.force",
         "device": "estimate.device", "devices": "estimate.devices", "shard": "estimate.shard", "executor": "estimate.executor",
         "ray_address": "estimate.ray_address", "cpus_per_task": "estimate.cpus_per_task",
-        "claim_timeout_seconds": "estimate.claim_timeout_seconds", "per_layer": "estimate.per_layer", "per_class": "estimate.per_class",
+        "claim_timeout_seconds": "estimate.claim_timeout_seconds", "per_layer": "estimate.per_layer", "per_class": "estimate.per_class", "block_depth": "estimate.block_depth",
         "calibrate": "estimate.calibrate", "calibrate_on": "estimate.calibrate_on",
     }  # fmt: skip
     CONVERT: ClassVar = {"steps": comma_list}
@@ -276,6 +311,8 @@ class TrainFlags(FlagGroup):
     """`train`: the data, the model, the optimiser, the schedule and the checkpoints."""
 
     model: ModelOpt = None
+    model_factory: ModelFactoryOpt = None
+    model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", metavar="KEY=VALUE", help="A construction argument of a torchvision:/timm: model or of the factory, repeatable: --model-arg patch_size=8. Recorded in the checkpoints. ViTs get their image size from the data.")] = None
     stem: StemOpt = None
     dataset: DatasetOpt = None
     data_dir: DataDirOpt = None
@@ -302,6 +339,7 @@ class TrainFlags(FlagGroup):
 
     SETTINGS: ClassVar = {
         "model": "model.name", "stem": "model.stem", "allow_model_version_mismatch": "model.allow_version_mismatch",
+        "model_factory": "model.factory", "model_arg": "model.arguments",
         "dataset": "data.dataset", "data_dir": "data.data_dir", "download": "data.download", "image_size": "data.image_size",
         "num_workers": "data.num_workers", "data_seed": "data.seed",
         "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
@@ -310,6 +348,7 @@ class TrainFlags(FlagGroup):
         "device": "train.device", "checkpoints_dir": "train.checkpoints_dir", "checkpoint_every_epochs": "train.checkpoint_every_epochs",
         "log_checkpoints": "train.log_checkpoints", "resume_from_checkpoint": "train.resume_from_checkpoint",
     }  # fmt: skip
+    CONVERT: ClassVar = {"model_arg": model_arguments}
 
 
 @dataclasses.dataclass(frozen=True)

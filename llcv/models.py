@@ -6,17 +6,30 @@ architectures with ``@register_model("name")``; the name is available as soon as
 holding the decorated function has been imported. Each registration carries a version, which
 ``llcv train`` writes into every checkpoint and ``load_checkpoint`` compares with the registered
 one, so weights never load silently into a function they were not trained as.
+
+Models without a registration build here too (``llcv.model_sources``): ``torchvision:NAME`` and
+``timm:NAME`` by registry name, and your own factory by import path (``new_model``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from torch import nn
 
 from llcv.errors import SettingsError
+from llcv.model_sources import (
+    ArgumentValue,
+    ImportedFactory,
+    check_registry_name,
+    construction_arguments,
+    library_version,
+    registry_of,
+    stem_applies,
+    try_build,
+)
 
 Stem = Literal["cifar", "imagenet"]
 ModelFactory = Callable[[int, int, Stem], nn.Module]
@@ -106,26 +119,93 @@ def build_model(
     stem: Stem | None = None,
     *,
     image_size: int | None = None,
+    arguments: Mapping[str, ArgumentValue] | None = None,
 ) -> nn.Module:
-    """Build a registered model with freshly initialised weights (never pretrained).
+    """Build a model with freshly initialised weights (never pretrained).
 
     Args:
-        name: a name from ``list_models()``.
+        name: a name from ``list_models()``, or ``torchvision:NAME`` / ``timm:NAME``
+            (``llcv.model_sources``).
         num_classes: size of the output layer.
         in_channels: channels of the input images.
         stem: ``"cifar"`` (3x3 conv, no max-pool) or ``"imagenet"``; None picks by ``image_size``.
+            For registry models it applies to torchvision's ResNets only (``stem_applies``).
         image_size: the input's side length, used only to choose the default stem.
+        arguments: a registry model's construction arguments, as its checkpoint records them.
 
     Raises:
-        SettingsError: the name is not registered.
+        SettingsError: the name is not registered nor a known registry model, or the registry
+            model refuses its arguments.
     """
+    if registry_of(name) is not None:
+        cifar = stem_applies(name) and (stem or default_stem(image_size)) == "cifar"
+        model, _ = try_build(name, num_classes, in_channels, cifar_stem=cifar, arguments=dict(arguments or {}))
+        return model
     entry = _lookup(name)
     return entry.factory(num_classes, in_channels, stem or default_stem(image_size))
 
 
+def new_model(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    *,
+    stem: Stem | None = None,
+    image_size: int | None = None,
+    arguments: Mapping[str, ArgumentValue] | None = None,
+    factory: ImportedFactory | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A model to train and the spec its checkpoints record (``llcv.checkpoints.ModelSpec``'s fields).
+
+    A registered model records its version; a registry model its construction arguments (the
+    given ones and, for models that need it, the input size) and the library's version; a
+    factory its import path, under ``name`` and ``factory``, and its arguments.
+
+    Raises:
+        SettingsError: as ``build_model``; a stem given for a model it does not apply to; or, with
+            ``factory``, as ``ImportedFactory``.
+    """
+    arguments = dict(arguments or {})
+    spec: dict[str, Any] = {
+        "name": name, "num_classes": num_classes, "in_channels": in_channels, "stem": None, "version": None,
+        "arguments": {}, "library_version": None, "factory": None,
+    }  # fmt: skip
+    if factory is not None:
+        if stem is not None:
+            raise SettingsError(f"--stem applies to llcv's registered models and torchvision ResNets, not to the factory {factory.path!r}")
+        model = factory(num_classes=num_classes, in_channels=in_channels, **arguments)
+        return model, {**spec, "name": factory.path, "factory": factory.path, "arguments": arguments}
+    registry = registry_of(name)
+    if registry is not None:
+        if stem is not None and not stem_applies(name):
+            raise SettingsError(f"--stem applies to torchvision's ResNets, not to {name!r}; leave it unset")
+        chosen = (stem or default_stem(image_size)) if stem_applies(name) else None
+        resolved = construction_arguments(name, image_size, arguments)
+        model, used = try_build(name, num_classes, in_channels, cifar_stem=chosen == "cifar", arguments=resolved)
+        return model, {**spec, "stem": chosen, "arguments": used, "library_version": library_version(registry)}
+    if arguments:
+        raise SettingsError(f"model {name!r} is registered in llcv and takes no construction arguments ([model] arguments)")
+    chosen = stem or default_stem(image_size)
+    return build_model(name, num_classes, in_channels, chosen), {**spec, "stem": chosen, "version": model_version(name)}
+
+
+def check_model_name(name: str) -> str:
+    """A registered name, or a ``torchvision:`` / ``timm:`` name its library knows.
+
+    Raises:
+        SettingsError: neither (the message lists the registered names), or timm not installed.
+    """
+    if registry_of(name) is not None:
+        return check_registry_name(name)
+    _lookup(name)
+    return name
+
+
 def _lookup(name: str) -> RegisteredModel:
     if name not in _REGISTRY:
-        raise SettingsError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+        raise SettingsError(
+            f"unknown model {name!r}; choose one of {', '.join(list_models())}, or torchvision:NAME or timm:NAME"
+        )
     return _REGISTRY[name]
 
 

@@ -29,6 +29,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from llcv.errors import SettingsError
@@ -110,24 +111,48 @@ class DataSettings(_Section):
 class ModelSettings(_Section):
     """``[model]``: the architecture; class count and input channels come from the dataset.
 
-    ``allow_version_mismatch`` is the one field the commands that load checkpoints read
-    (``estimate``, ``estimate-all``, ``calibrate``; ``train`` when resuming).
+    ``name`` is a registered model, ``torchvision:NAME`` or ``timm:NAME`` (docs/api.md, "Models");
+    ``factory`` (``package.module:function``) is your own architecture instead, imported only
+    because this setting names it. ``allow_version_mismatch`` and ``factory`` are the fields the
+    commands that load checkpoints read (``estimate``, ``estimate-all``, ``calibrate``; ``train``
+    when resuming).
     """
 
-    name: str = "smallcnn"  # a name from llcv.models.list_models()
-    stem: Literal["cifar", "imagenet"] | None = None  # None: cifar for inputs of 64 px or less
-    # Load checkpoints whose recorded model version differs from the registered one (a change
-    # that kept the weights' shapes but not the function); read by every command that loads one.
+    name: str = "smallcnn"  # a name from llcv.models.list_models(), torchvision:NAME or timm:NAME
+    stem: Literal["cifar", "imagenet"] | None = None  # None: cifar for inputs of 64 px or less (llcv's and torchvision's ResNets)
+    # package.module:function returning an nn.Module, called with num_classes and in_channels where
+    # it takes them; importing it runs that code, so only a flag or a config file names it.
+    factory: str | None = None
+    # Keyword arguments of a torchvision:/timm: builder or of the factory (image_size, depth, ...);
+    # recorded in every checkpoint, so loading needs them no more.
+    arguments: dict[str, int | float | bool | str] = {}
+    # Load checkpoints whose recorded model version (or torchvision/timm release) differs from the
+    # one here (a change that kept the weights' shapes but not the function); read by every command that loads one.
     allow_version_mismatch: bool = False
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from llcv.models import list_models
+        from llcv.models import check_model_name
 
-        if name not in list_models():
-            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-        return name
+        try:
+            return check_model_name(name)
+        except SettingsError as error:
+            raise ValueError(str(error)) from None
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_path(cls, path: str | None) -> str | None:
+        module, colon, function = (path or "").partition(":")
+        if path is not None and (not colon or not module or not function):
+            raise ValueError("use package.module:function")
+        return path
+
+    @model_validator(mode="after")
+    def _one_architecture(self) -> ModelSettings:
+        if self.factory is not None and self.name != "smallcnn":
+            raise ValueError(f"name {self.name!r} and factory {self.factory!r} both name the architecture; give one")
+        return self
 
 
 class TrainSettings(_Section):
@@ -335,6 +360,9 @@ class EstimateSettings(_Section):
     cpus_per_task: PositiveInt | None = None  # ray: CPUs and torch threads per task; None: 1, or CPUs per GPU
     claim_timeout_seconds: PositiveFloat = 600.0  # a claim whose heartbeat is older is taken over
     per_layer: bool = False  # also one LLC per block of the model (weight-refined), beside the whole model
+    # per_layer's blocks from the module tree, this many levels down (llcv.model_sources.module_blocks);
+    # None: a registered model's declared blocks, else depth 1 (the top-level children).
+    block_depth: PositiveInt | None = None
     per_class: bool = False  # also one LLC per class (data-refined); [sampler] classes then picks which classes
     # Calibrate once (`calibrate auto`) on a reference checkpoint and estimate every checkpoint
     # with its settings; calibrate_on: that checkpoint's training step or file (None: the run's last).

@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 from llcv.checkpoints import CheckpointInfo, load_checkpoint
 from llcv.data import DatasetInfo, list_datasets, load_dataset
 from llcv.errors import CheckpointError, DataError, SettingsError
-from llcv.models import Stem, list_models
+from llcv.model_sources import ImportedFactory
+from llcv.models import Stem, check_model_name
 
 DEFAULT_FOREIGN_DATASET = "digits"
 
@@ -47,8 +48,11 @@ class Target:
             completes (``at``).
         model_name, stem: the registered architecture of a foreign checkpoint (llcv
             checkpoints record theirs, and these are then ignored).
-        model_factory: ``() -> nn.Module`` to load the weights into: your own architecture.
-            The caller vouches for it, so neither its version nor its class count is checked.
+        model_factory: your own architecture: ``() -> nn.Module`` to load the weights into (the
+            caller vouches for it, so neither its version nor its class count is checked), or an
+            ``llcv.model_sources.ImportedFactory`` (``--model-factory package.module:function``,
+            ``import_factory``), called with the class count and channels the checkpoint records.
+            A checkpoint trained with a factory loads only with one given here.
         dataset: a dataset name, or the training data as a Dataset; None: the one the
             checkpoint records (``DEFAULT_FOREIGN_DATASET`` for foreign files).
         data_dir: where the named dataset lives; None: where the checkpoint says it was.
@@ -60,7 +64,7 @@ class Target:
     checkpoint: Path | None = None
     model_name: str | None = None
     stem: Stem | None = None
-    model_factory: Callable[[], nn.Module] | None = None
+    model_factory: Callable[[], nn.Module] | ImportedFactory | None = None
     dataset: Dataset | str | None = None
     data_dir: str | None = None
     image_size: int | None = None
@@ -83,12 +87,12 @@ class Target:
 
         Raises:
             DataError: an unknown dataset name, or a missing ``data_dir``.
-            SettingsError: an unknown model name or stem.
+            SettingsError: an unknown model name (registered, ``torchvision:``, ``timm:``) or stem.
         """
         if isinstance(self.dataset, str) and self.dataset not in list_datasets():
             raise DataError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(list_datasets())}")
-        if self.model_name is not None and self.model_name not in list_models():
-            raise SettingsError(f"unknown model {self.model_name!r}; choose one of {', '.join(list_models())}")
+        if self.model_name is not None:
+            check_model_name(self.model_name)
         if self.stem is not None and self.stem not in get_args(Stem):
             raise SettingsError(f"stem {self.stem!r}: use {' or '.join(get_args(Stem))}")
         if data_dir_here and self.data_dir is not None and not Path(self.data_dir).is_dir():
@@ -103,6 +107,8 @@ class Target:
         """
         if self.checkpoint is None:
             raise CheckpointError("no checkpoint: a run's target is completed with Target.at(checkpoint)")
+        if isinstance(self.model_factory, ImportedFactory):
+            return load_checkpoint(self.checkpoint, factory=self.model_factory)
         if self.model_factory is not None:
             return load_checkpoint(self.checkpoint, model=self.model_factory())
         return load_checkpoint(
@@ -128,7 +134,8 @@ class Target:
         split, dataset_info = training_split(
             name, str(directory) if directory is not None else None, recorded.seed if recorded else 0, image_size
         )
-        checked = self.model_factory is None and info.model.num_classes is not None
+        vouched = self.model_factory is not None and not isinstance(self.model_factory, ImportedFactory)
+        checked = not vouched and info.model.num_classes is not None
         if checked and dataset_info.num_classes != info.model.num_classes:
             raise CheckpointError(
                 f"checkpoint {self.checkpoint} has {info.model.num_classes} outputs but dataset {name!r} has "

@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from llcv.checkpoints import check_model_version, checkpoint_name, read_checkpoint, save_checkpoint
+from llcv.checkpoints import ModelSpec, check_spec_version, checkpoint_name, read_checkpoint, save_checkpoint
 from llcv.data import load_dataset
 from llcv.devices import resolve_device
 from llcv.errors import SettingsError
-from llcv.models import build_model, default_stem, model_version
+from llcv.model_sources import import_factory
+from llcv.models import new_model
 from llcv.progress import SILENT, Reporter
 from llcv.settings import SettingsBundle, TrainSettings
 
@@ -228,14 +229,15 @@ def resumed_settings(checkpoint: Path | None) -> dict[str, Any] | None:
     """The settings stored in ``checkpoint``, as the base a resumed run starts from (beneath its
     config file and flags); None when not resuming.
 
-    The checkpoint's own ``resume_from_checkpoint`` is dropped, and so is ``allow_version_mismatch``:
-    allowing a model-version mismatch is asked for each time, never inherited from a checkpoint.
+    The checkpoint's own ``resume_from_checkpoint`` is dropped, and so are ``allow_version_mismatch``
+    and ``factory``: allowing a model-version mismatch, and importing a factory (which runs its
+    code), are asked for each time, never inherited from a checkpoint.
     """
     if checkpoint is None:
         return None
     stored = read_checkpoint(checkpoint).get("settings") or {}
     train_settings = {key: value for key, value in stored.get("train", {}).items() if key != "resume_from_checkpoint"}
-    model_settings = {key: value for key, value in stored.get("model", {}).items() if key != "allow_version_mismatch"}
+    model_settings = {key: value for key, value in stored.get("model", {}).items() if key not in ("allow_version_mismatch", "factory")}
     return {**stored, "train": train_settings, "model": model_settings}
 
 
@@ -324,20 +326,16 @@ def _start_run(settings: SettingsBundle, reporter: Reporter) -> _Run:
         download=data_settings.download,
         image_size=data_settings.image_size,
     )
+    factory = import_factory(model_settings.factory) if model_settings.factory is not None else None
     torch.manual_seed(train_settings.seed)
-    stem = model_settings.stem or default_stem(info.image_size)
-    model = build_model(model_settings.name, info.num_classes, info.in_channels, stem)
+    model, model_spec = new_model(
+        model_settings.name, info.num_classes, info.in_channels, stem=model_settings.stem, image_size=info.image_size,
+        arguments=model_settings.arguments, factory=factory,
+    )  # fmt: skip
     model.to(device)
     optimizer = _optimizer(model, train_settings)
     steps_per_epoch = math.ceil(len(train_set) / train_settings.batch_size)
     num_steps = train_settings.epochs * steps_per_epoch
-    model_spec = {
-        "name": model_settings.name,
-        "num_classes": info.num_classes,
-        "in_channels": info.in_channels,
-        "stem": stem,
-        "version": model_version(model_settings.name),
-    }
     dataset_spec = {"name": info.name, "data_dir": info.data_dir, "seed": data_settings.seed, "image_size": data_settings.image_size}
     num_workers = _worker_count(data_settings.num_workers, reporter)
     batch_sampler = _EpochBatches()
@@ -481,18 +479,30 @@ def _resume(run: _Run, reporter: Reporter) -> int:
     payload = read_checkpoint(path)
     if payload.get("format") != "llcv-checkpoint" or "optimizer" not in payload:
         raise SettingsError(f"--resume-from-checkpoint {path}: only llcv training checkpoints can be resumed")
-    # The version is compared on its own: a checkpoint written before model versions has none.
+    # The versions are compared on their own: a checkpoint written before model versions has none.
     stored_model = payload["model"] if isinstance(payload["model"], dict) else {}
-    if {**stored_model, "version": None} != {**model_spec, "version": None}:
+    versionless = {"version": None, "library_version": None}
+    recorded_factory = stored_model.get("factory")
+    if recorded_factory is not None and model_spec.get("factory") is None:
+        raise SettingsError(
+            f"--resume-from-checkpoint {path}: the checkpoint's model was built by the factory {recorded_factory!r}; "
+            f"importing it runs its code, so llcv does that only when asked: pass --model-factory {recorded_factory} again"
+        )
+    try:
+        same = ModelSpec(**{**stored_model, **versionless}) == ModelSpec(**{**model_spec, **versionless})
+    except (TypeError, ValueError):  # a malformed record of the model: not this run's
+        same = False
+    if not same:
         raise SettingsError(
             f"--resume-from-checkpoint {path}: the checkpoint's model {payload['model']} differs from the settings' {model_spec}"
         )
-    recorded = stored_model.get("version")
-    if check_model_version(model_spec["name"], recorded, path=path, allow=run.settings.model.allow_version_mismatch):
+    recorded = ModelSpec(**stored_model)
+    if check_spec_version(recorded, path=path, allow=run.settings.model.allow_version_mismatch):
+        key = "version" if recorded.library_version is None else "library_version"
+        was, now = getattr(recorded, key), model_spec.get(key)
         reporter.note(
-            f"resuming a checkpoint of {model_spec['name']!r} version {recorded} as version {model_spec['version']} "
-            "(the mismatch was allowed); the checkpoints written from now on record version "
-            f"{model_spec['version']}"
+            f"resuming a checkpoint of {model_spec['name']!r} version {was} as version {now} "
+            f"(the mismatch was allowed); the checkpoints written from now on record version {now}"
         )
     if payload["step"] > num_steps:
         raise SettingsError(f"--resume-from-checkpoint {path}: step {payload['step']} is past this run's {num_steps} steps")

@@ -63,7 +63,10 @@ def test_every_checkpoint_opens_with_weights_only_and_has_every_documented_key(t
         assert payload["format_version"] == FORMAT_VERSION
         assert path.name == checkpoint_name(payload["step"])
         assert payload["epoch"] == payload["step"] / 8  # 8 steps per epoch
-        assert payload["model"] == {"name": "smallcnn", "num_classes": 4, "in_channels": 3, "stem": "cifar", "version": 1}
+        assert payload["model"] == {
+            "name": "smallcnn", "num_classes": 4, "in_channels": 3, "stem": "cifar", "version": 1,
+            "arguments": {}, "library_version": None, "factory": None,
+        }  # fmt: skip
         assert payload["dataset"] == {"name": "synthetic", "data_dir": None, "seed": 0, "image_size": None}
         assert set(payload["metrics"]) == {"train_loss", "val_loss", "val_acc"}
         assert (payload["metrics"]["train_loss"] is None) == (payload["step"] == 0)
@@ -148,7 +151,10 @@ def test_plain_state_dicts_load_with_wrapper_prefixes_stripped(tmp_path, prefix)
     torch.save({prefix + key: value for key, value in state.items()}, path)
     model, info = load_checkpoint(path, model_name="resnet18")
     assert info.format == "state_dict" and info.step is None
-    assert info.model.model_dump() == {"name": "resnet18", "num_classes": 10, "in_channels": 3, "stem": "cifar", "version": None}
+    assert info.model.model_dump() == {
+        "name": "resnet18", "num_classes": 10, "in_channels": 3, "stem": "cifar", "version": None,
+        "arguments": {}, "library_version": None, "factory": None,
+    }  # fmt: skip
     _assert_same_weights(model.state_dict(), state)
 
 

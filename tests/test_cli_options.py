@@ -35,7 +35,10 @@ GROUPS = [value for value in vars(cli_options).values() if isinstance(value, typ
 
 # Flags whose name is not their field's (docs/conventions.md, "Flags"): the section is named
 # where the bare name would be ambiguous, and `--model` names the architecture.
-NAMED_OTHERWISE = {"--data-seed": "data.seed", "--allow-model-version-mismatch": "model.allow_version_mismatch", "--model": "model.name"}
+NAMED_OTHERWISE = {
+    "--data-seed": "data.seed", "--allow-model-version-mismatch": "model.allow_version_mismatch", "--model": "model.name",
+    "--model-factory": "model.factory", "--model-arg": "model.arguments",
+}  # fmt: skip
 
 
 def _flag(group: type[FlagGroup], name: str) -> str:

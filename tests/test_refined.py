@@ -18,7 +18,7 @@ from _helpers import copy_checkpoints, fast_settings
 from conftest import make_train_settings
 from llcv.data import dataset_targets
 from llcv.errors import SettingsError
-from llcv.estimation.run import EstimateJob, estimate_all
+from llcv.estimation.run import EstimateJob, estimate_all, plan_run
 from llcv.models import SmallCNN, model_blocks
 from llcv.figures.plotting import llc_figure, plot_llc
 from llcv.results import load_results, results_dataframe, settings_hash
@@ -163,7 +163,7 @@ def test_shards_split_the_scopes_of_a_checkpoint_without_duplicates(smallcnn_che
 # --- blocks of a researcher's own model, and mistakes
 
 
-def test_a_model_factory_brings_its_own_blocks_and_redeclared_blocks_are_redone(smallcnn_checkpoints, tmp_path):
+def test_a_model_factory_brings_its_own_blocks_or_has_its_module_trees_and_redeclared_blocks_are_redone(smallcnn_checkpoints, tmp_path):
     train, _ = training_split("synthetic", None, 0)
     settings = fast_settings(num_chains=1, num_draws=4)
 
@@ -180,8 +180,11 @@ def test_a_model_factory_brings_its_own_blocks_and_redeclared_blocks_are_redone(
     assert second.computed == ["step_00000016.pt [head]"]  # features unchanged, head redeclared
 
     per_layer = EstimateSettings(results_dir=tmp_path / "r", device="cpu", steps=[16], per_layer=True)
-    with pytest.raises(SettingsError, match="blocks="):
-        estimate_all(smallcnn_checkpoints, settings, per_layer, target=Target(model_factory=lambda: SmallCNN(4, 3), dataset=train))
+    # without blocks=, a factory's model has its module tree's blocks (llcv.model_sources.module_blocks)
+    derived = plan_run(smallcnn_checkpoints, settings, per_layer, Target(model_factory=lambda: SmallCNN(4, 3), dataset=train))
+    assert [(scope.name, scope.params) for scope in derived.scopes[1:]] == [
+        ("conv1", ("conv1.*",)), ("conv2", ("conv2.*",)), ("fc1", ("fc1.*",)), ("fc2", ("fc2.*",))
+    ]
     with pytest.raises(SettingsError, match="block 'head' \\(decoder.\\*\\).*conv1, conv2, fc1, fc2"):
         run({"head": ["decoder.*"]})
     with pytest.raises(SettingsError, match="unknown block\\(s\\) layer9; the model's blocks are conv1, conv2, fc1, fc2"):

@@ -390,13 +390,29 @@ def plan_run(
     spec = JobSpec(
         settings=settings, settings_hash=settings_hash(settings, loss), loss=loss, device=options.device, target=target, executor=options.executor
     )  # fmt: skip
-    scopes = run_scopes(paths, spec, options.per_layer, per_class, blocks)
+    _check_model_builds(paths, spec)
+    scopes = run_scopes(paths, spec, options.per_layer, per_class, blocks, options.block_depth)
     jobs = [EstimateJob(path, scope) for scope in scopes for path in paths]
     shard = parse_shard(options.shard)
     if shard is not None:  # by (checkpoint, scope): the whole model's share is its file name's
         jobs = [job for job in jobs if shard_of(shard_name(job.checkpoint.name, job.scope), shard[1]) == shard[0]]
     _check_unique_keys(jobs)
     return RunPlan(spec, scopes, jobs)
+
+
+def _check_model_builds(paths: Sequence[Path], spec: JobSpec) -> None:
+    """Build the first checkpoint's model before any work, so that what concerns the whole run
+    fails once, as a settings error: a checkpoint recording a factory with none given, a factory
+    that does not build a module, a registry model whose library is missing. A checkpoint that
+    does not load (``CheckpointError``) is left to its own failed record."""
+    if not paths:
+        return
+    try:
+        spec.target.at(paths[0]).load_model()
+    except SettingsError:
+        raise
+    except LLCVError:
+        pass
 
 
 class _Worker:

@@ -143,14 +143,18 @@ def run_scopes(
     per_layer: bool,
     per_class: bool | Sequence[int],
     blocks: Mapping[str, Sequence[str]] | Sequence[str] | None,
+    block_depth: int | None = None,
 ) -> list[Scope]:
     """The scopes of this run: the whole model, then the blocks and classes asked for.
 
-    With ``per_layer``, ``blocks`` is None (every block the model's registration declares), a
-    list of those blocks' names, or {name: parameter-name patterns} declaring the blocks. Blocks
-    and classes are read from the first checkpoint that loads (its model's registration, its
-    class count, or the given dataset's labels), and each block is checked to match a
-    parameter, so a mistake fails before any work rather than once per checkpoint.
+    With ``per_layer``, ``blocks`` is None (every block of the model), a list of its blocks'
+    names, or {name: parameter-name patterns} declaring the blocks. A model's blocks are the
+    ones its registration declares; for any other model (torchvision:, timm:, a factory) and
+    whenever ``block_depth`` is given, they are read from its module tree
+    (``llcv.model_sources.module_blocks``: the children that own parameters, ``block_depth``
+    levels down, 1 by default). Blocks and classes are read from the first checkpoint that
+    loads (its model, its class count, or the given dataset's labels), and each block is
+    checked to match a parameter, so a mistake fails before any work rather than once per checkpoint.
     """
     if blocks is not None and not per_layer:
         raise SettingsError("blocks= is used by per_layer; pass EstimateSettings(per_layer=True) as well")
@@ -166,7 +170,7 @@ def run_scopes(
         if isinstance(blocks, Mapping):
             declared, wanted = dict(blocks), list(blocks)
         else:  # None (every block) or the names of some, as the model's registration declares them
-            declared = _declared_blocks(info.model.name, spec)
+            declared = _model_blocks(model, info.model.name, spec, block_depth)
             wanted = list(declared) if blocks is None else [blocks] if isinstance(blocks, str) else list(blocks)
         unknown = [name for name in wanted if name not in declared]
         if unknown:
@@ -200,18 +204,14 @@ def _first_model(paths: Sequence[Path], spec: JobSpec) -> tuple[nn.Module, Check
     raise SettingsError("no checkpoint selected, so the model's blocks and classes are unknown")
 
 
-def _declared_blocks(model_name: str, spec: JobSpec) -> dict[str, Sequence[str]]:
+def _model_blocks(model: nn.Module, model_name: str, spec: JobSpec, block_depth: int | None) -> dict[str, Sequence[str]]:
+    """The blocks a registered model declares; else, or with ``block_depth``, its module tree's."""
+    from llcv.model_sources import module_blocks
     from llcv.models import list_models, model_blocks
 
-    if spec.target.model_factory is not None or model_name not in list_models():
-        raise SettingsError(
-            "per-layer estimates need the model's blocks: pass blocks={'name': ['pattern.*'], ...}, "
-            "or register the model with register_model(name, blocks=...)"
-        )
-    declared = model_blocks(model_name)
-    if not declared:
-        raise SettingsError(f"model {model_name!r} declares no blocks; register it with register_model({model_name!r}, blocks=...) or pass blocks=")
-    return declared
+    registered = spec.target.model_factory is None and model_name in list_models()
+    declared = model_blocks(model_name) if registered and block_depth is None else {}
+    return declared or dict(module_blocks(model, block_depth or 1))
 
 
 def _class_labels(info: CheckpointInfo, spec: JobSpec) -> list[int]:
