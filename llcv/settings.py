@@ -28,8 +28,8 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from llcv.errors import SettingsError
@@ -142,17 +142,15 @@ class ModelSettings(_Section):
 
     @field_validator("factory")
     @classmethod
-    def _factory_path(cls, path: str | None) -> str | None:
+    def _factory_path(cls, path: str | None, info: ValidationInfo) -> str | None:
         module, colon, function = (path or "").partition(":")
         if path is not None and (not colon or not module or not function):
             raise ValueError("use package.module:function")
+        # name is validated first (field order); a name other than the default is a second architecture
+        name = info.data.get("name", "smallcnn")
+        if path is not None and name != "smallcnn":
+            raise ValueError(f"name {name!r} and factory {path!r} both name the architecture; give one")
         return path
-
-    @model_validator(mode="after")
-    def _one_architecture(self) -> ModelSettings:
-        if self.factory is not None and self.name != "smallcnn":
-            raise ValueError(f"name {self.name!r} and factory {self.factory!r} both name the architecture; give one")
-        return self
 
 
 class TrainSettings(_Section):

@@ -330,3 +330,10 @@ def test_misspelt_section_or_stray_key_is_an_error(tmp_path, text, named):
     config.write_text(text)
     with pytest.raises(SettingsError, match=named):
         load_settings(("train",), config=config)
+
+
+def test_a_model_name_and_a_factory_together_are_refused_naming_the_field():
+    with pytest.raises(SettingsError) as raised:
+        validate_section("model", {"name": "resnet18", "factory": "mypackage.nets:build"})
+    assert str(raised.value).startswith("model.factory: ") and "both name the architecture" in str(raised.value)
+    assert validate_section("model", {"factory": "mypackage.nets:build"}).factory == "mypackage.nets:build"
