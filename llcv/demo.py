@@ -60,6 +60,10 @@ SAMPLER_BATCH_SIZE = 64
 # pick took 24.8 s on one thread and 26.3 s on two; two at once, one thread each, 26.2 s each;
 # 2-core AMD EPYC), so a second process doubles the throughput where a second thread does not.
 CPU_WORKERS = 2
+# fp32, pinned: "auto" picks fp32 or bf16 by timing this machine, so the demo could read other
+# numbers elsewhere; pinned, they are the same everywhere (as the budget in steps keeps the pick),
+# and the device workers need not wait for the first checkpoint to decide the run's precision.
+SAMPLER_PRECISION = "fp32"
 
 
 def estimate_workers(device: str) -> list[str] | None:
@@ -126,7 +130,7 @@ def run_demo(
 
     estimates_dir = results_dir / "llc_estimations"
     options = EstimateSettings(results_dir=estimates_dir, device=device, devices=estimate_workers(device))
-    base = SamplerSettings(batch_size=SAMPLER_BATCH_SIZE)
+    base = SamplerSettings(batch_size=SAMPLER_BATCH_SIZE, precision=SAMPLER_PRECISION)
     reporter.note(f"2/4 calibrating the sampler on {training.checkpoints[-1].name} (a budget of {size.budget_steps:,} steps)")
     calibrated = calibrate_run(checkpoints_dir, base, options, budget=Budget(chain_steps=size.budget_steps), reporter=reporter)
     reporter.note(f"   {calibrated.calibration.reason}")
