@@ -4,6 +4,7 @@ path (--model-factory), and per-layer blocks read from any model's module tree."
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -179,6 +180,22 @@ def test_a_factory_trains_then_estimate_all_per_layer_reads_its_blocks_from_the_
         "--num-samples", "64", "--batch-size", "64", "--device", "cpu", "--format", "svg", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+def test_device_workers_import_a_factory_by_its_path(tmp_path):
+    """--devices sends the factory to each worker process as its import path (ImportedFactory
+    pickles as the path), and each worker imports it again."""
+    folder = _train(tmp_path, "--model-factory", "model_factories:tiny_net")
+    results = tmp_path / "results"
+    result = _invoke(
+        "estimate-all", "--checkpoints-dir", folder, "--results-dir", results, "--devices", "cpu,cpu",
+        "--model-factory", "model_factories:tiny_net", *FAST_FLAGS,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(path.read_text()) for path in results.glob("*/step_*.json")]
+    assert len(records) == len(list(folder.glob("step_*.pt"))) and all(record["status"] == "done" for record in records)
+    assert "2 workers" in unwrapped(result.output)
+    assert all(record["worker"]["pid"] != os.getpid() for record in records)  # estimated in the worker processes
 
 
 def test_a_factory_checkpoint_without_the_flag_names_the_factory(tmp_path):
