@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torchvision
 from typer.testing import CliRunner
 
 from llcv.cli import app
@@ -50,6 +51,10 @@ def test_a_torchvision_vit_on_mnist_files(tmp_path):
     data = _write_idx(tmp_path / "mnist", gzipped=True)
     records = _train_estimate_report(tmp_path, "mnist", data, ["--model", "torchvision:VisionTransformer", *TINY_VIT_ARGS], [])
     assert {record["model"]["name"] for record in records} == {"torchvision:VisionTransformer"}
+    # the release that built the model is in every record, beside the one its checkpoint records
+    assert {(record["model"]["library_version"], record["model"]["checkpoint_library_version"]) for record in records} == {
+        (torchvision.__version__, torchvision.__version__)
+    }
 
 
 def test_a_timm_model_on_cifar100_files(tmp_path):

@@ -39,6 +39,7 @@ from llcv.errors import LLCVError, SettingsError
 from llcv.estimation.executors import make_executor
 from llcv.estimation.job_spec import JobSpec
 from llcv.sampling import LossSpec
+from llcv.model_sources import library_version, registry_of
 from llcv.models import list_models, model_version
 from llcv.sampling import PrecisionChoice
 from llcv.progress import SILENT, Reporter
@@ -110,17 +111,23 @@ def _now() -> str:
 def _model_provenance(spec: JobSpec, info: CheckpointInfo | None) -> dict[str, Any] | None:
     """A record's ``model``: the model the weights were loaded into, the version it is registered
     with here (None for a ``model_factory`` model or an unregistered name), the version the checkpoint
-    records (None when it records none), and whether that mismatch was allowed. None before loading."""
+    records (None when it records none), whether that mismatch was allowed, and for a
+    ``torchvision:``/``timm:`` model the library release here and the one the checkpoint records.
+    None before loading."""
     if info is None:
         return None
     name = info.model.name
     registered = spec.target.model_factory is None and name in list_models()
-    return {
+    provenance = {
         "name": name,
         "version": model_version(name) if registered else None,
         "checkpoint_version": info.model.version,
         "version_overridden": info.model_version_overridden,
     }
+    registry = registry_of(name) if spec.target.model_factory is None else None
+    if registry is not None:  # only these: every other record stays as it was written before
+        provenance.update(library_version=library_version(registry), checkpoint_library_version=info.model.library_version)
+    return provenance
 
 
 def make_record(

@@ -95,6 +95,10 @@ class ModelInfo(_Part):
     version: int | None = None  # registered here; None for a model_factory model
     checkpoint_version: int | None = None  # recorded in the checkpoint; None when it records none
     version_overridden: bool = False  # the mismatch was allowed (--allow-model-version-mismatch)
+    # torchvision:/timm: models only (since llcv 0.12): the library release that built the model
+    # here, and the one the checkpoint records
+    library_version: str | None = None
+    checkpoint_library_version: str | None = None
 
 
 class WorkerInfo(_Part):
