@@ -506,9 +506,6 @@ def _cli_child(args: list[str], log: str) -> None:
     # As an llcv started from a terminal: Ctrl-C raises KeyboardInterrupt. A pytest launched as a
     # background job without job control inherits SIGINT ignored, and so would this child.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    # And neither signal blocked: a fork inherits the forking thread's signal mask, and a sweep once
-    # ran to its end untouched by SIGTERM (exit 1, not 143) in a child of a long-lived pytest worker.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     sys.stdout = sys.stderr = open(log, "w", buffering=1)
     app([str(arg) for arg in args], prog_name="llcv")
 
