@@ -25,7 +25,7 @@ from _helpers import FAST_FLAGS, copy_checkpoints, fast_settings, llcv_command, 
 from llcv.cli import app
 from llcv.errors import EstimationError, SettingsError
 from llcv.estimation.run import estimate_all
-from llcv.estimation.executors import _ctrl_c_held_back, resolve_devices
+from llcv.estimation.executors import _stops_held_back, resolve_devices
 from llcv.progress import ForwardingReporter, Reporter, replay
 from llcv.results import load_results, settings_hash
 from llcv.settings import EstimateSettings
@@ -262,8 +262,9 @@ def _ctrl_c_as_from_a_terminal():
 
 
 def _report_ctrl_c_handling(connection) -> None:
-    """A spawned worker's report: whether SIGINT is blocked in it, and its pid."""
-    connection.send((signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []), os.getpid()))
+    """A spawned worker's report: whether SIGINT and SIGTERM are blocked in it, and its pid."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    connection.send((signal.SIGINT in blocked, signal.SIGTERM in blocked, os.getpid()))
 
 
 def test_a_ctrl_c_while_a_worker_starts_is_held_back_from_it_and_raised_here_afterwards():
@@ -274,16 +275,42 @@ def test_a_ctrl_c_while_a_worker_starts_is_held_back_from_it_and_raised_here_aft
     reached_the_end_of_the_block = False
     with _ctrl_c_as_from_a_terminal():
         with pytest.raises(KeyboardInterrupt):
-            with _ctrl_c_held_back():
+            with _stops_held_back():
                 os.kill(os.getpid(), signal.SIGINT)  # as a terminal sends it, mid-start
                 process.start()
                 reached_the_end_of_the_block = True
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert reached_the_end_of_the_block  # the worker was started and known before the Ctrl-C was raised
-    blocked_in_the_worker, pid = mine.recv()
+    blocked_in_the_worker, _, pid = mine.recv()
     process.join(timeout=60)
     assert blocked_in_the_worker and pid == process.pid  # a Ctrl-C to the group waits there until it ignores SIGINT
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # this process takes Ctrl-C again
+
+
+def test_a_sigterm_while_a_worker_starts_is_held_back_and_raised_once_the_worker_is_known():
+    """Slurm's SIGTERM to the main process mid-start: raised after the start, so the worker is known
+    and killed on the way out, instead of left reading its start-up data from a closed pipe."""
+    from llcv import console
+
+    context = multiprocessing.get_context("spawn")
+    mine, theirs = context.Pipe()
+    process = context.Process(target=_report_ctrl_c_handling, args=(theirs,))
+    reached_the_end_of_the_block = False
+    previous = signal.signal(signal.SIGTERM, console._raise_terminated)
+    try:
+        with pytest.raises(console.Terminated):
+            with _stops_held_back():
+                os.kill(os.getpid(), signal.SIGTERM)
+                process.start()
+                reached_the_end_of_the_block = True
+        assert signal.getsignal(signal.SIGTERM) is console._raise_terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert reached_the_end_of_the_block
+    _, sigterm_blocked_in_the_worker, pid = mine.recv()
+    process.join(timeout=60)
+    assert sigterm_blocked_in_the_worker and pid == process.pid
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc (Linux)")

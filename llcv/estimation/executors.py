@@ -221,10 +221,10 @@ class _DeviceWorker:
                 target=_device_worker, args=(theirs, self.device, self.label, self.num_threads, self.spec, self.job_function),
                 name=f"llcv-{self.label}", daemon=True,
             )  # fmt: skip
-            with _ctrl_c_held_back():
+            with _stops_held_back():
                 process.start()
                 theirs.close()  # so the pipe reads as closed once the worker is gone
-                self.process, self.connection = process, mine  # known before a held-back Ctrl-C raises, so it is killed
+                self.process, self.connection = process, mine  # known before a held-back stop raises, so it is killed
         self.job, self.submitted, self.reason = job, time.perf_counter(), ""
         try:
             self.connection.send((job, precision))
@@ -287,35 +287,44 @@ class _DeviceWorker:
         self.process = self.connection = None
 
 
+# The stops a worker's start must not split: Ctrl-C (the whole process group) and SIGTERM (the
+# main process only, as Slurm's time limit sends it).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def _ctrl_c_held_back():
-    """Starts processes with SIGINT blocked, and delivers a Ctrl-C that arrives meanwhile afterwards.
+def _stops_held_back():
+    """Starts processes with SIGINT and SIGTERM blocked, and delivers a stop that arrives meanwhile afterwards.
 
     A worker inherits the blocked signal mask through fork and exec, so a Ctrl-C sent to the whole
-    process group while it is still starting up waits, pending, until the worker ignores SIGINT
-    (which discards it): never a traceback in the worker. In this process the signal is held
-    back, not ignored: ignoring it would lose a Ctrl-C that arrives during a start-up, which
-    takes seconds on a loaded machine (the worker imports torch before it reads its job), and
-    the run would go on to the end. A Ctrl-C taken by another thread of this process while the
-    main thread holds it back is recorded and raised here once the worker is started.
-    Only the main thread may change signal handlers; without signal masks (not POSIX) nothing is held back.
+    process group while it is still starting up waits, pending, until the worker ignores both
+    signals (which discards it): never a traceback in the worker. In this process the signals are
+    held back, not ignored: ignoring them would lose a stop that arrives during a start-up, which
+    takes seconds on a loaded machine (the worker imports torch before it reads its job), and the
+    run would go on to the end. Held back, a stop cannot land between the worker's launch and the
+    moment it is known to be killed on the way out: a SIGTERM there once left a half-started
+    worker reading its start-up data from a closed pipe, with a traceback. A stop taken by another
+    thread of this process while the main thread holds it back is recorded and raised here once
+    the worker is started. Only the main thread may change signal handlers; without signal masks
+    (not POSIX) nothing is held back.
     """
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
     # A process start launches multiprocessing's resource tracker if it is not running, and
-    # unblocks SIGINT after that launch, before the worker itself is forked: launch it first.
+    # unblocks SIGINT and SIGTERM after that launch, before the worker itself is forked: launch it first.
     resource_tracker.ensure_running()
-    interrupted: list[int] = []
-    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    received: list[int] = []
+    previous_handlers = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in STOP_SIGNALS}
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # a pending Ctrl-C is recorded now
-        signal.signal(signal.SIGINT, previous_handler)
-    if interrupted:
-        signal.raise_signal(signal.SIGINT)  # through the handler this process had: KeyboardInterrupt by default
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # a pending stop is recorded now
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(received):
+        signal.raise_signal(signum)  # through the handler this process had: KeyboardInterrupt, Terminated
 
 
 def _exit_reason(code: int | None) -> str:
