@@ -10,7 +10,8 @@ import logging
 import signal
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from functools import partial
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -35,6 +36,31 @@ class Verbosity:
 
 class Terminated(BaseException):
     """Raised in the main thread when SIGTERM arrives (Slurm's time limit, preemption)."""
+
+
+STOPS = (KeyboardInterrupt, Terminated)
+
+# A stop that Python swallowed: a signal's handler runs between any two bytecodes, so its
+# exception can be raised inside a finalizer (a __del__, a weakref callback, a generator closed by
+# the garbage collector), where Python prints "Exception ignored" and carries on. The command would
+# then run to its end as if never stopped. The boundary keeps such a stop here, and the next
+# progress event raises it again, in the command's own code (``raise_swallowed_stop``).
+_swallowed_stops: list[type[BaseException]] = []
+
+
+def _keep_swallowed_stops(unraisable, otherwise: Callable) -> None:
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, STOPS):
+        _swallowed_stops.append(unraisable.exc_type)
+    else:
+        otherwise(unraisable)
+
+
+def raise_swallowed_stop() -> None:
+    """Raise again a Ctrl-C or SIGTERM that a finalizer swallowed since the last call, if any."""
+    if _swallowed_stops:
+        stop = _swallowed_stops[0]
+        _swallowed_stops.clear()
+        raise stop()
 
 
 class RichReporter(Reporter):
@@ -71,6 +97,7 @@ class RichReporter(Reporter):
             self.tasks[key] = self.progress.add_task(description, total=total, info="")
 
     def advance(self, key: str, amount: int = 1, **fields: object) -> None:
+        raise_swallowed_stop()  # every long loop reports here: the surest place to stop it
         if key not in self.tasks:
             return
         update = {"advance": amount}
@@ -133,6 +160,9 @@ def _raise_terminated(signum, frame) -> None:
 def command_boundary() -> Iterator[None]:
     """Turn user errors and interruptions into one message and the documented exit code."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = partial(_keep_swallowed_stops, otherwise=previous_unraisable_hook)
+    _swallowed_stops.clear()
     try:
         yield
     except LLCVError as error:
@@ -147,3 +177,4 @@ def command_boundary() -> Iterator[None]:
         sys.exit(EXIT_TERMINATED)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_unraisable_hook

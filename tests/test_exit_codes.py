@@ -9,8 +9,10 @@ sent to real processes are in tests/test_reliability.py; the mapping itself is c
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -326,6 +328,51 @@ def test_command_boundary_maps_interruptions_and_restores_the_sigterm_handler():
             time.sleep(5)  # the handler interrupts this at once
     assert raised.value.code == 143
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+class _SignalsFromAFinalizer:
+    """Garbage whose finalizer sends ``how`` to this process and runs Python code, where the handler then runs."""
+
+    def __init__(self, how: signal.Signals):
+        self.how, self.cycle = how, self  # a cycle: only the garbage collector finalizes it
+
+    def __del__(self):
+        os.kill(os.getpid(), self.how)
+        sum(range(10_000))  # bytecodes: the handler runs in here, and its exception is swallowed
+
+
+@pytest.mark.parametrize("how, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_stop_swallowed_by_a_finalizer_is_raised_again_at_the_next_progress_event(how, code):
+    """A signal handled inside a __del__ is lost to Python ("Exception ignored"): the command would run to its end."""
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    reached = []
+    try:
+        with pytest.raises(SystemExit) as raised:
+            with console.command_boundary(), console.RichReporter() as reporter:
+                reporter.start("chain", "chain", 3)
+                _SignalsFromAFinalizer(how)
+                gc.collect()
+                reached.append("after the swallowed stop")  # as Python itself leaves it: the command goes on
+                reporter.advance("chain")
+                reached.append("after the next progress event")
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
+    assert raised.value.code == code
+    assert reached == ["after the swallowed stop"]
+
+
+def test_other_unraisable_errors_still_reach_the_previous_hook(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_type))
+
+    class Broken:
+        def __del__(self):
+            raise ValueError("a bug in a finalizer")
+
+    with console.command_boundary():
+        Broken()
+        gc.collect()
+    assert seen == [ValueError]
 
 
 def test_command_boundary_lets_programming_errors_through():

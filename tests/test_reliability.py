@@ -530,10 +530,20 @@ def _wait_for(process: multiprocessing.Process, ready, log: Path, timeout: float
 
 def _stop(process: multiprocessing.Process, how: signal.Signals, expected: int, log: Path) -> None:
     """Send ``how``, wait for the process to end, and check that it exited with ``expected``."""
+    state = _signal_state(process.pid)
     os.kill(process.pid, how)
     process.join(timeout=60)
     assert not process.is_alive(), "did not stop"
-    assert process.exitcode == expected, f"exit code {process.exitcode}, expected {expected}; its output:\n{log.read_text()}"
+    assert process.exitcode == expected, f"exit code {process.exitcode}, expected {expected}; signals when sent: {state}; its output:\n{log.read_text()}"
+
+
+def _signal_state(pid: int) -> str:
+    """The process's blocked, ignored and caught signal masks, for a failure message."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return ", ".join(line.replace("\t", " ") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
 
 
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -signal.SIGKILL)]
