@@ -23,6 +23,9 @@ def quick_rrr():
     return dataclasses.replace(rrr_case(M=5, H=3, N=5, r=1), num_chains=4, num_draws=500)
 
 
+# 35 s of devinterp's own loop: the slow tier (make test-all). tests/test_langevin.py checks the
+# update against devinterp's step for step in the default one.
+@pytest.mark.slow
 def test_a_known_case_through_devinterp_lands_near_the_truth_beside_llcv():
     case = quick_rrr()
     row = check_case(case, quick=True, device="cpu", against="devinterp")
