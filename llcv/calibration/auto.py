@@ -198,8 +198,9 @@ def calibrate_auto(
     Raises:
         EstimationError: no trial was healthy within the budget.
     """
-    search = _Search(model, data, loss, resolve_device(device), base, budget, store, checkpoint, reporter)
-    return search.run()
+    trial_base = base.model_copy(update={"num_chains": TRIAL_CHAINS, "mala": False, "num_burnin_steps": 0})
+    prepared = data if isinstance(data, SamplingData) else SamplingData(data, trial_base, resolve_device(device))
+    return _Search(model, prepared, loss, trial_base, budget, store, checkpoint, reporter).run()
 
 
 def recommend_settings(
@@ -221,12 +222,13 @@ def recommend_settings(
 
 
 class _Search:
-    def __init__(self, model, data, loss, device, base, budget, store, checkpoint, reporter):
-        self.model, self.loss, self.device, self.budget, self.store, self.checkpoint, self.reporter = (
-            model, loss, device, budget, store, checkpoint, reporter,
+    def __init__(self, model: nn.Module, data: SamplingData, loss: LossSpec, base: SamplerSettings, budget: Budget,
+                 store: Path | None, checkpoint: str | None, reporter: Reporter):  # fmt: skip
+        """``base``: the trials' settings (their chains, no MALA, no burn-in); ``data`` carries the device."""
+        self.model, self.data, self.loss, self.base, self.budget, self.store, self.checkpoint, self.reporter = (
+            model, data, loss, base, budget, store, checkpoint, reporter,
         )  # fmt: skip
-        self.base = base.model_copy(update={"num_chains": TRIAL_CHAINS, "mala": False, "num_burnin_steps": 0})
-        self.data = data if isinstance(data, SamplingData) else SamplingData(data, self.base, device)
+        self.device = data.device
         self.nbeta = sampling.resolve_nbeta(self.base.nbeta, self.data.num_samples, self.data.batch_size)
         self.fingerprint = _fingerprint(model, self.data, loss, self.base)
         self.trials: list[Trial] = []

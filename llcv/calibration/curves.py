@@ -82,19 +82,18 @@ def calibrate_curve(
     device: str | torch.device = "auto",
     *,
     max_trace_drift: float = RULE_DEFAULTS.max_trace_drift,
-    peak_threshold: float = PEAK_THRESHOLD,
     checkpoint: str | None = None,
     reporter: Reporter = SILENT,
 ) -> CurveResult:
     """Run one chain with ``settings`` (its ``num_chains`` is ignored) and judge its LLC curve.
 
     The verdict is ``diverged`` if the chain diverged, else ``peaks`` if ``peak_score`` exceeds
-    ``peak_threshold``, else ``drift`` if ``|trace_drift|`` exceeds ``max_trace_drift``, else
-    ``stable``.
+    ``PEAK_THRESHOLD``, else ``drift`` if ``|trace_drift|`` exceeds ``max_trace_drift``, else
+    ``stable`` (``curve_from_result`` judges a finished run with other thresholds).
     """
     settings = settings.model_copy(update={"num_chains": 1})
     result = sampling.estimate_llc(model, data, settings, loss=loss, device=device, reporter=reporter)
-    return curve_from_result(result, settings, max_trace_drift=max_trace_drift, peak_threshold=peak_threshold, checkpoint=checkpoint)
+    return curve_from_result(result, settings, max_trace_drift=max_trace_drift, checkpoint=checkpoint)
 
 
 def curve_from_result(
