@@ -389,8 +389,8 @@ def calibrate_auto_command(
         options = settings.calibrate
         with RichReporter() as reporter:
             result = calibration.calibrate_and_save(
-                out, loaded.model, loaded.dataset, device=options.device, base=settings.sampler, budget=calibration.auto_budget(options),
-                checkpoint=str(checkpoint), figure_format=options.format, reporter=reporter,
+                out, loaded, device=options.device, base=settings.sampler, budget=calibration.auto_budget(options), figure_format=options.format,
+                reporter=reporter,
             )  # fmt: skip
         cli_render.render_auto_outcome(result, checkpoint, out, json_output)
         if result.recommended is None:

@@ -121,7 +121,7 @@ def test_json_prints_the_stored_calibration_and_nothing_else(checkpoint, tmp_pat
 def test_the_budget_comes_from_the_config_and_its_flags(checkpoint, tmp_path, monkeypatch):
     received = {}
 
-    def fake(directory, model, data, loss="cross_entropy", device="auto", **kwargs):
+    def fake(directory, loaded, loss="cross_entropy", device="auto", **kwargs):
         received.update(kwargs, directory=directory, device=device)
         raise KeyboardInterrupt  # stop here: the settings are what this test reads
 
@@ -259,9 +259,10 @@ def test_calibrate_and_save_returns_a_failed_search_with_its_reason(checkpoint, 
     use_steady_trials(monkeypatch, level=lambda settings: -5.0)
     target = Target(checkpoint).load()
     result = calibrate_and_save(
-        tmp_path, target.model, target.dataset, device="cpu", base=SamplerSettings(batch_size=64, num_samples=256),
+        tmp_path, target, device="cpu", base=SamplerSettings(batch_size=64, num_samples=256),
         budget=Budget(chain_steps=800),
     )  # fmt: skip
     assert result.recommended is None and result.reason and result.trials
+    assert result.checkpoint == str(checkpoint)
     assert {trial.status for trial in result.trials} == {"escaped"}
     assert json.loads((tmp_path / "calibration.json").read_text())["reason"] == result.reason and not (tmp_path / "recommended.json").exists()

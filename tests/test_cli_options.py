@@ -197,10 +197,10 @@ def test_calibrate_auto_takes_the_sampler_flags_as_its_base_and_its_budget_in_ca
             "--budget-seconds", "60", "--results-dir", str(tmp_path / "cal"), "--format", "pdf", "--device", "cpu", *TARGET_FLAGS]  # fmt: skip
     result = runner.invoke(app, [*args, *_args(SAMPLER_FLAGS)])
     assert result.exit_code == 0, result.output
-    (directory, model, data), kwargs = calls["auto"]
+    (directory, loaded), kwargs = calls["auto"]
     _check(kwargs["base"], SAMPLER_FLAGS, {"--nbeta": STEP_FLAGS["--nbeta"]})
     assert (kwargs["budget"].chain_steps, kwargs["budget"].seconds) == (5000, 60.0)
-    assert kwargs["device"] == "cpu" and kwargs["figure_format"] == "pdf" and directory == tmp_path / "cal" / "step_00000001"
+    assert loaded.checkpoint.path == str(tmp_path / "step_00000001.pt") and kwargs["device"] == "cpu" and kwargs["figure_format"] == "pdf" and directory == tmp_path / "cal" / "step_00000001"
     _check_target(calls["target"])
     # the search decides the step, the localization and the length
     for flag in ("--epsilon", "--gamma", "--num-draws", "--num-chains", "--num-burnin-steps"):

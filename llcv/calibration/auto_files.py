@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from llcv.calibration.auto import (
     AUTO_FORMAT,
@@ -44,8 +42,8 @@ from llcv.sampling import LossSpec
 from llcv.calibration.figures import plot_calibration_traces, plot_calibration_trials
 from llcv.figure_files import save_figure
 from llcv.progress import SILENT, Reporter
-from llcv.sampling import SamplingData
 from llcv.settings import AUTO_CALIBRATION_FIELDS, CalibrateSettings, SamplerSettings
+from llcv.targets import LoadedTarget
 
 CALIBRATION_FILE = "calibration.json"
 RECOMMENDED_FILE = "recommended.json"
@@ -67,25 +65,25 @@ def auto_budget(options: CalibrateSettings) -> Budget:
 
 def calibrate_and_save(
     directory: Path,
-    model: nn.Module,
-    data: Dataset | DataLoader | SamplingData,
+    loaded: LoadedTarget,
     loss: LossSpec = "cross_entropy",
     device: str | torch.device = "auto",
     *,
     base: SamplerSettings,
     budget: Budget = Budget(),
-    checkpoint: str | None = None,
     figure_format: str = "png",
     reporter: Reporter = SILENT,
 ) -> AutoCalibration:
-    """``calibrate_auto`` with its store in ``directory/calibration.json``, then its files (``save_auto``).
+    """``calibrate_auto`` on a loaded checkpoint with its store in ``directory/calibration.json``, then its files (``save_auto``).
 
     A rerun with the same model, data and base settings reuses the stored trials, so an
     interrupted calibration resumes and a finished one runs no new trial.
 
     Args:
         directory: the output folder, ``<results-dir>/<checkpoint-stem>/`` (``llcv.calibration.output_dir``).
-        base, budget, loss, device, checkpoint, reporter: as for ``calibrate_auto``.
+        loaded: the checkpoint's model and data (``llcv.targets.Target(path).load()``); the files
+            name its path.
+        base, budget, loss, device, reporter: as for ``calibrate_auto``.
         figure_format: png, pdf or svg.
 
     Returns:
@@ -99,7 +97,9 @@ def calibrate_and_save(
     directory = Path(directory)
     store = directory / CALIBRATION_FILE
     try:
-        result = calibrate_auto(model, data, loss, device, base=base, budget=budget, store=store, checkpoint=checkpoint, reporter=reporter)
+        result = calibrate_auto(
+            loaded.model, loaded.dataset, loss, device, base=base, budget=budget, store=store, checkpoint=loaded.checkpoint.path, reporter=reporter
+        )  # fmt: skip
     except EstimationError:
         result = _given_up(store)  # the search stores its outcome before it gives up: its trials say why
         if result is None:

@@ -159,8 +159,7 @@ def calibrate_run(
     with _calibration_lock(directory, reporter):
         loaded = target.at(reference).load()
         result = calibrate_and_save(
-            directory, loaded.model, loaded.dataset, loss, device, base=sampler, budget=budget, checkpoint=str(reference),
-            figure_format=figure_format, reporter=reporter,
+            directory, loaded, loss, device, base=sampler, budget=budget, figure_format=figure_format, reporter=reporter,
         )  # fmt: skip
     if result.recommended is None:
         raise EstimationError(f"calibrating on {reference.name} found no usable settings: {result.reason}; its trials and figures are in {directory}")
