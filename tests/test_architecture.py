@@ -2,7 +2,7 @@
 modules (imports inside functions and type-only imports included, where a cycle would otherwise
 hide), other packages import only a package's face and no private name crosses a package, no
 ``locals()`` in the CLI, no module past about 600 lines without saying at its top why, and no
-function past 100 lines of code without saying why in its docstring."""
+function past 100 lines of code or 8 parameters without saying why in its docstring."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ LONG_MODULE_LINES = 650  # "about 600": a module past this states why at its top
 LENGTH_REASON = "Why one module:"
 LONG_FUNCTION_LINES = 100  # code lines, docstring left out: a function past this states why in its docstring
 FUNCTION_LENGTH_REASON = "Why one function:"
+MANY_PARAMETERS = 8  # a function taking more states why in its docstring, or takes a settings object instead
+PARAMETERS_REASON = "Why these parameters:"
+# Typer commands take one parameter per option group, and their docstrings are their --help.
+COMMAND_MODULES = {"llcv.cli"}
 
 
 def module_name(path: Path) -> str:
@@ -188,3 +192,32 @@ def test_the_package_rules_see_what_they_forbid():
     reaching = "from llcv.sampling.chains import _ChainGroup, ChainState\nfrom llcv.sampling import __all__\n"
     assert private_imports("llcv.figures.report", reaching) == ["llcv.figures.report imports _ChainGroup from llcv.sampling.chains"]
     assert private_imports("llcv.sampling.estimate", reaching) == []
+
+
+def parameter_count(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's named parameters, ``self`` and ``cls`` left out (``*args``/``**kwargs`` are not named)."""
+    arguments = function.args
+    return len([a for a in arguments.posonlyargs + arguments.args + arguments.kwonlyargs if a.arg not in ("self", "cls")])
+
+
+def many_parameter_functions(source: str, module: str) -> list[str]:
+    """The functions of ``source`` past ``MANY_PARAMETERS`` parameters whose docstring does not say why."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and parameter_count(node) > MANY_PARAMETERS:
+            if PARAMETERS_REASON not in (ast.get_docstring(node) or ""):
+                found.append(f"{module}.{node.name} ({parameter_count(node)} parameters)")
+    return found
+
+
+def test_functions_past_eight_parameters_say_why_in_their_docstring():
+    unexplained = [name for module, path in MODULES.items() if module not in COMMAND_MODULES for name in many_parameter_functions(path.read_text(), module)]
+    assert not unexplained, f"functions past {MANY_PARAMETERS} parameters without '{PARAMETERS_REASON} ...' in their docstring: {unexplained}"
+
+
+def test_the_parameter_rule_counts_named_parameters():
+    nine = "def f(a, b, c, d, e, f, g, h, *, i):\n    pass\n"
+    eight = "def g(self, a, b, c, d, e, f, g, h, *args, **kwargs):\n    pass\n"
+    explained = 'def h(a, b, c, d, e, f, g, h, i):\n    """Why these parameters: a reason."""\n'
+    assert many_parameter_functions(nine, "m") == ["m.f (9 parameters)"]
+    assert many_parameter_functions(eight, "m") == [] and many_parameter_functions(explained, "m") == []

@@ -197,6 +197,11 @@ def calibrate_auto(
 
     Raises:
         EstimationError: no trial was healthy within the budget.
+
+    Why these parameters: ``estimate_llc``'s (model, data, loss, device, reporter), what the
+    search decides within (``base``, ``budget``: settings objects), and where it keeps its trials
+    with the checkpoint they name (``store``, ``checkpoint``); ``calibrate_and_save`` calls it with
+    a loaded checkpoint.
     """
     trial_base = base.model_copy(update={"num_chains": TRIAL_CHAINS, "mala": False, "num_burnin_steps": 0})
     prepared = data if isinstance(data, SamplingData) else SamplingData(data, trial_base, resolve_device(device))

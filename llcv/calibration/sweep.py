@@ -264,6 +264,10 @@ def calibrate_sweep(
 
     Raises:
         SettingsError: an empty grid or a value out of range.
+
+    Why these parameters: ``estimate_llc``'s (model, data, settings as ``base``, loss, device,
+    reporter), the grid with its rule (one settings object, ``SweepGrid``), and the file it
+    resumes from with the checkpoint that file names (``sweep_file``, ``checkpoint``).
     """
     device = resolve_device(device)
     # the rule needs the acceptance, but the recommendation keeps the caller's choice: minibatch
