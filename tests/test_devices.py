@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -355,3 +356,25 @@ def test_stopping_the_main_process_ends_its_workers(checkpoints, tmp_path, stop)
         assert not list((folder / ".claims").glob("*.claim"))
     for path in folder.glob("step_*.json"):
         assert json.loads(path.read_text())["status"] == "done"  # the stop failed no checkpoint
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the kernel's parent-death signal is Linux's")
+def test_a_worker_is_killed_by_the_kernel_the_moment_its_main_process_dies(tmp_path):
+    """kill -9 of the main process: the worker dies with it even while too busy to notice by itself."""
+    # parent -> child; the child arms the signal as a device worker does, then sleeps without the
+    # worker's watch thread, so only the kernel can end it when the parent is killed
+    child = (
+        "import os, sys, time; from llcv.estimation.executors import _killed_with_parent; _killed_with_parent(); "
+        "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
+    )
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}, sys.argv[1]]); time.sleep(600)"
+    pid_file = tmp_path / "child"
+    main = subprocess.Popen([sys.executable, "-c", parent, str(pid_file)], env=subprocess_env())
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and main.poll() is None, "the child never started"
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    main.kill()
+    main.wait(timeout=10)
+    assert _gone({child_pid}, timeout=3), "the child outlived its parent"

@@ -18,6 +18,7 @@ already validated and typed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import itertools
 import logging
@@ -25,6 +26,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from multiprocessing import resource_tracker
@@ -37,6 +39,8 @@ from llcv.errors import EstimationError, SettingsError
 from llcv.sampling import PrecisionChoice
 from llcv.progress import SILENT, ForwardingReporter, Reporter, replay
 from llcv.results import LLCRecord
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 logger = logging.getLogger("llcv")
 
@@ -342,6 +346,7 @@ def _device_worker(connection: Connection, device: str, label: str, num_threads:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _killed_with_parent()
     threading.Thread(target=_exit_with_parent, name="llcv-parent-watch", daemon=True).start()
     try:
         torch.set_num_threads(num_threads)
@@ -362,8 +367,27 @@ def _device_worker(connection: Connection, device: str, label: str, num_threads:
         raise
 
 
+def _killed_with_parent() -> None:
+    """On Linux, have the kernel SIGKILL this worker the moment the main process dies.
+
+    The watch thread (``_exit_with_parent``) needs the GIL and a time slice to act, which a busy
+    machine can delay by seconds; the kernel's parent-death signal does not wait. Elsewhere, or
+    where prctl is unavailable, the watch thread alone ends the worker.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+
+
 def _exit_with_parent() -> None:
-    """In a worker: exit as soon as the main process is gone (its end of the spawn pipe closes)."""
+    """In a worker: exit as soon as the main process is gone (its end of the spawn pipe closes).
+
+    Also covers a main process that died before ``_killed_with_parent`` armed the kernel's signal.
+    """
     wait([multiprocessing.parent_process().sentinel])
     os._exit(1)
 
