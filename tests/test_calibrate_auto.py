@@ -352,6 +352,35 @@ def test_an_escaped_first_trial_quadruples_gamma_and_an_unhealthy_weaker_gamma_s
     assert gamma.settings_dependent is None and gamma.move is None and gamma.note == "the changed trial is escaped"
 
 
+class SlowChains(FakeChains):
+    """Chains that never settle below gamma 3 GAMMA: their per-draw LLC keeps rising over every
+    step run there, trial after trial (relaxation that outlasts any trial the budget allows)."""
+
+    def __init__(self, level: Level):
+        super().__init__(level)
+        self.draws_at_weak_gamma = 0
+
+    def estimate_llc_states(self, model, data, settings, **options):
+        result, states = super().estimate_llc_states(model, data, settings, **options)
+        if settings.gamma >= 3 * GAMMA:
+            return result, states
+        start, self.draws_at_weak_gamma = self.draws_at_weak_gamma, self.draws_at_weak_gamma + settings.num_draws
+        trace = np.asarray(result.llc_trace) + TRUE_LLC * np.arange(start, self.draws_at_weak_gamma) / FIRST_STEPS
+        return SimpleNamespace(llc_trace=trace.tolist(), llc_per_chain=trace.mean(axis=1).tolist()), states
+
+
+def test_an_unrelaxed_first_trial_quadruples_gamma_instead_of_giving_up(monkeypatch):
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)  # its curvature and trial length
+    monkeypatch.setattr(auto, "sampling", SlowChains(lambda epsilon, gamma, batch: TRUE_LLC))
+    result = search()
+    assert result.trials[0].status == "unrelaxed" and result.recommended is not None
+    assert tried(result)[:2] == [(0, 0), (0, -2)]  # gamma quadrupled, at the same epsilon
+    pick = pick_of(result)
+    assert (halvings(pick.epsilon, EPSILON), halvings(pick.gamma, GAMMA)) == (0, -2)
+    assert "at half the gamma the chains were unrelaxed" in result.reason
+    assert entry(result, "gamma").note == "the changed trial is unrelaxed"
+
+
 def test_chains_that_escape_at_every_gamma_up_to_the_cap_raise(monkeypatch, tmp_path):
     fake_search(monkeypatch, lambda epsilon, gamma, batch: -TRUE_LLC)
     store = tmp_path / "calibration.json"

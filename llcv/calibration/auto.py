@@ -475,6 +475,12 @@ class _Search:
                 # The chains found lower loss than the checkpoint: hold them closer to it.
                 gamma = _rounded(gamma * 4)
                 continue
+            if pick.status is TrialStatus.UNRELAXED and gamma < MAX_GAMMA * self.stiffness:
+                # The chains did not settle within the longest trial the budget allows. They relax
+                # in about 2 / (epsilon gamma) steps, and a smaller epsilon would only slow them, so
+                # hold them closer; the descent in gamma then weakens it as far as its trials settle.
+                gamma = _rounded(gamma * 4)
+                continue
             if not pick.ok:
                 return None, epsilon
             smaller_step = self.trial(_rounded(epsilon / 2), gamma)
