@@ -471,14 +471,11 @@ class _Search:
             if pick.status is TrialStatus.DIVERGED:
                 epsilon = _rounded(epsilon / 4)
                 continue
-            if pick.status is TrialStatus.ESCAPED and gamma < MAX_GAMMA * self.stiffness:
-                # The chains found lower loss than the checkpoint: hold them closer to it.
-                gamma = _rounded(gamma * 4)
-                continue
-            if pick.status is TrialStatus.UNRELAXED and gamma < MAX_GAMMA * self.stiffness:
-                # The chains did not settle within the longest trial the budget allows. They relax
-                # in about 2 / (epsilon gamma) steps, and a smaller epsilon would only slow them, so
-                # hold them closer; the descent in gamma then weakens it as far as its trials settle.
+            if pick.status in (TrialStatus.ESCAPED, TrialStatus.UNRELAXED) and gamma < MAX_GAMMA * self.stiffness:
+                # Hold the chains closer. Escaped: they found lower loss than the checkpoint.
+                # Unrelaxed: they did not settle within the longest trial the budget allows; they
+                # relax in about 2 / (epsilon gamma) steps, and a smaller epsilon would only slow
+                # them. The descent in gamma then weakens it as far as its trials settle.
                 gamma = _rounded(gamma * 4)
                 continue
             if not pick.ok:
