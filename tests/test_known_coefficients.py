@@ -19,10 +19,22 @@ from llcv.sampling import estimate_llc
 CASES = known_cases(quick=True)
 
 
+
+def _runs() -> list:
+    """Every case batched, and one at a time for the first case of each family; the other cases
+    one at a time are in the slow tier (make test-all), since both paths run the same update."""
+    runs, families = [], set()
+    for case in CASES:
+        runs.append(pytest.param(case, "batched", id=f"{case.name}-batched"))
+        marks = () if case.family not in families else (pytest.mark.slow,)
+        runs.append(pytest.param(case, "sequential", id=f"{case.name}-sequential", marks=marks))
+        families.add(case.family)
+    return runs
+
+
 # Chains run batched (one vmapped computation, the default for these small models) and one at a
 # time must both recover the truth (issue 6: the fast path may not change what is estimated).
-@pytest.mark.parametrize("chain_mode", ["batched", "sequential"])
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("case, chain_mode", _runs())
 def test_truth_lies_within_three_standard_errors(case, chain_mode):
     settings = case_settings(case).model_copy(update={"chain_mode": chain_mode})
     result = estimate_llc(case.model, case.dataset, settings, loss=case.loss, device="cpu")
