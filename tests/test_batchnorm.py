@@ -28,10 +28,29 @@ from llcv.sampling import SamplingData
 SETTINGS = SamplerSettings(num_chains=2, num_draws=4, batch_size=16, epsilon=1e-5, gamma=1000.0, bn_mode="eval")
 
 
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.norm(self.conv(x)))
+
+
 def small_resnet() -> tuple[nn.Module, TensorDataset]:
+    """A residual network whose every convolution feeds a BatchNorm, as a ResNet's does, small
+    enough that a test samples it in a second (the early-checkpoint test below runs ResNet18)."""
     torch.manual_seed(0)
-    model = build_model("resnet18", num_classes=4, in_channels=3, stem="cifar")
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        _ResidualBlock(8), _ResidualBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )  # fmt: skip
+    # trained statistics, not BatchNorm's initial 0 and 1: a few passes in train mode
+    model.train()
     data = TensorDataset(torch.randn(48, 3, 8, 8), torch.randint(0, 4, (48,)))
+    with torch.no_grad():
+        for _ in range(3):
+            model(data.tensors[0])
     return model, data
 
 
