@@ -148,14 +148,19 @@ def code_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     return lines
 
 
-def long_functions(source: str, module: str) -> list[str]:
-    """The functions of ``source`` past ``LONG_FUNCTION_LINES`` code lines whose docstring does not say why."""
+def unexplained_functions(source: str, module: str, size, limit: int, reason: str, unit: str) -> list[str]:
+    """The functions of ``source`` whose ``size(function)`` is past ``limit`` and whose docstring
+    does not contain ``reason``, as ``module.name (size unit)``."""
     found = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and code_lines(node) > LONG_FUNCTION_LINES:
-            if FUNCTION_LENGTH_REASON not in (ast.get_docstring(node) or ""):
-                found.append(f"{module}.{node.name} ({code_lines(node)} lines)")
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size(node) > limit and reason not in (ast.get_docstring(node) or ""):
+            found.append(f"{module}.{node.name} ({size(node)} {unit})")
     return found
+
+
+def long_functions(source: str, module: str) -> list[str]:
+    """The functions of ``source`` past ``LONG_FUNCTION_LINES`` code lines whose docstring does not say why."""
+    return unexplained_functions(source, module, code_lines, LONG_FUNCTION_LINES, FUNCTION_LENGTH_REASON, "lines")
 
 
 def test_long_functions_say_why_in_their_docstring():
@@ -202,12 +207,7 @@ def parameter_count(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
 
 def many_parameter_functions(source: str, module: str) -> list[str]:
     """The functions of ``source`` past ``MANY_PARAMETERS`` parameters whose docstring does not say why."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and parameter_count(node) > MANY_PARAMETERS:
-            if PARAMETERS_REASON not in (ast.get_docstring(node) or ""):
-                found.append(f"{module}.{node.name} ({parameter_count(node)} parameters)")
-    return found
+    return unexplained_functions(source, module, parameter_count, MANY_PARAMETERS, PARAMETERS_REASON, "parameters")
 
 
 def test_functions_past_eight_parameters_say_why_in_their_docstring():
