@@ -38,7 +38,7 @@ class Terminated(BaseException):
     """Raised in the main thread when SIGTERM arrives (Slurm's time limit, preemption)."""
 
 
-STOPS = (KeyboardInterrupt, Terminated)
+_STOPS = (KeyboardInterrupt, Terminated)
 
 # A stop that Python swallowed: a signal's handler runs between any two bytecodes, so its
 # exception can be raised inside a finalizer (a __del__, a weakref callback, a generator closed by
@@ -49,7 +49,7 @@ _swallowed_stops: list[type[BaseException]] = []
 
 
 def _keep_swallowed_stops(unraisable, otherwise: Callable) -> None:
-    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, STOPS):
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, _STOPS):
         _swallowed_stops.append(unraisable.exc_type)
     else:
         otherwise(unraisable)

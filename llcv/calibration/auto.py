@@ -463,7 +463,8 @@ class _Search:
 
     def _settle_epsilon(self, epsilon: float, gamma: float) -> tuple[Trial | None, float]:
         """Epsilon's plateau at ``gamma``: the trial at the largest epsilon (from ``epsilon`` down)
-        whose half moves the LLC by no more than its noise. A diverged trial quarters the step."""
+        whose half moves the LLC by no more than its noise. A diverged trial quarters the step; an
+        escaped or unrelaxed one quadruples gamma (up to ``MAX_GAMMA`` times the stiffness)."""
         while True:
             pick = self.trial(epsilon, gamma)
             if pick is None:
