@@ -27,7 +27,7 @@ from pathlib import Path
 
 from llcv import SamplerSettings, estimate_llc
 from llcv.calibration import Budget, calibrate_auto
-from llcv.calibration.auto import SETTINGS_DEPENDENT
+from llcv.calibration.outcome import SETTINGS_DEPENDENT
 from llcv.demo import FULL, SAMPLER_BATCH_SIZE
 from llcv.settings import DEFAULT_BUDGET_STEPS, load_settings
 from llcv.targets import Target

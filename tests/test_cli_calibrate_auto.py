@@ -188,11 +188,12 @@ def test_estimate_all_calibrates_once_records_it_and_a_rerun_estimates_nothing(r
     [
         (["--calibrate-on", "7"], "--calibrate-on 7: no checkpoint at step(s) 7; the steps present are 0, 16"),
         (["--calibrate-on", "elsewhere.pt"], "--calibrate-on elsewhere.pt: no such checkpoint file"),
-        (["--epsilon", "1e-3"], "sets epsilon, gamma and the burn-in by calibrating the run; drop --epsilon, or drop --calibrate"),
+        (["--epsilon", "1e-3"], "sets epsilon, gamma and the burn-in (with its step) by calibrating the run; drop --epsilon, or drop --calibrate"),
         (["--num-burnin-steps", "10", "--gamma", "3"], "drop --gamma, --num-burnin-steps, or drop --calibrate"),
         (["--from-calibration", "recommended.json"], "drop --from-calibration, or drop --calibrate"),
+        (["--burnin-epsilon", "1e-3"], "drop --burnin-epsilon, or drop --calibrate"),
     ],
-    ids=["unknown-step", "unknown-file", "epsilon", "gamma-and-burn-in", "from-calibration"],
+    ids=["unknown-step", "unknown-file", "epsilon", "gamma-and-burn-in", "from-calibration", "burnin-epsilon"],
 )
 def test_contradictions_and_unknown_reference_checkpoints_exit_2_before_any_trial(run, tmp_path, monkeypatch, extra, message):
     trials = use_steady_trials(monkeypatch)
@@ -253,7 +254,7 @@ def test_a_calibration_that_finds_nothing_stops_the_run_with_its_reason(run, tmp
 
 
 def test_calibrate_and_save_returns_a_failed_search_with_its_reason(checkpoint, tmp_path, monkeypatch):
-    from llcv.calibration.auto import Budget
+    from llcv.calibration.outcome import Budget
     from llcv.targets import Target
 
     use_steady_trials(monkeypatch, level=lambda settings: -5.0)

@@ -23,18 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from llcv.calibration.auto import (
-    AUTO_FORMAT,
-    AUTO_FORMAT_VERSION,
-    SETTINGS_DEPENDENT,
-    TRIAL_CHAINS,
-    AutoCalibration,
-    Budget,
-    Sensitivity,
-    Spent,
-    calibrate_auto,
-    payload_dict,
-)
+from llcv.calibration.auto import AUTO_FORMAT, AUTO_FORMAT_VERSION, TRIAL_CHAINS, calibrate_auto, payload_dict
+from llcv.calibration.outcome import SETTINGS_DEPENDENT, AutoCalibration, Budget, Sensitivity, Spent
 from llcv.calibration.trials import Trial
 from llcv.errors import EstimationError
 from llcv.fileio import atomic_write_json, atomic_write_text, csv_text, finite_or_none

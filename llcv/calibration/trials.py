@@ -82,6 +82,10 @@ class Trial(BaseModel):
             reference measured on the difference of the two runs, which shared their start, noise
             and minibatches, with its standard error; None otherwise. ``chain_steps`` then counts
             both runs.
+        burnin_epsilon, hot_burnin: for a trial rerun from the checkpoint with a hot burn-in: the
+            larger step its chains first relaxed at, and the steps of that burn-in (relaxing, then
+            cooling at ``epsilon``: ``llcv.relaxation.burnin_relaxation_steps``), run before the
+            ``steps`` its trace holds and counted in ``chain_steps``; None and 0 otherwise.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -104,11 +108,20 @@ class Trial(BaseModel):
     paired_gamma: float | None = None
     paired_move: float | None = None
     paired_move_se: float | None = None
+    burnin_epsilon: float | None = None
+    hot_burnin: int = 0
 
     @property
     def ok(self) -> bool:
         """Whether the trial's LLC can be compared with another's."""
         return self.status is TrialStatus.OK
+
+    @property
+    def settled(self) -> bool:
+        """Whether the chains stopped drifting in the basin: ok, or unmixed (chains that settled at
+        levels of their own, as chains too slow to cross between them do). Its burn-in is then a
+        measured relaxation, which is what a burn-in from the checkpoint needs, mixed or not."""
+        return self.status in (TrialStatus.OK, TrialStatus.UNMIXED)
 
     def draws_for(self, standard_error: float) -> int | None:
         """The draws after the burn-in that would bring the standard error down to ``standard_error``
