@@ -39,7 +39,7 @@ from llcv.calibration.auto import (
     _sensitivity,
     calibrate_auto,
 )
-from llcv.calibration.auto_files import trials_csv
+from llcv.calibration.auto_files import sensitivity_verdict, trials_csv
 from llcv.calibration.comparisons import NEGLIGIBLE_MOVE, with_paired_move
 from llcv.relaxation import burnin_relaxation_steps, cooling_steps, relaxation_steps
 from llcv.calibration.trials import (
@@ -279,6 +279,9 @@ def fake_search(monkeypatch, level: Level, *, noise: float = 0.05, store=None, o
     monkeypatch.setattr(auto, "sampling", fake)
     monkeypatch.setattr(auto, "top_hessian_eigenvalue", lambda *args, **kwargs: CURVATURE)
     monkeypatch.setattr(auto, "FIRST_TRIAL_STEPS", FIRST_STEPS)
+    # Fake chains take the level of their settings at once: every direction has responded to a
+    # change of gamma from the first step (test_a_half_gamma_trial_too_short... runs the real rule).
+    monkeypatch.setattr(auto, "relaxation_steps", lambda epsilon, gamma: 0)
     return fake
 
 
@@ -425,6 +428,36 @@ def test_gamma_is_halved_while_the_moves_are_significant_and_shrinking(monkeypat
     assert gamma.settings_dependent is False
 
 
+def test_a_half_gamma_trial_too_short_for_the_localizations_slowest_directions_does_not_show_that_gamma_holds(monkeypatch):
+    from llcv import relaxation
+
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)  # gamma moves nothing the trials can see
+    monkeypatch.setattr(auto, "relaxation_steps", relaxation.relaxation_steps)
+    result = search()
+    pick = pick_of(result)
+    weaker = next(trial for trial in result.trials if trial.paired_gamma == pick.gamma)
+    needed = relaxation.relaxation_steps(pick.epsilon, pick.gamma / 2)
+    assert weaker.ok and weaker.steps < needed  # 2 / (epsilon * gamma) = 1,600 steps at the search's first epsilon and half its first gamma
+    gamma = entry(result, "gamma")
+    assert gamma.settings_dependent is None and gamma.move is not None  # the move is kept, but is no verdict
+    phrase = f"at half the gamma the chains ran {weaker.steps:,} steps of the {needed:,} (2/(epsilon*gamma)) they need to respond"
+    assert gamma.note == phrase and sensitivity_verdict(gamma) == f"not measured: {phrase}"
+    assert f"gamma: halving it moves the LLC by no more than its noise, but {phrase}" in result.reason
+
+
+def test_a_move_seen_in_a_short_half_gamma_trial_is_settings_dependent_all_the_same(monkeypatch):
+    from llcv import relaxation
+
+    unit = 4 * NEGLIGIBLE_MOVE * TRUE_LLC  # the moves of the next test: the pick's half-gamma move grows past 10% of its LLC
+    llc_by_halvings = {0: 3.0, 1: 3.0 + 2 * unit, 2: 3.0 + 3 * unit, 3: 3.0 + 3.6 * unit, 4: 3.0 + 4.8 * unit, 5: 3.0 + 8 * unit}
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: llc_by_halvings[halvings(gamma, GAMMA)])
+    monkeypatch.setattr(auto, "relaxation_steps", relaxation.relaxation_steps)
+    result = search()
+    weaker = next(trial for trial in result.trials if trial.paired_gamma == pick_of(result).gamma)
+    assert weaker.steps < relaxation.relaxation_steps(weaker.epsilon, weaker.gamma)
+    assert entry(result, "gamma").settings_dependent is True and entry(result, "gamma").note == ""
+
+
 def test_the_descent_picks_the_weaker_end_of_the_least_sensitive_halving(monkeypatch):
     """The LLC against gamma rises, flattens, then rises again (the chains wander off along the
     flat valleys): the pick is the last gamma halved from, and the growing move is its sensitivity."""
@@ -492,12 +525,16 @@ def test_sensitivity_entries_measure_each_knob_at_the_pick(monkeypatch):
     assert result.recommended.batch_size == BATCH  # the base's batch size is not the search's to change
 
 
+# A half-gamma trial long enough for the localization's slowest directions to respond: 2 / (1e-3 * 1.0) steps.
+RESPONDED = 2000
+
+
 def test_settings_dependent_needs_the_move_beyond_two_standard_errors():
     pick = make_trial(llc=5.0, se=0.1)
     limit = SETTINGS_DEPENDENT * 5.0
-    within_noise = _sensitivity("gamma", 1.0, 0.5, pick, make_trial(llc=5.0 + limit + 0.1, se=0.1))
+    within_noise = _sensitivity("gamma", 1.0, 0.5, pick, make_trial(llc=5.0 + limit + 0.1, se=0.1, steps=RESPONDED))
     assert within_noise.relative > SETTINGS_DEPENDENT and within_noise.settings_dependent is False
-    beyond = _sensitivity("gamma", 1.0, 0.5, pick, make_trial(llc=5.0 - limit - 0.3, se=0.1))
+    beyond = _sensitivity("gamma", 1.0, 0.5, pick, make_trial(llc=5.0 - limit - 0.3, se=0.1, steps=RESPONDED))
     assert beyond.move == pytest.approx(-limit - 0.3) and beyond.settings_dependent is True
     not_run = _sensitivity("epsilon", 1e-3, 5e-4, pick, None)
     assert not_run.settings_dependent is None and not_run.move is None and "not run" in not_run.note
@@ -506,15 +543,15 @@ def test_settings_dependent_needs_the_move_beyond_two_standard_errors():
 
 
 def test_a_move_too_noisy_to_rule_out_a_settings_dependent_one_is_unresolved_not_holding():
-    from llcv.calibration.auto_files import sensitivity_sentence, sensitivity_verdict
+    from llcv.calibration.auto_files import sensitivity_sentence
 
     pick = make_trial(llc=0.1, se=0.015)  # a polynomial's trial: its noise is 15% of its LLC
-    noisy = _sensitivity("gamma", 3.6, 1.8, pick, make_trial(llc=0.12, se=0.015))
+    noisy = _sensitivity("gamma", 3.6, 1.8, pick, make_trial(llc=0.12, se=0.015, steps=RESPONDED))
     assert noisy.settings_dependent is False and noisy.unresolved
     assert sensitivity_verdict(noisy) == "unresolved"
-    precise = _sensitivity("gamma", 3.6, 1.8, pick.model_copy(update={"se": 0.001}), make_trial(llc=0.105, se=0.001))
+    precise = _sensitivity("gamma", 3.6, 1.8, pick.model_copy(update={"se": 0.001}), make_trial(llc=0.105, se=0.001, steps=RESPONDED))
     assert not precise.unresolved and sensitivity_verdict(precise) == "holds"
-    dependent = _sensitivity("gamma", 3.6, 1.8, pick, make_trial(llc=0.3, se=0.015))
+    dependent = _sensitivity("gamma", 3.6, 1.8, pick, make_trial(llc=0.3, se=0.015, steps=RESPONDED))
     assert dependent.settings_dependent and not dependent.unresolved
     sentence = sensitivity_sentence([noisy])
     assert "none is settings-dependent, but the move of gamma is unresolved" in sentence

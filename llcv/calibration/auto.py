@@ -61,7 +61,7 @@ from llcv.errors import EstimationError
 from llcv.fileio import atomic_write_json, finite_or_none
 from llcv.sampling import LossSpec
 from llcv.progress import SILENT, Reporter
-from llcv.relaxation import burnin_relaxation_steps, hot_phase
+from llcv.relaxation import burnin_relaxation_steps, hot_phase, relaxation_steps
 from llcv.sampling import SamplingData
 from llcv.settings import SamplerSettings
 
@@ -447,7 +447,8 @@ class _Search:
             if not weaker.ok:
                 stop = f"at half the gamma the chains were {weaker.status}"
             elif not differs(pick, weaker):
-                stop = "halving it moves the LLC by no more than its noise"
+                short = _too_short_for_gamma(weaker)
+                stop = "halving it moves the LLC by no more than its noise" + (f", but {short}" if short else "")
             elif move >= previous_move:
                 # Past the least sensitive halving: its weaker end is the pick, with less of the
                 # localization's squeeze, and this growing move is the pick's sensitivity.
@@ -568,8 +569,21 @@ def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Tr
     move, move_se = measured_move(pick, changed)
     relative = move / pick.llc if pick.llc else None
     dependent = abs(move) - 2 * move_se > SETTINGS_DEPENDENT * abs(pick.llc)
+    # A move seen is a move (at least that large); a move not seen in a trial too short for the
+    # localization's slowest directions to respond is not a measurement that it holds.
+    short = _too_short_for_gamma(changed) if knob == "gamma" and not dependent else None
     return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=move,
-                       move_se=move_se, relative=relative, settings_dependent=dependent)  # fmt: skip
+                       move_se=move_se, relative=relative, settings_dependent=None if short else dependent, note=short or "")  # fmt: skip
+
+
+def _too_short_for_gamma(trial: Trial) -> str | None:
+    """Why a trial at a weaker gamma cannot show gamma's move, or None when it can: it ran fewer
+    steps than the directions only the localization holds take to relax at its gamma and epsilon
+    (``llcv.relaxation.relaxation_steps``), so its chains had not yet spread to the weaker pull."""
+    needed = relaxation_steps(trial.epsilon, trial.gamma)
+    if trial.steps >= needed:
+        return None
+    return f"at half the gamma the chains ran {trial.steps:,} steps of the {needed:,.0f} (2/(epsilon*gamma)) they need to respond"
 
 
 def _timed_from_checkpoint(current: dict, pick: Trial) -> Trial | None:
