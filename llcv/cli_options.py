@@ -161,14 +161,10 @@ class StepFlags(FlagGroup):
 
     epsilon: Annotated[Optional[float], typer.Option("--epsilon", help="SGLD step size (devinterp's lr).")] = None
     gamma: Annotated[Optional[float], typer.Option("--gamma", help="Localization strength, pull toward the checkpoint (devinterp's localization).")] = None
-    burnin_epsilon: Annotated[Optional[float], typer.Option("--burnin-epsilon", help="A larger step for the burn-in, whose last steps then cool at --epsilon: chains relax from the checkpoint in steps proportional to 1/step (default: --epsilon; `calibrate auto` recommends one).")] = None
     nbeta: NbetaOpt = None
     mala: Annotated[Optional[bool], typer.Option("--mala/--no-mala", help="Compute MALA acceptance (one more forward and backward pass per measured minibatch step).")] = None
 
-    SETTINGS: ClassVar = {
-        "epsilon": "sampler.epsilon", "gamma": "sampler.gamma", "burnin_epsilon": "sampler.burnin_epsilon", "nbeta": "sampler.nbeta",
-        "mala": "sampler.mala",
-    }  # fmt: skip
+    SETTINGS: ClassVar = {"epsilon": "sampler.epsilon", "gamma": "sampler.gamma", "nbeta": "sampler.nbeta", "mala": "sampler.mala"}
 
 
 @dataclasses.dataclass(frozen=True)

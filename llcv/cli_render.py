@@ -32,7 +32,7 @@ from llcv.calibration import (
     spent_words,
 )
 from llcv.health import sweep_row_verdict
-from llcv.relaxation import burnin_relaxation_steps, hot_burnin_steps, hot_phase
+from llcv.relaxation import relaxation_steps
 from llcv.models import model_version
 from llcv.results import ran_in
 from llcv.results import health_label
@@ -112,19 +112,14 @@ def nbeta_text(result) -> str:
 
 def burnin_text(result) -> str:
     """The burn-in and how it was chosen: ``200 (auto: 2/(epsilon*gamma))``, ``800 (auto, cut short
-    by its cap; needs 2,000)``, ``100 (set)``, with ``, the first 1,300 at epsilon 3e-05`` after a
-    larger burn-in step; the setting for results before llcv 0.10."""
+    by its cap; needs 2,000)``, ``100 (set)``; the setting for results before llcv 0.10."""
     if result.burnin_rule is None:
         return str(result.settings.get("num_burnin_steps"))
-    settings = result.settings
-    hot = hot_phase(settings["epsilon"], settings.get("burnin_epsilon"))
-    hot_words = "" if hot is None else f", the first {hot_burnin_steps(settings['epsilon'], hot, result.burnin_steps):,} at epsilon {hot:.3g}"
     if result.burnin_rule == "auto-capped":
-        needed = burnin_relaxation_steps(settings["epsilon"], settings["gamma"], hot)
+        needed = relaxation_steps(result.settings["epsilon"], result.settings["gamma"])
         needs = "no burn-in is enough at gamma 0" if math.isinf(needed) else f"needs {needed:,}"
-        return f"{result.burnin_steps:,} (auto, cut short by its cap; {needs}{hot_words})"
-    rule = "(auto: 2/(epsilon*gamma)" if result.burnin_rule == "auto" else "(set"
-    return f"{result.burnin_steps:,} {rule}{hot_words})"
+        return f"{result.burnin_steps:,} (auto, cut short by its cap; {needs})"
+    return f"{result.burnin_steps:,} " + ("(auto: 2/(epsilon*gamma))" if result.burnin_rule == "auto" else "(set)")
 
 
 def render_llc_result(result, title: str) -> None:
@@ -276,18 +271,11 @@ def sensitivity_table(sensitivity, title: str) -> Table:
     return table
 
 
-def _hot_words(settings) -> str:
-    hot = hot_phase(settings.epsilon, settings.burnin_epsilon)
-    if hot is None or settings.num_burnin_steps == "auto":
-        return ""
-    return f" (the first {hot_burnin_steps(settings.epsilon, hot, settings.num_burnin_steps):,} at epsilon {hot:g})"
-
-
 def recommended_words(settings) -> str:
     """The sampler fields a calibration decided, in one line."""
     return (
         f"epsilon={settings.epsilon:g}, gamma={settings.gamma:g}, nbeta={settings.nbeta}, {settings.sampler}, "
-        f"burn-in {settings.num_burnin_steps:,} steps{_hot_words(settings)}, {settings.num_chains} chains x {settings.num_draws:,} draws, batch {settings.batch_size}"
+        f"burn-in {settings.num_burnin_steps:,} steps, {settings.num_chains} chains x {settings.num_draws:,} draws, batch {settings.batch_size}"
     )
 
 

@@ -195,10 +195,6 @@ class SamplerSettings(_Section):
     # "auto": 2 / (epsilon * gamma) steps, the chains' relaxation from the checkpoint, capped at
     # AUTO_BURNIN_DRAW_FACTOR times the draws' steps (llcv.relaxation.auto_burnin_steps).
     num_burnin_steps: NonNegativeInt | Literal["auto"] = "auto"
-    # A larger step for the burn-in's relaxation, then its last steps at epsilon to cool
-    # (llcv.relaxation.cooling_steps): chains relax in a number of steps proportional to 1 / step,
-    # and a small epsilon, which the stiff directions need, would make that long. None: epsilon.
-    burnin_epsilon: PositiveFloat | None = None
     num_steps_bw_draws: PositiveInt = 1
     batch_size: PositiveInt = 256
     num_samples: PositiveInt | None = None  # None: the whole training split
@@ -422,9 +418,7 @@ CALIBRATION_FIELDS = ("epsilon", "gamma", "nbeta", "sampler", "num_burnin_steps"
 LEGACY_CALIBRATION_FIELDS = ("epsilon", "gamma", "nbeta", "sampler")
 # `calibrate auto` also decides the estimate's length, and says why beside the fields: its
 # annotations, which `--from-calibration` leaves out of the settings.
-# Files written before llcv 0.13 lack the burn-in's step, which reads as None (epsilon's).
-AUTO_CALIBRATION_FIELDS = (*CALIBRATION_FIELDS, "batch_size", "num_draws", "num_chains", "burnin_epsilon")
-OPTIONAL_AUTO_CALIBRATION_FIELDS = ("burnin_epsilon",)
+AUTO_CALIBRATION_FIELDS = (*CALIBRATION_FIELDS, "batch_size", "num_draws", "num_chains")
 AUTO_CALIBRATION_ANNOTATIONS = ("source", "reason", "sensitivity", "settings_dependent", "checkpoint")
 
 
@@ -475,9 +469,8 @@ def read_calibration(path: Path) -> dict[str, Any]:
         raise SettingsError(f"calibration file {path} is not readable JSON: {error}") from None
     if isinstance(raw, dict) and set(raw) in (set(CALIBRATION_FIELDS), set(LEGACY_CALIBRATION_FIELDS)):
         return raw
-    required = set(AUTO_CALIBRATION_FIELDS) - set(OPTIONAL_AUTO_CALIBRATION_FIELDS)
-    if isinstance(raw, dict) and required <= set(raw) <= {*AUTO_CALIBRATION_FIELDS, *AUTO_CALIBRATION_ANNOTATIONS}:
-        return {field: raw.get(field) for field in AUTO_CALIBRATION_FIELDS}
+    if isinstance(raw, dict) and set(AUTO_CALIBRATION_FIELDS) <= set(raw) <= {*AUTO_CALIBRATION_FIELDS, *AUTO_CALIBRATION_ANNOTATIONS}:
+        return {field: raw[field] for field in AUTO_CALIBRATION_FIELDS}
     found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
     raise SettingsError(
         f"calibration file {path} must hold exactly {', '.join(CALIBRATION_FIELDS)} (from calibrate sweep), or those "

@@ -41,7 +41,6 @@ from llcv.calibration.auto import (
 )
 from llcv.calibration.auto_files import sensitivity_verdict, trials_csv
 from llcv.calibration.comparisons import NEGLIGIBLE_MOVE, with_paired_move
-from llcv.relaxation import burnin_relaxation_steps, cooling_steps, relaxation_steps
 from llcv.calibration.trials import (
     BURNIN_SHARES,
     MAX_BURNIN_DRIFT_Z,
@@ -239,19 +238,15 @@ class FakeChains:
 
     def __init__(self, level: Level, noise: float = 0.05, store=None, offsets=(0.0,) * TRIAL_CHAINS):
         self.level, self.noise, self.store, self.offsets = level, noise, store, np.asarray(offsets)[:, None]
-        self.calls: list[tuple[float, float, int, int, bool, int]] = []  # epsilon, gamma, batch, draws, from the checkpoint, burn-in
+        self.calls: list[tuple[float, float, int, int, bool]] = []
         self.starts: list[str | None] = []  # each call's first chain state (None: from the checkpoint)
         self.stored: list[int] = []
-        self.hot_burnins: list[tuple[float | None, int]] = []  # each call's (burnin_epsilon, num_burnin_steps)
 
     def estimate_llc_states(self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None):
-        self.calls.append((settings.epsilon, settings.gamma, settings.batch_size, settings.num_draws, start is None, settings.num_burnin_steps))
+        self.calls.append((settings.epsilon, settings.gamma, settings.batch_size, settings.num_draws, start is None))
         if self.store is not None:
             self.stored.append(len(json.loads(self.store.read_text())["trials"]) if self.store.exists() else 0)
-        assert settings.nbeta == NBETA and settings.num_chains == TRIAL_CHAINS
-        # Trials burn in only when rerun from the checkpoint, where they may relax at a larger step first.
-        assert settings.num_burnin_steps == 0 or (start is None and settings.burnin_epsilon > settings.epsilon)
-        self.hot_burnins.append((settings.burnin_epsilon, settings.num_burnin_steps))
+        assert settings.nbeta == NBETA and settings.num_chains == TRIAL_CHAINS and settings.num_burnin_steps == 0
         value = self.level(settings.epsilon, settings.gamma, settings.batch_size)
         # Runs with the same seed share most of their noise (the SGLD noise and minibatches they
         # have in common), as paired trials do; the rest is the run's own.
@@ -325,22 +320,12 @@ def test_epsilon_is_halved_while_halving_moves_the_llc_and_stops_at_its_plateau(
     # A step-size bias linear in epsilon: halving from epsilon0 / 2**k moves the LLC by
     # 6 * NEGLIGIBLE_MOVE * TRUE_LLC / 2**k, so by more than NEGLIGIBLE_MOVE of it for k <= 2 only.
     bias = 12 * NEGLIGIBLE_MOVE * TRUE_LLC
-    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC + bias * epsilon / EPSILON)
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC + bias * epsilon / EPSILON)
     result = search()
     pick = pick_of(result)
     assert halvings(pick.epsilon, EPSILON) == 3 and pick.gamma == GAMMA
     assert tried(result)[:5] == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0)]  # down the plateau, at the first gamma
     assert result.recommended.epsilon == pick.epsilon and result.recommended.gamma == GAMMA
-    # The estimate relaxes at the largest step the chains took at this gamma, then cools at the
-    # pick's, as the rerun from the checkpoint that timed its burn-in did.
-    hot_burnin = burnin_relaxation_steps(pick.epsilon, GAMMA, EPSILON)
-    assert hot_burnin == relaxation_steps(EPSILON, GAMMA) + cooling_steps(pick.epsilon, EPSILON) < relaxation_steps(pick.epsilon, GAMMA) / 4
-    timed = result.trials[-1]
-    assert timed.from_checkpoint and (timed.burnin_epsilon, timed.hot_burnin) == (EPSILON, hot_burnin)
-    assert fake.hot_burnins[-1] == (EPSILON, hot_burnin) and fake.calls[-1][4]  # one run, from the checkpoint
-    assert timed.chain_steps == (timed.steps + hot_burnin) * TRIAL_CHAINS
-    assert result.recommended.burnin_epsilon == EPSILON and result.recommended.num_burnin_steps == hot_burnin + timed.burnin
-    assert f"{hot_burnin} of them relaxing at epsilon={EPSILON:g}" in result.reason
     assert entry(result, "epsilon").settings_dependent is False and entry(result, "epsilon").changed_to == pick.epsilon / 2
     assert result.recommended.nbeta == NBETA and result.nbeta == NBETA and result.stiffness == STIFFNESS
 
@@ -670,8 +655,8 @@ def test_the_recommended_burnin_scales_the_cold_trials_relaxation_to_the_pick():
     current = {(2.5e-4, 1.0, rerun.batch_size, "from checkpoint"): rerun}
     assert _Search._burnin_from_checkpoint(SimpleNamespace(trials=[cold, pick, rerun], current=current), pick) == 700
     # also when its chains settled at levels of their own (too slow to mix), not when they never settled
-    current[next(iter(current))] = rerun.model_copy(update={"status": "unmixed", "hot_burnin": 5000})
-    assert _Search._burnin_from_checkpoint(SimpleNamespace(trials=[cold, pick, rerun], current=current), pick) == 5700
+    current[next(iter(current))] = rerun.model_copy(update={"status": "unmixed"})
+    assert _Search._burnin_from_checkpoint(SimpleNamespace(trials=[cold, pick, rerun], current=current), pick) == 700
     current[next(iter(current))] = rerun.model_copy(update={"status": "unrelaxed", "burnin": None})
     assert _Search._burnin_from_checkpoint(SimpleNamespace(trials=[cold, pick, rerun], current=current), pick) == 1600
 
@@ -714,7 +699,7 @@ def test_the_search_recommends_the_burnin_and_draws_of_its_rules(monkeypatch):
     pick = pick_of(result)
     cold = [trial for trial in result.trials if trial.from_checkpoint]
     assert [trial.epsilon for trial in cold] == [EPSILON, pick.epsilon] and cold[1].gamma == pick.gamma
-    assert result.recommended.num_burnin_steps == cold[1].hot_burnin + cold[1].burnin and cold[1].burnin > 0 and cold[1].hot_burnin > 0
+    assert result.recommended.num_burnin_steps == cold[1].burnin > 0
     per_draw = pick.ess / (TRIAL_CHAINS * (pick.steps - pick.burnin))
     needed = math.ceil(TARGET_ESS / (TRIAL_CHAINS * per_draw))
     assert result.recommended.num_draws == max(pick.steps - pick.burnin, needed, cold[1].steps - cold[1].burnin)
@@ -732,19 +717,6 @@ def test_a_trial_that_has_not_mixed_is_run_on_longer_up_to_its_cap_then_the_sear
     assert steps[0] == FIRST_STEPS and all(later == TRIAL_GROWTH * earlier for earlier, later in zip(steps, steps[1:]))
     assert steps[-2] < MAX_TRIAL_GROWTH * FIRST_STEPS <= steps[-1]
     assert [call[4] for call in fake.calls] == [True] + [False] * (len(fake.calls) - 1)  # each segment goes on from the last
-
-
-def test_the_hot_burnin_of_the_rerun_from_the_checkpoint_is_paid_from_the_budget(monkeypatch):
-    bias = 12 * NEGLIGIBLE_MOVE * TRUE_LLC
-    level = lambda epsilon, gamma, batch: TRUE_LLC + bias * epsilon / EPSILON  # noqa: E731
-    fake_search(monkeypatch, level)
-    unlimited = search()
-    assert unlimited.trials[-1].hot_burnin > 0
-    fake = fake_search(monkeypatch, level)
-    budget = Budget(chain_steps=unlimited.spent.chain_steps - TRIAL_CHAINS)  # one step short of it
-    limited = search(budget)
-    ran = sum(call[3] + call[5] for call in fake.calls) * TRIAL_CHAINS  # draws and burn-in, of every run
-    assert ran == limited.spent.chain_steps <= budget.chain_steps
 
 
 def test_a_search_never_spends_more_than_its_budget(monkeypatch):

@@ -188,12 +188,11 @@ def test_estimate_all_calibrates_once_records_it_and_a_rerun_estimates_nothing(r
     [
         (["--calibrate-on", "7"], "--calibrate-on 7: no checkpoint at step(s) 7; the steps present are 0, 16"),
         (["--calibrate-on", "elsewhere.pt"], "--calibrate-on elsewhere.pt: no such checkpoint file"),
-        (["--epsilon", "1e-3"], "sets epsilon, gamma and the burn-in (with its step) by calibrating the run; drop --epsilon, or drop --calibrate"),
+        (["--epsilon", "1e-3"], "sets epsilon, gamma and the burn-in by calibrating the run; drop --epsilon, or drop --calibrate"),
         (["--num-burnin-steps", "10", "--gamma", "3"], "drop --gamma, --num-burnin-steps, or drop --calibrate"),
         (["--from-calibration", "recommended.json"], "drop --from-calibration, or drop --calibrate"),
-        (["--burnin-epsilon", "1e-3"], "drop --burnin-epsilon, or drop --calibrate"),
     ],
-    ids=["unknown-step", "unknown-file", "epsilon", "gamma-and-burn-in", "from-calibration", "burnin-epsilon"],
+    ids=["unknown-step", "unknown-file", "epsilon", "gamma-and-burn-in", "from-calibration"],
 )
 def test_contradictions_and_unknown_reference_checkpoints_exit_2_before_any_trial(run, tmp_path, monkeypatch, extra, message):
     trials = use_steady_trials(monkeypatch)

@@ -46,16 +46,6 @@ def test_the_table_says_how_nbeta_and_the_burn_in_were_chosen(final_checkpoint):
     assert not any("burn-in" in reason for reason in result.health_reasons)
 
 
-def test_a_larger_burn_in_step_is_recorded_and_shown_with_the_steps_it_ran(final_checkpoint):
-    # epsilon 1e-4 (the default) cools for 1e-3 / (4 e 0.01 1e-4) = 92 steps: the first 208 of 300 run at 1e-3
-    args = ["estimate", "--checkpoint", str(final_checkpoint), *QUICK, "--burnin-epsilon", "1e-3", "--num-burnin-steps", "300"]
-    outcome = runner.invoke(app, args)
-    assert outcome.exit_code == 0, outcome.output
-    assert "burn-in 300 (set, the first 208 at epsilon 0.001)" in " ".join(outcome.stdout.replace("│", " ").split())
-    result = LLCResult.from_dict(json.loads(runner.invoke(app, [*args, "--json"]).stdout))
-    assert (result.settings["burnin_epsilon"], result.burnin_steps) == (1e-3, 300)
-
-
 def test_bad_nbeta_or_burn_in_flags_exit_2_saying_what_they_take(final_checkpoint):
     for flag, value, message in (("--nbeta", "wbic", "must be data, batch or a positive number"),
                                  ("--num-burnin-steps", "soon", "must be auto or a whole number of steps")):  # fmt: skip

@@ -327,56 +327,6 @@ def test_the_automatic_burn_in_is_the_relaxation_up_to_its_cap(changes, steps, r
     assert (burnin.steps, burnin.rule) == (steps, rule)
 
 
-@pytest.mark.parametrize(
-    ("changes", "steps", "hot_steps", "rule"),
-    [
-        # 2 / (burnin_epsilon * gamma) = 100 steps relaxing, then 184 cooling at epsilon (20 / (4 e 0.01))
-        (dict(epsilon=1e-4, gamma=10.0, burnin_epsilon=2e-3, num_draws=100), 284, 100, "auto"),
-        (dict(epsilon=1e-4, gamma=10.0, burnin_epsilon=2e-3, num_draws=50), 200, 16, "auto-capped"),  # needs 284: 4 x 50 draws
-        (dict(epsilon=1e-4, gamma=10.0, burnin_epsilon=2e-3, num_burnin_steps=500), 500, 316, "set"),  # all but the cooling
-        (dict(epsilon=1e-4, gamma=10.0, burnin_epsilon=2e-3, num_burnin_steps=100), 100, 0, "set"),  # too short to cool: none hot
-        (dict(epsilon=1e-3, gamma=10.0, burnin_epsilon=1e-4, num_draws=100), 200, 0, "auto"),  # a smaller step is not taken
-    ],
-)
-def test_a_larger_burn_in_step_relaxes_first_and_cools_at_epsilon(changes, steps, hot_steps, rule):
-    from llcv.relaxation import cooling_steps
-    from llcv.sampling import resolve_burnin
-
-    assert cooling_steps(1e-4, 2e-3) == 184
-    burnin = resolve_burnin(SamplerSettings(**changes))
-    assert (burnin.steps, burnin.hot_steps, burnin.rule) == (steps, hot_steps, rule)
-
-
-class _WithIdleWeights(nn.Module):
-    """A model with weights its output never reads: only the localization holds them, the slowest
-    direction there is (it relaxes like exp(-step * gamma * t))."""
-
-    def __init__(self, model: nn.Module, idle: int):
-        super().__init__()
-        self.model, self.idle = model, nn.Parameter(torch.zeros(idle))
-
-    def forward(self, inputs):
-        return self.model(inputs)
-
-
-def test_a_hot_burn_in_relaxes_the_slow_directions_at_its_larger_step():
-    from llcv.sampling import estimate_llc_states
-
-    model, data = regression(size=200)
-    model = _WithIdleWeights(model, idle=4000)
-    settings = SamplerSettings(num_chains=2, num_draws=100, epsilon=1e-4, gamma=10.0, batch_size=50, seed=3)
-    spread = {}
-    for label, changes in (("hot", {"burnin_epsilon": 2e-3}), ("plain", {"num_burnin_steps": 284})):
-        result, states = estimate_llc_states(model, data, settings.model_copy(update=changes), loss="mse", device="cpu")
-        assert result.burnin_steps == 284
-        position = [name for name, _ in model.named_parameters()].index("idle")
-        idle = torch.stack([state.parameters[position] for state in states])  # the idle weights start at 0
-        spread[label] = float(idle.pow(2).mean()) * settings.gamma  # 1 once relaxed
-    # 100 steps at 2e-3 and 284 at 1e-4: 1 - exp(-2 - 0.284) = 0.90 of the relaxed spread; all 384 at 1e-4: 1 - exp(-0.384) = 0.32
-    assert spread["hot"] == pytest.approx(1 - math.exp(-2.284), abs=0.03)
-    assert spread["plain"] == pytest.approx(1 - math.exp(-0.384), abs=0.03)
-
-
 def test_an_estimate_runs_the_automatic_burn_in_and_records_it():
     model, data = regression(size=100)
     settings = SamplerSettings(num_chains=2, num_draws=10, epsilon=0.05, gamma=4.0, batch_size=50)  # relaxes in 10 steps

@@ -163,7 +163,7 @@ def test_calibration_must_hold_exactly_its_fields(tmp_path, content):
 # recommended.json of `calibrate auto`: the sampler fields its search decided, and notes on why.
 AUTO_RECOMMENDED = {
     "epsilon": 2e-5, "gamma": 40.0, "nbeta": "data", "sampler": "sgld", "num_burnin_steps": 120, "batch_size": 64,
-    "num_draws": 300, "num_chains": 4, "burnin_epsilon": 8e-5, "source": "calibrate auto", "reason": "epsilon=2e-05, gamma=40: ...",
+    "num_draws": 300, "num_chains": 4, "source": "calibrate auto", "reason": "epsilon=2e-05, gamma=40: ...",
     "sensitivity": [{"knob": "gamma", "value": 40.0, "changed_to": 20.0}], "settings_dependent": [], "checkpoint": "step_00000016.pt",
 }  # fmt: skip
 
@@ -174,18 +174,11 @@ def test_an_auto_calibration_sets_its_sampler_fields_and_leaves_its_notes_out(tm
     assert read_calibration(path) == {field: AUTO_RECOMMENDED[field] for field in AUTO_CALIBRATION_FIELDS}
     config = _write(tmp_path / "c.toml", "[sampler]\nnum_draws = 50\nseed = 3\nbatch_size = 32\n")
     sampler = load_settings(("sampler",), config=config, calibration=path, overrides={"sampler": {"num_chains": 2}}).sampler
-    assert (sampler.epsilon, sampler.gamma, sampler.nbeta, sampler.num_burnin_steps, sampler.burnin_epsilon) == (2e-5, 40.0, "data", 120, 8e-5)
+    assert (sampler.epsilon, sampler.gamma, sampler.nbeta, sampler.num_burnin_steps) == (2e-5, 40.0, "data", 120)
     assert (sampler.batch_size, sampler.num_draws, sampler.num_chains, sampler.seed) == (64, 300, 2, 3)  # the flag wins, the config keeps the rest
     notes = {field: AUTO_RECOMMENDED[field] for field in AUTO_CALIBRATION_FIELDS}  # the notes are optional
     path.write_text(json.dumps(notes))
     assert read_calibration(path) == notes
-
-
-def test_an_auto_calibration_from_before_the_hot_burnin_reads_with_the_burnins_step_unset(tmp_path):
-    path = tmp_path / "recommended.json"
-    path.write_text(json.dumps({key: value for key, value in AUTO_RECOMMENDED.items() if key != "burnin_epsilon"}))
-    assert read_calibration(path)["burnin_epsilon"] is None
-    assert load_settings(("sampler",), calibration=path).sampler.burnin_epsilon is None
 
 
 @pytest.mark.parametrize("extra", [{"seed": 1}, {"notes": "hand-written"}], ids=["another-sampler-field", "unknown-key"])

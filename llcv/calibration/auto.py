@@ -61,7 +61,7 @@ from llcv.errors import EstimationError
 from llcv.fileio import atomic_write_json, finite_or_none
 from llcv.sampling import LossSpec
 from llcv.progress import SILENT, Reporter
-from llcv.relaxation import burnin_relaxation_steps, hot_phase, relaxation_steps
+from llcv.relaxation import relaxation_steps
 from llcv.sampling import SamplingData
 from llcv.settings import SamplerSettings
 
@@ -215,8 +215,7 @@ class _Search:
     # --- trials ---------------------------------------------------------------------------------
 
     def trial(
-        self, epsilon: float, gamma: float, batch_size: int | None = None, from_checkpoint: bool = False, paired_with: Trial | None = None,
-        burnin_epsilon: float | None = None,
+        self, epsilon: float, gamma: float, batch_size: int | None = None, from_checkpoint: bool = False, paired_with: Trial | None = None
     ) -> Trial | None:
         """The trial at these settings: reused when already run, else run on from where the chains
         stand (continued while it has not settled or cannot resolve ``RESOLUTION``); None when the
@@ -224,10 +223,7 @@ class _Search:
         started at the checkpoint, to measure how long the chains take to relax from it.
         ``paired_with``: a trial at the same epsilon and batch size whose settings are run beside
         this one, from the same states with the same noise and minibatches, so that the move
-        between them is measured on the difference of the two runs (``_paired``).
-        ``burnin_epsilon``: with ``from_checkpoint``, relax the chains at this larger step first and
-        cool them at ``epsilon`` (a hot burn-in, ``SamplerSettings.burnin_epsilon``) before the trial
-        measures how much longer they take to settle; left out where the budget cannot pay for it."""
+        between them is measured on the difference of the two runs (``_paired``)."""
         batch_size = batch_size or self.data.batch_size
         key = _key(epsilon, gamma, batch_size)
         if from_checkpoint:
@@ -249,15 +245,9 @@ class _Search:
         runs = 1 if paired_with is None else 2
         reference_settings = None if paired_with is None else settings.model_copy(update={"gamma": paired_with.gamma})
         reference_states, reference_trace = self.states, np.empty((TRIAL_CHAINS, 0))
-        hot = hot_phase(epsilon, burnin_epsilon) if from_checkpoint else None
-        hot_burnin = 0 if hot is None else burnin_relaxation_steps(epsilon, gamma, hot)
-        if not math.isfinite(hot_burnin) or hot_burnin + MIN_SEGMENT_STEPS > self._affordable_steps():
-            hot, hot_burnin = None, 0
-        hot_burnin = int(hot_burnin)
         while trial is None or self._worth_extending(trial, planned):
-            prefix = hot_burnin if segments == 0 else 0
             segment = max(min(steps, cap) - trace.shape[1], MIN_SEGMENT_STEPS)
-            affordable = (self._affordable_steps() - prefix) // runs
+            affordable = self._affordable_steps() // runs
             if segment > affordable:
                 # Run what the budget still pays for, if that is worth starting.
                 self.budget_refused = True
@@ -267,8 +257,6 @@ class _Search:
             started = time.perf_counter()
             # Each segment draws fresh noise and batches: the same seed would repeat the last one's.
             run = settings.model_copy(update={"num_draws": segment, "seed": self.base.seed + SEGMENT_SEEDS * len(self.trials) + segments})
-            if prefix:
-                run = run.model_copy(update={"burnin_epsilon": hot, "num_burnin_steps": prefix})
             result, states = sampling.estimate_llc_states(
                 self.model, data, run, loss=self.loss, device=self.device, reporter=self.reporter, start=self.states
             )
@@ -283,14 +271,12 @@ class _Search:
                 diverged |= np.array([value is None for value in reference.llc_per_chain])
             segments += 1
             seconds += time.perf_counter() - started
-            self.pending_chain_steps += (segment * runs + prefix) * TRIAL_CHAINS
-            self.reporter.advance("calibrate", (segment * runs + prefix) * TRIAL_CHAINS)
+            self.pending_chain_steps += segment * TRIAL_CHAINS * runs
+            self.reporter.advance("calibrate", segment * TRIAL_CHAINS * runs)
             trace = np.concatenate([trace, trace_array(result.llc_trace)], axis=1)
             trial = summarise_trial(trace, diverged, epsilon, gamma, batch_size, seconds, from_checkpoint)
             if paired_with is not None:
                 trial = with_paired_move(trial, trace, reference_trace, paired_with.gamma)
-            if hot is not None:
-                trial = trial.model_copy(update={"burnin_epsilon": hot, "hot_burnin": hot_burnin, "chain_steps": trial.chain_steps + hot_burnin * TRIAL_CHAINS})
             # Chains that left the basin or settled below the checkpoint are no place to start from.
             self.states = None if trial.status.left_the_basin else states
             steps = self._extended_steps(trial)
@@ -390,9 +376,8 @@ class _Search:
             pick = settled
         doubled = 2 * self.data.batch_size
         larger_batch = self.trial(pick.epsilon, pick.gamma, doubled) if doubled <= self.data.num_samples else None
-        # The estimate starts at the checkpoint: time the chains' relaxation from there at the pick,
-        # relaxing first at the largest step the chains took there without leaving the basin.
-        self.trial(pick.epsilon, pick.gamma, from_checkpoint=True, burnin_epsilon=self._largest_safe_step(pick))
+        # The estimate starts at the checkpoint: time the chains' relaxation from there at the pick.
+        self.trial(pick.epsilon, pick.gamma, from_checkpoint=True)
         sensitivity = [
             _sensitivity("gamma", pick.gamma, pick.gamma / 2, pick, weaker),
             _sensitivity("epsilon", pick.epsilon, pick.epsilon / 2, pick, smaller_step),
@@ -462,17 +447,6 @@ class _Search:
                 return pick, weaker, stop
             previous_move, pick = move, weaker
 
-    def _largest_safe_step(self, pick: Trial) -> float:
-        """The largest epsilon whose trial at the pick's gamma and batch size kept its chains in the
-        basin (settled or not): the step a burn-in at the pick can relax at. Chains relax in a number
-        of steps proportional to 1 / epsilon, and the search's epsilon descends for the stiff
-        directions, whose bias a short cooling at the pick's step removes
-        (``llcv.relaxation.cooling_steps``); the slow directions a burn-in waits for have little."""
-        return max(
-            trial.epsilon for trial in self.trials
-            if trial.gamma == pick.gamma and trial.batch_size == pick.batch_size and not trial.status.left_the_basin
-        )  # fmt: skip
-
     def _recommended(self, pick: Trial) -> SamplerSettings:
         draws = pick.steps - pick.burnin
         ess_per_draw = (pick.ess or 0.0) / (TRIAL_CHAINS * draws)
@@ -487,7 +461,6 @@ class _Search:
             update={
                 "epsilon": pick.epsilon, "gamma": pick.gamma, "nbeta": self.base.nbeta,
                 "num_burnin_steps": self._burnin_from_checkpoint(pick), "num_draws": max(draws, needed, measured_over),
-                "burnin_epsilon": timed.burnin_epsilon if timed is not None else None,
                 "num_chains": TRIAL_CHAINS, "mala": False,
             }
         )  # fmt: skip
@@ -502,7 +475,7 @@ class _Search:
         scaling is taken."""
         timed = _timed_from_checkpoint(self.current, pick)
         if timed is not None:
-            return timed.hot_burnin + timed.burnin
+            return timed.burnin
         measured = [
             trial.burnin * trial.epsilon / pick.epsilon * max(1.0, trial.gamma / pick.gamma)
             for trial in self.trials if trial.from_checkpoint and trial.settled
@@ -519,9 +492,7 @@ class _Search:
             words.append(f"epsilon: its plateau was not checked ({step.note})")
         else:
             words.append(f"epsilon: halving it moves the LLC by {step.move:+.3g} ± {step.move_se:.2g}")
-        timed = _timed_from_checkpoint(self.current, pick)
-        hot = f" ({timed.hot_burnin} of them relaxing at epsilon={timed.burnin_epsilon:g}, then cooling at the pick's)" if timed is not None and timed.hot_burnin else ""
-        words.append(f"burn-in {self._burnin_from_checkpoint(pick)} steps{hot}, from the relaxation measured on the chains")
+        words.append(f"burn-in {self._burnin_from_checkpoint(pick)} steps, from the relaxation measured on the chains")
         dependent = [entry.knob for entry in sensitivity if entry.settings_dependent]
         if dependent:
             words.append("settings-dependent: " + ", ".join(dependent))

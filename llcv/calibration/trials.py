@@ -82,10 +82,6 @@ class Trial(BaseModel):
             reference measured on the difference of the two runs, which shared their start, noise
             and minibatches, with its standard error; None otherwise. ``chain_steps`` then counts
             both runs.
-        burnin_epsilon, hot_burnin: for a trial rerun from the checkpoint with a hot burn-in: the
-            larger step its chains first relaxed at, and the steps of that burn-in (relaxing, then
-            cooling at ``epsilon``: ``llcv.relaxation.burnin_relaxation_steps``), run before the
-            ``steps`` its trace holds and counted in ``chain_steps``; None and 0 otherwise.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -108,8 +104,6 @@ class Trial(BaseModel):
     paired_gamma: float | None = None
     paired_move: float | None = None
     paired_move_se: float | None = None
-    burnin_epsilon: float | None = None
-    hot_burnin: int = 0
 
     @property
     def ok(self) -> bool:

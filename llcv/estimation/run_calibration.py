@@ -36,7 +36,7 @@ from llcv.targets import Target
 CALIBRATION_FOLDER = "calibration"
 LOCK_FILE = "calibration.lock"
 # The sampler fields the search itself decides: a flag for one of them contradicts --calibrate.
-SEARCHED_FIELDS = ("epsilon", "gamma", "num_burnin_steps", "burnin_epsilon")
+SEARCHED_FIELDS = ("epsilon", "gamma", "num_burnin_steps")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def check_calibrate_request(from_calibration: Path | None, sampler_flags: Mappin
         given.insert(0, "--from-calibration")
     if given:
         raise SettingsError(
-            f"--calibrate ([estimate] calibrate) sets epsilon, gamma and the burn-in (with its step) by calibrating the run; "
+            f"--calibrate ([estimate] calibrate) sets epsilon, gamma and the burn-in by calibrating the run; "
             f"drop {', '.join(given)}, or drop --calibrate"
         )
 

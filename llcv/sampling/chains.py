@@ -202,7 +202,6 @@ class _ChainRun:
     settings: SamplerSettings  # with the burn-in resolved to a number of steps
     nbeta: float
     loss_limit: float  # a chain whose minibatch loss reaches this has diverged
-    hot_steps: int = 0  # the burn-in's first steps, run at settings.burnin_epsilon (llcv.relaxation.hot_burnin_steps)
 
 
 def _run_group(
@@ -225,10 +224,7 @@ def _run_group(
     chains = group.num_chains
     batches, shared_batch = _group_batches(data, seeds)
     full_batch = data.is_full_batch
-    hot_steps = run.hot_steps
-    update = LangevinUpdate(
-        group.parameters, group.initial, settings.sampler, settings.burnin_epsilon if hot_steps else settings.epsilon, settings.gamma, run.nbeta
-    )  # fmt: skip
+    update = LangevinUpdate(group.parameters, group.initial, settings.sampler, settings.epsilon, settings.gamma, run.nbeta)
     if start is not None:
         _restore_states(group, update, start)
     noise = GaussianNoise(group.parameters, seeds[0])
@@ -248,8 +244,6 @@ def _run_group(
     move: list[torch.Tensor] = []  # the update's displacement from it
     checked_burnin, checked_draws = 0, 0
     for step in range(num_steps):
-        if step == hot_steps:
-            update.epsilon = settings.epsilon  # the hot burn-in's end: cool at the estimate's step
         batch = next(batches)
         losses = group.gradient_pass(batch, shared_batch)
         is_draw = step >= burnin and (step + 1 - burnin) % every == 0

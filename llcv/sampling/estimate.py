@@ -49,7 +49,7 @@ from llcv.sampling.chains import ChainState, _ChainGroup, _ChainRun, _GroupTrace
 from llcv.devices import resolve_device
 from llcv.errors import SettingsError
 from llcv.sampling.execution import _ExecutionPlan, _execution_plan
-from llcv.relaxation import auto_burnin_steps, burnin_relaxation_steps, hot_burnin_steps
+from llcv.relaxation import auto_burnin_steps, relaxation_steps
 from llcv.sampling.result import BurnIn, InitialLoss, LLCResult, NbetaRule, _EstimateSetup, _summarise
 from llcv.sampling.losses import LossFunction, LossSpec, resolve_loss
 from llcv.sampling.precision import Precision, PrecisionChoice
@@ -92,17 +92,14 @@ def resolve_nbeta(nbeta: float | str, num_samples: int, batch_size: int) -> floa
 
 def resolve_burnin(settings: SamplerSettings) -> BurnIn:
     """The burn-in ``settings`` ask for: a number as it is (``"set"``); ``"auto"``, until the chains
-    have relaxed from the checkpoint, 2 / (epsilon * gamma) steps (with a larger ``burnin_epsilon``,
-    2 / (burnin_epsilon * gamma) at that step and a cooling at epsilon), held to its cap of
+    have relaxed from the checkpoint, 2 / (epsilon * gamma) steps, held to its cap of
     ``AUTO_BURNIN_DRAW_FACTOR`` times the draws' steps (``llcv.relaxation.auto_burnin_steps``):
     ``"auto-capped"`` where the cap cut it short, which makes the estimate unhealthy."""
-    hot = settings.burnin_epsilon
     if settings.num_burnin_steps != "auto":
-        steps = settings.num_burnin_steps
-        return BurnIn(steps, "set", hot_steps=hot_burnin_steps(settings.epsilon, hot, steps))
-    needed = burnin_relaxation_steps(settings.epsilon, settings.gamma, hot)
-    steps = auto_burnin_steps(settings.epsilon, settings.gamma, settings.num_draws * settings.num_steps_bw_draws, hot)
-    return BurnIn(steps, "auto" if steps >= needed else "auto-capped", needed, hot_burnin_steps(settings.epsilon, hot, steps))
+        return BurnIn(settings.num_burnin_steps, "set")
+    needed = relaxation_steps(settings.epsilon, settings.gamma)
+    steps = auto_burnin_steps(settings.epsilon, settings.gamma, settings.num_draws * settings.num_steps_bw_draws)
+    return BurnIn(steps, "auto" if steps >= needed else "auto-capped", needed)
 
 
 def default_divergence_bound(num_parameters: int, nbeta: float, init_loss: float, batch_loss_std: float) -> float:
@@ -259,7 +256,7 @@ def estimate_llc_states(
     bound = chain_settings.divergence_bound or default_divergence_bound(
         chains.num_parameters, nbeta, initial_loss.value, initial_loss.batch_spread
     )
-    run = _ChainRun(chain_settings, nbeta, loss_limit=initial_loss.value + bound / nbeta, hot_steps=burnin.hot_steps)
+    run = _ChainRun(chain_settings, nbeta, loss_limit=initial_loss.value + bound / nbeta)
     traces = _run_chains(chains, data, run, device, reporter, start)
     setup = _EstimateSetup(
         settings, nbeta, nbeta_rule(settings.nbeta), burnin, initial_loss, bound, chains.num_parameters, data.num_samples, device,

@@ -43,9 +43,6 @@ class BurnIn:
     # "auto" and "auto-capped": what the automatic burn-in aims for, the chains' relaxation from
     # the checkpoint (llcv.relaxation.relaxation_steps; infinite at gamma 0). None when set.
     relaxation_steps: int | float | None = None
-    # The first of them, run at the larger burnin_epsilon before the rest cool at epsilon
-    # (llcv.relaxation.hot_burnin_steps); 0 without one.
-    hot_steps: int = 0
 
 
 @dataclass(frozen=True)
