@@ -29,11 +29,9 @@ from llcv.calibration.auto import (
     MAX_GAMMA,
     MAX_TRIAL_GROWTH,
     MIN_SEGMENT_STEPS,
-    SETTINGS_DEPENDENT,
     TARGET_ESS,
     TRIAL_CHAINS,
     TRIAL_GROWTH,
-    Budget,
     _Search,
     _key,
     _sensitivity,
@@ -41,6 +39,7 @@ from llcv.calibration.auto import (
 )
 from llcv.calibration.auto_files import sensitivity_verdict, trials_csv
 from llcv.calibration.comparisons import NEGLIGIBLE_MOVE, with_paired_move
+from llcv.calibration.outcome import SETTINGS_DEPENDENT, Budget
 from llcv.calibration.trials import (
     BURNIN_SHARES,
     MAX_BURNIN_DRIFT_Z,

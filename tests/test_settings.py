@@ -192,9 +192,9 @@ def test_an_auto_calibration_with_any_other_key_is_refused(tmp_path, extra):
 
 
 def test_the_automatic_budget_defaults_to_the_searchs(tmp_path):
-    from llcv.calibration.auto import DEFAULT_BUDGET_STEPS
+    from llcv.calibration import Budget
 
-    assert CalibrateSettings().budget_steps == DEFAULT_BUDGET_STEPS and CalibrateSettings().budget_seconds is None
+    assert (CalibrateSettings().budget_steps, CalibrateSettings().budget_seconds) == (Budget().chain_steps, Budget().seconds) != (None, None)
     estimate = validate_section("estimate", {"calibrate": True, "calibrate_on": "1000"})
     assert estimate.calibrate is True and estimate.calibrate_on == 1000  # a step, as the flag's text gives it
     assert validate_section("estimate", {"calibrate_on": "ckpts/step_00000016.pt"}).calibrate_on == Path("ckpts/step_00000016.pt")
