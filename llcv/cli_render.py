@@ -462,6 +462,8 @@ def _selftest_table(rows, quick: bool, auto, against: str | None) -> Table:
                 chosen += f" (depends on {', '.join(found.settings_dependent)})"
             if found.unresolved:
                 chosen += f" (unresolved: {', '.join(found.unresolved)})"
+            if found.not_measured:
+                chosen += f" (not measured: {', '.join(found.not_measured)})"
             estimate = _selftest_estimate(found.llc_mean, found.standard_error, found.relative_error)
             cells += [chosen, estimate + (", unhealthy" if found.healthy is False and found.llc_mean is not None else "")]
         cells.append(f"{row.seconds + (row.auto.seconds if row.auto else 0.0):.1f} s")

@@ -101,6 +101,7 @@ class AutoRow:
     settings_dependent: tuple[str, ...] = ()
     error: str | None = None
     unresolved: tuple[str, ...] = ()  # knobs whose move was too noisy to rule out a settings-dependent one
+    not_measured: tuple[str, ...] = ()  # knobs whose move was not measured (an unhealthy or too short trial, or none)
     # What an exact sampler reads at the calibrated nbeta and gamma, where the case knows
     # (``KnownCase.localized_llc``): the estimate's distance from it is the sampler's error, its
     # distance from the truth the localization's.
@@ -171,7 +172,7 @@ def check_auto(
     return AutoRow(
         check.sampler, settings.epsilon, settings.gamma, result.llc_mean, standard_error, relative_error, passed,
         time.perf_counter() - started, calibration.spent.chain_steps + estimate_steps, tuple(calibration.settings_dependent),
-        unresolved=tuple(calibration.unresolved),
+        unresolved=tuple(calibration.unresolved), not_measured=tuple(calibration.not_measured),
         localized_llc=case.localized_llc(calibration.nbeta, settings.gamma) if case.localized_llc is not None else None,
         healthy=result.healthy,
     )  # fmt: skip

@@ -427,6 +427,7 @@ def test_a_half_gamma_trial_too_short_for_the_localizations_slowest_directions_d
     phrase = f"at half the gamma the chains ran {weaker.steps:,} steps of the {needed:,} (2/(epsilon*gamma)) they need to respond"
     assert gamma.note == phrase and sensitivity_verdict(gamma) == f"not measured: {phrase}"
     assert f"gamma: halving it moves the LLC by no more than its noise, but {phrase}" in result.reason
+    assert result.not_measured == ["gamma"] and result.settings_dependent == []
 
 
 def test_a_move_seen_in_a_short_half_gamma_trial_is_settings_dependent_all_the_same(monkeypatch):

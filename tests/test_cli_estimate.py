@@ -161,7 +161,7 @@ def test_selftest_auto_calibrates_each_case_and_reports_both(monkeypatch):
     assert outcome.exit_code == 0
 
 
-def test_selftest_splits_a_calibrated_error_into_the_samplers_and_the_localizations(capsys):
+def test_selftest_splits_a_calibrated_error_into_the_samplers_and_the_localizations(capsys, monkeypatch):
     import dataclasses
 
     from llcv import cli_render
@@ -181,3 +181,11 @@ def test_selftest_splits_a_calibrated_error_into_the_samplers_and_the_localizati
     assert "(-66.6% from the truth); the estimate is unhealthy, so its error cannot be split" in printed
     assert "the rest of its error is the localization's" not in printed
     assert "calibrated estimates that are unhealthy (their errors are not the estimator's to quote): polynomial-2-4" in printed
+
+    # a knob whose move the calibration could not measure is named beside its settings
+    from llcv import console
+
+    unmeasured = dataclasses.replace(row, auto=dataclasses.replace(calibrated, not_measured=("gamma",)))
+    monkeypatch.setattr(console.stdout, "width", 200)  # the table's cells unwrapped
+    cli_render.render_selftest([unmeasured], False, AutoCheck(), None, False, families=[])
+    assert "0.001, 3.62 (not measured: gamma)" in capsys.readouterr().out

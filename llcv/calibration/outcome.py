@@ -87,3 +87,8 @@ class AutoCalibration(BaseModel):
     def unresolved(self) -> list[str]:
         """The knobs whose move was measured too noisily to rule out a settings-dependent one."""
         return [entry.knob for entry in self.sensitivity if entry.unresolved]
+
+    @property
+    def not_measured(self) -> list[str]:
+        """The knobs whose move was not measured (each entry's ``note`` says why)."""
+        return [entry.knob for entry in self.sensitivity if entry.settings_dependent is None]
