@@ -514,6 +514,15 @@ def test_sensitivity_entries_measure_each_knob_at_the_pick(monkeypatch):
 RESPONDED = 2000
 
 
+def test_a_doubled_batch_larger_than_the_data_is_said_to_be_why_the_batch_was_not_measured(monkeypatch):
+    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)
+    result = search(base=BASE.model_copy(update={"batch_size": SAMPLES}))  # full batches: nothing to double into
+    assert all(call[2] == SAMPLES for call in fake.calls)
+    batch = entry(result, "batch_size")
+    assert batch.settings_dependent is None and batch.note == "not run: twice the batch is more than the data"
+    assert result.not_measured == ["batch_size"]
+
+
 def test_settings_dependent_needs_the_move_beyond_two_standard_errors():
     pick = make_trial(llc=5.0, se=0.1)
     limit = SETTINGS_DEPENDENT * 5.0

@@ -158,6 +158,7 @@ def test_selftest_auto_calibrates_each_case_and_reports_both(monkeypatch):
     assert calibrated["epsilon"] > 1e-9 and calibrated["passed"] and row["passed"]
     assert abs(calibrated["relative_error"]) < 0.15
     assert calibrated["localized_llc"] == pytest.approx(frozen.nbeta / calibrated["gamma"])
+    assert "batch_size" in calibrated["not_measured"]  # full batches: there is no larger batch to compare with
     assert outcome.exit_code == 0
 
 

@@ -381,7 +381,8 @@ class _Search:
         sensitivity = [
             _sensitivity("gamma", pick.gamma, pick.gamma / 2, pick, weaker),
             _sensitivity("epsilon", pick.epsilon, pick.epsilon / 2, pick, smaller_step),
-            _sensitivity("batch_size", self.data.batch_size, doubled, pick, larger_batch),
+            _sensitivity("batch_size", self.data.batch_size, doubled, pick, larger_batch,
+                         not_run="twice the batch is more than the data" if doubled > self.data.num_samples else "the budget ran out"),
         ]
         return self._outcome(pick, self._reason(pick, sensitivity, stop), self._recommended(pick), sensitivity)
 
@@ -530,10 +531,11 @@ def payload_dict(result: AutoCalibration, complete: bool = True) -> dict[str, An
     )
 
 
-def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Trial | None) -> Sensitivity:
+def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Trial | None, not_run: str = "the budget ran out") -> Sensitivity:
+    """The move from ``pick`` to ``changed`` and its verdict; ``not_run`` says why ``changed`` is None."""
     if changed is None:
         return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=None, move=None,
-                           move_se=None, relative=None, settings_dependent=None, note="not run: the budget or the data ran out")  # fmt: skip
+                           move_se=None, relative=None, settings_dependent=None, note=f"not run: {not_run}")  # fmt: skip
     if not changed.ok:
         return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=None,
                            move_se=None, relative=None, settings_dependent=None, note=f"the changed trial is {changed.status}")  # fmt: skip

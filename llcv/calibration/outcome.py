@@ -36,7 +36,7 @@ class Sensitivity(BaseModel):
     move: float | None  # llc_changed - llc
     move_se: float | None
     relative: float | None  # move / llc
-    settings_dependent: bool | None  # None: not measured (the changed trial is unhealthy or was not run)
+    settings_dependent: bool | None  # None: not measured (the changed trial is unhealthy, too short for gamma's move, or was not run)
     note: str = ""
 
     @property
