@@ -412,6 +412,38 @@ def test_gamma_is_halved_while_the_moves_are_significant_and_shrinking(monkeypat
     assert gamma.settings_dependent is False
 
 
+def test_moves_that_grow_while_their_share_of_the_llc_shrinks_do_not_stop_the_descent(monkeypatch):
+    """Deep in the squeezed regime the LLC nearly doubles at each halving: the moves grow (0.9,
+    then 1.5) while their share of the LLC falls (90%, then 79%), as on a quartic or a CNN from a
+    strong gamma. The descent goes on to the plateau."""
+    llc_by_halvings = {0: 1.0, 1: 1.9, 2: 3.4, 3: 4.6, 4: 5.0}
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: llc_by_halvings.get(halvings(gamma, GAMMA), 5.0), noise=0.01)
+    result = search()
+    assert halvings(pick_of(result).gamma, GAMMA) == 4  # 5.0 -> 5.0: its first halving moves nothing
+    assert "gamma: halving it moves the LLC by no more than its noise" in result.reason
+
+
+def test_a_share_grown_by_too_large_a_step_at_the_weaker_gamma_is_measured_again_at_a_finer_step(monkeypatch):
+    """At gamma0 / 8 and weaker the chains reach stiffer regions, where the step biases the LLC up
+    (by 0.8 at epsilon0, linear in epsilon): at epsilon0 the halving to gamma0 / 8 grows the share
+    (0.9 / 4.5 after 0.5 / 4). Halving epsilon there moves the LLC, so the halving is measured again
+    at epsilon0 / 2 (0.5 / 4.5: it shrinks) and the descent goes on, instead of stopping on the step's
+    bias at gamma0 / 4."""
+    squeeze = {0: 3.0, 1: 4.0, 2: 4.5}
+
+    def level(epsilon, gamma, batch):
+        weakened = halvings(gamma, GAMMA)
+        return squeeze.get(weakened, 4.6) + (0.8 * epsilon / EPSILON if weakened >= 3 else 0.0)
+
+    fake_search(monkeypatch, level, noise=0.01)
+    result = search()
+    steps = tried(result)
+    assert steps[:7] == [(0, 0), (1, 0), (0, 1), (0, 2), (0, 3), (1, 3), (1, 2)]  # epsilon checked at gamma0 / 8, the halving again
+    assert (1, 4) in steps  # the descent went on past gamma0 / 8
+    pick = pick_of(result)
+    assert halvings(pick.gamma, GAMMA) == 3 and halvings(pick.epsilon, EPSILON) >= 2  # on epsilon's plateau at the weaker gamma
+
+
 def test_a_half_gamma_trial_too_short_for_the_localizations_slowest_directions_does_not_show_that_gamma_holds(monkeypatch):
     from llcv import relaxation
 
@@ -453,7 +485,7 @@ def test_the_descent_picks_the_weaker_end_of_the_least_sensitive_halving(monkeyp
     pick = pick_of(result)
     assert halvings(pick.gamma, GAMMA) == 3  # moves 2, 1, 0.6 units, then 1.2: 0.6 was the smallest
     assert max(g for _, g in tried(result)) == 4  # the descent went no further than the growing move
-    assert "halving it moved the LLC no less than the halving before did" in result.reason
+    assert "halving it moved the LLC by no smaller a share than the halving before did" in result.reason
     gamma = entry(result, "gamma")
     assert gamma.move == pytest.approx(1.2 * unit, rel=0.05)
     assert 1.2 * unit > SETTINGS_DEPENDENT * pick.llc and gamma.settings_dependent is True
@@ -668,6 +700,21 @@ def test_the_recommended_burnin_scales_the_cold_trials_relaxation_to_the_pick():
     assert _Search._burnin_from_checkpoint(SimpleNamespace(trials=[cold, pick, rerun], current=current), pick) == 700
     current[next(iter(current))] = rerun.model_copy(update={"status": "unrelaxed", "burnin": None})
     assert _Search._burnin_from_checkpoint(SimpleNamespace(trials=[cold, pick, rerun], current=current), pick) == 1600
+
+
+def test_the_rerun_from_the_checkpoint_is_planned_long_enough_to_measure_the_relaxation_expected_of_it(monkeypatch):
+    """The pick's continued trials needed few steps, but its rerun from the checkpoint must relax
+    from there: it is planned for the first trial's relaxation scaled to the pick (8 times the step
+    smaller), which it can measure only as the largest burn-in share of its length."""
+    bias = 12 * NEGLIGIBLE_MOVE * TRUE_LLC
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC + bias * epsilon / EPSILON)
+    result = search()
+    pick = pick_of(result)
+    first = result.trials[0]
+    rerun = result.trials[-1]
+    assert first.from_checkpoint and rerun.from_checkpoint and (rerun.epsilon, rerun.gamma) == (pick.epsilon, pick.gamma)
+    expected = first.burnin * first.epsilon / pick.epsilon
+    assert rerun.steps >= expected / BURNIN_SHARES[-1] > pick.steps
 
 
 def test_the_recommended_draws_follow_the_picks_effective_samples_per_draw():

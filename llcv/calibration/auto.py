@@ -10,10 +10,12 @@ the chains rather than thresholds fitted to cases:
    trial whose chains diverge quarters it.
 2. **gamma by its sensitivity.** The localization squeezes the posterior and biases the LLC down.
    From a strong gamma, it is halved while halving it moves the estimate by more than its noise
-   and by less than the halving before did, and while the chains stay healthy at the weaker
-   gamma. Where the moves grow again the chains have begun to wander along the loss's flat
-   valleys, and the last gamma halved from, where the estimate depends least on gamma, is the
-   pick. Epsilon's plateau is then checked again at that gamma, and settled anew if it moved.
+   and by a smaller share of it than the halving before did, and while the chains stay healthy at
+   the weaker gamma. Where the shares grow again the chains have begun to wander along the loss's
+   flat valleys, and the last gamma halved from, where the estimate depends least on gamma, is the
+   pick; a share grown by the step (epsilon halved at the weaker gamma moves the LLC) is measured
+   again at the smaller step first. Epsilon's plateau is then checked again at the pick, and
+   settled anew if it moved.
    Each half-gamma trial runs paired with its reference, from the same states with the same noise
    and minibatches, and its move is measured on the two runs' difference (common random numbers:
    the noise both share cancels, so a move is resolved in fewer steps).
@@ -50,6 +52,7 @@ from llcv.calibration.comparisons import differs, measured_move, resolving_error
 from llcv.calibration.curvature import top_hessian_eigenvalue
 from llcv.calibration.outcome import SETTINGS_DEPENDENT, AutoCalibration, Budget, Sensitivity, Spent
 from llcv.calibration.trials import (
+    BURNIN_SHARES,
     Trial,
     TrialStatus,
     summarise_trial,
@@ -235,6 +238,11 @@ class _Search:
         if key in self.current:
             return self.current[key]
         planned = self._planned_steps(epsilon, batch_size)
+        if from_checkpoint:
+            # Long enough to measure the relaxation the search expects (a trial can measure a
+            # burn-in of up to the largest of its burn-in shares), whatever the continued trials
+            # at these settings needed.
+            planned = max(planned, math.ceil(_expected_relaxation(self.trials, epsilon, gamma) / BURNIN_SHARES[-1]))
         trace = np.empty((TRIAL_CHAINS, 0))
         trial, seconds, steps, segments = None, 0.0, planned, 0
         from_checkpoint = self.states is None
@@ -412,41 +420,65 @@ class _Search:
             epsilon = _rounded(epsilon / 2)
 
     def _weaken_gamma(self, pick: Trial) -> tuple[Trial, Trial | None, str]:
-        """Halve gamma from ``pick`` while halving moves the LLC by more than its noise and by less
-        than the halving before did. Returns the pick (the last gamma halved from: the weaker end of
-        the least sensitive halving), its half-gamma trial, and why it stopped.
+        """Halve gamma from ``pick`` while halving moves the LLC by more than its noise and by a
+        smaller share of it than the halving before did. Returns the pick (the last gamma halved
+        from: the weaker end of the least sensitive halving), its half-gamma trial, and why it stopped.
 
-        Localization squeezes the posterior: weakening it raises the LLC by less and less until the
-        directions the loss constrains keep their share (a plateau). Weakened further, the chains
-        wander along the loss's flat valleys to where the model is less degenerate, and the moves
-        grow again. The pick is where the estimate depends least on gamma, the principle of minimal
-        sensitivity for a result that depends on a parameter of the method only (Stevenson 1981).
-        At finite nbeta a singular model may show no plateau at all: then this is the best the
-        estimator can say, and the pick's sensitivity says how much that is."""
-        previous_move = math.inf
+        Localization squeezes the posterior: weakening it raises the LLC by a smaller and smaller
+        share until the directions the loss constrains keep theirs (a plateau). The shares, not the
+        moves themselves, decide: deep in the squeezed regime the LLC nearly doubles at each
+        halving, so its moves grow while their share falls (a quartic's, a CNN's first halvings).
+        Weakened further, the chains wander along the loss's flat valleys to where the model is
+        less degenerate, and the shares grow again. The pick is where the estimate depends least on
+        gamma, the principle of minimal sensitivity for a result that depends on a parameter of
+        the method only (Stevenson 1981). A share can also grow because the weaker gamma lets the
+        chains reach stiffer regions, where the step biases the LLC up: before a growing share
+        stops the descent, epsilon is halved at the weaker gamma, and where that moves the LLC the
+        halving is measured again at the smaller step, its share still compared with the one before
+        (measured at the larger step: comparing shares at the finer step only let the descent run on
+        into the wandering regime, docs/calibration.md). At finite nbeta a singular model may show
+        no plateau at all: then this is the best the estimator can say, and the pick's
+        sensitivity says how much that is."""
+        previous_share = math.inf
         while True:
             weaker = self.trial(pick.epsilon, _rounded(pick.gamma / 2), paired_with=pick)
             if weaker is None:
                 return pick, None, "the budget ran out"
-            move = abs(measured_move(pick, weaker)[0]) if weaker.ok else None
+            share = _share(measured_move(pick, weaker)[0], pick.llc) if weaker.ok else None
             stop = None
             if not weaker.ok:
                 stop = f"at half the gamma the chains were {weaker.status}"
             elif not differs(pick, weaker):
                 short = _too_short_for_gamma(weaker)
                 stop = "halving it moves the LLC by no more than its noise" + (f", but {short}" if short else "")
-            elif move >= previous_move:
+            elif share >= previous_share:
+                finer = self._finer_step_at(weaker)
+                remeasured = self.trial(finer.epsilon, pick.gamma) if finer is not None else None
+                if remeasured is not None and remeasured.ok:
+                    # The step, not gamma, grew the move: measure this halving again at the finer step.
+                    pick = remeasured
+                    continue
                 # Past the least sensitive halving: its weaker end is the pick, with less of the
                 # localization's squeeze, and this growing move is the pick's sensitivity.
-                stop = "halving it moved the LLC no less than the halving before did"
+                stop = "halving it moved the LLC by no smaller a share than the halving before did"
             if stop is not None:
-                # The next trials are at the pick's settings: go on from the chains of this pair's
-                # reference run, which ran there, rather than re-settle from the half gamma's
-                # (only when the pair just ran: a trial reused from the store has no chains).
-                if self.reference_states is not None and self.reference_states[0] is weaker:
-                    self.states = self.reference_states[1]
-                return pick, weaker, stop
-            previous_move, pick = move, weaker
+                return self._stop_at(pick, weaker, stop)
+            previous_share, pick = share, weaker
+
+    def _finer_step_at(self, weaker: Trial) -> Trial | None:
+        """The trial at half ``weaker``'s epsilon, at its gamma, when that moves the LLC (the step is
+        too large at the weaker gamma); else None."""
+        finer = self.trial(_rounded(weaker.epsilon / 2), weaker.gamma)
+        return finer if finer is not None and finer.ok and differs(weaker, finer) else None
+
+    def _stop_at(self, pick: Trial, weaker: Trial, stop: str) -> tuple[Trial, Trial | None, str]:
+        """End the descent at ``pick`` with ``weaker`` its half-gamma trial. The next trials are at
+        the pick's settings: go on from the chains of this pair's reference run, which ran there,
+        rather than re-settle from the half gamma's (only when the pair just ran: a trial reused
+        from the store has no chains)."""
+        if self.reference_states is not None and self.reference_states[0] is weaker:
+            self.states = self.reference_states[1]
+        return pick, weaker, stop
 
     def _recommended(self, pick: Trial) -> SamplerSettings:
         draws = pick.steps - pick.burnin
@@ -477,11 +509,7 @@ class _Search:
         timed = _timed_from_checkpoint(self.current, pick)
         if timed is not None:
             return timed.burnin
-        measured = [
-            trial.burnin * trial.epsilon / pick.epsilon * max(1.0, trial.gamma / pick.gamma)
-            for trial in self.trials if trial.from_checkpoint and trial.settled
-        ]  # fmt: skip
-        return math.ceil(max(measured, default=pick.burnin))
+        return _expected_relaxation(self.trials, pick.epsilon, pick.gamma) or pick.burnin
 
     def _reason(self, pick: Trial, sensitivity: list[Sensitivity], stop: str) -> str:
         """The pick in words: what decided gamma and epsilon, as measured, and the burn-in."""
@@ -549,6 +577,12 @@ def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Tr
                        move_se=move_se, relative=relative, settings_dependent=None if short else dependent, note=short or "")  # fmt: skip
 
 
+def _share(move: float, llc: float) -> float:
+    """The size of ``move`` as a share of ``llc``: how sensitive the estimate is, whatever its scale
+    (an LLC squeezed to nearly 0 is all sensitivity)."""
+    return abs(move) / abs(llc) if llc else math.inf
+
+
 def _too_short_for_gamma(trial: Trial) -> str | None:
     """Why a trial at a weaker gamma cannot show gamma's move, or None when it can: it ran fewer
     steps than the directions only the localization holds take to relax at its gamma and epsilon
@@ -557,6 +591,16 @@ def _too_short_for_gamma(trial: Trial) -> str | None:
     if trial.steps >= needed:
         return None
     return f"at half the gamma the chains ran {trial.steps:,} steps of the {needed:,.0f} (2/(epsilon*gamma)) they need to respond"
+
+
+def _expected_relaxation(trials: list[Trial], epsilon: float, gamma: float) -> int:
+    """The longest relaxation measured on the trials that started at the checkpoint, scaled to
+    (``epsilon``, ``gamma``) as ``_Search._burnin_from_checkpoint`` says; 0 when none was measured."""
+    measured = [
+        trial.burnin * trial.epsilon / epsilon * max(1.0, trial.gamma / gamma)
+        for trial in trials if trial.from_checkpoint and trial.settled
+    ]  # fmt: skip
+    return math.ceil(max(measured, default=0))
 
 
 def _timed_from_checkpoint(current: dict, pick: Trial) -> Trial | None:
