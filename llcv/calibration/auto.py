@@ -223,10 +223,11 @@ class _Search:
         """The trial at these settings: reused when already run, else run on from where the chains
         stand (continued while it has not settled or cannot resolve ``RESOLUTION``); None when the
         budget cannot pay for it. ``from_checkpoint``: a second trial at settings already tried,
-        started at the checkpoint, to measure how long the chains take to relax from it.
+        started at the checkpoint, to measure how long the chains take to relax from it; planned
+        long enough to measure the relaxation the earlier trials from the checkpoint predict there.
         ``paired_with``: a trial at the same epsilon and batch size whose settings are run beside
         this one, from the same states with the same noise and minibatches, so that the move
-        between them is measured on the difference of the two runs (``_paired``)."""
+        between them is measured on the difference of the two runs (``with_paired_move``)."""
         batch_size = batch_size or self.data.batch_size
         key = _key(epsilon, gamma, batch_size)
         if from_checkpoint:
@@ -245,7 +246,9 @@ class _Search:
             planned = max(planned, math.ceil(_expected_relaxation(self.trials, epsilon, gamma) / BURNIN_SHARES[-1]))
         trace = np.empty((TRIAL_CHAINS, 0))
         trial, seconds, steps, segments = None, 0.0, planned, 0
-        from_checkpoint = self.states is None
+        # Any trial with no chains to go on from (the first, a rerun, one after chains left the
+        # basin) starts at the checkpoint, and its burn-in is a relaxation from there.
+        starts_at_checkpoint = self.states is None
         settings = self.base.model_copy(update={"epsilon": epsilon, "gamma": gamma, "nbeta": self.nbeta, "batch_size": batch_size})
         data = self.data if batch_size == self.data.batch_size else SamplingData(self.data.dataset, settings, self.device)
         self.reporter.note(f"trial epsilon={epsilon:.3g}, gamma={gamma:.3g}, batch {batch_size}" + (" (from the checkpoint)" if self.states is None else ""))
@@ -282,7 +285,7 @@ class _Search:
             self.pending_chain_steps += segment * TRIAL_CHAINS * runs
             self.reporter.advance("calibrate", segment * TRIAL_CHAINS * runs)
             trace = np.concatenate([trace, trace_array(result.llc_trace)], axis=1)
-            trial = summarise_trial(trace, diverged, epsilon, gamma, batch_size, seconds, from_checkpoint)
+            trial = summarise_trial(trace, diverged, epsilon, gamma, batch_size, seconds, starts_at_checkpoint)
             if paired_with is not None:
                 trial = with_paired_move(trial, trace, reference_trace, paired_with.gamma)
             # Chains that left the basin or settled below the checkpoint are no place to start from.
