@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from llcv import sampling
-from llcv.calibration import auto
+from llcv.calibration import auto, comparisons
 from llcv.calibration.auto import (
     FIRST_EPSILON,
     FIRST_GAMMA,
@@ -38,7 +38,7 @@ from llcv.calibration.auto import (
     calibrate_auto,
 )
 from llcv.calibration.auto_files import sensitivity_verdict, trials_csv
-from llcv.calibration.comparisons import NEGLIGIBLE_MOVE, with_paired_move
+from llcv.calibration.comparisons import NEGLIGIBLE_MOVE, slowest_response_asymptote, with_paired_move
 from llcv.calibration.outcome import SETTINGS_DEPENDENT, Budget
 from llcv.calibration.trials import (
     BURNIN_SHARES,
@@ -276,6 +276,8 @@ def fake_search(monkeypatch, level: Level, *, noise: float = 0.05, store=None, o
     # Fake chains take the level of their settings at once: every direction has responded to a
     # change of gamma from the first step (test_a_half_gamma_trial_too_short... runs the real rule).
     monkeypatch.setattr(auto, "relaxation_steps", lambda epsilon, gamma: 0)
+    # ...so a paired move is the mean of the difference: nothing is left to creep.
+    monkeypatch.setattr(comparisons, "slowest_response_asymptote", lambda trace, start, rate: (float(trace.mean()), 1.0))
     return fake
 
 
@@ -614,8 +616,9 @@ def test_a_paired_move_is_read_after_the_difference_of_the_runs_has_settled():
 
     relaxing = 0.3 * (1 - np.exp(-np.arange(steps) / 150.0))  # the half-gamma run parts over ~150 steps
     trace = shared + relaxing + own
-    paired = with_paired_move(summarise_trial(trace, healthy, 1e-3, 0.5, BATCH, 1.0, False), trace, shared, 1.0)
-    assert paired.ok and paired.paired_gamma == 1.0
+    # at gamma 5 nothing relaxes slower than 1 / (epsilon gamma) = 200 steps: the move is all seen
+    paired = with_paired_move(summarise_trial(trace, healthy, 1e-3, 5.0, BATCH, 1.0, False), trace, shared, 10.0)
+    assert paired.ok and paired.paired_gamma == 10.0
     assert paired.paired_move == pytest.approx(0.3, abs=0.01) and paired.paired_move_se < 0.005
 
     # still parting at the end: the half-gamma run's own trace passes its drift test in the slow
@@ -625,6 +628,37 @@ def test_a_paired_move_is_read_after_the_difference_of_the_runs_has_settled():
     assert alone.ok
     still = with_paired_move(alone, drifting, shared, 1.0)
     assert still.status == "unrelaxed" and not still.ok and still.chain_steps == 2 * alone.chain_steps
+
+
+def test_the_slowest_response_asymptote_extrapolates_a_creep_with_the_error_of_doing_so():
+    rate, start, size = 1 / 4000, 400, 1600
+    steps = start + np.arange(size)
+    exact = 2.0 - 1.5 * np.exp(-rate * steps)  # creeping toward 2 at the slowest rate, a third of the way there
+    heads, inflation = slowest_response_asymptote(exact, start, rate)
+    assert heads == pytest.approx(2.0, rel=1e-9) and exact.mean() < 1.0
+    assert inflation == pytest.approx(math.sqrt(1 + size * np.exp(-rate * steps).mean() ** 2 / np.exp(-rate * steps).var() / size))
+    assert inflation > 5  # the window covers a third of the relaxation: extrapolating costs precision
+    # long after the change the slow part has died out: the plain mean, at its own error
+    assert slowest_response_asymptote(np.full(100, 3.0), 10**8, rate) == (3.0, 1.0)
+    # a window too short to tell the slow part from a constant cannot say where it heads
+    assert slowest_response_asymptote(np.full(100, 3.0), 0, 1e-20) == (3.0, math.inf)
+
+
+def test_a_paired_move_creeping_below_the_drift_test_is_read_where_it_heads():
+    """The half-gamma run parts from its reference as slowly as the localization allows (1 /
+    (epsilon gamma) = 8,000 steps) and has moved 13% of the way in a 2,000-step trial: the
+    difference creeps by less than a drift test notices, its mean reads a seventh of the move, and
+    the asymptote reads the move, with an error that says the trial was short for it."""
+    rng = np.random.default_rng(1)
+    steps, epsilon, gamma = 2000, 1e-3, 0.125
+    reference = 5.0 + 0.2 * rng.standard_normal((TRIAL_CHAINS, steps))
+    trace = reference + 0.5 * (1 - np.exp(-epsilon * gamma * np.arange(steps))) + 0.005 * rng.standard_normal((TRIAL_CHAINS, steps))
+    trial = summarise_trial(trace, np.zeros(TRIAL_CHAINS, bool), epsilon, gamma, BATCH, 1.0, False)
+    paired = with_paired_move(trial, trace, reference, 2 * gamma)
+    assert paired.ok  # the difference passed its drift test
+    plain = float((trace - reference)[:, paired.burnin :].mean())
+    assert plain < 0.1 and paired.paired_move == pytest.approx(0.5, abs=3 * paired.paired_move_se)
+    assert paired.paired_move_se > 5 * comparisons.chains_standard_error((trace - reference)[:, paired.burnin :])
 
 
 def test_knobs_the_budget_or_the_data_could_not_pay_for_are_noted_not_run(monkeypatch):

@@ -337,6 +337,8 @@ class _Search:
         if not trial.ok:
             return TRIAL_GROWTH * trial.steps
         error, target = resolving_error(trial)
+        if not math.isfinite(error):  # a paired move whose slowest part the trial has not begun to show
+            return TRIAL_GROWTH * 2 * trial.steps
         needed = trial.burnin + math.ceil((trial.steps - trial.burnin) * (error / target) ** 2)
         return min(max(needed, trial.steps + 1), TRIAL_GROWTH * 2 * trial.steps)
 

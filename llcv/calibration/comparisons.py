@@ -18,6 +18,8 @@ RESOLUTION = 0.05
 # A move smaller than this share of the LLC is not chased further, however small its noise: the
 # bias left past a halving that moves less is a few times this at most (docs/calibration.md).
 NEGLIGIBLE_MOVE = NEGLIGIBLE_DRIFT
+# Below this share of its size at the change, the slowest response is over: no asymptote is fitted.
+SLOW_PART_DIED_OUT = 1e-6
 
 
 def measured_move(reference: Trial, changed: Trial) -> tuple[float, float]:
@@ -58,8 +60,36 @@ def with_paired_move(trial: Trial, trace: np.ndarray, reference_trace: np.ndarra
         if settled_at is None and trial.ok:
             update["status"] = TrialStatus.UNRELAXED
         start = max(trial.burnin or 0, settled_at or 0) or int(round(BURNIN_SHARES[-1] * trace.shape[1]))
-        update.update(paired_move=float(difference[:, start:].mean()), paired_move_se=chains_standard_error(difference[:, start:]))
+        window = difference[:, start:]
+        # A drift test passes a creep below the noise, and the slowest directions creep for about
+        # 2 / (epsilon gamma) steps: the move is where the difference heads, not its mean so far.
+        move, inflation = slowest_response_asymptote(window.mean(axis=0), start, trial.epsilon * trial.gamma)
+        update.update(paired_move=move, paired_move_se=chains_standard_error(window) * inflation)
     return trial.model_copy(update=update)
+
+
+def slowest_response_asymptote(mean_trace: np.ndarray, start: int, rate: float) -> tuple[float, float]:
+    """Where a response heads, and how many times the standard error of its plain mean its own is.
+
+    ``mean_trace`` follows a change made ``start`` steps before its first value. Its faster parts
+    have settled (the trace starts after its burn-in); what may still move follows the slowest
+    relaxation the change can set off, ``exp(-rate * t)`` (the variance along a direction only the
+    localization holds, ``rate = epsilon * gamma``). The least-squares fit of ``A - B exp(-rate
+    t)`` gives the asymptote ``A``: the mean where the trace is flat, an extrapolation where it
+    still creeps. Its error is the mean's times ``sqrt(1 + n s^2 / S)`` (``s`` the mean of the
+    exponential over the trace's ``n`` values, ``S`` its sum of squared deviations): 1 once the
+    slow part has died out, large where the trace covers little of it, infinite where it covers
+    none of it measurably.
+    """
+    mean = float(mean_trace.mean())
+    slow = np.exp(-rate * (start + np.arange(mean_trace.size)))
+    level, spread = float(slow.mean()), float(((slow - slow.mean()) ** 2).sum())
+    if level < SLOW_PART_DIED_OUT:
+        return mean, 1.0
+    if spread <= 0.0:
+        return mean, math.inf
+    creep = -float(((slow - level) * (mean_trace - mean)).sum()) / spread  # B: what the slow part has yet to move
+    return mean + creep * level, math.sqrt(1.0 + mean_trace.size * level**2 / spread)
 
 
 def resolving_error(trial: Trial) -> tuple[float | None, float]:
