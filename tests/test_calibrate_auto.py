@@ -644,6 +644,13 @@ def test_the_slowest_response_asymptote_extrapolates_a_creep_with_the_error_of_d
     assert slowest_response_asymptote(np.full(100, 3.0), 0, 1e-20) == (3.0, math.inf)
 
 
+def test_a_pair_whose_extrapolated_move_has_no_measurable_error_runs_on_to_the_longest_extension():
+    unresolved = make_trial(steps=1000, burnin=100, paired_gamma=2.0, paired_move=0.1, paired_move_se=math.inf)
+    assert _Search._extended_steps(None, unresolved) == TRIAL_GROWTH * 2 * 1000
+    resolved = unresolved.model_copy(update={"paired_move_se": 1e-6})
+    assert _Search._extended_steps(None, resolved) == 1001  # already resolves: one step more is the least extension
+
+
 def test_a_paired_move_creeping_below_the_drift_test_is_read_where_it_heads():
     """The half-gamma run parts from its reference as slowly as the localization allows (1 /
     (epsilon gamma) = 8,000 steps) and has moved 13% of the way in a 2,000-step trial: the

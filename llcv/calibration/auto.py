@@ -18,7 +18,9 @@ the chains rather than thresholds fitted to cases:
    settled anew if it moved.
    Each half-gamma trial runs paired with its reference, from the same states with the same noise
    and minibatches, and its move is measured on the two runs' difference (common random numbers:
-   the noise both share cancels, so a move is resolved in fewer steps).
+   the noise both share cancels, so a move is resolved in fewer steps), read where that difference
+   heads under the slowest relaxation, so that a short trial does not show part of the move as all
+   of it.
 3. **burn-in by measurement.** Each trial's burn-in is where its own chains stop drifting; the
    estimate's is measured on a last trial rerun from the checkpoint at the pick.
 

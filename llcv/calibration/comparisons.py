@@ -83,7 +83,8 @@ def slowest_response_asymptote(mean_trace: np.ndarray, start: int, rate: float) 
     """
     mean = float(mean_trace.mean())
     slow = np.exp(-rate * (start + np.arange(mean_trace.size)))
-    level, spread = float(slow.mean()), float(((slow - slow.mean()) ** 2).sum())
+    level = float(slow.mean())
+    spread = float(((slow - level) ** 2).sum())
     if level < SLOW_PART_DIED_OUT:
         return mean, 1.0
     if spread <= 0.0:
