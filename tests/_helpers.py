@@ -200,5 +200,12 @@ def use_steady_trials(monkeypatch, first_trial_steps: int = 100, **options: Any)
     monkeypatch.setattr("llcv.calibration.auto.FIRST_TRIAL_STEPS", first_trial_steps)
     # Steady chains are at their level from the first step: every direction has responded to a change of gamma.
     monkeypatch.setattr("llcv.calibration.auto.relaxation_steps", lambda epsilon, gamma: 0)
-    monkeypatch.setattr("llcv.calibration.comparisons.slowest_response_asymptote", lambda trace, start, rate: (float(trace.mean()), 1.0))
+    monkeypatch.setattr("llcv.calibration.comparisons.slowest_response_asymptote", plain_mean_asymptote)
     return fake
+
+
+def plain_mean_asymptote(mean_trace, start: int, rate: float) -> tuple[float, float]:
+    """Stands in for ``llcv.calibration.comparisons.slowest_response_asymptote`` where fake chains
+    take their level at once: nothing is left to creep, so a paired move is the difference's mean
+    at its own error."""
+    return float(mean_trace.mean()), 1.0

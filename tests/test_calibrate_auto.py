@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from _helpers import plain_mean_asymptote
 from llcv import sampling
 from llcv.calibration import auto, comparisons
 from llcv.calibration.auto import (
@@ -277,7 +278,7 @@ def fake_search(monkeypatch, level: Level, *, noise: float = 0.05, store=None, o
     # change of gamma from the first step (test_a_half_gamma_trial_too_short... runs the real rule).
     monkeypatch.setattr(auto, "relaxation_steps", lambda epsilon, gamma: 0)
     # ...so a paired move is the mean of the difference: nothing is left to creep.
-    monkeypatch.setattr(comparisons, "slowest_response_asymptote", lambda trace, start, rate: (float(trace.mean()), 1.0))
+    monkeypatch.setattr(comparisons, "slowest_response_asymptote", plain_mean_asymptote)
     return fake
 
 
@@ -646,9 +647,9 @@ def test_the_slowest_response_asymptote_extrapolates_a_creep_with_the_error_of_d
 
 def test_a_pair_whose_extrapolated_move_has_no_measurable_error_runs_on_to_the_longest_extension():
     unresolved = make_trial(steps=1000, burnin=100, paired_gamma=2.0, paired_move=0.1, paired_move_se=math.inf)
-    assert _Search._extended_steps(None, unresolved) == TRIAL_GROWTH * 2 * 1000
+    assert _Search._extended_steps(unresolved) == TRIAL_GROWTH * 2 * 1000
     resolved = unresolved.model_copy(update={"paired_move_se": 1e-6})
-    assert _Search._extended_steps(None, resolved) == 1001  # already resolves: one step more is the least extension
+    assert _Search._extended_steps(resolved) == 1001  # already resolves: one step more is the least extension
 
 
 def test_a_paired_move_creeping_below_the_drift_test_is_read_where_it_heads():

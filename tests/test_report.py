@@ -207,6 +207,8 @@ def test_the_report_shows_an_automatic_calibration_and_where_the_settings_came_f
     html = " ".join(result.path.read_text().split())
     assert 'chosen by <code>llcv calibrate auto</code> on <span class="mono">step_00000016.pt</span> (<strong>settings-dependent: batch_size</strong>)' in html
     assert "<dt>settings chosen by</dt>" in html and "<dt>settings-dependent</dt><dd><strong>batch_size</strong></dd>" in html
+    # the run may set its own draws (the demo does): the calibration is credited with what it chose
+    assert "seed 0; ε, γ and the burn-in chosen by <code>llcv calibrate auto</code>" in html
     assert "The settings came from llcv calibrate auto on step_00000016.pt: halving gamma moves the LLC by" in html  # the reading
     assert "doubling the batch by +40% ± 0.1%; settings-dependent: batch_size" in html
 

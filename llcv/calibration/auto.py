@@ -335,7 +335,11 @@ class _Search:
         error, target = resolving_error(trial)
         return error is not None and error > target
 
-    def _extended_steps(self, trial: Trial) -> int:
+    @staticmethod
+    def _extended_steps(trial: Trial) -> int:
+        """The length a trial that has not decided runs on to: twice its length when it has not
+        settled or its paired move shows none of its slowest part yet, else the draws that would
+        resolve ``RESOLUTION`` at its rate of mixing, at most four times its length."""
         if not trial.ok:
             return TRIAL_GROWTH * trial.steps
         error, target = resolving_error(trial)
