@@ -1,16 +1,19 @@
-"""How much pairing a half-gamma trial with its reference shrinks the standard error of the move.
+"""How much pairing a half-gamma or half-epsilon trial with its reference shrinks the standard error of the move.
 
-Run: ``python -m benchmarks paired_moves [--steps N]``.
+Run: ``python -m benchmarks paired_moves [--steps N] [--knob gamma|epsilon|both]``.
 
 ``calibrate auto`` runs each half-gamma trial beside a continuation at the reference's settings,
 from the same chain states with the same SGLD noise and minibatches, and measures the move on
-the two runs' difference (docs/calibration.md, "Half-gamma trials run paired"). Here, for each
-case, 4 chains first settle at (epsilon, gamma); from their states three runs follow: the
-reference at gamma, the half gamma with the reference's seed (paired), and the half gamma with
+the two runs' difference (docs/calibration.md, "Half-gamma trials run paired"); each
+half-epsilon trial runs coupled with its reference, which takes at each of its steps the summed
+noise of two of the trial's ("Half-epsilon trials run coupled"). Here, for each case, 4 chains
+first settle at (epsilon, gamma); from their states three runs follow: the reference, the
+changed setting with the reference's seed (paired or coupled), and the changed setting with
 another seed (independent). Printed: the three LLCs, the move paired and independent with
-their standard errors (after the half-gamma run's measured burn-in), and the ratio of their
-variances, the factor by which pairing cuts the steps a resolved move needs (before its 2x
-cost). About 2 minutes on 2 CPU cores.
+their standard errors (after the changed run's measured burn-in and the difference's), and the
+ratio of their variances, the factor by which pairing cuts the steps a resolved move needs
+(before the pair's cost: 2 times a trial's steps for gamma, 1.5 for epsilon). About 4 minutes
+on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -36,33 +39,43 @@ CASES = {  # name: (case, epsilon, gamma, batch size or None for full batches)
 }
 
 
-def _run(case: KnownCase, epsilon: float, gamma: float, batch: int | None, steps: int, seed: int, start) -> tuple[np.ndarray, list]:
+def _run(
+    case: KnownCase, epsilon: float, gamma: float, batch: int | None, steps: int, seed: int, start, coupled: int = 1
+) -> tuple[np.ndarray, list]:
     size = len(case.dataset)
     settings = SamplerSettings(
         epsilon=epsilon, gamma=gamma, nbeta=case.nbeta, num_chains=4, num_draws=steps, num_burnin_steps=0,
         batch_size=batch or size, num_samples=size, seed=seed, precision="fp32",
     )  # fmt: skip
     data = SamplingData(case.dataset, settings, torch.device("cpu"))
-    result, states = estimate_llc_states(case.model, data, settings, loss=case.loss, device="cpu", start=start)
+    result, states = estimate_llc_states(case.model, data, settings, loss=case.loss, device="cpu", start=start, coupled_steps=coupled)
     return trace_array(result.llc_trace), states
 
 
-def compare(name: str, steps: int) -> None:
+def compare(name: str, steps: int, knob: str) -> None:
+    """One case's move when ``knob`` (gamma or epsilon) is halved, paired and independent."""
     build, epsilon, gamma, batch = CASES[name]
     case = build()
     epsilon = epsilon or case.epsilon
     _, start = _run(case, epsilon, gamma, batch, steps // 2, 1, None)
-    reference, _ = _run(case, epsilon, gamma, batch, steps, 7, start)
-    paired, _ = _run(case, epsilon, gamma / 2, batch, steps, 7, start)
-    independent, _ = _run(case, epsilon, gamma / 2, batch, steps, 99, start)
-    # as the search does: after the half-gamma run's burn-in and the difference's, the later
+    if knob == "gamma":
+        reference, _ = _run(case, epsilon, gamma, batch, steps, 7, start)
+        paired, _ = _run(case, epsilon, gamma / 2, batch, steps, 7, start)
+        independent, _ = _run(case, epsilon, gamma / 2, batch, steps, 99, start)
+    else:
+        # The half step runs twice the steps over the same time; the reference takes the summed
+        # noise of each two of them, and is compared with the first of the two (the same time and minibatch).
+        reference, _ = _run(case, epsilon, gamma, batch, steps, 7, start, coupled=2)
+        paired = _run(case, epsilon / 2, gamma, batch, 2 * steps, 7, start)[0][:, ::2]
+        independent = _run(case, epsilon / 2, gamma, batch, 2 * steps, 99, start)[0][:, ::2]
+    # as the search does: after the changed run's burn-in and the difference's, the later
     scale = max(abs(float(paired.mean())), LLC_SCALE_FLOOR)
     burnin = max(measured_burnin(paired) or 0, measured_burnin(paired - reference, scale) or 0) or int(BURNIN_SHARES[-1] * steps)
     reference, paired, independent = reference[:, burnin:], paired[:, burnin:], independent[:, burnin:]
     paired_se = chains_standard_error(paired - reference)
     independent_se = math.hypot(chains_standard_error(reference), chains_standard_error(independent))
     print(
-        f"{name}: LLC {reference.mean():.4g}, at half gamma {paired.mean():.4g} (paired), {independent.mean():.4g} (independent); "
+        f"{name}, half {knob}: LLC {reference.mean():.4g}, changed {paired.mean():.4g} (paired), {independent.mean():.4g} (independent); "
         f"move paired {(paired - reference).mean():+.3g} ± {paired_se:.2g}, independent "
         f"{independent.mean() - reference.mean():+.3g} ± {independent_se:.2g}; variance ratio {(independent_se / paired_se) ** 2:.1f}",
         flush=True,
@@ -72,9 +85,11 @@ def compare(name: str, steps: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks paired_moves", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8000, help="steps of each compared run (the settling run is half that)")
+    parser.add_argument("--knob", choices=("gamma", "epsilon", "both"), default="both", help="the setting halved")
     arguments = parser.parse_args(argv)
-    for name in CASES:
-        compare(name, arguments.steps)
+    for knob in ("gamma", "epsilon") if arguments.knob == "both" else (arguments.knob,):
+        for name in CASES:
+            compare(name, arguments.steps, knob)
 
 
 if __name__ == "__main__":

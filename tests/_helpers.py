@@ -175,13 +175,17 @@ class SteadyTrials:
         self.level, self.noise = level, noise
         self.calls: list[SamplerSettings] = []
 
-    def estimate_llc_states(self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None):
+    def estimate_llc_states(
+        self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None, coupled_steps=1
+    ):
         from types import SimpleNamespace
 
         import numpy as np
 
         self.calls.append(settings)
-        noise = np.random.default_rng(settings.seed).standard_normal((settings.num_chains, settings.num_draws))
+        # A run coupled to k steps of another (the same seed) shares the noise of every k-th of them.
+        draws = np.random.default_rng(settings.seed).standard_normal((settings.num_chains, settings.num_draws * coupled_steps))
+        noise = draws[:, ::coupled_steps]
         trace = self.level(settings) + self.noise * noise
         return SimpleNamespace(llc_trace=trace.tolist(), llc_per_chain=trace.mean(axis=1).tolist()), None
 
@@ -199,7 +203,7 @@ def use_steady_trials(monkeypatch, first_trial_steps: int = 100, **options: Any)
     monkeypatch.setattr("llcv.calibration.auto.top_hessian_eigenvalue", lambda *args, **kwargs: 1.0)
     monkeypatch.setattr("llcv.calibration.auto.FIRST_TRIAL_STEPS", first_trial_steps)
     # Steady chains are at their level from the first step: every direction has responded to a change of gamma.
-    monkeypatch.setattr("llcv.calibration.auto.relaxation_steps", lambda epsilon, gamma: 0)
+    monkeypatch.setattr("llcv.calibration.comparisons.relaxation_steps", lambda epsilon, gamma: 0)
     monkeypatch.setattr("llcv.calibration.comparisons.slowest_response_asymptote", plain_mean_asymptote)
     return fake
 

@@ -35,11 +35,10 @@ from llcv.calibration.auto import (
     TRIAL_GROWTH,
     _Search,
     _key,
-    _sensitivity,
     calibrate_auto,
 )
 from llcv.calibration.auto_files import sensitivity_verdict, trials_csv
-from llcv.calibration.comparisons import NEGLIGIBLE_MOVE, slowest_response_asymptote, with_paired_move
+from llcv.calibration.comparisons import NEGLIGIBLE_MOVE, sensitivity_entry, slowest_response_asymptote, with_paired_move
 from llcv.calibration.outcome import SETTINGS_DEPENDENT, Budget
 from llcv.calibration.trials import (
     BURNIN_SHARES,
@@ -241,18 +240,24 @@ class FakeChains:
         self.calls: list[tuple[float, float, int, int, bool]] = []
         self.starts: list[str | None] = []  # each call's first chain state (None: from the checkpoint)
         self.stored: list[int] = []
+        self.coupled: list[int] = []  # each call's coupled_steps
 
-    def estimate_llc_states(self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None):
+    def estimate_llc_states(
+        self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None, coupled_steps=1
+    ):
         self.calls.append((settings.epsilon, settings.gamma, settings.batch_size, settings.num_draws, start is None))
+        self.coupled.append(coupled_steps)
         if self.store is not None:
             self.stored.append(len(json.loads(self.store.read_text())["trials"]) if self.store.exists() else 0)
         assert settings.nbeta == NBETA and settings.num_chains == TRIAL_CHAINS and settings.num_burnin_steps == 0
         value = self.level(settings.epsilon, settings.gamma, settings.batch_size)
         # Runs with the same seed share most of their noise (the SGLD noise and minibatches they
         # have in common), as paired trials do; the rest is the run's own.
+        # A run coupled to k steps of another shares the noise of every k-th of them.
         shape = (settings.num_chains, settings.num_draws)
-        shared = np.random.default_rng(settings.seed).standard_normal(shape)
-        own = np.random.default_rng([settings.seed, round(settings.gamma * 1e9), settings.batch_size]).standard_normal(shape)
+        shared = np.random.default_rng(settings.seed).standard_normal((shape[0], shape[1] * coupled_steps))[:, coupled_steps - 1 :: coupled_steps]
+        key = [settings.seed, round(settings.gamma * 1e9), settings.batch_size] + ([coupled_steps] if coupled_steps > 1 else [])
+        own = np.random.default_rng(key).standard_normal(shape)
         trace = self.noise * (SHARED_NOISE * shared + math.sqrt(1 - SHARED_NOISE**2) * own)
         per_chain: list[float | None]
         if value is None:
@@ -276,7 +281,7 @@ def fake_search(monkeypatch, level: Level, *, noise: float = 0.05, store=None, o
     monkeypatch.setattr(auto, "FIRST_TRIAL_STEPS", FIRST_STEPS)
     # Fake chains take the level of their settings at once: every direction has responded to a
     # change of gamma from the first step (test_a_half_gamma_trial_too_short... runs the real rule).
-    monkeypatch.setattr(auto, "relaxation_steps", lambda epsilon, gamma: 0)
+    monkeypatch.setattr(comparisons, "relaxation_steps", lambda epsilon, gamma: 0)
     # ...so a paired move is the mean of the difference: nothing is left to creep.
     monkeypatch.setattr(comparisons, "slowest_response_asymptote", plain_mean_asymptote)
     return fake
@@ -314,6 +319,12 @@ def _runs(trial) -> int:
     return 1 if trial.paired_gamma is None else 2
 
 
+def half_gamma_trial(result) -> Trial:
+    """The trial at half the pick's gamma, run paired with the pick."""
+    pick = pick_of(result)
+    return next(trial for trial in result.trials if trial.paired_gamma == pick.gamma and trial.gamma < pick.gamma)
+
+
 def entry(result, knob: str):
     return next(item for item in result.sensitivity if item.knob == knob)
 
@@ -330,6 +341,71 @@ def test_epsilon_is_halved_while_halving_moves_the_llc_and_stops_at_its_plateau(
     assert result.recommended.epsilon == pick.epsilon and result.recommended.gamma == GAMMA
     assert entry(result, "epsilon").settings_dependent is False and entry(result, "epsilon").changed_to == pick.epsilon / 2
     assert result.recommended.nbeta == NBETA and result.nbeta == NBETA and result.stiffness == STIFFNESS
+
+
+def test_each_half_epsilon_trial_runs_coupled_with_the_trial_at_twice_its_step(monkeypatch):
+    bias = 12 * NEGLIGIBLE_MOVE * TRUE_LLC
+    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC + bias * epsilon / EPSILON)
+    result = search()
+    # the descent's trials (not the doubled batch, nor the pick rerun from the checkpoint)
+    halved = [t for t in result.trials if (t.gamma, t.batch_size) == (GAMMA, BATCH) and t.epsilon < EPSILON and not t.from_checkpoint]
+    assert len(halved) == 4
+    for trial in halved:
+        reference = next(t for t in result.trials if (t.epsilon, t.gamma) == (auto._rounded(2 * trial.epsilon), GAMMA))
+        assert (trial.reference_epsilon, trial.paired_gamma) == (reference.epsilon, reference.gamma)
+        move, move_se = comparisons.measured_move(reference, trial)
+        assert (move, move_se) == (trial.paired_move, trial.paired_move_se)
+        assert move == pytest.approx(-bias * trial.epsilon / EPSILON, abs=3 * move_se)  # half the reference's bias
+        # the reference ran one step for two of the trial's: the pair costs 1.5 times the trial's steps
+        assert trial.chain_steps == TRIAL_CHAINS * trial.steps * 3 // 2
+    # the sampler saw each coupled reference run once per segment, at twice the trial's epsilon
+    coupled_calls = [call for call, coupled in zip(fake.calls, fake.coupled) if coupled == 2]
+    assert {auto._rounded(call[0]) for call in coupled_calls} == {auto._rounded(2 * trial.epsilon) for trial in halved}
+    # planned from the reference's re-settling (in twice its steps), not from its noise
+    first_half = halved[0]
+    reference = result.trials[0]
+    first_call = next(call for call in fake.calls if auto._rounded(call[0]) == first_half.epsilon)
+    planned = max(FIRST_STEPS // 2, math.ceil(2 * reference.burnin / BURNIN_SHARES[-1]))
+    assert first_call[3] == planned + planned % 2  # whole steps of the reference
+
+
+def test_a_step_whose_chains_diverge_beside_its_half_is_given_up_for_the_half(monkeypatch):
+    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)  # no step biases the LLC
+    run = fake.estimate_llc_states
+
+    def longer_runs_diverge_at_the_first_step(model, data, settings, **options):
+        # the first epsilon looked healthy in its own trial, but not when run on beside its half
+        if options.get("coupled_steps") == 2 and auto._rounded(settings.epsilon) == EPSILON:
+            level, fake.level = fake.level, lambda epsilon, gamma, batch: None
+            try:
+                return run(model, data, settings, **options)
+            finally:
+                fake.level = level
+        return run(model, data, settings, **options)
+
+    monkeypatch.setattr(fake, "estimate_llc_states", longer_runs_diverge_at_the_first_step, raising=False)
+    result = search()
+    first = result.trials[0]
+    half = next(t for t in result.trials if t.reference_epsilon == EPSILON and t.epsilon == auto._rounded(EPSILON / 2))
+    assert first.ok and half.ok and half.reference_diverged and half.paired_move is None
+    assert comparisons.differs(first, half)  # halving the step decided whether the chains stay: a move
+    assert halvings(pick_of(result).epsilon, EPSILON) == 1  # so epsilon settled from the half step on
+
+
+def test_a_coupled_move_compares_the_finer_runs_draws_at_the_references_times():
+    rng = np.random.default_rng(2)
+    steps = 4000
+    # both runs follow the same slow wander; the finer run is sampled twice as often and sits 0.2 higher
+    wander = np.cumsum(0.05 * rng.standard_normal((TRIAL_CHAINS, steps)), axis=1) + 5.0
+    finer = wander + 0.2 + 0.002 * rng.standard_normal((TRIAL_CHAINS, steps))
+    reference = wander[:, ::2] + 0.002 * rng.standard_normal((TRIAL_CHAINS, steps // 2))
+    trial = summarise_trial(finer, np.zeros(TRIAL_CHAINS, bool), 1e-3, 1.0, BATCH, 1.0, False)
+    paired = with_paired_move(trial, finer, reference, 2e-3, 1.0)
+    assert (paired.reference_epsilon, paired.paired_gamma) == (2e-3, 1.0)
+    assert paired.paired_move == pytest.approx(0.2, abs=0.005) and paired.paired_move_se < 0.005
+    assert paired.chain_steps == TRIAL_CHAINS * (steps + steps // 2)
+    # the same runs compared as independent trials cannot even tell the move from the wander
+    assert math.hypot(trial.se, chains_standard_error(reference)) > 0.2
 
 
 def test_a_diverged_trial_quarters_epsilon_and_the_next_starts_from_the_checkpoint(monkeypatch):
@@ -451,10 +527,10 @@ def test_a_half_gamma_trial_too_short_for_the_localizations_slowest_directions_d
     from llcv import relaxation
 
     fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)  # gamma moves nothing the trials can see
-    monkeypatch.setattr(auto, "relaxation_steps", relaxation.relaxation_steps)
+    monkeypatch.setattr(comparisons, "relaxation_steps", relaxation.relaxation_steps)
     result = search()
     pick = pick_of(result)
-    weaker = next(trial for trial in result.trials if trial.paired_gamma == pick.gamma)
+    weaker = half_gamma_trial(result)
     needed = relaxation.relaxation_steps(pick.epsilon, pick.gamma / 2)
     assert weaker.ok and weaker.steps < needed  # 2 / (epsilon * gamma) = 1,600 steps at the search's first epsilon and half its first gamma
     gamma = entry(result, "gamma")
@@ -471,9 +547,9 @@ def test_a_move_seen_in_a_short_half_gamma_trial_is_settings_dependent_all_the_s
     unit = 4 * NEGLIGIBLE_MOVE * TRUE_LLC  # the moves of the next test: the pick's half-gamma move grows past 10% of its LLC
     llc_by_halvings = {0: 3.0, 1: 3.0 + 2 * unit, 2: 3.0 + 3 * unit, 3: 3.0 + 3.6 * unit, 4: 3.0 + 4.8 * unit, 5: 3.0 + 8 * unit}
     fake_search(monkeypatch, lambda epsilon, gamma, batch: llc_by_halvings[halvings(gamma, GAMMA)])
-    monkeypatch.setattr(auto, "relaxation_steps", relaxation.relaxation_steps)
+    monkeypatch.setattr(comparisons, "relaxation_steps", relaxation.relaxation_steps)
     result = search()
-    weaker = next(trial for trial in result.trials if trial.paired_gamma == pick_of(result).gamma)
+    weaker = half_gamma_trial(result)
     assert weaker.steps < relaxation.relaxation_steps(weaker.epsilon, weaker.gamma)
     assert entry(result, "gamma").settings_dependent is True and entry(result, "gamma").note == ""
 
@@ -530,9 +606,11 @@ def test_sensitivity_entries_measure_each_knob_at_the_pick(monkeypatch):
     for item in result.sensitivity:
         trial = changed[item.knob]
         assert (item.llc, item.llc_changed) == (pick.llc, trial.llc)
-        if item.knob == "gamma":  # run paired with the pick: the move is the runs' difference
-            assert trial.paired_gamma == pick.gamma and (item.move, item.move_se) == (trial.paired_move, trial.paired_move_se)
-            assert item.move_se < math.hypot(pick.se, trial.se) / 2  # the shared noise cancels
+        if item.knob in ("gamma", "epsilon"):  # run paired with the pick: the move is the runs' difference
+            assert (trial.reference_epsilon, trial.paired_gamma) == (pick.epsilon, pick.gamma)
+            assert (item.move, item.move_se) == (trial.paired_move, trial.paired_move_se)
+            if item.knob == "gamma":  # the shared noise cancels (the coupled pairs: test_a_coupled_move...)
+                assert item.move_se < math.hypot(pick.se, trial.se) / 2
         else:
             assert trial.paired_move is None
             assert item.move == pytest.approx(trial.llc - pick.llc)
@@ -561,26 +639,29 @@ def test_a_doubled_batch_larger_than_the_data_is_said_to_be_why_the_batch_was_no
 def test_settings_dependent_needs_the_move_beyond_two_standard_errors():
     pick = make_trial(llc=5.0, se=0.1)
     limit = SETTINGS_DEPENDENT * 5.0
-    within_noise = _sensitivity("gamma", 1.0, 0.5, pick, make_trial(llc=5.0 + limit + 0.1, se=0.1, steps=RESPONDED))
+    within_noise = sensitivity_entry("gamma", 1.0, 0.5, pick, make_trial(llc=5.0 + limit + 0.1, se=0.1, steps=RESPONDED))
     assert within_noise.relative > SETTINGS_DEPENDENT and within_noise.settings_dependent is False
-    beyond = _sensitivity("gamma", 1.0, 0.5, pick, make_trial(llc=5.0 - limit - 0.3, se=0.1, steps=RESPONDED))
+    beyond = sensitivity_entry("gamma", 1.0, 0.5, pick, make_trial(llc=5.0 - limit - 0.3, se=0.1, steps=RESPONDED))
     assert beyond.move == pytest.approx(-limit - 0.3) and beyond.settings_dependent is True
-    not_run = _sensitivity("epsilon", 1e-3, 5e-4, pick, None)
+    not_run = sensitivity_entry("epsilon", 1e-3, 5e-4, pick, None)
     assert not_run.settings_dependent is None and not_run.move is None and "not run" in not_run.note
-    unhealthy = _sensitivity("epsilon", 1e-3, 5e-4, pick, make_trial(status="diverged", llc=None, se=None))
+    unhealthy = sensitivity_entry("epsilon", 1e-3, 5e-4, pick, make_trial(status="diverged", llc=None, se=None))
     assert unhealthy.settings_dependent is None and unhealthy.note == "the changed trial is diverged"
+    unstable_pick = sensitivity_entry("epsilon", 1e-3, 5e-4, pick, make_trial(epsilon=5e-4, paired_gamma=1.0, paired_epsilon=1e-3, reference_diverged=True))
+    assert unstable_pick.move is None and unstable_pick.settings_dependent is None
+    assert unstable_pick.note == "the pick's chains diverged beside it"
 
 
 def test_a_move_too_noisy_to_rule_out_a_settings_dependent_one_is_unresolved_not_holding():
     from llcv.calibration.auto_files import sensitivity_sentence
 
     pick = make_trial(llc=0.1, se=0.015)  # a polynomial's trial: its noise is 15% of its LLC
-    noisy = _sensitivity("gamma", 3.6, 1.8, pick, make_trial(llc=0.12, se=0.015, steps=RESPONDED))
+    noisy = sensitivity_entry("gamma", 3.6, 1.8, pick, make_trial(llc=0.12, se=0.015, steps=RESPONDED))
     assert noisy.settings_dependent is False and noisy.unresolved
     assert sensitivity_verdict(noisy) == "unresolved"
-    precise = _sensitivity("gamma", 3.6, 1.8, pick.model_copy(update={"se": 0.001}), make_trial(llc=0.105, se=0.001, steps=RESPONDED))
+    precise = sensitivity_entry("gamma", 3.6, 1.8, pick.model_copy(update={"se": 0.001}), make_trial(llc=0.105, se=0.001, steps=RESPONDED))
     assert not precise.unresolved and sensitivity_verdict(precise) == "holds"
-    dependent = _sensitivity("gamma", 3.6, 1.8, pick, make_trial(llc=0.3, se=0.015, steps=RESPONDED))
+    dependent = sensitivity_entry("gamma", 3.6, 1.8, pick, make_trial(llc=0.3, se=0.015, steps=RESPONDED))
     assert dependent.settings_dependent and not dependent.unresolved
     sentence = sensitivity_sentence([noisy])
     assert "none is settings-dependent, but the move of gamma is unresolved" in sentence
@@ -618,7 +699,7 @@ def test_a_paired_move_is_read_after_the_difference_of_the_runs_has_settled():
     relaxing = 0.3 * (1 - np.exp(-np.arange(steps) / 150.0))  # the half-gamma run parts over ~150 steps
     trace = shared + relaxing + own
     # at gamma 5 nothing relaxes slower than 1 / (epsilon gamma) = 200 steps: the move is all seen
-    paired = with_paired_move(summarise_trial(trace, healthy, 1e-3, 5.0, BATCH, 1.0, False), trace, shared, 10.0)
+    paired = with_paired_move(summarise_trial(trace, healthy, 1e-3, 5.0, BATCH, 1.0, False), trace, shared, 1e-3, 10.0)
     assert paired.ok and paired.paired_gamma == 10.0
     assert paired.paired_move == pytest.approx(0.3, abs=0.01) and paired.paired_move_se < 0.005
 
@@ -627,7 +708,7 @@ def test_a_paired_move_is_read_after_the_difference_of_the_runs_has_settled():
     drifting = shared + 0.3 * np.arange(steps) / steps + own
     alone = summarise_trial(drifting, healthy, 1e-3, 0.5, BATCH, 1.0, False)
     assert alone.ok
-    still = with_paired_move(alone, drifting, shared, 1.0)
+    still = with_paired_move(alone, drifting, shared, 1e-3, 1.0)
     assert still.status == "unrelaxed" and not still.ok and still.chain_steps == 2 * alone.chain_steps
 
 
@@ -662,7 +743,7 @@ def test_a_paired_move_creeping_below_the_drift_test_is_read_where_it_heads():
     reference = 5.0 + 0.2 * rng.standard_normal((TRIAL_CHAINS, steps))
     trace = reference + 0.5 * (1 - np.exp(-epsilon * gamma * np.arange(steps))) + 0.005 * rng.standard_normal((TRIAL_CHAINS, steps))
     trial = summarise_trial(trace, np.zeros(TRIAL_CHAINS, bool), epsilon, gamma, BATCH, 1.0, False)
-    paired = with_paired_move(trial, trace, reference, 2 * gamma)
+    paired = with_paired_move(trial, trace, reference, epsilon, 2 * gamma)
     assert paired.ok  # the difference passed its drift test
     plain = float((trace - reference)[:, paired.burnin :].mean())
     assert plain < 0.1 and paired.paired_move == pytest.approx(0.5, abs=3 * paired.paired_move_se)

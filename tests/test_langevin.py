@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,16 @@ def test_noise_views_take_the_layout_of_their_tensors():
     assert views[0].stride() == channels_last.stride() and views[1].shape == (5,)
     in_memory_order = torch.cat([views[0].permute(0, 2, 3, 1).reshape(-1), views[1]])
     assert torch.equal(in_memory_order, documented_stream(3, 53)[0])
+
+
+def test_a_summed_draw_is_the_brownian_increment_of_as_many_draws_of_the_same_stream():
+    like = [torch.empty(1000), torch.empty(3, 5)]
+    fine = GaussianNoise(like, seed=11)
+    coarse = GaussianNoise(like, seed=11)
+    for _ in range(2):
+        first = [view.clone() for view in fine.draw()]
+        second = fine.draw()
+        summed = coarse.draw_summed(2)
+        for a, b, both in zip(first, second, summed):
+            assert both.shape == a.shape and torch.allclose(both, (a + b) / math.sqrt(2))
+    assert torch.equal(GaussianNoise(like, seed=3).draw_summed(1)[0], GaussianNoise(like, seed=3).draw()[0])

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from llcv import LLCResult, SamplerSettings, build_model, estimate_llc
+from llcv.sampling import estimate_llc_states
 from llcv.sampling.chains import _mala_acceptance, _Point
 from llcv.sampling.estimate import default_divergence_bound
 
@@ -552,3 +553,19 @@ def test_channels_last_chains_keep_convolution_weights_in_the_inputs_layout(prec
     batch = [torch.randn(4, 3, 6, 6), torch.randint(0, 4, (4,))]
     group.losses(batch, shared=True).sum().backward()
     assert group.parameters[0].grad.shape == group.parameters[0].shape
+
+
+@pytest.mark.parametrize("batch_size", [400, 50])
+def test_a_coupled_run_follows_the_run_at_half_its_step_far_closer_than_an_independent_one(batch_size):
+    # With the summed noise (and, with minibatches, the first of each two batches) of the run at
+    # half its step, the coupled run's draw j sits where that run's draw 2j does, on the same batch, up to the
+    # discretisation: its difference is a small fraction of an independent run's.
+    model, data = regression()
+    settings = SamplerSettings(**{**REGRESSION_SETTINGS, "num_burnin_steps": 0, "batch_size": batch_size, "num_draws": 300, "seed": 4})
+    fine, _ = estimate_llc_states(model, data, settings.model_copy(update={"epsilon": 1e-4, "num_draws": 600}), loss="mse", device="cpu")
+    coupled, _ = estimate_llc_states(model, data, settings, loss="mse", device="cpu", coupled_steps=2)
+    independent, _ = estimate_llc_states(model, data, settings.model_copy(update={"seed": 5}), loss="mse", device="cpu", coupled_steps=2)
+    aligned = np.array(fine.llc_trace)[:, ::2]
+    coupled_gap = np.abs(aligned - np.array(coupled.llc_trace)).mean()
+    independent_gap = np.abs(aligned - np.array(independent.llc_trace)).mean()
+    assert coupled_gap < independent_gap / 5

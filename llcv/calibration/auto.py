@@ -7,7 +7,10 @@ the chains rather than thresholds fitted to cases:
 1. **epsilon by its plateau.** SGLD's step-size bias (discretisation, and the extra heat of
    minibatch gradients) grows with epsilon. From a step scaled to the posterior's stiffest
    curvature, epsilon is halved while halving it moves the estimate by more than its noise; a
-   trial whose chains diverge quarters it.
+   trial whose chains diverge quarters it. Each half-epsilon trial runs coupled with its
+   reference: from the same states, the reference taking at each step the summed noise of two of
+   the trial's steps (multilevel Monte Carlo's coupling), so their paths stay close and the move is
+   measured on their difference.
 2. **gamma by its sensitivity.** The localization squeezes the posterior and biases the LLC down.
    From a strong gamma, it is halved while halving it moves the estimate by more than its noise
    and by a smaller share of it than the halving before did, and while the chains stay healthy at
@@ -50,9 +53,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from llcv import sampling
-from llcv.calibration.comparisons import differs, measured_move, resolving_error, target_se, with_paired_move
+from llcv.calibration.comparisons import (
+    decides_a_halving,
+    differs,
+    measured_move,
+    resolving_error,
+    sensitivity_entry,
+    share_of,
+    target_se,
+    too_short_for_gamma,
+    with_paired_move,
+)
 from llcv.calibration.curvature import top_hessian_eigenvalue
-from llcv.calibration.outcome import SETTINGS_DEPENDENT, AutoCalibration, Budget, Sensitivity, Spent
+from llcv.calibration.outcome import AutoCalibration, Budget, Sensitivity, Spent
 from llcv.calibration.trials import (
     BURNIN_SHARES,
     Trial,
@@ -66,7 +79,6 @@ from llcv.errors import EstimationError
 from llcv.fileio import atomic_write_json, finite_or_none
 from llcv.sampling import LossSpec
 from llcv.progress import SILENT, Reporter
-from llcv.relaxation import relaxation_steps
 from llcv.sampling import SamplingData
 from llcv.settings import SamplerSettings
 
@@ -227,9 +239,11 @@ class _Search:
         budget cannot pay for it. ``from_checkpoint``: a second trial at settings already tried,
         started at the checkpoint, to measure how long the chains take to relax from it; planned
         long enough to measure the relaxation the earlier trials from the checkpoint predict there.
-        ``paired_with``: a trial at the same epsilon and batch size whose settings are run beside
-        this one, from the same states with the same noise and minibatches, so that the move
-        between them is measured on the difference of the two runs (``with_paired_move``)."""
+        ``paired_with``: a trial at the same batch size, at this epsilon (a half-gamma trial) or
+        twice it (a half-epsilon trial), whose settings are run beside this one, from the same
+        states with the same noise and minibatches (for twice the epsilon, coupled: the sum of the
+        noise of two of this trial's steps at each of its own), so that the move between them is
+        measured on the difference of the two runs (``with_paired_move``)."""
         batch_size = batch_size or self.data.batch_size
         key = _key(epsilon, gamma, batch_size)
         if from_checkpoint:
@@ -240,7 +254,9 @@ class _Search:
             self.states = None
         if key in self.current:
             return self.current[key]
-        planned = self._planned_steps(epsilon, batch_size)
+        # A reference at k times this epsilon runs one step for k of this trial's.
+        coupled = 1 if paired_with is None else round(paired_with.epsilon / epsilon)
+        planned = self._planned_steps(epsilon, batch_size) if coupled == 1 else self._planned_coupled_steps(paired_with, coupled)
         if from_checkpoint:
             # Long enough to measure the relaxation the search expects (a trial can measure a
             # burn-in of up to the largest of its burn-in shares), whatever the continued trials
@@ -255,12 +271,13 @@ class _Search:
         data = self.data if batch_size == self.data.batch_size else SamplingData(self.data.dataset, settings, self.device)
         self.reporter.note(f"trial epsilon={epsilon:.3g}, gamma={gamma:.3g}, batch {batch_size}" + (" (from the checkpoint)" if self.states is None else ""))
         cap = self._trial_cap(planned)
-        runs = 1 if paired_with is None else 2
-        reference_settings = None if paired_with is None else settings.model_copy(update={"gamma": paired_with.gamma})
+        cost_per_step = 1 if paired_with is None else 1 + 1 / coupled
+        reference_settings = None if paired_with is None else settings.model_copy(update={"epsilon": paired_with.epsilon, "gamma": paired_with.gamma})
         reference_states, reference_trace = self.states, np.empty((TRIAL_CHAINS, 0))
+        reference_diverged = np.zeros(TRIAL_CHAINS, dtype=bool)
         while trial is None or self._worth_extending(trial, planned):
-            segment = max(min(steps, cap) - trace.shape[1], MIN_SEGMENT_STEPS)
-            affordable = self._affordable_steps() // runs
+            segment = _whole_steps(max(min(steps, cap) - trace.shape[1], MIN_SEGMENT_STEPS), coupled)
+            affordable = _whole_steps(int(self._affordable_steps() / cost_per_step), coupled, down=True)
             if segment > affordable:
                 # Run what the budget still pays for, if that is worth starting.
                 self.budget_refused = True
@@ -276,20 +293,27 @@ class _Search:
             diverged = np.array([value is None for value in result.llc_per_chain])
             if reference_settings is not None:
                 # The same seed: the same SGLD noise and minibatches as the run above.
-                reference_run = reference_settings.model_copy(update={"num_draws": segment, "seed": run.seed})
+                reference_run = reference_settings.model_copy(update={"num_draws": segment // coupled, "seed": run.seed})
                 reference, reference_states = sampling.estimate_llc_states(
-                    self.model, data, reference_run, loss=self.loss, device=self.device, reporter=self.reporter, start=reference_states
-                )
+                    self.model, data, reference_run, loss=self.loss, device=self.device, reporter=self.reporter, start=reference_states,
+                    coupled_steps=coupled,
+                )  # fmt: skip
                 reference_trace = np.concatenate([reference_trace, trace_array(reference.llc_trace)], axis=1)
-                diverged |= np.array([value is None for value in reference.llc_per_chain])
+                reference_diverged |= np.array([value is None for value in reference.llc_per_chain])
             segments += 1
             seconds += time.perf_counter() - started
-            self.pending_chain_steps += segment * TRIAL_CHAINS * runs
-            self.reporter.advance("calibrate", segment * TRIAL_CHAINS * runs)
+            segment_cost = (segment + (segment // coupled if paired_with is not None else 0)) * TRIAL_CHAINS
+            self.pending_chain_steps += segment_cost
+            self.reporter.advance("calibrate", segment_cost)
             trace = np.concatenate([trace, trace_array(result.llc_trace)], axis=1)
-            trial = summarise_trial(trace, diverged, epsilon, gamma, batch_size, seconds, starts_at_checkpoint)
+            # A half-gamma pair whose reference diverged is no comparison; a half-epsilon trial
+            # whose reference (the larger step) diverged beside its own healthy chains shows what
+            # the halving does, and keeps its own health.
+            unstable_step = coupled > 1 and bool(reference_diverged.any()) and not diverged.any()
+            trial = summarise_trial(trace, diverged | (reference_diverged & (coupled == 1)), epsilon, gamma, batch_size, seconds,
+                                    starts_at_checkpoint)  # fmt: skip
             if paired_with is not None:
-                trial = with_paired_move(trial, trace, reference_trace, paired_with.gamma)
+                trial = with_paired_move(trial, trace, reference_trace, paired_with.epsilon, paired_with.gamma, unstable_step)
             # Chains that left the basin or settled below the checkpoint are no place to start from.
             self.states = None if trial.status.left_the_basin else states
             steps = self._extended_steps(trial)
@@ -328,7 +352,7 @@ class _Search:
         return affordable
 
     def _worth_extending(self, trial: Trial, planned: int) -> bool:
-        if trial.steps >= self._trial_cap(planned) or trial.status.left_the_basin:
+        if trial.steps >= self._trial_cap(planned) or trial.status.left_the_basin or trial.reference_diverged:
             return False
         if trial.status in (TrialStatus.UNRELAXED, TrialStatus.UNMIXED):
             return True
@@ -360,6 +384,14 @@ class _Search:
         steps = max(FIRST_TRIAL_STEPS // 2, math.ceil(needed * nearest.epsilon / epsilon))
         return steps
 
+    @staticmethod
+    def _planned_coupled_steps(reference: Trial, coupled: int) -> int:
+        """Steps for a trial at 1/``coupled`` of ``reference``'s epsilon run coupled with it: long
+        enough to measure a re-settling as slow as the reference's own (at the smaller step, in
+        ``coupled`` times its steps), not the length an independent trial needs to resolve its
+        noise: the coupled difference is nearly free of it (docs/calibration.md)."""
+        return max(FIRST_TRIAL_STEPS // 2, math.ceil(coupled * (reference.burnin or 0) / BURNIN_SHARES[-1]))
+
     # --- the search ---------------------------------------------------------------------------
 
     def run(self) -> AutoCalibration:
@@ -384,8 +416,8 @@ class _Search:
             return self._give_up(f"no epsilon gave healthy chains at gamma={gamma:g} within the budget")
         while True:
             pick, weaker, stop = self._weaken_gamma(pick)
-            smaller_step = self.trial(_rounded(pick.epsilon / 2), pick.gamma)
-            if smaller_step is None or not smaller_step.ok or not differs(pick, smaller_step):
+            smaller_step = self.trial(_rounded(pick.epsilon / 2), pick.gamma, paired_with=pick)
+            if not decides_a_halving(pick, smaller_step):
                 break
             # The step was too large at this gamma (the chains reach stiffer regions where gamma is
             # weaker): settle epsilon here, then see whether gamma can still weaken.
@@ -398,9 +430,9 @@ class _Search:
         # The estimate starts at the checkpoint: time the chains' relaxation from there at the pick.
         self.trial(pick.epsilon, pick.gamma, from_checkpoint=True)
         sensitivity = [
-            _sensitivity("gamma", pick.gamma, pick.gamma / 2, pick, weaker),
-            _sensitivity("epsilon", pick.epsilon, pick.epsilon / 2, pick, smaller_step),
-            _sensitivity("batch_size", self.data.batch_size, doubled, pick, larger_batch,
+            sensitivity_entry("gamma", pick.gamma, pick.gamma / 2, pick, weaker),
+            sensitivity_entry("epsilon", pick.epsilon, pick.epsilon / 2, pick, smaller_step),
+            sensitivity_entry("batch_size", self.data.batch_size, doubled, pick, larger_batch,
                          not_run="twice the batch is more than the data" if doubled > self.data.num_samples else "the budget ran out"),
         ]
         return self._outcome(pick, self._reason(pick, sensitivity, stop), self._recommended(pick), sensitivity)
@@ -425,8 +457,8 @@ class _Search:
                 continue
             if not pick.ok:
                 return None, epsilon
-            smaller_step = self.trial(_rounded(epsilon / 2), gamma)
-            if smaller_step is None or not smaller_step.ok or not differs(pick, smaller_step):
+            smaller_step = self.trial(_rounded(epsilon / 2), gamma, paired_with=pick)
+            if not decides_a_halving(pick, smaller_step):
                 return pick, epsilon
             epsilon = _rounded(epsilon / 2)
 
@@ -455,12 +487,12 @@ class _Search:
             weaker = self.trial(pick.epsilon, _rounded(pick.gamma / 2), paired_with=pick)
             if weaker is None:
                 return pick, None, "the budget ran out"
-            share = _share(measured_move(pick, weaker)[0], pick.llc) if weaker.ok else None
+            share = share_of(measured_move(pick, weaker)[0], pick.llc) if weaker.ok else None
             stop = None
             if not weaker.ok:
                 stop = f"at half the gamma the chains were {weaker.status}"
             elif not differs(pick, weaker):
-                short = _too_short_for_gamma(weaker)
+                short = too_short_for_gamma(weaker)
                 stop = "halving it moves the LLC by no more than its noise" + (f", but {short}" if short else "")
             elif share >= previous_share:
                 finer = self._finer_step_at(weaker)
@@ -477,10 +509,11 @@ class _Search:
             previous_share, pick = share, weaker
 
     def _finer_step_at(self, weaker: Trial) -> Trial | None:
-        """The trial at half ``weaker``'s epsilon, at its gamma, when that moves the LLC (the step is
-        too large at the weaker gamma); else None."""
-        finer = self.trial(_rounded(weaker.epsilon / 2), weaker.gamma)
-        return finer if finer is not None and finer.ok and differs(weaker, finer) else None
+        """The trial at half ``weaker``'s epsilon, at its gamma, when halving the step decides (it moves
+        the LLC, or ``weaker``'s chains diverged beside it: the step is too large at the weaker
+        gamma); else None."""
+        finer = self.trial(_rounded(weaker.epsilon / 2), weaker.gamma, paired_with=weaker)
+        return finer if decides_a_halving(weaker, finer) else None
 
     def _stop_at(self, pick: Trial, weaker: Trial, stop: str) -> tuple[Trial, Trial | None, str]:
         """End the descent at ``pick`` with ``weaker`` its half-gamma trial. The next trials are at
@@ -570,40 +603,6 @@ def payload_dict(result: AutoCalibration, complete: bool = True) -> dict[str, An
     )
 
 
-def _sensitivity(knob, value: float, changed_to: float, pick: Trial, changed: Trial | None, not_run: str = "the budget ran out") -> Sensitivity:
-    """The move from ``pick`` to ``changed`` and its verdict; ``not_run`` says why ``changed`` is None."""
-    if changed is None:
-        return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=None, move=None,
-                           move_se=None, relative=None, settings_dependent=None, note=f"not run: {not_run}")  # fmt: skip
-    if not changed.ok:
-        return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=None,
-                           move_se=None, relative=None, settings_dependent=None, note=f"the changed trial is {changed.status}")  # fmt: skip
-    move, move_se = measured_move(pick, changed)
-    relative = move / pick.llc if pick.llc else None
-    dependent = abs(move) - 2 * move_se > SETTINGS_DEPENDENT * abs(pick.llc)
-    # A move seen is a move (at least that large); a move not seen in a trial too short for the
-    # localization's slowest directions to respond is not a measurement that it holds.
-    short = _too_short_for_gamma(changed) if knob == "gamma" and not dependent else None
-    return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=move,
-                       move_se=move_se, relative=relative, settings_dependent=None if short else dependent, note=short or "")  # fmt: skip
-
-
-def _share(move: float, llc: float) -> float:
-    """The size of ``move`` as a share of ``llc``: how sensitive the estimate is, whatever its scale
-    (an LLC squeezed to nearly 0 is all sensitivity)."""
-    return abs(move) / abs(llc) if llc else math.inf
-
-
-def _too_short_for_gamma(trial: Trial) -> str | None:
-    """Why a trial at a weaker gamma cannot show gamma's move, or None when it can: it ran fewer
-    steps than the directions only the localization holds take to relax at its gamma and epsilon
-    (``llcv.relaxation.relaxation_steps``), so its chains had not yet spread to the weaker pull."""
-    needed = relaxation_steps(trial.epsilon, trial.gamma)
-    if trial.steps >= needed:
-        return None
-    return f"at half the gamma the chains ran {trial.steps:,} steps of the {needed:,.0f} (2/(epsilon*gamma)) they need to respond"
-
-
 def _expected_relaxation(trials: list[Trial], epsilon: float, gamma: float) -> int:
     """The longest relaxation measured on the trials that started at the checkpoint, scaled to
     (``epsilon``, ``gamma``) as ``_Search._burnin_from_checkpoint`` says; 0 when none was measured."""
@@ -620,6 +619,11 @@ def _timed_from_checkpoint(current: dict, pick: Trial) -> Trial | None:
     key = _key(pick.epsilon, pick.gamma, pick.batch_size)
     timed = current.get((*key, "from checkpoint")) or (pick if pick.from_checkpoint else None)
     return timed if timed is not None and timed.settled else None
+
+
+def _whole_steps(steps: int, coupled: int, down: bool = False) -> int:
+    """``steps`` rounded to whole steps of a reference coupled to ``coupled`` of them (up, or ``down``)."""
+    return (steps // coupled if down else -(-steps // coupled)) * coupled
 
 
 def _key(epsilon: float, gamma: float, batch_size: int) -> tuple[float, float, int]:

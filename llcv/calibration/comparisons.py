@@ -1,7 +1,8 @@
 """How the automatic calibration compares two trials: the move of the LLC between them with its
-standard error, whether the search counts it as a move, and the paired runs whose difference
+standard error, whether the search counts it as a move, the sensitivity entry it makes of it at
+the pick, and the paired runs whose difference
 measures a move with the noise they share cancelled (docs/calibration.md, "Half-gamma trials run
-paired"). Apart from ``llcv.calibration.auto`` so that the search reads as its rules."""
+paired" and "Half-epsilon trials run coupled"). Apart from ``llcv.calibration.auto`` so that the search reads as its rules."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from llcv.calibration.outcome import SETTINGS_DEPENDENT, Sensitivity
+from llcv.relaxation import relaxation_steps
 from llcv.calibration.trials import BURNIN_SHARES, LLC_SCALE_FLOOR, NEGLIGIBLE_DRIFT, Trial, TrialStatus, chains_standard_error, measured_burnin
 
 # The search resolves moves of this share of the LLC: trials run until two standard errors of a
@@ -26,8 +29,8 @@ def measured_move(reference: Trial, changed: Trial) -> tuple[float, float]:
     """How far ``changed``'s LLC lies from ``reference``'s, with its standard error: measured on the
     paired runs' difference when ``changed`` was run paired with ``reference``'s settings, else
     the difference of the two trials' LLCs, whose errors add."""
-    paired = changed.paired_move is not None and changed.paired_gamma == reference.gamma and (
-        (changed.epsilon, changed.batch_size) == (reference.epsilon, reference.batch_size)
+    paired = changed.paired_move is not None and (changed.reference_epsilon, changed.paired_gamma, changed.batch_size) == (
+        reference.epsilon, reference.gamma, reference.batch_size
     )
     if paired:
         return changed.paired_move, changed.paired_move_se
@@ -36,12 +39,18 @@ def measured_move(reference: Trial, changed: Trial) -> tuple[float, float]:
 
 def differs(reference: Trial, changed: Trial) -> bool:
     """Whether ``changed``'s LLC differs from ``reference``'s by more than two standard errors of the
-    move and by more than ``NEGLIGIBLE_MOVE`` of the LLC."""
+    move and by more than ``NEGLIGIBLE_MOVE`` of the LLC, or ``changed`` is a half-epsilon trial whose
+    reference's chains left the basin beside its own: the halving changed more than the LLC."""
+    if changed.reference_diverged:
+        return True
     move, move_se = measured_move(reference, changed)
     return abs(move) > 2 * move_se and abs(move) > NEGLIGIBLE_MOVE * abs(reference.llc)
 
 
-def with_paired_move(trial: Trial, trace: np.ndarray, reference_trace: np.ndarray, reference_gamma: float) -> Trial:
+def with_paired_move(
+    trial: Trial, trace: np.ndarray, reference_trace: np.ndarray, reference_epsilon: float, reference_gamma: float,
+    reference_diverged: bool = False,
+) -> Trial:
     """``trial`` (run beside a reference from the same states with the same noise and minibatches)
     with the move from the reference measured on the two runs' difference once both have settled.
 
@@ -49,21 +58,35 @@ def with_paired_move(trial: Trial, trace: np.ndarray, reference_trace: np.ndarra
     minibatch's noise and the excursions both runs make together cancel from the difference,
     which keeps only what the changed setting does. Measured on a normal-crossing polynomial its
     variance was 12-16 times smaller than that of the difference of two independent trials, on
-    a deep linear network about 4 times (docs/calibration.md); the pair costs twice the steps."""
-    update: dict[str, Any] = {"chain_steps": 2 * trial.chain_steps, "paired_gamma": reference_gamma}
-    if trial.llc is not None:
-        difference = trace - reference_trace
+    a deep linear network about 4 times (docs/calibration.md); the pair costs twice the steps.
+
+    A reference at k times the trial's epsilon (a half-epsilon trial: k = 2) took at each step the
+    summed noise and the first minibatch of k of the trial's steps (``estimate_llc_states``'s
+    ``coupled_steps``), so its draw j is compared with the trial's draw k j, at the same time
+    epsilon * steps and on the same minibatch; the pair costs 1 + 1/k times the trial's steps.
+    ``reference_diverged`` (only for such a trial: a half-gamma pair whose reference diverged counts
+    as diverged itself): the reference's chains left the basin and the trial's did not; the move is
+    then not measured, and the trial says so."""
+    ratio = round(reference_epsilon / trial.epsilon)
+    update: dict[str, Any] = {
+        "chain_steps": trial.chain_steps + reference_trace.size, "paired_gamma": reference_gamma, "paired_epsilon": reference_epsilon,
+    }  # fmt: skip
+    if reference_diverged:
+        update["reference_diverged"] = True
+    elif trial.llc is not None:
+        difference = trace[:, ::ratio][:, : reference_trace.shape[1]] - reference_trace
         # The two runs part as the changed one relaxes to its own setting. Without their shared
         # noise the difference shows that relaxation where the changed run's own trace hides it
         # in its noise, so the move waits until the difference has settled as well.
         settled_at = measured_burnin(difference, scale=max(abs(trial.llc), LLC_SCALE_FLOOR))
         if settled_at is None and trial.ok:
             update["status"] = TrialStatus.UNRELAXED
-        start = max(trial.burnin or 0, settled_at or 0) or int(round(BURNIN_SHARES[-1] * trace.shape[1]))
+        start = max(math.ceil((trial.burnin or 0) / ratio), settled_at or 0) or int(round(BURNIN_SHARES[-1] * difference.shape[1]))
         window = difference[:, start:]
         # A drift test passes a creep below the noise, and the slowest directions creep for about
         # 2 / (epsilon gamma) steps: the move is where the difference heads, not its mean so far.
-        move, inflation = slowest_response_asymptote(window.mean(axis=0), start, trial.epsilon * trial.gamma)
+        # In the reference's steps, the trial's slowest directions relax at reference_epsilon * gamma.
+        move, inflation = slowest_response_asymptote(window.mean(axis=0), start, reference_epsilon * trial.gamma)
         update.update(paired_move=move, paired_move_se=chains_standard_error(window) * inflation)
     return trial.model_copy(update=update)
 
@@ -106,3 +129,47 @@ def target_se(llc: float | None) -> float:
     """The standard error a trial aims for: two standard errors of a difference of two trials,
     2 * sqrt(2) * se, resolve ``RESOLUTION`` of the LLC (of at least 0.1, for LLCs near 0)."""
     return RESOLUTION * max(abs(llc or 0.0), LLC_SCALE_FLOOR) / (2 * math.sqrt(2))
+
+
+def sensitivity_entry(knob, value: float, changed_to: float, pick: Trial, changed: Trial | None, not_run: str = "the budget ran out") -> Sensitivity:
+    """The move from ``pick`` to ``changed`` and its verdict; ``not_run`` says why ``changed`` is None."""
+    if changed is None:
+        return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=None, move=None,
+                           move_se=None, relative=None, settings_dependent=None, note=f"not run: {not_run}")  # fmt: skip
+    if not changed.ok or changed.reference_diverged:
+        why = "the pick's chains diverged beside it" if changed.reference_diverged else f"the changed trial is {changed.status}"
+        return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=None,
+                           move_se=None, relative=None, settings_dependent=None, note=why)  # fmt: skip
+    move, move_se = measured_move(pick, changed)
+    relative = move / pick.llc if pick.llc else None
+    dependent = abs(move) - 2 * move_se > SETTINGS_DEPENDENT * abs(pick.llc)
+    # A move seen is a move (at least that large); a move not seen in a trial too short for the
+    # localization's slowest directions to respond is not a measurement that it holds.
+    short = too_short_for_gamma(changed) if knob == "gamma" and not dependent else None
+    return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=move,
+                       move_se=move_se, relative=relative, settings_dependent=None if short else dependent, note=short or "")  # fmt: skip
+
+
+def decides_a_halving(pick: Trial, smaller_step: Trial | None) -> bool:
+    """Whether halving the pick's epsilon moved the estimate, so that the step goes on down: the
+    half-step trial is healthy and ``differs`` from the pick, or the pick's own chains diverged
+    beside it (its step is unstable there over a longer run, whatever the half step's health)."""
+    if smaller_step is None:
+        return False
+    return smaller_step.reference_diverged or (smaller_step.ok and differs(pick, smaller_step))
+
+
+def share_of(move: float, llc: float) -> float:
+    """The size of ``move`` as a share of ``llc``: how sensitive the estimate is, whatever its scale
+    (an LLC squeezed to nearly 0 is all sensitivity)."""
+    return abs(move) / abs(llc) if llc else math.inf
+
+
+def too_short_for_gamma(trial: Trial) -> str | None:
+    """Why a trial at a weaker gamma cannot show gamma's move, or None when it can: it ran fewer
+    steps than the directions only the localization holds take to relax at its gamma and epsilon
+    (``llcv.relaxation.relaxation_steps``), so its chains had not yet spread to the weaker pull."""
+    needed = relaxation_steps(trial.epsilon, trial.gamma)
+    if trial.steps >= needed:
+        return None
+    return f"at half the gamma the chains ran {trial.steps:,} steps of the {needed:,.0f} (2/(epsilon*gamma)) they need to respond"

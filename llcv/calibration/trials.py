@@ -77,11 +77,17 @@ class Trial(BaseModel):
         chain_steps: steps times chains: what the trial cost in gradient evaluations.
         seconds: its wall time.
         trace: the chains' mean per-draw LLC over all steps, in at most ``TRACE_POINTS`` block means.
-        paired_gamma, paired_move, paired_move_se: for a trial run paired with a reference (the
-            search's half-gamma trials): the reference's gamma, and the move of the LLC from the
-            reference measured on the difference of the two runs, which shared their start, noise
-            and minibatches, with its standard error; None otherwise. ``chain_steps`` then counts
+        paired_epsilon, paired_gamma, paired_move, paired_move_se: for a trial run paired with a
+            reference (the search's half-gamma and half-epsilon trials): the reference's epsilon and
+            gamma, and the move of the LLC from the reference measured on the difference of the two
+            runs, which shared their start, noise and minibatches (a half-epsilon trial's reference
+            took the sum of its two steps' noise at each of its steps), with its standard error;
+            None otherwise (``paired_epsilon`` also in files written before llcv 0.16, where only
+            half-gamma trials ran paired, at their reference's epsilon). ``chain_steps`` then counts
             both runs.
+        reference_diverged: for a half-epsilon trial, whether a chain of its reference run (at
+            twice its epsilon) left the basin while its own did not: the larger step is unstable
+            there over this longer run, and the move is not measured.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -102,8 +108,10 @@ class Trial(BaseModel):
     seconds: float
     trace: list[float | None]
     paired_gamma: float | None = None
+    paired_epsilon: float | None = None
     paired_move: float | None = None
     paired_move_se: float | None = None
+    reference_diverged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -116,6 +124,13 @@ class Trial(BaseModel):
         levels of their own, as chains too slow to cross between them do). Its burn-in is then a
         measured relaxation, which is what a burn-in from the checkpoint needs, mixed or not."""
         return self.status in (TrialStatus.OK, TrialStatus.UNMIXED)
+
+    @property
+    def reference_epsilon(self) -> float | None:
+        """The epsilon of the reference this trial ran paired with, or None when it ran alone."""
+        if self.paired_gamma is None:
+            return None
+        return self.paired_epsilon if self.paired_epsilon is not None else self.epsilon
 
     def draws_for(self, standard_error: float) -> int | None:
         """The draws after the burn-in that would bring the standard error down to ``standard_error``

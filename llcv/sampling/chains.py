@@ -7,6 +7,7 @@ Separate from ``llcv.sampling``, which prepares the model and data and turns the
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -202,6 +203,9 @@ class _ChainRun:
     settings: SamplerSettings  # with the burn-in resolved to a number of steps
     nbeta: float
     loss_limit: float  # a chain whose minibatch loss reaches this has diverged
+    # Each step takes the summed noise and the first minibatch of this many steps of a run with the
+    # same seed (``GaussianNoise.draw_summed``): the run is coupled to one at 1/coupled_steps of its step.
+    coupled_steps: int = 1
 
 
 def _run_group(
@@ -223,6 +227,8 @@ def _run_group(
     device = group.parameters[0].device
     chains = group.num_chains
     batches, shared_batch = _group_batches(data, seeds)
+    if run.coupled_steps > 1:
+        batches = itertools.islice(batches, 0, None, run.coupled_steps)
     full_batch = data.is_full_batch
     update = LangevinUpdate(group.parameters, group.initial, settings.sampler, settings.epsilon, settings.gamma, run.nbeta)
     if start is not None:
@@ -254,11 +260,11 @@ def _run_group(
             start = _potential_point(update, losses)
             traces.mala[:, scored_here] = _mala_acceptance(move, previous, start, settings.epsilon)
         if scored_next is None:
-            update.step(noise.draw())
+            update.step(noise.draw_summed(run.coupled_steps))
         else:
             if start is None:
                 start = _potential_point(update, losses)
-            move = update.step(noise.draw(), start.gradient)
+            move = update.step(noise.draw_summed(run.coupled_steps), start.gradient)
             if full_batch:
                 previous = start
             else:

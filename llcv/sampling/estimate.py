@@ -232,12 +232,22 @@ def estimate_llc_states(
     reporter: Reporter = SILENT,
     precision: PrecisionChoice | None = None,
     start: list[ChainState] | None = None,
+    coupled_steps: int = 1,
 ) -> tuple[LLCResult, list[ChainState]]:
     """``estimate_llc``, with the chains' final states returned and, with ``start`` (one state per
     chain, e.g. the states an earlier call returned), the chains continuing from there instead
     of from the checkpoint. The localization still pulls toward the checkpoint and the loss is
     still measured from it; only where the chains begin changes. Calibration runs its trials as
     one continued run this way (``llcv.calibration.auto``).
+
+    With ``coupled_steps`` k > 1 each step takes the Brownian increment (the k next noise draws
+    summed, over sqrt(k)) and the first minibatch of k steps of a run with the same seed: run at
+    k times that run's epsilon, its draw j follows that run's draw k j closely (the same time and
+    minibatch), and the
+    difference of the two measures what the step size does with their shared noise cancelled.
+
+    Why these parameters: ``estimate_llc``'s, and the two ways a calibration's trial continues or
+    couples a run (``start``, ``coupled_steps``), which only ``llcv.calibration.auto`` passes.
     """
     started = time.perf_counter()
     device = resolve_device(device)
@@ -256,7 +266,7 @@ def estimate_llc_states(
     bound = chain_settings.divergence_bound or default_divergence_bound(
         chains.num_parameters, nbeta, initial_loss.value, initial_loss.batch_spread
     )
-    run = _ChainRun(chain_settings, nbeta, loss_limit=initial_loss.value + bound / nbeta)
+    run = _ChainRun(chain_settings, nbeta, loss_limit=initial_loss.value + bound / nbeta, coupled_steps=coupled_steps)
     traces = _run_chains(chains, data, run, device, reporter, start)
     setup = _EstimateSetup(
         settings, nbeta, nbeta_rule(settings.nbeta), burnin, initial_loss, bound, chains.num_parameters, data.num_samples, device,

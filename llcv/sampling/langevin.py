@@ -47,16 +47,22 @@ class GaussianNoise:
     def __init__(self, like: list[torch.Tensor], seed: int):
         device = like[0].device
         self.buffer = torch.empty(sum(tensor.numel() for tensor in like), device=device)
-        # Each view has its tensor's strides (a channels-last weight gets channels-last noise), so
-        # the update reads both in the same order.
-        parts = self.buffer.split([tensor.numel() for tensor in like])
-        self.views = [part.as_strided(tensor.shape, tensor.stride()) for part, tensor in zip(parts, like)]
+        self.like = like
+        self.views = self._views_of(self.buffer)
+        self._sum: torch.Tensor | None = None  # draw_summed's buffer, allocated on first use
+        self._sum_views: list[torch.Tensor] = []
         chunks = self.buffer.split(NOISE_CHUNK)
         states = np.random.SeedSequence(seed).generate_state(len(chunks))
         self.chunks = [(chunk, torch.Generator(device=device).manual_seed(int(state))) for chunk, state in zip(chunks, states)]
         # On a GPU the fills are asynchronous kernel launches already.
         self.helpers = min(torch.get_num_threads(), len(chunks)) - 1 if device.type == "cpu" else 0
         self.threads = _noise_threads(self.helpers) if self.helpers else None
+
+    def _views_of(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        # Each view has its tensor's strides (a channels-last weight gets channels-last noise), so
+        # the update reads both in the same order.
+        parts = buffer.split([tensor.numel() for tensor in self.like])
+        return [part.as_strided(tensor.shape, tensor.stride()) for part, tensor in zip(parts, self.like)]
 
     def draw(self) -> list[torch.Tensor]:
         """Fresh noise, as views shaped and strided like the tensors (valid until the next draw)."""
@@ -66,6 +72,25 @@ class GaussianNoise:
         for helper in helping:
             helper.result()
         return self.views
+
+    def draw_summed(self, count: int) -> list[torch.Tensor]:
+        """The next ``count`` draws summed and divided by sqrt(count): standard normal again, and
+        exactly the Brownian increment that ``count`` steps of a run with the same seed, at
+        1/``count`` of the step size, receive over the span of this one step (valid until the next
+        draw). Coupling two step sizes this way keeps their paths close, so the difference of their
+        LLCs shows the step size's effect without the noise they share (multilevel Monte Carlo)."""
+        if count == 1:
+            return self.draw()
+        if self._sum is None:
+            self._sum = torch.empty_like(self.buffer)
+            self._sum_views = self._views_of(self._sum)
+        self.draw()
+        self._sum.copy_(self.buffer)
+        for _ in range(count - 1):
+            self.draw()
+            self._sum.add_(self.buffer)
+        self._sum.mul_(count**-0.5)
+        return self._sum_views
 
 
 def _fill(pending: deque) -> None:
