@@ -242,6 +242,8 @@ def auto_trials_table(result, title: str) -> Table:
     for index, trial in enumerate(result.trials):
         picked = index == result.pick
         status = "★ pick" if picked else escape(trial.status) + ("" if trial.from_checkpoint else " (continued)")
+        if trial.reference_diverged:
+            status += " (the larger step diverged beside it)"
         table.add_row(
             str(index + 1), f"{trial.epsilon:.3g}", f"{trial.gamma:.3g}", str(trial.batch_size), f"{trial.steps:,}",
             number(trial.burnin, ","), number(trial.llc, ".4g"), number(trial.se, ".2g"), number(trial.ess, ".0f"),

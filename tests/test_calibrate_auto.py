@@ -395,10 +395,13 @@ def test_a_step_whose_chains_diverge_beside_its_half_is_given_up_for_the_half(mo
 def test_a_coupled_move_compares_the_finer_runs_draws_at_the_references_times():
     rng = np.random.default_rng(2)
     steps = 4000
-    # both runs follow the same slow wander; the finer run is sampled twice as often and sits 0.2 higher
+    # both runs follow the same slow wander; the finer run is sampled twice as often and sits 0.2
+    # higher; each draw's loss is read on its step's minibatch, and the reference's draw j on the
+    # finer run's batch 2j: compared with the finer run's draw 2j + 1 that batch noise would not cancel
     wander = np.cumsum(0.05 * rng.standard_normal((TRIAL_CHAINS, steps)), axis=1) + 5.0
-    finer = wander + 0.2 + 0.002 * rng.standard_normal((TRIAL_CHAINS, steps))
-    reference = wander[:, ::2] + 0.002 * rng.standard_normal((TRIAL_CHAINS, steps // 2))
+    batch_noise = 0.5 * rng.standard_normal((TRIAL_CHAINS, steps))
+    finer = wander + batch_noise + 0.2 + 0.002 * rng.standard_normal((TRIAL_CHAINS, steps))
+    reference = (wander + batch_noise)[:, ::2] + 0.002 * rng.standard_normal((TRIAL_CHAINS, steps // 2))
     trial = summarise_trial(finer, np.zeros(TRIAL_CHAINS, bool), 1e-3, 1.0, BATCH, 1.0, False)
     paired = with_paired_move(trial, finer, reference, 2e-3, 1.0)
     assert (paired.reference_epsilon, paired.paired_gamma) == (2e-3, 1.0)
@@ -993,3 +996,19 @@ def test_a_real_search_on_a_linear_regression_recovers_half_its_dimension(monkey
     for trial in paired:
         reference = next(t for t in result.trials if (t.epsilon, t.gamma, t.batch_size) == (trial.epsilon, trial.paired_gamma, trial.batch_size))
         assert trial.paired_move_se < math.hypot(reference.se, trial.se) / 2
+
+
+def test_the_trials_table_says_where_the_larger_step_diverged_beside_a_healthy_half_step():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from llcv.cli_render import auto_trials_table
+
+    first = make_trial()
+    half = make_trial(epsilon=5e-4, from_checkpoint=False, paired_gamma=1.0, paired_epsilon=1e-3, reference_diverged=True)
+    console = Console(width=200, record=True)
+    console.print(auto_trials_table(SimpleNamespace(trials=[first, half], pick=0), "Trials"))
+    rows = console.export_text().splitlines()
+    assert any("ok (continued) (the larger step diverged beside it)" in row for row in rows)
+    assert sum("diverged beside it" in row for row in rows) == 1  # the first trial's row says nothing of it

@@ -302,16 +302,17 @@ class _Search:
                 reference_diverged |= np.array([value is None for value in reference.llc_per_chain])
             segments += 1
             seconds += time.perf_counter() - started
-            segment_cost = (segment + (segment // coupled if paired_with is not None else 0)) * TRIAL_CHAINS
+            segment_cost = (segment + (reference_run.num_draws if reference_settings is not None else 0)) * TRIAL_CHAINS
             self.pending_chain_steps += segment_cost
             self.reporter.advance("calibrate", segment_cost)
             trace = np.concatenate([trace, trace_array(result.llc_trace)], axis=1)
-            # A half-gamma pair whose reference diverged is no comparison; a half-epsilon trial
-            # whose reference (the larger step) diverged beside its own healthy chains shows what
-            # the halving does, and keeps its own health.
-            unstable_step = coupled > 1 and bool(reference_diverged.any()) and not diverged.any()
-            trial = summarise_trial(trace, diverged | (reference_diverged & (coupled == 1)), epsilon, gamma, batch_size, seconds,
-                                    starts_at_checkpoint)  # fmt: skip
+            # A half-gamma pair whose reference diverged is no comparison: the pair counts as
+            # diverged. A half-epsilon trial keeps its own health: its reference (the larger step)
+            # diverging beside its healthy chains is what the halving showed.
+            if coupled == 1:
+                diverged |= reference_diverged
+            unstable_step = bool(reference_diverged.any()) and not diverged.any()
+            trial = summarise_trial(trace, diverged, epsilon, gamma, batch_size, seconds, starts_at_checkpoint)
             if paired_with is not None:
                 trial = with_paired_move(trial, trace, reference_trace, paired_with.epsilon, paired_with.gamma, unstable_step)
             # Chains that left the basin or settled below the checkpoint are no place to start from.

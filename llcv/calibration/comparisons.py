@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from llcv.calibration.outcome import SETTINGS_DEPENDENT, Sensitivity
-from llcv.relaxation import relaxation_steps
 from llcv.calibration.trials import BURNIN_SHARES, LLC_SCALE_FLOOR, NEGLIGIBLE_DRIFT, Trial, TrialStatus, chains_standard_error, measured_burnin
+from llcv.relaxation import relaxation_steps
 
 # The search resolves moves of this share of the LLC: trials run until two standard errors of a
 # difference between two of them, 2 * sqrt(2) * se, is at most this share (or the budget ends).
