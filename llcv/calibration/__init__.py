@@ -26,7 +26,8 @@ from llcv.calibration.curves import (
     save_chains,
     save_curve,
 )
-from llcv.calibration.auto import TRIAL_CHAINS, calibrate_auto, payload_dict, recommend_settings
+from llcv.calibration.auto import TRIAL_CHAINS, calibrate_auto, recommend_settings
+from llcv.calibration.auto_store import payload_dict
 from llcv.calibration.outcome import SETTINGS_DEPENDENT, AutoCalibration, Budget, Sensitivity
 from llcv.calibration.auto_files import (
     AUTO_SOURCE,

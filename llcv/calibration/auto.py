@@ -40,12 +40,10 @@ pick as settings-dependent, naming the knob.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -65,6 +63,7 @@ from llcv.calibration.comparisons import (
     with_paired_move,
 )
 from llcv.calibration.curvature import top_hessian_eigenvalue
+from llcv.calibration.auto_store import AUTO_FORMAT, AUTO_FORMAT_VERSION, payload_dict, search_fingerprint
 from llcv.calibration.outcome import AutoCalibration, Budget, Sensitivity, Spent
 from llcv.calibration.trials import (
     BURNIN_SHARES,
@@ -76,14 +75,12 @@ from llcv.calibration.trials import (
 from llcv.sampling import ChainState
 from llcv.devices import resolve_device
 from llcv.errors import EstimationError
-from llcv.fileio import atomic_write_json, finite_or_none
+from llcv.fileio import atomic_write_json
 from llcv.sampling import LossSpec
 from llcv.progress import SILENT, Reporter
 from llcv.sampling import SamplingData
 from llcv.settings import SamplerSettings
 
-AUTO_FORMAT = "llcv-calibrate-auto"
-AUTO_FORMAT_VERSION = 1
 # Chains per trial: as many as the estimate runs, so that the chains' spread, which carries the
 # slow wander the MCSE misses, is measured as the estimate will see it.
 TRIAL_CHAINS = 4
@@ -176,7 +173,7 @@ class _Search:
         )  # fmt: skip
         self.device = data.device
         self.nbeta = sampling.resolve_nbeta(self.base.nbeta, self.data.num_samples, self.data.batch_size)
-        self.fingerprint = _fingerprint(model, self.data, loss, self.base)
+        self.fingerprint = search_fingerprint(model, self.data, loss, self.base)
         self.trials: list[Trial] = []
         self.current: dict[tuple[float, float, int], Trial] = {}
         self.started = time.perf_counter()
@@ -597,13 +594,6 @@ class _Search:
         )
 
 
-def payload_dict(result: AutoCalibration, complete: bool = True) -> dict[str, Any]:
-    """The content of ``calibration.json`` (docs/formats.md)."""
-    return finite_or_none(
-        {"format": AUTO_FORMAT, "format_version": AUTO_FORMAT_VERSION, "complete": complete, **result.model_dump(mode="json")}
-    )
-
-
 def _expected_relaxation(trials: list[Trial], epsilon: float, gamma: float) -> int:
     """The longest relaxation measured on the trials that started at the checkpoint, scaled to
     (``epsilon``, ``gamma``) as ``_Search._burnin_from_checkpoint`` says; 0 when none was measured."""
@@ -633,18 +623,3 @@ def _key(epsilon: float, gamma: float, batch_size: int) -> tuple[float, float, i
 
 def _rounded(value: float) -> float:
     return float(f"{value:.4g}")
-
-
-def _fingerprint(model: nn.Module, data: SamplingData, loss: LossSpec, base: SamplerSettings) -> dict[str, Any]:
-    digest = hashlib.sha256(repr(model).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    loss_name = loss if isinstance(loss, str) else f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', repr(loss))}"
-    return {
-        "model_sha256": digest.hexdigest(),
-        "num_samples": data.num_samples,
-        "loss": loss_name,
-        "base": base.model_dump(mode="json", exclude={"epsilon", "gamma", "num_draws", "num_burnin_steps"}),
-        "version": AUTO_FORMAT_VERSION,
-    }

@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from llcv.calibration.auto import AUTO_FORMAT, AUTO_FORMAT_VERSION, TRIAL_CHAINS, calibrate_auto, payload_dict
+from llcv.calibration.auto import TRIAL_CHAINS, calibrate_auto
+from llcv.calibration.auto_store import AUTO_FORMAT, AUTO_FORMAT_VERSION, payload_dict
 from llcv.calibration.outcome import SETTINGS_DEPENDENT, AutoCalibration, Budget, Sensitivity, Spent
 from llcv.calibration.trials import Trial
 from llcv.errors import EstimationError
