@@ -262,8 +262,9 @@ def sensitivity_table(sensitivity, title: str) -> Table:
     table.add_column("verdict", min_width=len("settings-dependent"), overflow="fold")
     for entry in sensitivity:
         spec = ".0f" if entry.knob == "batch_size" else ".2g"
-        move = "—" if entry.move is None else f"{entry.move:+.2g} ± {number(entry.move_se, '.2g')}"
-        relative = "—" if entry.relative is None else percent_words(entry.relative, signed=True)
+        bound = "≥ " if entry.at_least else ""
+        move = "—" if entry.move is None else f"{bound}{entry.move:+.2g} ± {number(entry.move_se, '.2g')}"
+        relative = "—" if entry.relative is None else bound + percent_words(entry.relative, signed=True)
         verdict = sensitivity_verdict(entry)
         style = {"settings-dependent": "bold red", "holds": "green"}.get(verdict, "yellow")
         table.add_row(

@@ -462,7 +462,13 @@ def test_an_unrelaxed_first_trial_quadruples_gamma_instead_of_giving_up(monkeypa
     pick = pick_of(result)
     assert (halvings(pick.epsilon, EPSILON), halvings(pick.gamma, GAMMA)) == (0, -2)
     assert "at half the gamma the chains were unrelaxed" in result.reason
-    assert entry(result, "gamma").note == "the changed trial is unrelaxed"
+    # Unrelaxed, yet the move its pair had reached is already far beyond the tolerance: gamma is
+    # called settings-dependent, with that move as a lower bound.
+    gamma = entry(result, "gamma")
+    assert gamma.settings_dependent is True and gamma.at_least
+    assert gamma.move - 2 * gamma.move_se > 0.1 * gamma.llc
+    assert "lower bound" in gamma.note and "gamma" in result.settings_dependent
+    assert sensitivity_verdict(gamma) == "settings-dependent"
 
 
 def test_chains_that_escape_at_every_gamma_up_to_the_cap_raise(monkeypatch, tmp_path):
@@ -655,6 +661,26 @@ def test_settings_dependent_needs_the_move_beyond_two_standard_errors():
     assert unstable_pick.note == "the pick's chains diverged beside it"
 
 
+def test_an_unrelaxed_pair_that_already_moved_beyond_the_tolerance_makes_the_pick_settings_dependent():
+    from llcv.calibration.auto_files import relative_move_words, sensitivity_sentence
+
+    pick = make_trial(llc=40.0, se=0.5)
+    # half the gamma, paired with the pick, still parting when the trial ended: its move so far is 19 ± 0.7
+    parting = make_trial(gamma=0.5, llc=57.0, status="unrelaxed", burnin=None, paired_gamma=1.0, paired_epsilon=1e-3,
+                         paired_move=19.0, paired_move_se=0.7)  # fmt: skip
+    bound = sensitivity_entry("gamma", 1.0, 0.5, pick, parting)
+    assert bound.settings_dependent is True and bound.at_least
+    assert (bound.move, bound.move_se, bound.relative) == (19.0, 0.7, pytest.approx(19.0 / 40.0))
+    assert relative_move_words(bound) == "at least +48% ± 1.7%"
+    assert "halving gamma moves the LLC by at least +48%" in sensitivity_sentence([bound])
+    # a move reached within the tolerance says nothing of where it heads: not measured
+    small = sensitivity_entry("gamma", 1.0, 0.5, pick, parting.model_copy(update={"paired_move": 3.0}))
+    assert small.settings_dependent is None and small.move is None and small.note == "the changed trial is unrelaxed"
+    # nor does a move paired with other settings than the pick's
+    other = sensitivity_entry("gamma", 1.0, 0.5, pick, parting.model_copy(update={"paired_gamma": 2.0}))
+    assert other.settings_dependent is None
+
+
 def test_a_move_too_noisy_to_rule_out_a_settings_dependent_one_is_unresolved_not_holding():
     from llcv.calibration.auto_files import sensitivity_sentence
 
@@ -713,6 +739,12 @@ def test_a_paired_move_is_read_after_the_difference_of_the_runs_has_settled():
     assert alone.ok
     still = with_paired_move(alone, drifting, shared, 1e-3, 1.0)
     assert still.status == "unrelaxed" and not still.ok and still.chain_steps == 2 * alone.chain_steps
+    # its move is what the difference reached after the trial's own burn-in, not an
+    # extrapolation: below the 0.3 it is heading for, at the plain mean's own error
+    start = alone.burnin
+    reached = (drifting - shared)[:, start:]
+    assert still.paired_move == pytest.approx(reached.mean()) and still.paired_move < 0.3
+    assert still.paired_move_se == pytest.approx(comparisons.chains_standard_error(reached))
 
 
 def test_the_slowest_response_asymptote_extrapolates_a_creep_with_the_error_of_doing_so():

@@ -211,6 +211,13 @@ def test_the_report_shows_an_automatic_calibration_and_where_the_settings_came_f
     assert "seed 0; ε, γ and the burn-in chosen by <code>llcv calibrate auto</code>" in html
     assert "The settings came from llcv calibrate auto on step_00000016.pt: halving gamma moves the LLC by" in html  # the reading
     assert "doubling the batch by +40% ± 0.1%; settings-dependent: batch_size" in html
+    # a move that is a lower bound (its pair had not relaxed) reads as one in the table
+    store = results / "calibration" / "step_00000016" / "calibration.json"
+    stored = json.loads(store.read_text())
+    stored["sensitivity"][2]["at_least"] = True
+    store.write_text(json.dumps(stored))
+    bound = check_page(write_report([results], tmp_path / "bound.html").path)
+    assert bound.rows["calibration"][2][4].startswith("at least +2") and bound.rows["calibration"][2][5] == "at least +40% ± 0.1%"
 
 
 def test_the_run_says_how_its_temperature_and_burn_in_were_chosen(tmp_path):

@@ -562,7 +562,7 @@ class _Search:
         if step.move is None:
             words.append(f"epsilon: its plateau was not checked ({step.note})")
         else:
-            words.append(f"epsilon: halving it moves the LLC by {step.move:+.3g} ± {step.move_se:.2g}")
+            words.append(f"epsilon: halving it moves the LLC by {'at least ' if step.at_least else ''}{step.move:+.3g} ± {step.move_se:.2g}")
         words.append(f"burn-in {self._burnin_from_checkpoint(pick)} steps, from the relaxation measured on the chains")
         dependent = [entry.knob for entry in sensitivity if entry.settings_dependent]
         if dependent:

@@ -222,13 +222,15 @@ def percent_words(share: float, signed: bool = False) -> str:
 
 def relative_move_words(entry: Sensitivity | Mapping[str, Any]) -> str:
     """The move of the LLC with its standard error, relative to the pick's LLC where it has one:
-    ``+3% ± 4%``, else ``+0.012 ± 0.02``; a dash where it was not measured."""
+    ``+3% ± 4%``, else ``+0.012 ± 0.02``, ``at least +49% ± 2%`` for a lower bound (a changed
+    trial that had not relaxed); a dash where it was not measured."""
     entry = _as_sensitivity(entry)
     if entry.move is None or entry.move_se is None:
         return "—"
+    bound = "at least " if entry.at_least else ""
     if entry.relative is None or not entry.llc:
-        return f"{entry.move:+.3g} ± {entry.move_se:.2g}"
-    return f"{percent_words(entry.relative, signed=True)} ± {percent_words(entry.move_se / abs(entry.llc))}"
+        return f"{bound}{entry.move:+.3g} ± {entry.move_se:.2g}"
+    return f"{bound}{percent_words(entry.relative, signed=True)} ± {percent_words(entry.move_se / abs(entry.llc))}"
 
 
 def sensitivity_verdict(entry: Sensitivity | Mapping[str, Any]) -> str:

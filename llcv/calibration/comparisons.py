@@ -29,12 +29,16 @@ def measured_move(reference: Trial, changed: Trial) -> tuple[float, float]:
     """How far ``changed``'s LLC lies from ``reference``'s, with its standard error: measured on the
     paired runs' difference when ``changed`` was run paired with ``reference``'s settings, else
     the difference of the two trials' LLCs, whose errors add."""
-    paired = changed.paired_move is not None and (changed.reference_epsilon, changed.paired_gamma, changed.batch_size) == (
-        reference.epsilon, reference.gamma, reference.batch_size
-    )
-    if paired:
+    if _paired(reference, changed):
         return changed.paired_move, changed.paired_move_se
     return changed.llc - reference.llc, math.hypot(reference.se, changed.se)
+
+
+def _paired(reference: Trial, changed: Trial) -> bool:
+    """Whether ``changed`` ran paired with ``reference``'s settings, its move measured on their difference."""
+    return changed.paired_move is not None and (changed.reference_epsilon, changed.paired_gamma, changed.batch_size) == (
+        reference.epsilon, reference.gamma, reference.batch_size
+    )
 
 
 def differs(reference: Trial, changed: Trial) -> bool:
@@ -83,10 +87,16 @@ def with_paired_move(
             update["status"] = TrialStatus.UNRELAXED
         start = max(math.ceil((trial.burnin or 0) / ratio), settled_at or 0) or int(round(BURNIN_SHARES[-1] * difference.shape[1]))
         window = difference[:, start:]
-        # A drift test passes a creep below the noise, and the slowest directions creep for about
-        # 2 / (epsilon gamma) steps: the move is where the difference heads, not its mean so far.
-        # In the reference's steps, the trial's slowest directions relax at reference_epsilon * gamma.
-        move, inflation = slowest_response_asymptote(window.mean(axis=0), start, reference_epsilon * trial.gamma)
+        if settled_at is None:
+            # Still parting: the difference starts at 0 and relaxes towards the move, so its mean so
+            # far is the move reached, at least the move where the relaxation heads one way. An
+            # asymptote fitted to a relaxation the run barely covers would be a guess.
+            move, inflation = float(window.mean()), 1.0
+        else:
+            # A drift test passes a creep below the noise, and the slowest directions creep for about
+            # 2 / (epsilon gamma) steps: the move is where the difference heads, not its mean so far.
+            # In the reference's steps, the trial's slowest directions relax at reference_epsilon * gamma.
+            move, inflation = slowest_response_asymptote(window.mean(axis=0), start, reference_epsilon * trial.gamma)
         update.update(paired_move=move, paired_move_se=chains_standard_error(window) * inflation)
     return trial.model_copy(update=update)
 
@@ -136,18 +146,30 @@ def sensitivity_entry(knob, value: float, changed_to: float, pick: Trial, change
     if changed is None:
         return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=None, move=None,
                            move_se=None, relative=None, settings_dependent=None, note=f"not run: {not_run}")  # fmt: skip
+    if changed.status is TrialStatus.UNRELAXED and _paired(pick, changed) and _beyond_tolerance(changed.paired_move, changed.paired_move_se, pick.llc):
+        # The pair had not settled, but the move its difference had reached is already more than the
+        # tolerance: the knob moves the LLC by at least that much, whatever is left of the relaxation.
+        return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc,
+                           move=changed.paired_move, move_se=changed.paired_move_se, relative=changed.paired_move / pick.llc if pick.llc else None,
+                           settings_dependent=True, at_least=True,
+                           note="the changed trial had not relaxed: the move it reached, a lower bound")  # fmt: skip
     if not changed.ok or changed.reference_diverged:
         why = "the pick's chains diverged beside it" if changed.reference_diverged else f"the changed trial is {changed.status}"
         return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=None,
                            move_se=None, relative=None, settings_dependent=None, note=why)  # fmt: skip
     move, move_se = measured_move(pick, changed)
     relative = move / pick.llc if pick.llc else None
-    dependent = abs(move) - 2 * move_se > SETTINGS_DEPENDENT * abs(pick.llc)
+    dependent = _beyond_tolerance(move, move_se, pick.llc)
     # A move seen is a move (at least that large); a move not seen in a trial too short for the
     # localization's slowest directions to respond is not a measurement that it holds.
     short = too_short_for_gamma(changed) if knob == "gamma" and not dependent else None
     return Sensitivity(knob=knob, value=value, changed_to=changed_to, llc=pick.llc, llc_changed=changed.llc, move=move,
                        move_se=move_se, relative=relative, settings_dependent=None if short else dependent, note=short or "")  # fmt: skip
+
+
+def _beyond_tolerance(move: float, move_se: float, llc: float) -> bool:
+    """Whether a move exceeds ``SETTINGS_DEPENDENT`` of the LLC beyond two standard errors."""
+    return abs(move) - 2 * move_se > SETTINGS_DEPENDENT * abs(llc)
 
 
 def decides_a_halving(pick: Trial, smaller_step: Trial | None) -> bool:

@@ -38,6 +38,9 @@ class Sensitivity(BaseModel):
     relative: float | None  # move / llc
     settings_dependent: bool | None  # None: not measured (the changed trial is unhealthy, too short for gamma's move, or was not run)
     note: str = ""
+    # The move is a lower bound: the changed trial had not relaxed, and the move it had reached
+    # already made the pick settings-dependent (calibrations before llcv 0.17 have none).
+    at_least: bool = False
 
     @property
     def unresolved(self) -> bool:
