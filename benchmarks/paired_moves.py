@@ -1,19 +1,22 @@
-"""How much pairing a half-gamma or half-epsilon trial with its reference shrinks the standard error of the move.
+"""How much pairing a half-gamma, half-epsilon or doubled-batch trial with its reference shrinks the standard error of the move.
 
-Run: ``python -m benchmarks paired_moves [--steps N] [--knob gamma|epsilon|both]``.
+Run: ``python -m benchmarks paired_moves [--steps N] [--knob gamma|epsilon|both|batch]``.
 
 ``calibrate auto`` runs each half-gamma trial beside a continuation at the reference's settings,
 from the same chain states with the same SGLD noise and minibatches, and measures the move on
 the two runs' difference (docs/calibration.md, "Half-gamma trials run paired"); each
 half-epsilon trial runs coupled with its reference, which takes at each of its steps the summed
-noise of two of the trial's ("Half-epsilon trials run coupled"). Here, for each case, 4 chains
+noise of two of the trial's ("Half-epsilon trials run coupled"); the doubled batch runs beside
+that reference, on its noise and the two minibatches of each of its steps joined, its draws read
+on the first ("The doubled batch runs beside"). Here, for each case, 4 chains
 first settle at (epsilon, gamma); from their states three runs follow: the reference, the
 changed setting with the reference's seed (paired or coupled), and the changed setting with
 another seed (independent). Printed: the three LLCs, the move paired and independent with
 their standard errors (after the changed run's measured burn-in and the difference's), and the
 ratio of their variances, the factor by which pairing cuts the steps a resolved move needs
-(before the pair's cost: 2 times a trial's steps for gamma, 1.5 for epsilon). About 4 minutes
-on 2 CPU cores.
+(before the pair's cost: 2 times a trial's steps for gamma, 1.5 for epsilon, half a trial's for
+the batch beside an epsilon pair). About 4 minutes on 2 CPU cores for gamma and epsilon; the batch
+runs on the cases with minibatches only.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ CASES = {  # name: (case, epsilon, gamma, batch size or None for full batches)
 
 
 def _run(
-    case: KnownCase, epsilon: float, gamma: float, batch: int | None, steps: int, seed: int, start, coupled: int = 1
+    case: KnownCase, epsilon: float, gamma: float, batch: int | None, steps: int, seed: int, start, coupled: int = 1, whole: bool = False
 ) -> tuple[np.ndarray, list]:
     size = len(case.dataset)
     settings = SamplerSettings(
@@ -48,12 +51,14 @@ def _run(
         batch_size=batch or size, num_samples=size, seed=seed, precision="fp32",
     )  # fmt: skip
     data = SamplingData(case.dataset, settings, torch.device("cpu"))
-    result, states = estimate_llc_states(case.model, data, settings, loss=case.loss, device="cpu", start=start, coupled_steps=coupled)
+    result, states = estimate_llc_states(
+        case.model, data, settings, loss=case.loss, device="cpu", start=start, coupled_steps=coupled, whole_coupled_batches=whole
+    )
     return trace_array(result.llc_trace), states
 
 
 def compare(name: str, steps: int, knob: str) -> None:
-    """One case's move when ``knob`` (gamma or epsilon) is halved, paired and independent."""
+    """One case's move when ``knob`` (gamma or epsilon) is halved, or the batch doubled, paired and independent."""
     build, epsilon, gamma, batch = CASES[name]
     case = build()
     epsilon = epsilon or case.epsilon
@@ -62,6 +67,12 @@ def compare(name: str, steps: int, knob: str) -> None:
         reference, _ = _run(case, epsilon, gamma, batch, steps, 7, start)
         paired, _ = _run(case, epsilon, gamma / 2, batch, steps, 7, start)
         independent, _ = _run(case, epsilon, gamma / 2, batch, steps, 99, start)
+    elif knob == "batch":
+        # As beside a half-epsilon pair: both take the summed noise of two steps; the doubled batch
+        # joins their two minibatches. Independent: an ordinary run at twice the batch.
+        reference, _ = _run(case, epsilon, gamma, batch, steps, 7, start, coupled=2)
+        paired, _ = _run(case, epsilon, gamma, batch, steps, 7, start, coupled=2, whole=True)
+        independent, _ = _run(case, epsilon, gamma, 2 * batch, steps, 99, start)
     else:
         # The half step runs twice the steps over the same time; the reference takes the summed
         # noise of each two of them, and is compared with the first of the two (the same time and minibatch).
@@ -75,7 +86,7 @@ def compare(name: str, steps: int, knob: str) -> None:
     paired_se = chains_standard_error(paired - reference)
     independent_se = math.hypot(chains_standard_error(reference), chains_standard_error(independent))
     print(
-        f"{name}, half {knob}: LLC {reference.mean():.4g}, changed {paired.mean():.4g} (paired), {independent.mean():.4g} (independent); "
+        f"{name}, {'doubled batch' if knob == 'batch' else f'half {knob}'}: LLC {reference.mean():.4g}, changed {paired.mean():.4g} (paired), {independent.mean():.4g} (independent); "
         f"move paired {(paired - reference).mean():+.3g} ± {paired_se:.2g}, independent "
         f"{independent.mean() - reference.mean():+.3g} ± {independent_se:.2g}; variance ratio {(independent_se / paired_se) ** 2:.1f}",
         flush=True,
@@ -85,11 +96,12 @@ def compare(name: str, steps: int, knob: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks paired_moves", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8000, help="steps of each compared run (the settling run is half that)")
-    parser.add_argument("--knob", choices=("gamma", "epsilon", "both"), default="both", help="the setting halved")
+    parser.add_argument("--knob", choices=("gamma", "epsilon", "both", "batch"), default="both", help="the setting halved (or doubled: batch)")
     arguments = parser.parse_args(argv)
     for knob in ("gamma", "epsilon") if arguments.knob == "both" else (arguments.knob,):
-        for name in CASES:
-            compare(name, arguments.steps, knob)
+        for name, (_, _, _, batch) in CASES.items():
+            if knob != "batch" or batch is not None:
+                compare(name, arguments.steps, knob)
 
 
 if __name__ == "__main__":

@@ -176,12 +176,15 @@ class SteadyTrials:
         self.calls: list[SamplerSettings] = []
 
     def estimate_llc_states(
-        self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None, coupled_steps=1
+        self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None, coupled_steps=1,
+        whole_coupled_batches=False,
     ):
         from types import SimpleNamespace
 
         import numpy as np
 
+        if whole_coupled_batches:  # each step joins the minibatches of k steps: k times the batch
+            settings = settings.model_copy(update={"batch_size": coupled_steps * settings.batch_size})
         self.calls.append(settings)
         # A run coupled to k steps of another (the same seed) shares the noise of every k-th of them.
         draws = np.random.default_rng(settings.seed).standard_normal((settings.num_chains, settings.num_draws * coupled_steps))

@@ -243,8 +243,11 @@ class FakeChains:
         self.coupled: list[int] = []  # each call's coupled_steps
 
     def estimate_llc_states(
-        self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None, coupled_steps=1
+        self, model, data, settings, loss="cross_entropy", device="auto", reporter=None, precision=None, start=None, coupled_steps=1,
+        whole_coupled_batches=False,
     ):
+        if whole_coupled_batches:  # each step joins the minibatches of k steps: k times the batch
+            settings = settings.model_copy(update={"batch_size": coupled_steps * settings.batch_size})
         self.calls.append((settings.epsilon, settings.gamma, settings.batch_size, settings.num_draws, start is None))
         self.coupled.append(coupled_steps)
         if self.store is not None:
@@ -314,9 +317,14 @@ def tried(result, batch: int = BATCH) -> list[tuple[int, int]]:
     return [(halvings(t.epsilon, EPSILON), halvings(t.gamma, GAMMA)) for t in result.trials if t.batch_size == batch]
 
 
-def _runs(trial) -> int:
-    """The sampler calls a one-segment trial made: two when it ran paired with a reference."""
-    return 1 if trial.paired_gamma is None else 2
+def _runs(trials: list[Trial], index: int) -> int:
+    """The sampler calls a one-segment trial made: two when it ran paired with a reference, and one
+    more when a doubled-batch trial ran beside them (kept next, with no calls of its own)."""
+    trial = trials[index]
+    if trial.paired_batch_size is not None:
+        return 0
+    beside = index + 1 < len(trials) and trials[index + 1].paired_batch_size is not None
+    return (1 if trial.paired_gamma is None else 2) + beside
 
 
 def half_gamma_trial(result) -> Trial:
@@ -630,6 +638,33 @@ def test_sensitivity_entries_measure_each_knob_at_the_pick(monkeypatch):
     assert entry(result, "batch_size").move == pytest.approx(shift, rel=0.05)
     assert result.settings_dependent == ["batch_size"] and "settings-dependent: batch_size" in result.reason
     assert result.recommended.batch_size == BATCH  # the base's batch size is not the search's to change
+
+
+def test_the_doubled_batch_runs_beside_the_reference_of_the_picks_half_epsilon_trial(monkeypatch):
+    shift = 2 * SETTINGS_DEPENDENT * TRUE_LLC
+    # halving the first gamma moves the LLC, the next halving does not: the pick is half the first
+    # gamma, where epsilon is first halved, so its half-epsilon pair is new
+    level = lambda epsilon, gamma, batch: TRUE_LLC + (0.5 if gamma == GAMMA else 0.0) + (shift if batch == 2 * BATCH else 0.0)  # noqa: E731
+    fake = fake_search(monkeypatch, level)
+    result = search()
+    pick = pick_of(result)
+    assert halvings(pick.gamma, GAMMA) == 1
+    larger = next(trial for trial in result.trials if trial.batch_size == 2 * BATCH)
+    half_step = next(trial for trial in result.trials if trial.gamma == pick.gamma and trial.epsilon == auto._rounded(pick.epsilon / 2))
+    assert result.trials.index(larger) == result.trials.index(half_step) + 1  # kept beside it
+    # run at the pick's settings beside the pair's reference, coupled to it: no run of its own
+    assert (larger.epsilon, larger.gamma, larger.reference_epsilon, larger.paired_gamma) == (pick.epsilon, pick.gamma, pick.epsilon, pick.gamma)
+    assert larger.paired_batch_size == BATCH and larger.reference_batch_size == BATCH
+    assert [coupled for call, coupled in zip(fake.calls, fake.coupled) if call[2] == 2 * BATCH] == [2] * len(
+        [call for call in fake.calls if call[2] == 2 * BATCH]
+    )
+    # its chain-steps are its own (the reference's are the half-epsilon trial's): half the trial's
+    assert larger.chain_steps == larger.steps * TRIAL_CHAINS and 2 * larger.steps == half_step.steps
+    assert result.spent.chain_steps == sum(call[3] for call in fake.calls) * TRIAL_CHAINS
+    batch = entry(result, "batch_size")
+    assert (batch.move, batch.move_se) == (larger.paired_move, larger.paired_move_se)
+    assert batch.move == pytest.approx(shift, rel=0.05) and batch.move_se < math.hypot(pick.se, larger.se) / 2
+    assert batch.settings_dependent is True and result.settings_dependent == ["batch_size"]
 
 
 # A half-gamma trial long enough for the localization's slowest directions to respond: 2 / (1e-3 * 1.0) steps.
@@ -948,7 +983,7 @@ def test_the_store_is_written_after_each_trial_and_a_rerun_reuses_it(monkeypatch
     result = search(store=store)
     # each call (one per trial, two for a paired one: steady chains need no second segment) saw
     # every trial before it stored
-    assert first.stored == [index for index, trial in enumerate(result.trials) for _ in range(_runs(trial))]
+    assert first.stored == [index for index in range(len(result.trials)) for _ in range(_runs(result.trials, index))]
     assert len(result.trials) > 3 and any(trial.paired_gamma is not None for trial in result.trials)
     stored = json.loads(store.read_text())
     assert stored["complete"] is True and stored["pick"] == result.pick and len(stored["trials"]) == len(result.trials)
@@ -964,7 +999,7 @@ def test_the_store_is_written_after_each_trial_and_a_rerun_reuses_it(monkeypatch
     with torch.no_grad():
         model.weight.add_(1.0)
     search(store=store, problem=(model, data))
-    assert len(fresh.calls) == sum(_runs(trial) for trial in result.trials)
+    assert len(fresh.calls) == sum(_runs(result.trials, index) for index in range(len(result.trials)))
 
 
 def test_an_interrupted_search_resumes_with_the_trials_it_had_not_run(monkeypatch, tmp_path):
@@ -990,7 +1025,7 @@ def test_an_interrupted_search_resumes_with_the_trials_it_had_not_run(monkeypatc
     assert json.loads(store.read_text())["complete"] is False and len(json.loads(store.read_text())["trials"]) == 3
     rest = fake_search(monkeypatch, level, store=store)
     resumed = search(store=store)
-    done = sum(_runs(trial) for trial in expected.trials[:3])
+    done = sum(_runs(expected.trials, index) for index in range(3))
     assert [call[:3] for call in rest.calls] == [call[:3] for call in whole.calls[done:]]
     assert resumed.recommended == expected.recommended
 

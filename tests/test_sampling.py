@@ -555,6 +555,37 @@ def test_channels_last_chains_keep_convolution_weights_in_the_inputs_layout(prec
     assert group.parameters[0].grad.shape == group.parameters[0].shape
 
 
+def test_coupled_batches_take_the_first_of_each_group_or_join_the_group_into_one_batch():
+    from llcv.sampling.chains import coupled_batches
+
+    stream = [[torch.full((3, 2), float(step)), torch.full((3,), step)] for step in range(6)]  # shared: samples first
+    first = list(coupled_batches(iter(stream), 2, shared=True, whole=False))
+    assert [int(batch[1][0]) for batch in first] == [0, 2, 4]
+    joined = list(coupled_batches(iter(stream), 2, shared=True, whole=True))
+    assert len(joined) == 3 and joined[1][0].shape == (6, 2) and joined[1][1].tolist() == [2, 2, 2, 3, 3, 3]
+    stacked = [[torch.full((4, 3, 2), float(step)), torch.full((4, 3), step)] for step in range(4)]  # chains x samples
+    joined = list(coupled_batches(iter(stacked), 2, shared=False, whole=True))
+    assert joined[0][0].shape == (4, 6, 2) and joined[1][1][0].tolist() == [2, 2, 2, 3, 3, 3]
+
+
+def test_a_run_on_joined_batches_follows_the_run_on_their_first_far_closer_than_an_independent_one():
+    # Two runs at one step and one seed, one on each step's first minibatch of two, the other on both
+    # joined (twice the batch, containing the first): the same noise, nested batches, and draws read
+    # on the same first minibatch, so their difference keeps only where the larger batch moves the
+    # chains (measured: 31 times closer than an independent run on this regression).
+    model, data = regression()
+    settings = SamplerSettings(**{**REGRESSION_SETTINGS, "num_burnin_steps": 0, "batch_size": 50, "num_draws": 300, "seed": 4})
+    first, _ = estimate_llc_states(model, data, settings, loss="mse", device="cpu", coupled_steps=2)
+    joined, _ = estimate_llc_states(model, data, settings, loss="mse", device="cpu", coupled_steps=2, whole_coupled_batches=True)
+    independent, _ = estimate_llc_states(
+        model, data, settings.model_copy(update={"seed": 5}), loss="mse", device="cpu", coupled_steps=2, whole_coupled_batches=True
+    )
+    reference = np.array(first.llc_trace)
+    joined_gap = np.abs(np.array(joined.llc_trace) - reference).mean()
+    independent_gap = np.abs(np.array(independent.llc_trace) - reference).mean()
+    assert 0 < joined_gap < independent_gap / 10
+
+
 @pytest.mark.parametrize("batch_size", [400, 50])
 def test_a_coupled_run_follows_the_run_at_half_its_step_far_closer_than_an_independent_one(batch_size):
     # With the summed noise (and, with minibatches, the first of each two batches) of the run at

@@ -35,7 +35,13 @@ share of the budget.
 The comparisons at the pick are its sensitivity: how far the estimate moves when gamma is halved,
 when epsilon is halved, and when the sampling batch size doubles (n fixed), each with its standard
 error. A move of more than ``SETTINGS_DEPENDENT`` of the LLC beyond two standard errors flags the
-pick as settings-dependent, naming the knob.
+pick as settings-dependent, naming the knob. The doubled batch runs beside the reference of the
+pick's half-epsilon trial, coupled to it by nested minibatches (its batch joins the two the
+half-step trial sees in one reference step), so it is measured wherever epsilon is.
+
+Why one module: the rules and the trials they call share one state, where the chains stand and
+what the budget has left, which every trial reads and moves on; split, each half would reach into
+the other's. The file format is apart (``auto_store``), as are the comparisons (``comparisons``).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -229,7 +236,8 @@ class _Search:
     # --- trials ---------------------------------------------------------------------------------
 
     def trial(
-        self, epsilon: float, gamma: float, batch_size: int | None = None, from_checkpoint: bool = False, paired_with: Trial | None = None
+        self, epsilon: float, gamma: float, batch_size: int | None = None, from_checkpoint: bool = False, paired_with: Trial | None = None,
+        with_doubled_batch: bool = False,
     ) -> Trial | None:
         """The trial at these settings: reused when already run, else run on from where the chains
         stand (continued while it has not settled or cannot resolve ``RESOLUTION``); None when the
@@ -240,7 +248,12 @@ class _Search:
         twice it (a half-epsilon trial), whose settings are run beside this one, from the same
         states with the same noise and minibatches (for twice the epsilon, coupled: the sum of the
         noise of two of this trial's steps at each of its own), so that the move between them is
-        measured on the difference of the two runs (``with_paired_move``)."""
+        measured on the difference of the two runs (``with_paired_move``). ``with_doubled_batch``
+        (a half-epsilon trial): a third run beside them at the reference's settings and twice the
+        batch, coupled to the reference (its noise, and this trial's two minibatches of each of
+        its steps as one batch, which contains the reference's), kept as the reference's trial at
+        twice the batch with its move measured on its difference from the reference, for half a
+        step's cost per step of this trial."""
         batch_size = batch_size or self.data.batch_size
         key = _key(epsilon, gamma, batch_size)
         if from_checkpoint:
@@ -268,10 +281,15 @@ class _Search:
         data = self.data if batch_size == self.data.batch_size else SamplingData(self.data.dataset, settings, self.device)
         self.reporter.note(f"trial epsilon={epsilon:.3g}, gamma={gamma:.3g}, batch {batch_size}" + (" (from the checkpoint)" if self.states is None else ""))
         cap = self._trial_cap(planned)
-        cost_per_step = 1 if paired_with is None else 1 + 1 / coupled
-        reference_settings = None if paired_with is None else settings.model_copy(update={"epsilon": paired_with.epsilon, "gamma": paired_with.gamma})
-        reference_states, reference_trace = self.states, np.empty((TRIAL_CHAINS, 0))
-        reference_diverged = np.zeros(TRIAL_CHAINS, dtype=bool)
+        reference = doubled = None
+        if paired_with is not None:
+            reference = _RunBeside(settings.model_copy(update={"epsilon": paired_with.epsilon, "gamma": paired_with.gamma}), coupled, self.states)
+            doubled_key = _key(paired_with.epsilon, paired_with.gamma, coupled * batch_size)
+            joined_fits = not data.is_full_batch and coupled * batch_size <= self.data.num_samples
+            if with_doubled_batch and coupled > 1 and joined_fits and doubled_key not in self.current:
+                doubled = _RunBeside(reference.settings, coupled, self.states, whole_batches=True)
+        runs_beside = [run for run in (reference, doubled) if run is not None]
+        cost_per_step = 1 + len(runs_beside) / coupled
         while trial is None or self._worth_extending(trial, planned):
             segment = _whole_steps(max(min(steps, cap) - trace.shape[1], MIN_SEGMENT_STEPS), coupled)
             affordable = _whole_steps(int(self._affordable_steps() / cost_per_step), coupled, down=True)
@@ -288,38 +306,33 @@ class _Search:
                 self.model, data, run, loss=self.loss, device=self.device, reporter=self.reporter, start=self.states
             )
             diverged = np.array([value is None for value in result.llc_per_chain])
-            if reference_settings is not None:
-                # The same seed: the same SGLD noise and minibatches as the run above.
-                reference_run = reference_settings.model_copy(update={"num_draws": segment // coupled, "seed": run.seed})
-                reference, reference_states = sampling.estimate_llc_states(
-                    self.model, data, reference_run, loss=self.loss, device=self.device, reporter=self.reporter, start=reference_states,
-                    coupled_steps=coupled,
-                )  # fmt: skip
-                reference_trace = np.concatenate([reference_trace, trace_array(reference.llc_trace)], axis=1)
-                reference_diverged |= np.array([value is None for value in reference.llc_per_chain])
+            segment_cost = segment * TRIAL_CHAINS + sum(beside.run(self, data, segment, run.seed) for beside in runs_beside)
             segments += 1
             seconds += time.perf_counter() - started
-            segment_cost = (segment + (reference_run.num_draws if reference_settings is not None else 0)) * TRIAL_CHAINS
             self.pending_chain_steps += segment_cost
             self.reporter.advance("calibrate", segment_cost)
             trace = np.concatenate([trace, trace_array(result.llc_trace)], axis=1)
             # A half-gamma pair whose reference diverged is no comparison: the pair counts as
             # diverged. A half-epsilon trial keeps its own health: its reference (the larger step)
             # diverging beside its healthy chains is what the halving showed.
-            if coupled == 1:
-                diverged |= reference_diverged
-            unstable_step = bool(reference_diverged.any()) and not diverged.any()
+            if reference is not None and coupled == 1:
+                diverged |= reference.diverged
             trial = summarise_trial(trace, diverged, epsilon, gamma, batch_size, seconds, starts_at_checkpoint)
-            if paired_with is not None:
-                trial = with_paired_move(trial, trace, reference_trace, paired_with.epsilon, paired_with.gamma, unstable_step)
+            if reference is not None:
+                trial = with_paired_move(trial, trace, reference.trace, paired_with.epsilon, paired_with.gamma, reference.unstable_beside(diverged))
             # Chains that left the basin or settled below the checkpoint are no place to start from.
             self.states = None if trial.status.left_the_basin else states
             steps = self._extended_steps(trial)
         self.pending_chain_steps = 0
         if trial is not None:
-            if paired_with is not None:
-                self.reference_states = None if self.states is None else (trial, reference_states)
+            if reference is not None:
+                self.reference_states = None if self.states is None else (trial, reference.states)
             self._keep(trial)
+            if doubled is not None and doubled.trace.size:
+                larger = summarise_trial(doubled.trace, doubled.diverged, paired_with.epsilon, paired_with.gamma, coupled * batch_size,
+                                         doubled.seconds, starts_at_checkpoint)  # fmt: skip
+                self._keep(with_paired_move(larger, doubled.trace, reference.trace, paired_with.epsilon, paired_with.gamma,
+                                            reference.unstable_beside(doubled.diverged), reference_batch_size=batch_size))  # fmt: skip
             self._save()
             shown = "undefined" if trial.llc is None else f"{trial.llc:.4g} ± {trial.se:.2g}"
             self.reporter.note(f"   {trial.steps} steps: LLC {shown}, burn-in {trial.burnin}, {trial.status}")
@@ -414,7 +427,9 @@ class _Search:
             return self._give_up(f"no epsilon gave healthy chains at gamma={gamma:g} within the budget")
         while True:
             pick, weaker, stop = self._weaken_gamma(pick)
-            smaller_step = self.trial(_rounded(pick.epsilon / 2), pick.gamma, paired_with=pick)
+            # The doubled batch runs beside this pair's reference, at the pick's settings: its move is
+            # measured wherever epsilon's is, at half a step's cost.
+            smaller_step = self.trial(_rounded(pick.epsilon / 2), pick.gamma, paired_with=pick, with_doubled_batch=True)
             if not decides_a_halving(pick, smaller_step):
                 break
             # The step was too large at this gamma (the chains reach stiffer regions where gamma is
@@ -592,6 +607,40 @@ class _Search:
             checkpoint=self.checkpoint,
             fingerprint=self.fingerprint,
         )
+
+
+@dataclass
+class _RunBeside:
+    """A run beside a trial, at other settings: from the same states, with the trial's seed at each
+    segment, one of its steps for ``coupled`` of the trial's (``estimate_llc_states``'s coupling;
+    ``whole_batches``: their minibatches joined, ``coupled`` times the batch)."""
+
+    settings: SamplerSettings
+    coupled: int
+    states: list[ChainState] | None
+    whole_batches: bool = False
+    trace: np.ndarray = field(default_factory=lambda: np.empty((TRIAL_CHAINS, 0)))
+    diverged: np.ndarray = field(default_factory=lambda: np.zeros(TRIAL_CHAINS, dtype=bool))
+    seconds: float = 0.0
+
+    def run(self, search: _Search, data: SamplingData, segment: int, seed: int) -> int:
+        """Run on beside ``segment`` of the trial's steps, from where this run stands; the chain-steps it cost."""
+        started = time.perf_counter()
+        # The same seed as the trial's segment: the same SGLD noise and minibatches.
+        settings = self.settings.model_copy(update={"num_draws": segment // self.coupled, "seed": seed})
+        result, self.states = sampling.estimate_llc_states(
+            search.model, data, settings, loss=search.loss, device=search.device, reporter=search.reporter, start=self.states,
+            coupled_steps=self.coupled, whole_coupled_batches=self.whole_batches,
+        )  # fmt: skip
+        self.trace = np.concatenate([self.trace, trace_array(result.llc_trace)], axis=1)
+        self.diverged |= np.array([value is None for value in result.llc_per_chain])
+        self.seconds += time.perf_counter() - started
+        return settings.num_draws * TRIAL_CHAINS
+
+    def unstable_beside(self, diverged: np.ndarray) -> bool:
+        """Whether this run's chains left the basin while those of the run beside it (``diverged``)
+        all stayed: the comparison is then no move, but what the change showed."""
+        return bool(self.diverged.any()) and not diverged.any()
 
 
 def _expected_relaxation(trials: list[Trial], epsilon: float, gamma: float) -> int:

@@ -36,7 +36,7 @@ def measured_move(reference: Trial, changed: Trial) -> tuple[float, float]:
 
 def _paired(reference: Trial, changed: Trial) -> bool:
     """Whether ``changed`` ran paired with ``reference``'s settings, its move measured on their difference."""
-    return changed.paired_move is not None and (changed.reference_epsilon, changed.paired_gamma, changed.batch_size) == (
+    return changed.paired_move is not None and (changed.reference_epsilon, changed.paired_gamma, changed.reference_batch_size) == (
         reference.epsilon, reference.gamma, reference.batch_size
     )
 
@@ -53,7 +53,7 @@ def differs(reference: Trial, changed: Trial) -> bool:
 
 def with_paired_move(
     trial: Trial, trace: np.ndarray, reference_trace: np.ndarray, reference_epsilon: float, reference_gamma: float,
-    reference_diverged: bool = False,
+    reference_diverged: bool = False, reference_batch_size: int | None = None,
 ) -> Trial:
     """``trial`` (run beside a reference from the same states with the same noise and minibatches)
     with the move from the reference measured on the two runs' difference once both have settled.
@@ -70,11 +70,17 @@ def with_paired_move(
     epsilon * steps and on the same minibatch; the pair costs 1 + 1/k times the trial's steps.
     ``reference_diverged`` (only for such a trial: a half-gamma pair whose reference diverged counts
     as diverged itself): the reference's chains left the basin and the trial's did not; the move is
-    then not measured, and the trial says so."""
+    then not measured, and the trial says so. ``reference_batch_size``: for a trial at twice the
+    batch, run at the reference's settings beside the reference of another trial (the pick's
+    half-epsilon trial), whose chain-steps count that reference: the trial's own are all it adds.
+    Each of its steps took the two minibatches of the other trial's step pair joined, so its
+    batch contains the reference's."""
     ratio = round(reference_epsilon / trial.epsilon)
-    update: dict[str, Any] = {
-        "chain_steps": trial.chain_steps + reference_trace.size, "paired_gamma": reference_gamma, "paired_epsilon": reference_epsilon,
-    }  # fmt: skip
+    update: dict[str, Any] = {"paired_gamma": reference_gamma, "paired_epsilon": reference_epsilon}
+    if reference_batch_size is None:
+        update["chain_steps"] = trial.chain_steps + reference_trace.size
+    else:
+        update["paired_batch_size"] = reference_batch_size
     if reference_diverged:
         update["reference_diverged"] = True
     elif trial.llc is not None:

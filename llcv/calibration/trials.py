@@ -88,6 +88,8 @@ class Trial(BaseModel):
         reference_diverged: for a half-epsilon trial, whether a chain of its reference run (at
             twice its epsilon) left the basin while its own did not: the larger step is unstable
             there over this longer run, and the move is not measured.
+        paired_batch_size: the reference's batch size where it is not the trial's: a doubled-batch
+            trial run beside the reference of the pick's half-epsilon trial (llcv 0.17); else None.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -112,6 +114,7 @@ class Trial(BaseModel):
     paired_move: float | None = None
     paired_move_se: float | None = None
     reference_diverged: bool = False
+    paired_batch_size: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -131,6 +134,11 @@ class Trial(BaseModel):
         if self.paired_gamma is None:
             return None
         return self.paired_epsilon if self.paired_epsilon is not None else self.epsilon
+
+    @property
+    def reference_batch_size(self) -> int:
+        """The batch size of the reference this trial ran paired with (its own, unless doubled beside it)."""
+        return self.paired_batch_size or self.batch_size
 
     def draws_for(self, standard_error: float) -> int | None:
         """The draws after the burn-in that would bring the standard error down to ``standard_error``

@@ -196,6 +196,24 @@ def _measured_draw(step: int, settings: SamplerSettings) -> int | None:
     return draw if (draw + 1) % settings.mala_every == 0 and draw < settings.num_draws else None
 
 
+def coupled_batches(batches: Iterator, steps: int, shared: bool, whole: bool) -> Iterator:
+    """The minibatches of a run coupled to ``steps`` steps of a run on the stream ``batches``: the
+    first of each ``steps`` consecutive ones, or with ``whole`` all of them joined into one batch
+    ``steps`` times as large, which contains that first one (nested minibatches: the run at the
+    larger batch sees what the other sees, and more). ``shared``: a batch is one for all chains;
+    else its tensors are stacked per chain, their samples along the second dimension."""
+    if not whole:
+        return itertools.islice(batches, 0, None, steps)
+    sample_dim = 0 if shared else 1
+    return ([torch.cat(columns, dim=sample_dim) for columns in zip(*group)] for group in zip(*[batches] * steps))
+
+
+def first_of_joined(batch, steps: int, shared: bool):
+    """The first of the ``steps`` equal minibatches ``coupled_batches`` joined into ``batch``."""
+    sample_dim = 0 if shared else 1
+    return [column.narrow(sample_dim, 0, column.shape[sample_dim] // steps) for column in batch]
+
+
 @dataclass(frozen=True)
 class _ChainRun:
     """What every group of one estimate's chains runs with."""
@@ -206,6 +224,9 @@ class _ChainRun:
     # Each step takes the summed noise and the first minibatch of this many steps of a run with the
     # same seed (``GaussianNoise.draw_summed``): the run is coupled to one at 1/coupled_steps of its step.
     coupled_steps: int = 1
+    # With coupled_steps k > 1: each step takes all k minibatches as one batch k times as large
+    # (which contains the first), not the first alone (``coupled_batches``).
+    whole_coupled_batches: bool = False
 
 
 def _run_group(
@@ -228,7 +249,7 @@ def _run_group(
     chains = group.num_chains
     batches, shared_batch = _group_batches(data, seeds)
     if run.coupled_steps > 1:
-        batches = itertools.islice(batches, 0, None, run.coupled_steps)
+        batches = coupled_batches(batches, run.coupled_steps, shared_batch, run.whole_coupled_batches)
     full_batch = data.is_full_batch
     update = LangevinUpdate(group.parameters, group.initial, settings.sampler, settings.epsilon, settings.gamma, run.nbeta)
     if start is not None:
@@ -253,6 +274,12 @@ def _run_group(
         batch = next(batches)
         losses = group.gradient_pass(batch, shared_batch)
         is_draw = step >= burnin and (step + 1 - burnin) % every == 0
+        if is_draw and run.whole_coupled_batches:
+            # The draw reads the loss on the first of the joined minibatches, as the run coupled the
+            # plain way does at its weights: unbiased like any minibatch's, and the two runs' draws
+            # then differ only by where their chains stand, not by the batches they were read on.
+            with torch.no_grad():
+                losses = group.losses(first_of_joined(batch, run.coupled_steps, shared_batch), shared_batch)
         draws_done = (step + 1 - burnin) // every if step >= burnin else 0
         scored_here, scored_next = _measured_draw(step, settings), _measured_draw(step + 1, settings)
         start = None

@@ -233,6 +233,7 @@ def estimate_llc_states(
     precision: PrecisionChoice | None = None,
     start: list[ChainState] | None = None,
     coupled_steps: int = 1,
+    whole_coupled_batches: bool = False,
 ) -> tuple[LLCResult, list[ChainState]]:
     """``estimate_llc``, with the chains' final states returned and, with ``start`` (one state per
     chain, e.g. the states an earlier call returned), the chains continuing from there instead
@@ -245,9 +246,13 @@ def estimate_llc_states(
     k times that run's epsilon, its draw j follows that run's draw k j closely (the same time and
     minibatch), and the
     difference of the two measures what the step size does with their shared noise cancelled.
+    With ``whole_coupled_batches`` each step takes those k minibatches joined into one, k times
+    the batch size, instead of the first alone: beside a run coupled the plain way, at the same
+    epsilon, its difference measures what the larger batch does (``chains.coupled_batches``).
 
-    Why these parameters: ``estimate_llc``'s, and the two ways a calibration's trial continues or
-    couples a run (``start``, ``coupled_steps``), which only ``llcv.calibration.auto`` passes.
+    Why these parameters: ``estimate_llc``'s, and the ways a calibration's trial continues or
+    couples a run (``start``, ``coupled_steps``, ``whole_coupled_batches``), which only
+    ``llcv.calibration.auto`` passes.
     """
     started = time.perf_counter()
     device = resolve_device(device)
@@ -266,7 +271,10 @@ def estimate_llc_states(
     bound = chain_settings.divergence_bound or default_divergence_bound(
         chains.num_parameters, nbeta, initial_loss.value, initial_loss.batch_spread
     )
-    run = _ChainRun(chain_settings, nbeta, loss_limit=initial_loss.value + bound / nbeta, coupled_steps=coupled_steps)
+    run = _ChainRun(
+        chain_settings, nbeta, loss_limit=initial_loss.value + bound / nbeta, coupled_steps=coupled_steps,
+        whole_coupled_batches=whole_coupled_batches,
+    )  # fmt: skip
     traces = _run_chains(chains, data, run, device, reporter, start)
     setup = _EstimateSetup(
         settings, nbeta, nbeta_rule(settings.nbeta), burnin, initial_loss, bound, chains.num_parameters, data.num_samples, device,
