@@ -328,15 +328,19 @@ class _Search:
             if reference is not None:
                 self.reference_states = None if self.states is None else (trial, reference.states)
             self._keep(trial)
+            self._note_kept(trial)
             if doubled is not None and doubled.trace.size:
                 larger = summarise_trial(doubled.trace, doubled.diverged, paired_with.epsilon, paired_with.gamma, coupled * batch_size,
                                          doubled.seconds, starts_at_checkpoint)  # fmt: skip
                 self._keep(with_paired_move(larger, doubled.trace, reference.trace, paired_with.epsilon, paired_with.gamma,
                                             reference.unstable_beside(doubled.diverged), reference_batch_size=batch_size))  # fmt: skip
+                self._note_kept(self.trials[-1], f"beside it, epsilon={paired_with.epsilon:.3g} at batch {larger.batch_size}: ")
             self._save()
-            shown = "undefined" if trial.llc is None else f"{trial.llc:.4g} ± {trial.se:.2g}"
-            self.reporter.note(f"   {trial.steps} steps: LLC {shown}, burn-in {trial.burnin}, {trial.status}")
         return trial
+
+    def _note_kept(self, trial: Trial, label: str = "") -> None:
+        shown = "undefined" if trial.llc is None else f"{trial.llc:.4g} ± {trial.se:.2g}"
+        self.reporter.note(f"   {label}{trial.steps} steps: LLC {shown}, burn-in {trial.burnin}, {trial.status}")
 
     def _trial_cap(self, planned: int) -> int:
         """The most steps a trial planned at ``planned`` may run: ``MAX_TRIAL_GROWTH`` times that,
