@@ -708,6 +708,14 @@ def test_an_unrelaxed_pair_that_already_moved_beyond_the_tolerance_makes_the_pic
     assert (bound.move, bound.move_se, bound.relative) == (19.0, 0.7, pytest.approx(19.0 / 40.0))
     assert relative_move_words(bound) == "at least +48% ± 1.7%"
     assert "halving gamma moves the LLC by at least +48%" in sensitivity_sentence([bound])
+    from rich.console import Console
+
+    from llcv.cli_render import sensitivity_table
+
+    console = Console(width=120, record=True)
+    console.print(sensitivity_table([bound], "sensitivity"))
+    row = next(line for line in console.export_text().splitlines() if line.startswith("gamma"))
+    assert "≥ +19 ± 0.7" in row and "≥ +48%" in row and row.rstrip().endswith("settings-dependent")
     # a move reached within the tolerance says nothing of where it heads: not measured
     small = sensitivity_entry("gamma", 1.0, 0.5, pick, parting.model_copy(update={"paired_move": 3.0}))
     assert small.settings_dependent is None and small.move is None and small.note == "the changed trial is unrelaxed"
