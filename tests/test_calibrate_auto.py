@@ -1087,3 +1087,43 @@ def test_the_trials_table_says_where_the_larger_step_diverged_beside_a_healthy_h
     rows = console.export_text().splitlines()
     assert any("ok (continued) (the larger step diverged beside it)" in row for row in rows)
     assert sum("diverged beside it" in row for row in rows) == 1  # the first trial's row says nothing of it
+
+
+def test_runs_beside_a_trial_give_the_same_numbers_at_once_as_one_after_another():
+    import threading
+
+    from llcv.calibration.beside import RunBeside, run_concurrently
+    from llcv.sampling import SamplingData, estimate_llc_states
+
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Linear(3, 1)
+    dataset = TensorDataset(torch.randn(400, 3, generator=generator), torch.randn(400, 1, generator=generator))
+    settings = SamplerSettings(epsilon=1e-4, gamma=1.0, nbeta=100.0, batch_size=50, num_chains=TRIAL_CHAINS, num_burnin_steps=0, seed=3)
+    data = SamplingData(dataset, settings, torch.device("cpu"))
+    threads_seen: list[int] = []
+    callers: set[int] = set()
+
+    def sample(*args, **options):
+        threads_seen.append(torch.get_num_threads())
+        callers.add(threading.get_ident())
+        return estimate_llc_states(model, *args, loss="mse", device="cpu", **options)
+
+    reference = settings.model_copy(update={"epsilon": 2e-4})
+    threads = torch.get_num_threads()
+    outcomes = {}
+    try:
+        for available in (1, 3):  # too few threads for three runs at once, then one each
+            torch.set_num_threads(available)
+            threads_seen.clear()
+            callers.clear()
+            runs = [RunBeside(reference, 2, None), RunBeside(reference, 2, None, whole_batches=True)]
+            with run_concurrently(runs, sample, data, 200, seed=7) as cost:
+                trial, _ = sample(data, settings.model_copy(update={"num_draws": 200, "seed": 7}))
+            assert torch.get_num_threads() == available  # restored
+            assert sorted(threads_seen) == [1, 1, 1]  # at once, each ran on its share of the three
+            assert len(callers) == (1 if available == 1 else 3)  # one after another, or each on a thread of its own
+            outcomes[available] = (trial.llc_trace, [run.trace.tolist() for run in runs], cost.total)
+    finally:
+        torch.set_num_threads(threads)
+    assert outcomes[1] == outcomes[3]
+    assert outcomes[3][2] == 2 * 100 * TRIAL_CHAINS  # each run beside: 100 steps of 4 chains

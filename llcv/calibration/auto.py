@@ -41,7 +41,8 @@ half-step trial sees in one reference step), so it is measured wherever epsilon 
 
 Why one module: the rules and the trials they call share one state, where the chains stand and
 what the budget has left, which every trial reads and moves on; split, each half would reach into
-the other's. The file format is apart (``auto_store``), as are the comparisons (``comparisons``).
+the other's. The file format is apart (``auto_store``), as are the comparisons (``comparisons``)
+and the runs beside a trial (``beside``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +70,12 @@ from llcv.calibration.comparisons import (
     with_paired_move,
 )
 from llcv.calibration.curvature import top_hessian_eigenvalue
+from llcv.calibration.beside import RunBeside, run_concurrently
 from llcv.calibration.auto_store import AUTO_FORMAT, AUTO_FORMAT_VERSION, payload_dict, search_fingerprint
 from llcv.calibration.outcome import AutoCalibration, Budget, Sensitivity, Spent
 from llcv.calibration.trials import (
     BURNIN_SHARES,
+    TRIAL_CHAINS,
     Trial,
     TrialStatus,
     summarise_trial,
@@ -88,9 +90,6 @@ from llcv.progress import SILENT, Reporter
 from llcv.sampling import SamplingData
 from llcv.settings import SamplerSettings
 
-# Chains per trial: as many as the estimate runs, so that the chains' spread, which carries the
-# slow wander the MCSE misses, is measured as the estimate will see it.
-TRIAL_CHAINS = 4
 # The first trial's steps per chain; later trials scale the steps their neighbours needed.
 FIRST_TRIAL_STEPS = 1000
 # The first epsilon, in units of 1 / (the posterior's stiffest curvature): SGLD is stable for
@@ -283,11 +282,11 @@ class _Search:
         cap = self._trial_cap(planned)
         reference = doubled = None
         if paired_with is not None:
-            reference = _RunBeside(settings.model_copy(update={"epsilon": paired_with.epsilon, "gamma": paired_with.gamma}), coupled, self.states)
+            reference = RunBeside(settings.model_copy(update={"epsilon": paired_with.epsilon, "gamma": paired_with.gamma}), coupled, self.states)
             doubled_key = _key(paired_with.epsilon, paired_with.gamma, coupled * batch_size)
             joined_fits = not data.is_full_batch and coupled * batch_size <= self.data.num_samples
             if with_doubled_batch and coupled > 1 and joined_fits and doubled_key not in self.current:
-                doubled = _RunBeside(reference.settings, coupled, self.states, whole_batches=True)
+                doubled = RunBeside(reference.settings, coupled, self.states, whole_batches=True)
         runs_beside = [run for run in (reference, doubled) if run is not None]
         cost_per_step = 1 + len(runs_beside) / coupled
         while trial is None or self._worth_extending(trial, planned):
@@ -302,11 +301,12 @@ class _Search:
             started = time.perf_counter()
             # Each segment draws fresh noise and batches: the same seed would repeat the last one's.
             run = settings.model_copy(update={"num_draws": segment, "seed": self.base.seed + SEGMENT_SEEDS * len(self.trials) + segments})
-            result, states = sampling.estimate_llc_states(
-                self.model, data, run, loss=self.loss, device=self.device, reporter=self.reporter, start=self.states
-            )
+            with run_concurrently(runs_beside, self._sample, data, segment, run.seed) as beside_cost:
+                result, states = sampling.estimate_llc_states(
+                    self.model, data, run, loss=self.loss, device=self.device, reporter=self.reporter, start=self.states
+                )
             diverged = np.array([value is None for value in result.llc_per_chain])
-            segment_cost = segment * TRIAL_CHAINS + sum(beside.run(self, data, segment, run.seed) for beside in runs_beside)
+            segment_cost = segment * TRIAL_CHAINS + beside_cost.total
             segments += 1
             seconds += time.perf_counter() - started
             self.pending_chain_steps += segment_cost
@@ -337,6 +337,10 @@ class _Search:
                 self._note_kept(self.trials[-1], f"beside it, epsilon={paired_with.epsilon:.3g} at batch {larger.batch_size}: ")
             self._save()
         return trial
+
+    def _sample(self, data: SamplingData, settings: SamplerSettings, **options) -> tuple[sampling.LLCResult, list[ChainState]]:
+        """``estimate_llc_states`` on this search's model, loss and device (looked up at each call)."""
+        return sampling.estimate_llc_states(self.model, data, settings, loss=self.loss, device=self.device, **options)
 
     def _note_kept(self, trial: Trial, label: str = "") -> None:
         shown = "undefined" if trial.llc is None else f"{trial.llc:.4g} ± {trial.se:.2g}"
@@ -611,40 +615,6 @@ class _Search:
             checkpoint=self.checkpoint,
             fingerprint=self.fingerprint,
         )
-
-
-@dataclass
-class _RunBeside:
-    """A run beside a trial, at other settings: from the same states, with the trial's seed at each
-    segment, one of its steps for ``coupled`` of the trial's (``estimate_llc_states``'s coupling;
-    ``whole_batches``: their minibatches joined, ``coupled`` times the batch)."""
-
-    settings: SamplerSettings
-    coupled: int
-    states: list[ChainState] | None
-    whole_batches: bool = False
-    trace: np.ndarray = field(default_factory=lambda: np.empty((TRIAL_CHAINS, 0)))
-    diverged: np.ndarray = field(default_factory=lambda: np.zeros(TRIAL_CHAINS, dtype=bool))
-    seconds: float = 0.0
-
-    def run(self, search: _Search, data: SamplingData, segment: int, seed: int) -> int:
-        """Run on beside ``segment`` of the trial's steps, from where this run stands; the chain-steps it cost."""
-        started = time.perf_counter()
-        # The same seed as the trial's segment: the same SGLD noise and minibatches.
-        settings = self.settings.model_copy(update={"num_draws": segment // self.coupled, "seed": seed})
-        result, self.states = sampling.estimate_llc_states(
-            search.model, data, settings, loss=search.loss, device=search.device, reporter=search.reporter, start=self.states,
-            coupled_steps=self.coupled, whole_coupled_batches=self.whole_batches,
-        )  # fmt: skip
-        self.trace = np.concatenate([self.trace, trace_array(result.llc_trace)], axis=1)
-        self.diverged |= np.array([value is None for value in result.llc_per_chain])
-        self.seconds += time.perf_counter() - started
-        return settings.num_draws * TRIAL_CHAINS
-
-    def unstable_beside(self, diverged: np.ndarray) -> bool:
-        """Whether this run's chains left the basin while those of the run beside it (``diverged``)
-        all stayed: the comparison is then no move, but what the change showed."""
-        return bool(self.diverged.any()) and not diverged.any()
 
 
 def _expected_relaxation(trials: list[Trial], epsilon: float, gamma: float) -> int:

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict
 
 from llcv.diagnostics import GEWEKE_FIRST, GEWEKE_LAST, effective_sample_size, geweke_z, mcse_of_mean, split_r_hat
 
+# Chains per trial: as many as the estimate runs, so that the chains' spread, which carries the
+# slow wander the MCSE misses, is measured as the estimate will see it.
+TRIAL_CHAINS = 4
 # Candidate burn-ins, as shares of a trial's steps: the smallest after which the draws pass the
 # drift test is the trial's measured burn-in. At most 30%: a drift test sees a slow transient only
 # in a trace a few times longer than it, so a trial that needs more is continued instead.
