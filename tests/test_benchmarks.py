@@ -16,8 +16,8 @@ from benchmarks import sampling_speed
 
 def test_every_benchmark_is_discovered():
     assert set(runner.discover()) == {
-        "early_checkpoint", "estimate_all_overhead", "fixed_cost", "paired_moves", "sampling_speed", "settings_sensitivity", "standard_error",
-        "train_throughput",
+        "early_checkpoint", "estimate_all_overhead", "fixed_cost", "paired_moves", "runs_beside", "sampling_speed", "settings_sensitivity",
+        "standard_error", "train_throughput",
     }
 
 
