@@ -269,7 +269,8 @@ def sensitivity_table(sensitivity, title: str) -> Table:
         style = {"settings-dependent": "bold red", "holds": "green"}.get(verdict, "yellow")
         table.add_row(
             KNOB_NAMES.get(entry.knob, entry.knob), f"{entry.value:{spec}} → {entry.changed_to:{spec}}",
-            number(entry.llc_changed, ".4g"), move, relative, f"[{style}]{escape(verdict)}[/]",
+            # a lower bound's changed trial had not relaxed: its LLC says so where it is shown
+            number(entry.llc_changed, ".4g") + (" unrelaxed" if entry.at_least else ""), move, relative, f"[{style}]{escape(verdict)}[/]",
         )  # fmt: skip
     return table
 

@@ -655,9 +655,8 @@ def test_the_doubled_batch_runs_beside_the_reference_of_the_picks_half_epsilon_t
     # run at the pick's settings beside the pair's reference, coupled to it: no run of its own
     assert (larger.epsilon, larger.gamma, larger.reference_epsilon, larger.paired_gamma) == (pick.epsilon, pick.gamma, pick.epsilon, pick.gamma)
     assert larger.paired_batch_size == BATCH and larger.reference_batch_size == BATCH
-    assert [coupled for call, coupled in zip(fake.calls, fake.coupled) if call[2] == 2 * BATCH] == [2] * len(
-        [call for call in fake.calls if call[2] == 2 * BATCH]
-    )
+    doubled_calls = [coupled for call, coupled in zip(fake.calls, fake.coupled) if call[2] == 2 * BATCH]
+    assert doubled_calls and doubled_calls == [2] * len(doubled_calls)
     # its chain-steps are its own (the reference's are the half-epsilon trial's): half the trial's
     assert larger.chain_steps == larger.steps * TRIAL_CHAINS and 2 * larger.steps == half_step.steps
     assert result.spent.chain_steps == sum(call[3] for call in fake.calls) * TRIAL_CHAINS
@@ -716,6 +715,7 @@ def test_an_unrelaxed_pair_that_already_moved_beyond_the_tolerance_makes_the_pic
     console.print(sensitivity_table([bound], "sensitivity"))
     row = next(line for line in console.export_text().splitlines() if line.startswith("gamma"))
     assert "≥ +19 ± 0.7" in row and "≥ +48%" in row and row.rstrip().endswith("settings-dependent")
+    assert "57 unrelaxed" in row  # the changed trial's LLC says it had not relaxed
     # a move reached within the tolerance says nothing of where it heads: not measured
     small = sensitivity_entry("gamma", 1.0, 0.5, pick, parting.model_copy(update={"paired_move": 3.0}))
     assert small.settings_dependent is None and small.move is None and small.note == "the changed trial is unrelaxed"

@@ -217,6 +217,7 @@ def test_the_report_shows_an_automatic_calibration_and_where_the_settings_came_f
     stored["sensitivity"][2]["at_least"] = True
     store.write_text(json.dumps(stored))
     bound = check_page(write_report([results], tmp_path / "bound.html").path)
+    assert "the changed trial had not relaxed" in bound.rows["calibration"][2][-1]  # beside its verdict
     assert bound.rows["calibration"][2][4].startswith("at least +2") and bound.rows["calibration"][2][5] == "at least +40% ± 0.1%"
 
 

@@ -88,9 +88,10 @@ class Trial(BaseModel):
             None otherwise (``paired_epsilon`` also in files written before llcv 0.16, where only
             half-gamma trials ran paired, at their reference's epsilon). ``chain_steps`` then counts
             both runs.
-        reference_diverged: for a half-epsilon trial, whether a chain of its reference run (at
-            twice its epsilon) left the basin while its own did not: the larger step is unstable
-            there over this longer run, and the move is not measured.
+        reference_diverged: for a half-epsilon trial (or the doubled batch beside its reference),
+            whether a chain of its reference run (at twice its epsilon: the pick's) left the basin
+            while its own did not: that step is unstable there over this longer run, and the move
+            is not measured.
         paired_batch_size: the reference's batch size where it is not the trial's: a doubled-batch
             trial run beside the reference of the pick's half-epsilon trial (llcv 0.17); else None.
     """
