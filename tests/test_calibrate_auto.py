@@ -270,8 +270,8 @@ class FakeChains:
             trace += value + self.offsets
             per_chain = list(trace.mean(axis=1))
         self.starts.append(None if start is None else start[0])
-        # a chain's state says at which settings it last ran
-        return SimpleNamespace(llc_trace=trace.tolist(), llc_per_chain=per_chain), [_state(settings.epsilon, settings.gamma)] * settings.num_chains
+        # a chain's state says at which gamma it last ran
+        return SimpleNamespace(llc_trace=trace.tolist(), llc_per_chain=per_chain), [f"gamma {settings.gamma:g}"] * settings.num_chains
 
     def __getattr__(self, name):
         return getattr(sampling, name)
@@ -524,8 +524,7 @@ def test_a_share_grown_by_too_large_a_step_at_the_weaker_gamma_is_measured_again
     (by 0.8 at epsilon0, linear in epsilon): at epsilon0 the halving to gamma0 / 8 grows the share
     (0.9 / 4.5 after 0.5 / 4). Halving epsilon there moves the LLC, so the halving is measured again
     at epsilon0 / 2 (0.5 / 4.5: it shrinks) and the descent goes on, instead of stopping on the step's
-    bias at gamma0 / 4. Each gamma's step is checked before gamma is halved from it, so the trial at
-    epsilon0 / 2 and gamma0 / 4 is that check's, reused."""
+    bias at gamma0 / 4."""
     squeeze = {0: 3.0, 1: 4.0, 2: 4.5}
 
     def level(epsilon, gamma, batch):
@@ -535,10 +534,8 @@ def test_a_share_grown_by_too_large_a_step_at_the_weaker_gamma_is_measured_again
     fake_search(monkeypatch, level, noise=0.01)
     result = search()
     steps = tried(result)
-    # each gamma's step checked before halving it; at gamma0 / 8 the share grew and epsilon moved
-    # there, so the halving is measured again from gamma0 / 4 at the finer step
-    assert steps[:9] == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 2)]
-    assert any(g == 4 for _, g in steps)  # the descent went on past gamma0 / 8
+    assert steps[:7] == [(0, 0), (1, 0), (0, 1), (0, 2), (0, 3), (1, 3), (1, 2)]  # epsilon checked at gamma0 / 8, the halving again
+    assert (1, 4) in steps  # the descent went on past gamma0 / 8
     pick = pick_of(result)
     assert halvings(pick.gamma, GAMMA) == 3 and halvings(pick.epsilon, EPSILON) >= 2  # on epsilon's plateau at the weaker gamma
 
@@ -590,11 +587,10 @@ def test_the_descent_picks_the_weaker_end_of_the_least_sensitive_halving(monkeyp
     assert 1.2 * unit > SETTINGS_DEPENDENT * pick.llc and gamma.settings_dependent is True
 
 
-def test_a_step_too_large_at_a_weaker_gamma_is_settled_there_before_gamma_is_halved_from_it(monkeypatch):
-    """At gamma0 / 4 and weaker the first epsilon is too large (the chains reach stiffer regions).
-    The step is checked at each gamma before gamma is halved from it: at gamma0 / 4 halving epsilon
-    moves the LLC, so epsilon's plateau is found again there, and the descent goes on from it at the
-    finer step, never halving gamma at the step that was too large."""
+def test_a_smaller_step_that_still_moves_after_the_descent_settles_epsilon_again_at_that_gamma(monkeypatch):
+    """At gamma0 / 4 and weaker the first epsilon is too large (the chains reach stiffer regions):
+    the descent, at epsilon0, stops there; halving epsilon then moves the LLC, so epsilon's
+    plateau is found again at that gamma and the descent goes on from it."""
     jump = 8 * NEGLIGIBLE_MOVE * TRUE_LLC
 
     def level(epsilon, gamma, batch):
@@ -604,11 +600,11 @@ def test_a_step_too_large_at_a_weaker_gamma_is_settled_there_before_gamma_is_hal
     fake_search(monkeypatch, level)
     result = search()
     steps = tried(result)
-    # epsilon's plateau at gamma0, each step check (1, g), then epsilon's plateau again at gamma0 / 4
-    assert steps[:7] == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2), (2, 2)]
-    assert (0, 3) not in steps and (1, 3) in steps  # the descent went on from the new pick, at its step
+    assert steps[: steps.index((0, 3)) + 1] == [(0, 0), (1, 0), (0, 1), (0, 2), (0, 3)]  # the descent at epsilon0
+    assert steps[steps.index((0, 3)) + 1 :][:2] == [(1, 2), (2, 2)]  # then epsilon's plateau at gamma0 / 4
     pick = pick_of(result)
     assert (halvings(pick.epsilon, EPSILON), halvings(pick.gamma, GAMMA)) == (1, 2)
+    assert (1, 3) in steps  # the descent went on from the new pick
     assert halvings(entry(result, "gamma").changed_to, GAMMA) == 3 and entry(result, "epsilon").settings_dependent is False
 
 
@@ -746,35 +742,18 @@ def test_a_move_too_noisy_to_rule_out_a_settings_dependent_one_is_unresolved_not
 
 
 def test_after_the_descent_stops_the_next_trial_goes_on_from_the_reference_runs_chains(monkeypatch):
-    # gamma's first halving moves nothing: the descent stops with the pick at GAMMA, whose step was
-    # settled (and checked) before the descent without a doubled batch beside it, so the doubled
-    # batch runs alone next
-    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)
+    # gamma's first halving moves the LLC by 1 (paired, resolved), the second by nothing: the
+    # descent stops with the pick at GAMMA / 2, and its half-epsilon check runs next
+    level = lambda epsilon, gamma, batch: TRUE_LLC - (1.0 if gamma >= GAMMA else 0.0)  # noqa: E731
+    fake = fake_search(monkeypatch, level)
     result = search()
     pick = pick_of(result)
-    assert halvings(pick.gamma, GAMMA) == 0 and halvings(pick.epsilon, EPSILON) == 0
-    larger_batch = next(index for index, call in enumerate(fake.calls) if call[2] == 2 * BATCH)
+    assert halvings(pick.gamma, GAMMA) == 1 and halvings(pick.epsilon, EPSILON) == 0
+    half_step = next(index for index, call in enumerate(fake.calls) if call[:2] == (auto._rounded(EPSILON / 2), pick.gamma))
     # the call before it was the reference run of the last pair (at the pick's gamma); the chains
     # go on from there, not from the half gamma's run before that
-    assert fake.calls[larger_batch - 2][1] == auto._rounded(pick.gamma / 2) and fake.calls[larger_batch - 1][1] == pick.gamma
-    assert fake.starts[larger_batch] == _state(pick.epsilon, pick.gamma)
-
-
-def test_a_half_gamma_pair_goes_on_from_the_chains_of_the_step_checks_reference_run(monkeypatch):
-    # every halving of gamma moves the LLC: the pair from gamma0 / 2 follows that gamma's step check,
-    # whose reference ran at the pick's own settings (its half-step run at half the epsilon)
-    squeeze = 12 * NEGLIGIBLE_MOVE * TRUE_LLC
-    fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC - squeeze * gamma / GAMMA)
-    search()
-    gamma = auto._rounded(GAMMA / 2)
-    check = next(index for index, call in enumerate(fake.calls) if call[:3] == (auto._rounded(EPSILON / 2), gamma, BATCH))
-    pair = next(index for index, call in enumerate(fake.calls) if call[1] == auto._rounded(gamma / 2))
-    assert fake.calls[check + 1][:2] == (EPSILON, gamma)  # the check's reference run
-    assert fake.starts[pair] == _state(EPSILON, gamma)
-
-
-def _state(epsilon: float, gamma: float) -> str:
-    return f"epsilon {epsilon:g}, gamma {gamma:g}"
+    assert fake.calls[half_step - 2][1] == auto._rounded(pick.gamma / 2) and fake.calls[half_step - 1][1] == pick.gamma
+    assert fake.starts[half_step] == f"gamma {pick.gamma:g}"
 
 
 def test_a_paired_move_is_read_after_the_difference_of_the_runs_has_settled():
@@ -864,25 +843,6 @@ def test_knobs_the_budget_or_the_data_could_not_pay_for_are_noted_not_run(monkey
     whole = search(base=BASE.model_copy(update={"batch_size": SAMPLES}))
     assert all(trial.batch_size == SAMPLES for trial in whole.trials)
     assert entry(whole, "batch_size").settings_dependent is None and "not run" in entry(whole, "batch_size").note
-
-
-def test_a_budget_that_ends_in_a_half_gamma_pair_leaves_the_pick_with_its_step_and_batch_measured(monkeypatch):
-    """Each gamma's step is checked, with the doubled batch beside it, before gamma is halved from
-    it: a budget spent on the descent still leaves the pick's step and batch measured."""
-    squeeze = 12 * NEGLIGIBLE_MOVE * TRUE_LLC  # every halving moves the LLC: the descent goes on
-    level = lambda epsilon, gamma, batch: TRUE_LLC - squeeze * gamma / GAMMA  # noqa: E731
-    fake_search(monkeypatch, level)
-    full = search()
-    # the budget of the trials before the pair from gamma0 / 4, and half of that pair
-    before = next(index for index, trial in enumerate(full.trials) if halvings(trial.gamma, GAMMA) == 3)
-    pair = full.trials[before]
-    budget = Budget(chain_steps=sum(trial.chain_steps for trial in full.trials[:before]) + pair.chain_steps // 2)
-    short = search(budget)
-    assert short.spent.exhausted and halvings(pick_of(short).gamma, GAMMA) == 2
-    assert entry(short, "gamma").settings_dependent is None
-    assert entry(short, "epsilon").move is not None and entry(short, "epsilon").settings_dependent is False
-    batch = entry(short, "batch_size")
-    assert batch.move is not None and batch.settings_dependent is False and batch.changed_to == 2 * BATCH
 
 
 def test_an_exhausted_budget_before_the_first_trial_raises(monkeypatch):

@@ -17,9 +17,8 @@ the chains rather than thresholds fitted to cases:
    the weaker gamma. Where the shares grow again the chains have begun to wander along the loss's
    flat valleys, and the last gamma halved from, where the estimate depends least on gamma, is the
    pick; a share grown by the step (epsilon halved at the weaker gamma moves the LLC) is measured
-   again at the smaller step first. Before each halving, epsilon's plateau is checked at the gamma
-   halved from, and settled anew there if it moved, so that every halving compares two LLCs at a
-   step on its plateau, and the pick has its step and batch measured wherever the budget ends.
+   again at the smaller step first. Epsilon's plateau is then checked again at the pick, and
+   settled anew if it moved.
    Each half-gamma trial runs paired with its reference, from the same states with the same noise
    and minibatches, and its move is measured on the two runs' difference (common random numbers:
    the noise both share cancels, so a move is resolved in fewer steps), read where that difference
@@ -434,9 +433,19 @@ class _Search:
         pick, epsilon = self._settle_epsilon(epsilon, gamma)
         if pick is None:
             return self._give_up(f"no epsilon gave healthy chains at gamma={gamma:g} within the budget")
-        pick, weaker, stop = self._weaken_gamma(pick)
-        # Run before gamma was halved from the pick (reused here), unless the budget ran out first.
-        smaller_step = self.trial(_rounded(pick.epsilon / 2), pick.gamma, paired_with=pick, with_doubled_batch=True)
+        while True:
+            pick, weaker, stop = self._weaken_gamma(pick)
+            # The doubled batch runs beside this pair's reference, at the pick's settings: its move is
+            # measured wherever epsilon's is, at half a step's cost.
+            smaller_step = self.trial(_rounded(pick.epsilon / 2), pick.gamma, paired_with=pick, with_doubled_batch=True)
+            if not decides_a_halving(pick, smaller_step):
+                break
+            # The step was too large at this gamma (the chains reach stiffer regions where gamma is
+            # weaker): settle epsilon here, then see whether gamma can still weaken.
+            settled, _ = self._settle_epsilon(smaller_step.epsilon, pick.gamma)
+            if settled is None:
+                break
+            pick = settled
         doubled = 2 * self.data.batch_size
         larger_batch = self.trial(pick.epsilon, pick.gamma, doubled) if doubled <= self.data.num_samples else None
         # The estimate starts at the checkpoint: time the chains' relaxation from there at the pick.
@@ -491,26 +500,11 @@ class _Search:
         stops the descent, epsilon is halved at the weaker gamma, and where that moves the LLC the
         halving is measured again at the smaller step, its share still compared with the one before
         (measured at the larger step: comparing shares at the finer step only let the descent run on
-        into the wandering regime, docs/calibration.md). Before each halving the pick's own step is
-        checked (its half-epsilon trial, with the doubled batch beside it) and settled anew where
-        halving it moves the LLC. At finite nbeta a singular model may show no plateau at all: then
-        this is the best the estimator can say, and the pick's sensitivity says how much that is."""
+        into the wandering regime, docs/calibration.md). At finite nbeta a singular model may show
+        no plateau at all: then this is the best the estimator can say, and the pick's
+        sensitivity says how much that is."""
         previous_share = math.inf
         while True:
-            # The step first: a halving of gamma compares two LLCs at one epsilon, so that epsilon
-            # must be on its plateau at the gamma halved from (the weaker the gamma, the stiffer the
-            # regions the chains reach). The doubled batch runs beside this pair's reference at half
-            # a step's cost, so whichever gamma the search ends at has its step and batch measured.
-            smaller_step = self.trial(_rounded(pick.epsilon / 2), pick.gamma, paired_with=pick, with_doubled_batch=True)
-            if decides_a_halving(pick, smaller_step):
-                settled, _ = self._settle_epsilon(smaller_step.epsilon, pick.gamma)
-                if settled is None:
-                    return pick, None, f"epsilon could not be settled at gamma={pick.gamma:g} within the budget"
-                # The shares so far stay the comparison: starting them afresh here would let the
-                # descent run on into the wandering regime (docs/calibration.md).
-                pick = settled
-                continue
-            self._go_on_at_reference_of(smaller_step)
             weaker = self.trial(pick.epsilon, _rounded(pick.gamma / 2), paired_with=pick)
             if weaker is None:
                 return pick, None, "the budget ran out"
@@ -543,16 +537,13 @@ class _Search:
         return finer if decides_a_halving(weaker, finer) else None
 
     def _stop_at(self, pick: Trial, weaker: Trial, stop: str) -> tuple[Trial, Trial | None, str]:
-        """End the descent at ``pick`` with ``weaker`` its half-gamma trial."""
-        self._go_on_at_reference_of(weaker)
-        return pick, weaker, stop
-
-    def _go_on_at_reference_of(self, trial: Trial | None) -> None:
-        """Let the next trial, at the settings of ``trial``'s reference, go on from the chains of
-        that reference run, which ran there, rather than re-settle from ``trial``'s (only when
-        ``trial`` is the paired trial just run: one reused from the store has no chains)."""
-        if trial is not None and self.reference_states is not None and self.reference_states[0] is trial:
+        """End the descent at ``pick`` with ``weaker`` its half-gamma trial. The next trials are at
+        the pick's settings: go on from the chains of this pair's reference run, which ran there,
+        rather than re-settle from the half gamma's (only when the pair just ran: a trial reused
+        from the store has no chains)."""
+        if self.reference_states is not None and self.reference_states[0] is weaker:
             self.states = self.reference_states[1]
+        return pick, weaker, stop
 
     def _recommended(self, pick: Trial) -> SamplerSettings:
         draws = pick.steps - pick.burnin
