@@ -377,6 +377,45 @@ def test_each_half_epsilon_trial_runs_coupled_with_the_trial_at_twice_its_step(m
     assert first_call[3] == planned + planned % 2  # whole steps of the reference
 
 
+class DriftingChains(FakeChains):
+    """Chains still relaxing at the first gamma after they leave the checkpoint: every run that goes
+    on from chain states there drifts up by the same amount at the same time (epsilon times steps),
+    as two coupled runs relaxing together do; with ``own_only`` only the runs at the half step drift,
+    so the drift is the halving's own and shows in their difference."""
+
+    def __init__(self, level: Level, own_only: bool = False):
+        super().__init__(level)
+        self.own_only = own_only
+
+    def estimate_llc_states(self, model, data, settings, start=None, coupled_steps=1, **options):
+        result, states = super().estimate_llc_states(model, data, settings, start=start, coupled_steps=coupled_steps, **options)
+        drifts = settings.gamma == GAMMA and start is not None and not (self.own_only and settings.epsilon == EPSILON)
+        if not drifts:
+            return result, states
+        times = settings.epsilon * np.arange(1, settings.num_draws + 1)
+        trace = np.asarray(result.llc_trace) + TRUE_LLC * times / (FIRST_STEPS * EPSILON)
+        return SimpleNamespace(llc_trace=trace.tolist(), llc_per_chain=trace.mean(axis=1).tolist()), states
+
+
+@pytest.mark.parametrize("own_only", [False, True])
+def test_a_half_step_pair_drifting_together_ends_once_its_difference_shows_no_move(monkeypatch, own_only):
+    fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)
+    fake = DriftingChains(lambda epsilon, gamma, batch: TRUE_LLC, own_only=own_only)
+    monkeypatch.setattr(auto, "sampling", fake)
+    result = search()
+    first_half = next(t for t in result.trials if (halvings(t.epsilon, EPSILON), halvings(t.gamma, GAMMA)) == (1, 0))
+    planned = max(FIRST_STEPS // 2, math.ceil(2 * result.trials[0].burnin / BURNIN_SHARES[-1]))
+    if own_only:
+        # the halving drifts on its own: its difference has not settled, so the pair goes on
+        assert first_half.steps > planned + planned % 2
+        return
+    # the drift both runs share cancels from their difference: the pair ends after its first
+    # segment, unrelaxed (its own level is), and the step stays
+    assert first_half.steps == planned + planned % 2 and first_half.status == "unrelaxed"
+    assert abs(first_half.paired_move) <= 2 * first_half.paired_move_se + NEGLIGIBLE_MOVE * TRUE_LLC
+    assert halvings(pick_of(result).epsilon, EPSILON) == 0
+
+
 def test_a_step_whose_chains_diverge_beside_its_half_is_given_up_for_the_half(monkeypatch):
     fake = fake_search(monkeypatch, lambda epsilon, gamma, batch: TRUE_LLC)  # no step biases the LLC
     run = fake.estimate_llc_states

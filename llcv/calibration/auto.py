@@ -61,6 +61,7 @@ from llcv import sampling
 from llcv.calibration.comparisons import (
     decides_a_halving,
     differs,
+    drifting_together,
     measured_move,
     resolving_error,
     sensitivity_entry,
@@ -322,6 +323,8 @@ class _Search:
                 trial = with_paired_move(trial, trace, reference.trace, paired_with.epsilon, paired_with.gamma, reference.unstable_beside(diverged))
             # Chains that left the basin or settled below the checkpoint are no place to start from.
             self.states = None if trial.status.left_the_basin else states
+            if coupled > 1 and drifting_together(paired_with, trial, trace, reference.trace):
+                break
             steps = self._extended_steps(trial)
         self.pending_chain_steps = 0
         if trial is not None:

@@ -84,11 +84,11 @@ def with_paired_move(
     if reference_diverged:
         update["reference_diverged"] = True
     elif trial.llc is not None:
-        difference = trace[:, ::ratio][:, : reference_trace.shape[1]] - reference_trace
+        difference = _paired_difference(trace, reference_trace, ratio)
         # The two runs part as the changed one relaxes to its own setting. Without their shared
         # noise the difference shows that relaxation where the changed run's own trace hides it
         # in its noise, so the move waits until the difference has settled as well.
-        settled_at = measured_burnin(difference, scale=max(abs(trial.llc), LLC_SCALE_FLOOR))
+        settled_at = _difference_settled_at(difference, trial.llc)
         if settled_at is None and trial.ok:
             update["status"] = TrialStatus.UNRELAXED
         start = max(math.ceil((trial.burnin or 0) / ratio), settled_at or 0) or int(round(BURNIN_SHARES[-1] * difference.shape[1]))
@@ -105,6 +105,36 @@ def with_paired_move(
             move, inflation = slowest_response_asymptote(window.mean(axis=0), start, reference_epsilon * trial.gamma)
         update.update(paired_move=move, paired_move_se=chains_standard_error(window) * inflation)
     return trial.model_copy(update=update)
+
+
+def drifting_together(reference: Trial, trial: Trial, trace: np.ndarray, reference_trace: np.ndarray) -> bool:
+    """Whether a half-epsilon ``trial``, run coupled beside ``reference``'s settings, has shown that
+    halving the step does not move the LLC although its own chains have not settled: the
+    difference of its runs has settled, resolves ``RESOLUTION`` of the LLC and is no move
+    (``differs``), so what still drifts is a relaxation both runs share (at the first gamma, the
+    chains still relaxing from the checkpoint), which cancels from the comparison. Continued, the
+    trial would only wait out that shared drift (on the demo's CNN, a quarter of its budget). It
+    stays unrelaxed (its own level is), so it cannot move epsilon: only a halving that moves
+    nothing ends this way."""
+    if trial.status is not TrialStatus.UNRELAXED or trial.paired_move is None or trial.reference_epsilon is None:
+        return False
+    ratio = round(trial.reference_epsilon / trial.epsilon)
+    if ratio < 2 or _difference_settled_at(_paired_difference(trace, reference_trace, ratio), trial.llc) is None:
+        return False
+    error, target = resolving_error(trial)
+    return error <= target and not differs(reference, trial)
+
+
+def _paired_difference(trace: np.ndarray, reference_trace: np.ndarray, ratio: int) -> np.ndarray:
+    """A paired trial's draws minus its reference's, at the same times: draw ``ratio * j`` of a trial
+    at 1/``ratio`` of the reference's epsilon against the reference's draw ``j``."""
+    return trace[:, ::ratio][:, : reference_trace.shape[1]] - reference_trace
+
+
+def _difference_settled_at(difference: np.ndarray, llc: float) -> int | None:
+    """Where the difference of two paired runs has settled, with the LLC they differ about as the
+    scale of a negligible drift (``measured_burnin``)."""
+    return measured_burnin(difference, scale=max(abs(llc), LLC_SCALE_FLOOR))
 
 
 def slowest_response_asymptote(mean_trace: np.ndarray, start: int, rate: float) -> tuple[float, float]:
