@@ -46,7 +46,8 @@ class DemoSize:
 
 # The calibration gets a third of the default budget: the full search on this CNN took about 12
 # minutes on 2 cores before half-gamma trials were paired (docs/calibration.md), so the demo's pick
-# says which sensitivities it measured and how (since llcv 0.17 all three: gamma's as a lower bound). A budget in steps, not seconds, so that the pick, and with it every estimate, is the
+# says which sensitivities it measured and how (since llcv 0.17 all three: gamma's as a lower
+# bound). A budget in steps, not seconds, so that the pick, and with it every estimate, is the
 # same on a busy machine as on an idle one. The estimates draw 2,000 per chain rather than the
 # calibration's length: it asks for at least as many as its pick's trial ran, and since llcv 0.15
 # runs that trial until its extrapolated move resolves (4,999 draws here), which took the demo from

@@ -303,9 +303,7 @@ class _Search:
             # Each segment draws fresh noise and batches: the same seed would repeat the last one's.
             run = settings.model_copy(update={"num_draws": segment, "seed": self.base.seed + SEGMENT_SEEDS * len(self.trials) + segments})
             with run_concurrently(runs_beside, self._sample, data, segment, run.seed) as beside_cost:
-                result, states = sampling.estimate_llc_states(
-                    self.model, data, run, loss=self.loss, device=self.device, reporter=self.reporter, start=self.states
-                )
+                result, states = self._sample(data, run, reporter=self.reporter, start=self.states)
             diverged = np.array([value is None for value in result.llc_per_chain])
             segment_cost = segment * TRIAL_CHAINS + beside_cost.total
             segments += 1
