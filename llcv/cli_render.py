@@ -398,14 +398,16 @@ def render_report(result, calibration: Path | None) -> None:
 
 
 def family_table(families, auto: bool = False) -> Table:
-    """The selftest's errors per family: cases, how many within 15%, the median, 90th percentile and
-    worst of the absolute relative errors (the worst shown with its sign), and what they cost."""
+    """The selftest's errors per family: cases, how many within 15% (healthy estimates only: the
+    others are counted beside it), the median, 90th percentile and worst of the absolute relative
+    errors (the worst shown with its sign), and what they cost."""
     settings = "calibrated" if auto else "stored"
     table = Table(title=f"errors per family ({settings} settings; |relative error|)", title_justify="left")
     for column in ("family", "cases", "within 15%", "median", "90th pct", "worst", "time"):
         table.add_column(column, justify="left" if column == "family" else "right")
     for summary in families:
-        missing = f" ({summary.no_estimate} no estimate)" if summary.no_estimate else ""
+        notes = [f"{count} {what}" for count, what in ((summary.no_estimate, "no estimate"), (summary.unhealthy, "unhealthy")) if count]
+        missing = f" ({', '.join(notes)})" if notes else ""
         table.add_row(
             escape(summary.family), str(summary.count), f"{summary.within_tolerance}{missing}", number(summary.median, ".1%"),
             number(summary.p90, ".1%"), number(summary.worst_signed, "+.1%"), f"{summary.seconds:.0f} s",
@@ -469,7 +471,7 @@ def _selftest_table(rows, quick: bool, auto, against: str | None) -> Table:
             if found.not_measured:
                 chosen += f" (not measured: {', '.join(found.not_measured)})"
             estimate = _selftest_estimate(found.llc_mean, found.standard_error, found.relative_error)
-            cells += [chosen, estimate + (", unhealthy" if found.healthy is False and found.llc_mean is not None else "")]
+            cells += [chosen, estimate + (", unhealthy" if found.unhealthy else "")]
         cells.append(f"{row.seconds + (row.auto.seconds if row.auto else 0.0):.1f} s")
         if against:
             reference = row.reference
@@ -498,7 +500,7 @@ def _selftest_totals(rows, auto, against: str | None) -> list[str]:
             f"calibrated ({auto.sampler}, budget {auto.budget.chain_steps:,} chain-steps a case): {summary(errors)}; "
             f"calibrations and estimates {steps:,} chain-steps, {seconds:.0f} s"
         )
-        unhealthy = [row.name for row in rows if row.auto.healthy is False and row.auto.llc_mean is not None]
+        unhealthy = [row.name for row in rows if row.auto.unhealthy]
         if unhealthy:
             lines.append(f"calibrated estimates that are unhealthy (their errors are not the estimator's to quote): {', '.join(unhealthy)}")
     return lines

@@ -57,7 +57,9 @@ class FamilyErrors:
     """The distribution of one family's absolute relative errors (the verdicts' estimates).
 
     ``count`` counts every case, ``no_estimate`` those with no healthy chain; the statistics are
-    over the others (None where there are none). ``p90`` interpolates linearly between order
+    over the others (None where there are none). ``unhealthy``: calibrated estimates (``--auto``)
+    whose health failed; their errors enter the statistics, but never ``within_tolerance``, since
+    the tool does not vouch for them. ``p90`` interpolates linearly between order
     statistics (numpy's default). ``worst_signed`` is the error of largest size with its sign. ``seconds``:
     what the verdicts' estimates cost together (with ``--auto``, calibrations included).
     """
@@ -71,6 +73,7 @@ class FamilyErrors:
     worst: float | None
     worst_signed: float | None
     seconds: float = 0.0
+    unhealthy: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,12 @@ class AutoRow:
     # distance from the truth the localization's.
     localized_llc: float | None = None
     healthy: bool | None = None  # the calibrated estimate's health (llcv.health)
+
+    @property
+    def unhealthy(self) -> bool:
+        """Whether there is a calibrated estimate and its health failed: its number is shown, but
+        the tool does not vouch for it."""
+        return self.healthy is False and self.llc_mean is not None
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,9 @@ def check_auto(
     # LLC by no more than what its trials resolve (docs/calibration.md), a bias that the estimate's
     # own standard error, however small, does not bound.
     standard_error, relative_error, passed = _judge(case, result, quick=False)
+    # An estimate the tool does not vouch for (its chains did not mix, drifted or diverged) passes
+    # no target, however close it lands.
+    passed = passed and result.healthy
     estimate_steps = settings.num_chains * (result.burnin_steps + settings.num_draws * settings.num_steps_bw_draws)
     return AutoRow(
         check.sampler, settings.epsilon, settings.gamma, result.llc_mean, standard_error, relative_error, passed,
@@ -319,19 +331,21 @@ def family_summary(rows: Sequence[SelftestRow], tolerance: float = FULL_SIZE_TOL
     summaries = []
     for family, members in groups.items():
         errors = [error for error in map(_judged_error, members) if error is not None]
+        vouched = [error for row in members if (error := _judged_error(row)) is not None and not (row.auto and row.auto.unhealthy)]
         ordered = sorted(abs(error) for error in errors)
         worst_signed = max(errors, key=abs) if errors else None
         summaries.append(
             FamilyErrors(
                 family=family,
                 count=len(members),
-                within_tolerance=sum(abs(error) <= tolerance for error in errors),
+                within_tolerance=sum(abs(error) <= tolerance for error in vouched),
                 no_estimate=len(members) - len(errors),
                 median=statistics.median(ordered) if ordered else None,
                 p90=_percentile(ordered, 0.9) if ordered else None,
                 worst=ordered[-1] if ordered else None,
                 worst_signed=worst_signed,
                 seconds=sum(row.auto.seconds if row.auto is not None else row.seconds for row in members),
+                unhealthy=len(errors) - len(vouched),
             )
         )
     return summaries

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from llcv.cli import app
@@ -22,6 +23,7 @@ from llcv.known_models import (
     dln_learning_coefficient,
     softmax_regression_learning_coefficient,
 )
+from llcv.cli_render import family_table
 from llcv.selftest import SelftestRow, family_summary, selftest_cases
 
 runner = CliRunner()
@@ -172,12 +174,44 @@ def test_selftest_cases_choose_the_suite():
         selftest_cases(families="dln", per_family=0)
 
 
-def _row(family: str, relative_error: float | None, auto_error: float | None = None) -> SelftestRow:
+def _row(family: str, relative_error: float | None, auto_error: float | None = None, healthy: bool | None = None) -> SelftestRow:
     from llcv.selftest import AutoRow
 
-    auto = None if auto_error is None else AutoRow("sgld", 0.1, 1.0, 1.0, 0.1, auto_error, True, 1.0)
+    auto = None if auto_error is None else AutoRow("sgld", 0.1, 1.0, 1.0 + auto_error, 0.1, auto_error, True, 1.0, healthy=healthy)
     mean = None if relative_error is None else 1.0 + relative_error
     return SelftestRow("case", "", 1.0, mean, 0.1, 0.1, relative_error, True, 1.0, auto=auto, family=family)
+
+
+def test_an_unhealthy_calibrated_estimate_is_never_counted_within_tolerance():
+    rows = [_row("dln", 0.5, auto_error=-0.05, healthy=True), _row("dln", 0.5, auto_error=-0.09, healthy=False), _row("dln", 0.5, auto_error=0.3)]
+    (dln,) = family_summary(rows)
+    # the unhealthy -9% is shown (it enters the statistics) but not vouched for
+    assert (dln.count, dln.within_tolerance, dln.unhealthy, dln.no_estimate) == (3, 1, 1, 0)
+    assert dln.median == pytest.approx(0.09)
+    table = family_table([dln], auto=True)
+    console = Console(record=True, width=160)
+    console.print(table)
+    assert "1 (1 unhealthy)" in console.export_text()
+
+
+def test_a_calibrated_estimate_that_lands_close_but_is_unhealthy_does_not_pass(monkeypatch):
+    from types import SimpleNamespace
+
+    from llcv import selftest
+    from llcv.known_models import known_cases
+    from llcv.settings import SamplerSettings
+
+    case = known_cases(quick=True)[0]
+    settings = SamplerSettings(epsilon=1e-4, gamma=1.0, nbeta=case.nbeta, num_chains=4, num_draws=10)
+    calibration = SimpleNamespace(recommended=settings, spent=SimpleNamespace(chain_steps=1), settings_dependent=[], unresolved=[],
+                                  not_measured=[], nbeta=case.nbeta)  # fmt: skip
+    monkeypatch.setattr(selftest, "calibrate_auto", lambda *args, **kwargs: calibration)
+    for healthy in (True, False):
+        # within 2% of the truth, its health aside
+        result = SimpleNamespace(llc_mean=1.02 * case.true_llc, llc_std=0.01, llc_per_chain=[1.0] * 4, burnin_steps=0, healthy=healthy)
+        monkeypatch.setattr(selftest, "estimate_llc", lambda *args, result=result, **kwargs: result)
+        row = selftest.check_auto(case, device="cpu")
+        assert row.relative_error == pytest.approx(0.02) and row.passed is healthy and row.unhealthy is not healthy
 
 
 def test_family_summary_on_hand_made_rows():
